@@ -1,0 +1,761 @@
+//! Configuration: `TOKEND_*` variables (and an optional `.env`) parsed into a validated [`Config`].
+//!
+//! Reading goes through the [`Env`] trait so tests pass a map instead of touching the process
+//! environment. Every error names its variable; `main` prints it on one line and exits with 2.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::keys::Alg;
+
+pub const ENV_LISTEN: &str = "TOKEND_LISTEN";
+pub const ENV_ISSUER: &str = "TOKEND_ISSUER";
+pub const ENV_AUDIENCE: &str = "TOKEND_AUDIENCE";
+pub const ENV_MONGODB_URI: &str = "TOKEND_MONGODB_URI";
+pub const ENV_MONGODB_DB: &str = "TOKEND_MONGODB_DB";
+pub const ENV_REDIS_URL: &str = "TOKEND_REDIS_URL";
+pub const ENV_REDIS_PREFIX: &str = "TOKEND_REDIS_PREFIX";
+pub const ENV_KEYS_DIR: &str = "TOKEND_KEYS_DIR";
+pub const ENV_KEY_ENCRYPTION_KEY: &str = "TOKEND_KEY_ENCRYPTION_KEY";
+pub const ENV_SIGNING_ALGS: &str = "TOKEND_SIGNING_ALGS";
+pub const ENV_ACCESS_TTL: &str = "TOKEND_ACCESS_TTL";
+pub const ENV_REFRESH_TTL: &str = "TOKEND_REFRESH_TTL";
+pub const ENV_SESSION_TTL: &str = "TOKEND_SESSION_TTL";
+pub const ENV_REFRESH_REUSE_LEEWAY: &str = "TOKEND_REFRESH_REUSE_LEEWAY";
+pub const ENV_KEY_ROTATION: &str = "TOKEND_KEY_ROTATION";
+pub const ENV_KEY_PREPUBLISH: &str = "TOKEND_KEY_PREPUBLISH";
+pub const ENV_JWKS_MAX_AGE: &str = "TOKEND_JWKS_MAX_AGE";
+pub const ENV_ARGON2: &str = "TOKEND_ARGON2";
+pub const ENV_ARGON2_CONCURRENCY: &str = "TOKEND_ARGON2_CONCURRENCY";
+pub const ENV_LOG: &str = "TOKEND_LOG";
+pub const ENV_LOG_FORMAT: &str = "TOKEND_LOG_FORMAT";
+pub const ENV_CLIENTS_FILE: &str = "TOKEND_CLIENTS_FILE";
+pub const ENV_ADMIN_EMAILS: &str = "TOKEND_ADMIN_EMAILS";
+pub const ENV_BODY_LIMIT: &str = "TOKEND_BODY_LIMIT";
+pub const ENV_REQUEST_TIMEOUT: &str = "TOKEND_REQUEST_TIMEOUT";
+pub const ENV_HEADER_READ_TIMEOUT: &str = "TOKEND_HEADER_READ_TIMEOUT";
+pub const ENV_SHUTDOWN_GRACE: &str = "TOKEND_SHUTDOWN_GRACE";
+pub const ENV_KEYSET_RELOAD: &str = "TOKEND_KEYSET_RELOAD";
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
+pub const DEFAULT_ISSUER: &str = "http://localhost:5000";
+pub const DEFAULT_AUDIENCE: &str = "tokend";
+pub const DEFAULT_MONGODB_DB: &str = "tokend";
+pub const DEFAULT_REDIS_PREFIX: &str = "tokend:";
+pub const DEFAULT_KEYS_DIR: &str = "keys";
+pub const DEFAULT_SIGNING_ALGS: &str = "EdDSA,RS256";
+pub const DEFAULT_ACCESS_TTL: &str = "15m";
+pub const DEFAULT_REFRESH_TTL: &str = "14d";
+pub const DEFAULT_SESSION_TTL: &str = "30d";
+pub const DEFAULT_REFRESH_REUSE_LEEWAY: &str = "2s";
+pub const DEFAULT_KEY_ROTATION: &str = "7d";
+pub const DEFAULT_KEY_PREPUBLISH: &str = "1h";
+pub const DEFAULT_JWKS_MAX_AGE: &str = "300s";
+pub const DEFAULT_ARGON2: &str = "m=19456,t=2,p=1";
+pub const DEFAULT_LOG: &str = "info";
+pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
+pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+pub const DEFAULT_KEYSET_RELOAD: &str = "30s";
+
+/// Largest allowed keyset reload interval: SPEC §8 promises every instance reloads within 30 s.
+pub const MAX_KEYSET_RELOAD: Duration = Duration::from_secs(30);
+
+/// Where configuration values come from.
+pub trait Env {
+    fn get(&self, key: &str) -> Option<String>;
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).cloned()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn get(&self, key: &str) -> Option<String> {
+        HashMap::get(self, key).map(|v| v.to_string())
+    }
+}
+
+/// The process environment, over the values of an optional `.env` file (the process wins).
+pub struct ProcessEnv {
+    dotenv: HashMap<String, String>,
+}
+
+impl ProcessEnv {
+    /// Reads `.env` from the working directory when present. A malformed `.env` is an error.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut dotenv = HashMap::new();
+        match dotenvy::from_path_iter(".env") {
+            Ok(iter) => {
+                for item in iter {
+                    let (k, v) = item.map_err(|e| ConfigError::new(".env", e.to_string()))?;
+                    dotenv.insert(k, v);
+                }
+            }
+            Err(e) if e.not_found() => {}
+            Err(e) => return Err(ConfigError::new(".env", e.to_string())),
+        }
+        Ok(Self { dotenv })
+    }
+}
+
+impl Env for ProcessEnv {
+    fn get(&self, key: &str) -> Option<String> {
+        std::env::var(key)
+            .ok()
+            .or_else(|| self.dotenv.get(key).cloned())
+    }
+}
+
+/// A configuration value that could not be accepted; displays as one line naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(pub T);
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Argon2id cost parameters (`m` KiB, `t` passes, `p` lanes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Argon2Cost {
+    pub m_kib: u32,
+    pub t: u32,
+    pub p: u32,
+}
+
+impl std::str::FromStr for Argon2Cost {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut m, mut t, mut p) = (None, None, None);
+        for part in s.split(',') {
+            let (k, v) = part
+                .trim()
+                .split_once('=')
+                .ok_or_else(|| format!("expected m=..,t=..,p=.., got {part:?}"))?;
+            let n: u32 = v
+                .trim()
+                .parse()
+                .map_err(|_| format!("{k} must be a positive integer"))?;
+            match k.trim() {
+                "m" => m = Some(n),
+                "t" => t = Some(n),
+                "p" => p = Some(n),
+                other => return Err(format!("unknown parameter {other:?}")),
+            }
+        }
+        let cost = Argon2Cost {
+            m_kib: m.ok_or("missing m")?,
+            t: t.ok_or("missing t")?,
+            p: p.ok_or("missing p")?,
+        };
+        if cost.p == 0 || cost.p > 16 {
+            return Err("p must be between 1 and 16".into());
+        }
+        if cost.t == 0 || cost.t > 100 {
+            return Err("t must be between 1 and 100".into());
+        }
+        if cost.m_kib < 8 * cost.p || cost.m_kib > 4 * 1024 * 1024 {
+            return Err("m must be at least 8*p KiB and at most 4 GiB".into());
+        }
+        Ok(cost)
+    }
+}
+
+impl fmt::Display for Argon2Cost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "m={},t={},p={}", self.m_kib, self.t, self.p)
+    }
+}
+
+/// How tokend keeps its state (SPEC §2).
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Everything in process memory, keys in a directory.
+    Embedded { keys_dir: PathBuf },
+    /// Users, clients and keyset in MongoDB; revocations and families in Redis.
+    Production {
+        mongodb_uri: Secret<String>,
+        mongodb_db: String,
+        redis_url: Secret<String>,
+        redis_prefix: String,
+        key_encryption_key: Secret<[u8; 32]>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `TOKEND_LISTEN`, default `127.0.0.1:5000`.
+    pub listen: SocketAddr,
+    /// `TOKEND_ISSUER`, default `http://localhost:5000`, without a trailing slash.
+    pub issuer: String,
+    /// `TOKEND_AUDIENCE`, default `tokend`.
+    pub audience: String,
+    pub mode: Mode,
+    /// `TOKEND_SIGNING_ALGS`, default `EdDSA,RS256`; the first signs by default.
+    pub signing_algs: Vec<Alg>,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    pub session_ttl: Duration,
+    pub refresh_reuse_leeway: Duration,
+    pub key_rotation: Duration,
+    pub key_prepublish: Duration,
+    pub jwks_max_age: Duration,
+    /// How often every instance reloads the keyset from its store (at most 30 s).
+    pub keyset_reload: Duration,
+    pub argon2: Argon2Cost,
+    /// How many Argon2 hashes run at once (default: number of cores).
+    pub argon2_concurrency: usize,
+    pub log: String,
+    pub log_format: LogFormat,
+    /// `TOKEND_CLIENTS_FILE`: static OAuth clients (JSON list), when set.
+    pub clients_file: Option<PathBuf>,
+    /// `TOKEND_ADMIN_EMAILS`: lower-cased emails granted `admin` at registration or login.
+    pub admin_emails: Vec<String>,
+    /// `TOKEND_BODY_LIMIT` in bytes, default 16 KiB.
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Parses and validates every variable.
+    pub fn from_env(env: &dyn Env) -> Result<Config, ConfigError> {
+        let get = |var: &'static str, default: &str| -> String {
+            env.get(var)
+                .filter(|v| !v.trim().is_empty())
+                .unwrap_or_else(|| default.to_string())
+        };
+        let opt = |var: &'static str| -> Option<String> {
+            env.get(var)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let dur = |var: &'static str, default: &str| -> Result<Duration, ConfigError> {
+            parse_duration(&get(var, default)).map_err(|m| ConfigError::new(var, m))
+        };
+
+        let listen: SocketAddr = get(ENV_LISTEN, DEFAULT_LISTEN)
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(ENV_LISTEN, "expected HOST:PORT, e.g. 127.0.0.1:5000"))?;
+
+        let issuer = get(ENV_ISSUER, DEFAULT_ISSUER).trim().to_string();
+        let parsed = url::Url::parse(&issuer)
+            .map_err(|e| ConfigError::new(ENV_ISSUER, format!("not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+            return Err(ConfigError::new(ENV_ISSUER, "must be an http(s) URL with a host"));
+        }
+        if parsed.query().is_some() || parsed.fragment().is_some() {
+            return Err(ConfigError::new(ENV_ISSUER, "must not have a query or fragment"));
+        }
+        let issuer = issuer.trim_end_matches('/').to_string();
+
+        let audience = get(ENV_AUDIENCE, DEFAULT_AUDIENCE).trim().to_string();
+
+        let signing_algs = parse_algs(&get(ENV_SIGNING_ALGS, DEFAULT_SIGNING_ALGS))
+            .map_err(|m| ConfigError::new(ENV_SIGNING_ALGS, m))?;
+
+        let access_ttl = dur(ENV_ACCESS_TTL, DEFAULT_ACCESS_TTL)?;
+        let refresh_ttl = dur(ENV_REFRESH_TTL, DEFAULT_REFRESH_TTL)?;
+        let session_ttl = dur(ENV_SESSION_TTL, DEFAULT_SESSION_TTL)?;
+        let refresh_reuse_leeway = parse_duration_allow_zero(&get(
+            ENV_REFRESH_REUSE_LEEWAY,
+            DEFAULT_REFRESH_REUSE_LEEWAY,
+        ))
+        .map_err(|m| ConfigError::new(ENV_REFRESH_REUSE_LEEWAY, m))?;
+        let key_rotation = dur(ENV_KEY_ROTATION, DEFAULT_KEY_ROTATION)?;
+        let key_prepublish = dur(ENV_KEY_PREPUBLISH, DEFAULT_KEY_PREPUBLISH)?;
+        let jwks_max_age = dur(ENV_JWKS_MAX_AGE, DEFAULT_JWKS_MAX_AGE)?;
+        let keyset_reload = dur(ENV_KEYSET_RELOAD, DEFAULT_KEYSET_RELOAD)?;
+        let request_timeout = dur(ENV_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)?;
+        let header_read_timeout = dur(ENV_HEADER_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT)?;
+        let shutdown_grace = dur(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?;
+
+        if refresh_ttl > session_ttl {
+            return Err(ConfigError::new(
+                ENV_REFRESH_TTL,
+                format!(
+                    "must not exceed {ENV_SESSION_TTL} ({})",
+                    humantime::format_duration(session_ttl)
+                ),
+            ));
+        }
+        if refresh_reuse_leeway > Duration::from_secs(60) {
+            return Err(ConfigError::new(ENV_REFRESH_REUSE_LEEWAY, "must be at most 60s"));
+        }
+        if key_prepublish < jwks_max_age * 2 {
+            return Err(ConfigError::new(
+                ENV_KEY_PREPUBLISH,
+                format!(
+                    "must be at least 2 x {ENV_JWKS_MAX_AGE} ({}), so every JWKS cache holds a key before it signs",
+                    humantime::format_duration(jwks_max_age * 2)
+                ),
+            ));
+        }
+        if key_rotation < key_prepublish {
+            return Err(ConfigError::new(
+                ENV_KEY_ROTATION,
+                format!("must be at least {ENV_KEY_PREPUBLISH}"),
+            ));
+        }
+        if keyset_reload > MAX_KEYSET_RELOAD {
+            return Err(ConfigError::new(ENV_KEYSET_RELOAD, "must be at most 30s"));
+        }
+
+        let argon2: Argon2Cost = get(ENV_ARGON2, DEFAULT_ARGON2)
+            .parse()
+            .map_err(|m| ConfigError::new(ENV_ARGON2, m))?;
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let argon2_concurrency = match opt(ENV_ARGON2_CONCURRENCY) {
+            None => cores,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| ConfigError::new(ENV_ARGON2_CONCURRENCY, "expected 1..1024"))?,
+        };
+
+        let log = get(ENV_LOG, DEFAULT_LOG);
+        tracing_subscriber::EnvFilter::try_new(&log)
+            .map_err(|e| ConfigError::new(ENV_LOG, e.to_string()))?;
+        let log_format = match get(ENV_LOG_FORMAT, "text").to_ascii_lowercase().as_str() {
+            "text" | "pretty" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            _ => return Err(ConfigError::new(ENV_LOG_FORMAT, "expected text or json")),
+        };
+
+        let mongodb_uri = opt(ENV_MONGODB_URI);
+        let redis_url = opt(ENV_REDIS_URL);
+        let mode = match (mongodb_uri, redis_url) {
+            (None, None) => Mode::Embedded {
+                keys_dir: PathBuf::from(get(ENV_KEYS_DIR, DEFAULT_KEYS_DIR)),
+            },
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    ENV_REDIS_URL,
+                    format!("production mode needs both {ENV_MONGODB_URI} and {ENV_REDIS_URL}; {ENV_REDIS_URL} is missing"),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    ENV_MONGODB_URI,
+                    format!("production mode needs both {ENV_MONGODB_URI} and {ENV_REDIS_URL}; {ENV_MONGODB_URI} is missing"),
+                ))
+            }
+            (Some(m), Some(r)) => {
+                if !(m.starts_with("mongodb://") || m.starts_with("mongodb+srv://")) {
+                    return Err(ConfigError::new(
+                        ENV_MONGODB_URI,
+                        "expected a mongodb:// or mongodb+srv:// URI",
+                    ));
+                }
+                if !(r.starts_with("redis://")
+                    || r.starts_with("rediss://")
+                    || r.starts_with("redis+cluster://")
+                    || r.starts_with("redis+unix://")
+                    || r.starts_with("unix://"))
+                {
+                    return Err(ConfigError::new(
+                        ENV_REDIS_URL,
+                        "expected a redis://, rediss:// or redis+cluster:// URL",
+                    ));
+                }
+                let mongodb_db = get(ENV_MONGODB_DB, DEFAULT_MONGODB_DB);
+                if mongodb_db.is_empty()
+                    || mongodb_db.len() > 63
+                    || mongodb_db.contains(['/', '\\', '.', ' ', '"', '$', '\0'])
+                {
+                    return Err(ConfigError::new(ENV_MONGODB_DB, "not a valid database name"));
+                }
+                let kek = opt(ENV_KEY_ENCRYPTION_KEY).ok_or_else(|| {
+                    ConfigError::new(
+                        ENV_KEY_ENCRYPTION_KEY,
+                        "required in production mode (32 random bytes, base64; `openssl rand -base64 32`)",
+                    )
+                })?;
+                let key_encryption_key = decode_kek(&kek)
+                    .map_err(|m| ConfigError::new(ENV_KEY_ENCRYPTION_KEY, m))?;
+                Mode::Production {
+                    mongodb_uri: Secret(m),
+                    mongodb_db,
+                    redis_url: Secret(r),
+                    redis_prefix: get(ENV_REDIS_PREFIX, DEFAULT_REDIS_PREFIX),
+                    key_encryption_key: Secret(key_encryption_key),
+                }
+            }
+        };
+
+        let clients_file = opt(ENV_CLIENTS_FILE).map(PathBuf::from);
+        let admin_emails = opt(ENV_ADMIN_EMAILS)
+            .map(|v| {
+                v.split(',')
+                    .map(|e| e.trim().to_lowercase())
+                    .filter(|e| !e.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if let Some(bad) = admin_emails.iter().find(|e| !e.contains('@')) {
+            return Err(ConfigError::new(
+                ENV_ADMIN_EMAILS,
+                format!("{bad:?} is not an email address"),
+            ));
+        }
+        let body_limit = match opt(ENV_BODY_LIMIT) {
+            None => DEFAULT_BODY_LIMIT,
+            Some(v) => parse_size(&v).map_err(|m| ConfigError::new(ENV_BODY_LIMIT, m))?,
+        };
+
+        Ok(Config {
+            listen,
+            issuer,
+            audience,
+            mode,
+            signing_algs,
+            access_ttl,
+            refresh_ttl,
+            session_ttl,
+            refresh_reuse_leeway,
+            key_rotation,
+            key_prepublish,
+            jwks_max_age,
+            keyset_reload,
+            argon2,
+            argon2_concurrency,
+            log,
+            log_format,
+            clients_file,
+            admin_emails,
+            body_limit,
+            request_timeout,
+            header_read_timeout,
+            shutdown_grace,
+        })
+    }
+
+    /// The default signing algorithm (the first of `TOKEND_SIGNING_ALGS`).
+    pub fn default_alg(&self) -> Alg {
+        self.signing_algs[0]
+    }
+
+    pub fn is_embedded(&self) -> bool {
+        matches!(self.mode, Mode::Embedded { .. })
+    }
+
+    /// The effective configuration as `VAR=value` lines, secrets redacted.
+    pub fn describe(&self) -> String {
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let mut lines = vec![
+            format!("{ENV_LISTEN}={}", self.listen),
+            format!("{ENV_ISSUER}={}", self.issuer),
+            format!("{ENV_AUDIENCE}={}", self.audience),
+        ];
+        match &self.mode {
+            Mode::Embedded { keys_dir } => {
+                lines.push("mode=embedded".into());
+                lines.push(format!("{ENV_KEYS_DIR}={}", keys_dir.display()));
+            }
+            Mode::Production {
+                mongodb_uri,
+                mongodb_db,
+                redis_url,
+                redis_prefix,
+                ..
+            } => {
+                lines.push("mode=production".into());
+                lines.push(format!("{ENV_MONGODB_URI}={}", redact_url(&mongodb_uri.0)));
+                lines.push(format!("{ENV_MONGODB_DB}={mongodb_db}"));
+                lines.push(format!("{ENV_REDIS_URL}={}", redact_url(&redis_url.0)));
+                lines.push(format!("{ENV_REDIS_PREFIX}={redis_prefix}"));
+                lines.push(format!("{ENV_KEY_ENCRYPTION_KEY}=<redacted>"));
+            }
+        }
+        let algs: Vec<&str> = self.signing_algs.iter().map(|a| a.as_str()).collect();
+        lines.extend([
+            format!("{ENV_SIGNING_ALGS}={}", algs.join(",")),
+            format!("{ENV_ACCESS_TTL}={}", d(self.access_ttl)),
+            format!("{ENV_REFRESH_TTL}={}", d(self.refresh_ttl)),
+            format!("{ENV_SESSION_TTL}={}", d(self.session_ttl)),
+            format!("{ENV_REFRESH_REUSE_LEEWAY}={}", d(self.refresh_reuse_leeway)),
+            format!("{ENV_KEY_ROTATION}={}", d(self.key_rotation)),
+            format!("{ENV_KEY_PREPUBLISH}={}", d(self.key_prepublish)),
+            format!("{ENV_JWKS_MAX_AGE}={}", d(self.jwks_max_age)),
+            format!("{ENV_KEYSET_RELOAD}={}", d(self.keyset_reload)),
+            format!("{ENV_ARGON2}={}", self.argon2),
+            format!("{ENV_ARGON2_CONCURRENCY}={}", self.argon2_concurrency),
+            format!("{ENV_LOG}={}", self.log),
+            format!(
+                "{ENV_LOG_FORMAT}={}",
+                match self.log_format {
+                    LogFormat::Text => "text",
+                    LogFormat::Json => "json",
+                }
+            ),
+            format!(
+                "{ENV_CLIENTS_FILE}={}",
+                self.clients_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            ),
+            format!("{ENV_ADMIN_EMAILS}={}", self.admin_emails.join(",")),
+            format!("{ENV_BODY_LIMIT}={}", self.body_limit),
+            format!("{ENV_REQUEST_TIMEOUT}={}", d(self.request_timeout)),
+            format!("{ENV_HEADER_READ_TIMEOUT}={}", d(self.header_read_timeout)),
+            format!("{ENV_SHUTDOWN_GRACE}={}", d(self.shutdown_grace)),
+        ]);
+        lines.join("\n")
+    }
+}
+
+/// Hides the password of `scheme://user:password@host`.
+fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable>".into(),
+    }
+}
+
+fn decode_kek(v: &str) -> Result<[u8; 32], String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(v))
+        .map_err(|_| "not valid base64".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("must decode to 32 bytes, got {}", b.len()))
+}
+
+fn parse_algs(v: &str) -> Result<Vec<Alg>, String> {
+    let mut algs = Vec::new();
+    for name in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let alg = Alg::parse(name)
+            .ok_or_else(|| format!("unsupported algorithm {name:?} (supported: EdDSA, RS256)"))?;
+        if algs.contains(&alg) {
+            return Err(format!("{name} listed twice"));
+        }
+        algs.push(alg);
+    }
+    if algs.is_empty() {
+        return Err("at least one algorithm is required".into());
+    }
+    Ok(algs)
+}
+
+/// Parses `90s`, `15m`, `1h`, `7d` (also compound humantime forms like `1h30m`); zero is refused.
+pub fn parse_duration(v: &str) -> Result<Duration, String> {
+    let d = parse_duration_allow_zero(v)?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_duration_allow_zero(v: &str) -> Result<Duration, String> {
+    let v = v.trim();
+    if v.chars().all(|c| c.is_ascii_digit()) && !v.is_empty() {
+        return Err(format!("{v:?} needs a unit: s, m, h or d"));
+    }
+    let d = humantime::parse_duration(v)
+        .map_err(|e| format!("{v:?} is not a duration like 30s, 15m, 1h, 7d ({e})"))?;
+    if d > Duration::from_secs(10 * 365 * 86_400) {
+        return Err("must be at most ten years".into());
+    }
+    Ok(d)
+}
+
+fn parse_size(v: &str) -> Result<usize, String> {
+    let v = v.trim();
+    let (num, mult) = if let Some(n) = v.strip_suffix("KiB").or_else(|| v.strip_suffix('k')) {
+        (n, 1024)
+    } else if let Some(n) = v.strip_suffix("MiB").or_else(|| v.strip_suffix('m')) {
+        (n, 1024 * 1024)
+    } else {
+        (v, 1)
+    };
+    let n: usize = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v:?} is not a size like 16384 or 16KiB"))?;
+    let size = n.saturating_mul(mult);
+    if !(256..=16 * 1024 * 1024).contains(&size) {
+        return Err("must be between 256 bytes and 16 MiB".into());
+    }
+    Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_env(&map)
+    }
+
+    fn err_var(pairs: &[(&str, &str)]) -> &'static str {
+        match parse(pairs) {
+            Err(e) => e.var,
+            Ok(_) => panic!("expected an error for {pairs:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(c.issuer, "http://localhost:5000");
+        assert_eq!(c.audience, "tokend");
+        assert!(c.is_embedded());
+        assert_eq!(c.signing_algs, vec![Alg::EdDSA, Alg::RS256]);
+        assert_eq!(c.access_ttl, Duration::from_secs(900));
+        assert_eq!(c.refresh_ttl, Duration::from_secs(14 * 86400));
+        assert_eq!(c.session_ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(c.refresh_reuse_leeway, Duration::from_secs(2));
+        assert_eq!(c.key_rotation, Duration::from_secs(7 * 86400));
+        assert_eq!(c.key_prepublish, Duration::from_secs(3600));
+        assert_eq!(c.jwks_max_age, Duration::from_secs(300));
+        assert_eq!(
+            c.argon2,
+            Argon2Cost {
+                m_kib: 19456,
+                t: 2,
+                p: 1
+            }
+        );
+        assert_eq!(c.body_limit, 16 * 1024);
+    }
+
+    #[test]
+    fn each_bad_value_names_its_variable() {
+        for (var, value) in [
+            (ENV_LISTEN, "nowhere"),
+            (ENV_ISSUER, "not a url"),
+            (ENV_ISSUER, "ftp://x"),
+            (ENV_SIGNING_ALGS, "HS256"),
+            (ENV_SIGNING_ALGS, "none"),
+            (ENV_SIGNING_ALGS, "EdDSA,EdDSA"),
+            (ENV_ACCESS_TTL, "15"),
+            (ENV_ACCESS_TTL, "soon"),
+            (ENV_ACCESS_TTL, "0s"),
+            (ENV_REFRESH_TTL, "60d"),
+            (ENV_SESSION_TTL, "-1d"),
+            (ENV_REFRESH_REUSE_LEEWAY, "2 fortnights"),
+            (ENV_KEY_ROTATION, "1m"),
+            (ENV_KEY_PREPUBLISH, "5m"),
+            (ENV_JWKS_MAX_AGE, "1h"),
+            (ENV_ARGON2, "m=1,t=2,p=1"),
+            (ENV_ARGON2, "m=19456,t=2"),
+            (ENV_ARGON2, "fast"),
+            (ENV_ARGON2_CONCURRENCY, "0"),
+            (ENV_LOG, "info,[[["),
+            (ENV_LOG_FORMAT, "xml"),
+            (ENV_ADMIN_EMAILS, "root"),
+            (ENV_BODY_LIMIT, "lots"),
+            (ENV_KEYSET_RELOAD, "5m"),
+        ] {
+            assert_eq!(err_var(&[(var, value)]), var, "{var}={value}");
+        }
+    }
+
+    #[test]
+    fn production_mode_needs_both_uris_and_a_key_encryption_key() {
+        assert_eq!(
+            err_var(&[(ENV_MONGODB_URI, "mongodb://127.0.0.1:27017")]),
+            ENV_REDIS_URL
+        );
+        assert_eq!(
+            err_var(&[(ENV_REDIS_URL, "redis://127.0.0.1:6379")]),
+            ENV_MONGODB_URI
+        );
+        let both = [
+            (ENV_MONGODB_URI, "mongodb://127.0.0.1:27017"),
+            (ENV_REDIS_URL, "redis://127.0.0.1:6379"),
+        ];
+        assert_eq!(err_var(&both), ENV_KEY_ENCRYPTION_KEY);
+        let mut with_short_key = both.to_vec();
+        with_short_key.push((ENV_KEY_ENCRYPTION_KEY, "c2hvcnQ="));
+        assert_eq!(err_var(&with_short_key), ENV_KEY_ENCRYPTION_KEY);
+        let mut good = both.to_vec();
+        good.push((
+            ENV_KEY_ENCRYPTION_KEY,
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ));
+        let c = parse(&good).unwrap();
+        assert!(!c.is_embedded());
+        let shown = c.describe();
+        assert!(shown.contains("mode=production"));
+        assert!(!shown.contains("AAECAwQF"));
+    }
+
+    #[test]
+    fn passwords_in_store_urls_are_redacted() {
+        let c = parse(&[
+            (ENV_MONGODB_URI, "mongodb://u:hunter2@127.0.0.1:27017"),
+            (ENV_REDIS_URL, "redis://:hunter3@127.0.0.1:6379"),
+            (
+                ENV_KEY_ENCRYPTION_KEY,
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+        ])
+        .unwrap();
+        let shown = c.describe();
+        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+    }
+
+    #[test]
+    fn durations_take_the_spec_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert!(parse_duration("7").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn issuer_loses_its_trailing_slash() {
+        let c = parse(&[(ENV_ISSUER, "https://auth.example.com/")]).unwrap();
+        assert_eq!(c.issuer, "https://auth.example.com");
+    }
+}

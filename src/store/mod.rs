@@ -1,0 +1,270 @@
+//! Stores: what tokend remembers, behind traits, with a memory implementation (embedded mode)
+//! and real ones (MongoDB for users, clients and the keyset; Redis for sessions, revocations,
+//! rate limits and the rotation lease). One contract suite runs against each implementation.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod memory;
+pub mod mongo;
+pub mod redis;
+
+/// What can go wrong in a store, named for what happened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A unique field (`email`, `username`, `client_id`) is already taken.
+    #[error("duplicate {0}")]
+    Duplicate(&'static str),
+    /// The backing server cannot be reached or answered with an error.
+    #[error("{store} unavailable: {message}")]
+    Unavailable {
+        store: &'static str,
+        message: String,
+    },
+    /// Data in the store could not be understood.
+    #[error("corrupt record in {store}: {message}")]
+    Corrupt {
+        store: &'static str,
+        message: String,
+    },
+}
+
+impl StoreError {
+    pub fn unavailable(store: &'static str, e: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable {
+            store,
+            message: e.to_string(),
+        }
+    }
+    pub fn corrupt(store: &'static str, e: impl std::fmt::Display) -> Self {
+        StoreError::Corrupt {
+            store,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A stored user. `password_hash` is a PHC string and never leaves the domain layer.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub id: String,
+    pub username: String,
+    /// Lower-cased email.
+    pub email: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// Unix milliseconds.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .field("password_hash", &"<redacted>")
+            .field("roles", &self.roles)
+            .finish()
+    }
+}
+
+/// Users, unique by email and by username (case-insensitively).
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Inserts a new user; `Duplicate("email")` or `Duplicate("username")` when taken.
+    async fn insert(&self, user: &UserRecord) -> Result<(), StoreError>;
+    async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// `email` is already lower-cased.
+    async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Case-insensitive.
+    async fn by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Renames a user; `Duplicate("username")` when another user holds the name. `None` if no
+    /// such user.
+    async fn update_username(
+        &self,
+        id: &str,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Replaces the password hash; false if no such user.
+    async fn update_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError>;
+    /// Replaces the roles; `None` if no such user.
+    async fn set_roles(
+        &self,
+        id: &str,
+        roles: &[String],
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Users ordered by id, starting after `after`, at most `limit`.
+    async fn list(&self, after: Option<&str>, limit: usize)
+        -> Result<Vec<UserRecord>, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An OAuth client (RFC 6749 §2).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub client_id: String,
+    /// Lower-case hex SHA-256 of the secret; `None` for a public client.
+    pub secret_sha256: Option<String>,
+    pub grant_types: Vec<String>,
+    pub scopes: Vec<String>,
+    /// Signing algorithm for this client's tokens (`EdDSA`, `RS256`); default when `None`.
+    pub alg: Option<String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for ClientRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientRecord")
+            .field("client_id", &self.client_id)
+            .field("confidential", &self.secret_sha256.is_some())
+            .field("grant_types", &self.grant_types)
+            .field("scopes", &self.scopes)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+/// OAuth clients, unique by `client_id`.
+#[async_trait]
+pub trait ClientStore: Send + Sync {
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
+    /// `Duplicate("client_id")` when taken.
+    async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError>;
+    /// True if a client was deleted.
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// A new refresh family (SPEC §6), started by a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFamily {
+    pub sid: String,
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: String,
+    /// Unix seconds of the password authentication.
+    pub auth_time: i64,
+    /// `jti` of the first refresh token.
+    pub refresh_jti: String,
+    /// `jti` of the first access token.
+    pub access_jti: String,
+    /// Unix seconds the first pair was issued at.
+    pub issued_at: i64,
+    /// Unix milliseconds at which the family ends whatever happens (login + session TTL).
+    pub expires_at_ms: i64,
+    /// How long the record lives from now (the refresh token's lifetime, capped by the family's).
+    pub ttl_ms: i64,
+}
+
+/// One refresh exchange.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotateRequest {
+    pub sid: String,
+    pub presented_jti: String,
+    pub new_refresh_jti: String,
+    pub new_access_jti: String,
+    /// Unix seconds the new pair is issued at.
+    pub issued_at: i64,
+    pub now_ms: i64,
+    pub leeway_ms: i64,
+    /// How long the record lives from now (refresh TTL capped by the family's end).
+    pub ttl_ms: i64,
+    /// How long a revoked family is remembered when reuse is detected (the longest remaining
+    /// lifetime of any token of it).
+    pub revoked_ttl_ms: i64,
+}
+
+/// What a refresh exchange did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RotateOutcome {
+    /// The presented token was current; the new pair is now current.
+    Rotated,
+    /// The presented token was exchanged within the leeway: the successor it got, to be re-issued
+    /// byte for byte.
+    Replayed {
+        refresh_jti: String,
+        access_jti: String,
+        issued_at: i64,
+    },
+    /// The presented token was exchanged before, outside the leeway: the family is now revoked.
+    Reused,
+    /// The family had been revoked already.
+    Revoked,
+    /// No such family (expired or never existed).
+    Unknown,
+}
+
+/// The revocation state an access token is checked against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessStatus {
+    pub jti_revoked: bool,
+    pub family_revoked: bool,
+    /// Tokens of this user issued (`iat`) before this Unix second are revoked.
+    pub user_not_before: Option<i64>,
+}
+
+/// A family as introspection and revocation see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyState {
+    pub user_id: String,
+    pub client_id: String,
+    pub scope: String,
+    pub auth_time: i64,
+    pub current_refresh_jti: String,
+    pub current_access_jti: String,
+    pub issued_at: i64,
+    pub expires_at_ms: i64,
+    pub revoked: bool,
+}
+
+/// Refresh families and revocations, each record with a TTL (SPEC §6).
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError>;
+    /// The atomic exchange of SPEC §6: exactly one successor per refresh token.
+    async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
+    async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError>;
+    /// Marks a family revoked, remembered for `ttl_ms`. Unknown families are remembered too.
+    async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
+    /// Revokes every family of a user; returns how many.
+    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError>;
+    /// Remembers a revoked access-token `jti` for `ttl_ms`.
+    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError>;
+    /// Sets the user's not-before mark (Unix seconds), remembered for `ttl_ms`; never lowers it.
+    async fn set_user_not_before(
+        &self,
+        user_id: &str,
+        not_before: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Everything an access-token check needs, in one round trip where the backend allows.
+    async fn access_status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Cross-instance coordination: the rotation lease.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
+    /// Takes the lease `name` for `holder` for `ttl_ms` if nobody holds it (`SET NX PX`).
+    async fn try_acquire(&self, name: &str, holder: &str, ttl_ms: i64)
+        -> Result<bool, StoreError>;
+    /// Gives the lease back if `holder` still holds it.
+    async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
