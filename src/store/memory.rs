@@ -1,0 +1,571 @@
+//! In-process stores for embedded mode: users, clients, refresh families, revocations and the
+//! lease, held in memory with the same semantics as MongoDB and Redis. Records with a TTL expire
+//! by the [`Clock`](crate::clock::Clock) they were built with and are purged as they are met and
+//! by a periodic sweep, so memory stays bounded. Everything is lost when the process exits.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+
+use super::{
+    AccessStatus, ClientRecord, ClientStore, FamilyState, LeaseStore, NewFamily, RotateOutcome,
+    RotateRequest, SessionStore, StoreError, UserRecord, UserStore,
+};
+use crate::clock::SharedClock;
+
+/// Sweep every expiring map at least this often (clock time)…
+const SWEEP_INTERVAL_MS: i64 = 30_000;
+/// …or after this many writes, whichever comes first.
+const SWEEP_EVERY_WRITES: u64 = 4096;
+
+/// Locks a mutex, recovering the data if another thread panicked while holding it: every update
+/// below leaves the maps consistent before it can panic, so the data is still sound.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn username_key(username: &str) -> String {
+    username.to_lowercase()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct UsersInner {
+    /// By id; a `BTreeMap` so `list` walks ids in order.
+    by_id: BTreeMap<String, UserRecord>,
+    email_to_id: HashMap<String, String>,
+    /// Lower-cased username to id.
+    username_to_id: HashMap<String, String>,
+}
+
+/// Users in memory, unique by email and by lower-cased username.
+#[derive(Default)]
+pub struct MemoryUsers {
+    inner: Mutex<UsersInner>,
+}
+
+impl MemoryUsers {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryUsers {
+    async fn insert(&self, user: &UserRecord) -> Result<(), StoreError> {
+        let mut g = lock(&self.inner);
+        let uname = username_key(&user.username);
+        if g.by_id.contains_key(&user.id) {
+            return Err(StoreError::Duplicate("id"));
+        }
+        if g.email_to_id.contains_key(&user.email) {
+            return Err(StoreError::Duplicate("email"));
+        }
+        if g.username_to_id.contains_key(&uname) {
+            return Err(StoreError::Duplicate("username"));
+        }
+        g.email_to_id.insert(user.email.clone(), user.id.clone());
+        g.username_to_id.insert(uname, user.id.clone());
+        g.by_id.insert(user.id.clone(), user.clone());
+        Ok(())
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        Ok(lock(&self.inner).by_id.get(id).cloned())
+    }
+
+    async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        let g = lock(&self.inner);
+        Ok(g.email_to_id
+            .get(email)
+            .and_then(|id| g.by_id.get(id))
+            .cloned())
+    }
+
+    async fn by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let g = lock(&self.inner);
+        Ok(g.username_to_id
+            .get(&username_key(username))
+            .and_then(|id| g.by_id.get(id))
+            .cloned())
+    }
+
+    async fn update_username(
+        &self,
+        id: &str,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut g = lock(&self.inner);
+        let Some(old) = g.by_id.get(id).map(|u| username_key(&u.username)) else {
+            return Ok(None);
+        };
+        let new = username_key(username);
+        if g.username_to_id
+            .get(&new)
+            .is_some_and(|holder| holder != id)
+        {
+            return Err(StoreError::Duplicate("username"));
+        }
+        g.username_to_id.remove(&old);
+        g.username_to_id.insert(new, id.to_string());
+        Ok(g.by_id.get_mut(id).map(|u| {
+            u.username = username.to_string();
+            u.updated_at = now_ms;
+            u.clone()
+        }))
+    }
+
+    async fn update_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let mut g = lock(&self.inner);
+        Ok(match g.by_id.get_mut(id) {
+            Some(u) => {
+                u.password_hash = hash.to_string();
+                u.updated_at = now_ms;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn set_roles(
+        &self,
+        id: &str,
+        roles: &[String],
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut g = lock(&self.inner);
+        Ok(g.by_id.get_mut(id).map(|u| {
+            u.roles = roles.to_vec();
+            u.updated_at = now_ms;
+            u.clone()
+        }))
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        let g = lock(&self.inner);
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        Ok(g.by_id
+            .range((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(_, u)| u.clone())
+            .collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+/// OAuth clients in memory, unique by `client_id`.
+#[derive(Default)]
+pub struct MemoryClients {
+    inner: Mutex<BTreeMap<String, ClientRecord>>,
+}
+
+impl MemoryClients {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ClientStore for MemoryClients {
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        Ok(lock(&self.inner).get(client_id).cloned())
+    }
+
+    async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        let mut g = lock(&self.inner);
+        if g.contains_key(&client.client_id) {
+            return Err(StoreError::Duplicate("client_id"));
+        }
+        g.insert(client.client_id.clone(), client.clone());
+        Ok(())
+    }
+
+    /// Ordered by `client_id`.
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        Ok(lock(&self.inner).values().cloned().collect())
+    }
+
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        Ok(lock(&self.inner).remove(client_id).is_some())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions: refresh families and revocations
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Family {
+    user_id: String,
+    client_id: String,
+    scope: String,
+    auth_time: i64,
+    cur: String,
+    cur_at: String,
+    iat: i64,
+    /// The refresh `jti` exchanged last, and when (Unix ms, the request's `now`).
+    prev: Option<(String, i64)>,
+    exp_ms: i64,
+    revoked: bool,
+    /// Clock time (Unix ms) at which the record is forgotten.
+    expires: i64,
+}
+
+impl Family {
+    /// A family revoked before (or after) it was known: only the mark is remembered.
+    fn revoked_stub(expires: i64) -> Self {
+        Family {
+            user_id: String::new(),
+            client_id: String::new(),
+            scope: String::new(),
+            auth_time: 0,
+            cur: String::new(),
+            cur_at: String::new(),
+            iat: 0,
+            prev: None,
+            exp_ms: 0,
+            revoked: true,
+            expires,
+        }
+    }
+}
+
+#[derive(Default)]
+struct SessionsInner {
+    families: HashMap<String, Family>,
+    /// user id -> (family ids, clock time the set is forgotten)
+    user_families: HashMap<String, (HashSet<String>, i64)>,
+    /// revoked access `jti` -> clock time it is forgotten
+    revoked_jtis: HashMap<String, i64>,
+    /// user id -> (not-before, Unix s; clock time it is forgotten)
+    not_before: HashMap<String, (i64, i64)>,
+    last_sweep: i64,
+    writes_since_sweep: u64,
+}
+
+impl SessionsInner {
+    /// Counts a write and sweeps every map when one is due.
+    fn maybe_sweep(&mut self, now: i64) {
+        self.writes_since_sweep += 1;
+        if self.writes_since_sweep < SWEEP_EVERY_WRITES
+            && now.saturating_sub(self.last_sweep) < SWEEP_INTERVAL_MS
+        {
+            return;
+        }
+        self.last_sweep = now;
+        self.writes_since_sweep = 0;
+        self.families.retain(|_, f| f.expires > now);
+        self.revoked_jtis.retain(|_, exp| *exp > now);
+        self.not_before.retain(|_, (_, exp)| *exp > now);
+        let families = &self.families;
+        self.user_families.retain(|_, (sids, exp)| {
+            sids.retain(|sid| families.contains_key(sid));
+            *exp > now && !sids.is_empty()
+        });
+    }
+
+    /// The live family `sid`, dropping it if it has expired.
+    fn live_family(&mut self, sid: &str, now: i64) -> Option<&mut Family> {
+        if self.families.get(sid).is_some_and(|f| f.expires <= now) {
+            self.families.remove(sid);
+        }
+        self.families.get_mut(sid)
+    }
+
+    /// Marks `sid` revoked for at least `ttl_ms`; true if it was live and not yet revoked.
+    fn revoke(&mut self, sid: &str, ttl_ms: i64, now: i64, create: bool) -> bool {
+        let expires = now.saturating_add(ttl_ms.max(1));
+        match self.live_family(sid, now) {
+            Some(f) => {
+                let was_live = !f.revoked;
+                f.revoked = true;
+                f.expires = f.expires.max(expires);
+                was_live
+            }
+            None => {
+                if create {
+                    self.families
+                        .insert(sid.to_string(), Family::revoked_stub(expires));
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Refresh families and revocations in memory, expiring by a [`SharedClock`].
+pub struct MemorySessions {
+    clock: SharedClock,
+    inner: Mutex<SessionsInner>,
+}
+
+impl MemorySessions {
+    pub fn new(clock: SharedClock) -> Self {
+        let last_sweep = clock.now_ms();
+        Self {
+            clock,
+            inner: Mutex::new(SessionsInner {
+                last_sweep,
+                ..SessionsInner::default()
+            }),
+        }
+    }
+
+    /// How many records are held, expired ones included until they are swept.
+    pub fn len(&self) -> usize {
+        let g = lock(&self.inner);
+        g.families.len() + g.user_families.len() + g.revoked_jtis.len() + g.not_before.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessions {
+    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let expires = now.saturating_add(family.ttl_ms.max(1));
+        // A family id revoked before it was started stays revoked.
+        let revoked = g.live_family(&family.sid, now).is_some_and(|f| f.revoked);
+        g.families.insert(
+            family.sid.clone(),
+            Family {
+                user_id: family.user_id.clone(),
+                client_id: family.client_id.clone(),
+                scope: family.scope.clone(),
+                auth_time: family.auth_time,
+                cur: family.refresh_jti.clone(),
+                cur_at: family.access_jti.clone(),
+                iat: family.issued_at,
+                prev: None,
+                exp_ms: family.expires_at_ms,
+                revoked,
+                expires,
+            },
+        );
+        // The user's set of families lives as long as the longest family in it can.
+        let set_expires = expires.max(family.expires_at_ms);
+        let entry = g
+            .user_families
+            .entry(family.user_id.clone())
+            .or_insert_with(|| (HashSet::new(), set_expires));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.insert(family.sid.clone());
+        entry.1 = entry.1.max(set_expires);
+        Ok(())
+    }
+
+    async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let Some(f) = g.live_family(&req.sid, now) else {
+            return Ok(RotateOutcome::Unknown);
+        };
+        if f.revoked {
+            return Ok(RotateOutcome::Revoked);
+        }
+        if f.cur == req.presented_jti {
+            f.prev = Some((std::mem::take(&mut f.cur), req.now_ms));
+            f.cur = req.new_refresh_jti.clone();
+            f.cur_at = req.new_access_jti.clone();
+            f.iat = req.issued_at;
+            f.expires = now.saturating_add(req.ttl_ms.max(1));
+            return Ok(RotateOutcome::Rotated);
+        }
+        if let Some((prev, at)) = &f.prev {
+            if *prev == req.presented_jti && req.now_ms.saturating_sub(*at) <= req.leeway_ms {
+                return Ok(RotateOutcome::Replayed {
+                    refresh_jti: f.cur.clone(),
+                    access_jti: f.cur_at.clone(),
+                    issued_at: f.iat,
+                });
+            }
+        }
+        f.revoked = true;
+        f.expires = f.expires.max(now.saturating_add(req.revoked_ttl_ms.max(1)));
+        Ok(RotateOutcome::Reused)
+    }
+
+    async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        Ok(g.live_family(sid, now).map(|f| FamilyState {
+            user_id: f.user_id.clone(),
+            client_id: f.client_id.clone(),
+            scope: f.scope.clone(),
+            auth_time: f.auth_time,
+            current_refresh_jti: f.cur.clone(),
+            current_access_jti: f.cur_at.clone(),
+            issued_at: f.iat,
+            expires_at_ms: f.exp_ms,
+            revoked: f.revoked,
+        }))
+    }
+
+    async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        g.revoke(sid, ttl_ms, now, true);
+        Ok(())
+    }
+
+    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let sids: Vec<String> = match g.user_families.get(user_id) {
+            Some((sids, exp)) if *exp > now => sids.iter().cloned().collect(),
+            _ => return Ok(0),
+        };
+        let mut revoked = 0;
+        for sid in sids {
+            if g.revoke(&sid, ttl_ms, now, false) {
+                revoked += 1;
+            }
+        }
+        Ok(revoked)
+    }
+
+    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let expires = now.saturating_add(ttl_ms.max(1));
+        let e = g.revoked_jtis.entry(jti.to_string()).or_insert(expires);
+        *e = if *e <= now {
+            expires
+        } else {
+            (*e).max(expires)
+        };
+        Ok(())
+    }
+
+    async fn set_user_not_before(
+        &self,
+        user_id: &str,
+        not_before: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let expires = now.saturating_add(ttl_ms.max(1));
+        let e = g
+            .not_before
+            .entry(user_id.to_string())
+            .or_insert((not_before, expires));
+        if e.1 <= now {
+            *e = (not_before, expires);
+        } else if not_before > e.0 {
+            *e = (not_before, e.1.max(expires));
+        }
+        Ok(())
+    }
+
+    async fn access_status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
+        let family_revoked = match sid {
+            Some(sid) => g.live_family(sid, now).is_some_and(|f| f.revoked),
+            None => false,
+        };
+        let user_not_before = g
+            .not_before
+            .get(user_id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(nbf, _)| *nbf);
+        Ok(AccessStatus {
+            jti_revoked,
+            family_revoked,
+            user_not_before,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease
+// ---------------------------------------------------------------------------------------------
+
+/// The rotation lease in memory (one process: it only ever competes with itself).
+pub struct MemoryLease {
+    clock: SharedClock,
+    /// name -> (holder, clock time it lapses)
+    inner: Mutex<HashMap<String, (String, i64)>>,
+}
+
+impl MemoryLease {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MemoryLease {
+    async fn try_acquire(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.retain(|_, (_, exp)| *exp > now);
+        if g.contains_key(name) {
+            return Ok(false);
+        }
+        g.insert(
+            name.to_string(),
+            (holder.to_string(), now.saturating_add(ttl_ms.max(1))),
+        );
+        Ok(true)
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let mut g = lock(&self.inner);
+        if g.get(name).is_some_and(|(h, _)| h == holder) {
+            g.remove(name);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,716 @@
+//! Redis: refresh families, revocations, per-user not-before marks and the rotation lease
+//! (SPEC §6). Every key lives under a prefix (default `tokend:`), carries a hash tag so each
+//! record sits in one cluster slot, and is written with a TTL, so Redis never grows without
+//! bound:
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked` |
+//! | `{prefix}ufam:{<user_id>}` | set | the family ids of a user |
+//! | `{prefix}rjti:{<jti>}` | string | a revoked access-token `jti` |
+//! | `{prefix}unbf:{<user_id>}` | string | the user's not-before mark (Unix seconds) |
+//! | `{prefix}lease:{<name>}` | string | a lease and its holder |
+//!
+//! Each multi-step change of one key is a Lua script, so it is atomic; no script touches two
+//! keys, so every one of them works in a cluster. A dead Redis answers with
+//! [`StoreError::Unavailable`] within [`OP_TIMEOUT`], and the connection heals by itself.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
+
+use super::{
+    AccessStatus, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
+    StoreError,
+};
+
+const STORE: &str = "redis";
+
+/// How long one connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long Redis may take to answer one command.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The most one store operation may take, retry included; after it the caller gets
+/// `Unavailable` and fails closed.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The scheme of a Redis Cluster URL: `redis+cluster://host1:port1,host2:port2`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// The connection: one server through a self-healing [`ConnectionManager`], or a cluster.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The refresh exchange of SPEC §6 on one family hash.
+///
+/// KEYS[1] family; ARGV: presented jti, new refresh jti, new access jti, issued_at, now_ms,
+/// leeway_ms, ttl_ms, revoked_ttl_ms.
+const ROTATE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+local f = redis.call('HMGET', KEYS[1], 'revoked', 'cur', 'prev', 'prev_at_ms', 'cur_at', 'iat')
+if f[1] == '1' then return {'revoked'} end
+if f[2] == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'prev', ARGV[1], 'prev_at_ms', ARGV[5],
+    'cur', ARGV[2], 'cur_at', ARGV[3], 'iat', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[7])
+  return {'rotated'}
+end
+if f[3] == ARGV[1] and f[4] and tonumber(ARGV[5]) - tonumber(f[4]) <= tonumber(ARGV[6]) then
+  return {'replayed', f[2], f[5], f[6]}
+end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+local ttl = tonumber(ARGV[8])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+return {'reused'}
+"#;
+
+/// Writes a new family; a family id revoked before it started stays revoked.
+///
+/// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms.
+const START_LUA: &str = r#"
+redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
+  'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8])
+redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
+redis.call('HSETNX', KEYS[1], 'revoked', '0')
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
+return 1
+"#;
+
+/// Adds a family to its user's set, which then lives until the family's end at least.
+///
+/// KEYS[1] user's families; ARGV: sid, family end (Unix ms), ttl_ms.
+const USER_FAMILY_ADD_LUA: &str = r#"
+redis.call('SADD', KEYS[1], ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = math.max(tonumber(ARGV[3]), tonumber(ARGV[2]) - now)
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+end
+return 1
+"#;
+
+/// Marks a family revoked, never shortening how long it is remembered. Returns 1 if it was
+/// live, 2 if it was revoked already, 0 if it did not exist (a revoked stub is written only when
+/// ARGV[2] is '1').
+///
+/// KEYS[1] family; ARGV: ttl_ms, create.
+const REVOKE_FAMILY_LUA: &str = r#"
+local exists = redis.call('EXISTS', KEYS[1])
+if exists == 0 and ARGV[2] ~= '1' then return 0 end
+local was = redis.call('HGET', KEYS[1], 'revoked')
+redis.call('HSET', KEYS[1], 'revoked', '1')
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if exists == 0 then return 0 end
+if was == '1' then return 2 end
+return 1
+"#;
+
+/// Raises (never lowers) the user's not-before mark; keeps it at least `ttl_ms`.
+///
+/// KEYS[1] mark; ARGV: not_before, ttl_ms.
+const NOT_BEFORE_LUA: &str = r#"
+local pttl = redis.call('PTTL', KEYS[1])
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then redis.call('SET', KEYS[1], ARGV[1]) end
+if pttl > tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], pttl)
+else
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+"#;
+
+/// Deletes a lease only if `holder` still holds it.
+///
+/// KEYS[1] lease; ARGV: holder.
+const RELEASE_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+struct Scripts {
+    rotate: Script,
+    start: Script,
+    user_family_add: Script,
+    revoke_family: Script,
+    not_before: Script,
+    release: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            rotate: Script::new(ROTATE_LUA),
+            start: Script::new(START_LUA),
+            user_family_add: Script::new(USER_FAMILY_ADD_LUA),
+            revoke_family: Script::new(REVOKE_FAMILY_LUA),
+            not_before: Script::new(NOT_BEFORE_LUA),
+            release: Script::new(RELEASE_LUA),
+        }
+    }
+}
+
+/// Sessions, revocations and the lease in Redis (or a Redis Cluster). Cheap to clone: clones
+/// share one connection.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    prefix: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field(
+                "mode",
+                &match self.conn {
+                    Conn::Single(_) => "single",
+                    Conn::Cluster(_) => "cluster",
+                },
+            )
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(STORE, e)
+}
+
+/// Milliseconds as Redis accepts them for `PX`/`PEXPIRE`: at least 1.
+fn ttl_arg(ttl_ms: i64) -> i64 {
+    ttl_ms.max(1)
+}
+
+/// Whether a failed command is worth one more try on a fresh connection: the connection broke
+/// (or a reconnect had failed before), as opposed to a slow server or a command error.
+fn is_connection_error(e: &RedisError) -> bool {
+    !e.is_timeout() && (e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error())
+}
+
+/// Splits `redis+cluster://[user:pass@]h1:p1,h2:p2[/]` into one `redis://` URL per node.
+fn cluster_nodes(url: &str) -> Result<Vec<String>, StoreError> {
+    let rest = url
+        .strip_prefix(CLUSTER_SCHEME)
+        .ok_or_else(|| unavailable(format!("not a {CLUSTER_SCHEME} URL")))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    let nodes: Vec<String> = hosts
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| format!("redis://{userinfo}{h}/"))
+        .collect();
+    if nodes.is_empty() {
+        return Err(unavailable(format!(
+            "{CLUSTER_SCHEME} URL names no node (expected {CLUSTER_SCHEME}host1:port1,host2:port2)"
+        )));
+    }
+    Ok(nodes)
+}
+
+impl RedisStore {
+    /// Connects to `redis://…` (or `rediss://…`, `unix://…`) through a connection manager that
+    /// reconnects by itself, or to a cluster given as `redis+cluster://h1:p1,h2:p2`. Every key
+    /// is written under `prefix`. Fails if the server cannot be reached now.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
+        if prefix.contains(['{', '}']) {
+            return Err(unavailable(
+                "the key prefix must not contain '{' or '}' (they are cluster hash tags)",
+            ));
+        }
+        let conn = if url.starts_with(CLUSTER_SCHEME) {
+            let client = redis::cluster::ClusterClient::builder(cluster_nodes(url)?)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(RESPONSE_TIMEOUT)
+                .retries(2)
+                .max_retry_wait(200)
+                .build()
+                .map_err(unavailable)?;
+            let conn = tokio::time::timeout(OP_TIMEOUT, client.get_async_connection())
+                .await
+                .map_err(|_| unavailable("timed out connecting to the cluster"))?
+                .map_err(unavailable)?;
+            Conn::Cluster(conn)
+        } else {
+            let client = redis::Client::open(url).map_err(unavailable)?;
+            // No reconnection retries inside the manager: a failed attempt fails the requests
+            // waiting on it at once (fail closed, fast), and the next request starts a fresh
+            // attempt, so recovery needs no restart.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(RESPONSE_TIMEOUT)
+                .set_number_of_retries(0)
+                .set_factor(1)
+                .set_max_delay(100);
+            let conn = tokio::time::timeout(
+                OP_TIMEOUT,
+                ConnectionManager::new_with_config(client, config),
+            )
+            .await
+            .map_err(|_| unavailable("timed out connecting"))?
+            .map_err(unavailable)?;
+            Conn::Single(conn)
+        };
+        Ok(RedisStore {
+            conn,
+            prefix: Arc::from(prefix),
+            scripts: Arc::new(Scripts::new()),
+        })
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn family_key(&self, sid: &str) -> String {
+        format!("{}fam:{{{sid}}}", self.prefix)
+    }
+
+    fn user_families_key(&self, user_id: &str) -> String {
+        format!("{}ufam:{{{user_id}}}", self.prefix)
+    }
+
+    fn revoked_jti_key(&self, jti: &str) -> String {
+        format!("{}rjti:{{{jti}}}", self.prefix)
+    }
+
+    fn not_before_key(&self, user_id: &str) -> String {
+        format!("{}unbf:{{{user_id}}}", self.prefix)
+    }
+
+    fn lease_key(&self, name: &str) -> String {
+        format!("{}lease:{{{name}}}", self.prefix)
+    }
+
+    /// Runs one operation within [`OP_TIMEOUT`], once more on a fresh connection if the
+    /// connection had broken, and maps every failure to `Unavailable`.
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let attempt = async {
+            match op(self.conn.clone()).await {
+                Err(e) if is_connection_error(&e) => op(self.conn.clone()).await,
+                other => other,
+            }
+        };
+        match tokio::time::timeout(OP_TIMEOUT, attempt).await {
+            Ok(result) => result.map_err(unavailable),
+            Err(_) => Err(unavailable(format!(
+                "no answer within {} ms",
+                OP_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
+    /// Revokes one family (see [`REVOKE_FAMILY_LUA`] for the answer).
+    async fn revoke_one(&self, sid: &str, ttl_ms: i64, create: bool) -> Result<i64, StoreError> {
+        let key = self.family_key(sid);
+        let ttl = ttl_arg(ttl_ms);
+        let create = if create { "1" } else { "0" };
+        self.run(|mut c| {
+            let key = key.clone();
+            let scripts = self.scripts.clone();
+            async move {
+                scripts
+                    .revoke_family
+                    .key(key)
+                    .arg(ttl)
+                    .arg(create)
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+}
+
+fn parse_i64(field: &str, v: Option<&String>) -> Result<i64, StoreError> {
+    match v {
+        None => Ok(0),
+        Some(s) => s
+            .parse()
+            .map_err(|_| StoreError::corrupt(STORE, format!("family field {field} is {s:?}"))),
+    }
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+        // The user's set first: a family missing from it could escape "log out everywhere",
+        // while a set member without a family is harmless (and dropped when met).
+        let ufam = self.user_families_key(&family.user_id);
+        let ttl = ttl_arg(family.ttl_ms);
+        self.run(|mut c| {
+            let (ufam, scripts) = (ufam.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .user_family_add
+                    .key(ufam)
+                    .arg(&family.sid)
+                    .arg(family.expires_at_ms)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await?;
+        let key = self.family_key(&family.sid);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .start
+                    .key(key)
+                    .arg(&family.user_id)
+                    .arg(&family.client_id)
+                    .arg(&family.scope)
+                    .arg(family.auth_time)
+                    .arg(&family.refresh_jti)
+                    .arg(&family.access_jti)
+                    .arg(family.issued_at)
+                    .arg(family.expires_at_ms)
+                    .arg(ttl)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
+        let key = self.family_key(&req.sid);
+        let reply: Vec<String> = self
+            .run(|mut c| {
+                let (key, scripts) = (key.clone(), self.scripts.clone());
+                async move {
+                    scripts
+                        .rotate
+                        .key(key)
+                        .arg(&req.presented_jti)
+                        .arg(&req.new_refresh_jti)
+                        .arg(&req.new_access_jti)
+                        .arg(req.issued_at)
+                        .arg(req.now_ms)
+                        .arg(req.leeway_ms)
+                        .arg(ttl_arg(req.ttl_ms))
+                        .arg(ttl_arg(req.revoked_ttl_ms))
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        match reply.first().map(String::as_str) {
+            Some("rotated") => Ok(RotateOutcome::Rotated),
+            Some("revoked") => Ok(RotateOutcome::Revoked),
+            Some("unknown") => Ok(RotateOutcome::Unknown),
+            Some("reused") => Ok(RotateOutcome::Reused),
+            Some("replayed") if reply.len() == 4 => Ok(RotateOutcome::Replayed {
+                refresh_jti: reply[1].clone(),
+                access_jti: reply[2].clone(),
+                issued_at: parse_i64("iat", reply.get(3))?,
+            }),
+            _ => Err(StoreError::corrupt(
+                STORE,
+                format!("unexpected rotate reply {reply:?}"),
+            )),
+        }
+    }
+
+    /// A family revoked before it was ever seen comes back revoked, with empty fields.
+    async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
+        let key = self.family_key(sid);
+        let h: HashMap<String, String> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut c).await }
+            })
+            .await?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let text = |f: &str| h.get(f).cloned().unwrap_or_default();
+        Ok(Some(FamilyState {
+            user_id: text("user"),
+            client_id: text("client"),
+            scope: text("scope"),
+            auth_time: parse_i64("auth_time", h.get("auth_time"))?,
+            current_refresh_jti: text("cur"),
+            current_access_jti: text("cur_at"),
+            issued_at: parse_i64("iat", h.get("iat"))?,
+            expires_at_ms: parse_i64("exp_ms", h.get("exp_ms"))?,
+            revoked: h.get("revoked").is_some_and(|v| v == "1"),
+        }))
+    }
+
+    async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.revoke_one(sid, ttl_ms, true).await.map(|_| ())
+    }
+
+    /// Returns how many live families were revoked (already revoked ones are not counted).
+    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+        let ufam = self.user_families_key(user_id);
+        let sids: Vec<String> = self
+            .run(|mut c| {
+                let ufam = ufam.clone();
+                async move { redis::cmd("SMEMBERS").arg(ufam).query_async(&mut c).await }
+            })
+            .await?;
+        // Each family is its own slot: one call per family, run together.
+        let outcomes = futures_util::future::try_join_all(
+            sids.iter().map(|sid| self.revoke_one(sid, ttl_ms, false)),
+        )
+        .await?;
+        let gone: Vec<&String> = sids
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == 0)
+            .map(|(sid, _)| sid)
+            .collect();
+        if !gone.is_empty() {
+            self.run(|mut c| {
+                let ufam = ufam.clone();
+                let gone = gone.clone();
+                async move {
+                    redis::cmd("SREM")
+                        .arg(ufam)
+                        .arg(gone)
+                        .query_async::<i64>(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        }
+        Ok(outcomes.iter().filter(|o| **o == 1).count() as u64)
+    }
+
+    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        let key = self.revoked_jti_key(jti);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg("1")
+                    .arg("PX")
+                    .arg(ttl_arg(ttl_ms))
+                    .query_async::<()>(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn set_user_not_before(
+        &self,
+        user_id: &str,
+        not_before: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let key = self.not_before_key(user_id);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .not_before
+                    .key(key)
+                    .arg(not_before)
+                    .arg(ttl_arg(ttl_ms))
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn access_status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        let rjti = self.revoked_jti_key(jti);
+        let fam = sid.map(|s| self.family_key(s));
+        let unbf = self.not_before_key(user_id);
+        let (jti_revoked, family_flag, nbf): (bool, Option<String>, Option<String>) = self
+            .run(|c| {
+                let (rjti, fam, unbf) = (rjti.clone(), fam.clone(), unbf.clone());
+                async move {
+                    match c {
+                        // One round trip.
+                        Conn::Single(mut c) => {
+                            let mut p = redis::pipe();
+                            p.cmd("EXISTS").arg(&rjti);
+                            p.cmd("GET").arg(&unbf);
+                            match &fam {
+                                Some(fam) => {
+                                    p.cmd("HGET").arg(fam).arg("revoked");
+                                    let (j, n, f): (bool, Option<String>, Option<String>) =
+                                        p.query_async(&mut c).await?;
+                                    Ok((j, f, n))
+                                }
+                                None => {
+                                    let (j, n): (bool, Option<String>) =
+                                        p.query_async(&mut c).await?;
+                                    Ok((j, None, n))
+                                }
+                            }
+                        }
+                        // Three slots: three calls, sent together.
+                        Conn::Cluster(c) => {
+                            let (mut c1, mut c2, mut c3) = (c.clone(), c.clone(), c);
+                            let j = async move {
+                                redis::cmd("EXISTS")
+                                    .arg(&rjti)
+                                    .query_async::<bool>(&mut c1)
+                                    .await
+                            };
+                            let n = async move {
+                                redis::cmd("GET")
+                                    .arg(&unbf)
+                                    .query_async::<Option<String>>(&mut c2)
+                                    .await
+                            };
+                            let f = async move {
+                                match fam {
+                                    Some(fam) => {
+                                        redis::cmd("HGET")
+                                            .arg(fam)
+                                            .arg("revoked")
+                                            .query_async::<Option<String>>(&mut c3)
+                                            .await
+                                    }
+                                    None => Ok(None),
+                                }
+                            };
+                            let (j, n, f) = futures_util::future::try_join3(j, n, f).await?;
+                            Ok((j, f, n))
+                        }
+                    }
+                }
+            })
+            .await?;
+        let user_not_before = match nbf {
+            None => None,
+            Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                StoreError::corrupt(STORE, format!("user not-before mark is {v:?}"))
+            })?),
+        };
+        Ok(AccessStatus {
+            jti_revoked,
+            family_revoked: family_flag.is_some_and(|v| v == "1"),
+            user_not_before,
+        })
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map(|_| ())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    async fn try_acquire(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        let key = self.lease_key(name);
+        let reply: Option<String> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(holder)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(ttl_arg(ttl_ms))
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(reply.is_some())
+    }
+
+    async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError> {
+        let key = self.lease_key(name);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .release
+                    .key(key)
+                    .arg(holder)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_urls_become_one_url_per_node() {
+        assert_eq!(
+            cluster_nodes("redis+cluster://a:7000,b:7001/").unwrap(),
+            vec!["redis://a:7000/", "redis://b:7001/"]
+        );
+        assert_eq!(
+            cluster_nodes("redis+cluster://u:p@a:7000,b:7001").unwrap(),
+            vec!["redis://u:p@a:7000/", "redis://u:p@b:7001/"]
+        );
+        assert!(cluster_nodes("redis+cluster://").is_err());
+    }
+}
