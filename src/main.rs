@@ -1,1 +1,28 @@
-fn main() {}
+//! `tokend`: parse the command line, load and validate configuration (exit 2 on a bad value),
+//! initialise logging, run.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokend::cli::{self, Cli};
+use tokend::config::{Config, ProcessEnv};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match ProcessEnv::load().and_then(|env| Config::from_env(&env)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tokend: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tokend::telemetry::init(&config.log, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tokend: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(cli::run(cli, config))
+}

@@ -1,0 +1,37 @@
+//! Unguessable identifiers (`jti`, `sid`, salts, client secrets) from ring's `SystemRandom`.
+
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// `n` random bytes.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], super::Error> {
+    let mut buf = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut buf)
+        .map_err(|_| super::Error::Internal("system randomness unavailable".into()))?;
+    Ok(buf)
+}
+
+/// A 128-bit random id, base64url without padding (22 characters).
+pub fn random_id() -> Result<String, super::Error> {
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>()?))
+}
+
+/// A 256-bit random secret, base64url without padding (43 characters).
+pub fn random_secret() -> Result<String, super::Error> {
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_distinct_and_url_safe() {
+        let a = super::random_id().unwrap();
+        let b = super::random_id().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 22);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

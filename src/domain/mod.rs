@@ -1,0 +1,95 @@
+//! The rules: accounts, tokens, sessions. No HTTP here and no driver types; stores and keys are
+//! reached through their traits.
+
+pub mod accounts;
+pub mod ids;
+pub mod input;
+pub mod passwords;
+pub mod sessions;
+pub mod tokens;
+
+use std::sync::Arc;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::keys::{KeyError, Keys};
+use crate::store::{ClientStore, SessionStore, StoreError, UserStore};
+
+pub use passwords::Passwords;
+pub use tokens::{AccessClaims, RefreshClaims, Tokens};
+
+/// What a domain operation can answer besides success.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Input that breaks a rule (the message says which).
+    #[error("{0}")]
+    Invalid(String),
+    /// A unique field is taken (`email`, `username`).
+    #[error("{0} already registered")]
+    Duplicate(&'static str),
+    /// Unknown email or wrong password: one answer for both.
+    #[error("invalid email or password")]
+    InvalidCredentials,
+    /// A bearer token was refused; the reason is safe to show.
+    #[error("{0}")]
+    TokenRejected(&'static str),
+    /// The action needs a token minted by a password login.
+    #[error("fresh token required")]
+    FreshTokenRequired,
+    #[error("requires role {0}")]
+    InsufficientRole(&'static str),
+    #[error(transparent)]
+    Refresh(#[from] RefreshError),
+    #[error("not found")]
+    NotFound,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(f) => Error::Duplicate(f),
+            other => Error::Store(other),
+        }
+    }
+}
+
+impl From<KeyError> for Error {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Store(s) => Error::Store(s),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Why a refresh token was refused (SPEC §6).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefreshError {
+    #[error("refresh token invalid: {0}")]
+    InvalidToken(&'static str),
+    #[error("refresh token reuse detected; the session is revoked")]
+    Reused,
+    #[error("session revoked")]
+    Revoked,
+    #[error("session expired or unknown")]
+    Unknown,
+}
+
+/// Everything the domain needs, shared by every request.
+pub struct Core {
+    pub config: Arc<Config>,
+    pub clock: SharedClock,
+    pub users: Arc<dyn UserStore>,
+    pub clients: Arc<dyn ClientStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub keys: Keys,
+    pub passwords: Passwords,
+    pub tokens: Tokens,
+}
+
+/// The built-in public first-party client the seed endpoints act as.
+pub const FIRST_PARTY_CLIENT: &str = "tokend";

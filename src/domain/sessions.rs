@@ -1,0 +1,253 @@
+//! Refresh families (SPEC §6): a login starts one, each refresh exchanges its current token
+//! atomically, reuse revokes it, and logout revokes what SPEC §6 says.
+
+use super::accounts::{Principal, TokenPair};
+use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
+use super::{Core, Error, RefreshError};
+use crate::clock::{ms, secs};
+use crate::keys::Alg;
+use crate::store::{ClientRecord, NewFamily, RotateOutcome, RotateRequest, UserRecord};
+
+/// The claims of one pair, derived only from the family and the issue instant, so that a replay
+/// inside the leeway re-signs byte-identical tokens.
+struct PairSpec<'a> {
+    user: &'a UserRecord,
+    client_id: &'a str,
+    scope: &'a str,
+    sid: &'a str,
+    auth_time: i64,
+    fresh: bool,
+    access_jti: String,
+    refresh_jti: String,
+    issued_at: i64,
+    session_ends: i64,
+}
+
+impl Core {
+    /// The signing algorithm of a client (its own, else the default).
+    pub fn client_alg(&self, client: &ClientRecord) -> Alg {
+        client
+            .alg
+            .as_deref()
+            .and_then(Alg::parse)
+            .filter(|a| self.config.signing_algs.contains(a))
+            .unwrap_or_else(|| self.config.default_alg())
+    }
+
+    /// How long a revocation record must live: the longest remaining lifetime of anything it
+    /// revokes, plus the validation leeway.
+    pub fn revocation_ttl_ms(&self) -> i64 {
+        ms(self.config.refresh_ttl.max(self.config.access_ttl)) + LEEWAY_SECS * 1000
+    }
+
+    fn sign_pair(&self, alg: Alg, spec: &PairSpec<'_>) -> Result<TokenPair, Error> {
+        let access_ttl = secs(self.config.access_ttl);
+        let refresh_exp = (spec.issued_at + secs(self.config.refresh_ttl)).min(spec.session_ends);
+        let access = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: spec.user.id.clone(),
+            aud: Audience::One(self.tokens.audience.clone()),
+            exp: spec.issued_at + access_ttl,
+            iat: spec.issued_at,
+            nbf: spec.issued_at,
+            jti: spec.access_jti.clone(),
+            client_id: spec.client_id.to_string(),
+            scope: spec.scope.to_string(),
+            sid: Some(spec.sid.to_string()),
+            fresh: spec.fresh,
+            auth_time: Some(spec.auth_time),
+            roles: spec.user.roles.clone(),
+        };
+        let refresh = RefreshClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: spec.user.id.clone(),
+            aud: Audience::One(self.tokens.issuer.clone()),
+            exp: refresh_exp,
+            iat: spec.issued_at,
+            jti: spec.refresh_jti.clone(),
+            sid: spec.sid.to_string(),
+            client_id: spec.client_id.to_string(),
+            scope: spec.scope.to_string(),
+        };
+        Ok(TokenPair {
+            access_token: self.tokens.sign_access(alg, &access)?,
+            refresh_token: self.tokens.sign_refresh(alg, &refresh)?,
+            token_type: "Bearer",
+            expires_in: access_ttl,
+            scope: spec.scope.to_string(),
+        })
+    }
+
+    /// Starts a family for a password login and issues its first (fresh) pair.
+    pub async fn start_session(
+        &self,
+        user: &UserRecord,
+        client: &ClientRecord,
+        scope: &str,
+        alg: Alg,
+    ) -> Result<TokenPair, Error> {
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let sid = self.new_id()?;
+        let session_ends = now + secs(self.config.session_ttl);
+        let spec = PairSpec {
+            user,
+            client_id: &client.client_id,
+            scope,
+            sid: &sid,
+            auth_time: now,
+            fresh: true,
+            access_jti: self.new_id()?,
+            refresh_jti: self.new_id()?,
+            issued_at: now,
+            session_ends,
+        };
+        self.sessions
+            .start_family(&NewFamily {
+                sid: sid.clone(),
+                user_id: user.id.clone(),
+                client_id: client.client_id.clone(),
+                scope: scope.to_string(),
+                auth_time: now,
+                refresh_jti: spec.refresh_jti.clone(),
+                access_jti: spec.access_jti.clone(),
+                issued_at: now,
+                expires_at_ms: session_ends * 1000,
+                ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
+            })
+            .await?;
+        self.sign_pair(alg, &spec)
+    }
+
+    /// Exchanges a refresh token (SPEC §6). `expected_client`, when given, must be the client
+    /// the token was issued to.
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        expected_client: Option<&ClientRecord>,
+    ) -> Result<TokenPair, Error> {
+        let now_ms = self.clock.now_ms();
+        let now = now_ms.div_euclid(1000);
+        let claims = self
+            .tokens
+            .decode_refresh(refresh_token, now)
+            .map_err(|r| RefreshError::InvalidToken(describe_reason(r)))?;
+        if let Some(c) = expected_client {
+            if c.client_id != claims.client_id {
+                return Err(RefreshError::InvalidToken("issued to another client").into());
+            }
+        }
+        let status = self
+            .sessions
+            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
+            .await?;
+        if status.user_not_before.is_some_and(|nbf| claims.iat < nbf) || status.family_revoked {
+            return Err(RefreshError::Revoked.into());
+        }
+        let family = self
+            .sessions
+            .family(&claims.sid)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        let session_ends = family.expires_at_ms.div_euclid(1000);
+        if now >= session_ends {
+            return Err(RefreshError::Unknown.into());
+        }
+        let user = self
+            .users
+            .by_id(&claims.sub)
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        let client = match expected_client {
+            Some(c) => c.clone(),
+            None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
+            None => self
+                .clients
+                .get(&claims.client_id)
+                .await?
+                .ok_or(RefreshError::Unknown)?,
+        };
+        let alg = self.client_alg(&client);
+        let remaining_ms = family.expires_at_ms - now_ms;
+        let ttl_ms = (ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000).min(remaining_ms);
+        let new_access_jti = self.new_id()?;
+        let new_refresh_jti = self.new_id()?;
+        let outcome = self
+            .sessions
+            .rotate(&RotateRequest {
+                sid: claims.sid.clone(),
+                presented_jti: claims.jti.clone(),
+                new_refresh_jti: new_refresh_jti.clone(),
+                new_access_jti: new_access_jti.clone(),
+                issued_at: now,
+                now_ms,
+                leeway_ms: ms(self.config.refresh_reuse_leeway),
+                ttl_ms,
+                revoked_ttl_ms: self.revocation_ttl_ms(),
+            })
+            .await?;
+        let (access_jti, refresh_jti, issued_at) = match outcome {
+            RotateOutcome::Rotated => (new_access_jti, new_refresh_jti, now),
+            RotateOutcome::Replayed {
+                refresh_jti,
+                access_jti,
+                issued_at,
+            } => (access_jti, refresh_jti, issued_at),
+            RotateOutcome::Reused => {
+                tracing::warn!(sid = %claims.sid, user_id = %claims.sub, "refresh token reuse detected; family revoked");
+                return Err(RefreshError::Reused.into());
+            }
+            RotateOutcome::Revoked => return Err(RefreshError::Revoked.into()),
+            RotateOutcome::Unknown => return Err(RefreshError::Unknown.into()),
+        };
+        self.sign_pair(
+            alg,
+            &PairSpec {
+                user: &user,
+                client_id: &family.client_id,
+                scope: &family.scope,
+                sid: &claims.sid,
+                auth_time: family.auth_time,
+                fresh: false,
+                access_jti,
+                refresh_jti,
+                issued_at,
+                session_ends,
+            },
+        )
+    }
+
+    /// `POST /auth/logout`: this access token and its family.
+    pub async fn logout(&self, p: &Principal) -> Result<(), Error> {
+        let now = self.clock.now();
+        let remaining = (p.claims.exp - now + LEEWAY_SECS).max(1) * 1000;
+        self.sessions.revoke_jti(&p.claims.jti, remaining).await?;
+        if let Some(sid) = &p.claims.sid {
+            self.sessions
+                .revoke_family(sid, self.revocation_ttl_ms())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `POST /auth/logout/all`: every family of the user and every token issued before now.
+    pub async fn logout_all(&self, p: &Principal) -> Result<(), Error> {
+        self.revoke_all_sessions(&p.claims.sub).await
+    }
+
+    /// Revokes every family of a user and marks everything issued before now as revoked.
+    pub async fn revoke_all_sessions(&self, user_id: &str) -> Result<(), Error> {
+        let ttl = self.revocation_ttl_ms();
+        self.sessions
+            .set_user_not_before(user_id, self.clock.now(), ttl)
+            .await?;
+        let n = self.sessions.revoke_user_families(user_id, ttl).await?;
+        tracing::info!(user_id = %user_id, families = n, "all sessions revoked");
+        Ok(())
+    }
+}
+
+/// Whether a refresh error should count as reuse (for metrics).
+pub fn is_reuse(e: &Error) -> bool {
+    matches!(e, Error::Refresh(RefreshError::Reused))
+}

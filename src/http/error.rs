@@ -1,0 +1,278 @@
+//! `ApiError`: every failure an HTTP client can see, mapped once to a status and an
+//! RFC 6749 §5.2 / RFC 6750 §3 JSON body `{"error","error_description"}`.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::domain::Error as DomainError;
+use crate::domain::RefreshError;
+use crate::store::StoreError;
+
+/// An error answered to an HTTP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// 400 `invalid_request`: malformed or invalid input.
+    InvalidRequest(String),
+    /// 401 `invalid_token` with `WWW-Authenticate: Bearer` (RFC 6750 §3.1).
+    InvalidToken(String),
+    /// 401 `invalid_grant`: wrong email or password on `/auth/login`.
+    InvalidCredentials,
+    /// 400 `invalid_grant` (RFC 6749 §5.2).
+    InvalidGrant(String),
+    /// 401 `invalid_grant` with `WWW-Authenticate: Bearer`: a refresh token presented as Bearer
+    /// (the seed's `/auth/token/refresh`) was refused.
+    BearerInvalidGrant(String),
+    /// 401 `invalid_client` with `WWW-Authenticate: Basic` (RFC 6749 §5.2).
+    InvalidClient(String),
+    /// 400 `unauthorized_client`.
+    UnauthorizedClient(String),
+    /// 400 `unsupported_grant_type`.
+    UnsupportedGrantType(String),
+    /// 400 `invalid_scope`.
+    InvalidScope(String),
+    /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
+    Forbidden {
+        code: &'static str,
+        description: String,
+    },
+    /// 404 `not_found`.
+    NotFound,
+    /// 405 `method_not_allowed` with `Allow`.
+    MethodNotAllowed { allow: &'static str },
+    /// 409 `conflict`.
+    Conflict(String),
+    /// 413 `payload_too_large`.
+    PayloadTooLarge { limit: usize },
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType { expected: &'static str },
+    /// 429 `too_many_requests` with `Retry-After` seconds.
+    TooManyRequests { retry_after: u64 },
+    /// 503 `temporarily_unavailable`: a store is down; fail closed.
+    Unavailable(String),
+    /// 500 `server_error`; the cause is logged, never sent.
+    Internal(String),
+}
+
+impl ApiError {
+    /// The one mapping table: status and RFC `error` code.
+    pub fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_grant"),
+            ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
+            ApiError::BearerInvalidGrant(_) => (StatusCode::UNAUTHORIZED, "invalid_grant"),
+            ApiError::InvalidClient(_) => (StatusCode::UNAUTHORIZED, "invalid_client"),
+            ApiError::UnauthorizedClient(_) => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+            ApiError::UnsupportedGrantType(_) => {
+                (StatusCode::BAD_REQUEST, "unsupported_grant_type")
+            }
+            ApiError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
+            ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType { .. } => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        }
+    }
+
+    /// The `error_description` sent to the client (never internals).
+    pub fn description(&self) -> String {
+        match self {
+            ApiError::InvalidRequest(d)
+            | ApiError::InvalidToken(d)
+            | ApiError::InvalidGrant(d)
+            | ApiError::BearerInvalidGrant(d)
+            | ApiError::InvalidClient(d)
+            | ApiError::UnauthorizedClient(d)
+            | ApiError::UnsupportedGrantType(d)
+            | ApiError::InvalidScope(d)
+            | ApiError::Conflict(d) => d.clone(),
+            ApiError::Forbidden { description, .. } => description.clone(),
+            ApiError::InvalidCredentials => "invalid email or password".into(),
+            ApiError::NotFound => "no such resource".into(),
+            ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
+            ApiError::PayloadTooLarge { limit } => {
+                format!("request body larger than {limit} bytes")
+            }
+            ApiError::UnsupportedMediaType { expected } => {
+                format!("expected Content-Type: {expected}")
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                format!("too many requests; retry after {retry_after} s")
+            }
+            ApiError::Unavailable(_) => "a backing store is unavailable; try again shortly".into(),
+            ApiError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// Renders the response, logging server-side causes once.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.parts();
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(cause = %cause, "internal error"),
+            ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "store unavailable"),
+            _ => {}
+        }
+        let body = serde_json::json!({ "error": code, "error_description": self.description() });
+        let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
+        *res.status_mut() = status;
+        let h = res.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match &self {
+            ApiError::InvalidToken(d) | ApiError::BearerInvalidGrant(d) => {
+                let v = format!(
+                    "Bearer realm=\"tokend\", error=\"invalid_token\", error_description=\"{}\"",
+                    d.replace(['"', '\\'], "'")
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::InvalidClient(_) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"tokend\""),
+                );
+            }
+            ApiError::MethodNotAllowed { allow } => {
+                h.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::TooManyRequests { retry_after } => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::Unavailable(_) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        res
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Duplicate(field) => ApiError::Conflict(format!("{field} already taken")),
+            StoreError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
+            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Invalid(d) => ApiError::InvalidRequest(d),
+            DomainError::Duplicate(field) => {
+                ApiError::Conflict(format!("{field} already registered"))
+            }
+            DomainError::InvalidCredentials => ApiError::InvalidCredentials,
+            DomainError::TokenRejected(reason) => ApiError::InvalidToken(reason.to_string()),
+            DomainError::FreshTokenRequired => ApiError::Forbidden {
+                code: "fresh_token_required",
+                description: "this action needs a token from a password login".into(),
+            },
+            DomainError::InsufficientRole(role) => ApiError::Forbidden {
+                code: "insufficient_role",
+                description: format!("requires role {role}"),
+            },
+            DomainError::Refresh(r) => ApiError::BearerInvalidGrant(r.to_string()),
+            DomainError::NotFound => ApiError::NotFound,
+            DomainError::Store(s) => s.into(),
+            DomainError::Internal(d) => ApiError::Internal(d),
+        }
+    }
+}
+
+impl From<RefreshError> for ApiError {
+    fn from(e: RefreshError) -> Self {
+        ApiError::BearerInvalidGrant(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mapping_table() {
+        let cases: Vec<(ApiError, u16, &str)> = vec![
+            (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
+            (ApiError::InvalidToken("x".into()), 401, "invalid_token"),
+            (ApiError::InvalidCredentials, 401, "invalid_grant"),
+            (ApiError::InvalidGrant("x".into()), 400, "invalid_grant"),
+            (ApiError::BearerInvalidGrant("x".into()), 401, "invalid_grant"),
+            (ApiError::InvalidClient("x".into()), 401, "invalid_client"),
+            (ApiError::UnauthorizedClient("x".into()), 400, "unauthorized_client"),
+            (ApiError::UnsupportedGrantType("x".into()), 400, "unsupported_grant_type"),
+            (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (
+                ApiError::Forbidden {
+                    code: "fresh_token_required",
+                    description: "x".into(),
+                },
+                403,
+                "fresh_token_required",
+            ),
+            (ApiError::NotFound, 404, "not_found"),
+            (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (ApiError::Conflict("x".into()), 409, "conflict"),
+            (ApiError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                ApiError::UnsupportedMediaType {
+                    expected: "application/json",
+                },
+                415,
+                "unsupported_media_type",
+            ),
+            (ApiError::TooManyRequests { retry_after: 3 }, 429, "too_many_requests"),
+            (ApiError::Unavailable("redis".into()), 503, "temporarily_unavailable"),
+            (ApiError::Internal("boom".into()), 500, "server_error"),
+        ];
+        for (err, status, code) in cases {
+            let res = err.clone().into_response();
+            assert_eq!(res.status().as_u16(), status, "{err:?}");
+            assert_eq!(err.parts().1, code);
+            assert_eq!(
+                res.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn headers_required_by_the_rfcs() {
+        let r = ApiError::InvalidToken("expired".into()).into_response();
+        let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(v.starts_with("Bearer ") && v.contains("error=\"invalid_token\""));
+        let r = ApiError::InvalidClient("bad".into()).into_response();
+        assert!(r.headers()[header::WWW_AUTHENTICATE]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic"));
+        let r = ApiError::MethodNotAllowed { allow: "GET, PUT" }.into_response();
+        assert_eq!(r.headers()[header::ALLOW], "GET, PUT");
+        let r = ApiError::TooManyRequests { retry_after: 7 }.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "7");
+    }
+
+    #[test]
+    fn internal_causes_are_never_sent() {
+        let e = ApiError::Internal("mongodb password=hunter2".into());
+        assert!(!e.description().contains("hunter2"));
+        let e = ApiError::Unavailable("redis at 10.0.0.1 refused".into());
+        assert!(!e.description().contains("10.0.0.1"));
+    }
+}

@@ -1,0 +1,203 @@
+//! The hand-written router: a `tower::Service` matching (method, path) to handler functions,
+//! with JSON 404 and 405-with-`Allow`, a per-request timeout, and the headers every response
+//! carries.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use super::{auth, ops, users, wellknown, ApiError, ApiResult};
+use crate::startup::AppState;
+
+/// Every route tokend serves. The template labels logs and metrics (never the raw path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Register,
+    Login,
+    Refresh,
+    Logout,
+    LogoutAll,
+    Verify,
+    Me,
+    MePassword,
+    Jwks,
+    Healthz,
+    Readyz,
+    NotFound,
+}
+
+impl Route {
+    /// Every route, for documentation checks.
+    pub const ALL: &'static [Route] = &[
+        Route::Register,
+        Route::Login,
+        Route::Refresh,
+        Route::Logout,
+        Route::LogoutAll,
+        Route::Verify,
+        Route::Me,
+        Route::MePassword,
+        Route::Jwks,
+        Route::Healthz,
+        Route::Readyz,
+    ];
+
+    /// Finds the route of a path (methods are checked by [`Route::allows`]).
+    pub fn resolve(path: &str) -> Route {
+        match path {
+            "/auth/register" => Route::Register,
+            "/auth/login" => Route::Login,
+            "/auth/token/refresh" => Route::Refresh,
+            "/auth/logout" => Route::Logout,
+            "/auth/logout/all" => Route::LogoutAll,
+            "/auth/verify" => Route::Verify,
+            "/users/me" => Route::Me,
+            "/users/me/password" => Route::MePassword,
+            "/.well-known/jwks.json" => Route::Jwks,
+            "/healthz" => Route::Healthz,
+            "/readyz" => Route::Readyz,
+            _ => Route::NotFound,
+        }
+    }
+
+    pub fn template(self) -> &'static str {
+        match self {
+            Route::Register => "/auth/register",
+            Route::Login => "/auth/login",
+            Route::Refresh => "/auth/token/refresh",
+            Route::Logout => "/auth/logout",
+            Route::LogoutAll => "/auth/logout/all",
+            Route::Verify => "/auth/verify",
+            Route::Me => "/users/me",
+            Route::MePassword => "/users/me/password",
+            Route::Jwks => "/.well-known/jwks.json",
+            Route::Healthz => "/healthz",
+            Route::Readyz => "/readyz",
+            Route::NotFound => "unmatched",
+        }
+    }
+
+    /// The `Allow` header value of the route.
+    pub fn allow(self) -> &'static str {
+        match self {
+            Route::Register
+            | Route::Login
+            | Route::Refresh
+            | Route::Logout
+            | Route::LogoutAll => "POST",
+            Route::Me => "GET, HEAD, PUT",
+            Route::MePassword => "PUT",
+            Route::Verify | Route::Jwks | Route::Healthz | Route::Readyz => "GET, HEAD",
+            Route::NotFound => "",
+        }
+    }
+
+    pub fn allows(self, method: &Method) -> bool {
+        let name = method.as_str();
+        self.allow().split(", ").any(|m| m == name)
+    }
+}
+
+/// The router service.
+#[derive(Clone)]
+pub struct Router {
+    state: Arc<AppState>,
+}
+
+impl Router {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Router { state }
+    }
+}
+
+async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) -> ApiResult {
+    if route == Route::NotFound {
+        return Err(ApiError::NotFound);
+    }
+    if !route.allows(req.method()) {
+        return Err(ApiError::MethodNotAllowed {
+            allow: route.allow(),
+        });
+    }
+    let put = req.method() == Method::PUT;
+    match route {
+        Route::Register => auth::register(&state, req).await,
+        Route::Login => auth::login(&state, req).await,
+        Route::Refresh => auth::refresh(&state, req).await,
+        Route::Logout => auth::logout(&state, req).await,
+        Route::LogoutAll => auth::logout_all(&state, req).await,
+        Route::Verify => auth::verify(&state, req).await,
+        Route::Me if put => users::update_me(&state, req).await,
+        Route::Me => users::me(&state, req).await,
+        Route::MePassword => users::change_password(&state, req).await,
+        Route::Jwks => wellknown::jwks(&state, req).await,
+        Route::Healthz => ops::healthz(&state, req).await,
+        Route::Readyz => ops::readyz(&state, req).await,
+        Route::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// Routes, runs the handler under the request timeout, renders errors, adds common headers.
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let route = Route::resolve(req.uri().path());
+    let head = req.method() == Method::HEAD;
+    let timeout = state.request_timeout;
+    let mut res = match tokio::time::timeout(timeout, dispatch(state, route, req)).await {
+        Ok(Ok(res)) => res,
+        Ok(Err(e)) => e.into_response(),
+        Err(_) => ApiError::Unavailable("request timed out".into()).into_response(),
+    };
+    let h = res.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    if head {
+        *res.body_mut() = Full::new(Bytes::new());
+    }
+    res.extensions_mut().insert(route);
+    res
+}
+
+impl tower::Service<Request<Incoming>> for Router {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let state = self.state.clone();
+        Box::pin(async move { Ok(handle(state, req).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_templates_and_methods() {
+        assert_eq!(Route::resolve("/auth/login"), Route::Login);
+        assert_eq!(Route::resolve("/auth/login/"), Route::NotFound);
+        assert_eq!(Route::resolve("/../etc/passwd"), Route::NotFound);
+        assert!(Route::Login.allows(&Method::POST));
+        assert!(!Route::Login.allows(&Method::GET));
+        assert!(Route::Me.allows(&Method::PUT) && Route::Me.allows(&Method::GET));
+        for r in Route::ALL {
+            assert_eq!(Route::resolve(r.template()), *r);
+        }
+    }
+}

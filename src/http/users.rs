@@ -1,0 +1,46 @@
+//! `/users/me`: the profile of the caller.
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::auth::principal;
+use super::{empty, json, read_json, ApiResult};
+use crate::domain::accounts::UserView;
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+struct UpdateMe {
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct ChangePassword {
+    current_password: String,
+    new_password: String,
+}
+
+pub async fn me(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    let user = state.core.current_user(&p).await?;
+    json(StatusCode::OK, &UserView::from(&user))
+}
+
+pub async fn update_me(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    p.require_fresh()?;
+    let body: UpdateMe = read_json(req, state.body_limit).await?;
+    let user = state.core.rename(&p, &body.username).await?;
+    json(StatusCode::OK, &user)
+}
+
+pub async fn change_password(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    p.require_fresh()?;
+    let body: ChangePassword = read_json(req, state.body_limit).await?;
+    state
+        .core
+        .change_password(&p, &body.current_password, &body.new_password)
+        .await?;
+    empty(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,272 @@
+//! Builds the application from a `Config`: connects the stores of the chosen mode, opens the
+//! keyset, binds (port 0 works) and runs until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::clock::{SharedClock, SystemClock};
+use crate::config::{Config, Mode};
+use crate::domain::{Core, Passwords, Tokens};
+use crate::http::router::Router;
+use crate::http::server::{self, ServerLimits};
+use crate::http::stack;
+use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore};
+use crate::store::memory::{MemoryClients, MemorySessions, MemoryUsers};
+use crate::store::mongo::MongoStore;
+use crate::store::redis::RedisStore;
+use crate::store::{ClientStore, LeaseStore, SessionStore, UserStore};
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to {store}: {message}")]
+    Store {
+        store: &'static str,
+        message: String,
+    },
+    #[error("keyset: {0}")]
+    Keys(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The stores of one mode.
+pub struct Backends {
+    pub users: Arc<dyn UserStore>,
+    pub clients: Arc<dyn ClientStore>,
+    pub sessions: Arc<dyn SessionStore>,
+    pub keystore: Arc<dyn KeyStore>,
+    /// `None` when this process is the only writer of the keyset (embedded mode).
+    pub lease: Option<Arc<dyn LeaseStore>>,
+    pub mode_name: &'static str,
+}
+
+impl Backends {
+    /// Connects the stores named by the configuration.
+    pub async fn connect(config: &Config, clock: &SharedClock) -> Result<Backends, StartupError> {
+        match &config.mode {
+            Mode::Embedded { keys_dir } => Ok(Backends {
+                users: Arc::new(MemoryUsers::new()),
+                clients: Arc::new(MemoryClients::new()),
+                sessions: Arc::new(MemorySessions::new(clock.clone())),
+                keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
+                lease: None,
+                mode_name: "embedded",
+            }),
+            Mode::Production {
+                mongodb_uri,
+                mongodb_db,
+                redis_url,
+                redis_prefix,
+                key_encryption_key,
+            } => {
+                let mongo = MongoStore::connect(&mongodb_uri.0, mongodb_db)
+                    .await
+                    .map_err(|e| StartupError::Store {
+                        store: "mongodb",
+                        message: e.to_string(),
+                    })?;
+                mongo
+                    .ensure_indexes()
+                    .await
+                    .map_err(|e| StartupError::Store {
+                        store: "mongodb",
+                        message: e.to_string(),
+                    })?;
+                let redis = RedisStore::connect(&redis_url.0, redis_prefix)
+                    .await
+                    .map_err(|e| StartupError::Store {
+                        store: "redis",
+                        message: e.to_string(),
+                    })?;
+                let keystore = MongoKeyStore::new(mongo.database(), key_encryption_key.0);
+                let mongo = Arc::new(mongo);
+                let redis = Arc::new(redis);
+                Ok(Backends {
+                    users: mongo.clone(),
+                    clients: mongo,
+                    sessions: redis.clone(),
+                    keystore: Arc::new(keystore),
+                    lease: Some(redis),
+                    mode_name: "production",
+                })
+            }
+        }
+    }
+}
+
+/// Per-request state shared by every handler.
+pub struct AppState {
+    pub core: Core,
+    pub body_limit: usize,
+    pub request_timeout: Duration,
+    /// `public, max-age=TOKEND_JWKS_MAX_AGE` for JWKS and discovery.
+    pub public_cache_control: HeaderValue,
+    pub embedded: bool,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub status: &'static str,
+    /// Names of what is missing (`mongodb`, `redis`, `keys:EdDSA`).
+    pub down: Vec<String>,
+}
+
+impl AppState {
+    /// Pings every store and checks an active key per algorithm.
+    pub async fn readiness(&self) -> Readiness {
+        let mut down = Vec::new();
+        if !self.embedded {
+            let (users, sessions) =
+                tokio::join!(self.core.users.ping(), self.core.sessions.ping());
+            if users.is_err() {
+                down.push("mongodb".to_string());
+            }
+            if sessions.is_err() {
+                down.push("redis".to_string());
+            }
+        }
+        for alg in &self.core.config.signing_algs {
+            if !self.core.keys.has_active(*alg) {
+                down.push(format!("keys:{alg}"));
+            }
+        }
+        Readiness {
+            ready: down.is_empty(),
+            status: if down.is_empty() { "ready" } else { "unavailable" },
+            down,
+        }
+    }
+}
+
+/// A built, bound application.
+pub struct Application {
+    listener: TcpListener,
+    state: Arc<AppState>,
+    config: Arc<Config>,
+}
+
+impl Application {
+    /// Builds with the wall clock.
+    pub async fn build(config: Config) -> Result<Application, StartupError> {
+        Self::build_with(config, Arc::new(SystemClock)).await
+    }
+
+    /// Builds with a given clock (tests move time instead of sleeping).
+    pub async fn build_with(
+        config: Config,
+        clock: SharedClock,
+    ) -> Result<Application, StartupError> {
+        let backends = Backends::connect(&config, &clock).await?;
+        Self::build_with_backends(config, clock, backends).await
+    }
+
+    /// Builds on already connected stores.
+    pub async fn build_with_backends(
+        config: Config,
+        clock: SharedClock,
+        b: Backends,
+    ) -> Result<Application, StartupError> {
+        let config = Arc::new(config);
+        if b.mode_name == "embedded" {
+            tracing::warn!(
+                "embedded mode: users, clients and sessions live in memory and are lost at exit; \
+                 set TOKEND_MONGODB_URI and TOKEND_REDIS_URL for production mode"
+            );
+        }
+        let keys = Keys::open(
+            KeysConfig {
+                algs: config.signing_algs.clone(),
+                rotation: config.key_rotation,
+                prepublish: config.key_prepublish,
+                retention: config.access_ttl.max(config.refresh_ttl)
+                    + Duration::from_secs(crate::domain::tokens::LEEWAY_SECS as u64),
+                reload: config.keyset_reload,
+                rsa_bits: 3072,
+            },
+            b.keystore,
+            b.lease,
+            clock.clone(),
+        )
+        .await
+        .map_err(|e| StartupError::Keys(e.to_string()))?;
+        let passwords = Passwords::new(config.argon2, config.argon2_concurrency)
+            .await
+            .map_err(|e| StartupError::Other(e.to_string()))?;
+        let tokens = Tokens::new(config.issuer.clone(), config.audience.clone(), keys.clone());
+        let core = Core {
+            config: config.clone(),
+            clock,
+            users: b.users,
+            clients: b.clients,
+            sessions: b.sessions,
+            keys,
+            passwords,
+            tokens,
+        };
+        let public_cache_control =
+            HeaderValue::from_str(&format!("public, max-age={}", config.jwks_max_age.as_secs()))
+                .map_err(|e| StartupError::Other(e.to_string()))?;
+        let state = Arc::new(AppState {
+            core,
+            body_limit: config.body_limit,
+            request_timeout: config.request_timeout,
+            public_cache_control,
+            embedded: b.mode_name == "embedded",
+        });
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(Application {
+            listener,
+            state,
+            config,
+        })
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| self.config.listen)
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests within the grace period.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut maintenance_stop = stop_rx.clone();
+        let maintenance = self.state.core.keys.spawn_maintenance(async move {
+            let _ = maintenance_stop.changed().await;
+        });
+        let limits = ServerLimits {
+            header_read_timeout: self.config.header_read_timeout,
+            max_header_bytes: 16 * 1024,
+            shutdown_grace: self.config.shutdown_grace,
+        };
+        tracing::info!(addr = %self.local_addr(), issuer = %self.config.issuer, "tokend listening");
+        let service = stack::build(Router::new(self.state.clone()));
+        server::serve(self.listener, service, limits, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = maintenance.await;
+    }
+}

@@ -1,0 +1,274 @@
+//! Test harness: spawn tokend in-process on port 0 in either mode, with a manual clock, and
+//! typed request helpers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+use tokend::clock::{ManualClock, SharedClock};
+use tokend::config::Config;
+use tokend::startup::{AppState, Application};
+
+use crate::services;
+
+/// Which store set a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Embedded,
+    Production,
+}
+
+pub const BOTH: [Mode; 2] = [Mode::Embedded, Mode::Production];
+
+/// A fixed key-encryption key for tests.
+pub const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub state: Arc<AppState>,
+    pub env: HashMap<String, String>,
+    pub mode: Mode,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+    _keys_dir: Option<tempfile::TempDir>,
+}
+
+/// The environment of a test app: cheap Argon2, EdDSA, unique database and prefix.
+pub fn test_env(mode: Mode) -> (HashMap<String, String>, Option<tempfile::TempDir>) {
+    let mut env: HashMap<String, String> = [
+        ("TOKEND_LISTEN", "127.0.0.1:0"),
+        ("TOKEND_ISSUER", "http://tokend.test"),
+        ("TOKEND_ARGON2", "m=256,t=1,p=1"),
+        ("TOKEND_SIGNING_ALGS", "EdDSA"),
+        ("TOKEND_LOG", "warn"),
+        ("TOKEND_SHUTDOWN_GRACE", "10s"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let mut dir = None;
+    match mode {
+        Mode::Embedded => {
+            let d = tempfile::tempdir().expect("temp dir");
+            env.insert(
+                "TOKEND_KEYS_DIR".into(),
+                d.path().to_string_lossy().into_owned(),
+            );
+            dir = Some(d);
+        }
+        Mode::Production => {
+            env.insert("TOKEND_MONGODB_URI".into(), services::mongo_uri());
+            env.insert(
+                "TOKEND_MONGODB_DB".into(),
+                services::unique_name("tokend_test"),
+            );
+            env.insert("TOKEND_REDIS_URL".into(), services::redis_url());
+            env.insert(
+                "TOKEND_REDIS_PREFIX".into(),
+                format!("{}:", services::unique_name("tokend-test")),
+            );
+            env.insert("TOKEND_KEY_ENCRYPTION_KEY".into(), TEST_KEK.into());
+        }
+    }
+    (env, dir)
+}
+
+pub async fn spawn_app(mode: Mode) -> TestApp {
+    spawn_app_with(mode, |_| {}).await
+}
+
+/// Spawns an app after letting the test adjust its environment.
+pub async fn spawn_app_with(mode: Mode, adjust: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+    let (mut env, dir) = test_env(mode);
+    adjust(&mut env);
+    let clock = ManualClock::starting_now();
+    spawn_env(mode, env, dir, clock).await
+}
+
+/// Spawns an app from a full environment and a clock (several instances may share one).
+pub async fn spawn_env(
+    mode: Mode,
+    env: HashMap<String, String>,
+    dir: Option<tempfile::TempDir>,
+    clock: Arc<ManualClock>,
+) -> TestApp {
+    let config = Config::from_env(&env).expect("valid test config");
+    let shared: SharedClock = clock.clone();
+    let app = Application::build_with(config, shared)
+        .await
+        .expect("application builds");
+    let addr = app.local_addr();
+    let state = app.state();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client"),
+        clock,
+        state,
+        env,
+        mode,
+        shutdown: Some(tx),
+        handle: Some(handle),
+        _keys_dir: dir,
+    }
+}
+
+/// A registered user with a password login.
+pub struct Session {
+    pub user: Value,
+    pub email: String,
+    pub username: String,
+    pub password: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            let _ = h.await;
+        }
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.http
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn register(&self, username: &str, email: &str, password: &str) -> Response {
+        self.post_json(
+            "/auth/register",
+            &json!({"username": username, "email": email, "password": password}),
+        )
+        .await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Response {
+        self.post_json("/auth/login", &json!({"email": email, "password": password}))
+            .await
+    }
+
+    pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
+        self.http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn post_bearer(&self, path: &str, token: &str) -> Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put_bearer(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.http
+            .put(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn refresh(&self, refresh_token: &str) -> Response {
+        self.post_bearer("/auth/token/refresh", refresh_token).await
+    }
+
+    /// Registers a fresh user and logs in.
+    pub async fn new_session(&self) -> Session {
+        let name = services::unique_name("u").replace('-', "");
+        let username = name[..20].to_string();
+        let email = format!("{username}@example.com");
+        let password = "correct horse battery".to_string();
+        let res = self.register(&username, &email, &password).await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let user: Value = res.json().await.expect("json");
+        let pair = self.login_pair(&email, &password).await;
+        Session {
+            user,
+            email,
+            username,
+            password,
+            access: pair.0,
+            refresh: pair.1,
+        }
+    }
+
+    /// Logs in and returns (access, refresh).
+    pub async fn login_pair(&self, email: &str, password: &str) -> (String, String) {
+        let res = self.login(email, password).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.expect("json");
+        (
+            body["access_token"].as_str().expect("access").to_string(),
+            body["refresh_token"].as_str().expect("refresh").to_string(),
+        )
+    }
+
+    /// Refreshes and returns (access, refresh), asserting success.
+    pub async fn refresh_pair(&self, refresh_token: &str) -> (String, String) {
+        let res = self.refresh(refresh_token).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let body: Value = res.json().await.expect("json");
+        (
+            body["access_token"].as_str().expect("access").to_string(),
+            body["refresh_token"].as_str().expect("refresh").to_string(),
+        )
+    }
+}
+
+/// The `error` member of an error body.
+pub async fn error_code(res: Response) -> String {
+    let body: Value = res.json().await.expect("json error body");
+    body["error"].as_str().unwrap_or_default().to_string()
+}
+
+/// Decodes the (unverified) claims of a JWT, for assertions.
+pub fn claims(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').nth(1).expect("payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json claims")
+}
+
+/// Decodes the (unverified) header of a JWT.
+pub fn header(token: &str) -> Value {
+    use base64::Engine;
+    let part = token.split('.').next().expect("header");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("json header")
+}
