@@ -1,0 +1,405 @@
+//! MongoDB: users and OAuth clients (and, through [`MongoStore::database`], the keyset).
+//!
+//! Collections:
+//! - `users`: `_id` is the user id; unique indexes on `email` (already lower-cased) and on
+//!   `username_lower`, a lower-cased copy of `username` kept by this store (no collation needed);
+//! - `clients`: `_id` is the `client_id`.
+//!
+//! Timestamps are `i64` Unix milliseconds. A duplicate-key error (11000) becomes
+//! [`StoreError::Duplicate`] naming the field; anything else the server or the network does is
+//! [`StoreError::Unavailable`]. Short server-selection and connect timeouts make a dead server
+//! fail fast; the driver reconnects by itself.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::error::{ErrorKind, WriteFailure};
+use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use super::{ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
+
+const STORE: &str = "mongodb";
+
+/// How long the driver may look for a usable server before an operation fails.
+pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one TCP connect may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub const USERS: &str = "users";
+pub const CLIENTS: &str = "clients";
+/// Name of the unique index on `users.email`.
+pub const EMAIL_INDEX: &str = "email_unique";
+/// Name of the unique index on `users.username_lower`.
+pub const USERNAME_INDEX: &str = "username_lower_unique";
+
+/// A user as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    username: String,
+    username_lower: String,
+    email: String,
+    password_hash: String,
+    roles: Vec<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl From<&UserRecord> for UserDoc {
+    fn from(u: &UserRecord) -> Self {
+        UserDoc {
+            id: u.id.clone(),
+            username: u.username.clone(),
+            username_lower: u.username.to_lowercase(),
+            email: u.email.clone(),
+            password_hash: u.password_hash.clone(),
+            roles: u.roles.clone(),
+            created_at: u.created_at,
+            updated_at: u.updated_at,
+        }
+    }
+}
+
+impl From<UserDoc> for UserRecord {
+    fn from(d: UserDoc) -> Self {
+        UserRecord {
+            id: d.id,
+            username: d.username,
+            email: d.email,
+            password_hash: d.password_hash,
+            roles: d.roles,
+            created_at: d.created_at,
+            updated_at: d.updated_at,
+        }
+    }
+}
+
+/// A client as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClientDoc {
+    #[serde(rename = "_id")]
+    client_id: String,
+    secret_sha256: Option<String>,
+    grant_types: Vec<String>,
+    scopes: Vec<String>,
+    alg: Option<String>,
+    created_at: i64,
+}
+
+impl From<&ClientRecord> for ClientDoc {
+    fn from(c: &ClientRecord) -> Self {
+        ClientDoc {
+            client_id: c.client_id.clone(),
+            secret_sha256: c.secret_sha256.clone(),
+            grant_types: c.grant_types.clone(),
+            scopes: c.scopes.clone(),
+            alg: c.alg.clone(),
+            created_at: c.created_at,
+        }
+    }
+}
+
+impl From<ClientDoc> for ClientRecord {
+    fn from(d: ClientDoc) -> Self {
+        ClientRecord {
+            client_id: d.client_id,
+            secret_sha256: d.secret_sha256,
+            grant_types: d.grant_types,
+            scopes: d.scopes,
+            alg: d.alg,
+            created_at: d.created_at,
+        }
+    }
+}
+
+/// The server's message if `e` is a duplicate-key error (code 11000).
+fn duplicate_key_message(e: &mongodb::error::Error) -> Option<&str> {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(w)) if w.code == 11000 => Some(&w.message),
+        ErrorKind::Command(c) if c.code == 11000 => Some(&c.message),
+        _ => None,
+    }
+}
+
+/// The name of the index a duplicate-key message blames:
+/// `E11000 duplicate key error collection: db.users index: email_unique dup key: { … }`.
+fn blamed_index(message: &str) -> Option<&str> {
+    let (_, rest) = message.split_once("index: ")?;
+    rest.split_whitespace().next()
+}
+
+/// Which user field a duplicate-key error is about.
+fn duplicate_user_field(message: &str) -> &'static str {
+    // Look at the index name, not the whole message: the duplicated value is in it too.
+    let index = blamed_index(message).unwrap_or(message);
+    if index.contains("username") {
+        "username"
+    } else if index.contains("email") {
+        "email"
+    } else {
+        "id"
+    }
+}
+
+fn map_err(e: mongodb::error::Error) -> StoreError {
+    match e.kind.as_ref() {
+        ErrorKind::BsonDeserialization(_) => StoreError::corrupt(STORE, e),
+        _ => StoreError::unavailable(STORE, e),
+    }
+}
+
+fn map_user_err(e: mongodb::error::Error) -> StoreError {
+    match duplicate_key_message(&e) {
+        Some(m) => StoreError::Duplicate(duplicate_user_field(m)),
+        None => map_err(e),
+    }
+}
+
+fn map_client_err(e: mongodb::error::Error) -> StoreError {
+    match duplicate_key_message(&e) {
+        Some(_) => StoreError::Duplicate("client_id"),
+        None => map_err(e),
+    }
+}
+
+/// Users and clients in MongoDB. Cheap to clone: clones share one connection pool.
+#[derive(Clone, Debug)]
+pub struct MongoStore {
+    db: Database,
+    users: Collection<UserDoc>,
+    clients: Collection<ClientDoc>,
+}
+
+impl MongoStore {
+    /// Connects to `uri` and uses database `db`. Fails if no server answers a `ping` within
+    /// about two seconds. Call [`MongoStore::ensure_indexes`] once before serving.
+    pub async fn connect(uri: &str, db: &str) -> Result<MongoStore, StoreError> {
+        let mut options = ClientOptions::parse(uri).await.map_err(map_err)?;
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.connect_timeout.get_or_insert(CONNECT_TIMEOUT);
+        options.app_name.get_or_insert_with(|| "tokend".to_string());
+        let client = Client::with_options(options).map_err(map_err)?;
+        let store = Self::with_database(client.database(db));
+        store.ping_db().await?;
+        Ok(store)
+    }
+
+    fn with_database(db: Database) -> Self {
+        MongoStore {
+            users: db.collection(USERS),
+            clients: db.collection(CLIENTS),
+            db,
+        }
+    }
+
+    /// The database, for the other stores that live in it (the keyset).
+    pub fn database(&self) -> Database {
+        self.db.clone()
+    }
+
+    /// Creates the unique indexes on `users.email` and `users.username_lower` (idempotent).
+    /// `clients` needs none: its `_id` is the `client_id`.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
+        for (field, name) in [("email", EMAIL_INDEX), ("username_lower", USERNAME_INDEX)] {
+            let model = IndexModel::builder()
+                .keys(doc! { field: 1 })
+                .options(
+                    IndexOptions::builder()
+                        .unique(true)
+                        .name(name.to_string())
+                        .build(),
+                )
+                .build();
+            self.users.create_index(model).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn ping_db(&self) -> Result<(), StoreError> {
+        self.db
+            .run_command(doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn update_user(&self, id: &str, set: Document) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
+            .return_document(ReturnDocument::After)
+            .await
+            .map(|d| d.map(UserRecord::from))
+            .map_err(map_user_err)
+    }
+}
+
+#[async_trait]
+impl UserStore for MongoStore {
+    async fn insert(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.users
+            .insert_one(UserDoc::from(user))
+            .await
+            .map(|_| ())
+            .map_err(map_user_err)
+    }
+
+    async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .find_one(doc! { "_id": id })
+            .await
+            .map(|d| d.map(UserRecord::from))
+            .map_err(map_err)
+    }
+
+    async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .find_one(doc! { "email": email })
+            .await
+            .map(|d| d.map(UserRecord::from))
+            .map_err(map_err)
+    }
+
+    async fn by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.users
+            .find_one(doc! { "username_lower": username.to_lowercase() })
+            .await
+            .map(|d| d.map(UserRecord::from))
+            .map_err(map_err)
+    }
+
+    async fn update_username(
+        &self,
+        id: &str,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.update_user(
+            id,
+            doc! {
+                "username": username,
+                "username_lower": username.to_lowercase(),
+                "updated_at": now_ms,
+            },
+        )
+        .await
+    }
+
+    async fn update_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.users
+            .update_one(
+                doc! { "_id": id },
+                doc! { "$set": { "password_hash": hash, "updated_at": now_ms } },
+            )
+            .await
+            .map(|r| r.matched_count > 0)
+            .map_err(map_user_err)
+    }
+
+    async fn set_roles(
+        &self,
+        id: &str,
+        roles: &[String],
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.update_user(id, doc! { "roles": roles, "updated_at": now_ms })
+            .await
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(a) => doc! { "_id": { "$gt": a } },
+            None => doc! {},
+        };
+        let docs: Vec<UserDoc> = self
+            .users
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        Ok(docs.into_iter().map(UserRecord::from).collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_db().await
+    }
+}
+
+#[async_trait]
+impl ClientStore for MongoStore {
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.clients
+            .find_one(doc! { "_id": client_id })
+            .await
+            .map(|d| d.map(ClientRecord::from))
+            .map_err(map_err)
+    }
+
+    async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.clients
+            .insert_one(ClientDoc::from(client))
+            .await
+            .map(|_| ())
+            .map_err(map_client_err)
+    }
+
+    /// Ordered by `client_id`.
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        let docs: Vec<ClientDoc> = self
+            .clients
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        Ok(docs.into_iter().map(ClientRecord::from).collect())
+    }
+
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        self.clients
+            .delete_one(doc! { "_id": client_id })
+            .await
+            .map(|r| r.deleted_count > 0)
+            .map_err(map_err)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.ping_db().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_key_messages_name_the_field_by_index() {
+        let m = r#"E11000 duplicate key error collection: t.users index: email_unique dup key: { email: "username_lower@x.io" }"#;
+        assert_eq!(duplicate_user_field(m), "email");
+        let m = r#"Plan executor error during findAndModify :: caused by :: E11000 duplicate key error collection: t.users index: username_lower_unique dup key: { username_lower: "email" }"#;
+        assert_eq!(duplicate_user_field(m), "username");
+        let m =
+            r#"E11000 duplicate key error collection: t.users index: _id_ dup key: { _id: "a" }"#;
+        assert_eq!(duplicate_user_field(m), "id");
+    }
+}

@@ -1,0 +1,868 @@
+//! The store contract: one suite, written once against the traits, run for the memory stores
+//! (embedded mode) and for MongoDB and Redis (production mode).
+
+// Contract functions are test code, though not `#[test]` functions themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokend::clock::{Clock, ManualClock, SharedClock, SystemClock};
+use tokend::store::memory::{MemoryClients, MemoryLease, MemorySessions, MemoryUsers};
+use tokend::store::redis::RedisStore;
+use tokend::store::{
+    ClientRecord, ClientStore, LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
+    StoreError, UserRecord, UserStore,
+};
+
+use crate::services;
+
+const MINUTE_MS: i64 = 60_000;
+const DAY_MS: i64 = 86_400_000;
+
+fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+fn user(id: &str, username: &str, email: &str) -> UserRecord {
+    UserRecord {
+        id: id.to_string(),
+        username: username.to_string(),
+        email: email.to_string(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string(),
+        roles: vec!["user".to_string()],
+        created_at: 1_700_000_000_000,
+        updated_at: 1_700_000_000_000,
+    }
+}
+
+fn client(id: &str) -> ClientRecord {
+    ClientRecord {
+        client_id: id.to_string(),
+        secret_sha256: Some("ab".repeat(32)),
+        grant_types: vec!["client_credentials".into(), "refresh_token".into()],
+        scopes: vec!["read".into(), "write".into()],
+        alg: Some("EdDSA".into()),
+        created_at: 1_700_000_000_000,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+// ---------------------------------------------------------------------------------------------
+
+async fn users_can_be_found_by_id_email_and_username(users: &dyn UserStore) {
+    let alice = user("u-1", "Alice", "alice@example.com");
+    users.insert(&alice).await.unwrap();
+    assert_eq!(users.by_id("u-1").await.unwrap(), Some(alice.clone()));
+    assert_eq!(
+        users.by_email("alice@example.com").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(
+        users.by_username("aLiCe").await.unwrap(),
+        Some(alice.clone())
+    );
+    assert_eq!(users.by_id("u-2").await.unwrap(), None);
+    assert_eq!(users.by_email("bob@example.com").await.unwrap(), None);
+    assert_eq!(users.by_username("bob").await.unwrap(), None);
+    users.ping().await.unwrap();
+}
+
+async fn emails_are_unique(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "alice", "alice@example.com"))
+        .await
+        .unwrap();
+    let err = users
+        .insert(&user("u-2", "bob", "alice@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Duplicate("email"));
+    assert_eq!(users.by_id("u-2").await.unwrap(), None);
+}
+
+async fn usernames_are_unique_ignoring_case(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "Alice", "alice@example.com"))
+        .await
+        .unwrap();
+    let err = users
+        .insert(&user("u-2", "aLICE", "other@example.com"))
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Duplicate("username"));
+    assert_eq!(users.by_id("u-2").await.unwrap(), None);
+}
+
+async fn renaming_onto_a_taken_username_is_refused(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "alice", "alice@example.com"))
+        .await
+        .unwrap();
+    users
+        .insert(&user("u-2", "bob", "bob@example.com"))
+        .await
+        .unwrap();
+    let err = users.update_username("u-2", "ALICE", 5).await.unwrap_err();
+    assert_eq!(err, StoreError::Duplicate("username"));
+    assert_eq!(users.by_id("u-2").await.unwrap().unwrap().username, "bob");
+
+    // A new case of one's own name is fine, and frees nothing.
+    let renamed = users
+        .update_username("u-1", "Alice", 7)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (renamed.username.as_str(), renamed.updated_at),
+        ("Alice", 7)
+    );
+    // A free name moves, and the old one becomes free.
+    let renamed = users
+        .update_username("u-2", "Robert", 9)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(renamed.username, "Robert");
+    assert_eq!(
+        users.by_username("robert").await.unwrap().unwrap().id,
+        "u-2"
+    );
+    assert_eq!(users.by_username("bob").await.unwrap(), None);
+    users
+        .insert(&user("u-3", "BOB", "bob2@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(users.update_username("nobody", "x", 1).await.unwrap(), None);
+}
+
+async fn password_hashes_and_roles_can_be_replaced(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "alice", "alice@example.com"))
+        .await
+        .unwrap();
+    assert!(users
+        .update_password_hash("u-1", "$argon2id$new", 11)
+        .await
+        .unwrap());
+    assert!(!users
+        .update_password_hash("nobody", "$argon2id$new", 11)
+        .await
+        .unwrap());
+    let u = users.by_id("u-1").await.unwrap().unwrap();
+    assert_eq!(
+        (u.password_hash.as_str(), u.updated_at),
+        ("$argon2id$new", 11)
+    );
+
+    let roles = vec!["user".to_string(), "admin".to_string()];
+    let u = users.set_roles("u-1", &roles, 12).await.unwrap().unwrap();
+    assert_eq!((u.roles.clone(), u.updated_at), (roles.clone(), 12));
+    assert_eq!(users.by_id("u-1").await.unwrap().unwrap().roles, roles);
+    assert_eq!(users.set_roles("nobody", &roles, 12).await.unwrap(), None);
+}
+
+async fn users_are_listed_by_id_a_page_at_a_time(users: &dyn UserStore) {
+    for i in [3, 1, 5, 2, 4] {
+        users
+            .insert(&user(
+                &format!("u-{i}"),
+                &format!("user{i}"),
+                &format!("u{i}@example.com"),
+            ))
+            .await
+            .unwrap();
+    }
+    let ids = |page: Vec<UserRecord>| page.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(users.list(None, 2).await.unwrap()), ["u-1", "u-2"]);
+    assert_eq!(
+        ids(users.list(Some("u-2"), 2).await.unwrap()),
+        ["u-3", "u-4"]
+    );
+    assert_eq!(ids(users.list(Some("u-4"), 10).await.unwrap()), ["u-5"]);
+    assert!(users.list(Some("u-5"), 10).await.unwrap().is_empty());
+    assert!(users.list(None, 0).await.unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clients
+// ---------------------------------------------------------------------------------------------
+
+async fn clients_can_be_inserted_fetched_listed_and_deleted(clients: &dyn ClientStore) {
+    let b = client("b-client");
+    let a = ClientRecord {
+        secret_sha256: None,
+        alg: None,
+        ..client("a-public")
+    };
+    clients.insert(&b).await.unwrap();
+    clients.insert(&a).await.unwrap();
+    assert_eq!(clients.get("b-client").await.unwrap(), Some(b.clone()));
+    assert_eq!(clients.get("a-public").await.unwrap(), Some(a.clone()));
+    assert_eq!(clients.get("nope").await.unwrap(), None);
+    assert_eq!(clients.list().await.unwrap(), vec![a.clone(), b.clone()]);
+    assert!(clients.delete("a-public").await.unwrap());
+    assert!(!clients.delete("a-public").await.unwrap());
+    assert_eq!(clients.get("a-public").await.unwrap(), None);
+    assert_eq!(clients.list().await.unwrap(), vec![b]);
+    clients.ping().await.unwrap();
+}
+
+async fn client_ids_are_unique(clients: &dyn ClientStore) {
+    clients.insert(&client("c1")).await.unwrap();
+    let err = clients.insert(&client("c1")).await.unwrap_err();
+    assert_eq!(err, StoreError::Duplicate("client_id"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------
+
+/// A family of `user` started at `now_ms`, with fresh ids.
+fn family(user_id: &str, now_ms: i64) -> NewFamily {
+    NewFamily {
+        sid: new_id(),
+        user_id: user_id.to_string(),
+        client_id: "web".to_string(),
+        scope: "openid profile".to_string(),
+        auth_time: now_ms / 1000,
+        refresh_jti: new_id(),
+        access_jti: new_id(),
+        issued_at: now_ms / 1000,
+        expires_at_ms: now_ms + 30 * DAY_MS,
+        ttl_ms: 14 * DAY_MS,
+    }
+}
+
+/// An exchange of `presented` in family `sid` at `now_ms`, for a fresh pair.
+fn exchange(sid: &str, presented: &str, now_ms: i64, leeway_ms: i64) -> RotateRequest {
+    RotateRequest {
+        sid: sid.to_string(),
+        presented_jti: presented.to_string(),
+        new_refresh_jti: new_id(),
+        new_access_jti: new_id(),
+        issued_at: now_ms / 1000,
+        now_ms,
+        leeway_ms,
+        ttl_ms: 14 * DAY_MS,
+        revoked_ttl_ms: 14 * DAY_MS,
+    }
+}
+
+async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.user_id, "user-1");
+    assert_eq!(state.client_id, "web");
+    assert_eq!(state.scope, "openid profile");
+    assert_eq!(state.auth_time, f.auth_time);
+    assert_eq!(state.current_refresh_jti, f.refresh_jti);
+    assert_eq!(state.current_access_jti, f.access_jti);
+    assert_eq!(state.issued_at, f.issued_at);
+    assert_eq!(state.expires_at_ms, f.expires_at_ms);
+    assert!(!state.revoked);
+    let status = s
+        .access_status(&f.access_jti, Some(&f.sid), "user-1")
+        .await
+        .unwrap();
+    assert!(!status.jti_revoked && !status.family_revoked);
+    assert_eq!(status.user_not_before, None);
+    s.ping().await.unwrap();
+}
+
+async fn rotating_the_current_token_makes_the_new_pair_current(s: &dyn SessionStore, now: i64) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let r1 = exchange(&f.sid, &f.refresh_jti, now + 1000, 2000);
+    assert_eq!(s.rotate(&r1).await.unwrap(), RotateOutcome::Rotated);
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.current_refresh_jti, r1.new_refresh_jti);
+    assert_eq!(state.current_access_jti, r1.new_access_jti);
+    assert_eq!(state.issued_at, r1.issued_at);
+    assert!(!state.revoked);
+    // The successor is current in turn.
+    let r2 = exchange(&f.sid, &r1.new_refresh_jti, now + 60_000, 2000);
+    assert_eq!(s.rotate(&r2).await.unwrap(), RotateOutcome::Rotated);
+    assert_eq!(
+        s.family(&f.sid).await.unwrap().unwrap().current_refresh_jti,
+        r2.new_refresh_jti
+    );
+}
+
+async fn the_exchanged_token_replays_its_successor_within_the_leeway(
+    s: &dyn SessionStore,
+    now: i64,
+) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let first = exchange(&f.sid, &f.refresh_jti, now, 2000);
+    assert_eq!(s.rotate(&first).await.unwrap(), RotateOutcome::Rotated);
+    let successor = RotateOutcome::Replayed {
+        refresh_jti: first.new_refresh_jti.clone(),
+        access_jti: first.new_access_jti.clone(),
+        issued_at: first.issued_at,
+    };
+    // Again within the leeway, up to its very end: the same successor, no new branch.
+    for at in [now, now + 1999, now + 2000] {
+        let again = exchange(&f.sid, &f.refresh_jti, at, 2000);
+        assert_eq!(
+            s.rotate(&again).await.unwrap(),
+            successor,
+            "at +{}",
+            at - now
+        );
+    }
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.current_refresh_jti, first.new_refresh_jti);
+    assert!(!state.revoked);
+}
+
+async fn reusing_an_exchanged_token_after_the_leeway_revokes_the_family(
+    s: &dyn SessionStore,
+    now: i64,
+) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let first = exchange(&f.sid, &f.refresh_jti, now, 2000);
+    assert_eq!(s.rotate(&first).await.unwrap(), RotateOutcome::Rotated);
+    let late = exchange(&f.sid, &f.refresh_jti, now + 2001, 2000);
+    assert_eq!(s.rotate(&late).await.unwrap(), RotateOutcome::Reused);
+    assert!(s.family(&f.sid).await.unwrap().unwrap().revoked);
+    // The legitimate successor dies with the family, and so do its access tokens.
+    let next = exchange(&f.sid, &first.new_refresh_jti, now + 2002, 2000);
+    assert_eq!(s.rotate(&next).await.unwrap(), RotateOutcome::Revoked);
+    let status = s
+        .access_status(&first.new_access_jti, Some(&f.sid), "user-1")
+        .await
+        .unwrap();
+    assert!(status.family_revoked);
+}
+
+async fn a_token_the_family_never_issued_revokes_it(s: &dyn SessionStore, now: i64) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let forged = exchange(&f.sid, "not-a-jti-of-this-family", now, 2000);
+    assert_eq!(s.rotate(&forged).await.unwrap(), RotateOutcome::Reused);
+    let honest = exchange(&f.sid, &f.refresh_jti, now, 2000);
+    assert_eq!(s.rotate(&honest).await.unwrap(), RotateOutcome::Revoked);
+}
+
+async fn a_revoked_family_stays_revoked(s: &dyn SessionStore, now: i64) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    s.revoke_family(&f.sid, 15 * MINUTE_MS).await.unwrap();
+    let r = exchange(&f.sid, &f.refresh_jti, now, 2000);
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
+    // Revoking again with a shorter memory changes nothing.
+    s.revoke_family(&f.sid, 1000).await.unwrap();
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert!(state.revoked);
+    assert_eq!(state.user_id, "user-1");
+    let status = s
+        .access_status(&f.access_jti, Some(&f.sid), "user-1")
+        .await
+        .unwrap();
+    assert!(status.family_revoked && !status.jti_revoked);
+}
+
+async fn an_unknown_family_is_unknown_until_revoked(s: &dyn SessionStore, now: i64) {
+    let sid = new_id();
+    let r = exchange(&sid, "whatever", now, 2000);
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Unknown);
+    assert_eq!(s.family(&sid).await.unwrap(), None);
+    let status = s.access_status("jti", Some(&sid), "user-1").await.unwrap();
+    assert!(!status.family_revoked);
+
+    // Revoking a family nobody has seen (yet) is remembered.
+    s.revoke_family(&sid, 15 * MINUTE_MS).await.unwrap();
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
+    assert!(s.family(&sid).await.unwrap().unwrap().revoked);
+    let status = s.access_status("jti", Some(&sid), "user-1").await.unwrap();
+    assert!(status.family_revoked);
+}
+
+async fn concurrent_exchanges_of_one_token_yield_exactly_one_successor(
+    s: &dyn SessionStore,
+    now: i64,
+) {
+    let f = family("user-1", now);
+    s.start_family(&f).await.unwrap();
+    let requests: Vec<RotateRequest> = (0..50)
+        .map(|_| exchange(&f.sid, &f.refresh_jti, now, 60_000))
+        .collect();
+    let outcomes = futures_util::future::join_all(requests.iter().map(|r| s.rotate(r))).await;
+    let mut winners = Vec::new();
+    let mut replayed = HashSet::new();
+    for (req, outcome) in requests.iter().zip(outcomes) {
+        match outcome.unwrap() {
+            RotateOutcome::Rotated => winners.push(req.clone()),
+            RotateOutcome::Replayed {
+                refresh_jti,
+                access_jti,
+                issued_at,
+            } => {
+                replayed.insert((refresh_jti, access_jti, issued_at));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one exchange wins");
+    let w = &winners[0];
+    assert_eq!(
+        replayed.into_iter().collect::<Vec<_>>(),
+        vec![(
+            w.new_refresh_jti.clone(),
+            w.new_access_jti.clone(),
+            w.issued_at
+        )],
+        "every other exchange got the winner's successor"
+    );
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.current_refresh_jti, w.new_refresh_jti);
+    assert!(!state.revoked);
+}
+
+async fn revoked_access_tokens_are_reported(s: &dyn SessionStore, _now: i64) {
+    let (jti, other) = (new_id(), new_id());
+    s.revoke_jti(&jti, 15 * MINUTE_MS).await.unwrap();
+    assert!(
+        s.access_status(&jti, None, "user-1")
+            .await
+            .unwrap()
+            .jti_revoked
+    );
+    assert!(
+        !s.access_status(&other, None, "user-1")
+            .await
+            .unwrap()
+            .jti_revoked
+    );
+    let status = s
+        .access_status(&jti, Some(&new_id()), "user-1")
+        .await
+        .unwrap();
+    assert!(status.jti_revoked && !status.family_revoked);
+}
+
+async fn a_users_not_before_mark_never_goes_down(s: &dyn SessionStore, _now: i64) {
+    let user = new_id();
+    s.set_user_not_before(&user, 1_700_000_100, DAY_MS)
+        .await
+        .unwrap();
+    let nbf = |u: String| async move {
+        s.access_status("jti", None, &u)
+            .await
+            .unwrap()
+            .user_not_before
+    };
+    assert_eq!(nbf(user.clone()).await, Some(1_700_000_100));
+    s.set_user_not_before(&user, 1_700_000_050, DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(nbf(user.clone()).await, Some(1_700_000_100));
+    s.set_user_not_before(&user, 1_700_000_200, DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(nbf(user.clone()).await, Some(1_700_000_200));
+    assert_eq!(nbf(new_id()).await, None);
+}
+
+async fn revoking_a_users_families_revokes_each_of_them(s: &dyn SessionStore, now: i64) {
+    let (alice, bob) = (new_id(), new_id());
+    let alices: Vec<NewFamily> = (0..3).map(|_| family(&alice, now)).collect();
+    for f in &alices {
+        s.start_family(f).await.unwrap();
+    }
+    let bobs = family(&bob, now);
+    s.start_family(&bobs).await.unwrap();
+    // One of Alice's families is revoked already: it is not counted again.
+    s.revoke_family(&alices[0].sid, DAY_MS).await.unwrap();
+
+    assert_eq!(s.revoke_user_families(&alice, DAY_MS).await.unwrap(), 2);
+    for f in &alices {
+        assert!(s.family(&f.sid).await.unwrap().unwrap().revoked);
+        let r = exchange(&f.sid, &f.refresh_jti, now, 2000);
+        assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
+    }
+    assert!(!s.family(&bobs.sid).await.unwrap().unwrap().revoked);
+    assert_eq!(s.revoke_user_families(&alice, DAY_MS).await.unwrap(), 0);
+    assert_eq!(s.revoke_user_families(&new_id(), DAY_MS).await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease
+// ---------------------------------------------------------------------------------------------
+
+async fn a_lease_has_one_holder_until_released(l: &dyn LeaseStore) {
+    let name = format!("rotation-{}", new_id());
+    assert!(l.try_acquire(&name, "a", MINUTE_MS).await.unwrap());
+    assert!(!l.try_acquire(&name, "b", MINUTE_MS).await.unwrap());
+    assert!(!l.try_acquire(&name, "a", MINUTE_MS).await.unwrap());
+    // Only the holder can give it back.
+    l.release(&name, "b").await.unwrap();
+    assert!(!l.try_acquire(&name, "b", MINUTE_MS).await.unwrap());
+    l.release(&name, "a").await.unwrap();
+    assert!(l.try_acquire(&name, "b", MINUTE_MS).await.unwrap());
+    // Another lease is independent.
+    assert!(l
+        .try_acquire(&format!("{name}-other"), "a", MINUTE_MS)
+        .await
+        .unwrap());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each contract, once per implementation
+// ---------------------------------------------------------------------------------------------
+
+fn manual_clock() -> (Arc<ManualClock>, SharedClock) {
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    (clock, shared)
+}
+
+/// Fails if a key under the store's prefix lives forever.
+async fn assert_every_key_expires(store: &RedisStore) {
+    let url = services::redis_url();
+    let without = services::redis_keys_without_ttl(&url, store.prefix()).await;
+    assert!(without.is_empty(), "keys without a TTL: {without:?}");
+}
+
+macro_rules! user_contract {
+    ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
+        #[tokio::test]
+        async fn $in_memory() {
+            $contract(&MemoryUsers::new()).await;
+        }
+
+        #[tokio::test]
+        async fn $in_mongodb() {
+            $contract(&services::mongo_store().await).await;
+        }
+    };
+}
+
+macro_rules! client_contract {
+    ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
+        #[tokio::test]
+        async fn $in_memory() {
+            $contract(&MemoryClients::new()).await;
+        }
+
+        #[tokio::test]
+        async fn $in_mongodb() {
+            $contract(&services::mongo_store().await).await;
+        }
+    };
+}
+
+macro_rules! session_contract {
+    ($contract:ident: $in_memory:ident, $in_redis:ident) => {
+        #[tokio::test]
+        async fn $in_memory() {
+            let (clock, shared) = manual_clock();
+            $contract(&MemorySessions::new(shared), clock.now_ms()).await;
+        }
+
+        #[tokio::test]
+        async fn $in_redis() {
+            let store = services::redis_store().await;
+            $contract(&store, SystemClock.now_ms()).await;
+            assert_every_key_expires(&store).await;
+        }
+    };
+}
+
+user_contract!(users_can_be_found_by_id_email_and_username:
+    users_can_be_found_by_id_email_and_username_in_memory,
+    users_can_be_found_by_id_email_and_username_in_mongodb);
+user_contract!(emails_are_unique: emails_are_unique_in_memory, emails_are_unique_in_mongodb);
+user_contract!(usernames_are_unique_ignoring_case:
+    usernames_are_unique_ignoring_case_in_memory,
+    usernames_are_unique_ignoring_case_in_mongodb);
+user_contract!(renaming_onto_a_taken_username_is_refused:
+    renaming_onto_a_taken_username_is_refused_in_memory,
+    renaming_onto_a_taken_username_is_refused_in_mongodb);
+user_contract!(password_hashes_and_roles_can_be_replaced:
+    password_hashes_and_roles_can_be_replaced_in_memory,
+    password_hashes_and_roles_can_be_replaced_in_mongodb);
+user_contract!(users_are_listed_by_id_a_page_at_a_time:
+    users_are_listed_by_id_a_page_at_a_time_in_memory,
+    users_are_listed_by_id_a_page_at_a_time_in_mongodb);
+
+client_contract!(clients_can_be_inserted_fetched_listed_and_deleted:
+    clients_can_be_inserted_fetched_listed_and_deleted_in_memory,
+    clients_can_be_inserted_fetched_listed_and_deleted_in_mongodb);
+client_contract!(client_ids_are_unique: client_ids_are_unique_in_memory, client_ids_are_unique_in_mongodb);
+
+session_contract!(a_started_family_reads_back:
+    a_started_family_reads_back_in_memory,
+    a_started_family_reads_back_in_redis);
+session_contract!(rotating_the_current_token_makes_the_new_pair_current:
+    rotating_the_current_token_makes_the_new_pair_current_in_memory,
+    rotating_the_current_token_makes_the_new_pair_current_in_redis);
+session_contract!(the_exchanged_token_replays_its_successor_within_the_leeway:
+    the_exchanged_token_replays_its_successor_within_the_leeway_in_memory,
+    the_exchanged_token_replays_its_successor_within_the_leeway_in_redis);
+session_contract!(reusing_an_exchanged_token_after_the_leeway_revokes_the_family:
+    reusing_an_exchanged_token_after_the_leeway_revokes_the_family_in_memory,
+    reusing_an_exchanged_token_after_the_leeway_revokes_the_family_in_redis);
+session_contract!(a_token_the_family_never_issued_revokes_it:
+    a_token_the_family_never_issued_revokes_it_in_memory,
+    a_token_the_family_never_issued_revokes_it_in_redis);
+session_contract!(a_revoked_family_stays_revoked:
+    a_revoked_family_stays_revoked_in_memory,
+    a_revoked_family_stays_revoked_in_redis);
+session_contract!(an_unknown_family_is_unknown_until_revoked:
+    an_unknown_family_is_unknown_until_revoked_in_memory,
+    an_unknown_family_is_unknown_until_revoked_in_redis);
+session_contract!(concurrent_exchanges_of_one_token_yield_exactly_one_successor:
+    concurrent_exchanges_of_one_token_yield_exactly_one_successor_in_memory,
+    concurrent_exchanges_of_one_token_yield_exactly_one_successor_in_redis);
+session_contract!(revoked_access_tokens_are_reported:
+    revoked_access_tokens_are_reported_in_memory,
+    revoked_access_tokens_are_reported_in_redis);
+session_contract!(a_users_not_before_mark_never_goes_down:
+    a_users_not_before_mark_never_goes_down_in_memory,
+    a_users_not_before_mark_never_goes_down_in_redis);
+session_contract!(revoking_a_users_families_revokes_each_of_them:
+    revoking_a_users_families_revokes_each_of_them_in_memory,
+    revoking_a_users_families_revokes_each_of_them_in_redis);
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_released_in_memory() {
+    let (_, shared) = manual_clock();
+    a_lease_has_one_holder_until_released(&MemoryLease::new(shared)).await;
+}
+
+#[tokio::test]
+async fn a_lease_has_one_holder_until_released_in_redis() {
+    let store = services::redis_store().await;
+    a_lease_has_one_holder_until_released(&store).await;
+    assert_every_key_expires(&store).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// What only one implementation can show
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn memory_sessions_forget_records_when_their_ttl_ends() {
+    let (clock, shared) = manual_clock();
+    let s = MemorySessions::new(shared);
+    let now = clock.now_ms();
+    let f = NewFamily {
+        ttl_ms: MINUTE_MS,
+        ..family("user-1", now)
+    };
+    s.start_family(&f).await.unwrap();
+    s.revoke_jti("jti-1", MINUTE_MS).await.unwrap();
+    s.set_user_not_before("user-1", 1_700_000_000, MINUTE_MS)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(59_999));
+    assert!(s.family(&f.sid).await.unwrap().is_some());
+    let status = s.access_status("jti-1", None, "user-1").await.unwrap();
+    assert!(status.jti_revoked && status.user_not_before.is_some());
+
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(s.family(&f.sid).await.unwrap(), None);
+    let r = exchange(&f.sid, &f.refresh_jti, clock.now_ms(), 2000);
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Unknown);
+    let status = s.access_status("jti-1", None, "user-1").await.unwrap();
+    assert!(!status.jti_revoked && status.user_not_before.is_none());
+}
+
+#[tokio::test]
+async fn a_rotation_extends_a_memory_family_by_its_ttl() {
+    let (clock, shared) = manual_clock();
+    let s = MemorySessions::new(shared);
+    let f = NewFamily {
+        ttl_ms: MINUTE_MS,
+        ..family("user-1", clock.now_ms())
+    };
+    s.start_family(&f).await.unwrap();
+    clock.advance(Duration::from_secs(50));
+    let r = RotateRequest {
+        ttl_ms: MINUTE_MS,
+        ..exchange(&f.sid, &f.refresh_jti, clock.now_ms(), 2000)
+    };
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Rotated);
+    clock.advance(Duration::from_secs(50));
+    assert!(s.family(&f.sid).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn memory_sessions_stay_bounded_as_records_expire() {
+    let (clock, shared) = manual_clock();
+    let s = MemorySessions::new(shared);
+    for i in 0..10_000 {
+        s.revoke_jti(&format!("jti-{i}"), 1000).await.unwrap();
+        if i % 100 == 0 {
+            clock.advance(Duration::from_secs(1));
+        }
+    }
+    assert!(
+        s.len() < 5_000,
+        "expired records were not swept: {}",
+        s.len()
+    );
+    clock.advance(Duration::from_secs(60));
+    s.revoke_jti("last", 1000).await.unwrap();
+    assert_eq!(s.len(), 1);
+}
+
+#[tokio::test]
+async fn a_memory_lease_lapses_after_its_ttl() {
+    let (clock, shared) = manual_clock();
+    let l = MemoryLease::new(shared);
+    assert!(l.try_acquire("rotation", "a", 1000).await.unwrap());
+    clock.advance(Duration::from_millis(999));
+    assert!(!l.try_acquire("rotation", "b", 1000).await.unwrap());
+    clock.advance(Duration::from_millis(1));
+    assert!(l.try_acquire("rotation", "b", 1000).await.unwrap());
+}
+
+#[tokio::test]
+async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
+    let store = services::redis_store().await;
+    let url = services::redis_url();
+    let p = store.prefix().to_string();
+    let pttl = |key: String| {
+        let url = url.clone();
+        async move { services::redis_pttl(&url, &key).await }
+    };
+    let now = SystemClock.now_ms();
+    let near = |v: i64, want: i64| v > want - 5_000 && v <= want;
+
+    let f = NewFamily {
+        ttl_ms: DAY_MS,
+        ..family("user-ttl", now)
+    };
+    store.start_family(&f).await.unwrap();
+    let fam_key = format!("{p}fam:{{{}}}", f.sid);
+    assert!(near(pttl(fam_key.clone()).await, DAY_MS));
+    // The user's set of families lasts as long as the family could.
+    assert!(near(
+        pttl(format!("{p}ufam:{{user-ttl}}")).await,
+        30 * DAY_MS
+    ));
+
+    let r = RotateRequest {
+        ttl_ms: 2 * DAY_MS,
+        ..exchange(&f.sid, &f.refresh_jti, now, 2000)
+    };
+    assert_eq!(store.rotate(&r).await.unwrap(), RotateOutcome::Rotated);
+    assert!(near(pttl(fam_key.clone()).await, 2 * DAY_MS));
+    // Revoking with a shorter memory does not shorten it.
+    store.revoke_family(&f.sid, MINUTE_MS).await.unwrap();
+    assert!(near(pttl(fam_key.clone()).await, 2 * DAY_MS));
+    store.revoke_family(&f.sid, 3 * DAY_MS).await.unwrap();
+    assert!(near(pttl(fam_key).await, 3 * DAY_MS));
+
+    store.revoke_jti("j1", 15 * MINUTE_MS).await.unwrap();
+    assert!(near(pttl(format!("{p}rjti:{{j1}}")).await, 15 * MINUTE_MS));
+    store
+        .set_user_not_before("user-ttl", 1_700_000_000, DAY_MS)
+        .await
+        .unwrap();
+    store
+        .set_user_not_before("user-ttl", 1_700_000_001, MINUTE_MS)
+        .await
+        .unwrap();
+    assert!(near(pttl(format!("{p}unbf:{{user-ttl}}")).await, DAY_MS));
+    assert!(store.try_acquire("rot", "me", MINUTE_MS).await.unwrap());
+    assert!(near(pttl(format!("{p}lease:{{rot}}")).await, MINUTE_MS));
+    assert_every_key_expires(&store).await;
+}
+
+#[tokio::test]
+async fn redis_down_is_unavailable_quickly_and_recovers_by_itself() {
+    let mut redis = services::OwnedRedis::start().await;
+    let store = RedisStore::connect(&redis.url(), "outage:").await.unwrap();
+    store.ping().await.unwrap();
+
+    redis.stop().await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = store.ping().await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unavailable { store: "redis", .. }),
+            "{err:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = store.access_status("j", Some("s"), "u").await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+    }
+
+    redis.start_again().await;
+    let mut recovered = false;
+    for _ in 0..50 {
+        if store.ping().await.is_ok() {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recovered,
+        "the store did not reconnect after Redis came back"
+    );
+    store.revoke_jti("j", MINUTE_MS).await.unwrap();
+    assert!(
+        store
+            .access_status("j", None, "u")
+            .await
+            .unwrap()
+            .jti_revoked
+    );
+}
+
+#[tokio::test]
+async fn mongodb_down_is_unavailable_quickly_and_recovers_by_itself() {
+    let mut mongo = services::OwnedMongo::start().await;
+    let store = tokend::store::mongo::MongoStore::connect(&mongo.url(), "outage")
+        .await
+        .unwrap();
+    store.ensure_indexes().await.unwrap();
+    UserStore::insert(&store, &user("u-1", "alice", "alice@example.com"))
+        .await
+        .unwrap();
+
+    mongo.stop().await;
+    let started = Instant::now();
+    let err = store.by_id("u-1").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Unavailable {
+                store: "mongodb",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    mongo.start_again().await;
+    let mut found = None;
+    for _ in 0..100 {
+        if let Ok(u) = store.by_id("u-1").await {
+            found = u;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found.map(|u| u.username).as_deref(), Some("alice"));
+}
