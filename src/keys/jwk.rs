@@ -107,10 +107,8 @@ pub fn thumbprint_rsa(e: &str, n: &str) -> String {
 /// The Ed25519 seed in a PKCS#8 v1 or v2 document (as OpenSSL or `ring` write them).
 fn ed25519_seed(der: &[u8]) -> Option<Zeroizing<[u8; 32]>> {
     let v1 = der.len() == 48 && der[1] == 0x2e && der[4] == 0x00;
-    let v2 = der.len() == 85
-        && der[1] == 0x53
-        && der[4] == 0x01
-        && der[48..53] == [0xa1, 0x23, 0x03, 0x21, 0x00];
+    let v2 =
+        der.len() == 83 && der[1] == 0x51 && der[4] == 0x01 && der[48..51] == [0x81, 0x21, 0x00];
     if !(v1 || v2)
         || der[0] != 0x30
         || der[2..4] != [0x02, 0x01]
@@ -133,7 +131,7 @@ fn ed25519_v1(der: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), KeyError> {
     v1.extend_from_slice(seed.as_ref());
     let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1).map_err(crypto)?;
     let public = pair.public_key().as_ref().to_vec();
-    if der.len() == 85 {
+    if der.len() == 83 {
         let checked =
             Ed25519KeyPair::from_pkcs8(der).map_err(|e| KeyError::Corrupt(e.to_string()))?;
         if checked.public_key().as_ref() != public.as_slice() {
@@ -372,13 +370,13 @@ mod tests {
     #[test]
     fn ring_pkcs8_v2_documents_are_accepted_and_normalised() {
         let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-        assert_eq!(doc.as_ref().len(), 85);
+        assert_eq!(doc.as_ref().len(), 83);
         let from_v2 = KeyMaterial::from_pkcs8(Alg::EdDSA, doc.as_ref()).unwrap();
         let (v1, _) = ed25519_v1(doc.as_ref()).unwrap();
         let from_v1 = KeyMaterial::from_pkcs8(Alg::EdDSA, &v1).unwrap();
         assert_eq!(from_v1.kid, from_v2.kid);
         let mut bad = doc.as_ref().to_vec();
-        bad[84] ^= 1;
+        bad[82] ^= 1;
         assert!(KeyMaterial::from_pkcs8(Alg::EdDSA, &bad).is_err());
         assert!(KeyMaterial::from_pkcs8(Alg::EdDSA, b"junk").is_err());
     }

@@ -149,7 +149,7 @@ impl MongoKeyStore {
         }
     }
 
-    fn to_doc(&self, keyset: &StoredKeyset, version: u64) -> Result<KeysetDoc, KeyError> {
+    fn seal_doc(&self, keyset: &StoredKeyset, version: u64) -> Result<KeysetDoc, KeyError> {
         let keys = keyset
             .keys
             .iter()
@@ -182,7 +182,7 @@ impl MongoKeyStore {
         })
     }
 
-    fn from_doc(&self, doc: KeysetDoc) -> Result<StoredKeyset, KeyError> {
+    fn open_doc(&self, doc: KeysetDoc) -> Result<StoredKeyset, KeyError> {
         let version = u64::try_from(doc.version)
             .map_err(|_| KeyError::Corrupt("negative keyset version".into()))?;
         let keys = doc
@@ -223,12 +223,12 @@ impl KeyStore for MongoKeyStore {
             .find_one(doc! { "_id": DOC_ID })
             .await
             .map_err(unavailable)?;
-        doc.map(|d| self.from_doc(d)).transpose()
+        doc.map(|d| self.open_doc(d)).transpose()
     }
 
     async fn save(&self, keyset: &StoredKeyset, expected: Option<u64>) -> Result<bool, KeyError> {
         let next = expected.map_or(1, |v| v + 1);
-        let doc = self.to_doc(keyset, next)?;
+        let doc = self.seal_doc(keyset, next)?;
         match expected {
             None => match self.coll.insert_one(&doc).await {
                 Ok(_) => Ok(true),
