@@ -243,6 +243,27 @@ impl OwnedRedis {
         wait_port_closed(self.port).await;
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open but nothing answers, like a hung
+    /// host.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a [`pause`](Self::pause)d server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let status = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status()
+                .expect("run kill");
+            assert!(status.success(), "kill {sig} failed");
+        }
+    }
+
     /// Starts the server again on the same port (empty: no persistence) and waits until it
     /// accepts connections. Does nothing if it is running.
     pub async fn start_again(&mut self) {

@@ -826,6 +826,37 @@ async fn redis_down_is_unavailable_quickly_and_recovers_by_itself() {
 }
 
 #[tokio::test]
+async fn a_hung_redis_is_unavailable_within_two_seconds_and_recovers() {
+    let redis = services::OwnedRedis::start().await;
+    let store = RedisStore::connect(&redis.url(), "hung:").await.unwrap();
+    store.revoke_jti("j", MINUTE_MS).await.unwrap();
+
+    redis.pause();
+    let started = Instant::now();
+    let err = store.access_status("j", None, "u").await.unwrap_err();
+    redis.resume();
+    assert!(
+        matches!(err, StoreError::Unavailable { store: "redis", .. }),
+        "{err:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_millis(2500),
+        "{waited:?}"
+    );
+
+    let mut status = None;
+    for _ in 0..50 {
+        if let Ok(s) = store.access_status("j", None, "u").await {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status.expect("Redis answers again").jti_revoked);
+}
+
+#[tokio::test]
 async fn mongodb_down_is_unavailable_quickly_and_recovers_by_itself() {
     let mut mongo = services::OwnedMongo::start().await;
     let store = tokend::store::mongo::MongoStore::connect(&mongo.url(), "outage")
