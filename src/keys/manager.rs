@@ -516,7 +516,7 @@ impl Keys {
                 keys,
             };
             if self.inner.store.save(&next, expected).await? {
-                self.log_new_keys(expected, &next.keys, now);
+                self.log_new_keys(&next.keys, now);
                 self.install(next.version, &next.keys, now)?;
                 return Ok((true, result));
             }
@@ -528,10 +528,10 @@ impl Keys {
         }
     }
 
-    fn log_new_keys(&self, expected: Option<u64>, keys: &[StoredKey], now: i64) {
+    fn log_new_keys(&self, keys: &[StoredKey], now: i64) {
         let snap = self.snapshot();
         for k in keys {
-            if snap.keys.iter().any(|o| o.kid == k.kid) && expected.is_some() {
+            if snap.keys.iter().any(|o| o.kid == k.kid) {
                 continue;
             }
             if k.created == now && k.activates == now {

@@ -16,6 +16,7 @@ pub struct MemoryKeyStore {
 }
 
 impl MemoryKeyStore {
+    /// An empty store.
     pub fn new() -> MemoryKeyStore {
         MemoryKeyStore::default()
     }

@@ -50,6 +50,7 @@ impl Alg {
         }
     }
 
+    /// The JOSE `alg` name.
     pub fn as_str(self) -> &'static str {
         match self {
             Alg::EdDSA => "EdDSA",
@@ -143,6 +144,7 @@ pub enum KeyState {
 }
 
 impl KeyState {
+    /// Lower-case name, as in `tokend keys list` and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
             KeyState::Pending => "pending",
