@@ -212,6 +212,8 @@ fn kill(child: &mut Option<Child>) {
 pub struct OwnedRedis {
     port: u16,
     child: Option<Child>,
+    /// Set for a one-node Redis Cluster: where its `nodes.conf` lives.
+    cluster_dir: Option<tempfile::TempDir>,
 }
 
 impl OwnedRedis {
@@ -220,9 +222,42 @@ impl OwnedRedis {
         let mut r = OwnedRedis {
             port: free_port(),
             child: None,
+            cluster_dir: None,
         };
         r.start_again().await;
         r
+    }
+
+    /// Spawns a one-node Redis Cluster holding every slot: the cluster rules (no command or
+    /// script across slots) apply as on a real one. [`url`](Self::url) is then a
+    /// `redis+cluster://` URL.
+    pub async fn start_cluster() -> Self {
+        let mut r = OwnedRedis {
+            port: free_port(),
+            child: None,
+            cluster_dir: Some(tempfile::tempdir().expect("temp dir for nodes.conf")),
+        };
+        r.start_again().await;
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("CLUSTER")
+            .arg("ADDSLOTS")
+            .arg((0..16384).collect::<Vec<u16>>())
+            .query_async(&mut conn)
+            .await
+            .expect("CLUSTER ADDSLOTS");
+        for _ in 0..400 {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if info.contains("cluster_state:ok") {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the one-node Redis Cluster did not reach cluster_state:ok");
     }
 
     pub fn port(&self) -> u16 {
@@ -230,7 +265,10 @@ impl OwnedRedis {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        match self.cluster_dir {
+            Some(_) => format!("redis+cluster://127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}/", self.port),
+        }
     }
 
     pub fn is_running(&self) -> bool {
@@ -272,9 +310,14 @@ impl OwnedRedis {
         }
         let bin = std::env::var(ENV_REDIS_SERVER_BIN).unwrap_or_else(|_| "redis-server".into());
         let port = self.port.to_string();
-        let mut child = Command::new(&bin)
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--daemonize", "no"])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no"]);
+        if let Some(dir) = &self.cluster_dir {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(dir.path().join("nodes.conf"));
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(log_file(&format!("owned-redis-{port}.log")))
             .stderr(Stdio::null())

@@ -600,37 +600,48 @@ client_contract!(client_ids_are_unique: client_ids_are_unique_in_memory, client_
 
 session_contract!(a_started_family_reads_back:
     a_started_family_reads_back_in_memory,
-    a_started_family_reads_back_in_redis);
+    a_started_family_reads_back_in_redis
+);
 session_contract!(rotating_the_current_token_makes_the_new_pair_current:
     rotating_the_current_token_makes_the_new_pair_current_in_memory,
-    rotating_the_current_token_makes_the_new_pair_current_in_redis);
+    rotating_the_current_token_makes_the_new_pair_current_in_redis
+);
 session_contract!(the_exchanged_token_replays_its_successor_within_the_leeway:
     the_exchanged_token_replays_its_successor_within_the_leeway_in_memory,
-    the_exchanged_token_replays_its_successor_within_the_leeway_in_redis);
+    the_exchanged_token_replays_its_successor_within_the_leeway_in_redis
+);
 session_contract!(reusing_an_exchanged_token_after_the_leeway_revokes_the_family:
     reusing_an_exchanged_token_after_the_leeway_revokes_the_family_in_memory,
-    reusing_an_exchanged_token_after_the_leeway_revokes_the_family_in_redis);
+    reusing_an_exchanged_token_after_the_leeway_revokes_the_family_in_redis
+);
 session_contract!(a_token_the_family_never_issued_revokes_it:
     a_token_the_family_never_issued_revokes_it_in_memory,
-    a_token_the_family_never_issued_revokes_it_in_redis);
+    a_token_the_family_never_issued_revokes_it_in_redis
+);
 session_contract!(a_revoked_family_stays_revoked:
     a_revoked_family_stays_revoked_in_memory,
-    a_revoked_family_stays_revoked_in_redis);
+    a_revoked_family_stays_revoked_in_redis
+);
 session_contract!(an_unknown_family_is_unknown_until_revoked:
     an_unknown_family_is_unknown_until_revoked_in_memory,
-    an_unknown_family_is_unknown_until_revoked_in_redis);
+    an_unknown_family_is_unknown_until_revoked_in_redis
+);
 session_contract!(concurrent_exchanges_of_one_token_yield_exactly_one_successor:
     concurrent_exchanges_of_one_token_yield_exactly_one_successor_in_memory,
-    concurrent_exchanges_of_one_token_yield_exactly_one_successor_in_redis);
+    concurrent_exchanges_of_one_token_yield_exactly_one_successor_in_redis
+);
 session_contract!(revoked_access_tokens_are_reported:
     revoked_access_tokens_are_reported_in_memory,
-    revoked_access_tokens_are_reported_in_redis);
+    revoked_access_tokens_are_reported_in_redis
+);
 session_contract!(a_users_not_before_mark_never_goes_down:
     a_users_not_before_mark_never_goes_down_in_memory,
-    a_users_not_before_mark_never_goes_down_in_redis);
+    a_users_not_before_mark_never_goes_down_in_redis
+);
 session_contract!(revoking_a_users_families_revokes_each_of_them:
     revoking_a_users_families_revokes_each_of_them_in_memory,
-    revoking_a_users_families_revokes_each_of_them_in_redis);
+    revoking_a_users_families_revokes_each_of_them_in_redis
+);
 
 #[tokio::test]
 async fn a_lease_has_one_holder_until_released_in_memory() {
@@ -643,6 +654,36 @@ async fn a_lease_has_one_holder_until_released_in_redis() {
     let store = services::redis_store().await;
     a_lease_has_one_holder_until_released(&store).await;
     assert_every_key_expires(&store).await;
+}
+
+/// The whole session and lease contract on a one-node Redis Cluster, where no command or
+/// script may span two slots. One test, because a new cluster takes two seconds to accept
+/// writes.
+#[tokio::test]
+async fn the_session_and_lease_contracts_hold_in_a_redis_cluster() {
+    let cluster = services::OwnedRedis::start_cluster().await;
+    let store = RedisStore::connect(&cluster.url(), "tokend:")
+        .await
+        .unwrap();
+    let now = SystemClock.now_ms();
+    a_started_family_reads_back(&store, now).await;
+    rotating_the_current_token_makes_the_new_pair_current(&store, now).await;
+    the_exchanged_token_replays_its_successor_within_the_leeway(&store, now).await;
+    reusing_an_exchanged_token_after_the_leeway_revokes_the_family(&store, now).await;
+    a_token_the_family_never_issued_revokes_it(&store, now).await;
+    a_revoked_family_stays_revoked(&store, now).await;
+    an_unknown_family_is_unknown_until_revoked(&store, now).await;
+    concurrent_exchanges_of_one_token_yield_exactly_one_successor(&store, now).await;
+    revoked_access_tokens_are_reported(&store, now).await;
+    a_users_not_before_mark_never_goes_down(&store, now).await;
+    revoking_a_users_families_revokes_each_of_them(&store, now).await;
+    a_lease_has_one_holder_until_released(&store).await;
+    let without = services::redis_keys_without_ttl(
+        &format!("redis://127.0.0.1:{}/", cluster.port()),
+        "tokend:",
+    )
+    .await;
+    assert!(without.is_empty(), "keys without a TTL: {without:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
