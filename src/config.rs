@@ -276,10 +276,16 @@ impl Config {
         let parsed = url::Url::parse(&issuer)
             .map_err(|e| ConfigError::new(ENV_ISSUER, format!("not a URL: {e}")))?;
         if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
-            return Err(ConfigError::new(ENV_ISSUER, "must be an http(s) URL with a host"));
+            return Err(ConfigError::new(
+                ENV_ISSUER,
+                "must be an http(s) URL with a host",
+            ));
         }
         if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err(ConfigError::new(ENV_ISSUER, "must not have a query or fragment"));
+            return Err(ConfigError::new(
+                ENV_ISSUER,
+                "must not have a query or fragment",
+            ));
         }
         let issuer = issuer.trim_end_matches('/').to_string();
 
@@ -291,11 +297,9 @@ impl Config {
         let access_ttl = dur(ENV_ACCESS_TTL, DEFAULT_ACCESS_TTL)?;
         let refresh_ttl = dur(ENV_REFRESH_TTL, DEFAULT_REFRESH_TTL)?;
         let session_ttl = dur(ENV_SESSION_TTL, DEFAULT_SESSION_TTL)?;
-        let refresh_reuse_leeway = parse_duration_allow_zero(&get(
-            ENV_REFRESH_REUSE_LEEWAY,
-            DEFAULT_REFRESH_REUSE_LEEWAY,
-        ))
-        .map_err(|m| ConfigError::new(ENV_REFRESH_REUSE_LEEWAY, m))?;
+        let refresh_reuse_leeway =
+            parse_duration_allow_zero(&get(ENV_REFRESH_REUSE_LEEWAY, DEFAULT_REFRESH_REUSE_LEEWAY))
+                .map_err(|m| ConfigError::new(ENV_REFRESH_REUSE_LEEWAY, m))?;
         let key_rotation = dur(ENV_KEY_ROTATION, DEFAULT_KEY_ROTATION)?;
         let key_prepublish = dur(ENV_KEY_PREPUBLISH, DEFAULT_KEY_PREPUBLISH)?;
         let jwks_max_age = dur(ENV_JWKS_MAX_AGE, DEFAULT_JWKS_MAX_AGE)?;
@@ -314,7 +318,10 @@ impl Config {
             ));
         }
         if refresh_reuse_leeway > Duration::from_secs(60) {
-            return Err(ConfigError::new(ENV_REFRESH_REUSE_LEEWAY, "must be at most 60s"));
+            return Err(ConfigError::new(
+                ENV_REFRESH_REUSE_LEEWAY,
+                "must be at most 60s",
+            ));
         }
         if key_prepublish < jwks_max_age * 2 {
             return Err(ConfigError::new(
@@ -508,7 +515,10 @@ impl Config {
             format!("{ENV_ACCESS_TTL}={}", d(self.access_ttl)),
             format!("{ENV_REFRESH_TTL}={}", d(self.refresh_ttl)),
             format!("{ENV_SESSION_TTL}={}", d(self.session_ttl)),
-            format!("{ENV_REFRESH_REUSE_LEEWAY}={}", d(self.refresh_reuse_leeway)),
+            format!(
+                "{ENV_REFRESH_REUSE_LEEWAY}={}",
+                d(self.refresh_reuse_leeway)
+            ),
             format!("{ENV_KEY_ROTATION}={}", d(self.key_rotation)),
             format!("{ENV_KEY_PREPUBLISH}={}", d(self.key_prepublish)),
             format!("{ENV_JWKS_MAX_AGE}={}", d(self.jwks_max_age)),
@@ -683,7 +693,7 @@ mod tests {
             (ENV_REFRESH_REUSE_LEEWAY, "2 fortnights"),
             (ENV_KEY_ROTATION, "1m"),
             (ENV_KEY_PREPUBLISH, "5m"),
-            (ENV_JWKS_MAX_AGE, "1h"),
+            (ENV_JWKS_MAX_AGE, "forever"),
             (ENV_ARGON2, "m=1,t=2,p=1"),
             (ENV_ARGON2, "m=19456,t=2"),
             (ENV_ARGON2, "fast"),
@@ -740,7 +750,10 @@ mod tests {
         ])
         .unwrap();
         let shown = c.describe();
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -748,7 +761,10 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("15m").unwrap(), Duration::from_secs(900));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert!(parse_duration("7").is_err());
         assert!(parse_duration("").is_err());
     }

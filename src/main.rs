@@ -17,7 +17,10 @@ fn main() -> ExitCode {
         }
     };
     tokend::telemetry::init(&config.log, config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tokend: cannot start the runtime: {e}");

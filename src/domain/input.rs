@@ -10,8 +10,7 @@ impl Email {
     pub fn parse(raw: &str) -> Result<Email, Error> {
         let e = raw.trim().to_lowercase();
         let bad = || Error::Invalid("email must look like name@example.com".into());
-        if e.is_empty() || e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control())
-        {
+        if e.is_empty() || e.len() > 254 || e.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad());
         }
         let (local, domain) = e.rsplit_once('@').ok_or_else(bad)?;
@@ -75,7 +74,9 @@ impl Password {
     pub fn parse(raw: &str) -> Result<Password, Error> {
         let n = raw.chars().count();
         if !(8..=128).contains(&n) {
-            return Err(Error::Invalid("password must be 8 to 128 characters".into()));
+            return Err(Error::Invalid(
+                "password must be 8 to 128 characters".into(),
+            ));
         }
         Ok(Password(raw.to_string()))
     }

@@ -130,10 +130,22 @@ mod tests {
         let p = Passwords::new(CHEAP, 2).await.unwrap();
         let h = p.hash("correct horse").await.unwrap();
         assert!(h.starts_with("$argon2id$"));
-        assert_eq!(p.verify("correct horse", Some(&h)).await.unwrap(), Verdict::Right);
-        assert_eq!(p.verify("wrong horse", Some(&h)).await.unwrap(), Verdict::Wrong);
-        assert_eq!(p.verify("correct horse", None).await.unwrap(), Verdict::Wrong);
-        assert_eq!(p.verify("x", Some("not a hash")).await.unwrap(), Verdict::Wrong);
+        assert_eq!(
+            p.verify("correct horse", Some(&h)).await.unwrap(),
+            Verdict::Right
+        );
+        assert_eq!(
+            p.verify("wrong horse", Some(&h)).await.unwrap(),
+            Verdict::Wrong
+        );
+        assert_eq!(
+            p.verify("correct horse", None).await.unwrap(),
+            Verdict::Wrong
+        );
+        assert_eq!(
+            p.verify("x", Some("not a hash")).await.unwrap(),
+            Verdict::Wrong
+        );
     }
 
     #[tokio::test]
@@ -153,7 +165,10 @@ mod tests {
         match new.verify("correct horse", Some(&h)).await.unwrap() {
             Verdict::RightRehashed(h2) => {
                 assert!(h2.contains("m=128,t=2,p=1"), "{h2}");
-                assert_eq!(new.verify("correct horse", Some(&h2)).await.unwrap(), Verdict::Right);
+                assert_eq!(
+                    new.verify("correct horse", Some(&h2)).await.unwrap(),
+                    Verdict::Right
+                );
             }
             other => panic!("expected a rehash, got {other:?}"),
         }

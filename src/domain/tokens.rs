@@ -122,7 +122,15 @@ impl Tokens {
             .map_err(|e| e.reason())?;
         let c: AccessClaims =
             serde_json::from_value(Value::Object(v.claims)).map_err(|_| "claims")?;
-        self.check_times(&c.iss, &c.aud, &self.audience, c.exp, Some(c.nbf), c.iat, now)?;
+        self.check_times(
+            &c.iss,
+            &c.aud,
+            &self.audience,
+            c.exp,
+            Some(c.nbf),
+            c.iat,
+            now,
+        )?;
         Ok(c)
     }
 

@@ -75,12 +75,18 @@ impl ApiError {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::UnsupportedMediaType { .. } => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
-            ApiError::TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_requests"),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable"),
+            ApiError::TooManyRequests { .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, "too_many_requests")
+            }
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
         }
     }
@@ -127,7 +133,10 @@ impl ApiError {
         let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
         *res.status_mut() = status;
         let h = res.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match &self {
             ApiError::InvalidToken(d) | ApiError::BearerInvalidGrant(d) => {
@@ -212,10 +221,22 @@ mod tests {
             (ApiError::InvalidToken("x".into()), 401, "invalid_token"),
             (ApiError::InvalidCredentials, 401, "invalid_grant"),
             (ApiError::InvalidGrant("x".into()), 400, "invalid_grant"),
-            (ApiError::BearerInvalidGrant("x".into()), 401, "invalid_grant"),
+            (
+                ApiError::BearerInvalidGrant("x".into()),
+                401,
+                "invalid_grant",
+            ),
             (ApiError::InvalidClient("x".into()), 401, "invalid_client"),
-            (ApiError::UnauthorizedClient("x".into()), 400, "unauthorized_client"),
-            (ApiError::UnsupportedGrantType("x".into()), 400, "unsupported_grant_type"),
+            (
+                ApiError::UnauthorizedClient("x".into()),
+                400,
+                "unauthorized_client",
+            ),
+            (
+                ApiError::UnsupportedGrantType("x".into()),
+                400,
+                "unsupported_grant_type",
+            ),
             (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
             (
                 ApiError::Forbidden {
@@ -226,9 +247,17 @@ mod tests {
                 "fresh_token_required",
             ),
             (ApiError::NotFound, 404, "not_found"),
-            (ApiError::MethodNotAllowed { allow: "GET" }, 405, "method_not_allowed"),
+            (
+                ApiError::MethodNotAllowed { allow: "GET" },
+                405,
+                "method_not_allowed",
+            ),
             (ApiError::Conflict("x".into()), 409, "conflict"),
-            (ApiError::PayloadTooLarge { limit: 1 }, 413, "payload_too_large"),
+            (
+                ApiError::PayloadTooLarge { limit: 1 },
+                413,
+                "payload_too_large",
+            ),
             (
                 ApiError::UnsupportedMediaType {
                     expected: "application/json",
@@ -236,8 +265,16 @@ mod tests {
                 415,
                 "unsupported_media_type",
             ),
-            (ApiError::TooManyRequests { retry_after: 3 }, 429, "too_many_requests"),
-            (ApiError::Unavailable("redis".into()), 503, "temporarily_unavailable"),
+            (
+                ApiError::TooManyRequests { retry_after: 3 },
+                429,
+                "too_many_requests",
+            ),
+            (
+                ApiError::Unavailable("redis".into()),
+                503,
+                "temporarily_unavailable",
+            ),
             (ApiError::Internal("boom".into()), 500, "server_error"),
         ];
         for (err, status, code) in cases {

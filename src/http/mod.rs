@@ -39,7 +39,9 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::PayloadTooLarge { limit })
         }
-        Err(e) => Err(ApiError::InvalidRequest(format!("could not read body: {e}"))),
+        Err(e) => Err(ApiError::InvalidRequest(format!(
+            "could not read body: {e}"
+        ))),
     }
 }
 

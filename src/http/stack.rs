@@ -34,7 +34,9 @@ pub fn build(
     router: Router,
 ) -> impl tower::Service<
     Request<hyper::body::Incoming>,
-    Response = Response<impl http_body::Body<Data = Bytes, Error = impl Into<tower::BoxError>> + Send>,
+    Response = Response<
+        impl http_body::Body<Data = Bytes, Error = impl Into<tower::BoxError>> + Send,
+    >,
     Error = std::convert::Infallible,
     Future = impl Send,
 > + Clone

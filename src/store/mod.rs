@@ -104,8 +104,7 @@ pub trait UserStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
-    async fn list(&self, after: Option<&str>, limit: usize)
-        -> Result<Vec<UserRecord>, StoreError>;
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
@@ -263,8 +262,7 @@ pub trait SessionStore: Send + Sync {
 #[async_trait]
 pub trait LeaseStore: Send + Sync {
     /// Takes the lease `name` for `holder` for `ttl_ms` if nobody holds it (`SET NX PX`).
-    async fn try_acquire(&self, name: &str, holder: &str, ttl_ms: i64)
-        -> Result<bool, StoreError>;
+    async fn try_acquire(&self, name: &str, holder: &str, ttl_ms: i64) -> Result<bool, StoreError>;
     /// Gives the lease back if `holder` still holds it.
     async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }

@@ -44,11 +44,23 @@ async fn the_seed_flow_works_verbatim(mode: Mode) {
         .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let user: Value = res.json().await.unwrap();
-    let mut keys: Vec<&str> = user.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut keys: Vec<&str> = user
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     keys.sort();
     assert_eq!(
         keys,
-        ["created_at", "email", "id", "roles", "updated_at", "username"]
+        [
+            "created_at",
+            "email",
+            "id",
+            "roles",
+            "updated_at",
+            "username"
+        ]
     );
     assert_eq!(user["username"], "ezradev");
     assert_eq!(user["roles"], json!(["user"]));
@@ -67,7 +79,17 @@ async fn the_seed_flow_works_verbatim(mode: Mode) {
     assert_eq!(h["alg"], "EdDSA");
     let c = claims(access);
     for claim in [
-        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "client_id", "sid", "fresh", "auth_time",
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "client_id",
+        "sid",
+        "fresh",
+        "auth_time",
         "roles",
     ] {
         assert!(c.get(claim).is_some(), "access token lacks {claim}: {c}");
@@ -121,7 +143,9 @@ async fn every_validation_rule_answers_400(mode: Mode) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
-    let res = app.post_json("/auth/login", &json!({"email": "x@example.com"})).await;
+    let res = app
+        .post_json("/auth/login", &json!({"email": "x@example.com"}))
+        .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     // Nothing was created by any of the above.
     let res = app.register("okname", "a@example.com", "securepass").await;
@@ -136,7 +160,9 @@ async fn every_validation_rule_answers_400(mode: Mode) {
 async fn duplicate_email_or_username_answers_409_ignoring_case(mode: Mode) {
     let app = spawn_app(mode).await;
     assert_eq!(
-        app.register("ezradev", "ezra@example.com", "securepass").await.status(),
+        app.register("ezradev", "ezra@example.com", "securepass")
+            .await
+            .status(),
         StatusCode::CREATED
     );
     for (u, e) in [
@@ -151,7 +177,9 @@ async fn duplicate_email_or_username_answers_409_ignoring_case(mode: Mode) {
     }
     // Renaming onto a taken name (in any case) is a conflict too.
     assert_eq!(
-        app.register("other", "other@example.com", "securepass").await.status(),
+        app.register("other", "other@example.com", "securepass")
+            .await
+            .status(),
         StatusCode::CREATED
     );
     let (access, _) = app.login_pair("other@example.com", "securepass").await;
@@ -169,8 +197,10 @@ async fn racing_registrations_of_one_name_give_one_201(mode: Mode) {
         let url = app.url("/auth/register");
         tasks.push(tokio::spawn(async move {
             http.post(url)
-                .json(&json!({"username": if i % 2 == 0 { "racer" } else { "RACER" },
-                    "email": format!("racer{i}@example.com"), "password": "securepass"}))
+                .json(
+                    &json!({"username": if i % 2 == 0 { "racer" } else { "RACER" },
+                    "email": format!("racer{i}@example.com"), "password": "securepass"}),
+                )
                 .send()
                 .await
                 .unwrap()
@@ -190,7 +220,8 @@ async fn racing_registrations_of_one_name_give_one_201(mode: Mode) {
 
 async fn wrong_password_and_unknown_email_answer_alike(mode: Mode) {
     let app = spawn_app(mode).await;
-    app.register("ezradev", "ezra@example.com", "securepass").await;
+    app.register("ezradev", "ezra@example.com", "securepass")
+        .await;
     let wrong = app.login("ezra@example.com", "wrongpass!").await;
     let unknown = app.login("nobody@example.com", "securepass").await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
@@ -235,7 +266,10 @@ async fn expect_invalid_token(app: &TestApp, token: &str, why: &str) {
         .to_str()
         .unwrap()
         .to_string();
-    assert!(www.starts_with("Bearer ") && www.contains("error=\"invalid_token\""), "{why}: {www}");
+    assert!(
+        www.starts_with("Bearer ") && www.contains("error=\"invalid_token\""),
+        "{why}: {www}"
+    );
 }
 
 async fn bad_tokens_answer_401_with_www_authenticate(mode: Mode) {
@@ -253,7 +287,12 @@ async fn bad_tokens_answer_401_with_www_authenticate(mode: Mode) {
     // Tampered signature.
     let mut sig = b64.decode(parts[2]).unwrap();
     sig[0] ^= 1;
-    expect_invalid_token(&app, &format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig)), "signature").await;
+    expect_invalid_token(
+        &app,
+        &format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig)),
+        "signature",
+    )
+    .await;
     // alg none and HS256 with the public key material as a secret.
     for alg in ["none", "HS256"] {
         let mut h = header(&s.access);
@@ -281,7 +320,8 @@ async fn bad_tokens_answer_401_with_www_authenticate(mode: Mode) {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     assert!(res.headers().contains_key("www-authenticate"));
     // Expired: move the clock past exp + leeway.
-    app.clock.advance(std::time::Duration::from_secs(15 * 60 + 31));
+    app.clock
+        .advance(std::time::Duration::from_secs(15 * 60 + 31));
     expect_invalid_token(&app, &s.access, "expired").await;
     // An access token is not a refresh token.
     let res = app.refresh(&s.access).await;
@@ -292,15 +332,29 @@ async fn no_response_contains_a_password_or_hash(mode: Mode) {
     let app = spawn_app(mode).await;
     let password = "a-very-recognisable-password";
     let mut bodies = Vec::new();
-    let res = app.register("hashless", "hashless@example.com", password).await;
+    let res = app
+        .register("hashless", "hashless@example.com", password)
+        .await;
     bodies.push(res.text().await.unwrap());
     let res = app.login("hashless@example.com", password).await;
     let text = res.text().await.unwrap();
     let pair: Value = serde_json::from_str(&text).unwrap();
     bodies.push(text);
     let access = pair["access_token"].as_str().unwrap();
-    bodies.push(app.get_bearer("/users/me", access).await.text().await.unwrap());
-    bodies.push(app.get_bearer("/auth/verify", access).await.text().await.unwrap());
+    bodies.push(
+        app.get_bearer("/users/me", access)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
+    bodies.push(
+        app.get_bearer("/auth/verify", access)
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
     bodies.push(
         app.put_bearer("/users/me", access, &json!({"username": "hashless2"}))
             .await
@@ -308,7 +362,13 @@ async fn no_response_contains_a_password_or_hash(mode: Mode) {
             .await
             .unwrap(),
     );
-    bodies.push(app.login("hashless@example.com", "wrong-password").await.text().await.unwrap());
+    bodies.push(
+        app.login("hashless@example.com", "wrong-password")
+            .await
+            .text()
+            .await
+            .unwrap(),
+    );
     for b in bodies {
         assert!(!b.contains(password), "{b}");
         assert!(!b.contains("$argon2"), "{b}");
@@ -383,16 +443,27 @@ async fn a_password_change_revokes_every_session(mode: Mode) {
         .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     for t in [&s.access, &other_access] {
-        assert_eq!(app.get_bearer("/users/me", t).await.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            app.get_bearer("/users/me", t).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
     }
     for t in [&s.refresh, &other_refresh] {
         assert_eq!(app.refresh(t).await.status(), StatusCode::UNAUTHORIZED);
     }
-    assert_eq!(app.login(&s.email, &s.password).await.status(), StatusCode::UNAUTHORIZED);
-    let (fresh, _) = app.login_pair(&s.email, "brand new pass").await;
-    assert_eq!(app.get_bearer("/users/me", &fresh).await.status(), StatusCode::OK);
     assert_eq!(
-        app.get_bearer("/users/me", &bystander.access).await.status(),
+        app.login(&s.email, &s.password).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (fresh, _) = app.login_pair(&s.email, "brand new pass").await;
+    assert_eq!(
+        app.get_bearer("/users/me", &fresh).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_bearer("/users/me", &bystander.access)
+            .await
+            .status(),
         StatusCode::OK
     );
 }

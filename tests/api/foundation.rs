@@ -39,12 +39,23 @@ fn each_config_error_names_its_variable_and_exits_2() {
                 .current_dir(dir.path())
                 .arg(sub)
                 .env(var, value)
-                .env("TOKEND_LISTEN", if var == "TOKEND_LISTEN" { value } else { "127.0.0.1:0" })
+                .env(
+                    "TOKEND_LISTEN",
+                    if var == "TOKEND_LISTEN" {
+                        value
+                    } else {
+                        "127.0.0.1:0"
+                    },
+                )
                 .output()
                 .unwrap();
             assert_eq!(out.status.code(), Some(2), "{var}={value} {sub}");
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let expected = if var == "TOKEND_MONGODB_URI" { "TOKEND_REDIS_URL" } else { var };
+            let expected = if var == "TOKEND_MONGODB_URI" {
+                "TOKEND_REDIS_URL"
+            } else {
+                var
+            };
             assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
             assert!(stderr.contains(expected), "{var}: {stderr}");
         }
@@ -54,7 +65,11 @@ fn each_config_error_names_its_variable_and_exits_2() {
 #[test]
 fn a_dotenv_file_is_read_and_the_environment_wins() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(".env"), "TOKEND_AUDIENCE=from-dotenv\nTOKEND_ISSUER=https://a.example\n").unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "TOKEND_AUDIENCE=from-dotenv\nTOKEND_ISSUER=https://a.example\n",
+    )
+    .unwrap();
     let out = tokend()
         .current_dir(dir.path())
         .arg("check-config")
@@ -64,9 +79,16 @@ fn a_dotenv_file_is_read_and_the_environment_wins() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("TOKEND_AUDIENCE=from-dotenv"), "{stdout}");
-    assert!(stdout.contains("TOKEND_ISSUER=https://b.example"), "{stdout}");
+    assert!(
+        stdout.contains("TOKEND_ISSUER=https://b.example"),
+        "{stdout}"
+    );
     std::fs::write(dir.path().join(".env"), "TOKEND_ACCESS_TTL=eventually\n").unwrap();
-    let out = tokend().current_dir(dir.path()).arg("check-config").output().unwrap();
+    let out = tokend()
+        .current_dir(dir.path())
+        .arg("check-config")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -80,7 +102,12 @@ async fn healthz_answers_and_unknown_routes_are_json() {
     let res = app.http.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
 
-    let res = app.http.get(app.url("/no/such/thing")).send().await.unwrap();
+    let res = app
+        .http
+        .get(app.url("/no/such/thing"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(res.headers()["content-type"], "application/json");
     assert_eq!(error_code(res).await, "not_found");
@@ -117,6 +144,7 @@ async fn oversized_bodies_answer_413_and_lose_nothing() {
 }
 
 /// Starts the binary in embedded mode on a free port and returns it with its address.
+#[allow(clippy::zombie_processes)] // the caller waits for it
 fn spawn_binary(dir: &std::path::Path) -> (Child, String, BufReader<std::process::ChildStderr>) {
     let mut child = tokend()
         .current_dir(dir)
@@ -134,7 +162,10 @@ fn spawn_binary(dir: &std::path::Path) -> (Child, String, BufReader<std::process
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tokend exited before listening");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tokend exited before listening"
+        );
         if line.contains("tokend listening") {
             let v: Value = serde_json::from_str(&line).unwrap();
             let addr = v["addr"].as_str().unwrap().to_string();
@@ -148,11 +179,16 @@ fn the_binary_serves_healthz_in_embedded_mode_and_logs_one_warning() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, addr, _stderr) = spawn_binary(dir.path());
     let mut s = TcpStream::connect(&addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(child.wait().unwrap().success());
     // The keyset was initialised in ./keys with private files 0600.
     let keys = dir.path().join("keys");
@@ -178,15 +214,25 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_0() {
     let mut line = String::new();
     loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tokend exited early");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tokend exited early"
+        );
         if line.contains("started processing request") {
             break;
         }
     }
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     loop {
         line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tokend exited early");
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "tokend exited early"
+        );
         if line.contains("draining") {
             break;
         }

@@ -1,5 +1,6 @@
 //! Test harness: spawn tokend in-process on port 0 in either mode, with a manual clock, and
 //! typed request helpers.
+#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -83,7 +84,10 @@ pub async fn spawn_app(mode: Mode) -> TestApp {
 }
 
 /// Spawns an app after letting the test adjust its environment.
-pub async fn spawn_app_with(mode: Mode, adjust: impl FnOnce(&mut HashMap<String, String>)) -> TestApp {
+pub async fn spawn_app_with(
+    mode: Mode,
+    adjust: impl FnOnce(&mut HashMap<String, String>),
+) -> TestApp {
     let (mut env, dir) = test_env(mode);
     adjust(&mut env);
     let clock = ManualClock::starting_now();
@@ -168,8 +172,11 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Response {
-        self.post_json("/auth/login", &json!({"email": email, "password": password}))
-            .await
+        self.post_json(
+            "/auth/login",
+            &json!({"email": email, "password": password}),
+        )
+        .await
     }
 
     pub async fn get_bearer(&self, path: &str, token: &str) -> Response {
