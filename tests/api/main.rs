@@ -1,8 +1,10 @@
 //! The one integration test binary: a module per surface, all on real stores.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 mod accounts;
 mod foundation;
 mod helpers;
+mod keys;
 mod services;
 mod sessions;
 mod stores;
