@@ -252,9 +252,10 @@ fn cluster_nodes(url: &str) -> Result<Vec<String>, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to `redis://…` (or `rediss://…`, `unix://…`) through a connection manager that
+    /// Connects to `redis://[user:password@]host:port[/db]` through a connection manager that
     /// reconnects by itself, or to a cluster given as `redis+cluster://h1:p1,h2:p2`. Every key
-    /// is written under `prefix`. Fails if the server cannot be reached now.
+    /// is written under `prefix`. Fails if the server cannot be reached now. (`rediss://` needs
+    /// the `redis` crate's TLS feature, which tokend does not enable.)
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore, StoreError> {
         if prefix.contains(['{', '}']) {
             return Err(unavailable(
