@@ -49,6 +49,8 @@ struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serialises this process's writers (maintenance and operator commands).
     writer: tokio::sync::Mutex<()>,
+    /// Keys this process has created, per algorithm (the rotations metric).
+    created: std::sync::Mutex<HashMap<Alg, u64>>,
 }
 
 /// An immutable view of the keyset.
@@ -174,6 +176,7 @@ impl Keys {
                 holder: uuid::Uuid::new_v4().to_string(),
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),
                 writer: tokio::sync::Mutex::new(()),
+                created: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         // When another instance holds the lease it is initialising or rotating the keyset:
@@ -422,6 +425,15 @@ impl Keys {
     }
 
     /// The configured algorithms; the first signs by default.
+    /// How many keys this process has created per algorithm since it started (rotations).
+    pub fn created_counts(&self) -> Vec<(Alg, u64)> {
+        self.inner
+            .created
+            .lock()
+            .map(|c| c.iter().map(|(a, n)| (*a, *n)).collect())
+            .unwrap_or_default()
+    }
+
     pub fn algs(&self) -> &[Alg] {
         &self.inner.cfg.algs
     }
@@ -533,6 +545,11 @@ impl Keys {
         for k in keys {
             if snap.keys.iter().any(|o| o.kid == k.kid) {
                 continue;
+            }
+            if k.created == now {
+                if let Ok(mut created) = self.inner.created.lock() {
+                    *created.entry(k.alg).or_insert(0) += 1;
+                }
             }
             if k.created == now && k.activates == now {
                 tracing::warn!(kid = %k.kid, alg = %k.alg, "signing key created, active at once (no prepublication)");

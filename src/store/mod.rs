@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod instrumented;
 pub mod memory;
 pub mod mongo;
 pub mod redis;

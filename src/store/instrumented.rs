@@ -1,0 +1,182 @@
+//! Store decorators that time every operation and count failures
+//! (`tokend_store_operation_duration_seconds`, `tokend_store_errors_total`).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+
+use super::{
+    AccessStatus, ClientRecord, ClientStore, FamilyState, NewFamily, RotateOutcome,
+    RotateRequest, SessionStore, StoreError, UserRecord, UserStore,
+};
+use crate::metrics::Metrics;
+
+/// Wraps a store, labelling its operations with `store`.
+pub struct Instrumented<S: ?Sized> {
+    inner: Arc<S>,
+    store: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: ?Sized> Instrumented<S> {
+    pub fn new(inner: Arc<S>, store: &'static str, metrics: Arc<Metrics>) -> Self {
+        Instrumented {
+            inner,
+            store,
+            metrics,
+        }
+    }
+
+    async fn time<T>(
+        &self,
+        op: &'static str,
+        f: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let r = f.await;
+        // A duplicate is an answer, not a failure of the store.
+        let ok = !matches!(
+            r,
+            Err(StoreError::Unavailable { .. } | StoreError::Corrupt { .. })
+        );
+        self.metrics.store_op(self.store, op, start.elapsed(), ok);
+        r
+    }
+}
+
+#[async_trait]
+impl UserStore for Instrumented<dyn UserStore> {
+    async fn insert(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.time("user_insert", self.inner.insert(user)).await
+    }
+    async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.time("user_by_id", self.inner.by_id(id)).await
+    }
+    async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.time("user_by_email", self.inner.by_email(email)).await
+    }
+    async fn by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.time("user_by_username", self.inner.by_username(username))
+            .await
+    }
+    async fn update_username(
+        &self,
+        id: &str,
+        username: &str,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.time(
+            "user_update_username",
+            self.inner.update_username(id, username, now_ms),
+        )
+        .await
+    }
+    async fn update_password_hash(
+        &self,
+        id: &str,
+        hash: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.time(
+            "user_update_password",
+            self.inner.update_password_hash(id, hash, now_ms),
+        )
+        .await
+    }
+    async fn set_roles(
+        &self,
+        id: &str,
+        roles: &[String],
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.time("user_set_roles", self.inner.set_roles(id, roles, now_ms))
+            .await
+    }
+    async fn list(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        self.time("user_list", self.inner.list(after, limit)).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl ClientStore for Instrumented<dyn ClientStore> {
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        self.time("client_get", self.inner.get(client_id)).await
+    }
+    async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        self.time("client_insert", self.inner.insert(client)).await
+    }
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.time("client_list", self.inner.list()).await
+    }
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        self.time("client_delete", self.inner.delete(client_id)).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl SessionStore for Instrumented<dyn SessionStore> {
+    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+        self.time("family_start", self.inner.start_family(family))
+            .await
+    }
+    async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
+        self.time("family_rotate", self.inner.rotate(req)).await
+    }
+    async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
+        self.time("family_get", self.inner.family(sid)).await
+    }
+    async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.time("family_revoke", self.inner.revoke_family(sid, ttl_ms))
+            .await
+    }
+    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+        self.time(
+            "user_families_revoke",
+            self.inner.revoke_user_families(user_id, ttl_ms),
+        )
+        .await
+    }
+    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.time("jti_revoke", self.inner.revoke_jti(jti, ttl_ms))
+            .await
+    }
+    async fn set_user_not_before(
+        &self,
+        user_id: &str,
+        not_before: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "user_not_before",
+            self.inner.set_user_not_before(user_id, not_before, ttl_ms),
+        )
+        .await
+    }
+    async fn access_status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        self.time(
+            "access_status",
+            self.inner.access_status(jti, sid, user_id),
+        )
+        .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
