@@ -1,0 +1,366 @@
+//! OAuth clients (RFC 6749 §2): the registry that answers "who is this client" from three
+//! sources, in this order: the built-in public first-party client `tokend`, the static clients
+//! of `TOKEND_CLIENTS_FILE`, and the [`ClientStore`] (MongoDB in production mode, memory in
+//! embedded mode). Secrets are ≥ 256-bit random, so a SHA-256 digest compared in constant time
+//! is the right check (never Argon2 per request).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ring::{digest, hmac};
+use serde::Deserialize;
+
+use super::{ids, FIRST_PARTY_CLIENT};
+use crate::config::ENV_CLIENTS_FILE;
+use crate::keys::Alg;
+use crate::store::{ClientRecord, ClientStore, StoreError};
+
+/// `grant_type=password` (RFC 6749 §4.3).
+pub const GRANT_PASSWORD: &str = "password";
+/// `grant_type=refresh_token` (RFC 6749 §6).
+pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+/// `grant_type=client_credentials` (RFC 6749 §4.4).
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// Every grant type tokend implements.
+pub const GRANT_TYPES: [&str; 3] = [
+    GRANT_PASSWORD,
+    GRANT_REFRESH_TOKEN,
+    GRANT_CLIENT_CREDENTIALS,
+];
+
+/// Lower-case hex SHA-256 of a client secret, as stored.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()))
+}
+
+/// Whether `presented` is the secret whose digest is `stored_hex`, compared in constant time.
+///
+/// Both digests go through HMAC-SHA256 under a one-off random key and ring's constant-time tag
+/// check compares them, so the time taken says nothing about how many bytes matched.
+pub fn secret_matches(presented: &str, stored_hex: &str) -> bool {
+    let Ok(stored) = hex::decode(stored_hex) else {
+        return false;
+    };
+    let Ok(key) = ids::random_bytes::<32>() else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+    let presented = digest::digest(&digest::SHA256, presented.as_bytes());
+    let tag = hmac::sign(&key, &stored);
+    hmac::verify(&key, presented.as_ref(), tag.as_ref()).is_ok()
+}
+
+/// Whether a string is a valid `scope-token` (RFC 6749 §3.3).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+}
+
+/// Whether a string can be a client id: 1–128 visible ASCII characters without `:` (a Basic
+/// credential separator), so it survives every client-authentication method.
+pub fn is_client_id(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// What is wrong with a client definition.
+pub fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
+    let id = &c.client_id;
+    if !is_client_id(id) {
+        return Err(format!(
+            "client_id {id:?} must be 1-128 visible ASCII characters without ':'"
+        ));
+    }
+    if id == FIRST_PARTY_CLIENT {
+        return Err(format!(
+            "client_id {id:?} is reserved for the built-in first-party client"
+        ));
+    }
+    if c.grant_types.is_empty() {
+        return Err(format!("client {id:?}: grant_types is empty"));
+    }
+    for g in &c.grant_types {
+        if !GRANT_TYPES.contains(&g.as_str()) {
+            return Err(format!(
+                "client {id:?}: unknown grant type {g:?} (known: {})",
+                GRANT_TYPES.join(", ")
+            ));
+        }
+    }
+    if c.secret_sha256.is_none() && c.grant_types.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
+        return Err(format!(
+            "client {id:?}: a public client (no secret) cannot use client_credentials"
+        ));
+    }
+    for s in &c.scopes {
+        if !is_scope_token(s) {
+            return Err(format!("client {id:?}: invalid scope {s:?}"));
+        }
+    }
+    if let Some(hash) = &c.secret_sha256 {
+        let ok = hash.len() == 64 && hash.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !ok {
+            return Err(format!(
+                "client {id:?}: client_secret_sha256 must be 64 lower-case hex characters"
+            ));
+        }
+    }
+    if let Some(alg) = &c.alg {
+        match Alg::parse(alg) {
+            Some(a) if algs.contains(&a) => {}
+            _ => {
+                let listed: Vec<&str> = algs.iter().map(|a| a.as_str()).collect();
+                return Err(format!(
+                    "client {id:?}: alg {alg:?} is not one of TOKEND_SIGNING_ALGS ({})",
+                    listed.join(",")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One entry of `TOKEND_CLIENTS_FILE`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StaticClient {
+    client_id: String,
+    #[serde(default)]
+    client_secret_sha256: Option<String>,
+    #[serde(default)]
+    client_secret: Option<String>,
+    grant_types: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    alg: Option<String>,
+}
+
+/// Parses and validates the JSON list of static clients. Errors name the offending client.
+pub fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
+    let list: Vec<StaticClient> =
+        serde_json::from_slice(json).map_err(|e| format!("not a JSON list of clients: {e}"))?;
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for c in list {
+        let secret_sha256 = match (c.client_secret_sha256, c.client_secret) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "client {:?}: give client_secret_sha256 or client_secret, not both",
+                    c.client_id
+                ))
+            }
+            (Some(h), None) => Some(h),
+            (None, Some(s)) if s.is_empty() => {
+                return Err(format!("client {:?}: client_secret is empty", c.client_id))
+            }
+            (None, Some(s)) => Some(hash_secret(&s)),
+            (None, None) => None,
+        };
+        let record = ClientRecord {
+            client_id: c.client_id,
+            secret_sha256,
+            grant_types: c.grant_types,
+            scopes: c.scopes,
+            alg: c.alg,
+            created_at: 0,
+        };
+        validate_client(&record, algs)?;
+        if !seen.insert(record.client_id.clone()) {
+            return Err(format!("client_id {:?} appears twice", record.client_id));
+        }
+        out.push(record);
+    }
+    Ok(out)
+}
+
+/// Reads `TOKEND_CLIENTS_FILE`; the error is one line naming the variable.
+pub fn load_static_clients(path: &Path, algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("{ENV_CLIENTS_FILE}={}: {e}", path.display()))?;
+    parse_static_clients(&bytes, algs)
+        .map_err(|e| format!("{ENV_CLIENTS_FILE}={}: {e}", path.display()))
+}
+
+/// The built-in public first-party client the seed endpoints act as: password and
+/// refresh_token grants, no scopes.
+pub fn first_party_client() -> ClientRecord {
+    ClientRecord {
+        client_id: FIRST_PARTY_CLIENT.to_string(),
+        secret_sha256: None,
+        grant_types: vec![GRANT_PASSWORD.into(), GRANT_REFRESH_TOKEN.into()],
+        scopes: vec![],
+        alg: None,
+        created_at: 0,
+    }
+}
+
+/// Every client tokend knows: first-party, static, then stored. It is itself a
+/// [`ClientStore`], so code that looks clients up by id sees all three sources; writes go to the
+/// store only.
+pub struct Clients {
+    first_party: ClientRecord,
+    statics: HashMap<String, ClientRecord>,
+    store: Arc<dyn ClientStore>,
+}
+
+impl Clients {
+    pub fn new(statics: Vec<ClientRecord>, store: Arc<dyn ClientStore>) -> Clients {
+        Clients {
+            first_party: first_party_client(),
+            statics: statics
+                .into_iter()
+                .map(|c| (c.client_id.clone(), c))
+                .collect(),
+            store,
+        }
+    }
+
+    /// The static clients, ordered by id.
+    pub fn statics(&self) -> Vec<&ClientRecord> {
+        let mut v: Vec<&ClientRecord> = self.statics.values().collect();
+        v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+        v
+    }
+
+    /// Whether `client_id` is taken by the built-in or a static client.
+    pub fn is_builtin_or_static(&self, client_id: &str) -> bool {
+        client_id == self.first_party.client_id || self.statics.contains_key(client_id)
+    }
+
+    /// The union of the static clients' scopes, sorted (discovery's `scopes_supported`).
+    pub fn static_scopes(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.statics.values().flat_map(|c| &c.scopes).collect();
+        set.into_iter().cloned().collect()
+    }
+}
+
+#[async_trait]
+impl ClientStore for Clients {
+    async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
+        if client_id == self.first_party.client_id {
+            return Ok(Some(self.first_party.clone()));
+        }
+        if let Some(c) = self.statics.get(client_id) {
+            return Ok(Some(c.clone()));
+        }
+        self.store.get(client_id).await
+    }
+
+    async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
+        if self.is_builtin_or_static(&client.client_id) {
+            return Err(StoreError::Duplicate("client_id"));
+        }
+        self.store.insert(client).await
+    }
+
+    /// Stored clients only (the built-in and static ones are known from configuration).
+    async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
+        self.store.list().await
+    }
+
+    async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        self.store.delete(client_id).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALGS: &[Alg] = &[Alg::EdDSA, Alg::RS256];
+
+    #[test]
+    fn secrets_are_stored_as_hex_sha256_and_compared() {
+        let h = hash_secret("s3cret");
+        assert_eq!(h.len(), 64);
+        assert!(secret_matches("s3cret", &h));
+        assert!(!secret_matches("s3cret ", &h));
+        assert!(!secret_matches("", &h));
+        assert!(!secret_matches("s3cret", "not hex"));
+    }
+
+    #[test]
+    fn a_static_file_is_parsed_and_plain_secrets_hashed() {
+        let json = br#"[
+          {"client_id":"svc","client_secret":"pw","grant_types":["client_credentials"],"scopes":["read","write"],"alg":"RS256"},
+          {"client_id":"spa","grant_types":["password","refresh_token"],"scopes":["read"]}
+        ]"#;
+        let list = parse_static_clients(json, ALGS).unwrap();
+        assert_eq!(
+            list[0].secret_sha256.as_deref(),
+            Some(hash_secret("pw").as_str())
+        );
+        assert_eq!(list[0].alg.as_deref(), Some("RS256"));
+        assert!(list[1].secret_sha256.is_none());
+    }
+
+    #[test]
+    fn bad_static_files_are_refused_with_a_reason() {
+        let cases: &[(&str, &str)] = &[
+            ("{}", "JSON list"),
+            (
+                r#"[{"client_id":"a","grant_types":["implicit"]}]"#,
+                "unknown grant type",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["client_credentials"]}]"#,
+                "public client",
+            ),
+            (
+                r#"[{"client_id":"a","client_secret":"x","grant_types":["password"],"alg":"HS256"}]"#,
+                "alg",
+            ),
+            (
+                r#"[{"client_id":"a","client_secret_sha256":"ABC","grant_types":["password"]}]"#,
+                "hex",
+            ),
+            (
+                r#"[{"client_id":"a","client_secret":"x","client_secret_sha256":"00","grant_types":["password"]}]"#,
+                "not both",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["password"]},{"client_id":"a","grant_types":["password"]}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"client_id":"tokend","grant_types":["password"]}]"#,
+                "reserved",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["password"],"scopes":["a b"]}]"#,
+                "invalid scope",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["password"],"extra":1}]"#,
+                "unknown field",
+            ),
+            (r#"[{"client_id":"a","grant_types":[]}]"#, "empty"),
+        ];
+        for (json, needle) in cases {
+            let e = parse_static_clients(json.as_bytes(), ALGS).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+        }
+        let e = parse_static_clients(
+            br#"[{"client_id":"a","client_secret":"x","grant_types":["password"],"alg":"RS256"}]"#,
+            &[Alg::EdDSA],
+        )
+        .unwrap_err();
+        assert!(e.contains("TOKEND_SIGNING_ALGS"), "{e}");
+    }
+
+    #[test]
+    fn scope_tokens_follow_rfc_6749() {
+        assert!(is_scope_token("read:users"));
+        assert!(!is_scope_token(""));
+        assert!(!is_scope_token("a b"));
+        assert!(!is_scope_token("a\"b"));
+        assert!(!is_scope_token("a\\b"));
+    }
+}

@@ -1,0 +1,541 @@
+//! The OAuth2 rules (SPEC §7): client authentication (RFC 6749 §2.3), the token endpoint's
+//! grants (RFC 6749 §4.3, §4.4, §6), revocation (RFC 7009) and introspection (RFC 7662). No
+//! HTTP here: `http/oauth.rs` parses the request and renders what these functions decide.
+
+use serde::Serialize;
+
+use super::clients::{
+    secret_matches, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
+};
+use super::tokens::{AccessClaims, Audience, LEEWAY_SECS};
+use super::{Core, Error};
+use crate::clock::secs;
+use crate::store::ClientRecord;
+
+/// An RFC 6749 §5.2 error, or a domain error that is not one (store down, internal).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{0}")]
+    InvalidClient(String),
+    #[error("{0}")]
+    InvalidGrant(String),
+    #[error("{0}")]
+    UnauthorizedClient(String),
+    #[error("{0}")]
+    UnsupportedGrantType(String),
+    #[error("{0}")]
+    InvalidScope(String),
+    #[error(transparent)]
+    Other(Error),
+}
+
+impl From<Error> for OAuthError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::InvalidCredentials => {
+                OAuthError::InvalidGrant("invalid username or password".into())
+            }
+            Error::Refresh(r) => OAuthError::InvalidGrant(r.to_string()),
+            other => OAuthError::Other(other),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for OAuthError {
+    fn from(e: crate::store::StoreError) -> Self {
+        OAuthError::Other(e.into())
+    }
+}
+
+/// The credentials a request presented (RFC 6749 §2.3.1), however they travelled.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    /// `None` for a public client, which sends only its id.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// Whether an endpoint accepts public clients (identified by `client_id` alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicClients {
+    Allowed,
+    Refused,
+}
+
+/// A successful token response (RFC 6749 §5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// The granted scope, space separated (omitted when empty).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub scope: String,
+}
+
+/// The parameters of `POST /oauth/token` that the grants read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenRequest {
+    pub grant_type: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub refresh_token: Option<String>,
+    pub scope: Option<String>,
+}
+
+/// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Introspection {
+    pub active: bool,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub details: Option<TokenDetails>,
+}
+
+impl Introspection {
+    pub fn inactive() -> Introspection {
+        Introspection {
+            active: false,
+            details: None,
+        }
+    }
+}
+
+/// The members of an active token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TokenDetails {
+    pub scope: String,
+    pub client_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// Always `Bearer` (the RFC 6749 §5.1 type the token is used with).
+    pub token_type: &'static str,
+    /// `access_token` or `refresh_token`.
+    pub token_use: &'static str,
+    pub exp: i64,
+    pub iat: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    pub sub: String,
+    pub aud: Audience,
+    pub iss: String,
+    pub jti: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+}
+
+/// Which kind of token a revocation or introspection request says it holds (RFC 7009 §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenHint {
+    Access,
+    Refresh,
+}
+
+impl TokenHint {
+    /// `access_token` / `refresh_token`; anything else is no hint (RFC 7009 §2.1 lets the server
+    /// search all its token types).
+    pub fn parse(hint: Option<&str>) -> Option<TokenHint> {
+        match hint {
+            Some("access_token") => Some(TokenHint::Access),
+            Some("refresh_token") => Some(TokenHint::Refresh),
+            _ => None,
+        }
+    }
+
+    fn order(hint: Option<TokenHint>) -> [TokenHint; 2] {
+        match hint {
+            Some(TokenHint::Refresh) => [TokenHint::Refresh, TokenHint::Access],
+            _ => [TokenHint::Access, TokenHint::Refresh],
+        }
+    }
+}
+
+/// Splits a space-separated scope string into tokens (RFC 6749 §3.3).
+pub fn scope_tokens(scope: &str) -> Vec<&str> {
+    scope.split(' ').filter(|s| !s.is_empty()).collect()
+}
+
+/// The scope a request gets: the requested one if every token of it is allowed, else
+/// `invalid_scope`; nothing requested means everything allowed.
+pub fn grant_scope(requested: Option<&str>, allowed: &[String]) -> Result<String, OAuthError> {
+    let Some(requested) = requested else {
+        return Ok(allowed.join(" "));
+    };
+    let mut granted: Vec<&str> = Vec::new();
+    for s in scope_tokens(requested) {
+        if !allowed.iter().any(|a| a == s) {
+            return Err(OAuthError::InvalidScope(format!(
+                "scope {s:?} is not allowed for this client"
+            )));
+        }
+        if !granted.contains(&s) {
+            granted.push(s);
+        }
+    }
+    Ok(granted.join(" "))
+}
+
+fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError> {
+    v.as_deref()
+        .ok_or_else(|| OAuthError::InvalidRequest(format!("missing parameter {name}")))
+}
+
+impl Core {
+    /// Authenticates a client (RFC 6749 §2.3): a confidential client by its secret, a public
+    /// client by its id alone where `public` allows it. Every failure is `invalid_client`.
+    pub async fn authenticate_client(
+        &self,
+        creds: &ClientCredentials,
+        public: PublicClients,
+    ) -> Result<ClientRecord, OAuthError> {
+        let client = self
+            .clients
+            .get(&creds.client_id)
+            .await?
+            .ok_or_else(|| OAuthError::InvalidClient("unknown client or bad secret".into()))?;
+        match (&client.secret_sha256, &creds.secret) {
+            (Some(stored), Some(presented)) => {
+                if secret_matches(presented, stored) {
+                    Ok(client)
+                } else {
+                    tracing::info!(client_id = %client.client_id, "client authentication failed");
+                    Err(OAuthError::InvalidClient(
+                        "unknown client or bad secret".into(),
+                    ))
+                }
+            }
+            (Some(_), None) => Err(OAuthError::InvalidClient(
+                "this client must authenticate with its secret".into(),
+            )),
+            (None, Some(_)) => Err(OAuthError::InvalidClient(
+                "this is a public client: send client_id without a secret".into(),
+            )),
+            (None, None) if public == PublicClients::Refused => Err(OAuthError::InvalidClient(
+                "this endpoint needs a confidential client".into(),
+            )),
+            (None, None) => Ok(client),
+        }
+    }
+
+    /// `POST /oauth/token` for an authenticated client: dispatches on `grant_type`.
+    pub async fn token_grant(
+        &self,
+        client: &ClientRecord,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let grant = required(&req.grant_type, "grant_type")?;
+        if !matches!(
+            grant,
+            GRANT_PASSWORD | GRANT_REFRESH_TOKEN | GRANT_CLIENT_CREDENTIALS
+        ) {
+            return Err(OAuthError::UnsupportedGrantType(format!(
+                "grant_type {grant:?} is not supported"
+            )));
+        }
+        if !client.grant_types.iter().any(|g| g == grant) {
+            return Err(OAuthError::UnauthorizedClient(format!(
+                "this client may not use grant_type {grant}"
+            )));
+        }
+        match grant {
+            GRANT_PASSWORD => self.password_grant(client, req).await,
+            GRANT_REFRESH_TOKEN => self.refresh_grant(client, req).await,
+            _ => self.client_credentials_grant(client, req),
+        }
+    }
+
+    /// RFC 6749 §4.3: username (or email) and password; starts a refresh family.
+    async fn password_grant(
+        &self,
+        client: &ClientRecord,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let login = required(&req.username, "username")?;
+        let password = required(&req.password, "password")?;
+        let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
+        let user = self.check_password(login, password, true).await?;
+        let pair = self
+            .start_session(&user, client, &scope, self.client_alg(client))
+            .await?;
+        tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
+        Ok(TokenResponse {
+            access_token: pair.access_token,
+            token_type: pair.token_type,
+            expires_in: pair.expires_in,
+            refresh_token: Some(pair.refresh_token),
+            scope: pair.scope,
+        })
+    }
+
+    /// RFC 6749 §6: the family rules of SPEC §6. A requested scope must be within the one
+    /// originally granted; the family keeps its scope.
+    async fn refresh_grant(
+        &self,
+        client: &ClientRecord,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        let token = required(&req.refresh_token, "refresh_token")?;
+        if let Some(requested) = req.scope.as_deref() {
+            if let Ok(claims) = self.tokens.decode_refresh(token, self.clock.now()) {
+                let original: Vec<String> = scope_tokens(&claims.scope)
+                    .into_iter()
+                    .map(String::from)
+                    .collect();
+                grant_scope(Some(requested), &original)?;
+            }
+        }
+        let pair = self.refresh(token, Some(client)).await?;
+        Ok(TokenResponse {
+            access_token: pair.access_token,
+            token_type: pair.token_type,
+            expires_in: pair.expires_in,
+            refresh_token: Some(pair.refresh_token),
+            scope: pair.scope,
+        })
+    }
+
+    /// RFC 6749 §4.4: an access token for the client itself (`sub` = client id, no `sid`, no
+    /// refresh token, no roles).
+    fn client_credentials_grant(
+        &self,
+        client: &ClientRecord,
+        req: &TokenRequest,
+    ) -> Result<TokenResponse, OAuthError> {
+        if client.secret_sha256.is_none() {
+            return Err(OAuthError::UnauthorizedClient(
+                "client_credentials needs a confidential client".into(),
+            ));
+        }
+        let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
+        let now = self.clock.now();
+        let ttl = secs(self.config.access_ttl);
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: Audience::One(self.tokens.audience.clone()),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: self.new_id()?,
+            client_id: client.client_id.clone(),
+            scope: scope.clone(),
+            sid: None,
+            fresh: false,
+            auth_time: None,
+            roles: vec![],
+        };
+        let access_token = self.tokens.sign_access(self.client_alg(client), &claims)?;
+        tracing::info!(client_id = %client.client_id, "client_credentials grant");
+        Ok(TokenResponse {
+            access_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+            refresh_token: None,
+            scope,
+        })
+    }
+
+    /// RFC 7009: revokes a token issued to `client`. A refresh token revokes its family (and so
+    /// every access token of it), an access token its `jti`. Unknown, invalid, expired or
+    /// foreign tokens are ignored: the answer is the same either way.
+    pub async fn revoke_token(
+        &self,
+        client: &ClientRecord,
+        token: &str,
+        hint: Option<TokenHint>,
+    ) -> Result<(), OAuthError> {
+        let now = self.clock.now();
+        for kind in TokenHint::order(hint) {
+            match kind {
+                TokenHint::Access => {
+                    if let Ok(c) = self.tokens.decode_access(token, now) {
+                        if c.client_id == client.client_id {
+                            let ttl_ms = (c.exp - now + LEEWAY_SECS).max(1) * 1000;
+                            self.sessions.revoke_jti(&c.jti, ttl_ms).await?;
+                            tracing::info!(client_id = %client.client_id, "access token revoked");
+                        }
+                        return Ok(());
+                    }
+                }
+                TokenHint::Refresh => {
+                    if let Ok(c) = self.tokens.decode_refresh(token, now) {
+                        if c.client_id == client.client_id {
+                            self.sessions
+                                .revoke_family(&c.sid, self.revocation_ttl_ms())
+                                .await?;
+                            tracing::info!(client_id = %client.client_id, sid = %c.sid, "refresh family revoked");
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// RFC 7662: whether a token is active, and its members when it is. Expired, revoked,
+    /// forged, unknown and superseded refresh tokens are all just inactive; a store that cannot
+    /// answer is an error (fail closed), never a guess.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        hint: Option<TokenHint>,
+    ) -> Result<Introspection, OAuthError> {
+        for kind in TokenHint::order(hint) {
+            let found = match kind {
+                TokenHint::Access => self.introspect_access(token).await?,
+                TokenHint::Refresh => self.introspect_refresh(token).await?,
+            };
+            if let Some(i) = found {
+                return Ok(i);
+            }
+        }
+        Ok(Introspection::inactive())
+    }
+
+    /// `None` when the token is not a valid access token at all; inactive when it was one.
+    async fn introspect_access(&self, token: &str) -> Result<Option<Introspection>, OAuthError> {
+        if self.tokens.decode_access(token, self.clock.now()).is_err() {
+            return Ok(None);
+        }
+        let claims = match self.authenticate(token).await {
+            Ok(p) => p.claims,
+            Err(Error::TokenRejected(_)) => return Ok(Some(Introspection::inactive())),
+            Err(e) => return Err(e.into()),
+        };
+        let username = if claims.sid.is_some() {
+            match self.users.by_id(&claims.sub).await? {
+                Some(u) => Some(u.username),
+                None => return Ok(Some(Introspection::inactive())),
+            }
+        } else {
+            None
+        };
+        Ok(Some(Introspection {
+            active: true,
+            details: Some(TokenDetails {
+                scope: claims.scope,
+                client_id: claims.client_id,
+                username,
+                token_type: "Bearer",
+                token_use: "access_token",
+                exp: claims.exp,
+                iat: claims.iat,
+                nbf: Some(claims.nbf),
+                sub: claims.sub,
+                aud: claims.aud,
+                iss: claims.iss,
+                jti: claims.jti,
+                sid: claims.sid,
+            }),
+        }))
+    }
+
+    /// A refresh token is active only while it is its family's current token.
+    async fn introspect_refresh(&self, token: &str) -> Result<Option<Introspection>, OAuthError> {
+        let now_ms = self.clock.now_ms();
+        let Ok(claims) = self.tokens.decode_refresh(token, now_ms.div_euclid(1000)) else {
+            return Ok(None);
+        };
+        let inactive = Ok(Some(Introspection::inactive()));
+        let status = self
+            .sessions
+            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
+            .await?;
+        if status.family_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
+            return inactive;
+        }
+        let Some(family) = self.sessions.family(&claims.sid).await? else {
+            return inactive;
+        };
+        if family.revoked
+            || family.current_refresh_jti != claims.jti
+            || now_ms >= family.expires_at_ms
+        {
+            return inactive;
+        }
+        let Some(user) = self.users.by_id(&claims.sub).await? else {
+            return inactive;
+        };
+        Ok(Some(Introspection {
+            active: true,
+            details: Some(TokenDetails {
+                scope: claims.scope,
+                client_id: claims.client_id,
+                username: Some(user.username),
+                token_type: "Bearer",
+                token_use: "refresh_token",
+                exp: claims.exp,
+                iat: claims.iat,
+                nbf: None,
+                sub: claims.sub,
+                aud: claims.aud,
+                iss: claims.iss,
+                jti: claims.jti,
+                sid: Some(claims.sid),
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_must_be_a_subset_and_default_to_all() {
+        let allowed = vec!["read".to_string(), "write".to_string()];
+        assert_eq!(grant_scope(None, &allowed).unwrap(), "read write");
+        assert_eq!(grant_scope(Some("write"), &allowed).unwrap(), "write");
+        assert_eq!(grant_scope(Some(" read  read "), &allowed).unwrap(), "read");
+        assert!(matches!(
+            grant_scope(Some("read admin"), &allowed),
+            Err(OAuthError::InvalidScope(_))
+        ));
+        assert_eq!(grant_scope(Some(""), &allowed).unwrap(), "");
+    }
+
+    #[test]
+    fn hints_order_the_search() {
+        assert_eq!(
+            TokenHint::order(TokenHint::parse(Some("refresh_token"))),
+            [TokenHint::Refresh, TokenHint::Access]
+        );
+        assert_eq!(
+            TokenHint::order(TokenHint::parse(Some("id_token"))),
+            [TokenHint::Access, TokenHint::Refresh]
+        );
+    }
+
+    #[test]
+    fn an_inactive_answer_has_no_other_member() {
+        let v = serde_json::to_value(Introspection::inactive()).unwrap();
+        assert_eq!(v, serde_json::json!({"active": false}));
+    }
+
+    #[test]
+    fn domain_refusals_become_invalid_grant() {
+        use crate::domain::RefreshError;
+        assert!(matches!(
+            OAuthError::from(Error::InvalidCredentials),
+            OAuthError::InvalidGrant(_)
+        ));
+        assert!(matches!(
+            OAuthError::from(Error::Refresh(RefreshError::Reused)),
+            OAuthError::InvalidGrant(_)
+        ));
+    }
+}

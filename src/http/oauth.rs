@@ -1,0 +1,251 @@
+//! The OAuth2 surface (SPEC §7): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
+//! (RFC 7009) and `POST /oauth/introspect` (RFC 7662). Form-encoded bodies only; clients
+//! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
+//! the body (`client_secret_post`), or, when public, with `client_id` alone.
+
+use base64::Engine;
+use http::{header, HeaderValue, Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::{empty, json_no_store, read_form, ApiError, ApiResult};
+use crate::domain::oauth::{ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest};
+use crate::startup::AppState;
+
+/// Every parameter the three endpoints read. A parameter sent twice is refused
+/// (RFC 6749 §3.2); one sent without a value counts as omitted (RFC 6749 §3.1).
+#[derive(Debug, Default, Deserialize)]
+struct OAuthForm {
+    grant_type: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    refresh_token: Option<String>,
+    scope: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token: Option<String>,
+    token_type_hint: Option<String>,
+}
+
+impl OAuthForm {
+    fn normalized(self) -> OAuthForm {
+        let f = |v: Option<String>| v.filter(|s| !s.is_empty());
+        OAuthForm {
+            grant_type: f(self.grant_type),
+            username: f(self.username),
+            password: f(self.password),
+            refresh_token: f(self.refresh_token),
+            scope: f(self.scope),
+            client_id: f(self.client_id),
+            client_secret: f(self.client_secret),
+            token: f(self.token),
+            token_type_hint: f(self.token_type_hint),
+        }
+    }
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> Self {
+        match e {
+            OAuthError::InvalidRequest(d) => ApiError::InvalidRequest(d),
+            OAuthError::InvalidClient(d) => ApiError::InvalidClient(d),
+            OAuthError::InvalidGrant(d) => ApiError::InvalidGrant(d),
+            OAuthError::UnauthorizedClient(d) => ApiError::UnauthorizedClient(d),
+            OAuthError::UnsupportedGrantType(d) => ApiError::UnsupportedGrantType(d),
+            OAuthError::InvalidScope(d) => ApiError::InvalidScope(d),
+            OAuthError::Other(e) => e.into(),
+        }
+    }
+}
+
+/// Undoes the `application/x-www-form-urlencoded` encoding RFC 6749 §2.3.1 applies to the
+/// client id and secret before they are joined for HTTP Basic.
+fn form_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The id and secret of an `Authorization: Basic` header (RFC 6749 §2.3.1, RFC 7617).
+fn basic_credentials(value: &HeaderValue) -> Result<(String, String), OAuthError> {
+    let bad =
+        |what: &str| OAuthError::InvalidClient(format!("malformed Basic credentials: {what}"));
+    let v = value.to_str().map_err(|_| bad("not ASCII"))?.trim();
+    let (scheme, b64) = v.split_once(' ').unwrap_or((v, ""));
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(OAuthError::InvalidClient(
+            "unsupported client authentication scheme; use Basic or client_secret_post".into(),
+        ));
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map_err(|_| bad("not base64"))?;
+    let decoded = String::from_utf8(decoded).map_err(|_| bad("not UTF-8"))?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(|| bad("no ':'"))?;
+    let id = form_decode(id).ok_or_else(|| bad("bad percent-encoding"))?;
+    let secret = form_decode(secret).ok_or_else(|| bad("bad percent-encoding"))?;
+    if id.is_empty() {
+        return Err(bad("empty client id"));
+    }
+    Ok((id, secret))
+}
+
+/// Who the request says it is, from the header or the body, never both (RFC 6749 §2.3).
+fn presented_client(
+    authorization: Option<&HeaderValue>,
+    form: &OAuthForm,
+) -> Result<ClientCredentials, OAuthError> {
+    if let Some(value) = authorization {
+        let (client_id, secret) = basic_credentials(value)?;
+        if form.client_secret.is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "use one client authentication method: Basic or client_secret in the body, not both"
+                    .into(),
+            ));
+        }
+        if form.client_id.as_ref().is_some_and(|id| *id != client_id) {
+            return Err(OAuthError::InvalidRequest(
+                "client_id in the body differs from the Basic credentials".into(),
+            ));
+        }
+        let secret = Some(secret).filter(|s| !s.is_empty());
+        return Ok(ClientCredentials { client_id, secret });
+    }
+    match (&form.client_id, &form.client_secret) {
+        (Some(id), secret) => Ok(ClientCredentials {
+            client_id: id.clone(),
+            secret: secret.clone(),
+        }),
+        (None, Some(_)) => Err(OAuthError::InvalidRequest(
+            "client_secret without client_id".into(),
+        )),
+        (None, None) => Err(OAuthError::InvalidClient(
+            "client authentication required".into(),
+        )),
+    }
+}
+
+/// Reads the form and authenticates the client.
+async fn authenticated(
+    state: &AppState,
+    req: Request<Incoming>,
+    public: PublicClients,
+) -> Result<(crate::store::ClientRecord, OAuthForm), ApiError> {
+    let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let form: OAuthForm = read_form(req, state.body_limit).await?;
+    let form = form.normalized();
+    let creds = presented_client(authorization.as_ref(), &form)?;
+    let client = state.core.authenticate_client(&creds, public).await?;
+    Ok((client, form))
+}
+
+/// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6).
+pub async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
+    let request = TokenRequest {
+        grant_type: form.grant_type,
+        username: form.username,
+        password: form.password,
+        refresh_token: form.refresh_token,
+        scope: form.scope,
+    };
+    let response = state.core.token_grant(&client, &request).await?;
+    json_no_store(StatusCode::OK, &response)
+}
+
+/// `POST /oauth/revoke` (RFC 7009): 200 with an empty body whether or not the token was known.
+pub async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
+    let token = form
+        .token
+        .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
+    let hint = TokenHint::parse(form.token_type_hint.as_deref());
+    state.core.revoke_token(&client, &token, hint).await?;
+    empty(StatusCode::OK)
+}
+
+/// `POST /oauth/introspect` (RFC 7662): confidential clients only.
+pub async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let (_client, form) = authenticated(state, req, PublicClients::Refused).await?;
+    let token = form
+        .token
+        .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
+    let hint = TokenHint::parse(form.token_type_hint.as_deref());
+    let answer = state.core.introspect(&token, hint).await?;
+    json_no_store(StatusCode::OK, &answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(raw: &str) -> HeaderValue {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        HeaderValue::from_str(&format!("Basic {b64}")).unwrap()
+    }
+
+    #[test]
+    fn basic_credentials_are_form_decoded() {
+        let (id, secret) = basic_credentials(&basic("my%20app:a%2Bb+c%3A")).unwrap();
+        assert_eq!(id, "my app");
+        assert_eq!(secret, "a+b c:");
+        let (id, secret) = basic_credentials(&basic("svc:pa:ss")).unwrap();
+        assert_eq!((id.as_str(), secret.as_str()), ("svc", "pa:ss"));
+    }
+
+    #[test]
+    fn malformed_basic_credentials_are_invalid_client() {
+        for v in [
+            HeaderValue::from_static("Basic !!!"),
+            HeaderValue::from_static("Bearer abc"),
+            basic("no-colon"),
+            basic(":secret"),
+            basic("id:%zz"),
+        ] {
+            assert!(
+                matches!(basic_credentials(&v), Err(OAuthError::InvalidClient(_))),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_authentication_method_per_request() {
+        let form = OAuthForm {
+            client_id: Some("svc".into()),
+            client_secret: Some("x".into()),
+            ..OAuthForm::default()
+        };
+        assert!(matches!(
+            presented_client(Some(&basic("svc:x")), &form),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        let c = presented_client(None, &form).unwrap();
+        assert_eq!(c.secret.as_deref(), Some("x"));
+        let public = OAuthForm {
+            client_id: Some("spa".into()),
+            ..OAuthForm::default()
+        };
+        assert_eq!(presented_client(None, &public).unwrap().secret, None);
+        assert!(matches!(
+            presented_client(None, &OAuthForm::default()),
+            Err(OAuthError::InvalidClient(_))
+        ));
+    }
+}
