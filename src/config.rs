@@ -39,6 +39,15 @@ pub const ENV_REQUEST_TIMEOUT: &str = "TOKEND_REQUEST_TIMEOUT";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "TOKEND_HEADER_READ_TIMEOUT";
 pub const ENV_SHUTDOWN_GRACE: &str = "TOKEND_SHUTDOWN_GRACE";
 pub const ENV_KEYSET_RELOAD: &str = "TOKEND_KEYSET_RELOAD";
+pub const ENV_METRICS_LISTEN: &str = "TOKEND_METRICS_LISTEN";
+pub const ENV_RATE_LIMIT: &str = "TOKEND_RATE_LIMIT";
+pub const ENV_RATE_LIMIT_IP: &str = "TOKEND_RATE_LIMIT_IP";
+pub const ENV_RATE_LIMIT_ACCOUNT: &str = "TOKEND_RATE_LIMIT_ACCOUNT";
+pub const ENV_TRUSTED_PROXIES: &str = "TOKEND_TRUSTED_PROXIES";
+pub const ENV_TLS_CERT: &str = "TOKEND_TLS_CERT";
+pub const ENV_TLS_KEY: &str = "TOKEND_TLS_KEY";
+pub const ENV_REFRESH_COOKIE: &str = "TOKEND_REFRESH_COOKIE";
+pub const ENV_CORS_ORIGINS: &str = "TOKEND_CORS_ORIGINS";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5000";
 pub const DEFAULT_ISSUER: &str = "http://localhost:5000";
@@ -61,6 +70,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_KEYSET_RELOAD: &str = "30s";
+pub const DEFAULT_RATE_LIMIT_IP: &str = "600/min";
+pub const DEFAULT_RATE_LIMIT_ACCOUNT: &str = "30/min";
 
 /// Largest allowed keyset reload interval: SPEC §8 promises every instance reloads within 30 s.
 pub const MAX_KEYSET_RELOAD: Duration = Duration::from_secs(30);
@@ -192,6 +203,107 @@ impl fmt::Display for Argon2Cost {
     }
 }
 
+/// A rate: `count` requests per `per`, allowing bursts of `count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The GCRA emission interval in milliseconds.
+    pub fn emission_ms(&self) -> i64 {
+        (crate::clock::ms(self.per) / i64::from(self.count.max(1))).max(1)
+    }
+}
+
+impl std::str::FromStr for Rate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (n, unit) = s
+            .trim()
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a rate like 600/min"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("{n:?} is not a positive count"))?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            other => return Err(format!("unknown unit {other:?} (use s, min or h)")),
+        };
+        Ok(Rate { count, per })
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// An IP network (`10.0.0.0/8`, `::1`), for `TOKEND_TRUSTED_PROXIES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(std::net::IpAddr::V6(v4.to_ipv6_mapped())),
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6
+                .to_ipv4_mapped()
+                .is_some_and(|v4| self.contains(std::net::IpAddr::V4(v4))),
+        }
+    }
+}
+
+impl std::str::FromStr for IpNet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a bad prefix length"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
 /// How tokend keeps its state (SPEC §2).
 #[derive(Debug, Clone)]
 pub enum Mode {
@@ -248,6 +360,22 @@ pub struct Config {
     pub request_timeout: Duration,
     pub header_read_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// `TOKEND_METRICS_LISTEN`: a separate listener for `/metrics`, `/healthz`, `/readyz`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// `TOKEND_RATE_LIMIT=off` disables both limits (benchmarks).
+    pub rate_limit_enabled: bool,
+    /// `TOKEND_RATE_LIMIT_IP`, default `600/min` per client IP over the limited endpoints.
+    pub rate_limit_ip: Rate,
+    /// `TOKEND_RATE_LIMIT_ACCOUNT`, default `30/min` per account (and per client id).
+    pub rate_limit_account: Rate,
+    /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// `TOKEND_TLS_CERT` and `TOKEND_TLS_KEY` (PEM files), both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// `TOKEND_REFRESH_COOKIE=on`: browser mode, the refresh token travels in a cookie.
+    pub refresh_cookie: bool,
+    /// `TOKEND_CORS_ORIGINS`: allowed browser origins; empty means CORS off.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -445,7 +573,84 @@ impl Config {
             Some(v) => parse_size(&v).map_err(|m| ConfigError::new(ENV_BODY_LIMIT, m))?,
         };
 
+        let metrics_listen = match opt(ENV_METRICS_LISTEN) {
+            None => None,
+            Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new(ENV_METRICS_LISTEN, "expected HOST:PORT, e.g. 127.0.0.1:9100")
+            })?),
+        };
+        let rate_limit_enabled = match get(ENV_RATE_LIMIT, "on").to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            _ => return Err(ConfigError::new(ENV_RATE_LIMIT, "expected on or off")),
+        };
+        let rate_limit_ip: Rate = get(ENV_RATE_LIMIT_IP, DEFAULT_RATE_LIMIT_IP)
+            .parse()
+            .map_err(|m| ConfigError::new(ENV_RATE_LIMIT_IP, m))?;
+        let rate_limit_account: Rate = get(ENV_RATE_LIMIT_ACCOUNT, DEFAULT_RATE_LIMIT_ACCOUNT)
+            .parse()
+            .map_err(|m| ConfigError::new(ENV_RATE_LIMIT_ACCOUNT, m))?;
+        let trusted_proxies = opt(ENV_TRUSTED_PROXIES)
+            .map(|v| {
+                v.split(',')
+                    .filter(|s| !s.trim().is_empty())
+                    .map(|s| s.parse::<IpNet>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|m| ConfigError::new(ENV_TRUSTED_PROXIES, m))?
+            .unwrap_or_default();
+        let tls = match (opt(ENV_TLS_CERT), opt(ENV_TLS_KEY)) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(ENV_TLS_KEY, format!("required with {ENV_TLS_CERT}")))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(ENV_TLS_CERT, format!("required with {ENV_TLS_KEY}")))
+            }
+            (Some(c), Some(k)) => {
+                for (var, path) in [(ENV_TLS_CERT, &c), (ENV_TLS_KEY, &k)] {
+                    if !std::path::Path::new(path).is_file() {
+                        return Err(ConfigError::new(var, format!("{path:?} is not a readable file")));
+                    }
+                }
+                Some((PathBuf::from(c), PathBuf::from(k)))
+            }
+        };
+        let refresh_cookie = match get(ENV_REFRESH_COOKIE, "off").to_ascii_lowercase().as_str() {
+            "on" | "true" | "1" => true,
+            "off" | "false" | "0" => false,
+            _ => return Err(ConfigError::new(ENV_REFRESH_COOKIE, "expected on or off")),
+        };
+        let cors_origins = opt(ENV_CORS_ORIGINS)
+            .map(|v| {
+                v.split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        for o in &cors_origins {
+            let ok = url::Url::parse(o)
+                .ok()
+                .is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok || o == "*" {
+                return Err(ConfigError::new(
+                    ENV_CORS_ORIGINS,
+                    format!("{o:?} is not an origin like https://app.example.com"),
+                ));
+            }
+        }
+
         Ok(Config {
+            metrics_listen,
+            rate_limit_enabled,
+            rate_limit_ip,
+            rate_limit_account,
+            trusted_proxies,
+            tls,
+            refresh_cookie,
+            cors_origins,
             listen,
             issuer,
             audience,
@@ -545,6 +750,36 @@ impl Config {
             format!("{ENV_REQUEST_TIMEOUT}={}", d(self.request_timeout)),
             format!("{ENV_HEADER_READ_TIMEOUT}={}", d(self.header_read_timeout)),
             format!("{ENV_SHUTDOWN_GRACE}={}", d(self.shutdown_grace)),
+            format!(
+                "{ENV_METRICS_LISTEN}={}",
+                self.metrics_listen.map(|a| a.to_string()).unwrap_or_default()
+            ),
+            format!(
+                "{ENV_RATE_LIMIT}={}",
+                if self.rate_limit_enabled { "on" } else { "off" }
+            ),
+            format!("{ENV_RATE_LIMIT_IP}={}", self.rate_limit_ip),
+            format!("{ENV_RATE_LIMIT_ACCOUNT}={}", self.rate_limit_account),
+            format!(
+                "{ENV_TRUSTED_PROXIES}={}",
+                self.trusted_proxies
+                    .iter()
+                    .map(|n| format!("{}/{}", n.addr, n.prefix))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            format!(
+                "{ENV_TLS_CERT}={}",
+                self.tls
+                    .as_ref()
+                    .map(|(c, _)| c.display().to_string())
+                    .unwrap_or_default()
+            ),
+            format!(
+                "{ENV_REFRESH_COOKIE}={}",
+                if self.refresh_cookie { "on" } else { "off" }
+            ),
+            format!("{ENV_CORS_ORIGINS}={}", self.cors_origins.join(",")),
         ]);
         lines.join("\n")
     }
@@ -703,6 +938,16 @@ mod tests {
             (ENV_ADMIN_EMAILS, "root"),
             (ENV_BODY_LIMIT, "lots"),
             (ENV_KEYSET_RELOAD, "5m"),
+            (ENV_METRICS_LISTEN, "9100"),
+            (ENV_RATE_LIMIT, "maybe"),
+            (ENV_RATE_LIMIT_IP, "lots"),
+            (ENV_RATE_LIMIT_IP, "0/min"),
+            (ENV_RATE_LIMIT_ACCOUNT, "30/fortnight"),
+            (ENV_TRUSTED_PROXIES, "10.0.0.0/33"),
+            (ENV_TRUSTED_PROXIES, "proxy.local"),
+            (ENV_REFRESH_COOKIE, "sometimes"),
+            (ENV_CORS_ORIGINS, "*"),
+            (ENV_CORS_ORIGINS, "app.example.com"),
         ] {
             assert_eq!(err_var(&[(var, value)]), var, "{var}={value}");
         }
@@ -754,6 +999,20 @@ mod tests {
             !shown.contains("hunter2") && !shown.contains("hunter3"),
             "{shown}"
         );
+    }
+
+    #[test]
+    fn rates_and_networks_parse() {
+        let r: Rate = "600/min".parse().unwrap();
+        assert_eq!((r.count, r.per, r.emission_ms()), (600, Duration::from_secs(60), 100));
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        let one: IpNet = "::1".parse().unwrap();
+        assert!(one.contains("::1".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        assert!(parse(&[(ENV_TLS_KEY, "/etc/hostname")]).is_err());
     }
 
     #[test]

@@ -122,6 +122,9 @@ impl Core {
         password: &str,
         allow_username: bool,
     ) -> Result<UserRecord, Error> {
+        let account = super::limits::account_key(login);
+        self.limit_key(&account, "account").await?;
+        self.check_backoff(&account).await?;
         let user = if login.contains('@') || !allow_username {
             match Email::parse(login) {
                 Ok(email) => self.users.by_email(email.as_str()).await?,
@@ -135,9 +138,18 @@ impl Core {
             .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
             .await?;
         let mut user = match (verdict.clone(), user) {
-            (Verdict::Wrong, _) | (_, None) => return Err(Error::InvalidCredentials),
+            (Verdict::Wrong, _) | (_, None) => {
+                self.login_failed(&account).await?;
+                self.metrics
+                    .logins
+                    .with_label_values(&["invalid_credentials"])
+                    .inc();
+                return Err(Error::InvalidCredentials);
+            }
             (_, Some(u)) => u,
         };
+        self.metrics.logins.with_label_values(&["success"]).inc();
+        self.login_succeeded(&account).await?;
         let now = self.clock.now_ms();
         if let Verdict::RightRehashed(new_hash) = verdict {
             self.users
@@ -171,16 +183,16 @@ impl Core {
         let claims = self
             .tokens
             .decode_access(token, now)
-            .map_err(|r| Error::TokenRejected(describe_reason(r)))?;
+            .map_err(|r| self.rejected(r))?;
         let status = self
             .sessions
             .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await?;
         if status.jti_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
-            return Err(Error::TokenRejected(describe_reason("revoked")));
+            return Err(self.rejected("revoked"));
         }
         if status.family_revoked {
-            return Err(Error::TokenRejected(describe_reason("session_revoked")));
+            return Err(self.rejected("session_revoked"));
         }
         Ok(Principal { claims })
     }
@@ -234,6 +246,15 @@ impl Core {
         self.revoke_all_sessions(&user.id).await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
         Ok(())
+    }
+
+    /// Counts a refused bearer token by reason and turns it into the domain error.
+    pub fn rejected(&self, reason: &'static str) -> Error {
+        self.metrics
+            .validation_failures
+            .with_label_values(&[reason])
+            .inc();
+        Error::TokenRejected(describe_reason(reason))
     }
 
     /// A fresh `jti`/`sid`.

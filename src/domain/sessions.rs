@@ -21,6 +21,8 @@ struct PairSpec<'a> {
     refresh_jti: String,
     issued_at: i64,
     session_ends: i64,
+    /// `password` or `refresh_token`, for the issued-tokens metric.
+    grant: &'static str,
 }
 
 impl Core {
@@ -69,13 +71,16 @@ impl Core {
             client_id: spec.client_id.to_string(),
             scope: spec.scope.to_string(),
         };
-        Ok(TokenPair {
+        let pair = TokenPair {
             access_token: self.tokens.sign_access(alg, &access)?,
             refresh_token: self.tokens.sign_refresh(alg, &refresh)?,
             token_type: "Bearer",
             expires_in: access_ttl,
             scope: spec.scope.to_string(),
-        })
+        };
+        self.metrics.issued(spec.grant, "access", alg.as_str());
+        self.metrics.issued(spec.grant, "refresh", alg.as_str());
+        Ok(pair)
     }
 
     /// Starts a family for a password login and issues its first (fresh) pair.
@@ -101,6 +106,7 @@ impl Core {
             refresh_jti: self.new_id()?,
             issued_at: now,
             session_ends,
+            grant: "password",
         };
         self.sessions
             .start_family(&NewFamily {
@@ -131,7 +137,13 @@ impl Core {
         let claims = self
             .tokens
             .decode_refresh(refresh_token, now)
-            .map_err(|r| RefreshError::InvalidToken(describe_reason(r)))?;
+            .map_err(|r| {
+                self.metrics
+                    .validation_failures
+                    .with_label_values(&[r])
+                    .inc();
+                RefreshError::InvalidToken(describe_reason(r))
+            })?;
         if let Some(c) = expected_client {
             if c.client_id != claims.client_id {
                 return Err(RefreshError::InvalidToken("issued to another client").into());
@@ -195,6 +207,11 @@ impl Core {
             } => (access_jti, refresh_jti, issued_at),
             RotateOutcome::Reused => {
                 tracing::warn!(sid = %claims.sid, user_id = %claims.sub, "refresh token reuse detected; family revoked");
+                self.metrics.refresh_reuse.inc();
+                self.metrics
+                    .revocations
+                    .with_label_values(&["family"])
+                    .inc();
                 return Err(RefreshError::Reused.into());
             }
             RotateOutcome::Revoked => return Err(RefreshError::Revoked.into()),
@@ -213,6 +230,7 @@ impl Core {
                 refresh_jti,
                 issued_at,
                 session_ends,
+                grant: "refresh_token",
             },
         )
     }
@@ -222,10 +240,18 @@ impl Core {
         let now = self.clock.now();
         let remaining = (p.claims.exp - now + LEEWAY_SECS).max(1) * 1000;
         self.sessions.revoke_jti(&p.claims.jti, remaining).await?;
+        self.metrics
+            .revocations
+            .with_label_values(&["token"])
+            .inc();
         if let Some(sid) = &p.claims.sid {
             self.sessions
                 .revoke_family(sid, self.revocation_ttl_ms())
                 .await?;
+            self.metrics
+                .revocations
+                .with_label_values(&["family"])
+                .inc();
         }
         Ok(())
     }
@@ -242,6 +268,7 @@ impl Core {
             .set_user_not_before(user_id, self.clock.now(), ttl)
             .await?;
         let n = self.sessions.revoke_user_families(user_id, ttl).await?;
+        self.metrics.revocations.with_label_values(&["user"]).inc();
         tracing::info!(user_id = %user_id, families = n, "all sessions revoked");
         Ok(())
     }

@@ -198,6 +198,7 @@ impl From<DomainError> for ApiError {
             },
             DomainError::Refresh(r) => ApiError::BearerInvalidGrant(r.to_string()),
             DomainError::NotFound => ApiError::NotFound,
+            DomainError::RateLimited(retry_after) => ApiError::TooManyRequests { retry_after },
             DomainError::Store(s) => s.into(),
             DomainError::Internal(d) => ApiError::Internal(d),
         }

@@ -3,6 +3,8 @@
 
 pub mod auth;
 pub mod error;
+pub mod oauth;
+pub mod openapi;
 pub mod ops;
 pub mod router;
 pub mod server;
@@ -140,4 +142,26 @@ pub fn empty(status: StatusCode) -> ApiResult {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = status;
     Ok(res)
+}
+
+/// The client's IP: the TCP peer, or — when the peer is a trusted proxy — the right-most
+/// address of `X-Forwarded-For` that is not itself a trusted proxy.
+pub fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Option<std::net::IpAddr> {
+    let peer = req.extensions().get::<server::PeerAddr>()?.0.ip();
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for v in req.headers().get_all("x-forwarded-for").iter().rev() {
+        let Ok(v) = v.to_str() else { return Some(client) };
+        for hop in v.split(',').rev() {
+            match hop.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) if is_trusted(ip) => client = ip,
+                Ok(ip) => return Some(ip),
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
 }

@@ -10,6 +10,17 @@ pub async fn healthz(_state: &AppState, _req: Request<Incoming>) -> ApiResult {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
+pub async fn metrics(state: &AppState, _req: Request<Incoming>) -> ApiResult {
+    let m = &state.core.metrics;
+    m.observe_keys(&state.core.keys);
+    let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(m.render())));
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(res)
+}
+
 pub async fn readyz(state: &AppState, _req: Request<Incoming>) -> ApiResult {
     let report = state.readiness().await;
     let status = if report.ready {

@@ -5,17 +5,20 @@
 //! 2. trace: one span per request labelled by route template (never the raw path), with status
 //!    and latency on completion;
 //! 3. propagate request id: echo `x-request-id` on the response;
-//! 4. catch-panic: a handler bug becomes a JSON 500, never a dropped connection;
-//! 5. router: method/path dispatch, with the per-request timeout and body limit applied where
-//!    the body is read.
+//! 4. CORS, only when `TOKEND_CORS_ORIGINS` lists origins (off by default): answers preflights
+//!    before anything else runs;
+//! 5. catch-panic: a handler bug becomes a JSON 500, never a dropped connection;
+//! 6. router: method/path dispatch, with the per-request timeout and body limit applied where
+//!    the body is read, request metrics by route template, and the common response headers.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderName, Request, Response};
+use http::{HeaderName, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
@@ -29,9 +32,32 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<B
     ApiError::Internal("handler panicked".into()).into_response()
 }
 
-/// Wraps the router in the stack.
+fn cors_layer(origins: Vec<String>) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(origins))
+            .allow_methods([Method::GET, Method::POST, Method::PUT])
+            .allow_headers([
+                http::header::AUTHORIZATION,
+                http::header::CONTENT_TYPE,
+                HeaderName::from_static("x-csrf-token"),
+            ])
+            .allow_credentials(true)
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
+/// Wraps the router in the stack; `cors_origins` empty means CORS off.
 pub fn build(
     router: Router,
+    cors_origins: Vec<String>,
 ) -> impl tower::Service<
     Request<hyper::body::Incoming>,
     Response = Response<
@@ -69,6 +95,7 @@ pub fn build(
                 .on_failure(()),
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(tower::util::option_layer(cors_layer(cors_origins)))
         .layer(CatchPanicLayer::custom(panic_response))
         .service(router)
 }

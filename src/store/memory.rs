@@ -569,3 +569,86 @@ impl LeaseStore for MemoryLease {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rate limits and back-off
+// ---------------------------------------------------------------------------------------------
+
+/// Rate limits and failed-login back-off in memory (one instance).
+pub struct MemoryLimits {
+    clock: SharedClock,
+    /// key -> theoretical arrival time (ms)
+    rates: Mutex<HashMap<String, i64>>,
+    /// account -> (failures, back-off end ms, forget at ms)
+    failures: Mutex<HashMap<String, (u32, i64, i64)>>,
+}
+
+impl MemoryLimits {
+    pub fn new(clock: SharedClock) -> Self {
+        Self {
+            clock,
+            rates: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+#[async_trait]
+impl crate::store::LimitStore for MemoryLimits {
+    async fn rate_check(
+        &self,
+        key: &str,
+        now_ms: i64,
+        emission_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>, StoreError> {
+        let t = emission_ms.max(1);
+        let tau = t.saturating_mul(i64::from(burst.max(1)) - 1);
+        let mut g = lock(&self.rates);
+        if g.len() > 10_000 {
+            g.retain(|_, tat| *tat > now_ms);
+        }
+        let tat = g.get(key).copied().unwrap_or(now_ms).max(now_ms);
+        if tat - now_ms > tau {
+            return Ok(Some(tat - now_ms - tau));
+        }
+        g.insert(key.to_string(), tat + t);
+        Ok(None)
+    }
+
+    async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError> {
+        let now = self.clock.now_ms();
+        let g = lock(&self.failures);
+        Ok(g.get(account)
+            .filter(|(_, until, forget)| *forget > now && *until > 0)
+            .map(|(_, until, _)| *until))
+    }
+
+    async fn record_failure(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: crate::store::BackoffPolicy,
+    ) -> Result<i64, StoreError> {
+        let mut g = lock(&self.failures);
+        if g.len() > 10_000 {
+            g.retain(|_, (_, _, forget)| *forget > now_ms);
+        }
+        let entry = g.entry(account.to_string()).or_insert((0, 0, 0));
+        if entry.2 <= now_ms {
+            *entry = (0, 0, 0);
+        }
+        entry.0 = entry.0.saturating_add(1);
+        let delay = policy.delay_ms(entry.0);
+        if delay > 0 {
+            entry.1 = now_ms + delay;
+        }
+        entry.2 = now_ms + delay + policy.window_ms.max(1);
+        Ok(if delay > 0 { entry.1 } else { 0 })
+    }
+
+    async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {
+        lock(&self.failures).remove(account);
+        Ok(())
+    }
+}

@@ -267,3 +267,53 @@ pub trait LeaseStore: Send + Sync {
     /// Gives the lease back if `holder` still holds it.
     async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
+
+/// Rate limits and failed-login back-off (SPEC §9), shared by every instance in production
+/// mode. Keys are opaque (the caller hashes anything personal).
+#[async_trait]
+pub trait LimitStore: Send + Sync {
+    /// One GCRA step for `key`: a request is allowed when it conforms to one every
+    /// `emission_ms` with bursts of `burst`. `Ok(None)` allowed; `Ok(Some(ms))` refused, retry
+    /// after `ms`.
+    async fn rate_check(
+        &self,
+        key: &str,
+        now_ms: i64,
+        emission_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>, StoreError>;
+    /// Until when (Unix ms) the account backs off, if it does.
+    async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError>;
+    /// Records a failed login: after `free` failures each one doubles the back-off, starting
+    /// at `base_ms`, capped at `cap_ms`. The count is forgotten `window_ms` after the back-off
+    /// ends. Returns the back-off end (Unix ms; 0 when none).
+    async fn record_failure(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: BackoffPolicy,
+    ) -> Result<i64, StoreError>;
+    /// A successful login clears the account's failures.
+    async fn clear_failures(&self, account: &str) -> Result<(), StoreError>;
+}
+
+/// How failed logins slow an account down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackoffPolicy {
+    /// Failures allowed before any back-off.
+    pub free: u32,
+    pub base_ms: i64,
+    pub cap_ms: i64,
+    pub window_ms: i64,
+}
+
+impl BackoffPolicy {
+    /// The back-off after `failures` consecutive failures.
+    pub fn delay_ms(&self, failures: u32) -> i64 {
+        if failures <= self.free {
+            return 0;
+        }
+        let exp = (failures - self.free - 1).min(40);
+        self.base_ms.saturating_mul(1i64 << exp).min(self.cap_ms)
+    }
+}

@@ -173,6 +173,8 @@ struct Scripts {
     revoke_family: Script,
     not_before: Script,
     release: Script,
+    gcra: Script,
+    backoff_fail: Script,
 }
 
 impl Scripts {
@@ -184,6 +186,8 @@ impl Scripts {
             revoke_family: Script::new(REVOKE_FAMILY_LUA),
             not_before: Script::new(NOT_BEFORE_LUA),
             release: Script::new(RELEASE_LUA),
+            gcra: Script::new(GCRA_LUA),
+            backoff_fail: Script::new(BACKOFF_FAIL_LUA),
         }
     }
 }
@@ -321,6 +325,14 @@ impl RedisStore {
 
     fn not_before_key(&self, user_id: &str) -> String {
         format!("{}unbf:{{{user_id}}}", self.prefix)
+    }
+
+    fn rate_key(&self, key: &str) -> String {
+        format!("{}rl:{{{key}}}", self.prefix)
+    }
+
+    fn backoff_key(&self, account: &str) -> String {
+        format!("{}bo:{{{account}}}", self.prefix)
     }
 
     fn lease_key(&self, name: &str) -> String {
@@ -692,6 +704,125 @@ impl LeaseStore for RedisStore {
                     .invoke_async::<i64>(&mut c)
                     .await
             }
+        })
+        .await
+        .map(|_| ())
+    }
+}
+
+/// GCRA (generic cell rate algorithm) on one key holding the theoretical arrival time.
+/// ARGV: now ms, emission interval ms, burst. Returns 0 when allowed, else ms to wait.
+const GCRA_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
+local tau = t * (tonumber(ARGV[3]) - 1)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+if tat - now > tau then
+  return tat - now - tau
+end
+local new_tat = tat + t
+redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1))
+return 0
+"#;
+
+/// A failed login. ARGV: now ms, free failures, base ms, cap ms, window ms. Returns the
+/// back-off end (ms) or 0.
+const BACKOFF_FAIL_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local free = tonumber(ARGV[2])
+local base = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+local till = 0
+if n > free then
+  local d = base * (2 ^ math.min(n - free - 1, 40))
+  if d > cap then d = cap end
+  till = math.floor(now + d)
+  redis.call('HSET', KEYS[1], 'until', till)
+end
+local keep = window
+if till > now then keep = keep + (till - now) end
+redis.call('PEXPIRE', KEYS[1], math.floor(keep))
+return till
+"#;
+
+#[async_trait]
+impl crate::store::LimitStore for RedisStore {
+    async fn rate_check(
+        &self,
+        key: &str,
+        now_ms: i64,
+        emission_ms: i64,
+        burst: u32,
+    ) -> Result<Option<i64>, StoreError> {
+        let key = self.rate_key(key);
+        let wait: i64 = self
+            .run(|mut c| {
+                let (key, scripts) = (key.clone(), self.scripts.clone());
+                async move {
+                    scripts
+                        .gcra
+                        .key(key)
+                        .arg(now_ms)
+                        .arg(emission_ms.max(1))
+                        .arg(burst.max(1))
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok((wait > 0).then_some(wait))
+    }
+
+    async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError> {
+        let key = self.backoff_key(account);
+        let until: Option<i64> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("HGET")
+                        .arg(key)
+                        .arg("until")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        Ok(until.filter(|u| *u > 0))
+    }
+
+    async fn record_failure(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: crate::store::BackoffPolicy,
+    ) -> Result<i64, StoreError> {
+        let key = self.backoff_key(account);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .backoff_fail
+                    .key(key)
+                    .arg(now_ms)
+                    .arg(policy.free)
+                    .arg(policy.base_ms)
+                    .arg(policy.cap_ms)
+                    .arg(policy.window_ms.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {
+        let key = self.backoff_key(account);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { redis::cmd("DEL").arg(key).query_async::<i64>(&mut c).await }
         })
         .await
         .map(|_| ())
