@@ -8,3 +8,4 @@ mod keys;
 mod services;
 mod sessions;
 mod stores;
+mod verifier;
