@@ -5,13 +5,20 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
-use crate::clock::{SharedClock, SystemClock};
-use crate::config::Config;
+use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::config::{Config, Mode, ENV_CLIENTS_FILE, ENV_MONGODB_URI, ENV_REDIS_URL};
+use crate::domain::clients::{hash_secret, load_static_clients, validate_client, Clients};
+use crate::domain::ids;
 use crate::keys::{Alg, Keys, KeysConfig};
 use crate::startup::{Application, Backends};
+use crate::store::{ClientRecord, ClientStore, StoreError};
 
 #[derive(Debug, Parser)]
-#[command(name = "tokend", version, about = "A token server: rotating signing keys, JWKS, refresh-token families")]
+#[command(
+    name = "tokend",
+    version,
+    about = "A token server: rotating signing keys, JWKS, refresh-token families"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -26,6 +33,44 @@ pub enum Command {
     /// Signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// OAuth clients stored in MongoDB (production mode).
+    #[command(subcommand)]
+    Clients(ClientsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientsCommand {
+    /// Create a client. A confidential client's secret is printed once and stored only as its
+    /// SHA-256.
+    Create {
+        /// The client id (default: a random one).
+        #[arg(long)]
+        id: Option<String>,
+        /// An allowed grant type: password, refresh_token, client_credentials (repeat the flag
+        /// or separate with commas).
+        #[arg(long = "grant", required = true, value_delimiter = ',')]
+        grants: Vec<String>,
+        /// An allowed scope (repeat the flag, or separate with spaces).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Signing algorithm of this client's tokens (default: the first of TOKEND_SIGNING_ALGS).
+        #[arg(long)]
+        alg: Option<String>,
+        /// A public client: no secret; it cannot use client_credentials or introspection.
+        #[arg(long)]
+        public: bool,
+        /// Print `{"client_id","client_secret"}` only.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List clients: those of TOKEND_CLIENTS_FILE and those in MongoDB. Never shows a secret.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a client from MongoDB; its tokens stay valid until they expire.
+    Delete { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +116,10 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Clients(cmd) => match clients_command(cmd, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -98,7 +147,8 @@ async fn open_keys(config: &Config) -> Result<Keys, String> {
 }
 
 fn ts(secs: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -148,6 +198,159 @@ async fn keys_command(cmd: KeysCommand, config: Config) -> Result<(), String> {
                 println!("revoked {kid}; it is out of JWKS and its tokens no longer verify");
             } else {
                 return Err(format!("no key with kid {kid:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The client registry of a production-mode configuration.
+async fn open_clients(config: &Config) -> Result<Clients, String> {
+    if matches!(config.mode, Mode::Embedded { .. }) {
+        return Err(format!(
+            "`tokend clients` needs production mode: set {ENV_MONGODB_URI} and {ENV_REDIS_URL}. \
+             In embedded mode, clients come from the JSON file named by {ENV_CLIENTS_FILE}."
+        ));
+    }
+    let statics = match &config.clients_file {
+        Some(path) => load_static_clients(path, &config.signing_algs)?,
+        None => Vec::new(),
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let b = Backends::connect(config, &clock)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Clients::new(statics, b.clients))
+}
+
+/// One row of `tokend clients list`.
+#[derive(serde::Serialize)]
+struct ClientRow<'a> {
+    client_id: &'a str,
+    /// `file` (TOKEND_CLIENTS_FILE) or `mongodb`.
+    source: &'static str,
+    confidential: bool,
+    grant_types: &'a [String],
+    scopes: &'a [String],
+    alg: Option<&'a str>,
+    /// RFC 3339; `None` for file clients.
+    created_at: Option<String>,
+}
+
+fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
+    ClientRow {
+        client_id: &c.client_id,
+        source,
+        confidential: c.secret_sha256.is_some(),
+        grant_types: &c.grant_types,
+        scopes: &c.scopes,
+        alg: c.alg.as_deref(),
+        created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
+    }
+}
+
+async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), String> {
+    let clients = open_clients(&config).await?;
+    match cmd {
+        ClientsCommand::Create {
+            id,
+            grants,
+            scopes,
+            alg,
+            public,
+            json,
+        } => {
+            let client_id = match id {
+                Some(id) => id,
+                None => ids::random_id().map_err(|e| e.to_string())?,
+            };
+            let secret = if public {
+                None
+            } else {
+                Some(ids::random_secret().map_err(|e| e.to_string())?)
+            };
+            let record = ClientRecord {
+                client_id,
+                secret_sha256: secret.as_deref().map(hash_secret),
+                grant_types: grants,
+                scopes: scopes
+                    .iter()
+                    .flat_map(|s| s.split_whitespace())
+                    .map(String::from)
+                    .collect(),
+                alg,
+                created_at: SystemClock.now_ms(),
+            };
+            validate_client(&record, &config.signing_algs)?;
+            match clients.insert(&record).await {
+                Ok(()) => {}
+                Err(StoreError::Duplicate(_)) => {
+                    return Err(format!("client_id {:?} already exists", record.client_id))
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "client_id": record.client_id, "client_secret": secret })
+                );
+            } else {
+                println!("client_id:     {}", record.client_id);
+                match &secret {
+                    Some(s) => {
+                        println!("client_secret: {s}");
+                        println!("Store the secret now: it is not shown again.");
+                    }
+                    None => println!("public client: no secret"),
+                }
+            }
+        }
+        ClientsCommand::List { json } => {
+            let stored = clients.list().await.map_err(|e| e.to_string())?;
+            let mut rows: Vec<ClientRow<'_>> = clients
+                .statics()
+                .into_iter()
+                .map(|c| client_row(c, "file"))
+                .collect();
+            rows.extend(stored.iter().map(|c| client_row(c, "mongodb")));
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!(
+                    "{:<32} {:<8} {:<12} {:<6} {:<40} SCOPES",
+                    "CLIENT_ID", "SOURCE", "TYPE", "ALG", "GRANTS"
+                );
+                for r in rows {
+                    println!(
+                        "{:<32} {:<8} {:<12} {:<6} {:<40} {}",
+                        r.client_id,
+                        r.source,
+                        if r.confidential {
+                            "confidential"
+                        } else {
+                            "public"
+                        },
+                        r.alg.unwrap_or("-"),
+                        r.grant_types.join(","),
+                        r.scopes.join(" ")
+                    );
+                }
+            }
+        }
+        ClientsCommand::Delete { id } => {
+            if clients.is_builtin_or_static(&id) {
+                return Err(format!(
+                    "client {id:?} is not stored in MongoDB (built in, or from {ENV_CLIENTS_FILE}); \
+                     remove it from the file instead"
+                ));
+            }
+            if clients.delete(&id).await.map_err(|e| e.to_string())? {
+                println!("deleted client {id}");
+            } else {
+                return Err(format!("no client with id {id:?}"));
             }
         }
     }

@@ -12,10 +12,12 @@ use tokio::net::TcpListener;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Mode};
+use crate::domain::clients::{load_static_clients, Clients};
 use crate::domain::{Core, Passwords, Tokens};
 use crate::http::router::Router;
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
+use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore};
 use crate::store::memory::{MemoryClients, MemorySessions, MemoryUsers};
 use crate::store::mongo::MongoStore;
@@ -113,6 +115,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// `public, max-age=TOKEND_JWKS_MAX_AGE` for JWKS and discovery.
     pub public_cache_control: HeaderValue,
+    /// Discovery and OpenAPI, serialised once.
+    pub documents: Documents,
     pub embedded: bool,
 }
 
@@ -181,6 +185,12 @@ impl Application {
         b: Backends,
     ) -> Result<Application, StartupError> {
         let config = Arc::new(config);
+        let static_clients = match &config.clients_file {
+            Some(path) => {
+                load_static_clients(path, &config.signing_algs).map_err(StartupError::Other)?
+            }
+            None => Vec::new(),
+        };
         if b.mode_name == "embedded" {
             tracing::warn!(
                 "embedded mode: users, clients and sessions live in memory and are lost at exit; \
@@ -207,11 +217,15 @@ impl Application {
             .await
             .map_err(|e| StartupError::Other(e.to_string()))?;
         let tokens = Tokens::new(config.issuer.clone(), config.audience.clone(), keys.clone());
+        let registry = Arc::new(Clients::new(static_clients, b.clients));
+        let documents = Documents::build(&config, registry.static_scopes())
+            .map_err(|e| StartupError::Other(e.to_string()))?;
         let core = Core {
             config: config.clone(),
             clock,
             users: b.users,
-            clients: b.clients,
+            clients: registry.clone(),
+            registry: registry.clone(),
             sessions: b.sessions,
             keys,
             passwords,
@@ -225,6 +239,7 @@ impl Application {
             body_limit: config.body_limit,
             request_timeout: config.request_timeout,
             public_cache_control,
+            documents,
             embedded: b.mode_name == "embedded",
         });
         let listener = TcpListener::bind(config.listen)

@@ -2,8 +2,10 @@
 //! reached through their traits.
 
 pub mod accounts;
+pub mod clients;
 pub mod ids;
 pub mod input;
+pub mod oauth;
 pub mod passwords;
 pub mod sessions;
 pub mod tokens;
@@ -84,7 +86,10 @@ pub struct Core {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub users: Arc<dyn UserStore>,
+    /// Client lookups: the registry below, seen through the store trait.
     pub clients: Arc<dyn ClientStore>,
+    /// Every known client: first-party, `TOKEND_CLIENTS_FILE`, and stored.
+    pub registry: Arc<clients::Clients>,
     pub sessions: Arc<dyn SessionStore>,
     pub keys: Keys,
     pub passwords: Passwords,

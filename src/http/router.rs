@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{auth, ops, users, wellknown, ApiError, ApiResult};
+use super::{auth, oauth, openapi, ops, users, wellknown, ApiError, ApiResult};
 use crate::startup::AppState;
 
 /// Every route tokend serves. The template labels logs and metrics (never the raw path).
@@ -28,6 +28,12 @@ pub enum Route {
     Me,
     MePassword,
     Jwks,
+    AuthorizationServer,
+    OpenIdConfiguration,
+    OAuthToken,
+    OAuthRevoke,
+    OAuthIntrospect,
+    OpenApi,
     Healthz,
     Readyz,
     NotFound,
@@ -45,6 +51,12 @@ impl Route {
         Route::Me,
         Route::MePassword,
         Route::Jwks,
+        Route::AuthorizationServer,
+        Route::OpenIdConfiguration,
+        Route::OAuthToken,
+        Route::OAuthRevoke,
+        Route::OAuthIntrospect,
+        Route::OpenApi,
         Route::Healthz,
         Route::Readyz,
     ];
@@ -61,6 +73,12 @@ impl Route {
             "/users/me" => Route::Me,
             "/users/me/password" => Route::MePassword,
             "/.well-known/jwks.json" => Route::Jwks,
+            "/.well-known/oauth-authorization-server" => Route::AuthorizationServer,
+            "/.well-known/openid-configuration" => Route::OpenIdConfiguration,
+            "/oauth/token" => Route::OAuthToken,
+            "/oauth/revoke" => Route::OAuthRevoke,
+            "/oauth/introspect" => Route::OAuthIntrospect,
+            "/openapi.json" => Route::OpenApi,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
             _ => Route::NotFound,
@@ -78,6 +96,12 @@ impl Route {
             Route::Me => "/users/me",
             Route::MePassword => "/users/me/password",
             Route::Jwks => "/.well-known/jwks.json",
+            Route::AuthorizationServer => "/.well-known/oauth-authorization-server",
+            Route::OpenIdConfiguration => "/.well-known/openid-configuration",
+            Route::OAuthToken => "/oauth/token",
+            Route::OAuthRevoke => "/oauth/revoke",
+            Route::OAuthIntrospect => "/oauth/introspect",
+            Route::OpenApi => "/openapi.json",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
             Route::NotFound => "unmatched",
@@ -92,6 +116,10 @@ impl Route {
             | Route::Refresh
             | Route::Logout
             | Route::LogoutAll => "POST",
+            Route::OAuthToken | Route::OAuthRevoke | Route::OAuthIntrospect => "POST",
+            Route::AuthorizationServer | Route::OpenIdConfiguration | Route::OpenApi => {
+                "GET, HEAD"
+            }
             Route::Me => "GET, HEAD, PUT",
             Route::MePassword => "PUT",
             Route::Verify | Route::Jwks | Route::Healthz | Route::Readyz => "GET, HEAD",
@@ -138,6 +166,12 @@ async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) ->
         Route::Me => users::me(&state, req).await,
         Route::MePassword => users::change_password(&state, req).await,
         Route::Jwks => wellknown::jwks(&state, req).await,
+        Route::AuthorizationServer => wellknown::authorization_server(&state, req).await,
+        Route::OpenIdConfiguration => wellknown::openid_configuration(&state, req).await,
+        Route::OAuthToken => oauth::token(&state, req).await,
+        Route::OAuthRevoke => oauth::revoke(&state, req).await,
+        Route::OAuthIntrospect => oauth::introspect(&state, req).await,
+        Route::OpenApi => openapi::openapi(&state, req).await,
         Route::Healthz => ops::healthz(&state, req).await,
         Route::Readyz => ops::readyz(&state, req).await,
         Route::NotFound => Err(ApiError::NotFound),

@@ -1,11 +1,15 @@
-//! `/.well-known/*`: the JWKS document, served from pre-serialised bytes with a strong ETag.
+//! `/.well-known/*` and `/openapi.json`: the JWKS document, discovery (RFC 8414, OpenID Connect
+//! Discovery) and the OpenAPI document, all served from pre-serialised bytes with a strong ETag.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use serde_json::{json, Value};
 
 use super::ApiResult;
+use crate::config::Config;
+use crate::domain::clients::GRANT_TYPES;
 use crate::startup::AppState;
 
 /// True when `If-None-Match` names `etag` (or `*`).
@@ -49,5 +53,112 @@ pub fn cacheable<B>(
 
 pub async fn jwks(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let doc = state.core.keys.jwks();
-    cacheable(&req, doc.body.clone(), &doc.etag, &state.public_cache_control)
+    cacheable(
+        &req,
+        doc.body.clone(),
+        &doc.etag,
+        &state.public_cache_control,
+    )
+}
+
+/// A document serialised once at start-up, with its strong ETag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticDocument {
+    pub body: Bytes,
+    /// The quoted base64url SHA-256 of `body`.
+    pub etag: String,
+}
+
+impl StaticDocument {
+    pub fn new(body: impl Into<Bytes>) -> StaticDocument {
+        use base64::Engine;
+        let body = body.into();
+        let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+        let etag = format!(
+            "\"{}\"",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest.as_ref())
+        );
+        StaticDocument { body, etag }
+    }
+
+    /// Serves the document with `Cache-Control`, `ETag` and `304` for `If-None-Match`.
+    pub fn serve<B>(&self, req: &Request<B>, cache_control: &HeaderValue) -> ApiResult {
+        cacheable(req, self.body.clone(), &self.etag, cache_control)
+    }
+}
+
+/// The documents that never change while the process runs: discovery and OpenAPI.
+#[derive(Debug, Clone)]
+pub struct Documents {
+    /// `/.well-known/oauth-authorization-server` (RFC 8414).
+    pub authorization_server: StaticDocument,
+    /// `/.well-known/openid-configuration` (OpenID Connect Discovery 1.0).
+    pub openid_configuration: StaticDocument,
+    /// `/openapi.json`.
+    pub openapi: StaticDocument,
+}
+
+impl Documents {
+    /// Builds every document from the configuration and the static clients' scopes.
+    pub fn build(config: &Config, scopes: Vec<String>) -> Result<Documents, serde_json::Error> {
+        let base = discovery(config, scopes);
+        let mut oidc = base.clone();
+        if let Value::Object(m) = &mut oidc {
+            let algs = m
+                .get("token_signing_alg_values_supported")
+                .cloned()
+                .unwrap_or(Value::Null);
+            // OpenID Connect Discovery 1.0 §3 requires these members. tokend issues no ID
+            // tokens and has no authorization endpoint; they describe its access tokens so that
+            // OIDC libraries accept the document.
+            m.insert("id_token_signing_alg_values_supported".into(), algs);
+            m.insert("subject_types_supported".into(), json!(["public"]));
+            m.insert("response_types_supported".into(), json!(["token"]));
+        }
+        Ok(Documents {
+            authorization_server: StaticDocument::new(serde_json::to_vec(&base)?),
+            openid_configuration: StaticDocument::new(serde_json::to_vec(&oidc)?),
+            openapi: StaticDocument::new(Bytes::from_static(super::openapi::DOCUMENT)),
+        })
+    }
+}
+
+/// The RFC 8414 §2 metadata of this issuer.
+fn discovery(config: &Config, scopes: Vec<String>) -> Value {
+    let issuer = &config.issuer;
+    let algs: Vec<&str> = config.signing_algs.iter().map(|a| a.as_str()).collect();
+    json!({
+        "issuer": issuer,
+        "token_endpoint": format!("{issuer}/oauth/token"),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "revocation_endpoint": format!("{issuer}/oauth/revoke"),
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+        "grant_types_supported": GRANT_TYPES,
+        // No authorization endpoint: no response type is supported (RFC 8414 §2).
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "none"],
+        "revocation_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported":
+            ["client_secret_basic", "client_secret_post"],
+        "scopes_supported": scopes,
+        "token_signing_alg_values_supported": algs,
+    })
+}
+
+/// `GET /.well-known/oauth-authorization-server`.
+pub async fn authorization_server(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    state
+        .documents
+        .authorization_server
+        .serve(&req, &state.public_cache_control)
+}
+
+/// `GET /.well-known/openid-configuration`.
+pub async fn openid_configuration(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    state
+        .documents
+        .openid_configuration
+        .serve(&req, &state.public_cache_control)
 }

@@ -5,6 +5,8 @@ mod accounts;
 mod foundation;
 mod helpers;
 mod keys;
+mod oauth;
+mod openapi;
 mod services;
 mod sessions;
 mod stores;
