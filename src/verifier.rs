@@ -887,7 +887,7 @@ impl Verifier {
         if claims.iss != self.issuer {
             return Err(VerifierError::Issuer);
         }
-        if !claims.aud.iter().any(|a| *a == self.audience) {
+        if !claims.aud.contains(&self.audience) {
             return Err(VerifierError::Audience);
         }
         let now = self.options.clock.now();
