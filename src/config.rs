@@ -263,7 +263,9 @@ impl IpNet {
         use std::net::IpAddr;
         match (self.addr, ip) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -272,7 +274,9 @@ impl IpNet {
                     .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
-            (IpAddr::V6(_), IpAddr::V4(v4)) => self.contains(std::net::IpAddr::V6(v4.to_ipv6_mapped())),
+            (IpAddr::V6(_), IpAddr::V4(v4)) => {
+                self.contains(std::net::IpAddr::V6(v4.to_ipv6_mapped()))
+            }
             (IpAddr::V4(_), IpAddr::V6(v6)) => v6
                 .to_ipv4_mapped()
                 .is_some_and(|v4| self.contains(std::net::IpAddr::V4(v4))),
@@ -576,7 +580,10 @@ impl Config {
         let metrics_listen = match opt(ENV_METRICS_LISTEN) {
             None => None,
             Some(v) => Some(v.parse::<SocketAddr>().map_err(|_| {
-                ConfigError::new(ENV_METRICS_LISTEN, "expected HOST:PORT, e.g. 127.0.0.1:9100")
+                ConfigError::new(
+                    ENV_METRICS_LISTEN,
+                    "expected HOST:PORT, e.g. 127.0.0.1:9100",
+                )
             })?),
         };
         let rate_limit_enabled = match get(ENV_RATE_LIMIT, "on").to_ascii_lowercase().as_str() {
@@ -603,15 +610,24 @@ impl Config {
         let tls = match (opt(ENV_TLS_CERT), opt(ENV_TLS_KEY)) {
             (None, None) => None,
             (Some(_), None) => {
-                return Err(ConfigError::new(ENV_TLS_KEY, format!("required with {ENV_TLS_CERT}")))
+                return Err(ConfigError::new(
+                    ENV_TLS_KEY,
+                    format!("required with {ENV_TLS_CERT}"),
+                ))
             }
             (None, Some(_)) => {
-                return Err(ConfigError::new(ENV_TLS_CERT, format!("required with {ENV_TLS_KEY}")))
+                return Err(ConfigError::new(
+                    ENV_TLS_CERT,
+                    format!("required with {ENV_TLS_KEY}"),
+                ))
             }
             (Some(c), Some(k)) => {
                 for (var, path) in [(ENV_TLS_CERT, &c), (ENV_TLS_KEY, &k)] {
                     if !std::path::Path::new(path).is_file() {
-                        return Err(ConfigError::new(var, format!("{path:?} is not a readable file")));
+                        return Err(ConfigError::new(
+                            var,
+                            format!("{path:?} is not a readable file"),
+                        ));
                     }
                 }
                 Some((PathBuf::from(c), PathBuf::from(k)))
@@ -752,7 +768,9 @@ impl Config {
             format!("{ENV_SHUTDOWN_GRACE}={}", d(self.shutdown_grace)),
             format!(
                 "{ENV_METRICS_LISTEN}={}",
-                self.metrics_listen.map(|a| a.to_string()).unwrap_or_default()
+                self.metrics_listen
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
             ),
             format!(
                 "{ENV_RATE_LIMIT}={}",
@@ -1004,7 +1022,10 @@ mod tests {
     #[test]
     fn rates_and_networks_parse() {
         let r: Rate = "600/min".parse().unwrap();
-        assert_eq!((r.count, r.per, r.emission_ms()), (600, Duration::from_secs(60), 100));
+        assert_eq!(
+            (r.count, r.per, r.emission_ms()),
+            (600, Duration::from_secs(60), 100)
+        );
         let n: IpNet = "10.0.0.0/8".parse().unwrap();
         assert!(n.contains("10.1.2.3".parse().unwrap()));
         assert!(!n.contains("11.0.0.1".parse().unwrap()));

@@ -14,15 +14,17 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Mode};
 use crate::domain::clients::{load_static_clients, Clients};
 use crate::domain::{Core, Passwords, Tokens};
-use crate::http::router::Router;
+use crate::http::router::{Router, Surface};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
 use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore};
-use crate::store::memory::{MemoryClients, MemorySessions, MemoryUsers};
+use crate::metrics::Metrics;
+use crate::store::instrumented::Instrumented;
+use crate::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
-use crate::store::{ClientStore, LeaseStore, SessionStore, UserStore};
+use crate::store::{ClientStore, LeaseStore, LimitStore, SessionStore, UserStore};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,7 @@ pub struct Backends {
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
+    pub limits: Arc<dyn LimitStore>,
     pub mode_name: &'static str,
 }
 
@@ -64,6 +67,7 @@ impl Backends {
                 sessions: Arc::new(MemorySessions::new(clock.clone())),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
+                limits: Arc::new(MemoryLimits::new(clock.clone())),
                 mode_name: "embedded",
             }),
             Mode::Production {
@@ -100,6 +104,7 @@ impl Backends {
                     clients: mongo,
                     sessions: redis.clone(),
                     keystore: Arc::new(keystore),
+                    limits: redis.clone(),
                     lease: Some(redis),
                     mode_name: "production",
                 })
@@ -134,8 +139,7 @@ impl AppState {
     pub async fn readiness(&self) -> Readiness {
         let mut down = Vec::new();
         if !self.embedded {
-            let (users, sessions) =
-                tokio::join!(self.core.users.ping(), self.core.sessions.ping());
+            let (users, sessions) = tokio::join!(self.core.users.ping(), self.core.sessions.ping());
             if users.is_err() {
                 down.push("mongodb".to_string());
             }
@@ -150,7 +154,11 @@ impl AppState {
         }
         Readiness {
             ready: down.is_empty(),
-            status: if down.is_empty() { "ready" } else { "unavailable" },
+            status: if down.is_empty() {
+                "ready"
+            } else {
+                "unavailable"
+            },
             down,
         }
     }
@@ -159,6 +167,9 @@ impl AppState {
 /// A built, bound application.
 pub struct Application {
     listener: TcpListener,
+    /// The operational listener of `TOKEND_METRICS_LISTEN`, when set.
+    ops_listener: Option<TcpListener>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     state: Arc<AppState>,
     config: Arc<Config>,
 }
@@ -217,23 +228,36 @@ impl Application {
             .await
             .map_err(|e| StartupError::Other(e.to_string()))?;
         let tokens = Tokens::new(config.issuer.clone(), config.audience.clone(), keys.clone());
-        let registry = Arc::new(Clients::new(static_clients, b.clients));
+        let metrics = Metrics::new();
+        let (doc_store, kv_store) = if b.mode_name == "embedded" {
+            ("memory", "memory")
+        } else {
+            ("mongodb", "redis")
+        };
+        let registry = Arc::new(Clients::new(
+            static_clients,
+            Arc::new(Instrumented::new(b.clients, doc_store, metrics.clone())),
+        ));
         let documents = Documents::build(&config, registry.static_scopes())
             .map_err(|e| StartupError::Other(e.to_string()))?;
         let core = Core {
             config: config.clone(),
             clock,
-            users: b.users,
+            users: Arc::new(Instrumented::new(b.users, doc_store, metrics.clone())),
             clients: registry.clone(),
             registry: registry.clone(),
-            sessions: b.sessions,
+            sessions: Arc::new(Instrumented::new(b.sessions, kv_store, metrics.clone())),
+            metrics,
+            limits: crate::domain::limits::Limits { store: b.limits },
             keys,
             passwords,
             tokens,
         };
-        let public_cache_control =
-            HeaderValue::from_str(&format!("public, max-age={}", config.jwks_max_age.as_secs()))
-                .map_err(|e| StartupError::Other(e.to_string()))?;
+        let public_cache_control = HeaderValue::from_str(&format!(
+            "public, max-age={}",
+            config.jwks_max_age.as_secs()
+        ))
+        .map_err(|e| StartupError::Other(e.to_string()))?;
         let state = Arc::new(AppState {
             core,
             body_limit: config.body_limit,
@@ -242,17 +266,39 @@ impl Application {
             documents,
             embedded: b.mode_name == "embedded",
         });
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartupError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let ops_listener = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+        };
+        let tls = match &config.tls {
+            None => None,
+            Some((cert, key)) => {
+                Some(server::tls_acceptor(cert, key).map_err(StartupError::Other)?)
+            }
+        };
         Ok(Application {
             listener,
+            ops_listener,
+            tls,
             state,
             config,
         })
+    }
+
+    /// The address of the `TOKEND_METRICS_LISTEN` listener, when there is one.
+    pub fn ops_addr(&self) -> Option<SocketAddr> {
+        self.ops_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address actually bound (useful with port 0).
@@ -278,10 +324,45 @@ impl Application {
             max_header_bytes: 16 * 1024,
             shutdown_grace: self.config.shutdown_grace,
         };
-        tracing::info!(addr = %self.local_addr(), issuer = %self.config.issuer, "tokend listening");
-        let service = stack::build(Router::new(self.state.clone()));
-        server::serve(self.listener, service, limits, shutdown).await;
+        tracing::info!(
+            addr = %self.local_addr(),
+            tls = self.tls.is_some(),
+            issuer = %self.config.issuer,
+            "tokend listening"
+        );
+        let cors = self.config.cors_origins.clone();
+        let ops = match self.ops_listener {
+            None => None,
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                tracing::info!(addr = ?addr, "metrics, healthz and readyz listening");
+                let service = stack::build(
+                    Router::with_surface(self.state.clone(), Surface::Ops),
+                    Vec::new(),
+                );
+                let mut stop = stop_rx.clone();
+                Some(tokio::spawn(server::serve(
+                    listener,
+                    service,
+                    None,
+                    limits,
+                    async move {
+                        let _ = stop.changed().await;
+                    },
+                )))
+            }
+        };
+        let surface = if ops.is_some() {
+            Surface::Public
+        } else {
+            Surface::All
+        };
+        let service = stack::build(Router::with_surface(self.state.clone(), surface), cors);
+        server::serve(self.listener, service, self.tls, limits, shutdown).await;
         let _ = stop_tx.send(true);
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
         let _ = maintenance.await;
     }
 }

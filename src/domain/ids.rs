@@ -35,3 +35,25 @@ mod tests {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
     }
 }
+
+/// Compares two byte strings in constant time: both go through HMAC-SHA256 under a one-off
+/// random key and ring's constant-time tag check compares the results.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use ring::hmac;
+    let Ok(key) = random_bytes::<32>() else {
+        return false;
+    };
+    let key = hmac::Key::new(hmac::HMAC_SHA256, &key);
+    let tag = hmac::sign(&key, a);
+    hmac::verify(&key, b, tag.as_ref()).is_ok()
+}
+
+#[cfg(test)]
+mod ct_tests {
+    #[test]
+    fn equal_and_unequal() {
+        assert!(super::constant_time_eq(b"abc", b"abc"));
+        assert!(!super::constant_time_eq(b"abc", b"abd"));
+        assert!(!super::constant_time_eq(b"abc", b"abcd"));
+    }
+}

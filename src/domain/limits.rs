@@ -25,7 +25,10 @@ pub struct Limits {
 
 /// A key that names an account without putting the email or username in the store.
 pub fn account_key(login: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, login.trim().to_lowercase().as_bytes());
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        login.trim().to_lowercase().as_bytes(),
+    );
     format!("acct:{}", hex::encode(&d.as_ref()[..16]))
 }
 
@@ -81,6 +84,37 @@ impl Core {
             return Err(Error::RateLimited(retry_secs(wait)));
         }
         Ok(())
+    }
+
+    /// Refuses a client authentication while the client id backs off after failed secrets.
+    pub async fn check_client_backoff(&self, key: &str) -> Result<(), Error> {
+        if !self.config.rate_limit_enabled {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        if let Some(until) = self.limits.store.backoff_until(key).await? {
+            if until > now {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["client"])
+                    .inc();
+                return Err(Error::RateLimited(retry_secs(until - now)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A failed client secret counts against the client id: the per-account rate and the
+    /// back-off both apply.
+    pub async fn client_auth_failed(&self, key: &str) -> Result<(), Error> {
+        if !self.config.rate_limit_enabled {
+            return Ok(());
+        }
+        self.limits
+            .store
+            .record_failure(key, self.clock.now_ms(), BACKOFF)
+            .await?;
+        self.limit_key(key, "client").await
     }
 
     /// Refuses a login while the account backs off.

@@ -2,9 +2,11 @@
 //! reached through their traits.
 
 pub mod accounts;
+pub mod admin;
 pub mod clients;
 pub mod ids;
 pub mod input;
+pub mod limits;
 pub mod oauth;
 pub mod passwords;
 pub mod sessions;
@@ -44,6 +46,9 @@ pub enum Error {
     Refresh(#[from] RefreshError),
     #[error("not found")]
     NotFound,
+    /// Too many requests; retry after this many seconds.
+    #[error("too many requests")]
+    RateLimited(u64),
     #[error(transparent)]
     Store(StoreError),
     #[error("{0}")]
@@ -94,6 +99,8 @@ pub struct Core {
     pub keys: Keys,
     pub passwords: Passwords,
     pub tokens: Tokens,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub limits: limits::Limits,
 }
 
 /// The built-in public first-party client the seed endpoints act as.

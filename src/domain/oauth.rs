@@ -208,10 +208,13 @@ impl Core {
             .ok_or_else(|| OAuthError::InvalidClient("unknown client or bad secret".into()))?;
         match (&client.secret_sha256, &creds.secret) {
             (Some(stored), Some(presented)) => {
+                let key = super::limits::client_key(&client.client_id);
+                self.check_client_backoff(&key).await?;
                 if secret_matches(presented, stored) {
                     Ok(client)
                 } else {
                     tracing::info!(client_id = %client.client_id, "client authentication failed");
+                    self.client_auth_failed(&key).await?;
                     Err(OAuthError::InvalidClient(
                         "unknown client or bad secret".into(),
                     ))
@@ -337,8 +340,11 @@ impl Core {
             auth_time: None,
             roles: vec![],
         };
-        let access_token = self.tokens.sign_access(self.client_alg(client), &claims)?;
-        tracing::info!(client_id = %client.client_id, "client_credentials grant");
+        let alg = self.client_alg(client);
+        let access_token = self.tokens.sign_access(alg, &claims)?;
+        self.metrics
+            .issued("client_credentials", "access", alg.as_str());
+        tracing::debug!(client_id = %client.client_id, "client_credentials grant");
         Ok(TokenResponse {
             access_token,
             token_type: "Bearer",

@@ -240,10 +240,7 @@ impl Core {
         let now = self.clock.now();
         let remaining = (p.claims.exp - now + LEEWAY_SECS).max(1) * 1000;
         self.sessions.revoke_jti(&p.claims.jti, remaining).await?;
-        self.metrics
-            .revocations
-            .with_label_values(&["token"])
-            .inc();
+        self.metrics.revocations.with_label_values(&["token"]).inc();
         if let Some(sid) = &p.claims.sid {
             self.sessions
                 .revoke_family(sid, self.revocation_ttl_ms())
@@ -253,6 +250,22 @@ impl Core {
                 .with_label_values(&["family"])
                 .inc();
         }
+        Ok(())
+    }
+
+    /// Revokes the family of a refresh token (cookie logout). Invalid or expired tokens revoke
+    /// nothing and are not an error.
+    pub async fn revoke_refresh_token(&self, token: &str) -> Result<(), Error> {
+        let Ok(claims) = self.tokens.decode_refresh(token, self.clock.now()) else {
+            return Ok(());
+        };
+        self.sessions
+            .revoke_family(&claims.sid, self.revocation_ttl_ms())
+            .await?;
+        self.metrics
+            .revocations
+            .with_label_values(&["family"])
+            .inc();
         Ok(())
     }
 

@@ -1,12 +1,18 @@
 //! The seed's `/auth/*` surface: register, login, refresh, logout, verify.
 
-use http::{Request, StatusCode};
+use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::{bearer, empty, json, json_no_store, read_json, ApiError, ApiResult};
-use crate::domain::accounts::Principal;
+use crate::domain::accounts::{Principal, TokenPair};
+use crate::domain::ids;
 use crate::startup::AppState;
+
+/// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`).
+pub const REFRESH_COOKIE: &str = "tokend_refresh";
+/// The double-submit CSRF cookie of browser mode, echoed in `X-CSRF-Token`.
+pub const CSRF_COOKIE: &str = "tokend_csrf";
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -39,19 +45,131 @@ pub async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
 pub async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let body: LoginBody = read_json(req, state.body_limit).await?;
     let pair = state.core.login(&body.email, &body.password).await?;
-    json_no_store(StatusCode::OK, &pair)
+    respond_with_pair(state, pair)
+}
+
+/// Answers a token pair; in cookie mode the refresh token goes into an `HttpOnly` cookie
+/// instead of the body, with a fresh CSRF cookie beside it.
+fn respond_with_pair(state: &AppState, pair: TokenPair) -> ApiResult {
+    if !state.core.config.refresh_cookie {
+        return json_no_store(StatusCode::OK, &pair);
+    }
+    let csrf = ids::random_id()?;
+    let max_age = state.core.config.refresh_ttl.as_secs();
+    let mut res = json_no_store(
+        StatusCode::OK,
+        &serde_json::json!({
+            "access_token": pair.access_token,
+            "token_type": pair.token_type,
+            "expires_in": pair.expires_in,
+            "csrf_token": csrf,
+        }),
+    )?;
+    set_cookie(
+        &mut res,
+        &format!(
+            "{REFRESH_COOKIE}={}; Path=/auth; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
+            pair.refresh_token
+        ),
+    );
+    set_cookie(
+        &mut res,
+        &format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={max_age}; Secure; SameSite=Strict"),
+    );
+    Ok(res)
+}
+
+fn set_cookie(res: &mut http::Response<http_body_util::Full<bytes::Bytes>>, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+}
+
+/// The value of cookie `name`.
+fn cookie<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_string())
+}
+
+/// The CSRF defence of cookie-authenticated requests: the `Origin` (when sent) must be the
+/// issuer's or an allowed CORS origin, and `X-CSRF-Token` must equal the CSRF cookie
+/// (double submit). A cross-site page can neither read the cookie nor set the header.
+fn check_csrf<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
+    let forbidden = |why: &str| ApiError::Forbidden {
+        code: "csrf_failed",
+        description: why.to_string(),
+    };
+    if let Some(origin) = req.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        let issuer_origin = url::Url::parse(&state.core.config.issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let allowed =
+            origin == issuer_origin || state.core.config.cors_origins.iter().any(|o| o == origin);
+        if !allowed {
+            return Err(forbidden("cross-site request refused"));
+        }
+    }
+    let cookie = cookie(req, CSRF_COOKIE).ok_or_else(|| forbidden("missing CSRF cookie"))?;
+    let header = req
+        .headers()
+        .get("x-csrf-token")
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| forbidden("missing X-CSRF-Token header"))?;
+    if ids::constant_time_eq(cookie.as_bytes(), header.as_bytes()) {
+        Ok(())
+    } else {
+        Err(forbidden("X-CSRF-Token does not match"))
+    }
+}
+
+/// The refresh token of a request: the Bearer header, or in cookie mode the cookie (after the
+/// CSRF check).
+fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, ApiError> {
+    if req.headers().contains_key(header::AUTHORIZATION) || !state.core.config.refresh_cookie {
+        return bearer(req);
+    }
+    let token = cookie(req, REFRESH_COOKIE)
+        .ok_or_else(|| ApiError::InvalidToken("missing refresh token".into()))?;
+    check_csrf(state, req)?;
+    Ok(token)
 }
 
 pub async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let token = bearer(&req)?;
+    let token = refresh_token_of(state, &req)?;
     let pair = state.core.refresh(&token, None).await?;
-    json_no_store(StatusCode::OK, &pair)
+    respond_with_pair(state, pair)
 }
 
 pub async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let p = principal(state, &req).await?;
-    state.core.logout(&p).await?;
-    empty(StatusCode::NO_CONTENT)
+    let cookie_logout = state.core.config.refresh_cookie
+        && !req.headers().contains_key(header::AUTHORIZATION)
+        && cookie(&req, REFRESH_COOKIE).is_some();
+    if cookie_logout {
+        let token = refresh_token_of(state, &req)?;
+        state.core.revoke_refresh_token(&token).await?;
+    } else {
+        let p = principal(state, &req).await?;
+        state.core.logout(&p).await?;
+    }
+    let mut res = empty(StatusCode::NO_CONTENT)?;
+    if state.core.config.refresh_cookie {
+        set_cookie(
+            &mut res,
+            &format!("{REFRESH_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+        );
+        set_cookie(
+            &mut res,
+            &format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
+        );
+    }
+    Ok(res)
 }
 
 pub async fn logout_all(state: &AppState, req: Request<Incoming>) -> ApiResult {

@@ -1,6 +1,7 @@
 //! The only place that knows HTTP: the server, the layer stack, the router, the error mapping
 //! and one thin handler file per surface.
 
+pub mod admin;
 pub mod auth;
 pub mod error;
 pub mod oauth;
@@ -146,7 +147,10 @@ pub fn empty(status: StatusCode) -> ApiResult {
 
 /// The client's IP: the TCP peer, or — when the peer is a trusted proxy — the right-most
 /// address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Option<std::net::IpAddr> {
+pub fn client_ip<B>(
+    req: &Request<B>,
+    trusted: &[crate::config::IpNet],
+) -> Option<std::net::IpAddr> {
     let peer = req.extensions().get::<server::PeerAddr>()?.0.ip();
     let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(peer) {
@@ -154,7 +158,9 @@ pub fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Optio
     }
     let mut client = peer;
     for v in req.headers().get_all("x-forwarded-for").iter().rev() {
-        let Ok(v) = v.to_str() else { return Some(client) };
+        let Ok(v) = v.to_str() else {
+            return Some(client);
+        };
         for hop in v.split(',').rev() {
             match hop.trim().parse::<std::net::IpAddr>() {
                 Ok(ip) if is_trusted(ip) => client = ip,

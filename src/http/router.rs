@@ -13,7 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::{auth, oauth, openapi, ops, users, wellknown, ApiError, ApiResult};
+use super::{admin, auth, oauth, openapi, ops, users, wellknown, ApiError, ApiResult};
 use crate::startup::AppState;
 
 /// Every route tokend serves. The template labels logs and metrics (never the raw path).
@@ -36,6 +36,10 @@ pub enum Route {
     OpenApi,
     Healthz,
     Readyz,
+    Metrics,
+    AdminUsers,
+    AdminUserRoles,
+    AdminUserRevokeSessions,
     NotFound,
 }
 
@@ -59,6 +63,10 @@ impl Route {
         Route::OpenApi,
         Route::Healthz,
         Route::Readyz,
+        Route::Metrics,
+        Route::AdminUsers,
+        Route::AdminUserRoles,
+        Route::AdminUserRevokeSessions,
     ];
 
     /// Finds the route of a path (methods are checked by [`Route::allows`]).
@@ -81,6 +89,12 @@ impl Route {
             "/openapi.json" => Route::OpenApi,
             "/healthz" => Route::Healthz,
             "/readyz" => Route::Readyz,
+            "/metrics" => Route::Metrics,
+            "/admin/users" => Route::AdminUsers,
+            p if admin::user_id_of(p, "/roles").is_some() => Route::AdminUserRoles,
+            p if admin::user_id_of(p, "/revoke-sessions").is_some() => {
+                Route::AdminUserRevokeSessions
+            }
             _ => Route::NotFound,
         }
     }
@@ -104,6 +118,10 @@ impl Route {
             Route::OpenApi => "/openapi.json",
             Route::Healthz => "/healthz",
             Route::Readyz => "/readyz",
+            Route::Metrics => "/metrics",
+            Route::AdminUsers => "/admin/users",
+            Route::AdminUserRoles => "/admin/users/{id}/roles",
+            Route::AdminUserRevokeSessions => "/admin/users/{id}/revoke-sessions",
             Route::NotFound => "unmatched",
         }
     }
@@ -111,20 +129,35 @@ impl Route {
     /// The `Allow` header value of the route.
     pub fn allow(self) -> &'static str {
         match self {
-            Route::Register
-            | Route::Login
-            | Route::Refresh
-            | Route::Logout
-            | Route::LogoutAll => "POST",
-            Route::OAuthToken | Route::OAuthRevoke | Route::OAuthIntrospect => "POST",
-            Route::AuthorizationServer | Route::OpenIdConfiguration | Route::OpenApi => {
-                "GET, HEAD"
+            Route::Register | Route::Login | Route::Refresh | Route::Logout | Route::LogoutAll => {
+                "POST"
             }
+            Route::OAuthToken | Route::OAuthRevoke | Route::OAuthIntrospect => "POST",
+            Route::AuthorizationServer | Route::OpenIdConfiguration | Route::OpenApi => "GET, HEAD",
             Route::Me => "GET, HEAD, PUT",
             Route::MePassword => "PUT",
-            Route::Verify | Route::Jwks | Route::Healthz | Route::Readyz => "GET, HEAD",
+            Route::Verify | Route::Jwks | Route::Healthz | Route::Readyz | Route::Metrics => {
+                "GET, HEAD"
+            }
+            Route::AdminUsers => "GET, HEAD",
+            Route::AdminUserRoles => "PUT",
+            Route::AdminUserRevokeSessions => "POST",
             Route::NotFound => "",
         }
+    }
+
+    /// Operational routes (`/metrics`, `/healthz`, `/readyz`) that `TOKEND_METRICS_LISTEN` moves
+    /// to their own listener.
+    pub fn is_ops(self) -> bool {
+        matches!(self, Route::Metrics | Route::Healthz | Route::Readyz)
+    }
+
+    /// Routes under the per-IP rate limit (SPEC §9).
+    pub fn is_rate_limited(self) -> bool {
+        matches!(
+            self,
+            Route::Login | Route::Register | Route::Refresh | Route::OAuthToken
+        )
     }
 
     pub fn allows(self, method: &Method) -> bool {
@@ -133,15 +166,44 @@ impl Route {
     }
 }
 
+/// Which routes a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// Everything (no `TOKEND_METRICS_LISTEN`).
+    All,
+    /// Everything but the operational routes.
+    Public,
+    /// Only `/metrics`, `/healthz`, `/readyz`.
+    Ops,
+}
+
+impl Surface {
+    fn serves(self, route: Route) -> bool {
+        match self {
+            Surface::All => true,
+            Surface::Public => !route.is_ops(),
+            Surface::Ops => route.is_ops(),
+        }
+    }
+}
+
 /// The router service.
 #[derive(Clone)]
 pub struct Router {
     state: Arc<AppState>,
+    surface: Surface,
 }
 
 impl Router {
     pub fn new(state: Arc<AppState>) -> Self {
-        Router { state }
+        Router {
+            state,
+            surface: Surface::All,
+        }
+    }
+
+    pub fn with_surface(state: Arc<AppState>, surface: Surface) -> Self {
+        Router { state, surface }
     }
 }
 
@@ -153,6 +215,11 @@ async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) ->
         return Err(ApiError::MethodNotAllowed {
             allow: route.allow(),
         });
+    }
+    if route.is_rate_limited() {
+        if let Some(ip) = super::client_ip(&req, &state.core.config.trusted_proxies) {
+            state.core.limit_ip(ip).await?;
+        }
     }
     let put = req.method() == Method::PUT;
     match route {
@@ -174,15 +241,30 @@ async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) ->
         Route::OpenApi => openapi::openapi(&state, req).await,
         Route::Healthz => ops::healthz(&state, req).await,
         Route::Readyz => ops::readyz(&state, req).await,
+        Route::AdminUsers => admin::list_users(&state, req).await,
+        Route::AdminUserRoles => admin::set_roles(&state, req).await,
+        Route::AdminUserRevokeSessions => admin::revoke_sessions(&state, req).await,
+        Route::Metrics => ops::metrics(&state, req).await,
         Route::NotFound => Err(ApiError::NotFound),
     }
 }
 
-/// Routes, runs the handler under the request timeout, renders errors, adds common headers.
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let route = Route::resolve(req.uri().path());
-    let head = req.method() == Method::HEAD;
+/// Routes, runs the handler under the request timeout, renders errors, adds common headers,
+/// and counts the request by route template and status.
+pub async fn handle(
+    state: Arc<AppState>,
+    surface: Surface,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let start = std::time::Instant::now();
+    let mut route = Route::resolve(req.uri().path());
+    if !surface.serves(route) {
+        route = Route::NotFound;
+    }
+    let method = req.method().clone();
+    let head = method == Method::HEAD;
     let timeout = state.request_timeout;
+    let metrics = state.core.metrics.clone();
     let mut res = match tokio::time::timeout(timeout, dispatch(state, route, req)).await {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => e.into_response(),
@@ -199,6 +281,25 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Fu
     if head {
         *res.body_mut() = Full::new(Bytes::new());
     }
+    let status = res.status();
+    let method_label = match method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        _ => "other",
+    };
+    metrics
+        .http_requests
+        .with_label_values(&[route.template(), method_label, status.as_str()])
+        .inc();
+    metrics
+        .http_duration
+        .with_label_values(&[route.template(), status.as_str()])
+        .observe(start.elapsed().as_secs_f64());
     res.extensions_mut().insert(route);
     res
 }
@@ -214,7 +315,8 @@ impl tower::Service<Request<Incoming>> for Router {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let state = self.state.clone();
-        Box::pin(async move { Ok(handle(state, req).await) })
+        let surface = self.surface;
+        Box::pin(async move { Ok(handle(state, surface, req).await) })
     }
 }
 

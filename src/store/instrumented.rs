@@ -8,8 +8,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    AccessStatus, ClientRecord, ClientStore, FamilyState, NewFamily, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, FamilyState, NewFamily, RotateOutcome, RotateRequest,
+    SessionStore, StoreError, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -94,11 +94,7 @@ impl UserStore for Instrumented<dyn UserStore> {
         self.time("user_set_roles", self.inner.set_roles(id, roles, now_ms))
             .await
     }
-    async fn list(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<UserRecord>, StoreError> {
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
         self.time("user_list", self.inner.list(after, limit)).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
@@ -118,7 +114,8 @@ impl ClientStore for Instrumented<dyn ClientStore> {
         self.time("client_list", self.inner.list()).await
     }
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
-        self.time("client_delete", self.inner.delete(client_id)).await
+        self.time("client_delete", self.inner.delete(client_id))
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
@@ -170,11 +167,8 @@ impl SessionStore for Instrumented<dyn SessionStore> {
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<AccessStatus, StoreError> {
-        self.time(
-            "access_status",
-            self.inner.access_status(jti, sid, user_id),
-        )
-        .await
+        self.time("access_status", self.inner.access_status(jti, sid, user_id))
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await

@@ -28,6 +28,8 @@ pub const TEST_KEK: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The `TOKEND_METRICS_LISTEN` listener, when configured.
+    pub ops_addr: Option<SocketAddr>,
     pub base: String,
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
@@ -107,6 +109,7 @@ pub async fn spawn_env(
         .await
         .expect("application builds");
     let addr = app.local_addr();
+    let ops_addr = app.ops_addr();
     let state = app.state();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(app.run_until_stopped(async move {
@@ -114,6 +117,7 @@ pub async fn spawn_env(
     }));
     TestApp {
         addr,
+        ops_addr,
         base: format!("http://{addr}"),
         http: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())

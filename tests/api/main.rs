@@ -8,6 +8,7 @@ mod helpers;
 mod keys;
 mod oauth;
 mod openapi;
+mod ops;
 mod services;
 mod sessions;
 mod stores;

@@ -1,0 +1,109 @@
+//! Administration (SPEC §9): list users, set roles, revoke a user's sessions. Every operation
+//! requires role `admin`.
+
+use serde::Serialize;
+
+use super::accounts::{Principal, UserView, ROLE_ADMIN};
+use super::{Core, Error};
+
+/// One page of users.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserPage {
+    pub users: Vec<UserView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Largest page size.
+pub const MAX_PAGE: usize = 200;
+
+fn valid_role(r: &str) -> bool {
+    (1..=32).contains(&r.len())
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | ':'))
+}
+
+impl Core {
+    /// `GET /admin/users?limit=&after=`: users ordered by id.
+    pub async fn admin_list_users(
+        &self,
+        p: &Principal,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<UserPage, Error> {
+        p.require_role(ROLE_ADMIN)?;
+        let limit = limit.clamp(1, MAX_PAGE);
+        let mut users = self.users.list(after, limit + 1).await?;
+        let next = if users.len() > limit {
+            users.truncate(limit);
+            users.last().map(|u| u.id.clone())
+        } else {
+            None
+        };
+        Ok(UserPage {
+            users: users.iter().map(UserView::from).collect(),
+            next,
+        })
+    }
+
+    /// `PUT /admin/users/{id}/roles`: replaces the roles. Taking a role away also revokes the
+    /// user's sessions, so no live token keeps carrying it.
+    pub async fn admin_set_roles(
+        &self,
+        p: &Principal,
+        id: &str,
+        roles: &[String],
+    ) -> Result<UserView, Error> {
+        p.require_role(ROLE_ADMIN)?;
+        if roles.len() > 16 || !roles.iter().all(|r| valid_role(r)) {
+            return Err(Error::Invalid(
+                "roles: at most 16, each 1-32 of [a-z0-9_:-]".into(),
+            ));
+        }
+        let mut roles: Vec<String> = roles.to_vec();
+        roles.sort();
+        roles.dedup();
+        let before = self.users.by_id(id).await?.ok_or(Error::NotFound)?;
+        let user = self
+            .users
+            .set_roles(id, &roles, self.clock.now_ms())
+            .await?
+            .ok_or(Error::NotFound)?;
+        let removed = before.roles.iter().any(|r| !roles.contains(r));
+        if removed {
+            self.revoke_all_sessions(id).await?;
+        }
+        tracing::info!(admin = %p.claims.sub, user_id = %id, roles = ?roles, "roles changed");
+        Ok(UserView::from(&user))
+    }
+
+    /// `POST /admin/users/{id}/revoke-sessions`.
+    pub async fn admin_revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
+        p.require_role(ROLE_ADMIN)?;
+        self.users.by_id(id).await?.ok_or(Error::NotFound)?;
+        self.revoke_all_sessions(id).await?;
+        tracing::info!(admin = %p.claims.sub, user_id = %id, "sessions revoked by an admin");
+        Ok(())
+    }
+
+    /// `tokend users grant-admin EMAIL`: adds `admin` to the user's roles.
+    pub async fn grant_admin(&self, email: &str) -> Result<UserView, Error> {
+        let email = super::input::Email::parse(email)?;
+        let user = self
+            .users
+            .by_email(email.as_str())
+            .await?
+            .ok_or(Error::NotFound)?;
+        let mut roles = user.roles.clone();
+        if !roles.iter().any(|r| r == ROLE_ADMIN) {
+            roles.push(ROLE_ADMIN.to_string());
+        }
+        let user = self
+            .users
+            .set_roles(&user.id, &roles, self.clock.now_ms())
+            .await?
+            .ok_or(Error::NotFound)?;
+        Ok(UserView::from(&user))
+    }
+}

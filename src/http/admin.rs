@@ -1,0 +1,57 @@
+//! `/admin/*`: user administration for role `admin`.
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+
+use super::auth::principal;
+use super::{empty, json, read_json, ApiError, ApiResult};
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+struct ListQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RolesBody {
+    roles: Vec<String>,
+}
+
+/// The `{id}` of `/admin/users/{id}/<suffix>`.
+pub fn user_id_of(path: &str, suffix: &str) -> Option<String> {
+    let id = path.strip_prefix("/admin/users/")?.strip_suffix(suffix)?;
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    ok.then(|| id.to_string())
+}
+
+pub async fn list_users(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    let q: ListQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
+    let page = state
+        .core
+        .admin_list_users(&p, q.after.as_deref(), q.limit.unwrap_or(50))
+        .await?;
+    json(StatusCode::OK, &page)
+}
+
+pub async fn set_roles(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    let id = user_id_of(req.uri().path(), "/roles").ok_or(ApiError::NotFound)?;
+    let body: RolesBody = read_json(req, state.body_limit).await?;
+    let user = state.core.admin_set_roles(&p, &id, &body.roles).await?;
+    json(StatusCode::OK, &user)
+}
+
+pub async fn revoke_sessions(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    let id = user_id_of(req.uri().path(), "/revoke-sessions").ok_or(ApiError::NotFound)?;
+    state.core.admin_revoke_sessions(&p, &id).await?;
+    empty(StatusCode::NO_CONTENT)
+}
