@@ -333,7 +333,10 @@ mod tests {
         assert!(!Route::Login.allows(&Method::GET));
         assert!(Route::Me.allows(&Method::PUT) && Route::Me.allows(&Method::GET));
         for r in Route::ALL {
-            assert_eq!(Route::resolve(r.template()), *r);
+            let path = r.template().replace("{id}", "0193a1b2-user");
+            assert_eq!(Route::resolve(&path), *r);
         }
+        assert_eq!(Route::resolve("/admin/users//roles"), Route::NotFound);
+        assert_eq!(Route::resolve("/admin/users/../../roles"), Route::NotFound);
     }
 }
