@@ -36,6 +36,15 @@ pub enum Command {
     /// OAuth clients stored in MongoDB (production mode).
     #[command(subcommand)]
     Clients(ClientsCommand),
+    /// Users stored in MongoDB (production mode).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Give an existing user the `admin` role (takes effect in their next token).
+    GrantAdmin { email: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,6 +129,10 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
         },
+        Command::Users(cmd) => match users_command(cmd, config).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
     }
 }
 
@@ -199,6 +212,50 @@ async fn keys_command(cmd: KeysCommand, config: Config) -> Result<(), String> {
             } else {
                 return Err(format!("no key with kid {kid:?}"));
             }
+        }
+    }
+    Ok(())
+}
+
+async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> {
+    if matches!(config.mode, Mode::Embedded { .. }) {
+        return Err(format!(
+            "`tokend users` needs production mode: set {ENV_MONGODB_URI} and {ENV_REDIS_URL}. \
+             In embedded mode, list admin emails in TOKEND_ADMIN_EMAILS instead."
+        ));
+    }
+    let clock: SharedClock = Arc::new(SystemClock);
+    let b = Backends::connect(&config, &clock)
+        .await
+        .map_err(|e| e.to_string())?;
+    match cmd {
+        UsersCommand::GrantAdmin { email } => {
+            let email = crate::domain::input::Email::parse(&email).map_err(|e| e.to_string())?;
+            let user = b
+                .users
+                .by_email(email.as_str())
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user with email {}", email.as_str()))?;
+            let mut roles = user.roles.clone();
+            if roles
+                .iter()
+                .any(|r| r == crate::domain::accounts::ROLE_ADMIN)
+            {
+                println!("{} is already an admin", email.as_str());
+                return Ok(());
+            }
+            roles.push(crate::domain::accounts::ROLE_ADMIN.to_string());
+            b.users
+                .set_roles(&user.id, &roles, clock.now_ms())
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no user with email {}", email.as_str()))?;
+            println!(
+                "{} is now an admin (roles: {}); their next token carries the role",
+                email.as_str(),
+                roles.join(", ")
+            );
         }
     }
     Ok(())

@@ -86,24 +86,4 @@ impl Core {
         tracing::info!(admin = %p.claims.sub, user_id = %id, "sessions revoked by an admin");
         Ok(())
     }
-
-    /// `tokend users grant-admin EMAIL`: adds `admin` to the user's roles.
-    pub async fn grant_admin(&self, email: &str) -> Result<UserView, Error> {
-        let email = super::input::Email::parse(email)?;
-        let user = self
-            .users
-            .by_email(email.as_str())
-            .await?
-            .ok_or(Error::NotFound)?;
-        let mut roles = user.roles.clone();
-        if !roles.iter().any(|r| r == ROLE_ADMIN) {
-            roles.push(ROLE_ADMIN.to_string());
-        }
-        let user = self
-            .users
-            .set_roles(&user.id, &roles, self.clock.now_ms())
-            .await?
-            .ok_or(Error::NotFound)?;
-        Ok(UserView::from(&user))
-    }
 }

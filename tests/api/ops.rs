@@ -850,3 +850,54 @@ fn logs_of_a_full_flow_hold_no_token_password_or_secret() {
     }
     let _ = std::io::stdout().flush();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_grant_admin_works_in_production_and_refuses_plainly_in_embedded() {
+    let app = spawn_app(Mode::Production).await;
+    let s = app.new_session().await;
+    let run = |env: &HashMap<String, String>, args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        Command::new(env!("CARGO_BIN_EXE_tokend"))
+            .env_clear()
+            .envs(env)
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let env = app.env.clone();
+    let email = s.email.clone();
+    let out = tokio::task::spawn_blocking(move || run(&env, &["users", "grant-admin", &email]))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (access, _) = app.login_pair(&s.email, &s.password).await;
+    assert_eq!(claims(&access)["roles"], json!(["user", "admin"]));
+    let res = app.get_bearer("/admin/users", &access).await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let env = app.env.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run(&env, &["users", "grant-admin", "nobody@example.com"])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+
+    let embedded = crate::helpers::test_env(Mode::Embedded).0;
+    let out = tokio::task::spawn_blocking(move || {
+        run(&embedded, &["users", "grant-admin", "a@example.com"])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("production mode") && stderr.contains("TOKEND_ADMIN_EMAILS"),
+        "{stderr}"
+    );
+}
