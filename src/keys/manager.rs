@@ -551,7 +551,9 @@ impl Keys {
                     *created.entry(k.alg).or_insert(0) += 1;
                 }
             }
-            if k.created == now && k.activates == now {
+            if k.created == now && k.activates == now && snap.keys.is_empty() {
+                tracing::info!(kid = %k.kid, alg = %k.alg, "initial signing key created");
+            } else if k.created == now && k.activates == now {
                 tracing::warn!(kid = %k.kid, alg = %k.alg, "signing key created, active at once (no prepublication)");
             } else if k.created == now {
                 tracing::info!(kid = %k.kid, alg = %k.alg, activates = k.activates, "signing key created");
