@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 mod accounts;
+mod cluster;
 mod deploy;
 mod foundation;
 mod helpers;
