@@ -7,6 +7,7 @@ mod deploy;
 mod foundation;
 mod helpers;
 mod keys;
+mod multi_instance;
 mod oauth;
 mod openapi;
 mod ops;
