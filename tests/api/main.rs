@@ -4,6 +4,7 @@
 mod accounts;
 mod cluster;
 mod deploy;
+mod faults;
 mod foundation;
 mod helpers;
 mod keys;

@@ -214,6 +214,8 @@ pub struct OwnedRedis {
     child: Option<Child>,
     /// Set for a one-node Redis Cluster: where its `nodes.conf` lives.
     cluster_dir: Option<tempfile::TempDir>,
+    /// Set for a server with an append-only file (`appendfsync always`): where it lives.
+    aof_dir: Option<tempfile::TempDir>,
 }
 
 impl OwnedRedis {
@@ -223,6 +225,20 @@ impl OwnedRedis {
             port: free_port(),
             child: None,
             cluster_dir: None,
+            aof_dir: None,
+        };
+        r.start_again().await;
+        r
+    }
+
+    /// Spawns a server that persists every write before answering (`appendonly yes`,
+    /// `appendfsync always`): what it acknowledged survives a kill and a restart.
+    pub async fn start_persistent() -> Self {
+        let mut r = OwnedRedis {
+            port: free_port(),
+            child: None,
+            cluster_dir: None,
+            aof_dir: Some(tempfile::tempdir().expect("temp dir for the append-only file")),
         };
         r.start_again().await;
         r
@@ -236,6 +252,7 @@ impl OwnedRedis {
             port: free_port(),
             child: None,
             cluster_dir: Some(tempfile::tempdir().expect("temp dir for nodes.conf")),
+            aof_dir: None,
         };
         r.start_again().await;
         let client = redis::Client::open(format!("redis://127.0.0.1:{}/", r.port)).unwrap();
@@ -312,7 +329,16 @@ impl OwnedRedis {
         let port = self.port.to_string();
         let mut cmd = Command::new(&bin);
         cmd.args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no", "--daemonize", "no"]);
+            .args(["--daemonize", "no"]);
+        match &self.aof_dir {
+            None => {
+                cmd.args(["--appendonly", "no"]);
+            }
+            Some(dir) => {
+                cmd.args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                    .arg(dir.path());
+            }
+        }
         if let Some(dir) = &self.cluster_dir {
             cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
                 .arg(dir.path().join("nodes.conf"));
