@@ -12,6 +12,7 @@ mod multi_instance;
 mod oauth;
 mod openapi;
 mod ops;
+mod races;
 mod services;
 mod sessions;
 mod stores;
