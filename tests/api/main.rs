@@ -6,6 +6,7 @@ mod cluster;
 mod deploy;
 mod faults;
 mod foundation;
+mod fuzz;
 mod helpers;
 mod keys;
 mod multi_instance;
