@@ -16,5 +16,6 @@ mod ops;
 mod races;
 mod services;
 mod sessions;
+mod soak;
 mod stores;
 mod verifier;
