@@ -78,6 +78,9 @@ struct Family {
     ambiguous: bool,
 }
 
+/// (phase sent, phase answered, route, status)
+type AnswerKey = (u8, u8, &'static str, u16);
+
 struct Load {
     fault: Fault,
     phase: AtomicU8,
@@ -87,7 +90,7 @@ struct Load {
     successors: Mutex<HashMap<String, String>>,
     violations: Mutex<Vec<String>>,
     /// (phase sent, phase answered, route, status) -> count.
-    counts: Mutex<BTreeMap<(u8, u8, &'static str, u16), usize>>,
+    counts: Mutex<BTreeMap<AnswerKey, usize>>,
     /// Per client and phase: successful refreshes sent in that phase.
     refreshed: Vec<[AtomicUsize; PHASES]>,
     /// Per client: answers entirely inside the outage.

@@ -867,9 +867,7 @@ impl TokendProcess {
 
     /// SIGTERM and wait (bounded) for a clean exit; returns the exit code.
     pub async fn terminate(&mut self) -> Option<i32> {
-        let Some(c) = self.child.as_mut() else {
-            return None;
-        };
+        let c = self.child.as_mut()?;
         let _ = Command::new("kill")
             .args(["-TERM", &c.id().to_string()])
             .status();
