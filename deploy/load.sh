@@ -1,0 +1,461 @@
+#!/usr/bin/env bash
+# The load scenarios of tokend (BENCHMARKS.md): `bash deploy/load.sh [embedded|production|extra]...`
+#
+# Builds the release binary and the load tools (examples/loadgen.rs, examples/bare_jwks.rs),
+# installs wrk (Debian) when missing, starts tokend on 127.0.0.1 in embedded mode and in
+# production mode (its own Redis and SecantusDB, a MongoDB wire-protocol server, started the way
+# deploy/test.sh starts them), and runs each scenario for a bounded time. Each prints req/s,
+# p50/p99 latency and tokend's peak RSS (VmHWM, reset before each scenario), beside reference
+# lines measured in the same run: a bare hyper server serving the same JWKS bytes, signing-only
+# loops, and the Argon2 ceiling. Only loopback addresses are ever loaded.
+#
+# Sections (all by default): `embedded`, `production`, `extra` (login flood, memory with 1,000
+# connections, start-up time).
+#
+# Environment:
+#   TOKEND_LOAD_DURATION     seconds per scenario (default 10)
+#   TOKEND_LOAD_CONNECTIONS  connections per closed-loop scenario (default 64)
+#   TOKEND_LOAD_WRK_THREADS  wrk threads (default 1)
+#   TOKEND_LOAD_LOG          TOKEND_LOG of the server under load (default info, the product's)
+#   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset (default 2048; tokend makes 3072)
+#   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built)
+#   TOKEND_LOAD_SKIP_BUILD=1 use the binaries already built
+#   TOKEND_TEST_REDIS_SERVER_BIN, TOKEND_TEST_SECANTUSD_BIN   as in deploy/test.sh
+#
+# Results: a table on stdout and in target/load/results.md; raw outputs in target/load/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+OUT="$ROOT/target/load"
+DURATION=${TOKEND_LOAD_DURATION:-10}
+CONNS=${TOKEND_LOAD_CONNECTIONS:-64}
+WRK_THREADS=${TOKEND_LOAD_WRK_THREADS:-1}
+SERVER_LOG=${TOKEND_LOAD_LOG:-info}
+RSA_BITS=${TOKEND_LOAD_RSA_BITS:-2048}
+SECANTUS_VERSION=0.7.0b3
+VENV="$ROOT/target/test-venv"
+KEK=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
+EMAIL=load@example.com
+PASSWORD='correct horse battery'
+LOADGEN="$ROOT/target/release/examples/loadgen"
+TOKEND=$(realpath "${TOKEND_LOAD_TOKEND:-$ROOT/target/release/tokend}")
+
+SECTIONS=("$@")
+[ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(embedded production extra)
+want() {
+  local s
+  for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done
+  return 1
+}
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+  printf 'deploy/load.sh: %s\n' "$*" >&2
+  exit 1
+}
+
+STARTED_PIDS=()
+cleanup() {
+  local pid
+  for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
+    for _ in $(seq 1 40); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.25
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  STARTED_PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+stop_pid() {
+  local pid=$1 p keep=()
+  kill -TERM "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  for p in "${STARTED_PIDS[@]+"${STARTED_PIDS[@]}"}"; do
+    [ "$p" = "$pid" ] || keep+=("$p")
+  done
+  STARTED_PIDS=("${keep[@]+"${keep[@]}"}")
+}
+
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "cannot install $*: no apt-get; install it yourself"
+  log "apt-get install $*"
+  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
+  $SUDO apt-get update -qq >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# wait_http URL PID LOGFILE: until URL answers 200.
+wait_http() {
+  local url=$1 pid=$2 logfile=$3
+  for _ in $(seq 1 400); do
+    curl -fsS -o /dev/null "$url" 2>/dev/null && return 0
+    kill -0 "$pid" 2>/dev/null || {
+      tail -n 20 "$logfile" >&2
+      die "process $pid exited during start-up (log: $logfile)"
+    }
+    sleep 0.05
+  done
+  tail -n 20 "$logfile" >&2
+  die "$url never answered (log: $logfile)"
+}
+
+# ---- tools -------------------------------------------------------------------------------
+command -v python3 >/dev/null 2>&1 || apt_install python3
+command -v curl >/dev/null 2>&1 || apt_install curl
+command -v wrk >/dev/null 2>&1 || apt_install wrk
+mkdir -p "$OUT"
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if [ "${TOKEND_LOAD_SKIP_BUILD:-0}" != 1 ]; then
+  log "cargo build --release (tokend, examples loadgen and bare_jwks)"
+  cargo build --release --quiet --bin tokend --example loadgen --example bare_jwks
+fi
+
+ensure_services() {
+  if [ -z "${TOKEND_TEST_REDIS_SERVER_BIN:-}" ]; then
+    command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+    TOKEND_TEST_REDIS_SERVER_BIN=$(command -v redis-server)
+  fi
+  if [ -z "${TOKEND_TEST_SECANTUSD_BIN:-}" ]; then
+    if ! [ -x "$VENV/bin/secantusd-py" ]; then
+      log "installing SecantusDB $SECANTUS_VERSION into target/test-venv"
+      python3 -m venv "$VENV" >/dev/null 2>&1 || {
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+      }
+      "$VENV/bin/pip" install --quiet --disable-pip-version-check "SecantusDB==$SECANTUS_VERSION"
+    fi
+    TOKEND_TEST_SECANTUSD_BIN="$VENV/bin/secantusd-py"
+  fi
+}
+
+REDIS_URL=
+MONGO_URI=
+start_services() {
+  local port pid
+  port=$(free_port)
+  "$TOKEND_TEST_REDIS_SERVER_BIN" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
+    >"$OUT/redis.log" 2>&1 &
+  pid=$!
+  STARTED_PIDS+=("$pid")
+  for _ in $(seq 1 100); do
+    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null && break
+    sleep 0.1
+  done
+  REDIS_URL="redis://127.0.0.1:$port/"
+  port=$(free_port)
+  (cd "$OUT" && exec "$TOKEND_TEST_SECANTUSD_BIN" --host 127.0.0.1 --port "$port" \
+    --storage-path :memory:) >"$OUT/secantusd.log" 2>&1 &
+  pid=$!
+  STARTED_PIDS+=("$pid")
+  for _ in $(seq 1 200); do
+    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null && break
+    sleep 0.1
+  done
+  MONGO_URI="mongodb://127.0.0.1:$port/"
+  log "redis $REDIS_URL, SecantusDB $MONGO_URI"
+}
+
+# ---- the server under load ---------------------------------------------------------------
+sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+CLIENT_SECRET=load-secret-0123456789abcdef0123456789abcdef
+cat >"$OUT/clients.json" <<EOF
+[
+  {"client_id": "svc-eddsa", "client_secret_sha256": "$(sha256 "$CLIENT_SECRET")",
+   "grant_types": ["client_credentials"], "scopes": ["read", "write"], "alg": "EdDSA"},
+  {"client_id": "svc-rs256", "client_secret_sha256": "$(sha256 "$CLIENT_SECRET")",
+   "grant_types": ["client_credentials"], "scopes": ["read", "write"], "alg": "RS256"}
+]
+EOF
+basic() { printf '%s' "$1:$CLIENT_SECRET" | base64 -w0; }
+
+PORT=
+BASE=
+PID=
+# tokend_env MODE: the environment of tokend in MODE, as KEY=VALUE words.
+tokend_env() {
+  local mode=$1
+  printf '%s\n' "TOKEND_LISTEN=127.0.0.1:$PORT" "TOKEND_ISSUER=http://127.0.0.1:$PORT" \
+    "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RATE_LIMIT=off" "TOKEND_LOG=$SERVER_LOG" \
+    "TOKEND_CLIENTS_FILE=$OUT/clients.json"
+  if [ "$mode" = production ]; then
+    printf '%s\n' "TOKEND_MONGODB_URI=$MONGO_URI" "TOKEND_MONGODB_DB=$DB" \
+      "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \
+      "TOKEND_KEY_ENCRYPTION_KEY=$KEK"
+  else
+    printf '%s\n' "TOKEND_KEYS_DIR=$OUT/keys"
+  fi
+}
+
+start_tokend() {
+  local mode=$1 env
+  PORT=$(free_port)
+  BASE="http://127.0.0.1:$PORT"
+  mapfile -t env < <(tokend_env "$mode")
+  env -i PATH="$PATH" "${env[@]}" "$TOKEND" serve >"$OUT/tokend-$mode.log" 2>&1 &
+  PID=$!
+  STARTED_PIDS+=("$PID")
+  wait_http "$BASE/readyz" "$PID" "$OUT/tokend-$mode.log"
+}
+
+rss_kb() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+reset_peak() { echo 5 >"/proc/$PID/clear_refs" 2>/dev/null || true; }
+
+RESULTS="$OUT/results.md"
+: >"$RESULTS"
+row() {
+  # row MODE SCENARIO RESULT-LINE [PEAK-RSS-KB]
+  local mode=$1 name=$2 line=$3 rss=${4:-}
+  python3 - "$mode" "$name" "$line" "$rss" <<'EOF' | tee -a "$RESULTS"
+import sys
+mode, name, line, rss = sys.argv[1:5]
+kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+def f(k, fmt):
+    return fmt.format(float(kv[k])) if k in kv else "-"
+rss = f"{int(rss) / 1024:.1f} MB" if rss else "-"
+err = kv.get("errors", "-")
+print(f"| {mode} | {name} | {f('rps', '{:,.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {err} | {rss} | {kv.get('load', '-')} |")
+EOF
+}
+
+header() {
+  {
+    echo
+    echo "| mode | scenario | req/s | p50 ms | p99 ms | errors | tokend peak RSS | load avg (1 min) before |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+  } | tee -a "$RESULTS"
+}
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+
+# wrk_line ARGS...: runs wrk with --latency and prints a loadgen-style result line.
+wrk_line() {
+  local raw="$OUT/wrk-${RUN_NAME//[^A-Za-z0-9]/-}.txt"
+  wrk --latency -t "$WRK_THREADS" "$@" >"$raw" 2>&1 || true
+  python3 - "$raw" <<'EOF'
+import re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    if not m:
+        return 0.0
+    n, u = float(m.group(1)), m.group(2)
+    return n / 1000 if u == "us" else n * 1000 if u == "s" else n
+lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", text, re.M))
+rps = re.search(r"Requests/sec:\s+([\d.]+)", text)
+total = re.search(r"(\d+) requests in", text)
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+errors = (int(bad.group(1)) if bad else 0) + (sum(map(int, sock.groups())) if sock else 0)
+if not rps:
+    print("rps=0 errors=1")
+else:
+    print(f"rps={rps.group(1)} p50_ms={ms(lat.get('50', ''))} p99_ms={ms(lat.get('99', ''))} "
+          f"ok={total.group(1) if total else 0} errors={errors}")
+EOF
+}
+
+lua() {
+  # lua NAME METHOD CONTENT-TYPE AUTHORIZATION BODY: a wrk script for one fixed request.
+  local file="$OUT/$1.lua"
+  python3 - "$file" "$2" "$3" "$4" "$5" <<'EOF'
+import json, sys
+path, method, ctype, auth, body = sys.argv[1:6]
+lines = [f"wrk.method = {json.dumps(method)}", f"wrk.body = {json.dumps(body)}"]
+if ctype:
+    lines.append(f'wrk.headers["Content-Type"] = {json.dumps(ctype)}')
+if auth:
+    lines.append(f'wrk.headers["Authorization"] = {json.dumps(auth)}')
+open(path, "w").write("\n".join(lines) + "\n")
+EOF
+  echo "$file"
+}
+
+# scenario MODE NAME COMMAND...: resets tokend's peak RSS, runs, prints the row.
+scenario() {
+  local mode=$1 name=$2 line l
+  shift 2
+  RUN_NAME="$mode-$name"
+  l=$(load1)
+  reset_peak
+  log "$mode: $name"
+  line=$("$@")
+  row "$mode" "$name" "$line load=$l" "$(rss_kb "$PID" VmHWM)"
+  LAST="$line"
+}
+
+# reference NAME COMMAND...: a line measured without tokend's RSS.
+reference() {
+  local mode=$1 name=$2 line l
+  shift 2
+  RUN_NAME="$mode-$name"
+  l=$(load1)
+  log "reference: $name"
+  line=$("$@")
+  row "$mode" "$name" "$line load=$l"
+  LAST="$line"
+}
+
+wrk_get() { wrk_line -c "$CONNS" -d "${DURATION}s" "$@"; }
+
+ACCESS=
+setup_user() {
+  curl -fsS -o /dev/null -H 'Content-Type: application/json' \
+    -d "{\"username\":\"loader\",\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" \
+    "$BASE/auth/register" || true
+  ACCESS=$(curl -fsS -H 'Content-Type: application/json' \
+    -d "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}" "$BASE/auth/login" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+}
+
+run_mode() {
+  local mode=$1 etag idle line
+  start_tokend "$mode"
+  idle=$(rss_kb "$PID" VmRSS)
+  setup_user
+  curl -fsS -D "$OUT/jwks-$mode.headers" -o "$OUT/jwks-$mode.json" "$BASE/.well-known/jwks.json"
+  etag=$(awk 'tolower($1) == "etag:" {print $2}' "$OUT/jwks-$mode.headers" | tr -d '\r')
+  header
+  row "$mode" "idle RSS after start-up" "" "$idle"
+  scenario "$mode" "JWKS 200" wrk_get "$BASE/.well-known/jwks.json"
+  local jwks_rps
+  jwks_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  scenario "$mode" "JWKS 304" wrk_get -H "If-None-Match: $etag" "$BASE/.well-known/jwks.json"
+  # The reference: a bare hyper server with the same bytes, same runtime, same load.
+  local bare_port bare_pid
+  bare_port=$(free_port)
+  "$ROOT/target/release/examples/bare_jwks" --listen "127.0.0.1:$bare_port" \
+    --body-file "$OUT/jwks-$mode.json" >"$OUT/bare_jwks.log" 2>&1 &
+  bare_pid=$!
+  STARTED_PIDS+=("$bare_pid")
+  wait_http "http://127.0.0.1:$bare_port/" "$bare_pid" "$OUT/bare_jwks.log"
+  reference "$mode" "reference: bare hyper, same JWKS bytes (200)" \
+    wrk_get "http://127.0.0.1:$bare_port/.well-known/jwks.json"
+  local bare_rps
+  bare_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  stop_pid "$bare_pid"
+  python3 -c "import sys; print(f'JWKS 200 / bare hyper = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$jwks_rps" "$bare_rps" | tee -a "$RESULTS"
+  header
+
+  scenario "$mode" "/auth/verify" wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+  scenario "$mode" "refresh (/auth/token/refresh, chained)" \
+    "$LOADGEN" refresh --base "$BASE" --email "refresh-$mode@example.com" --password "$PASSWORD" \
+    -c 32 -d "$DURATION"
+  local refresh_rps half
+  refresh_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  half=$(python3 -c "import sys; print(max(100, int(float(sys.argv[1]) / 2)))" "$refresh_rps")
+  scenario "$mode" "refresh paced at $half req/s (50 %)" \
+    "$LOADGEN" refresh --base "$BASE" --email "paced-$mode@example.com" --password "$PASSWORD" \
+    -c 32 -d "$DURATION" --rate "$half"
+  scenario "$mode" "client_credentials EdDSA" wrk_get -s "$(lua cc-eddsa POST \
+    application/x-www-form-urlencoded "Basic $(basic svc-eddsa)" grant_type=client_credentials)" \
+    "$BASE/oauth/token"
+  scenario "$mode" "client_credentials RS256 ($RSA_BITS-bit)" wrk_get -s "$(lua cc-rs256 POST \
+    application/x-www-form-urlencoded "Basic $(basic svc-rs256)" grant_type=client_credentials)" \
+    "$BASE/oauth/token"
+  scenario "$mode" "/oauth/introspect" wrk_get -s "$(lua introspect POST \
+    application/x-www-form-urlencoded "Basic $(basic svc-eddsa)" "token=$ACCESS")" \
+    "$BASE/oauth/introspect"
+  scenario "$mode" "login (/auth/login, Argon2 m=19456,t=2,p=1)" wrk_line -c 8 -d "${DURATION}s" \
+    -s "$(lua login POST application/json '' "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}")" \
+    "$BASE/auth/login"
+  stop_pid "$PID"
+
+  header
+  reference "$mode" "reference: Argon2 ceiling (2 cores / one hash)" \
+    "$LOADGEN" argon2 --cores 2 -d 3
+  for alg in EdDSA RS256; do
+    reference "$mode" "reference: sign-only loop $alg, 2 threads" \
+      sh -c "'$LOADGEN' sign --alg $alg --rsa-bits $RSA_BITS --threads 2 -d 3 | sed 's/ops=/rps=/'"
+  done
+  reference "$mode" "reference: refresh crypto (verify + 2 signs) EdDSA, 2 threads" \
+    sh -c "'$LOADGEN' sign --alg EdDSA --refresh --threads 2 -d 3 | sed 's/ops=/rps=/'"
+}
+
+run_extra() {
+  local line l
+  start_tokend embedded
+  setup_user
+  header
+  # Login flood: logins saturate the Argon2 pool while JWKS and verify are measured at a
+  # steady rate (latency counted from when each request was due).
+  log "extra: login flood"
+  RUN_NAME=flood-login
+  l=$(load1)
+  reset_peak
+  wrk_line -c 16 -d "$((DURATION + 2))s" \
+    -s "$(lua login POST application/json '' "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}")" \
+    "$BASE/auth/login" >"$OUT/flood-login.line" &
+  local flood=$!
+  sleep 1
+  "$LOADGEN" http --url "$BASE/.well-known/jwks.json" -c 4 -d "$DURATION" --warmup 0 \
+    --rate 500 >"$OUT/flood-jwks.line" &
+  local j=$!
+  "$LOADGEN" http --url "$BASE/auth/verify" -H "Authorization: Bearer $ACCESS" -c 4 \
+    -d "$DURATION" --warmup 0 --rate 500 >"$OUT/flood-verify.line"
+  wait "$j" "$flood"
+  row flood "logins (saturating, 16 connections)" "$(cat "$OUT/flood-login.line") load=$l" \
+    "$(rss_kb "$PID" VmHWM)"
+  row flood "JWKS at 500 req/s during the flood" "$(cat "$OUT/flood-jwks.line")"
+  row flood "/auth/verify at 500 req/s during the flood" "$(cat "$OUT/flood-verify.line")"
+
+  # Memory with 1,000 open connections under load.
+  RUN_NAME=conn1000
+  l=$(load1)
+  reset_peak
+  log "extra: 1,000 connections"
+  line=$(wrk_line -t 2 -c 1000 -d "${DURATION}s" -H "Authorization: Bearer $ACCESS" \
+    "$BASE/auth/verify")
+  row memory "/auth/verify with 1,000 open connections" "$line load=$l" "$(rss_kb "$PID" VmHWM)"
+  stop_pid "$PID"
+
+  # Start-up to ready with the existing keyset (embedded).
+  log "extra: start-up"
+  PORT=$(free_port)
+  local env
+  mapfile -t env < <(tokend_env embedded)
+  line=$(env -i PATH="$PATH" "${env[@]}" "$LOADGEN" startup --bin "$TOKEND" \
+    --url "http://127.0.0.1:$PORT/readyz" --runs 7)
+  echo "start-up (embedded, existing keyset), ms to /readyz 200: $line" | tee -a "$RESULTS"
+}
+
+{
+  echo "# deploy/load.sh $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "$(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo | sed 's/^ *//'),"
+  echo "duration ${DURATION}s, ${CONNS} connections, wrk -t ${WRK_THREADS}, TOKEND_LOG=$SERVER_LOG,"
+  echo "RSA keys of $RSA_BITS bits; load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+} | tee "$RESULTS"
+
+# A keyset made once, reused: start-up with an existing keyset, and RSA keys of $RSA_BITS.
+rm -rf "$OUT/keys"
+"$LOADGEN" keyset --dir "$OUT/keys" --algs EdDSA,RS256 --rsa-bits "$RSA_BITS" >/dev/null
+
+if want embedded; then
+  run_mode embedded
+fi
+if want production; then
+  ensure_services
+  start_services
+  DB="tokend_load_$(date +%s)"
+  "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
+    --algs EdDSA,RS256 --rsa-bits "$RSA_BITS" >/dev/null
+  run_mode production
+fi
+if want extra; then
+  run_extra
+fi
+log "results in ${RESULTS#"$ROOT"/}"

@@ -1,0 +1,703 @@
+//! The load client and reference loops of `deploy/load.sh`: what `wrk` cannot express.
+//!
+//! ```text
+//! loadgen refresh  --base http://127.0.0.1:5000 --email E --password P -c 32 -d 10 [--rate R]
+//! loadgen http     --url URL [-X POST] [-H 'k: v'] [--body B] -c 32 -d 10 [--rate R] [--expect 200]
+//! loadgen sign     --alg EdDSA [--rsa-bits 2048] [--verify] --threads 2 -d 5
+//! loadgen argon2   --cost m=19456,t=2,p=1 -d 5
+//! loadgen keyset   --dir keys/ --algs EdDSA,RS256 --rsa-bits 2048
+//! loadgen startup  --bin target/release/tokend --url http://127.0.0.1:5000/readyz --runs 5
+//! ```
+//!
+//! `refresh` keeps one refresh-token chain per connection: it logs in once per connection (one
+//! session each), then every request presents the refresh token the previous answer carried —
+//! refresh tokens are single-use. `http` repeats one fixed request. Both run closed-loop (each
+//! connection sends its next request when the answer arrives) unless `--rate` paces them: then
+//! request `k` of connection `i` is due at `(k·c + i) / rate` seconds and its latency counts from
+//! that instant, so a stalled server cannot hide its queue (no coordinated omission).
+//!
+//! Every load command prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use http::{header, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokend::clock::{SharedClock, SystemClock};
+use tokend::domain::tokens::{AccessClaims, Audience, RefreshClaims, Tokens};
+use tokend::keys::{Alg, DirKeyStore, KeyStore, Keys, KeysConfig, MemoryKeyStore, MongoKeyStore};
+
+#[derive(Parser)]
+#[command(about = "Load client and reference loops for deploy/load.sh")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct Load {
+    /// Connections (one task each).
+    #[arg(short = 'c', long, default_value_t = 32)]
+    connections: usize,
+    /// Seconds to measure.
+    #[arg(short = 'd', long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Requests per second over all connections; closed-loop when unset.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Worker threads of the client.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Chained refresh exchanges over `/auth/token/refresh`.
+    Refresh {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// One fixed request, repeated.
+    Http {
+        #[arg(long)]
+        url: String,
+        #[arg(short = 'X', long, default_value = "GET")]
+        method: String,
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        #[arg(long)]
+        body: Option<String>,
+        /// The status every answer must have.
+        #[arg(long, default_value_t = 200)]
+        expect: u16,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Signing (or verifying + signing) loop through `tokend::keys::Keys`: the grants' ceiling.
+    Sign {
+        #[arg(long, default_value = "EdDSA")]
+        alg: String,
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+        /// What a refresh costs in cryptography: verify one token, sign two.
+        #[arg(long)]
+        refresh: bool,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        #[arg(short = 'd', long, default_value_t = 5.0)]
+        duration: f64,
+    },
+    /// Argon2id hashes per second at a cost: one thread, and the login ceiling for `cores`.
+    Argon2 {
+        #[arg(long, default_value = "m=19456,t=2,p=1")]
+        cost: String,
+        #[arg(long, default_value_t = 2)]
+        cores: usize,
+        #[arg(short = 'd', long, default_value_t = 5.0)]
+        duration: f64,
+    },
+    /// Creates a keyset with RSA keys of `--rsa-bits`: in a key directory (embedded mode), or
+    /// in MongoDB sealed with `--kek` (production mode).
+    Keyset {
+        #[arg(long, required_unless_present = "mongodb_uri")]
+        dir: Option<std::path::PathBuf>,
+        #[arg(long, requires = "kek")]
+        mongodb_uri: Option<String>,
+        #[arg(long, default_value = "tokend")]
+        mongodb_db: String,
+        /// The base64 `TOKEND_KEY_ENCRYPTION_KEY`.
+        #[arg(long)]
+        kek: Option<String>,
+        #[arg(long, default_value = "EdDSA,RS256")]
+        algs: String,
+        #[arg(long, default_value_t = 2048)]
+        rsa_bits: usize,
+    },
+    /// Starts `--bin serve` (with this process's environment) `--runs` times and reports the
+    /// time until `--url` answers 200.
+    Startup {
+        #[arg(long)]
+        bin: std::path::PathBuf,
+        #[arg(long)]
+        url: String,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Refresh {
+            base,
+            email,
+            password,
+            load,
+        } => runtime(load.threads).and_then(|rt| {
+            rt.block_on(refresh(&base, &email, &password, &load))
+                .map(|r| r.print())
+        }),
+        Cmd::Http {
+            url,
+            method,
+            headers,
+            body,
+            expect,
+            load,
+        } => runtime(load.threads).and_then(|rt| {
+            rt.block_on(fixed(&url, &method, &headers, body, expect, &load))
+                .map(|r| r.print())
+        }),
+        Cmd::Sign {
+            alg,
+            rsa_bits,
+            refresh,
+            threads,
+            duration,
+        } => sign(&alg, rsa_bits, refresh, threads, duration),
+        Cmd::Argon2 {
+            cost,
+            cores,
+            duration,
+        } => argon2(&cost, cores, duration),
+        Cmd::Keyset {
+            dir,
+            mongodb_uri,
+            mongodb_db,
+            kek,
+            algs,
+            rsa_bits,
+        } => keyset(dir, mongodb_uri, &mongodb_db, kek, &algs, rsa_bits),
+        Cmd::Startup { bin, url, runs } => startup(&bin, &url, runs),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, String>;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+fn runtime(threads: usize) -> Res<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(err)
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .map_err(err)
+    }
+}
+
+// ---- HTTP/1 client --------------------------------------------------------------------------
+
+struct Target {
+    addr: SocketAddr,
+    authority: String,
+    path: String,
+}
+
+fn target(url: &str) -> Res<Target> {
+    let u = url::Url::parse(url).map_err(err)?;
+    let host = u.host_str().ok_or("URL without host")?;
+    let port = u.port_or_known_default().ok_or("URL without port")?;
+    let addr = format!("{host}:{port}")
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{host}:{port}: load only 127.0.0.1 (an IP address)"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!("{addr} is not a loopback address"));
+    }
+    let mut path = u.path().to_string();
+    if let Some(q) = u.query() {
+        path = format!("{path}?{q}");
+    }
+    Ok(Target {
+        addr,
+        authority: format!("{host}:{port}"),
+        path,
+    })
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Res<Sender> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(err)?;
+    stream.set_nodelay(true).map_err(err)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(err)?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn send(sender: &mut Sender, req: Request<Full<Bytes>>) -> Res<(StatusCode, Bytes)> {
+    sender.ready().await.map_err(err)?;
+    let res = sender.send_request(req).await.map_err(err)?;
+    let status = res.status();
+    let body = res.into_body().collect().await.map_err(err)?.to_bytes();
+    Ok((status, body))
+}
+
+// ---- measurement ----------------------------------------------------------------------------
+
+/// What one run measured.
+struct Report {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    ok: usize,
+    errors: usize,
+}
+
+impl Report {
+    fn print(&self) {
+        println!(
+            "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} errors={}",
+            self.rps, self.p50_ms, self.p99_ms, self.ok, self.errors
+        );
+    }
+}
+
+/// Latencies (µs) of answers that arrived inside the measuring window, and the errors there.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u32>,
+    errors: usize,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    f64::from(sorted[i]) / 1000.0
+}
+
+/// The clock of one connection's run: warm-up, window, and (when paced) the due time of each
+/// request.
+#[derive(Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// Seconds between two requests of one connection, and this connection's offset.
+    pace: Option<(f64, f64)>,
+}
+
+impl Schedule {
+    fn new(load: &Load, conn: usize) -> Schedule {
+        let start = Instant::now();
+        let measure_from = start + Duration::from_secs_f64(load.warmup);
+        Schedule {
+            start,
+            measure_from,
+            end: measure_from + Duration::from_secs_f64(load.duration),
+            pace: load.rate.map(|r| {
+                let n = load.connections as f64;
+                (n / r, conn as f64 / r)
+            }),
+        }
+    }
+
+    /// When request `k` is due (now when unpaced); sleeps until then.
+    async fn due(&self, k: u64) -> Instant {
+        match self.pace {
+            None => Instant::now(),
+            Some((every, offset)) => {
+                let at = self.start + Duration::from_secs_f64(offset + k as f64 * every);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+        }
+    }
+
+    fn record(&self, tally: &mut Tally, due: Instant, ok: bool) {
+        let done = Instant::now();
+        if due < self.measure_from || done > self.end {
+            return;
+        }
+        if ok {
+            let us = done.duration_since(due).as_micros();
+            tally
+                .latencies_us
+                .push(u32::try_from(us).unwrap_or(u32::MAX));
+        } else {
+            tally.errors += 1;
+        }
+    }
+}
+
+async fn collect(load: &Load, tasks: Vec<tokio::task::JoinHandle<Res<Tally>>>) -> Res<Report> {
+    let mut all = Tally::default();
+    for t in tasks {
+        let tally = t.await.map_err(err)??;
+        all.latencies_us.extend(tally.latencies_us);
+        all.errors += tally.errors;
+    }
+    all.latencies_us.sort_unstable();
+    Ok(Report {
+        rps: all.latencies_us.len() as f64 / load.duration,
+        p50_ms: percentile(&all.latencies_us, 0.50),
+        p99_ms: percentile(&all.latencies_us, 0.99),
+        ok: all.latencies_us.len(),
+        errors: all.errors,
+    })
+}
+
+// ---- scenarios ------------------------------------------------------------------------------
+
+async fn fixed(
+    url: &str,
+    method: &str,
+    headers: &[String],
+    body: Option<String>,
+    expect: u16,
+    load: &Load,
+) -> Res<Report> {
+    let t = Arc::new(target(url)?);
+    let method = Method::from_bytes(method.as_bytes()).map_err(err)?;
+    let mut hs = Vec::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| format!("bad header {h:?}"))?;
+        hs.push((
+            HeaderName::from_bytes(k.trim().as_bytes()).map_err(err)?,
+            HeaderValue::from_str(v.trim()).map_err(err)?,
+        ));
+    }
+    let body = Bytes::from(body.unwrap_or_default());
+    let mut tasks = Vec::new();
+    for i in 0..load.connections {
+        let (t, method, hs, body, load) = (
+            t.clone(),
+            method.clone(),
+            hs.clone(),
+            body.clone(),
+            load.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await?;
+            let sched = Schedule::new(&load, i);
+            let mut tally = Tally::default();
+            let mut k = 0u64;
+            while Instant::now() < sched.end {
+                let due = sched.due(k).await;
+                k += 1;
+                let mut req = Request::builder()
+                    .method(method.clone())
+                    .uri(t.path.as_str())
+                    .header(header::HOST, t.authority.as_str());
+                for (name, value) in &hs {
+                    req = req.header(name, value);
+                }
+                let req = req.body(Full::new(body.clone())).map_err(err)?;
+                match send(&mut sender, req).await {
+                    Ok((status, _)) => sched.record(&mut tally, due, status.as_u16() == expect),
+                    Err(_) => {
+                        sched.record(&mut tally, due, false);
+                        sender = connect(t.addr).await?;
+                    }
+                }
+            }
+            Ok(tally)
+        }));
+    }
+    collect(load, tasks).await
+}
+
+#[derive(Deserialize)]
+struct Pair {
+    refresh_token: String,
+}
+
+fn json_request(t: &Target, path: &str, body: &serde_json::Value) -> Res<Request<Full<Bytes>>> {
+    Request::post(path)
+        .header(header::HOST, t.authority.as_str())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(err)
+}
+
+async fn refresh(base: &str, email: &str, password: &str, load: &Load) -> Res<Report> {
+    let t = Arc::new(target(base)?);
+    // The account may exist from an earlier run; a 409 is fine.
+    let mut sender = connect(t.addr).await?;
+    let username = email.split('@').next().unwrap_or("loadgen");
+    let register = serde_json::json!({"username": username, "email": email, "password": password});
+    let (status, body) = send(&mut sender, json_request(&t, "/auth/register", &register)?).await?;
+    if !(status == StatusCode::CREATED || status == StatusCode::CONFLICT) {
+        return Err(format!("register answered {status}: {body:?}"));
+    }
+    let login = serde_json::json!({"email": email, "password": password});
+    let mut tasks = Vec::new();
+    for i in 0..load.connections {
+        let (t, load, login) = (t.clone(), load.clone(), login.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await?;
+            let (status, body) =
+                send(&mut sender, json_request(&t, "/auth/login", &login)?).await?;
+            if status != StatusCode::OK {
+                return Err(format!("login answered {status}: {body:?}"));
+            }
+            let mut token = serde_json::from_slice::<Pair>(&body)
+                .map_err(err)?
+                .refresh_token;
+            let sched = Schedule::new(&load, i);
+            let mut tally = Tally::default();
+            let mut k = 0u64;
+            while Instant::now() < sched.end {
+                let due = sched.due(k).await;
+                k += 1;
+                let req = Request::post("/auth/token/refresh")
+                    .header(header::HOST, t.authority.as_str())
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .map_err(err)?;
+                let (status, body) = send(&mut sender, req).await?;
+                if status != StatusCode::OK {
+                    sched.record(&mut tally, due, false);
+                    return Err(format!(
+                        "refresh answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    ));
+                }
+                token = serde_json::from_slice::<Pair>(&body)
+                    .map_err(err)?
+                    .refresh_token;
+                sched.record(&mut tally, due, true);
+            }
+            Ok(tally)
+        }));
+    }
+    collect(load, tasks).await
+}
+
+// ---- reference loops ------------------------------------------------------------------------
+
+fn keys_config(algs: Vec<Alg>, rsa_bits: usize) -> KeysConfig {
+    KeysConfig {
+        algs,
+        rotation: Duration::from_secs(7 * 86_400),
+        prepublish: Duration::from_secs(3600),
+        retention: Duration::from_secs(14 * 86_400 + 30),
+        reload: Duration::from_secs(30),
+        rsa_bits,
+    }
+}
+
+fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64) -> Res<()> {
+    let alg = Alg::parse(alg).ok_or("alg is EdDSA or RS256")?;
+    let rt = runtime(1)?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryKeyStore::new());
+    let keys = rt
+        .block_on(Keys::open(
+            keys_config(vec![alg], rsa_bits),
+            store,
+            None,
+            clock.clone(),
+        ))
+        .map_err(err)?;
+    let issuer = "http://localhost:5000".to_string();
+    let tokens = Tokens::new(issuer.clone(), "tokend".into(), keys);
+    let now = clock.now();
+    let access = AccessClaims {
+        iss: issuer.clone(),
+        sub: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+        aud: Audience::One("tokend".into()),
+        exp: now + 900,
+        iat: now,
+        nbf: now,
+        jti: "q3bN0xw1l8mJ4Cj2YbKp9A".into(),
+        client_id: "svc".into(),
+        scope: "read write".into(),
+        sid: None,
+        fresh: false,
+        auth_time: None,
+        roles: vec![],
+    };
+    let refresh_claims = RefreshClaims {
+        iss: issuer.clone(),
+        sub: access.sub.clone(),
+        aud: Audience::One(issuer),
+        exp: now + 86_400,
+        iat: now,
+        jti: "Zk2x7pQ1rT9vW3yB5nM8cA".into(),
+        sid: "b8Yt1c0qL2mN4pR6sT8uVw".into(),
+        client_id: "tokend".into(),
+        scope: String::new(),
+    };
+    let presented = tokens
+        .sign_refresh(alg, &refresh_claims)
+        .map_err(|e| e.to_string())?;
+    let stop = Instant::now() + Duration::from_secs_f64(duration);
+    let counts: Vec<u64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads.max(1))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut n = 0u64;
+                    while Instant::now() < stop {
+                        if refresh {
+                            let _ = tokens.decode_refresh(&presented, now);
+                            let _ = tokens.sign_access(alg, &access);
+                            let _ = tokens.sign_refresh(alg, &refresh_claims);
+                        } else {
+                            let _ = tokens.sign_access(alg, &access);
+                        }
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    let total: u64 = counts.iter().sum();
+    println!(
+        "ops={:.0} threads={threads} alg={alg}{}",
+        total as f64 / duration,
+        if alg == Alg::RS256 {
+            format!(" rsa_bits={rsa_bits}")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+fn argon2(cost: &str, cores: usize, duration: f64) -> Res<()> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let cost: tokend::config::Argon2Cost = cost.parse()?;
+    let params = argon2::Params::new(cost.m_kib, cost.t, cost.p, None).map_err(err)?;
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::encode_b64(b"loadgen-salt-16b").map_err(err)?;
+    let stop = Instant::now() + Duration::from_secs_f64(duration);
+    let start = Instant::now();
+    let mut n = 0u32;
+    while Instant::now() < stop {
+        hasher
+            .hash_password(b"correct horse battery", &salt)
+            .map_err(err)?;
+        n += 1;
+    }
+    let per_hash = start.elapsed().as_secs_f64() / f64::from(n.max(1));
+    println!(
+        "hash_ms={:.2} ceiling_rps={:.1} cores={cores}",
+        per_hash * 1000.0,
+        cores as f64 / per_hash
+    );
+    Ok(())
+}
+
+fn keyset(
+    dir: Option<std::path::PathBuf>,
+    mongodb_uri: Option<String>,
+    mongodb_db: &str,
+    kek: Option<String>,
+    algs: &str,
+    rsa_bits: usize,
+) -> Res<()> {
+    use base64::Engine as _;
+    let algs = algs
+        .split(',')
+        .map(|a| Alg::parse(a.trim()).ok_or_else(|| format!("unknown alg {a}")))
+        .collect::<Res<Vec<_>>>()?;
+    let rt = runtime(1)?;
+    let store: Arc<dyn KeyStore> = match (dir, mongodb_uri, kek) {
+        (_, Some(uri), Some(kek)) => {
+            let kek: [u8; 32] = base64::engine::general_purpose::STANDARD
+                .decode(kek.trim())
+                .map_err(err)?
+                .try_into()
+                .map_err(|_| "the key-encryption key must be 32 bytes")?;
+            let mongo = rt
+                .block_on(tokend::store::mongo::MongoStore::connect(&uri, mongodb_db))
+                .map_err(err)?;
+            Arc::new(MongoKeyStore::new(mongo.database(), kek))
+        }
+        (Some(dir), _, _) => Arc::new(DirKeyStore::new(dir)),
+        _ => return Err("give --dir, or --mongodb-uri with --kek".into()),
+    };
+    let clock: SharedClock = Arc::new(SystemClock);
+    let keys = rt
+        .block_on(Keys::open(keys_config(algs, rsa_bits), store, None, clock))
+        .map_err(err)?;
+    for k in keys.list() {
+        println!("{} {} {}", k.alg, k.state.as_str(), k.kid);
+    }
+    Ok(())
+}
+
+fn startup(bin: &std::path::Path, url: &str, runs: usize) -> Res<()> {
+    let t = target(url)?;
+    let rt = runtime(1)?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut child = std::process::Command::new(bin)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(err)?;
+        let ready = rt.block_on(async {
+            let deadline = start + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(mut s) = connect(t.addr).await {
+                    let req = Request::get(t.path.as_str())
+                        .header(header::HOST, t.authority.as_str())
+                        .body(Full::new(Bytes::new()))
+                        .map_err(err)?;
+                    if let Ok((StatusCode::OK, _)) = send(&mut s, req).await {
+                        return Ok::<_, String>(Some(start.elapsed()));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Ok(None)
+        })?;
+        let _ = child.kill();
+        let _ = child.wait();
+        let ready = ready.ok_or("not ready within 10 s")?;
+        times.push(ready.as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "startup_ms_median={:.1} min={:.1} max={:.1} runs={}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1],
+        times.len()
+    );
+    Ok(())
+}
