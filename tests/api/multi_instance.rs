@@ -561,13 +561,15 @@ async fn a_due_rotation_happens_once_and_every_instance_publishes_it_before_it_s
             .unwrap_or_else(|| panic!("no active {alg} key in {start:?}"));
         active.insert(alg, (k.kid.clone(), k.retires));
     }
+    // The keys that sign or signed; anything else in JWKS is a successor (normally none yet,
+    // unless start-up took longer than rotation - prepublish).
     let old: HashMap<&str, BTreeSet<String>> = ALGS
         .iter()
         .map(|alg| {
             let set = start
                 .keys
                 .iter()
-                .filter(|k| k.alg.as_str() == *alg)
+                .filter(|k| k.alg.as_str() == *alg && k.activates <= now)
                 .map(|k| k.kid.clone())
                 .collect();
             (*alg, set)
