@@ -1,16 +1,22 @@
 //! Key material: generation (Ed25519 with `ring`, RSA with `josekit`), RFC 7638 thumbprints,
-//! josekit signer and verifier objects built once per key, JWS compact signing and verifying, and
-//! the pre-serialised JWKS document (RFC 7517).
+//! signer and verifier objects built once per key, JWS compact signing and verifying, and the
+//! pre-serialised JWKS document (RFC 7517).
+//!
+//! Every token goes through josekit's one JWS/JWT code path (header, claims, base64url, compact
+//! serialisation, `alg`/`kid` checks); only the signature primitive under josekit's
+//! [`JwsSigner`]/[`JwsVerifier`] interface is chosen per algorithm, the fastest one measured
+//! (BENCHMARKS.md): `ring` for Ed25519 (about twice as fast as OpenSSL's, verification in
+//! particular), OpenSSL through josekit for RS256 (`ring`'s RSA signing is about twice slower).
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
 use josekit::jwk::{Jwk, KeyPair as _};
-use josekit::jws::{EdDSA, JwsHeader, JwsSigner, JwsVerifier, RS256};
+use josekit::jws::{EdDSA, JwsAlgorithm, JwsHeader, JwsSigner, JwsVerifier, RS256};
 use josekit::jwt::JwtPayload;
 use josekit::JoseError;
 use ring::rand::SystemRandom;
-use ring::signature::{Ed25519KeyPair, KeyPair as _};
+use ring::signature::{Ed25519KeyPair, KeyPair as _, UnparsedPublicKey, ED25519};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
@@ -194,8 +200,12 @@ impl KeyMaterial {
                 let (v1, public) = ed25519_v1(der)?;
                 let x = URL_SAFE_NO_PAD.encode(&public);
                 let kid = thumbprint_okp("Ed25519", &x);
-                let mut signer = EdDSA.signer_from_der(v1.as_slice()).map_err(crypto)?;
-                signer.set_key_id(kid.clone());
+                let signer = RingEd25519Signer {
+                    pair: std::sync::Arc::new(
+                        Ed25519KeyPair::from_pkcs8_maybe_unchecked(&v1).map_err(crypto)?,
+                    ),
+                    kid: kid.clone(),
+                };
                 let jwk = PublicJwk {
                     kty: "OKP".into(),
                     kid,
@@ -273,14 +283,92 @@ impl KeyMaterial {
     }
 }
 
-/// A josekit verifier built from a published JWK alone.
+/// Ed25519 signing with ring behind josekit's signer interface.
+#[derive(Clone)]
+struct RingEd25519Signer {
+    pair: std::sync::Arc<Ed25519KeyPair>,
+    kid: String,
+}
+
+impl std::fmt::Debug for RingEd25519Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RingEd25519Signer")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JwsSigner for RingEd25519Signer {
+    fn algorithm(&self) -> &dyn JwsAlgorithm {
+        &EdDSA
+    }
+
+    fn key_id(&self) -> Option<&str> {
+        Some(&self.kid)
+    }
+
+    fn signature_len(&self) -> usize {
+        ring::signature::ED25519_PUBLIC_KEY_LEN * 2
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JoseError> {
+        Ok(self.pair.sign(message).as_ref().to_vec())
+    }
+
+    fn box_clone(&self) -> Box<dyn JwsSigner> {
+        Box::new(self.clone())
+    }
+}
+
+/// Ed25519 verification with ring behind josekit's verifier interface.
+#[derive(Debug, Clone)]
+struct RingEd25519Verifier {
+    public: std::sync::Arc<[u8]>,
+    kid: String,
+}
+
+impl JwsVerifier for RingEd25519Verifier {
+    fn algorithm(&self) -> &dyn JwsAlgorithm {
+        &EdDSA
+    }
+
+    fn key_id(&self) -> Option<&str> {
+        Some(&self.kid)
+    }
+
+    fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), JoseError> {
+        UnparsedPublicKey::new(&ED25519, &self.public[..])
+            .verify(message, signature)
+            .map_err(|_| {
+                JoseError::InvalidSignature(
+                    std::io::Error::other("The signature does not match.").into(),
+                )
+            })
+    }
+
+    fn box_clone(&self) -> Box<dyn JwsVerifier> {
+        Box::new(self.clone())
+    }
+}
+
+/// A verifier built from a published JWK alone (ring for Ed25519, OpenSSL for RS256).
 pub fn verifier_from_public_jwk(jwk: &PublicJwk) -> Result<Box<dyn JwsVerifier>, KeyError> {
     let j = jwk.to_josekit()?;
     let v: Box<dyn JwsVerifier> = match Alg::parse(&jwk.alg) {
         Some(Alg::EdDSA) => {
-            let mut v = EdDSA.verifier_from_jwk(&j).map_err(crypto)?;
-            v.set_key_id(jwk.kid.clone());
-            Box::new(v)
+            // Validated like josekit does (an OKP key on Ed25519 with a 32-byte `x`), then
+            // verified with ring.
+            EdDSA.verifier_from_jwk(&j).map_err(crypto)?;
+            let x = jwk
+                .x
+                .as_deref()
+                .and_then(|x| URL_SAFE_NO_PAD.decode(x).ok())
+                .filter(|x| x.len() == 32)
+                .ok_or_else(|| KeyError::Crypto("Ed25519 JWK without a 32-byte x".into()))?;
+            Box::new(RingEd25519Verifier {
+                public: std::sync::Arc::from(x),
+                kid: jwk.kid.clone(),
+            })
         }
         Some(Alg::RS256) => {
             let mut v = RS256.verifier_from_jwk(&j).map_err(crypto)?;
@@ -365,6 +453,36 @@ mod tests {
         assert_eq!(header["typ"], "at+jwt");
         assert_eq!(header.len(), 3);
         assert_eq!(m.verify(&t).unwrap(), claims());
+    }
+
+    /// ring and OpenSSL give byte-identical Ed25519 tokens (the signature is deterministic), and
+    /// each verifies the other's.
+    #[test]
+    fn ring_ed25519_matches_openssl_through_josekit() {
+        let minted = generate(Alg::EdDSA, 0).unwrap();
+        let m = KeyMaterial::from_pkcs8(Alg::EdDSA, &minted.private_pkcs8_der).unwrap();
+        let mut openssl = EdDSA
+            .signer_from_der(minted.private_pkcs8_der.as_slice())
+            .unwrap();
+        openssl.set_key_id(m.kid.clone());
+        let mut header = JwsHeader::new();
+        header.set_token_type("at+jwt");
+        let payload = JwtPayload::from_map(claims()).unwrap();
+        let by_openssl = josekit::jwt::encode_with_signer(&payload, &header, &openssl).unwrap();
+        let by_ring = m.sign("at+jwt", &claims()).unwrap();
+        assert_eq!(by_ring, by_openssl);
+        let jwk =
+            josekit::jwk::Jwk::from_bytes(serde_json::to_vec(m.public_jwk()).unwrap()).unwrap();
+        let openssl_verifier = EdDSA.verifier_from_jwk(&jwk).unwrap();
+        assert!(josekit::jwt::decode_with_verifier(&by_ring, &openssl_verifier).is_ok());
+        let mut forged = by_ring.clone();
+        forged.truncate(by_ring.len() - 4);
+        forged.push_str("AAAA");
+        assert_eq!(m.verify(&forged), Err(TokenError::BadSignature));
+        assert!(josekit::jwt::decode_with_verifier(&forged, &openssl_verifier).is_err());
+        let mut short = by_ring.clone();
+        short.truncate(by_ring.len() - 10);
+        assert_eq!(m.verify(&short), Err(TokenError::BadSignature));
     }
 
     #[test]
