@@ -16,7 +16,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tokend::telemetry::init(&config.log, config.log_format);
+    let _logs = tokend::telemetry::init(&config.log, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
