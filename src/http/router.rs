@@ -160,6 +160,19 @@ impl Route {
         )
     }
 
+    /// Routes answered from memory, never waiting on a store, a body or a lock: the documents
+    /// and `/healthz`. They need no request timeout.
+    pub fn is_immediate(self) -> bool {
+        matches!(
+            self,
+            Route::Jwks
+                | Route::AuthorizationServer
+                | Route::OpenIdConfiguration
+                | Route::OpenApi
+                | Route::Healthz
+        )
+    }
+
     pub fn allows(self, method: &Method) -> bool {
         let name = method.as_str();
         self.allow().split(", ").any(|m| m == name)
@@ -265,7 +278,13 @@ pub async fn handle(
     let head = method == Method::HEAD;
     let timeout = state.request_timeout;
     let metrics = state.core.metrics.clone();
-    let mut res = match tokio::time::timeout(timeout, dispatch(state, route, req)).await {
+    let outcome = if route.is_immediate() {
+        // Answered from memory without waiting on anything: no timer to arm.
+        Ok(dispatch(state, route, req).await)
+    } else {
+        tokio::time::timeout(timeout, dispatch(state, route, req)).await
+    };
+    let mut res = match outcome {
         Ok(Ok(res)) => res,
         Ok(Err(e)) => e.into_response(),
         Err(_) => ApiError::Unavailable("request timed out".into()).into_response(),

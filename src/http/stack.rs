@@ -19,7 +19,9 @@ use http_body_util::Full;
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 use tracing::Span;
 
@@ -27,6 +29,50 @@ use super::error::ApiError;
 use super::router::{Route, Router};
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Request ids: random (version 4) UUIDs from a per-thread generator seeded once from the
+/// system's randomness, so a request costs no system call for its id. Ids only need to be
+/// unique, not secret.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeRequestUuid;
+
+thread_local! {
+    static REQUEST_ID_STATE: std::cell::Cell<u64> = std::cell::Cell::new(request_id_seed());
+}
+
+fn request_id_seed() -> u64 {
+    let mut seed = [0u8; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).is_err() {
+        // The standard library's per-process random hash keys, as a last resort.
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        seed = h.finish().to_le_bytes();
+    }
+    u64::from_le_bytes(seed)
+}
+
+/// SplitMix64: a full-period 64-bit sequence with well mixed outputs.
+fn next_random() -> u64 {
+    REQUEST_ID_STATE.with(|state| {
+        let s = state.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        state.set(s);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+impl MakeRequestId for MakeRequestUuid {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        let bits = (u128::from(next_random()) << 64) | u128::from(next_random());
+        let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
+        let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut buf);
+        HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
+}
 
 fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response<Full<Bytes>> {
     ApiError::Internal("handler panicked".into()).into_response()
@@ -98,4 +144,24 @@ pub fn build(
         .layer(tower::util::option_layer(cors_layer(cors_origins)))
         .layer(CatchPanicLayer::custom(panic_response))
         .service(router)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_version_4_uuids() {
+        let req = Request::new(());
+        let mut make = MakeRequestUuid;
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            let id = make.make_request_id(&req).unwrap();
+            let text = id.header_value().to_str().unwrap().to_string();
+            let parsed = uuid::Uuid::parse_str(&text).unwrap();
+            assert_eq!(parsed.get_version_num(), 4);
+            assert_eq!(parsed.get_variant(), uuid::Variant::RFC4122);
+            assert!(seen.insert(text), "ids repeat");
+        }
+    }
 }
