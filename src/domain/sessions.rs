@@ -149,27 +149,19 @@ impl Core {
                 return Err(RefreshError::InvalidToken("issued to another client").into());
             }
         }
-        let status = self
-            .sessions
-            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
-            .await?;
+        // The revocation marks and the user (re-read so a role change or a deleted account
+        // shows at the next refresh) are independent reads: both at once. They are judged in
+        // this order, so a revoked session answers `Revoked` whatever the user store says.
+        let (status, user) = tokio::join!(
+            self.sessions
+                .access_status(&claims.jti, Some(&claims.sid), &claims.sub),
+            self.users.by_id(&claims.sub),
+        );
+        let status = status?;
         if status.user_not_before.is_some_and(|nbf| claims.iat < nbf) || status.family_revoked {
             return Err(RefreshError::Revoked.into());
         }
-        let family = self
-            .sessions
-            .family(&claims.sid)
-            .await?
-            .ok_or(RefreshError::Unknown)?;
-        let session_ends = family.expires_at_ms.div_euclid(1000);
-        if now >= session_ends {
-            return Err(RefreshError::Unknown.into());
-        }
-        let user = self
-            .users
-            .by_id(&claims.sub)
-            .await?
-            .ok_or(RefreshError::Unknown)?;
+        let user = user?.ok_or(RefreshError::Unknown)?;
         let client = match expected_client {
             Some(c) => c.clone(),
             None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
@@ -180,13 +172,13 @@ impl Core {
                 .ok_or(RefreshError::Unknown)?,
         };
         let alg = self.client_alg(&client);
-        let remaining_ms = family.expires_at_ms - now_ms;
-        let ttl_ms = (ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000).min(remaining_ms);
         let new_access_jti = self.new_id()?;
         let new_refresh_jti = self.new_id()?;
-        let outcome = self
+        // One store step reads the family, checks its session is not over, and exchanges the
+        // token; the record lives the refresh TTL, capped at the family's end.
+        let (family, outcome) = self
             .sessions
-            .rotate(&RotateRequest {
+            .exchange(&RotateRequest {
                 sid: claims.sid.clone(),
                 presented_jti: claims.jti.clone(),
                 new_refresh_jti: new_refresh_jti.clone(),
@@ -194,10 +186,12 @@ impl Core {
                 issued_at: now,
                 now_ms,
                 leeway_ms: ms(self.config.refresh_reuse_leeway),
-                ttl_ms,
+                ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
                 revoked_ttl_ms: self.revocation_ttl_ms(),
             })
-            .await?;
+            .await?
+            .ok_or(RefreshError::Unknown)?;
+        let session_ends = family.expires_at_ms.div_euclid(1000);
         let (access_jti, refresh_jti, issued_at) = match outcome {
             RotateOutcome::Rotated => (new_access_jti, new_refresh_jti, now),
             RotateOutcome::Replayed {

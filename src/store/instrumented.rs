@@ -134,6 +134,12 @@ impl SessionStore for Instrumented<dyn SessionStore> {
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
         self.time("family_get", self.inner.family(sid)).await
     }
+    async fn exchange(
+        &self,
+        req: &RotateRequest,
+    ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
+        self.time("family_exchange", self.inner.exchange(req)).await
+    }
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
         self.time("family_revoke", self.inner.revoke_family(sid, ttl_ms))
             .await

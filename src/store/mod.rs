@@ -236,6 +236,28 @@ pub trait SessionStore: Send + Sync {
     /// The atomic exchange of SPEC §6: exactly one successor per refresh token.
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError>;
+    /// A refresh exchange together with the family it happens in: `None` when the family is
+    /// unknown or its session is over (`now_ms` at or past `expires_at_ms`, in whole seconds);
+    /// otherwise the family as it was before, and the outcome of [`SessionStore::rotate`] with
+    /// the record's lifetime capped at the family's end. Stores that can do this in one round
+    /// trip override it; this default reads the family, then rotates.
+    async fn exchange(
+        &self,
+        req: &RotateRequest,
+    ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
+        let Some(family) = self.family(&req.sid).await? else {
+            return Ok(None);
+        };
+        if req.now_ms.div_euclid(1000) >= family.expires_at_ms.div_euclid(1000) {
+            return Ok(None);
+        }
+        let capped = RotateRequest {
+            ttl_ms: req.ttl_ms.min(family.expires_at_ms - req.now_ms),
+            ..req.clone()
+        };
+        let outcome = self.rotate(&capped).await?;
+        Ok(Some((family, outcome)))
+    }
     /// Marks a family revoked, remembered for `ttl_ms`. Unknown families are remembered too.
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
     /// Revokes every family of a user; returns how many.

@@ -101,6 +101,43 @@ if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[8]
 return {'reused'}
 "#;
 
+/// [`ROTATE_LUA`] preceded by the family read and the session-end check of
+/// `SessionStore::exchange`, in one round trip. Returns `{'unknown'}`, or the family as it was
+/// (user, client, scope, auth_time, cur, cur_at, iat, exp_ms, revoked) followed by what
+/// [`ROTATE_LUA`] returns. The record's lifetime is capped at the family's end.
+///
+/// KEYS[1] family; ARGV: as [`ROTATE_LUA`].
+const EXCHANGE_LUA: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
+local f = redis.call('HMGET', KEYS[1], 'revoked', 'cur', 'prev', 'prev_at_ms', 'cur_at', 'iat',
+  'user', 'client', 'scope', 'auth_time', 'exp_ms')
+local now = tonumber(ARGV[5])
+local exp = tonumber(f[11]) or 0
+if math.floor(now / 1000) >= math.floor(exp / 1000) then return {'unknown'} end
+local reply = {f[7] or '', f[8] or '', f[9] or '', f[10] or '', f[2] or '', f[5] or '',
+  f[6] or '', f[11] or '', f[1] or ''}
+if f[1] == '1' then
+  reply[10] = 'revoked'
+elseif f[2] == ARGV[1] then
+  local ttl = math.max(math.min(tonumber(ARGV[7]), exp - now), 1)
+  redis.call('HSET', KEYS[1], 'prev', ARGV[1], 'prev_at_ms', ARGV[5],
+    'cur', ARGV[2], 'cur_at', ARGV[3], 'iat', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+  reply[10] = 'rotated'
+elseif f[3] == ARGV[1] and f[4] and now - tonumber(f[4]) <= tonumber(ARGV[6]) then
+  reply[10] = 'replayed'
+  reply[11] = f[2] or ''
+  reply[12] = f[5] or ''
+  reply[13] = f[6] or ''
+else
+  redis.call('HSET', KEYS[1], 'revoked', '1')
+  local ttl = tonumber(ARGV[8])
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[8]) end
+  reply[10] = 'reused'
+end
+return reply
+"#;
+
 /// Writes a new family; a family id revoked before it started stays revoked.
 ///
 /// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms.
@@ -168,6 +205,7 @@ return 0
 
 struct Scripts {
     rotate: Script,
+    exchange: Script,
     start: Script,
     user_family_add: Script,
     revoke_family: Script,
@@ -181,6 +219,7 @@ impl Scripts {
     fn new() -> Self {
         Self {
             rotate: Script::new(ROTATE_LUA),
+            exchange: Script::new(EXCHANGE_LUA),
             start: Script::new(START_LUA),
             user_family_add: Script::new(USER_FAMILY_ADD_LUA),
             revoke_family: Script::new(REVOKE_FAMILY_LUA),
@@ -474,6 +513,72 @@ impl SessionStore for RedisStore {
                 format!("unexpected rotate reply {reply:?}"),
             )),
         }
+    }
+
+    /// One round trip: [`EXCHANGE_LUA`].
+    async fn exchange(
+        &self,
+        req: &RotateRequest,
+    ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
+        let key = self.family_key(&req.sid);
+        let reply: Vec<String> = self
+            .run(|mut c| {
+                let (key, scripts) = (key.clone(), self.scripts.clone());
+                async move {
+                    scripts
+                        .exchange
+                        .key(key)
+                        .arg(&req.presented_jti)
+                        .arg(&req.new_refresh_jti)
+                        .arg(&req.new_access_jti)
+                        .arg(req.issued_at)
+                        .arg(req.now_ms)
+                        .arg(req.leeway_ms)
+                        .arg(ttl_arg(req.ttl_ms))
+                        .arg(ttl_arg(req.revoked_ttl_ms))
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        if reply.first().map(String::as_str) == Some("unknown") && reply.len() == 1 {
+            return Ok(None);
+        }
+        let corrupt = || StoreError::corrupt(STORE, format!("unexpected exchange reply {reply:?}"));
+        if reply.len() < 10 {
+            return Err(corrupt());
+        }
+        // Absent fields come back empty; they count as 0, as in `family`.
+        let num = |field: &str, v: &String| {
+            if v.is_empty() {
+                Ok(0)
+            } else {
+                parse_i64(field, Some(v))
+            }
+        };
+        let family = FamilyState {
+            user_id: reply[0].clone(),
+            client_id: reply[1].clone(),
+            scope: reply[2].clone(),
+            auth_time: num("auth_time", &reply[3])?,
+            current_refresh_jti: reply[4].clone(),
+            current_access_jti: reply[5].clone(),
+            issued_at: num("iat", &reply[6])?,
+            expires_at_ms: num("exp_ms", &reply[7])?,
+            revoked: reply[8] == "1",
+        };
+        let outcome = match reply[9].as_str() {
+            "rotated" if reply.len() == 10 => RotateOutcome::Rotated,
+            "revoked" if reply.len() == 10 => RotateOutcome::Revoked,
+            "reused" if reply.len() == 10 => RotateOutcome::Reused,
+            "replayed" if reply.len() == 13 => RotateOutcome::Replayed {
+                refresh_jti: reply[10].clone(),
+                access_jti: reply[11].clone(),
+                issued_at: parse_i64("iat", reply.get(12))?,
+            },
+            _ => return Err(corrupt()),
+        };
+        Ok(Some((family, outcome)))
     }
 
     /// A family revoked before it was ever seen comes back revoked, with empty fields.
