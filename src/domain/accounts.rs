@@ -184,6 +184,12 @@ impl Core {
             .tokens
             .decode_access(token, now)
             .map_err(|r| self.rejected(r))?;
+        self.check_revocation(claims).await
+    }
+
+    /// The revocation checks of an access token whose signature and claims passed (fails closed
+    /// when the session store is down).
+    pub(crate) async fn check_revocation(&self, claims: AccessClaims) -> Result<Principal, Error> {
         let status = self
             .sessions
             .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)

@@ -414,10 +414,10 @@ impl Core {
 
     /// `None` when the token is not a valid access token at all; inactive when it was one.
     async fn introspect_access(&self, token: &str) -> Result<Option<Introspection>, OAuthError> {
-        if self.tokens.decode_access(token, self.clock.now()).is_err() {
+        let Ok(claims) = self.tokens.decode_access(token, self.clock.now()) else {
             return Ok(None);
-        }
-        let claims = match self.authenticate(token).await {
+        };
+        let claims = match self.check_revocation(claims).await {
             Ok(p) => p.claims,
             Err(Error::TokenRejected(_)) => return Ok(Some(Introspection::inactive())),
             Err(e) => return Err(e.into()),
