@@ -1,10 +1,14 @@
 //! Argon2id password hashing off the async executor, behind a concurrency bound, with a dummy
 //! hash so unknown accounts cost the same as wrong passwords.
+//!
+//! Argon2's working memory (`m` KiB per hash, 19 MiB by default) is allocated once per permit
+//! and reused: left to the allocator, blocks that size freed on several threads stay mapped, and
+//! a burst of logins left hundreds of megabytes resident (BENCHMARKS.md).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use tokio::sync::Semaphore;
 
 use super::{ids, Error};
@@ -26,6 +30,84 @@ pub struct Passwords {
     cost: Argon2Cost,
     permits: Arc<Semaphore>,
     dummy_hash: Arc<String>,
+    memory: Arc<Memory>,
+}
+
+/// Argon2 working memory for reuse: at most one buffer per permit exists, since a buffer is only
+/// taken by a holder of a permit.
+#[derive(Default)]
+struct Memory(Mutex<Vec<Vec<Block>>>);
+
+impl Memory {
+    /// Runs `f` on `blocks` blocks of reused memory.
+    fn with<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
+        let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = lock().pop().unwrap_or_default();
+        if buf.len() < blocks {
+            buf.resize(blocks, Block::default());
+        }
+        let result = f(&mut buf[..blocks]);
+        lock().push(buf);
+        result
+    }
+}
+
+/// The PHC string of `password` hashed by `argon` (Argon2id, v0x13) with `salt`: what
+/// `PasswordHasher::hash_password` returns, computed in `memory`.
+fn hash_in(
+    memory: &Memory,
+    argon: &Argon2<'_>,
+    password: &[u8],
+    salt: &SaltString,
+) -> Result<String, argon2::password_hash::Error> {
+    let salt = salt.as_salt();
+    let mut salt_buf = [0u8; 64];
+    let salt_bytes = salt.decode_b64(&mut salt_buf)?;
+    let params = argon.params();
+    let output_len = params.output_len().unwrap_or(Params::DEFAULT_OUTPUT_LEN);
+    let output = memory.with(params.block_count(), |blocks| {
+        Output::init_with(output_len, |out| {
+            Ok(argon.hash_password_into_with_memory(password, salt_bytes, out, blocks)?)
+        })
+    })?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(params)?,
+        salt: Some(salt),
+        hash: Some(output),
+    };
+    Ok(phc.to_string())
+}
+
+/// Whether `password` matches `stored`, computed with the algorithm, version and parameters of
+/// `stored` in `memory` (what `PasswordVerifier::verify_password` decides; the outputs are
+/// compared in constant time).
+fn verify_in(memory: &Memory, password: &[u8], stored: &PasswordHash<'_>) -> bool {
+    let (Some(salt), Some(expected)) = (&stored.salt, &stored.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(stored.algorithm) else {
+        return false;
+    };
+    let version = match stored.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(stored) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt_bytes) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    memory.with(argon.params().block_count(), |blocks| {
+        Output::init_with(expected.len(), |out| {
+            Ok(argon.hash_password_into_with_memory(password, salt_bytes, out, blocks)?)
+        })
+        .is_ok_and(|computed| computed == *expected)
+    })
 }
 
 impl Passwords {
@@ -35,6 +117,7 @@ impl Passwords {
             cost,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             dummy_hash: Arc::new(String::new()),
+            memory: Arc::new(Memory::default()),
         };
         let dummy = ids::random_secret()?;
         p.dummy_hash = Arc::new(p.hash(&dummy).await?);
@@ -69,10 +152,9 @@ impl Passwords {
         let salt = SaltString::encode_b64(&ids::random_bytes::<16>()?)
             .map_err(|e| Error::Internal(format!("salt: {e}")))?;
         let password = zeroize::Zeroizing::new(password.to_string());
+        let memory = self.memory.clone();
         self.blocking(move || {
-            argon
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
+            hash_in(&memory, &argon, password.as_bytes(), &salt)
                 .map_err(|e| Error::Internal(format!("argon2: {e}")))
         })
         .await?
@@ -85,14 +167,13 @@ impl Passwords {
         let stored = stored.unwrap_or(&self.dummy_hash).to_string();
         let candidate = zeroize::Zeroizing::new(password.to_string());
         let cost = self.cost;
+        let memory = self.memory.clone();
         let (ok, outdated) = self
             .blocking(move || {
                 let Ok(parsed) = PasswordHash::new(&stored) else {
                     return (false, false);
                 };
-                let ok = Argon2::default()
-                    .verify_password(candidate.as_bytes(), &parsed)
-                    .is_ok();
+                let ok = verify_in(&memory, candidate.as_bytes(), &parsed);
                 let outdated = match Params::try_from(&parsed) {
                     Ok(p) => {
                         parsed.algorithm.as_str() != "argon2id"
@@ -146,6 +227,50 @@ mod tests {
             p.verify("x", Some("not a hash")).await.unwrap(),
             Verdict::Wrong
         );
+    }
+
+    /// The reused-memory hashing and checking agree with the argon2 crate's own, for Argon2id
+    /// at the configured cost and for other variants, versions and costs.
+    #[test]
+    fn reused_memory_gives_the_crates_answers() {
+        use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+        let memory = Memory::default();
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let id = Passwords::argon2(CHEAP).unwrap();
+        let ours = hash_in(&memory, &id, b"correct horse", &salt).unwrap();
+        let theirs = id
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(ours, theirs);
+        let others = [
+            Argon2::new(
+                Algorithm::Argon2i,
+                Version::V0x10,
+                Params::new(128, 2, 2, Some(24)).unwrap(),
+            ),
+            Argon2::new(
+                Algorithm::Argon2d,
+                Version::V0x13,
+                Params::new(32, 3, 1, None).unwrap(),
+            ),
+            Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(256, 1, 1, None).unwrap(),
+            ),
+        ];
+        for argon in others.iter().chain([&id]) {
+            let phc = argon.hash_password(b"correct horse", &salt).unwrap();
+            for (candidate, right) in [(&b"correct horse"[..], true), (b"wrong horse", false)] {
+                assert_eq!(verify_in(&memory, candidate, &phc), right);
+                assert_eq!(
+                    Argon2::default().verify_password(candidate, &phc).is_ok(),
+                    right
+                );
+            }
+        }
+        assert!(memory.0.lock().unwrap().len() <= 1, "one buffer, reused");
     }
 
     #[tokio::test]
