@@ -3,6 +3,7 @@
 //! primitives underneath for comparison, and Argon2id at the configured cost.
 //!
 //! `cargo bench --bench crypto` (filter with a name: `cargo bench --bench crypto -- EdDSA`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark aborts on any failure
 
 use std::hint::black_box;
 use std::sync::Arc;

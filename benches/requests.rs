@@ -5,6 +5,7 @@
 //!
 //! The application is built the way `Application::build_with_backends` builds it, over memory
 //! stores and a memory keystore. `cargo bench --bench requests`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark aborts on any failure
 
 use std::collections::HashMap;
 use std::hint::black_box;
