@@ -53,6 +53,8 @@ enum Fault {
     RedisVolatile,
     /// Redis killed and restarted from its append-only file (`appendfsync always`).
     RedisPersistent,
+    /// Redis frozen (SIGSTOP: connections open, no answers) and thawed.
+    RedisHung,
     /// The MongoDB-wire server stopped and restarted (its data on disk).
     Mongo,
 }
@@ -61,7 +63,7 @@ impl Fault {
     /// Whether `route` needs the store this fault takes away.
     fn needs_store(self, route: &str) -> bool {
         match self {
-            Fault::RedisVolatile | Fault::RedisPersistent => route != "jwks",
+            Fault::RedisVolatile | Fault::RedisPersistent | Fault::RedisHung => route != "jwks",
             Fault::Mongo => matches!(route, "login" | "refresh" | "me"),
         }
     }
@@ -345,6 +347,7 @@ impl Load {
 /// The store a fault test takes away.
 enum Victim {
     Redis(OwnedRedis),
+    HungRedis(OwnedRedis),
     Mongo(OwnedMongo),
 }
 
@@ -352,12 +355,14 @@ impl Victim {
     async fn stop(&mut self) {
         match self {
             Victim::Redis(r) => r.stop().await,
+            Victim::HungRedis(r) => r.pause(),
             Victim::Mongo(m) => m.stop().await,
         }
     }
     async fn start_again(&mut self) {
         match self {
             Victim::Redis(r) => r.start_again().await,
+            Victim::HungRedis(r) => r.resume(),
             Victim::Mongo(m) => m.start_again().await,
         }
     }
@@ -367,10 +372,11 @@ async fn store_outage_under_load(fault: Fault) {
     let mut victim = match fault {
         Fault::RedisVolatile => Victim::Redis(OwnedRedis::start().await),
         Fault::RedisPersistent => Victim::Redis(OwnedRedis::start_persistent().await),
+        Fault::RedisHung => Victim::HungRedis(OwnedRedis::start().await),
         Fault::Mongo => Victim::Mongo(OwnedMongo::start().await),
     };
     let (redis_url, mongo_uri) = match &victim {
-        Victim::Redis(r) => (r.url(), services::mongo_uri()),
+        Victim::Redis(r) | Victim::HungRedis(r) => (r.url(), services::mongo_uri()),
         Victim::Mongo(m) => (services::redis_url(), m.uri()),
     };
     let mut env = process_env(&redis_url, &mongo_uri);
@@ -439,8 +445,12 @@ async fn store_outage_under_load(fault: Fault) {
     .await;
     victim.stop().await;
     load.phase.store(DOWN, Ordering::SeqCst);
-    // A dead MongoDB costs each request its server-selection timeout (2 s): fewer answers.
-    let answers = if fault == Fault::Mongo { 8 } else { 20 };
+    // A dead MongoDB or a hung Redis costs each request a 2 s timeout: fewer answers.
+    let answers = if matches!(fault, Fault::Mongo | Fault::RedisHung) {
+        8
+    } else {
+        20
+    };
     load.wait_for("every client is answered during the outage", |l| {
         l.during_outage
             .iter()
@@ -504,6 +514,11 @@ async fn redis_killed_and_restarted_empty_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_from_its_aof_under_load() {
     store_outage_under_load(Fault::RedisPersistent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_and_thawed_under_load() {
+    store_outage_under_load(Fault::RedisHung).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
