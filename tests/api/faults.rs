@@ -167,7 +167,9 @@ impl Load {
     fn refusal_allowed(&self, f: &Family) -> bool {
         let reason = if self.fault == Fault::RedisVolatile && f.born < RESTARTING {
             "written to the Redis that restarted empty"
-        } else if f.ambiguous {
+        } else if f.ambiguous && self.fault != Fault::Mongo {
+            // (Without MongoDB a refresh fails reading the user, before any exchange: its
+            // token is never spent, so a MongoDB outage ends no family.)
             "exchange without an answer"
         } else {
             return false;
