@@ -1,7 +1,7 @@
 //! Logging set-up and the shutdown signal.
 
 use std::io::{IsTerminal, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -9,17 +9,18 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Log lines queued for the writer thread at most; a full queue makes loggers wait (no line is
-/// ever dropped).
-const QUEUE_LINES: usize = 16 * 1024;
-/// Bytes the writer thread gathers into one `write` at most.
-const BATCH_BYTES: usize = 256 * 1024;
+/// How long a log line waits at most before it is written.
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Queued bytes that wake the writer before its time.
+const WAKE_BYTES: usize = 256 * 1024;
+/// Queued bytes at which loggers wait for the writer (memory stays bounded, no line is lost).
+const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// Installs the global subscriber: `filter` as `TOKEND_LOG`, text or JSON lines on stderr
-/// (coloured only when stderr is a terminal). Lines are formatted where they are logged and
-/// written, in order, by one thread that gathers whatever is queued into one `write`: under
-/// load a request no longer pays a system call for its log line. Keep the returned guard until
-/// exit: dropping it waits for the queued lines to be written.
+/// (coloured only when stderr is a terminal). A line is formatted where it is logged and
+/// appended to a queue that one thread writes out every few milliseconds in one `write`, in
+/// order: under load a request no longer pays a system call for its log line. Keep the returned
+/// guard until exit: dropping it writes what is still queued.
 pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let (writer, guard) = LogWriter::spawn();
@@ -38,26 +39,64 @@ pub fn init(filter: &str, format: LogFormat) -> LogGuard {
     guard
 }
 
-enum Msg {
-    Line(Vec<u8>),
-    Flush(SyncSender<()>),
+/// The queue between loggers and the writer thread.
+#[derive(Default)]
+struct Queue {
+    bytes: Mutex<Vec<u8>>,
+    /// Wakes the writer early (much queued, or a flush).
+    wake: Condvar,
+    /// Wakes loggers waiting for room.
+    drained: Condvar,
+    /// Held while a batch is taken and written, so batches reach stderr in order.
+    writing: Mutex<()>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.bytes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes what is queued and writes it.
+    fn write_out(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let batch = std::mem::take(&mut *self.lock());
+        self.drained.notify_all();
+        if !batch.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&batch);
+            let _ = err.flush();
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            {
+                let queued = self.lock();
+                if queued.len() < WAKE_BYTES {
+                    let _ = self.wake.wait_timeout(queued, FLUSH_EVERY);
+                }
+            }
+            self.write_out();
+        }
+    }
 }
 
 /// Where log lines go: the writer thread's queue, or stderr directly when no thread could be
 /// started.
 #[derive(Clone)]
 pub struct LogWriter {
-    queue: Option<SyncSender<Msg>>,
+    queue: Option<Arc<Queue>>,
 }
 
 impl LogWriter {
     fn spawn() -> (LogWriter, LogGuard) {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_LINES);
+        let queue = Arc::new(Queue::default());
+        let worker = queue.clone();
         let started = std::thread::Builder::new()
             .name("tokend-log".into())
-            .spawn(move || write_lines(rx))
+            .spawn(move || worker.run())
             .is_ok();
-        let queue = started.then_some(tx);
+        let queue = started.then_some(queue);
         (
             LogWriter {
                 queue: queue.clone(),
@@ -67,42 +106,27 @@ impl LogWriter {
     }
 }
 
-/// The writer thread: waits for a line, takes every line queued behind it, writes them at once.
-fn write_lines(rx: Receiver<Msg>) {
-    let mut out = std::io::stderr();
-    let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut acks = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let mut next = Some(first);
-        while let Some(msg) = next.take() {
-            match msg {
-                Msg::Line(line) => batch.extend_from_slice(&line),
-                Msg::Flush(ack) => acks.push(ack),
-            }
-            if batch.len() < BATCH_BYTES {
-                next = rx.try_recv().ok();
-            }
-        }
-        let _ = out.write_all(&batch);
-        let _ = out.flush();
-        batch.clear();
-        for ack in acks.drain(..) {
-            let _ = ack.send(());
-        }
-    }
-}
-
-/// One log line being formatted; queued as a whole when dropped.
+/// Appends formatted log output to the queue (the formatter writes each line in one call).
 pub struct LineWriter<'a> {
-    queue: Option<&'a SyncSender<Msg>>,
-    buf: Vec<u8>,
+    queue: Option<&'a Queue>,
 }
 
 impl Write for LineWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        match self.queue {
-            Some(_) => self.buf.extend_from_slice(bytes),
-            None => std::io::stderr().write_all(bytes)?,
+        let Some(queue) = self.queue else {
+            return std::io::stderr().write(bytes);
+        };
+        let mut queued = queue.lock();
+        while queued.len() >= MAX_BYTES {
+            queue.wake.notify_one();
+            queued = queue
+                .drained
+                .wait(queued)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        queued.extend_from_slice(bytes);
+        if queued.len() >= WAKE_BYTES {
+            queue.wake.notify_one();
         }
         Ok(bytes.len())
     }
@@ -112,42 +136,25 @@ impl Write for LineWriter<'_> {
     }
 }
 
-impl Drop for LineWriter<'_> {
-    fn drop(&mut self) {
-        if let Some(queue) = self.queue {
-            if !self.buf.is_empty() {
-                let line = std::mem::take(&mut self.buf);
-                if let Err(mpsc::SendError(Msg::Line(line))) = queue.send(Msg::Line(line)) {
-                    let _ = std::io::stderr().write_all(&line);
-                }
-            }
-        }
-    }
-}
-
 impl<'a> MakeWriter<'a> for LogWriter {
     type Writer = LineWriter<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
         LineWriter {
-            queue: self.queue.as_ref(),
-            buf: Vec::new(),
+            queue: self.queue.as_deref(),
         }
     }
 }
 
-/// Flushes the queued log lines when dropped.
+/// Writes the queued log lines when dropped.
 pub struct LogGuard {
-    queue: Option<SyncSender<Msg>>,
+    queue: Option<Arc<Queue>>,
 }
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
         if let Some(queue) = &self.queue {
-            let (ack, done) = mpsc::sync_channel(1);
-            if queue.send(Msg::Flush(ack)).is_ok() {
-                let _ = done.recv_timeout(Duration::from_secs(5));
-            }
+            queue.write_out();
         }
     }
 }
