@@ -1,9 +1,10 @@
 //! Argon2id password hashing off the async executor, behind a concurrency bound, with a dummy
 //! hash so unknown accounts cost the same as wrong passwords.
 //!
-//! Argon2's working memory (`m` KiB per hash, 19 MiB by default) is allocated once per permit
-//! and reused: left to the allocator, blocks that size freed on several threads stay mapped, and
-//! a burst of logins left hundreds of megabytes resident (BENCHMARKS.md).
+//! Argon2's working memory (`m` KiB per hash, 19 MiB by default) is allocated at most once per
+//! permit and reused: left to the allocator, blocks that size freed on several threads stayed
+//! mapped, and a burst of logins left hundreds of megabytes resident (BENCHMARKS.md). The
+//! start-up hash's memory is given back, so an idle server holds none.
 
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,11 @@ pub struct Passwords {
 struct Memory(Mutex<Vec<Vec<Block>>>);
 
 impl Memory {
+    /// Gives the buffers back to the allocator.
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Runs `f` on `blocks` blocks of reused memory.
     fn with<T>(&self, blocks: usize, f: impl FnOnce(&mut [Block]) -> T) -> T {
         let lock = || self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,6 +127,8 @@ impl Passwords {
         };
         let dummy = ids::random_secret()?;
         p.dummy_hash = Arc::new(p.hash(&dummy).await?);
+        // Idle, tokend holds no Argon2 memory: the first logins allocate it again.
+        p.memory.clear();
         Ok(p)
     }
 
