@@ -149,6 +149,7 @@ start_services() {
   "$TOKEND_TEST_REDIS_SERVER_BIN" --port "$port" --bind 127.0.0.1 --save '' --appendonly no \
     >"$OUT/redis.log" 2>&1 &
   pid=$!
+  REDIS_PID=$pid
   STARTED_PIDS+=("$pid")
   for _ in $(seq 1 100); do
     python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null && break
@@ -159,6 +160,7 @@ start_services() {
   (cd "$OUT" && exec "$TOKEND_TEST_SECANTUSD_BIN" --host 127.0.0.1 --port "$port" \
     --storage-path :memory:) >"$OUT/secantusd.log" 2>&1 &
   pid=$!
+  MONGO_PID=$pid
   STARTED_PIDS+=("$pid")
   for _ in $(seq 1 200); do
     python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.5).close()' "$port" 2>/dev/null && break
@@ -226,16 +228,52 @@ def f(k, fmt):
     return fmt.format(float(kv[k])) if k in kv else "-"
 rss = f"{int(rss) / 1024:.1f} MB" if rss else "-"
 err = kv.get("errors", "-")
-print(f"| {mode} | {name} | {f('rps', '{:,.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {err} | {rss} | {kv.get('load', '-')} |")
+if "hash_ms" in kv:
+    name += f" ({float(kv['hash_ms']):.1f} ms per hash)"
+cpu = kv.get("cpu", "-").replace(",", ", ").replace(":", " ")
+print(f"| {mode} | {name} | {f('rps', '{:,.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {err} | {rss} | {cpu} | {kv.get('load', '-')} |")
 EOF
 }
 
 header() {
   {
     echo
-    echo "| mode | scenario | req/s | p50 ms | p99 ms | errors | tokend peak RSS | load avg (1 min) before |"
-    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"
+    echo "| mode | scenario | req/s | p50 ms | p99 ms | errors | tokend peak RSS | cores used (of $(nproc)) | load avg before |"
+    echo "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"
   } | tee -a "$RESULTS"
+}
+
+# CPU time (clock ticks) of a process, and of the whole machine.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+REDIS_PID=
+MONGO_PID=
+# cpu_begin / cpu_end: cores used by tokend, Redis, SecantusDB and everything else (the load
+# generator, and whatever else runs on the machine) between the two calls.
+cpu_begin() {
+  CPU_T0=$(date +%s.%N)
+  CPU_M0=$(machine_ticks)
+  CPU_P0=$(ticks "$PID")
+  CPU_R0=$(if [ -n "$REDIS_PID" ]; then ticks "$REDIS_PID"; else echo 0; fi)
+  CPU_D0=$(if [ -n "$MONGO_PID" ]; then ticks "$MONGO_PID"; else echo 0; fi)
+}
+cpu_end() {
+  local m p r d
+  m=$(machine_ticks)
+  p=$(ticks "$PID")
+  r=$(if [ -n "$REDIS_PID" ]; then ticks "$REDIS_PID"; else echo 0; fi)
+  d=$(if [ -n "$MONGO_PID" ]; then ticks "$MONGO_PID"; else echo 0; fi)
+  python3 - "$CPU_T0" "$(date +%s.%N)" "$(getconf CLK_TCK)" "$((m - CPU_M0))" \
+    "$((p - CPU_P0))" "$((r - CPU_R0))" "$((d - CPU_D0))" "$REDIS_PID" <<'EOF'
+import sys
+t0, t1, hz = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+machine, tokend, redis, mongo = (int(x) / hz / (t1 - t0) for x in sys.argv[4:8])
+parts = [f"tokend:{tokend:.2f}"]
+if sys.argv[8]:
+    parts += [f"redis:{redis:.2f}", f"mongo:{mongo:.2f}"]
+parts.append(f"rest:{max(machine - tokend - redis - mongo, 0):.2f}")
+print("cpu=" + ",".join(parts))
+EOF
 }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
@@ -291,8 +329,9 @@ scenario() {
   l=$(load1)
   reset_peak
   log "$mode: $name"
+  cpu_begin
   line=$("$@")
-  row "$mode" "$name" "$line load=$l" "$(rss_kb "$PID" VmHWM)"
+  row "$mode" "$name" "$line $(cpu_end) load=$l" "$(rss_kb "$PID" VmHWM)"
   LAST="$line"
 }
 
@@ -366,17 +405,23 @@ run_mode() {
   scenario "$mode" "client_credentials RS256 ($RSA_BITS-bit)" wrk_get -s "$(lua cc-rs256 POST \
     application/x-www-form-urlencoded "Basic $(basic svc-rs256)" grant_type=client_credentials)" \
     "$BASE/oauth/token"
-  scenario "$mode" "/oauth/introspect" wrk_get -s "$(lua introspect POST \
-    application/x-www-form-urlencoded "Basic $(basic svc-eddsa)" "token=$ACCESS")" \
-    "$BASE/oauth/introspect"
   scenario "$mode" "login (/auth/login, Argon2 m=19456,t=2,p=1)" wrk_line -c 8 -d "${DURATION}s" \
     -s "$(lua login POST application/json '' "{\"email\":\"$EMAIL\",\"password\":\"$PASSWORD\"}")" \
     "$BASE/auth/login"
+  local login_rps
+  login_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  # Last: in production mode, requests still queued for MongoDB when wrk hangs up stall the
+  # next ones for seconds (BENCHMARKS.md), so nothing that needs MongoDB runs after this.
+  scenario "$mode" "/oauth/introspect" wrk_get -s "$(lua introspect POST \
+    application/x-www-form-urlencoded "Basic $(basic svc-eddsa)" "token=$ACCESS")" \
+    "$BASE/oauth/introspect"
   stop_pid "$PID"
 
   header
-  reference "$mode" "reference: Argon2 ceiling (2 cores / one hash)" \
-    "$LOADGEN" argon2 --cores 2 -d 3
+  reference "$mode" "reference: Argon2 ceiling ($(nproc) cores / one hash)" \
+    sh -c "'$LOADGEN' argon2 --cores $(nproc) -d 4 | sed 's/ceiling_rps=/rps=/'"
+  python3 -c "import sys; print(f'login / Argon2 ceiling = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$login_rps" "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" | tee -a "$RESULTS"
   for alg in EdDSA RS256; do
     reference "$mode" "reference: sign-only loop $alg, 2 threads" \
       sh -c "'$LOADGEN' sign --alg $alg --rsa-bits $RSA_BITS --threads 2 -d 3 | sed 's/ops=/rps=/'"
