@@ -1,16 +1,17 @@
-//! Argon2id password hashing off the async executor, behind a concurrency bound, with a dummy
-//! hash so unknown accounts cost the same as wrong passwords.
+//! Argon2id password hashing off the async executor, on `concurrency` threads of its own fed
+//! by one queue, with a dummy hash so unknown accounts cost the same as wrong passwords. A hasher
+//! thread takes the next job the moment it finishes one: the pool does not sit idle waiting for
+//! a busy executor thread to hand it the next login (BENCHMARKS.md).
 //!
 //! Argon2's working memory (`m` KiB per hash, 19 MiB by default) is allocated at most once per
 //! permit and reused: left to the allocator, blocks that size freed on several threads stayed
 //! mapped, and a burst of logins left hundreds of megabytes resident (BENCHMARKS.md). The
 //! start-up hash's memory is given back, so an idle server holds none.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use tokio::sync::Semaphore;
 
 use super::{ids, Error};
 use crate::config::Argon2Cost;
@@ -29,13 +30,45 @@ pub enum Verdict {
 #[derive(Clone)]
 pub struct Passwords {
     cost: Argon2Cost,
-    permits: Arc<Semaphore>,
+    workers: Arc<Workers>,
     dummy_hash: Arc<String>,
     memory: Arc<Memory>,
 }
 
-/// Argon2 working memory for reuse: at most one buffer per permit exists, since a buffer is only
-/// taken by a holder of a permit.
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// The hasher threads and their queue. The threads end when the last `Passwords` clone is gone.
+struct Workers {
+    queue: mpsc::Sender<Job>,
+}
+
+impl Workers {
+    fn start(threads: usize) -> Result<Workers, Error> {
+        let (queue, jobs) = mpsc::channel::<Job>();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..threads.max(1) {
+            let jobs = jobs.clone();
+            std::thread::Builder::new()
+                .name(format!("tokend-argon2-{i}"))
+                .spawn(move || loop {
+                    let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match job {
+                        // A panic fails that one job (its caller sees the channel closed), not
+                        // the thread.
+                        Ok(job) => {
+                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                        }
+                        Err(_) => break,
+                    }
+                })
+                .map_err(|e| Error::Internal(format!("cannot start a password hasher: {e}")))?;
+        }
+        Ok(Workers { queue })
+    }
+}
+
+/// Argon2 working memory for reuse: at most one buffer per hasher thread exists, since only
+/// those threads take one.
 #[derive(Default)]
 struct Memory(Mutex<Vec<Vec<Block>>>);
 
@@ -121,7 +154,7 @@ impl Passwords {
     pub async fn new(cost: Argon2Cost, concurrency: usize) -> Result<Passwords, Error> {
         let mut p = Passwords {
             cost,
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            workers: Arc::new(Workers::start(concurrency)?),
             dummy_hash: Arc::new(String::new()),
             memory: Arc::new(Memory::default()),
         };
@@ -138,20 +171,26 @@ impl Passwords {
         Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
     }
 
-    /// Runs `f` on the blocking pool once a permit is free, inside the caller's span.
+    /// Runs `f` on a hasher thread, in turn, inside the caller's span. A caller that gives up
+    /// while its job waits (a client gone, the request timeout) costs no hash.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::Internal("password hasher closed".into()))?;
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(f))
+        let (done, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            if !done.is_closed() {
+                let _ = done.send(span.in_scope(f));
+            }
+        });
+        self.workers
+            .queue
+            .send(job)
+            .map_err(|_| Error::Internal("password hasher closed".into()))?;
+        result
             .await
-            .map_err(|e| Error::Internal(format!("password hashing task failed: {e}")))
+            .map_err(|_| Error::Internal("password hashing task failed".into()))
     }
 
     /// A PHC string for `password`.
@@ -279,6 +318,18 @@ mod tests {
             }
         }
         assert!(memory.0.lock().unwrap().len() <= 1, "one buffer, reused");
+    }
+
+    #[tokio::test]
+    async fn a_failed_job_leaves_the_hashers_working() {
+        let p = Passwords::new(CHEAP, 1).await.unwrap();
+        let failed: Result<(), Error> = p.blocking(|| panic!("hasher job fails")).await;
+        assert!(failed.is_err());
+        let h = p.hash("correct horse").await.unwrap();
+        assert_eq!(
+            p.verify("correct horse", Some(&h)).await.unwrap(),
+            Verdict::Right
+        );
     }
 
     #[tokio::test]
