@@ -229,7 +229,7 @@ def f(k, fmt):
 rss = f"{int(rss) / 1024:.1f} MB" if rss else "-"
 err = kv.get("errors", "-")
 if "hash_ms" in kv:
-    name += f" ({float(kv['hash_ms']):.1f} ms per hash)"
+    name += f" ({float(kv['hash_ms']):.1f} ms per hash; {float(kv['parallel_rps']):.0f} hashes/s measured on all cores at once)"
 cpu = kv.get("cpu", "-").replace(",", ", ").replace(":", " ")
 print(f"| {mode} | {name} | {f('rps', '{:,.0f}')} | {f('p50_ms', '{:.2f}')} | {f('p99_ms', '{:.2f}')} | {err} | {rss} | {cpu} | {kv.get('load', '-')} |")
 EOF
