@@ -5,9 +5,10 @@
 # installs wrk (Debian) when missing, starts tokend on 127.0.0.1 in embedded mode and in
 # production mode (its own Redis and SecantusDB, a MongoDB wire-protocol server, started the way
 # deploy/test.sh starts them), and runs each scenario for a bounded time. Each prints req/s,
-# p50/p99 latency and tokend's peak RSS (VmHWM, reset before each scenario), beside reference
-# lines measured in the same run: a bare hyper server serving the same JWKS bytes, signing-only
-# loops, and the Argon2 ceiling. Only loopback addresses are ever loaded.
+# p50/p99 latency, tokend's peak RSS (VmHWM, reset before each scenario) and the cores used by
+# tokend, Redis, SecantusDB and the rest (the load generator, anything else running), beside
+# reference lines measured in the same run: a bare hyper server serving the same JWKS bytes,
+# signing-only loops, and the Argon2 ceiling. Only loopback addresses are ever loaded.
 #
 # Sections (all by default): `embedded`, `production`, `extra` (login flood, memory with 1,000
 # connections, start-up time).
