@@ -97,7 +97,11 @@ pub enum KeysCommand {
         alg: Option<String>,
     },
     /// Revoke a compromised key: out of JWKS and verification at once.
-    Revoke { kid: String },
+    Revoke {
+        /// The key id (a base64url thumbprint; it may start with '-').
+        #[arg(allow_hyphen_values = true)]
+        kid: String,
+    },
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
