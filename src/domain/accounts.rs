@@ -7,7 +7,7 @@ use super::input::{Email, Password, Username};
 use super::passwords::Verdict;
 use super::tokens::{describe_reason, AccessClaims};
 use super::{ids, Core, Error, FIRST_PARTY_CLIENT};
-use crate::store::UserRecord;
+use crate::store::{AccessStatus, UserRecord};
 
 /// The user object clients see: never a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -163,6 +163,7 @@ impl Core {
             roles.push(ROLE_ADMIN.to_string());
             if let Some(u) = self.users.set_roles(&user.id, &roles, now).await? {
                 user = u;
+                self.publish_user_claims(&user).await?;
             }
         }
         Ok(user)
@@ -190,6 +191,14 @@ impl Core {
     /// The revocation checks of an access token whose signature and claims passed (fails closed
     /// when the session store is down).
     pub(crate) async fn check_revocation(&self, claims: AccessClaims) -> Result<Principal, Error> {
+        self.check_revocation_status(claims).await.map(|(p, _)| p)
+    }
+
+    /// [`Core::check_revocation`], also giving what the store said (the user's claims among it).
+    pub(crate) async fn check_revocation_status(
+        &self,
+        claims: AccessClaims,
+    ) -> Result<(Principal, AccessStatus), Error> {
         let status = self
             .sessions
             .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
@@ -200,7 +209,7 @@ impl Core {
         if status.family_revoked {
             return Err(self.rejected("session_revoked"));
         }
-        Ok(Principal { claims })
+        Ok((Principal { claims }, status))
     }
 
     /// The user behind a principal (gone users answer 401: their tokens are worthless).
@@ -221,6 +230,7 @@ impl Core {
             .update_username(&p.claims.sub, username.as_str(), now)
             .await?
             .ok_or(Error::TokenRejected("user no longer exists"))?;
+        self.publish_user_claims(&user).await?;
         Ok(UserView::from(&user))
     }
 

@@ -65,12 +65,19 @@ impl Core {
         roles.sort();
         roles.dedup();
         let before = self.users.by_id(id).await?.ok_or(Error::NotFound)?;
+        // Sessions go before the role does (a failure then changes nothing, and a retry, which
+        // no longer sees the removal, has nothing left to do), and again after it, for a login
+        // that read the old roles in between.
+        let removed = before.roles.iter().any(|r| !roles.contains(r));
+        if removed {
+            self.revoke_all_sessions(id).await?;
+        }
         let user = self
             .users
             .set_roles(id, &roles, self.clock.now_ms())
             .await?
             .ok_or(Error::NotFound)?;
-        let removed = before.roles.iter().any(|r| !roles.contains(r));
+        self.publish_user_claims(&user).await?;
         if removed {
             self.revoke_all_sessions(id).await?;
         }

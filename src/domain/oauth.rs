@@ -10,7 +10,7 @@ use super::clients::{
 use super::tokens::{AccessClaims, Audience, LEEWAY_SECS};
 use super::{Core, Error};
 use crate::clock::secs;
-use crate::store::ClientRecord;
+use crate::store::{ClientRecord, UserClaims};
 
 /// An RFC 6749 §5.2 error, or a domain error that is not one (store down, internal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -417,18 +417,21 @@ impl Core {
         let Ok(claims) = self.tokens.decode_access(token, self.clock.now()) else {
             return Ok(None);
         };
-        let claims = match self.check_revocation(claims).await {
-            Ok(p) => p.claims,
+        let (claims, user) = match self.check_revocation_status(claims).await {
+            Ok((p, status)) => (p.claims, status.user),
             Err(Error::TokenRejected(_)) => return Ok(Some(Introspection::inactive())),
             Err(e) => return Err(e.into()),
         };
-        let username = if claims.sid.is_some() {
-            match self.users.by_id(&claims.sub).await? {
+        // A user's token (client_credentials tokens have no `sid` and no user): the username
+        // comes with the revocation marks, from the user store only for a family written
+        // before families carried the user.
+        let username = match (&claims.sid, user) {
+            (None, _) => None,
+            (Some(_), Some(user)) => Some(user.username),
+            (Some(_), None) => match self.users.by_id(&claims.sub).await? {
                 Some(u) => Some(u.username),
                 None => return Ok(Some(Introspection::inactive())),
-            }
-        } else {
-            None
+            },
         };
         Ok(Some(Introspection {
             active: true,
@@ -473,15 +476,20 @@ impl Core {
         {
             return inactive;
         }
-        let Some(user) = self.users.by_id(&claims.sub).await? else {
-            return inactive;
+        let username = match UserClaims::newest(status.user, family.user) {
+            Some(user) => user.username,
+            // A family written before families carried the user.
+            None => match self.users.by_id(&claims.sub).await? {
+                Some(u) => u.username,
+                None => return inactive,
+            },
         };
         Ok(Some(Introspection {
             active: true,
             details: Some(TokenDetails {
                 scope: claims.scope,
                 client_id: claims.client_id,
-                username: Some(user.username),
+                username: Some(username),
                 token_type: "Bearer",
                 token_use: "refresh_token",
                 exp: claims.exp,

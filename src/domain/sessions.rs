@@ -5,13 +5,15 @@ use super::accounts::{Principal, TokenPair};
 use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
 use super::{Core, Error, RefreshError};
 use crate::clock::{ms, secs};
+use crate::config::Config;
 use crate::keys::Alg;
-use crate::store::{ClientRecord, NewFamily, RotateOutcome, RotateRequest, UserRecord};
+use crate::store::{ClientRecord, NewFamily, RotateOutcome, RotateRequest, UserClaims, UserRecord};
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay
 /// inside the leeway re-signs byte-identical tokens.
 struct PairSpec<'a> {
-    user: &'a UserRecord,
+    user_id: &'a str,
+    roles: &'a [String],
     client_id: &'a str,
     scope: &'a str,
     sid: &'a str,
@@ -47,7 +49,7 @@ impl Core {
         let refresh_exp = (spec.issued_at + secs(self.config.refresh_ttl)).min(spec.session_ends);
         let access = AccessClaims {
             iss: self.tokens.issuer.clone(),
-            sub: spec.user.id.clone(),
+            sub: spec.user_id.to_string(),
             aud: Audience::One(self.tokens.audience.clone()),
             exp: spec.issued_at + access_ttl,
             iat: spec.issued_at,
@@ -58,11 +60,11 @@ impl Core {
             sid: Some(spec.sid.to_string()),
             fresh: spec.fresh,
             auth_time: Some(spec.auth_time),
-            roles: spec.user.roles.clone(),
+            roles: spec.roles.to_vec(),
         };
         let refresh = RefreshClaims {
             iss: self.tokens.issuer.clone(),
-            sub: spec.user.id.clone(),
+            sub: spec.user_id.to_string(),
             aud: Audience::One(self.tokens.issuer.clone()),
             exp: refresh_exp,
             iat: spec.issued_at,
@@ -96,7 +98,8 @@ impl Core {
         let sid = self.new_id()?;
         let session_ends = now + secs(self.config.session_ttl);
         let spec = PairSpec {
-            user,
+            user_id: &user.id,
+            roles: &user.roles,
             client_id: &client.client_id,
             scope,
             sid: &sid,
@@ -120,6 +123,7 @@ impl Core {
                 issued_at: now,
                 expires_at_ms: session_ends * 1000,
                 ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
+                user: UserClaims::of(user),
             })
             .await?;
         self.sign_pair(alg, &spec)
@@ -149,19 +153,27 @@ impl Core {
                 return Err(RefreshError::InvalidToken("issued to another client").into());
             }
         }
-        // The revocation marks and the user (re-read so a role change or a deleted account
-        // shows at the next refresh) are independent reads: both at once. They are judged in
-        // this order, so a revoked session answers `Revoked` whatever the user store says.
-        let (status, user) = tokio::join!(
-            self.sessions
-                .access_status(&claims.jti, Some(&claims.sid), &claims.sub),
-            self.users.by_id(&claims.sub),
-        );
-        let status = status?;
+        // The revocation marks come with the newest copy of the user's roles (the family's,
+        // taken at login, or the user's mark, written at every change), so a role change
+        // shows at the next refresh without a user-store read.
+        let status = self
+            .sessions
+            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
+            .await?;
         if status.user_not_before.is_some_and(|nbf| claims.iat < nbf) || status.family_revoked {
             return Err(RefreshError::Revoked.into());
         }
-        let user = user?.ok_or(RefreshError::Unknown)?;
+        let roles = match status.user {
+            Some(user) => user.roles,
+            // A family written before families carried the user.
+            None => {
+                self.users
+                    .by_id(&claims.sub)
+                    .await?
+                    .ok_or(RefreshError::Unknown)?
+                    .roles
+            }
+        };
         let client = match expected_client {
             Some(c) => c.clone(),
             None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
@@ -214,7 +226,8 @@ impl Core {
         self.sign_pair(
             alg,
             &PairSpec {
-                user: &user,
+                user_id: &claims.sub,
+                roles: &roles,
                 client_id: &family.client_id,
                 scope: &family.scope,
                 sid: &claims.sid,
@@ -227,6 +240,19 @@ impl Core {
                 grant: "refresh_token",
             },
         )
+    }
+
+    /// Tells the session store that the user's claims changed (a role, the username), so
+    /// refreshes and introspection of families already started see the change.
+    pub async fn publish_user_claims(&self, user: &UserRecord) -> Result<(), Error> {
+        self.sessions
+            .set_user_claims(
+                &user.id,
+                &UserClaims::of(user),
+                user_claims_ttl_ms(&self.config),
+            )
+            .await?;
+        Ok(())
     }
 
     /// `POST /auth/logout`: this access token and its family.
@@ -279,6 +305,12 @@ impl Core {
         tracing::info!(user_id = %user_id, families = n, "all sessions revoked");
         Ok(())
     }
+}
+
+/// How long a change of a user's claims is remembered: as long as a family started before it
+/// can live.
+pub fn user_claims_ttl_ms(config: &Config) -> i64 {
+    ms(config.session_ttl) + LEEWAY_SECS * 1000
 }
 
 /// Whether a refresh error should count as reuse (for metrics).

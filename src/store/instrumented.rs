@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{
     AccessStatus, ClientRecord, ClientStore, FamilyState, NewFamily, RotateOutcome, RotateRequest,
-    SessionStore, StoreError, UserRecord, UserStore,
+    SessionStore, StoreError, UserClaims, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -164,6 +164,18 @@ impl SessionStore for Instrumented<dyn SessionStore> {
         self.time(
             "user_not_before",
             self.inner.set_user_not_before(user_id, not_before, ttl_ms),
+        )
+        .await
+    }
+    async fn set_user_claims(
+        &self,
+        user_id: &str,
+        claims: &UserClaims,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "user_claims",
+            self.inner.set_user_claims(user_id, claims, ttl_ms),
         )
         .await
     }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use super::{
     AccessStatus, ClientRecord, ClientStore, FamilyState, LeaseStore, NewFamily, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserRecord, UserStore,
+    RotateRequest, SessionStore, StoreError, UserClaims, UserRecord, UserStore,
 };
 use crate::clock::SharedClock;
 
@@ -234,6 +234,7 @@ struct Family {
     revoked: bool,
     /// Clock time (Unix ms) at which the record is forgotten.
     expires: i64,
+    user: Option<UserClaims>,
 }
 
 impl Family {
@@ -251,6 +252,7 @@ impl Family {
             exp_ms: 0,
             revoked: true,
             expires,
+            user: None,
         }
     }
 }
@@ -264,6 +266,8 @@ struct SessionsInner {
     revoked_jtis: HashMap<String, i64>,
     /// user id -> (not-before, Unix s; clock time it is forgotten)
     not_before: HashMap<String, (i64, i64)>,
+    /// user id -> (the user's claims as last changed; clock time they are forgotten)
+    user_claims: HashMap<String, (UserClaims, i64)>,
     last_sweep: i64,
     writes_since_sweep: u64,
 }
@@ -282,6 +286,7 @@ impl SessionsInner {
         self.families.retain(|_, f| f.expires > now);
         self.revoked_jtis.retain(|_, exp| *exp > now);
         self.not_before.retain(|_, (_, exp)| *exp > now);
+        self.user_claims.retain(|_, (_, exp)| *exp > now);
         let families = &self.families;
         self.user_families.retain(|_, (sids, exp)| {
             sids.retain(|sid| families.contains_key(sid));
@@ -339,7 +344,11 @@ impl MemorySessions {
     /// How many records are held, expired ones included until they are swept.
     pub fn len(&self) -> usize {
         let g = lock(&self.inner);
-        g.families.len() + g.user_families.len() + g.revoked_jtis.len() + g.not_before.len()
+        g.families.len()
+            + g.user_families.len()
+            + g.revoked_jtis.len()
+            + g.not_before.len()
+            + g.user_claims.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -370,6 +379,7 @@ impl SessionStore for MemorySessions {
                 exp_ms: family.expires_at_ms,
                 revoked,
                 expires,
+                user: Some(family.user.clone()),
             },
         );
         // The user's set of families lives as long as the longest family in it can.
@@ -431,6 +441,7 @@ impl SessionStore for MemorySessions {
             issued_at: f.iat,
             expires_at_ms: f.exp_ms,
             revoked: f.revoked,
+            user: f.user.clone(),
         }))
     }
 
@@ -495,6 +506,31 @@ impl SessionStore for MemorySessions {
         Ok(())
     }
 
+    async fn set_user_claims(
+        &self,
+        user_id: &str,
+        claims: &UserClaims,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        let expires = now.saturating_add(ttl_ms.max(1));
+        match g.user_claims.get_mut(user_id) {
+            Some((cur, exp)) if *exp > now => {
+                if claims.version >= cur.version {
+                    *cur = claims.clone();
+                }
+                *exp = (*exp).max(expires);
+            }
+            _ => {
+                g.user_claims
+                    .insert(user_id.to_string(), (claims.clone(), expires));
+            }
+        }
+        Ok(())
+    }
+
     async fn access_status(
         &self,
         jti: &str,
@@ -504,19 +540,25 @@ impl SessionStore for MemorySessions {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
-        let family_revoked = match sid {
-            Some(sid) => g.live_family(sid, now).is_some_and(|f| f.revoked),
-            None => false,
+        let (family_revoked, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
+            Some(f) => (f.revoked, f.user.clone()),
+            None => (false, None),
         };
         let user_not_before = g
             .not_before
             .get(user_id)
             .filter(|(_, exp)| *exp > now)
             .map(|(nbf, _)| *nbf);
+        let mark = g
+            .user_claims
+            .get(user_id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(c, _)| c.clone());
         Ok(AccessStatus {
             jti_revoked,
             family_revoked,
             user_not_before,
+            user: UserClaims::newest(mark, family_user),
         })
     }
 

@@ -147,6 +147,39 @@ pub trait ClientStore: Send + Sync {
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
+/// What a user's tokens and introspection say about them (`roles` in access tokens, `username` in
+/// introspection), kept in the session store so that a refresh or an introspection needs no
+/// user-store read. `version` is the `updated_at` of the user record the copy was taken from:
+/// where two copies meet (the family's, taken at login, and the user's mark, written at every
+/// change), the newer wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserClaims {
+    pub username: String,
+    pub roles: Vec<String>,
+    /// `updated_at` (Unix ms) of the user record this copy was taken from.
+    pub version: i64,
+}
+
+impl UserClaims {
+    pub fn of(user: &UserRecord) -> UserClaims {
+        UserClaims {
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            version: user.updated_at,
+        }
+    }
+
+    /// The newer of two copies; on a tie, `mark` (written at a change, never older than a
+    /// family started from the same record).
+    pub fn newest(mark: Option<UserClaims>, family: Option<UserClaims>) -> Option<UserClaims> {
+        match (mark, family) {
+            (Some(m), Some(f)) if f.version > m.version => Some(f),
+            (Some(m), _) => Some(m),
+            (None, f) => f,
+        }
+    }
+}
+
 /// A new refresh family (SPEC §6), started by a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFamily {
@@ -166,6 +199,8 @@ pub struct NewFamily {
     pub expires_at_ms: i64,
     /// How long the record lives from now (the refresh token's lifetime, capped by the family's).
     pub ttl_ms: i64,
+    /// The user as the login read them.
+    pub user: UserClaims,
 }
 
 /// One refresh exchange.
@@ -213,6 +248,10 @@ pub struct AccessStatus {
     pub family_revoked: bool,
     /// Tokens of this user issued (`iat`) before this Unix second are revoked.
     pub user_not_before: Option<i64>,
+    /// The newest copy of the user's claims: the user's mark, or the family's copy when a
+    /// family was named. `None` for a family written before families carried the user (the
+    /// caller then reads the user store).
+    pub user: Option<UserClaims>,
 }
 
 /// A family as introspection and revocation see it.
@@ -227,6 +266,9 @@ pub struct FamilyState {
     pub issued_at: i64,
     pub expires_at_ms: i64,
     pub revoked: bool,
+    /// The user as the login read them (`None` for a family written before families carried
+    /// the user).
+    pub user: Option<UserClaims>,
 }
 
 /// Refresh families and revocations, each record with a TTL (SPEC §6).
@@ -269,6 +311,15 @@ pub trait SessionStore: Send + Sync {
         &self,
         user_id: &str,
         not_before: i64,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Records a change of the user's claims (roles, username) for the families already
+    /// started, remembered for `ttl_ms` (the longest a family lives); an older `version` never
+    /// replaces a newer one.
+    async fn set_user_claims(
+        &self,
+        user_id: &str,
+        claims: &UserClaims,
         ttl_ms: i64,
     ) -> Result<(), StoreError>;
     /// Everything an access-token check needs, in one round trip where the backend allows.

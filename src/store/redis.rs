@@ -5,10 +5,11 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked` |
+//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked`, and the user as the login read them: `uname, roles` (a JSON array), `uver` |
 //! | `{prefix}ufam:{<user_id>}` | set | the family ids of a user |
 //! | `{prefix}rjti:{<jti>}` | string | a revoked access-token `jti` |
 //! | `{prefix}unbf:{<user_id>}` | string | the user's not-before mark (Unix seconds) |
+//! | `{prefix}uclm:{<user_id>}` | hash | the user's claims as last changed: `v` (version), `u` (username), `r` (roles, a JSON array) |
 //! | `{prefix}lease:{<name>}` | string | a lease and its holder |
 //!
 //! Each multi-step change of one key is a Lua script, so it is atomic; no script touches two
@@ -27,7 +28,7 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
     AccessStatus, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
-    StoreError,
+    StoreError, UserClaims,
 };
 
 const STORE: &str = "redis";
@@ -140,10 +141,12 @@ return reply
 
 /// Writes a new family; a family id revoked before it started stays revoked.
 ///
-/// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms.
+/// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms,
+/// uname, roles, uver.
 const START_LUA: &str = r#"
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
-  'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8])
+  'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8],
+  'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12])
 redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
 redis.call('HSETNX', KEYS[1], 'revoked', '0')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
@@ -195,6 +198,18 @@ end
 return 1
 "#;
 
+/// Replaces the user's claims unless the stored ones are newer; keeps them at least `ttl_ms`.
+///
+/// KEYS[1] claims; ARGV: version, username, roles, ttl_ms.
+const USER_CLAIMS_LUA: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'v')
+if (not cur) or tonumber(ARGV[1]) >= tonumber(cur) then
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 'u', ARGV[2], 'r', ARGV[3])
+end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+return 1
+"#;
+
 /// Deletes a lease only if `holder` still holds it.
 ///
 /// KEYS[1] lease; ARGV: holder.
@@ -210,6 +225,7 @@ struct Scripts {
     user_family_add: Script,
     revoke_family: Script,
     not_before: Script,
+    user_claims: Script,
     release: Script,
     gcra: Script,
     backoff_fail: Script,
@@ -224,6 +240,7 @@ impl Scripts {
             user_family_add: Script::new(USER_FAMILY_ADD_LUA),
             revoke_family: Script::new(REVOKE_FAMILY_LUA),
             not_before: Script::new(NOT_BEFORE_LUA),
+            user_claims: Script::new(USER_CLAIMS_LUA),
             release: Script::new(RELEASE_LUA),
             gcra: Script::new(GCRA_LUA),
             backoff_fail: Script::new(BACKOFF_FAIL_LUA),
@@ -366,6 +383,10 @@ impl RedisStore {
         format!("{}unbf:{{{user_id}}}", self.prefix)
     }
 
+    fn user_claims_key(&self, user_id: &str) -> String {
+        format!("{}uclm:{{{user_id}}}", self.prefix)
+    }
+
     fn rate_key(&self, key: &str) -> String {
         format!("{}rl:{{{key}}}", self.prefix)
     }
@@ -422,6 +443,32 @@ impl RedisStore {
     }
 }
 
+/// The fields of one `HMGET`.
+type Fields = Vec<Option<String>>;
+
+fn roles_json(roles: &[String]) -> String {
+    serde_json::to_string(roles).unwrap_or_else(|_| "[]".to_string())
+}
+
+/// User claims from their three stored fields; `None` when the record has none (a family
+/// written before families carried the user, or no mark).
+fn user_claims(
+    what: &str,
+    version: Option<String>,
+    username: Option<String>,
+    roles: Option<String>,
+) -> Result<Option<UserClaims>, StoreError> {
+    let (Some(version), Some(username), Some(roles)) = (version, username, roles) else {
+        return Ok(None);
+    };
+    let corrupt = || StoreError::corrupt(STORE, format!("{what} user claims are not readable"));
+    Ok(Some(UserClaims {
+        username,
+        roles: serde_json::from_str(&roles).map_err(|_| corrupt())?,
+        version: version.parse().map_err(|_| corrupt())?,
+    }))
+}
+
 fn parse_i64(field: &str, v: Option<&String>) -> Result<i64, StoreError> {
     match v {
         None => Ok(0),
@@ -453,8 +500,9 @@ impl SessionStore for RedisStore {
         })
         .await?;
         let key = self.family_key(&family.sid);
+        let roles = roles_json(&family.user.roles);
         self.run(|mut c| {
-            let (key, scripts) = (key.clone(), self.scripts.clone());
+            let (key, scripts, roles) = (key.clone(), self.scripts.clone(), roles.clone());
             async move {
                 scripts
                     .start
@@ -468,6 +516,9 @@ impl SessionStore for RedisStore {
                     .arg(family.issued_at)
                     .arg(family.expires_at_ms)
                     .arg(ttl)
+                    .arg(&family.user.username)
+                    .arg(&roles)
+                    .arg(family.user.version)
                     .invoke_async::<i64>(&mut c)
                     .await
             }
@@ -566,6 +617,8 @@ impl SessionStore for RedisStore {
             issued_at: num("iat", &reply[6])?,
             expires_at_ms: num("exp_ms", &reply[7])?,
             revoked: reply[8] == "1",
+            // Not needed by the exchange (the refresh reads it with the revocation marks).
+            user: None,
         };
         let outcome = match reply[9].as_str() {
             "rotated" if reply.len() == 10 => RotateOutcome::Rotated,
@@ -604,6 +657,12 @@ impl SessionStore for RedisStore {
             issued_at: parse_i64("iat", h.get("iat"))?,
             expires_at_ms: parse_i64("exp_ms", h.get("exp_ms"))?,
             revoked: h.get("revoked").is_some_and(|v| v == "1"),
+            user: user_claims(
+                "family",
+                h.get("uver").cloned(),
+                h.get("uname").cloned(),
+                h.get("roles").cloned(),
+            )?,
         }))
     }
 
@@ -688,6 +747,32 @@ impl SessionStore for RedisStore {
         .map(|_| ())
     }
 
+    async fn set_user_claims(
+        &self,
+        user_id: &str,
+        claims: &UserClaims,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let key = self.user_claims_key(user_id);
+        let roles = roles_json(&claims.roles);
+        self.run(|mut c| {
+            let (key, scripts, roles) = (key.clone(), self.scripts.clone(), roles.clone());
+            async move {
+                scripts
+                    .user_claims
+                    .key(key)
+                    .arg(claims.version)
+                    .arg(&claims.username)
+                    .arg(roles)
+                    .arg(ttl_arg(ttl_ms))
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
+    }
+
     async fn access_status(
         &self,
         jti: &str,
@@ -695,11 +780,19 @@ impl SessionStore for RedisStore {
         user_id: &str,
     ) -> Result<AccessStatus, StoreError> {
         let rjti = self.revoked_jti_key(jti);
-        let fam = sid.map(|s| self.family_key(s));
         let unbf = self.not_before_key(user_id);
-        let (jti_revoked, family_flag, nbf): (bool, Option<String>, Option<String>) = self
+        let hmget = |key: String, fields: &[&str]| {
+            let mut cmd = redis::cmd("HMGET");
+            cmd.arg(key).arg(fields);
+            cmd
+        };
+        let mark_cmd = hmget(self.user_claims_key(user_id), &["v", "u", "r"]);
+        let fam_cmd =
+            sid.map(|s| hmget(self.family_key(s), &["revoked", "uver", "uname", "roles"]));
+        let (jti_revoked, nbf, mark, family): (bool, Option<String>, Fields, Fields) = self
             .run(|c| {
-                let (rjti, fam, unbf) = (rjti.clone(), fam.clone(), unbf.clone());
+                let (rjti, unbf) = (rjti.clone(), unbf.clone());
+                let (mark_cmd, fam_cmd) = (mark_cmd.clone(), fam_cmd.clone());
                 async move {
                     match c {
                         // One round trip.
@@ -707,23 +800,23 @@ impl SessionStore for RedisStore {
                             let mut p = redis::pipe();
                             p.cmd("EXISTS").arg(&rjti);
                             p.cmd("GET").arg(&unbf);
-                            match &fam {
-                                Some(fam) => {
-                                    p.cmd("HGET").arg(fam).arg("revoked");
-                                    let (j, n, f): (bool, Option<String>, Option<String>) =
-                                        p.query_async(&mut c).await?;
-                                    Ok((j, f, n))
+                            p.add_command(mark_cmd);
+                            match fam_cmd {
+                                Some(fam_cmd) => {
+                                    p.add_command(fam_cmd);
+                                    p.query_async(&mut c).await
                                 }
                                 None => {
-                                    let (j, n): (bool, Option<String>) =
+                                    let (j, n, m): (bool, Option<String>, Fields) =
                                         p.query_async(&mut c).await?;
-                                    Ok((j, None, n))
+                                    Ok((j, n, m, Vec::new()))
                                 }
                             }
                         }
-                        // Three slots: three calls, sent together.
+                        // Three slots (the user's two keys share one): calls sent together.
                         Conn::Cluster(c) => {
-                            let (mut c1, mut c2, mut c3) = (c.clone(), c.clone(), c);
+                            let (mut c1, mut c2, mut c3, mut c4) =
+                                (c.clone(), c.clone(), c.clone(), c);
                             let j = async move {
                                 redis::cmd("EXISTS")
                                     .arg(&rjti)
@@ -736,20 +829,14 @@ impl SessionStore for RedisStore {
                                     .query_async::<Option<String>>(&mut c2)
                                     .await
                             };
+                            let m = async move { mark_cmd.query_async::<Fields>(&mut c3).await };
                             let f = async move {
-                                match fam {
-                                    Some(fam) => {
-                                        redis::cmd("HGET")
-                                            .arg(fam)
-                                            .arg("revoked")
-                                            .query_async::<Option<String>>(&mut c3)
-                                            .await
-                                    }
-                                    None => Ok(None),
+                                match fam_cmd {
+                                    Some(cmd) => cmd.query_async::<Fields>(&mut c4).await,
+                                    None => Ok(Vec::new()),
                                 }
                             };
-                            let (j, n, f) = futures_util::future::try_join3(j, n, f).await?;
-                            Ok((j, f, n))
+                            futures_util::future::try_join4(j, n, m, f).await
                         }
                     }
                 }
@@ -761,10 +848,18 @@ impl SessionStore for RedisStore {
                 StoreError::corrupt(STORE, format!("user not-before mark is {v:?}"))
             })?),
         };
+        let mut mark = mark.into_iter();
+        let mut next = || mark.next().flatten();
+        let mark = user_claims("the user's", next(), next(), next())?;
+        let mut family = family.into_iter();
+        let mut next = || family.next().flatten();
+        let family_revoked = next().is_some_and(|v| v == "1");
+        let family_user = user_claims("family", next(), next(), next())?;
         Ok(AccessStatus {
             jti_revoked,
-            family_revoked: family_flag.is_some_and(|v| v == "1"),
+            family_revoked,
             user_not_before,
+            user: UserClaims::newest(mark, family_user),
         })
     }
 

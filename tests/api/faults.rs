@@ -64,7 +64,8 @@ impl Fault {
     fn needs_store(self, route: &str) -> bool {
         match self {
             Fault::RedisVolatile | Fault::RedisPersistent | Fault::RedisHung => route != "jwks",
-            Fault::Mongo => matches!(route, "login" | "refresh" | "me"),
+            // A refresh reads the roles from Redis, not MongoDB.
+            Fault::Mongo => matches!(route, "login" | "me"),
         }
     }
 }
@@ -168,8 +169,8 @@ impl Load {
         let reason = if self.fault == Fault::RedisVolatile && f.born < RESTARTING {
             "written to the Redis that restarted empty"
         } else if f.ambiguous && self.fault != Fault::Mongo {
-            // (Without MongoDB a refresh fails reading the user, before any exchange: its
-            // token is never spent, so a MongoDB outage ends no family.)
+            // (A refresh does not need MongoDB: a MongoDB outage leaves no exchange without
+            // an answer, and ends no family.)
             "exchange without an answer"
         } else {
             return false;

@@ -178,6 +178,7 @@ in_both_modes!(
     introspection_needs_a_confidential_client,
     discovery_documents_list_the_endpoints_and_are_cacheable,
     an_independent_oauth_client_and_jwt_library_work_against_tokend,
+    role_and_username_changes_reach_sessions_started_before_them,
 );
 
 async fn the_password_grant_issues_a_pair_for_username_or_email(mode: Mode) {
@@ -1359,4 +1360,112 @@ async fn an_independent_oauth_client_and_jwt_library_work_against_tokend(mode: M
         }
         other => panic!("expected invalid_grant, got {other:?}"),
     }
+}
+
+/// A role an admin grants and a new username reach a session started before them: its next
+/// refresh carries the role, and introspection of its tokens names the new username.
+async fn role_and_username_changes_reach_sessions_started_before_them(mode: Mode) {
+    let app = spawn_oauth_with(mode, false, |env| {
+        env.insert("TOKEND_ADMIN_EMAILS".into(), "root@example.com".into());
+    })
+    .await;
+    let user = app.new_session().await;
+    let id = user.user["id"].as_str().unwrap().to_string();
+    app.register("root", "root@example.com", "securepass").await;
+    let (admin, _) = app.login_pair("root@example.com", "securepass").await;
+
+    let res = app
+        .http
+        .put(app.url(&format!("/admin/users/{id}/roles")))
+        .bearer_auth(&admin)
+        .json(&json!({"roles": ["user", "auditor"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let (access, refresh) = app.refresh_pair(&user.refresh).await;
+    assert_eq!(claims(&access)["roles"], json!(["auditor", "user"]));
+    assert_eq!(app.introspect(&access).await["username"], user.username);
+
+    // The login's access token is still fresh: rename with it.
+    let res = app
+        .put_bearer(
+            "/users/me",
+            &user.access,
+            &json!({"username": "renamed_later"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.introspect(&access).await["username"], "renamed_later");
+    assert_eq!(app.introspect(&refresh).await["username"], "renamed_later");
+    // Later refreshes keep both.
+    let (access, refresh) = app.refresh_pair(&refresh).await;
+    assert_eq!(claims(&access)["roles"], json!(["auditor", "user"]));
+    assert_eq!(app.introspect(&access).await["username"], "renamed_later");
+    assert_eq!(app.introspect(&refresh).await["username"], "renamed_later");
+    // A session started after the change has them from its login.
+    let (fresh, _) = app.login_pair(&user.email, &user.password).await;
+    assert_eq!(claims(&fresh)["roles"], json!(["auditor", "user"]));
+    assert_eq!(app.introspect(&fresh).await["username"], "renamed_later");
+}
+
+/// Refresh and introspection read the session store only: with MongoDB stopped they go on
+/// (with the roles and username they had), while what needs the user store answers 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_and_introspection_go_on_without_mongodb() {
+    let mut mongo = crate::services::OwnedMongo::start().await;
+    let uri = mongo.url();
+    let app = spawn_oauth_with(Mode::Production, false, move |env| {
+        env.insert("TOKEND_MONGODB_URI".into(), uri);
+    })
+    .await;
+    let user = app.new_session().await;
+    mongo.stop().await;
+
+    let (access, refresh) = app.refresh_pair(&user.refresh).await;
+    assert_eq!(claims(&access)["roles"], json!(["user"]));
+    let i = app.introspect(&access).await;
+    assert_eq!(
+        (i["active"].clone(), i["username"].clone()),
+        (json!(true), json!(user.username))
+    );
+    let i = app.introspect(&refresh).await;
+    assert_eq!(
+        (i["active"].clone(), i["username"].clone()),
+        (json!(true), json!(user.username))
+    );
+    assert_eq!(
+        app.get_bearer("/auth/verify", &access).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.login(&user.email, &user.password).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        app.get_bearer("/users/me", &access).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// A family written before families carried the user's roles and username (an upgrade with
+/// sessions in Redis): refresh and introspection read them from the user store instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_without_the_users_claims_falls_back_to_the_user_store() {
+    let app = spawn_oauth(Mode::Production).await;
+    let user = app.new_session().await;
+    let sid = claims(&user.refresh)["sid"].as_str().unwrap().to_string();
+    let key = format!("{}fam:{{{sid}}}", app.env["TOKEND_REDIS_PREFIX"]);
+    let mut conn = crate::services::kv_conn(&app.env["TOKEND_REDIS_URL"]).await;
+    let removed: i64 = redis::cmd("HDEL")
+        .arg(&key)
+        .arg(&["uname", "roles", "uver"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 3);
+    let (access, refresh) = app.refresh_pair(&user.refresh).await;
+    assert_eq!(claims(&access)["roles"], json!(["user"]));
+    assert_eq!(app.introspect(&access).await["username"], user.username);
+    assert_eq!(app.introspect(&refresh).await["username"], user.username);
 }

@@ -879,6 +879,9 @@ async fn users_grant_admin_works_in_production_and_refuses_plainly_in_embedded()
     assert_eq!(claims(&access)["roles"], json!(["user", "admin"]));
     let res = app.get_bearer("/admin/users", &access).await;
     assert_eq!(res.status(), StatusCode::OK);
+    // The session started before the grant carries the role from its next refresh.
+    let (refreshed, _) = app.refresh_pair(&s.refresh).await;
+    assert_eq!(claims(&refreshed)["roles"], json!(["user", "admin"]));
 
     let env = app.env.clone();
     let out = tokio::task::spawn_blocking(move || {

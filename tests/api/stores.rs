@@ -13,7 +13,7 @@ use tokend::store::memory::{MemoryClients, MemoryLease, MemorySessions, MemoryUs
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     ClientRecord, ClientStore, LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
-    StoreError, UserRecord, UserStore,
+    StoreError, UserClaims, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -233,6 +233,16 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         issued_at: now_ms / 1000,
         expires_at_ms: now_ms + 30 * DAY_MS,
         ttl_ms: 14 * DAY_MS,
+        user: claims_v("alice", &["user"], 1_700_000_000_000),
+    }
+}
+
+/// A copy of a user's claims at `version`.
+fn claims_v(username: &str, roles: &[&str], version: i64) -> UserClaims {
+    UserClaims {
+        username: username.to_string(),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        version,
     }
 }
 
@@ -264,12 +274,14 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
     assert_eq!(state.issued_at, f.issued_at);
     assert_eq!(state.expires_at_ms, f.expires_at_ms);
     assert!(!state.revoked);
+    assert_eq!(state.user, Some(f.user.clone()));
     let status = s
         .access_status(&f.access_jti, Some(&f.sid), "user-1")
         .await
         .unwrap();
     assert!(!status.jti_revoked && !status.family_revoked);
     assert_eq!(status.user_not_before, None);
+    assert_eq!(status.user, Some(f.user.clone()));
     s.ping().await.unwrap();
 }
 
@@ -471,6 +483,67 @@ async fn a_users_not_before_mark_never_goes_down(s: &dyn SessionStore, _now: i64
     assert_eq!(nbf(new_id()).await, None);
 }
 
+async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) {
+    let user = new_id();
+    let status = |sid: Option<String>| {
+        let user = user.clone();
+        async move {
+            s.access_status(&new_id(), sid.as_deref(), &user)
+                .await
+                .unwrap()
+                .user
+        }
+    };
+    // Nothing known: the caller reads the user store.
+    assert_eq!(status(None).await, None);
+    assert_eq!(status(Some(new_id())).await, None);
+    // A family knows the user as its login read them.
+    let at_login = claims_v("alice", &["user"], 1_000);
+    let f = NewFamily {
+        user: at_login.clone(),
+        ..family(&user, now)
+    };
+    s.start_family(&f).await.unwrap();
+    assert_eq!(status(Some(f.sid.clone())).await, Some(at_login.clone()));
+    assert_eq!(status(None).await, None);
+    // A change afterwards wins over the family's copy, with or without a family named.
+    let granted = claims_v("alice", &["admin", "user"], 2_000);
+    s.set_user_claims(&user, &granted, DAY_MS).await.unwrap();
+    assert_eq!(status(Some(f.sid.clone())).await, Some(granted.clone()));
+    assert_eq!(status(None).await, Some(granted.clone()));
+    // An older change arriving late replaces nothing; a newer one does.
+    let late = claims_v("alice", &["user"], 1_500);
+    s.set_user_claims(&user, &late, DAY_MS).await.unwrap();
+    assert_eq!(status(None).await, Some(granted.clone()));
+    let renamed = claims_v("alice_2", &["admin", "user"], 2_500);
+    s.set_user_claims(&user, &renamed, DAY_MS).await.unwrap();
+    assert_eq!(status(Some(f.sid.clone())).await, Some(renamed.clone()));
+    // A family started from a newer record than the last change wins over it.
+    let later = NewFamily {
+        user: claims_v("alice_3", &["user"], 3_000),
+        ..family(&user, now)
+    };
+    s.start_family(&later).await.unwrap();
+    assert_eq!(
+        status(Some(later.sid.clone())).await,
+        Some(later.user.clone())
+    );
+    // Another user's change does not leak.
+    s.set_user_claims(&new_id(), &claims_v("bob", &["x"], 9_000), DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(status(Some(f.sid.clone())).await, Some(renamed));
+    // A family id that was only ever revoked knows no user.
+    let stub = new_id();
+    s.revoke_family(&stub, DAY_MS).await.unwrap();
+    let st = s
+        .access_status(&new_id(), Some(&stub), &new_id())
+        .await
+        .unwrap();
+    assert!(st.family_revoked);
+    assert_eq!(st.user, None);
+}
+
 async fn revoking_a_users_families_revokes_each_of_them(s: &dyn SessionStore, now: i64) {
     let (alice, bob) = (new_id(), new_id());
     let alices: Vec<NewFamily> = (0..3).map(|_| family(&alice, now)).collect();
@@ -638,6 +711,9 @@ session_contract!(a_users_not_before_mark_never_goes_down:
     a_users_not_before_mark_never_goes_down_in_memory,
     a_users_not_before_mark_never_goes_down_in_redis
 );
+session_contract!(the_newest_copy_of_a_users_claims_wins:
+    the_newest_copy_of_a_users_claims_wins_in_memory,
+    the_newest_copy_of_a_users_claims_wins_in_redis);
 session_contract!(revoking_a_users_families_revokes_each_of_them:
     revoking_a_users_families_revokes_each_of_them_in_memory,
     revoking_a_users_families_revokes_each_of_them_in_redis
@@ -676,6 +752,7 @@ async fn the_session_and_lease_contracts_hold_in_a_redis_cluster() {
     concurrent_exchanges_of_one_token_yield_exactly_one_successor(&store, now).await;
     revoked_access_tokens_are_reported(&store, now).await;
     a_users_not_before_mark_never_goes_down(&store, now).await;
+    the_newest_copy_of_a_users_claims_wins(&store, now).await;
     revoking_a_users_families_revokes_each_of_them(&store, now).await;
     a_lease_has_one_holder_until_released(&store).await;
     let without = services::redis_keys_without_ttl(
@@ -815,8 +892,64 @@ async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
         .await
         .unwrap();
     assert!(near(pttl(format!("{p}unbf:{{user-ttl}}")).await, DAY_MS));
+    // A change of the user's claims lives as long as asked; a later, shorter one keeps that.
+    store
+        .set_user_claims("user-ttl", &claims_v("a", &["user"], 1), 30 * DAY_MS)
+        .await
+        .unwrap();
+    store
+        .set_user_claims("user-ttl", &claims_v("a", &["user"], 2), MINUTE_MS)
+        .await
+        .unwrap();
+    assert!(near(
+        pttl(format!("{p}uclm:{{user-ttl}}")).await,
+        30 * DAY_MS
+    ));
     assert!(store.try_acquire("rot", "me", MINUTE_MS).await.unwrap());
     assert!(near(pttl(format!("{p}lease:{{rot}}")).await, MINUTE_MS));
+    assert_every_key_expires(&store).await;
+}
+
+/// A family written before families carried the user (no `uname`, `roles`, `uver`) reads back
+/// without them, so the caller falls back to the user store; it is otherwise whole.
+#[tokio::test]
+async fn a_redis_family_without_the_users_claims_reads_back_without_them() {
+    let store = services::redis_store().await;
+    let now = SystemClock.now_ms();
+    let f = family("user-old", now);
+    store.start_family(&f).await.unwrap();
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let key = format!("{}fam:{{{}}}", store.prefix(), f.sid);
+    let removed: i64 = redis::cmd("HDEL")
+        .arg(&key)
+        .arg(&["uname", "roles", "uver"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(removed, 3);
+    let state = store.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.user, None);
+    assert_eq!(state.current_refresh_jti, f.refresh_jti);
+    let status = store
+        .access_status(&f.access_jti, Some(&f.sid), "user-old")
+        .await
+        .unwrap();
+    assert_eq!(status.user, None);
+    assert!(!status.family_revoked);
+    let r = exchange(&f.sid, &f.refresh_jti, now + 1000, 2000);
+    let (_, outcome) = store.exchange(&r).await.unwrap().unwrap();
+    assert_eq!(outcome, RotateOutcome::Rotated);
+    // A mark written since then is found all the same.
+    let mark = claims_v("renamed", &["user"], 5);
+    store
+        .set_user_claims("user-old", &mark, DAY_MS)
+        .await
+        .unwrap();
+    let status = store
+        .access_status(&f.access_jti, Some(&f.sid), "user-old")
+        .await
+        .unwrap();
+    assert_eq!(status.user, Some(mark));
     assert_every_key_expires(&store).await;
 }
 
