@@ -162,7 +162,7 @@ fn argon2(c: &mut Criterion) {
         t: 2,
         p: 1,
     };
-    let passwords = rt.block_on(Passwords::new(cost, 1)).unwrap();
+    let passwords = rt.block_on(Passwords::new(cost, 1, 0)).unwrap();
     let hash = rt
         .block_on(passwords.hash("correct horse battery"))
         .unwrap();

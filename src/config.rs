@@ -30,6 +30,7 @@ pub const ENV_KEY_PREPUBLISH: &str = "TOKEND_KEY_PREPUBLISH";
 pub const ENV_JWKS_MAX_AGE: &str = "TOKEND_JWKS_MAX_AGE";
 pub const ENV_ARGON2: &str = "TOKEND_ARGON2";
 pub const ENV_ARGON2_CONCURRENCY: &str = "TOKEND_ARGON2_CONCURRENCY";
+pub const ENV_ARGON2_NICE: &str = "TOKEND_ARGON2_NICE";
 pub const ENV_LOG: &str = "TOKEND_LOG";
 pub const ENV_LOG_FORMAT: &str = "TOKEND_LOG_FORMAT";
 pub const ENV_CLIENTS_FILE: &str = "TOKEND_CLIENTS_FILE";
@@ -64,6 +65,7 @@ pub const DEFAULT_KEY_ROTATION: &str = "7d";
 pub const DEFAULT_KEY_PREPUBLISH: &str = "1h";
 pub const DEFAULT_JWKS_MAX_AGE: &str = "300s";
 pub const DEFAULT_ARGON2: &str = "m=19456,t=2,p=1";
+pub const DEFAULT_ARGON2_NICE: i32 = 10;
 pub const DEFAULT_LOG: &str = "info";
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
@@ -353,6 +355,8 @@ pub struct Config {
     pub argon2: Argon2Cost,
     /// How many Argon2 hashes run at once (default: number of cores).
     pub argon2_concurrency: usize,
+    /// How many steps below the process's priority the Argon2 threads run (0–19; `nice`).
+    pub argon2_nice: i32,
     pub log: String,
     pub log_format: LogFormat,
     /// `TOKEND_CLIENTS_FILE`: static OAuth clients (JSON list), when set.
@@ -485,6 +489,14 @@ impl Config {
                 .ok()
                 .filter(|n| (1..=1024).contains(n))
                 .ok_or_else(|| ConfigError::new(ENV_ARGON2_CONCURRENCY, "expected 1..1024"))?,
+        };
+        let argon2_nice = match opt(ENV_ARGON2_NICE) {
+            None => DEFAULT_ARGON2_NICE,
+            Some(v) => v
+                .parse::<i32>()
+                .ok()
+                .filter(|n| (0..=19).contains(n))
+                .ok_or_else(|| ConfigError::new(ENV_ARGON2_NICE, "expected 0..19"))?,
         };
 
         let log = get(ENV_LOG, DEFAULT_LOG);
@@ -682,6 +694,7 @@ impl Config {
             keyset_reload,
             argon2,
             argon2_concurrency,
+            argon2_nice,
             log,
             log_format,
             clients_file,
@@ -746,6 +759,7 @@ impl Config {
             format!("{ENV_KEYSET_RELOAD}={}", d(self.keyset_reload)),
             format!("{ENV_ARGON2}={}", self.argon2),
             format!("{ENV_ARGON2_CONCURRENCY}={}", self.argon2_concurrency),
+            format!("{ENV_ARGON2_NICE}={}", self.argon2_nice),
             format!("{ENV_LOG}={}", self.log),
             format!(
                 "{ENV_LOG_FORMAT}={}",
@@ -951,6 +965,8 @@ mod tests {
             (ENV_ARGON2, "m=19456,t=2"),
             (ENV_ARGON2, "fast"),
             (ENV_ARGON2_CONCURRENCY, "0"),
+            (ENV_ARGON2_NICE, "20"),
+            (ENV_ARGON2_NICE, "-1"),
             (ENV_LOG, "info,[[["),
             (ENV_LOG_FORMAT, "xml"),
             (ENV_ADMIN_EMAILS, "root"),

@@ -224,9 +224,10 @@ impl Application {
         )
         .await
         .map_err(|e| StartupError::Keys(e.to_string()))?;
-        let passwords = Passwords::new(config.argon2, config.argon2_concurrency)
-            .await
-            .map_err(|e| StartupError::Other(e.to_string()))?;
+        let passwords =
+            Passwords::new(config.argon2, config.argon2_concurrency, config.argon2_nice)
+                .await
+                .map_err(|e| StartupError::Other(e.to_string()))?;
         let tokens = Tokens::new(config.issuer.clone(), config.audience.clone(), keys.clone());
         let metrics = Metrics::new();
         let (doc_store, kv_store) = if b.mode_name == "embedded" {

@@ -43,27 +43,47 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(threads: usize) -> Result<Workers, Error> {
+    /// `threads` hasher threads, each `nice` steps below the process's priority, so that when
+    /// the cores are short, requests waiting on the executor get them before the next block of
+    /// Argon2 does.
+    fn start(threads: usize, nice: i32) -> Result<Workers, Error> {
         let (queue, jobs) = mpsc::channel::<Job>();
         let jobs = Arc::new(Mutex::new(jobs));
         for i in 0..threads.max(1) {
             let jobs = jobs.clone();
             std::thread::Builder::new()
                 .name(format!("tokend-argon2-{i}"))
-                .spawn(move || loop {
-                    let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                    match job {
-                        // A panic fails that one job (its caller sees the channel closed), not
-                        // the thread.
-                        Ok(job) => {
-                            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                .spawn(move || {
+                    lower_priority(nice);
+                    loop {
+                        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            // A panic fails that one job (its caller sees the channel closed), not
+                            // the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
+                            Err(_) => break,
                         }
-                        Err(_) => break,
                     }
                 })
                 .map_err(|e| Error::Internal(format!("cannot start a password hasher: {e}")))?;
         }
         Ok(Workers { queue })
+    }
+}
+
+/// Lowers the calling thread's priority by `nice` steps (Linux applies `setpriority` with
+/// `PRIO_PROCESS` and pid 0 to the calling thread alone). Lowering needs no privilege; if the
+/// system refuses anyway, the thread hashes at the normal priority.
+fn lower_priority(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let result = rustix::process::getpriority_process(None)
+        .and_then(|now| rustix::process::setpriority_process(None, (now + nice).min(19)));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot lower the priority of a password hasher thread");
     }
 }
 
@@ -150,11 +170,12 @@ fn verify_in(memory: &Memory, password: &[u8], stored: &PasswordHash<'_>) -> boo
 }
 
 impl Passwords {
-    /// Builds the hasher and its dummy hash (one hash at start-up).
-    pub async fn new(cost: Argon2Cost, concurrency: usize) -> Result<Passwords, Error> {
+    /// Builds the hasher (`concurrency` threads, `nice` steps below the process's priority)
+    /// and its dummy hash (one hash at start-up).
+    pub async fn new(cost: Argon2Cost, concurrency: usize, nice: i32) -> Result<Passwords, Error> {
         let mut p = Passwords {
             cost,
-            workers: Arc::new(Workers::start(concurrency)?),
+            workers: Arc::new(Workers::start(concurrency, nice)?),
             dummy_hash: Arc::new(String::new()),
             memory: Arc::new(Memory::default()),
         };
@@ -255,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn right_and_wrong_passwords() {
-        let p = Passwords::new(CHEAP, 2).await.unwrap();
+        let p = Passwords::new(CHEAP, 2, 0).await.unwrap();
         let h = p.hash("correct horse").await.unwrap();
         assert!(h.starts_with("$argon2id$"));
         assert_eq!(
@@ -321,8 +342,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn hasher_threads_run_below_the_process_priority() {
+        let ours = rustix::process::getpriority_process(None).unwrap();
+        for (nice, expected) in [(0, ours), (5, (ours + 5).min(19)), (19, 19)] {
+            let p = Passwords::new(CHEAP, 2, nice).await.unwrap();
+            let theirs = p
+                .blocking(|| rustix::process::getpriority_process(None).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(theirs, expected, "nice {nice}");
+        }
+        // The caller's own thread is untouched.
+        assert_eq!(rustix::process::getpriority_process(None).unwrap(), ours);
+    }
+
+    #[tokio::test]
     async fn a_failed_job_leaves_the_hashers_working() {
-        let p = Passwords::new(CHEAP, 1).await.unwrap();
+        let p = Passwords::new(CHEAP, 1, 0).await.unwrap();
         let failed: Result<(), Error> = p.blocking(|| panic!("hasher job fails")).await;
         assert!(failed.is_err());
         let h = p.hash("correct horse").await.unwrap();
@@ -334,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_older_cost_is_upgraded_on_success() {
-        let old = Passwords::new(CHEAP, 1).await.unwrap();
+        let old = Passwords::new(CHEAP, 1, 0).await.unwrap();
         let h = old.hash("correct horse").await.unwrap();
         let new = Passwords::new(
             Argon2Cost {
@@ -343,6 +379,7 @@ mod tests {
                 p: 1,
             },
             1,
+            0,
         )
         .await
         .unwrap();
