@@ -18,7 +18,7 @@
 #   TOKEND_LOAD_CONNECTIONS  connections per closed-loop scenario (default 64)
 #   TOKEND_LOAD_WRK_THREADS  wrk threads (default 1)
 #   TOKEND_LOAD_LOG          TOKEND_LOG of the server under load (default info, the product's)
-#   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset (default 2048; tokend makes 3072)
+#   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset and TOKEND_RSA_BITS (default 2048)
 #   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built)
 #   TOKEND_LOAD_SKIP_BUILD=1 use the binaries already built
 #   TOKEND_TEST_REDIS_SERVER_BIN, TOKEND_TEST_SECANTUSD_BIN   as in deploy/test.sh
@@ -191,7 +191,8 @@ PID=
 tokend_env() {
   local mode=$1
   printf '%s\n' "TOKEND_LISTEN=127.0.0.1:$PORT" "TOKEND_ISSUER=http://127.0.0.1:$PORT" \
-    "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RATE_LIMIT=off" "TOKEND_LOG=$SERVER_LOG" \
+    "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RSA_BITS=$RSA_BITS" "TOKEND_RATE_LIMIT=off" \
+    "TOKEND_LOG=$SERVER_LOG" \
     "TOKEND_CLIENTS_FILE=$OUT/clients.json"
   if [ "$mode" = production ]; then
     printf '%s\n' "TOKEND_MONGODB_URI=$MONGO_URI" "TOKEND_MONGODB_DB=$DB" \

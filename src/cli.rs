@@ -9,7 +9,7 @@ use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::{Config, Mode, ENV_CLIENTS_FILE, ENV_MONGODB_URI, ENV_REDIS_URL};
 use crate::domain::clients::{hash_secret, load_static_clients, validate_client, Clients};
 use crate::domain::ids;
-use crate::keys::{Alg, Keys, KeysConfig};
+use crate::keys::{Alg, Keys};
 use crate::startup::{Application, Backends};
 use crate::store::{ClientRecord, ClientStore, StoreError, UserClaims};
 
@@ -145,22 +145,9 @@ async fn open_keys(config: &Config) -> Result<Keys, String> {
     let b = Backends::connect(config, &clock)
         .await
         .map_err(|e| e.to_string())?;
-    Keys::open(
-        KeysConfig {
-            algs: config.signing_algs.clone(),
-            rotation: config.key_rotation,
-            prepublish: config.key_prepublish,
-            retention: config.access_ttl.max(config.refresh_ttl)
-                + std::time::Duration::from_secs(crate::domain::tokens::LEEWAY_SECS as u64),
-            reload: config.keyset_reload,
-            rsa_bits: 3072,
-        },
-        b.keystore,
-        b.lease,
-        clock,
-    )
-    .await
-    .map_err(|e| e.to_string())
+    Keys::open(config.keys_config(), b.keystore, b.lease, clock)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 fn ts(secs: i64) -> String {

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::keys::Alg;
+use crate::keys::{Alg, KeysConfig, DEFAULT_RSA_BITS};
 
 pub const ENV_LISTEN: &str = "TOKEND_LISTEN";
 pub const ENV_ISSUER: &str = "TOKEND_ISSUER";
@@ -21,6 +21,7 @@ pub const ENV_REDIS_PREFIX: &str = "TOKEND_REDIS_PREFIX";
 pub const ENV_KEYS_DIR: &str = "TOKEND_KEYS_DIR";
 pub const ENV_KEY_ENCRYPTION_KEY: &str = "TOKEND_KEY_ENCRYPTION_KEY";
 pub const ENV_SIGNING_ALGS: &str = "TOKEND_SIGNING_ALGS";
+pub const ENV_RSA_BITS: &str = "TOKEND_RSA_BITS";
 pub const ENV_ACCESS_TTL: &str = "TOKEND_ACCESS_TTL";
 pub const ENV_REFRESH_TTL: &str = "TOKEND_REFRESH_TTL";
 pub const ENV_SESSION_TTL: &str = "TOKEND_SESSION_TTL";
@@ -343,6 +344,8 @@ pub struct Config {
     pub mode: Mode,
     /// `TOKEND_SIGNING_ALGS`, default `EdDSA,RS256`; the first signs by default.
     pub signing_algs: Vec<Alg>,
+    /// Modulus size of new RSA signing keys.
+    pub rsa_bits: usize,
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     pub session_ttl: Duration,
@@ -429,6 +432,14 @@ impl Config {
 
         let signing_algs = parse_algs(&get(ENV_SIGNING_ALGS, DEFAULT_SIGNING_ALGS))
             .map_err(|m| ConfigError::new(ENV_SIGNING_ALGS, m))?;
+        let rsa_bits = match opt(ENV_RSA_BITS) {
+            None => DEFAULT_RSA_BITS,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|b| [2048, 3072, 4096].contains(b))
+                .ok_or_else(|| ConfigError::new(ENV_RSA_BITS, "expected 2048, 3072 or 4096"))?,
+        };
 
         let access_ttl = dur(ENV_ACCESS_TTL, DEFAULT_ACCESS_TTL)?;
         let refresh_ttl = dur(ENV_REFRESH_TTL, DEFAULT_REFRESH_TTL)?;
@@ -684,6 +695,7 @@ impl Config {
             audience,
             mode,
             signing_algs,
+            rsa_bits,
             access_ttl,
             refresh_ttl,
             session_ttl,
@@ -707,6 +719,20 @@ impl Config {
     }
 
     /// The default signing algorithm (the first of `TOKEND_SIGNING_ALGS`).
+    /// The key schedule: the algorithms, rotation, prepublication, retention (the longest
+    /// token lifetime plus the validation leeway), reload interval and RSA size.
+    pub fn keys_config(&self) -> KeysConfig {
+        KeysConfig {
+            algs: self.signing_algs.clone(),
+            rotation: self.key_rotation,
+            prepublish: self.key_prepublish,
+            retention: self.access_ttl.max(self.refresh_ttl)
+                + Duration::from_secs(crate::domain::tokens::LEEWAY_SECS.unsigned_abs()),
+            reload: self.keyset_reload,
+            rsa_bits: self.rsa_bits,
+        }
+    }
+
     pub fn default_alg(&self) -> Alg {
         self.signing_algs[0]
     }
@@ -746,6 +772,7 @@ impl Config {
         let algs: Vec<&str> = self.signing_algs.iter().map(|a| a.as_str()).collect();
         lines.extend([
             format!("{ENV_SIGNING_ALGS}={}", algs.join(",")),
+            format!("{ENV_RSA_BITS}={}", self.rsa_bits),
             format!("{ENV_ACCESS_TTL}={}", d(self.access_ttl)),
             format!("{ENV_REFRESH_TTL}={}", d(self.refresh_ttl)),
             format!("{ENV_SESSION_TTL}={}", d(self.session_ttl)),
@@ -950,6 +977,8 @@ mod tests {
             (ENV_ISSUER, "not a url"),
             (ENV_ISSUER, "ftp://x"),
             (ENV_SIGNING_ALGS, "HS256"),
+            (ENV_RSA_BITS, "1024"),
+            (ENV_RSA_BITS, "3000"),
             (ENV_SIGNING_ALGS, "none"),
             (ENV_SIGNING_ALGS, "EdDSA,EdDSA"),
             (ENV_ACCESS_TTL, "15"),

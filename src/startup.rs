@@ -18,7 +18,7 @@ use crate::http::router::{Router, Surface};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
 use crate::http::wellknown::Documents;
-use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore};
+use crate::keys::{DirKeyStore, KeyStore, Keys, MongoKeyStore};
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
@@ -208,22 +208,9 @@ impl Application {
                  set TOKEND_MONGODB_URI and TOKEND_REDIS_URL for production mode"
             );
         }
-        let keys = Keys::open(
-            KeysConfig {
-                algs: config.signing_algs.clone(),
-                rotation: config.key_rotation,
-                prepublish: config.key_prepublish,
-                retention: config.access_ttl.max(config.refresh_ttl)
-                    + Duration::from_secs(crate::domain::tokens::LEEWAY_SECS as u64),
-                reload: config.keyset_reload,
-                rsa_bits: 3072,
-            },
-            b.keystore,
-            b.lease,
-            clock.clone(),
-        )
-        .await
-        .map_err(|e| StartupError::Keys(e.to_string()))?;
+        let keys = Keys::open(config.keys_config(), b.keystore, b.lease, clock.clone())
+            .await
+            .map_err(|e| StartupError::Keys(e.to_string()))?;
         let passwords =
             Passwords::new(config.argon2, config.argon2_concurrency, config.argon2_nice)
                 .await

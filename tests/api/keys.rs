@@ -68,9 +68,16 @@ fn verify_with_jwks(jwks: &Value, token: &str) -> Value {
 }
 
 async fn jwks_keys_verify_tokens_and_hold_no_private_parameters(mode: Mode) {
-    for algs in ["EdDSA,RS256", "RS256,EdDSA"] {
+    // RSA keys are 3072-bit unless TOKEND_RSA_BITS says otherwise.
+    for (algs, rsa_bits, modulus_bits) in [
+        ("EdDSA,RS256", None, 3072),
+        ("RS256,EdDSA", Some("2048"), 2048),
+    ] {
         let app = spawn_app_with(mode, |env| {
             env.insert("TOKEND_SIGNING_ALGS".into(), algs.into());
+            if let Some(bits) = rsa_bits {
+                env.insert("TOKEND_RSA_BITS".into(), bits.into());
+            }
         })
         .await;
         let s = app.new_session().await;
@@ -88,7 +95,7 @@ async fn jwks_keys_verify_tokens_and_hold_no_private_parameters(mode: Mode) {
                 let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(k["n"].as_str().unwrap())
                     .unwrap();
-                assert!(n.len() * 8 >= 2048);
+                assert_eq!(n.len() * 8, modulus_bits, "{k}");
             }
         }
         let expected_alg = algs.split(',').next().unwrap();
