@@ -3,7 +3,6 @@
 //! router: every route documented, nothing documented that is not served.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use super::ApiResult;
 use crate::startup::AppState;
@@ -12,11 +11,11 @@ use crate::startup::AppState;
 pub const DOCUMENT: &[u8] = include_bytes!("../../openapi.json");
 
 /// `GET /openapi.json`, cacheable like JWKS.
-pub async fn openapi(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub fn openapi<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .openapi
-        .serve(&req, &state.public_cache_control)
+        .serve(req, &state.public_cache_control)
 }
 
 #[cfg(test)]

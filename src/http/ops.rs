@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use super::{json, ApiResult};
 use crate::startup::AppState;
 
-pub async fn healthz(_state: &AppState, _req: Request<Incoming>) -> ApiResult {
+pub fn healthz() -> ApiResult {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 

@@ -245,20 +245,42 @@ async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) ->
         Route::Me if put => users::update_me(&state, req).await,
         Route::Me => users::me(&state, req).await,
         Route::MePassword => users::change_password(&state, req).await,
-        Route::Jwks => wellknown::jwks(&state, req).await,
-        Route::AuthorizationServer => wellknown::authorization_server(&state, req).await,
-        Route::OpenIdConfiguration => wellknown::openid_configuration(&state, req).await,
+        Route::Jwks
+        | Route::AuthorizationServer
+        | Route::OpenIdConfiguration
+        | Route::OpenApi
+        | Route::Healthz => answer_immediate(&state, route, &req),
         Route::OAuthToken => oauth::token(&state, req).await,
         Route::OAuthRevoke => oauth::revoke(&state, req).await,
         Route::OAuthIntrospect => oauth::introspect(&state, req).await,
-        Route::OpenApi => openapi::openapi(&state, req).await,
-        Route::Healthz => ops::healthz(&state, req).await,
         Route::Readyz => ops::readyz(&state, req).await,
         Route::AdminUsers => admin::list_users(&state, req).await,
         Route::AdminUserRoles => admin::set_roles(&state, req).await,
         Route::AdminUserRevokeSessions => admin::revoke_sessions(&state, req).await,
         Route::Metrics => ops::metrics(&state, req).await,
         Route::NotFound => Err(ApiError::NotFound),
+    }
+}
+
+/// The routes of [`Route::is_immediate`], answered on the spot.
+fn answer_immediate<B>(state: &AppState, route: Route, req: &Request<B>) -> ApiResult {
+    match route {
+        Route::Jwks => wellknown::jwks(state, req),
+        Route::AuthorizationServer => wellknown::authorization_server(state, req),
+        Route::OpenIdConfiguration => wellknown::openid_configuration(state, req),
+        Route::OpenApi => openapi::openapi(state, req),
+        Route::Healthz => ops::healthz(),
+        _ => Err(ApiError::NotFound),
+    }
+}
+
+/// The route a request asks for, as far as this surface serves it.
+fn route_of<B>(surface: Surface, req: &Request<B>) -> Route {
+    let route = Route::resolve(req.uri().path());
+    if surface.serves(route) {
+        route
+    } else {
+        Route::NotFound
     }
 }
 
@@ -270,25 +292,28 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let start = std::time::Instant::now();
-    let mut route = Route::resolve(req.uri().path());
-    if !surface.serves(route) {
-        route = Route::NotFound;
-    }
+    let route = route_of(surface, &req);
     let method = req.method().clone();
-    let head = method == Method::HEAD;
     let timeout = state.request_timeout;
     let metrics = state.core.metrics.clone();
-    let outcome = if route.is_immediate() {
-        // Answered from memory without waiting on anything: no timer to arm.
-        Ok(dispatch(state, route, req).await)
-    } else {
-        tokio::time::timeout(timeout, dispatch(state, route, req)).await
+    let outcome = tokio::time::timeout(timeout, dispatch(state, route, req)).await;
+    let res = match outcome {
+        Ok(res) => res,
+        Err(_) => Err(ApiError::Unavailable("request timed out".into())),
     };
-    let mut res = match outcome {
-        Ok(Ok(res)) => res,
-        Ok(Err(e)) => e.into_response(),
-        Err(_) => ApiError::Unavailable("request timed out".into()).into_response(),
-    };
+    finish(res, route, &method, start, &metrics)
+}
+
+/// What every answer gets: errors rendered, the common headers, no body for `HEAD`, and the
+/// request counted by route template, method and status.
+fn finish(
+    outcome: ApiResult,
+    route: Route,
+    method: &Method,
+    start: std::time::Instant,
+    metrics: &crate::metrics::Metrics,
+) -> Response<Full<Bytes>> {
+    let mut res = outcome.unwrap_or_else(ApiError::into_response);
     let h = res.headers_mut();
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -297,11 +322,11 @@ pub async fn handle(
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
-    if head {
+    if method == Method::HEAD {
         *res.body_mut() = Full::new(Bytes::new());
     }
     let status = res.status();
-    let method_label = match method {
+    let method_label = match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
         Method::POST => "POST",
@@ -326,16 +351,32 @@ pub async fn handle(
 impl tower::Service<Request<Incoming>> for Router {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    /// Ready at once for the routes answered from memory; otherwise the boxed handler.
+    type Future = futures_util::future::Either<
+        std::future::Ready<Result<Self::Response, Infallible>>,
+        Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        use futures_util::future::Either;
+        let route = route_of(self.surface, &req);
+        if route.is_immediate() && route.allows(req.method()) {
+            // Nothing to wait for: no timer, no task-sized future to allocate.
+            let start = std::time::Instant::now();
+            let outcome = answer_immediate(&self.state, route, &req);
+            let metrics = &self.state.core.metrics;
+            let res = finish(outcome, route, req.method(), start, metrics);
+            return Either::Left(std::future::ready(Ok(res)));
+        }
         let state = self.state.clone();
         let surface = self.surface;
-        Box::pin(async move { Ok(handle(state, surface, req).await) })
+        Either::Right(Box::pin(
+            async move { Ok(handle(state, surface, req).await) },
+        ))
     }
 }
 

@@ -3,7 +3,9 @@
 //! 1. request id: set `x-request-id` (a UUID) unless the client sent one, so every log line of
 //!    the request carries it;
 //! 2. trace: one span per request labelled by route template (never the raw path), with status
-//!    and latency on completion;
+//!    and latency on completion: at `info`, except for the documents answered from memory (JWKS,
+//!    discovery, OpenAPI, `/healthz`), which caches, resource servers and probes fetch all the
+//!    time: those are logged at `debug` (and counted in the request metrics like every route);
 //! 3. propagate request id: echo `x-request-id` on the response;
 //! 4. CORS, only when `TOKEND_CORS_ORIGINS` lists origins (off by default): answers preflights
 //!    before anything else runs;
@@ -23,7 +25,7 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 use tower_http::trace::TraceLayer;
-use tracing::Span;
+use tracing::{Level, Span};
 
 use super::error::ApiError;
 use super::router::{Route, Router};
@@ -124,19 +126,32 @@ pub fn build(
                         .get(REQUEST_ID)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!(
-                        "request",
-                        method = %req.method(),
-                        route = Route::resolve(req.uri().path()).template(),
-                        request_id = %request_id,
-                    )
+                    let route = Route::resolve(req.uri().path());
+                    if route.is_immediate() {
+                        tracing::debug_span!(
+                            "request",
+                            method = %req.method(),
+                            route = route.template(),
+                            request_id = %request_id,
+                        )
+                    } else {
+                        tracing::info_span!(
+                            "request",
+                            method = %req.method(),
+                            route = route.template(),
+                            request_id = %request_id,
+                        )
+                    }
                 })
-                .on_response(|res: &Response<_>, latency: Duration, _span: &Span| {
-                    tracing::info!(
-                        status = res.status().as_u16(),
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        "request finished"
-                    );
+                .on_response(|res: &Response<_>, latency: Duration, span: &Span| {
+                    let (status, latency_ms) =
+                        (res.status().as_u16(), latency.as_secs_f64() * 1000.0);
+                    // The line goes at the span's level (a disabled span has no metadata).
+                    if span.metadata().is_some_and(|m| *m.level() == Level::INFO) {
+                        tracing::info!(status, latency_ms, "request finished");
+                    } else {
+                        tracing::debug!(status, latency_ms, "request finished");
+                    }
                 })
                 .on_failure(()),
         )

@@ -4,7 +4,6 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::ApiResult;
@@ -51,10 +50,10 @@ pub fn cacheable<B>(
     Ok(res)
 }
 
-pub async fn jwks(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub fn jwks<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     let doc = state.core.keys.jwks();
     cacheable(
-        &req,
+        req,
         doc.body.clone(),
         &doc.etag,
         &state.public_cache_control,
@@ -148,17 +147,17 @@ fn discovery(config: &Config, scopes: Vec<String>) -> Value {
 }
 
 /// `GET /.well-known/oauth-authorization-server`.
-pub async fn authorization_server(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub fn authorization_server<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .authorization_server
-        .serve(&req, &state.public_cache_control)
+        .serve(req, &state.public_cache_control)
 }
 
 /// `GET /.well-known/openid-configuration`.
-pub async fn openid_configuration(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub fn openid_configuration<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .openid_configuration
-        .serve(&req, &state.public_cache_control)
+        .serve(req, &state.public_cache_control)
 }
