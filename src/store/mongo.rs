@@ -222,56 +222,81 @@ impl MongoStore {
         Ok(())
     }
 
-    async fn ping_db(&self) -> Result<(), StoreError> {
-        self.db
-            .run_command(doc! { "ping": 1 })
+    /// Runs a driver operation to its end in a task of its own, whatever happens to the caller.
+    /// A request that is given up (client gone, request timeout) drops its future; the
+    /// driver's futures must not be dropped half-way (the connection then is in an unknown
+    /// state, and after a burst of such drops the pool stalled the next operations for ~20 s).
+    async fn detached<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MongoStore) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op(self.clone()))
             .await
-            .map(|_| ())
-            .map_err(map_err)
+            .map_err(|e| StoreError::unavailable(STORE, format!("operation task failed: {e}")))?
+    }
+
+    async fn ping_db(&self) -> Result<(), StoreError> {
+        self.detached(move |s| async move {
+            s.db.run_command(doc! { "ping": 1 })
+                .await
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
     }
 
     async fn update_user(&self, id: &str, set: Document) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .find_one_and_update(doc! { "_id": id }, doc! { "$set": set })
-            .return_document(ReturnDocument::After)
-            .await
-            .map(|d| d.map(UserRecord::from))
-            .map_err(map_user_err)
+        let filter = doc! { "_id": id };
+        self.detached(move |s| async move {
+            s.users
+                .find_one_and_update(filter, doc! { "$set": set })
+                .return_document(ReturnDocument::After)
+                .await
+                .map(|d| d.map(UserRecord::from))
+                .map_err(map_user_err)
+        })
+        .await
+    }
+
+    async fn find_user(&self, filter: Document) -> Result<Option<UserRecord>, StoreError> {
+        self.detached(move |s| async move {
+            s.users
+                .find_one(filter)
+                .await
+                .map(|d| d.map(UserRecord::from))
+                .map_err(map_err)
+        })
+        .await
     }
 }
 
 #[async_trait]
 impl UserStore for MongoStore {
     async fn insert(&self, user: &UserRecord) -> Result<(), StoreError> {
-        self.users
-            .insert_one(UserDoc::from(user))
-            .await
-            .map(|_| ())
-            .map_err(map_user_err)
+        let user = UserDoc::from(user);
+        self.detached(move |s| async move {
+            s.users
+                .insert_one(user)
+                .await
+                .map(|_| ())
+                .map_err(map_user_err)
+        })
+        .await
     }
 
     async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .find_one(doc! { "_id": id })
-            .await
-            .map(|d| d.map(UserRecord::from))
-            .map_err(map_err)
+        self.find_user(doc! { "_id": id }).await
     }
 
     async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .find_one(doc! { "email": email })
-            .await
-            .map(|d| d.map(UserRecord::from))
-            .map_err(map_err)
+        self.find_user(doc! { "email": email }).await
     }
 
     async fn by_username(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.users
-            .find_one(doc! { "username_lower": username.to_lowercase() })
+        self.find_user(doc! { "username_lower": username.to_lowercase() })
             .await
-            .map(|d| d.map(UserRecord::from))
-            .map_err(map_err)
     }
 
     async fn update_username(
@@ -297,14 +322,18 @@ impl UserStore for MongoStore {
         hash: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        self.users
-            .update_one(
-                doc! { "_id": id },
-                doc! { "$set": { "password_hash": hash, "updated_at": now_ms } },
-            )
-            .await
-            .map(|r| r.matched_count > 0)
-            .map_err(map_user_err)
+        let (filter, update) = (
+            doc! { "_id": id },
+            doc! { "$set": { "password_hash": hash, "updated_at": now_ms } },
+        );
+        self.detached(move |s| async move {
+            s.users
+                .update_one(filter, update)
+                .await
+                .map(|r| r.matched_count > 0)
+                .map_err(map_user_err)
+        })
+        .await
     }
 
     async fn set_roles(
@@ -325,16 +354,20 @@ impl UserStore for MongoStore {
             Some(a) => doc! { "_id": { "$gt": a } },
             None => doc! {},
         };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let docs: Vec<UserDoc> = self
-            .users
-            .find(filter)
-            .sort(doc! { "_id": 1 })
-            .limit(i64::try_from(limit).unwrap_or(i64::MAX))
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
+            .detached(move |s| async move {
+                s.users
+                    .find(filter)
+                    .sort(doc! { "_id": 1 })
+                    .limit(limit)
+                    .await
+                    .map_err(map_err)?
+                    .try_collect()
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         Ok(docs.into_iter().map(UserRecord::from).collect())
     }
 
@@ -346,41 +379,56 @@ impl UserStore for MongoStore {
 #[async_trait]
 impl ClientStore for MongoStore {
     async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        self.clients
-            .find_one(doc! { "_id": client_id })
-            .await
-            .map(|d| d.map(ClientRecord::from))
-            .map_err(map_err)
+        let filter = doc! { "_id": client_id };
+        self.detached(move |s| async move {
+            s.clients
+                .find_one(filter)
+                .await
+                .map(|d| d.map(ClientRecord::from))
+                .map_err(map_err)
+        })
+        .await
     }
 
     async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
-        self.clients
-            .insert_one(ClientDoc::from(client))
-            .await
-            .map(|_| ())
-            .map_err(map_client_err)
+        let client = ClientDoc::from(client);
+        self.detached(move |s| async move {
+            s.clients
+                .insert_one(client)
+                .await
+                .map(|_| ())
+                .map_err(map_client_err)
+        })
+        .await
     }
 
     /// Ordered by `client_id`.
     async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
         let docs: Vec<ClientDoc> = self
-            .clients
-            .find(doc! {})
-            .sort(doc! { "_id": 1 })
-            .await
-            .map_err(map_err)?
-            .try_collect()
-            .await
-            .map_err(map_err)?;
+            .detached(move |s| async move {
+                s.clients
+                    .find(doc! {})
+                    .sort(doc! { "_id": 1 })
+                    .await
+                    .map_err(map_err)?
+                    .try_collect()
+                    .await
+                    .map_err(map_err)
+            })
+            .await?;
         Ok(docs.into_iter().map(ClientRecord::from).collect())
     }
 
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
-        self.clients
-            .delete_one(doc! { "_id": client_id })
-            .await
-            .map(|r| r.deleted_count > 0)
-            .map_err(map_err)
+        let filter = doc! { "_id": client_id };
+        self.detached(move |s| async move {
+            s.clients
+                .delete_one(filter)
+                .await
+                .map(|r| r.deleted_count > 0)
+                .map_err(map_err)
+        })
+        .await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

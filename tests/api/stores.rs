@@ -1030,6 +1030,45 @@ async fn a_hung_redis_is_unavailable_within_two_seconds_and_recovers() {
     assert!(status.expect("Redis answers again").jti_revoked);
 }
 
+/// Requests that are given up (clients gone, request timeouts) drop their store futures at any
+/// point; the MongoDB operations behind them must still leave the driver's pool usable. (They
+/// used to stall the next operation for about 20 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_mongodb_operations_leave_the_store_usable() {
+    let mongo = services::OwnedMongo::start().await;
+    let store = Arc::new(
+        tokend::store::mongo::MongoStore::connect(&mongo.uri(), "abandon")
+            .await
+            .unwrap(),
+    );
+    store.ensure_indexes().await.unwrap();
+    let alice = user(&new_id(), "alice", "alice@example.com");
+    UserStore::insert(&*store, &alice).await.unwrap();
+    for round in 0..4u64 {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..64u64 {
+            let (store, id) = (store.clone(), alice.id.clone());
+            // Given up after 0-7 ms: some before they reach the server, most while waiting for
+            // its answer behind the others.
+            let patience = Duration::from_millis((i + round) % 8);
+            tasks.spawn(async move {
+                let _ = tokio::time::timeout(patience, store.by_id(&id)).await;
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    // The next operations are answered; the bound is far above their normal few milliseconds
+    // and far below the stall.
+    for _ in 0..3 {
+        let found =
+            tokio::time::timeout(Duration::from_secs(8), store.by_email("alice@example.com"))
+                .await
+                .expect("the store answers after abandoned operations")
+                .unwrap();
+        assert_eq!(found, Some(alice.clone()));
+    }
+}
+
 #[tokio::test]
 async fn mongodb_down_is_unavailable_quickly_and_recovers_by_itself() {
     let mut mongo = services::OwnedMongo::start().await;
