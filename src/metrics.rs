@@ -2,18 +2,32 @@
 //! (no globals), labelled by route template, status, grant, algorithm — never by raw path, user
 //! or client id.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::keys::{KeyState, Keys};
 
+/// Identifies a [`Metrics`] in the per-thread handle cache (never reused).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// (metrics id, request key) -> the request counter and histogram of those labels, so that a
+    /// request costs no label lookup once its kind has been seen on this thread.
+    static REQUEST_HANDLES: RefCell<HashMap<(u64, u32), (IntCounter, Histogram)>> =
+        RefCell::new(HashMap::new());
+}
+
 /// Every metric tokend exports.
 pub struct Metrics {
+    id: u64,
     registry: Registry,
     /// `tokend_http_requests_total{route,method,status}`
     pub http_requests: IntCounterVec,
@@ -191,8 +205,27 @@ impl Metrics {
                 &["store", "op"],
             ),
             registry,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         };
         Arc::new(m)
+    }
+
+    /// Counts one answered request and observes its latency. `key` stands for the labels
+    /// `[route, method, status]` (the same key always for the same labels): their handles are
+    /// looked up once per thread.
+    pub fn observe_request(&self, key: u32, labels: [&str; 3], seconds: f64) {
+        REQUEST_HANDLES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            let (count, latency) = cache.entry((self.id, key)).or_insert_with(|| {
+                (
+                    self.http_requests.with_label_values(&labels),
+                    self.http_duration
+                        .with_label_values(&[labels[0], labels[2]]),
+                )
+            });
+            count.inc();
+            latency.observe(seconds);
+        });
     }
 
     /// Records one store operation.

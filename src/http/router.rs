@@ -326,24 +326,22 @@ fn finish(
         *res.body_mut() = Full::new(Bytes::new());
     }
     let status = res.status();
-    let method_label = match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "other",
+    let (method_index, method_label) = match *method {
+        Method::GET => (0, "GET"),
+        Method::HEAD => (1, "HEAD"),
+        Method::POST => (2, "POST"),
+        Method::PUT => (3, "PUT"),
+        Method::DELETE => (4, "DELETE"),
+        Method::OPTIONS => (5, "OPTIONS"),
+        Method::PATCH => (6, "PATCH"),
+        _ => (7, "other"),
     };
-    metrics
-        .http_requests
-        .with_label_values(&[route.template(), method_label, status.as_str()])
-        .inc();
-    metrics
-        .http_duration
-        .with_label_values(&[route.template(), status.as_str()])
-        .observe(start.elapsed().as_secs_f64());
+    let key = (route as u32) << 24 | method_index << 16 | u32::from(status.as_u16());
+    metrics.observe_request(
+        key,
+        [route.template(), method_label, status.as_str()],
+        start.elapsed().as_secs_f64(),
+    );
     res.extensions_mut().insert(route);
     res
 }
