@@ -7,7 +7,7 @@ use super::input::{Email, Password, Username};
 use super::passwords::Verdict;
 use super::tokens::{describe_reason, AccessClaims};
 use super::{ids, Core, Error, FIRST_PARTY_CLIENT};
-use crate::store::{AccessStatus, UserRecord};
+use crate::store::{AccessStatus, UserClaims, UserRecord};
 
 /// The user object clients see: never a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -191,25 +191,39 @@ impl Core {
     /// The revocation checks of an access token whose signature and claims passed (fails closed
     /// when the session store is down).
     pub(crate) async fn check_revocation(&self, claims: AccessClaims) -> Result<Principal, Error> {
-        self.check_revocation_status(claims).await.map(|(p, _)| p)
-    }
-
-    /// [`Core::check_revocation`], also giving what the store said (the user's claims among it).
-    pub(crate) async fn check_revocation_status(
-        &self,
-        claims: AccessClaims,
-    ) -> Result<(Principal, AccessStatus), Error> {
         let status = self
             .sessions
             .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await?;
+        self.judge_revocation(claims, &status)
+    }
+
+    /// [`Core::check_revocation`], also giving the newest copy of the user's claims (for
+    /// introspection), read in the same round trip.
+    pub(crate) async fn check_revocation_with_user(
+        &self,
+        claims: AccessClaims,
+    ) -> Result<(Principal, Option<UserClaims>), Error> {
+        let status = self
+            .sessions
+            .access_status_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
+            .await?;
+        let principal = self.judge_revocation(claims, &status)?;
+        Ok((principal, status.user))
+    }
+
+    fn judge_revocation(
+        &self,
+        claims: AccessClaims,
+        status: &AccessStatus,
+    ) -> Result<Principal, Error> {
         if status.jti_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
             return Err(self.rejected("revoked"));
         }
         if status.family_revoked {
             return Err(self.rejected("session_revoked"));
         }
-        Ok((Principal { claims }, status))
+        Ok(Principal { claims })
     }
 
     /// The user behind a principal (gone users answer 401: their tokens are worthless).

@@ -417,8 +417,8 @@ impl Core {
         let Ok(claims) = self.tokens.decode_access(token, self.clock.now()) else {
             return Ok(None);
         };
-        let (claims, user) = match self.check_revocation_status(claims).await {
-            Ok((p, status)) => (p.claims, status.user),
+        let (claims, user) = match self.check_revocation_with_user(claims).await {
+            Ok((p, user)) => (p.claims, user),
             Err(Error::TokenRejected(_)) => return Ok(Some(Introspection::inactive())),
             Err(e) => return Err(e.into()),
         };
@@ -462,7 +462,7 @@ impl Core {
         let inactive = Ok(Some(Introspection::inactive()));
         let status = self
             .sessions
-            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
+            .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
             .await?;
         if status.family_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
             return inactive;

@@ -158,7 +158,7 @@ impl Core {
         // shows at the next refresh without a user-store read.
         let status = self
             .sessions
-            .access_status(&claims.jti, Some(&claims.sid), &claims.sub)
+            .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
             .await?;
         if status.user_not_before.is_some_and(|nbf| claims.iat < nbf) || status.family_revoked {
             return Err(RefreshError::Revoked.into());

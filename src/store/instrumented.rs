@@ -188,6 +188,18 @@ impl SessionStore for Instrumented<dyn SessionStore> {
         self.time("access_status", self.inner.access_status(jti, sid, user_id))
             .await
     }
+    async fn access_status_with_user(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        self.time(
+            "access_status",
+            self.inner.access_status_with_user(jti, sid, user_id),
+        )
+        .await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
     }

@@ -257,6 +257,29 @@ impl Family {
     }
 }
 
+/// Stores `value` under `key` unless a live entry stays (`replaces(new, stored)` is false), and
+/// keeps the entry at least until `expires` (clock ms). An expired entry is simply replaced.
+fn keep_newest<V>(
+    map: &mut HashMap<String, (V, i64)>,
+    key: &str,
+    value: V,
+    expires: i64,
+    now: i64,
+    replaces: impl Fn(&V, &V) -> bool,
+) {
+    match map.get_mut(key) {
+        Some((cur, exp)) if *exp > now => {
+            if replaces(&value, cur) {
+                *cur = value;
+            }
+            *exp = (*exp).max(expires);
+        }
+        _ => {
+            map.insert(key.to_string(), (value, expires));
+        }
+    }
+}
+
 #[derive(Default)]
 struct SessionsInner {
     families: HashMap<String, Family>,
@@ -353,6 +376,33 @@ impl MemorySessions {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// [`SessionStore::access_status`], with the user's claims when `with_user`.
+    fn status(&self, jti: &str, sid: Option<&str>, user_id: &str, with_user: bool) -> AccessStatus {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
+        let (family_revoked, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
+            Some(f) => (f.revoked, f.user.clone().filter(|_| with_user)),
+            None => (false, None),
+        };
+        let user_not_before = g
+            .not_before
+            .get(user_id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(nbf, _)| *nbf);
+        let mark = g
+            .user_claims
+            .get(user_id)
+            .filter(|(_, exp)| with_user && *exp > now)
+            .map(|(c, _)| c.clone());
+        AccessStatus {
+            jti_revoked,
+            family_revoked,
+            user_not_before,
+            user: UserClaims::newest(mark, family_user),
+        }
     }
 }
 
@@ -494,15 +544,14 @@ impl SessionStore for MemorySessions {
         let mut g = lock(&self.inner);
         g.maybe_sweep(now);
         let expires = now.saturating_add(ttl_ms.max(1));
-        let e = g
-            .not_before
-            .entry(user_id.to_string())
-            .or_insert((not_before, expires));
-        if e.1 <= now {
-            *e = (not_before, expires);
-        } else if not_before > e.0 {
-            *e = (not_before, e.1.max(expires));
-        }
+        keep_newest(
+            &mut g.not_before,
+            user_id,
+            not_before,
+            expires,
+            now,
+            |new, cur| new > cur,
+        );
         Ok(())
     }
 
@@ -516,18 +565,14 @@ impl SessionStore for MemorySessions {
         let mut g = lock(&self.inner);
         g.maybe_sweep(now);
         let expires = now.saturating_add(ttl_ms.max(1));
-        match g.user_claims.get_mut(user_id) {
-            Some((cur, exp)) if *exp > now => {
-                if claims.version >= cur.version {
-                    *cur = claims.clone();
-                }
-                *exp = (*exp).max(expires);
-            }
-            _ => {
-                g.user_claims
-                    .insert(user_id.to_string(), (claims.clone(), expires));
-            }
-        }
+        keep_newest(
+            &mut g.user_claims,
+            user_id,
+            claims.clone(),
+            expires,
+            now,
+            |new, cur| new.version >= cur.version,
+        );
         Ok(())
     }
 
@@ -537,29 +582,16 @@ impl SessionStore for MemorySessions {
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<AccessStatus, StoreError> {
-        let now = self.clock.now_ms();
-        let mut g = lock(&self.inner);
-        let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
-        let (family_revoked, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
-            Some(f) => (f.revoked, f.user.clone()),
-            None => (false, None),
-        };
-        let user_not_before = g
-            .not_before
-            .get(user_id)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(nbf, _)| *nbf);
-        let mark = g
-            .user_claims
-            .get(user_id)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(c, _)| c.clone());
-        Ok(AccessStatus {
-            jti_revoked,
-            family_revoked,
-            user_not_before,
-            user: UserClaims::newest(mark, family_user),
-        })
+        Ok(self.status(jti, sid, user_id, false))
+    }
+
+    async fn access_status_with_user(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        Ok(self.status(jti, sid, user_id, true))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

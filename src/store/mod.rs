@@ -248,9 +248,9 @@ pub struct AccessStatus {
     pub family_revoked: bool,
     /// Tokens of this user issued (`iat`) before this Unix second are revoked.
     pub user_not_before: Option<i64>,
-    /// The newest copy of the user's claims: the user's mark, or the family's copy when a
-    /// family was named. `None` for a family written before families carried the user (the
-    /// caller then reads the user store).
+    /// Only from [`SessionStore::access_status_with_user`]: the newest copy of the user's
+    /// claims, the user's mark or the family's copy when a family was named. `None` also for a
+    /// family written before families carried the user (the caller then reads the user store).
     pub user: Option<UserClaims>,
 }
 
@@ -322,8 +322,17 @@ pub trait SessionStore: Send + Sync {
         claims: &UserClaims,
         ttl_ms: i64,
     ) -> Result<(), StoreError>;
-    /// Everything an access-token check needs, in one round trip where the backend allows.
+    /// Everything an access-token check needs, in one round trip where the backend allows;
+    /// `user` is left `None`.
     async fn access_status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError>;
+    /// [`SessionStore::access_status`] with the newest copy of the user's claims in `user`, in
+    /// the same round trip (refresh and introspection need them; a plain token check does not).
+    async fn access_status_with_user(
         &self,
         jti: &str,
         sid: Option<&str>,

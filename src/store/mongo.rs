@@ -10,6 +10,7 @@
 //! [`StoreError::Unavailable`]. Short server-selection and connect timeouts make a dead server
 //! fail fast; the driver reconnects by itself.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,6 +19,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::{ErrorKind, WriteFailure};
 use mongodb::options::{ClientOptions, IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, Database, IndexModel};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
@@ -222,24 +224,10 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Runs a driver operation to its end in a task of its own, whatever happens to the caller.
-    /// A request that is given up (client gone, request timeout) drops its future; the
-    /// driver's futures must not be dropped half-way (the connection then is in an unknown
-    /// state, and after a burst of such drops the pool stalled the next operations for ~20 s).
-    async fn detached<T, F, Fut>(&self, op: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(MongoStore) -> Fut,
-        Fut: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        tokio::spawn(op(self.clone()))
-            .await
-            .map_err(|e| StoreError::unavailable(STORE, format!("operation task failed: {e}")))?
-    }
-
     async fn ping_db(&self) -> Result<(), StoreError> {
-        self.detached(move |s| async move {
-            s.db.run_command(doc! { "ping": 1 })
+        let db = self.db.clone();
+        detached(async move {
+            db.run_command(doc! { "ping": 1 })
                 .await
                 .map(|_| ())
                 .map_err(map_err)
@@ -248,9 +236,9 @@ impl MongoStore {
     }
 
     async fn update_user(&self, id: &str, set: Document) -> Result<Option<UserRecord>, StoreError> {
-        let filter = doc! { "_id": id };
-        self.detached(move |s| async move {
-            s.users
+        let (users, filter) = (self.users.clone(), doc! { "_id": id });
+        detached(async move {
+            users
                 .find_one_and_update(filter, doc! { "$set": set })
                 .return_document(ReturnDocument::After)
                 .await
@@ -261,29 +249,70 @@ impl MongoStore {
     }
 
     async fn find_user(&self, filter: Document) -> Result<Option<UserRecord>, StoreError> {
-        self.detached(move |s| async move {
-            s.users
-                .find_one(filter)
-                .await
-                .map(|d| d.map(UserRecord::from))
-                .map_err(map_err)
-        })
-        .await
+        Ok(find_doc(&self.users, filter).await?.map(UserRecord::from))
     }
+}
+
+/// Runs a driver operation to its end in a task of its own, whatever happens to the caller.
+/// A request that is given up (client gone, request timeout) drops its future; the driver's
+/// futures must not be dropped half-way (the connection then is in an unknown state, and after
+/// a burst of such drops the pool stalled the next operations for ~20 s).
+async fn detached<T: Send + 'static>(
+    op: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(op)
+        .await
+        .map_err(|e| StoreError::unavailable(STORE, format!("operation task failed: {e}")))?
+}
+
+async fn insert_doc<D>(
+    coll: &Collection<D>,
+    doc: D,
+    on_error: fn(mongodb::error::Error) -> StoreError,
+) -> Result<(), StoreError>
+where
+    D: Serialize + Send + Sync + 'static,
+{
+    let coll = coll.clone();
+    detached(async move { coll.insert_one(doc).await.map(|_| ()).map_err(on_error) }).await
+}
+
+async fn find_doc<D>(coll: &Collection<D>, filter: Document) -> Result<Option<D>, StoreError>
+where
+    D: DeserializeOwned + Send + Sync + 'static,
+{
+    let coll = coll.clone();
+    detached(async move { coll.find_one(filter).await.map_err(map_err) }).await
+}
+
+/// Documents matching `filter` ordered by `_id`, at most `limit`.
+async fn find_by_id_order<D>(
+    coll: &Collection<D>,
+    filter: Document,
+    limit: Option<i64>,
+) -> Result<Vec<D>, StoreError>
+where
+    D: DeserializeOwned + Send + Sync + Unpin + 'static,
+{
+    let coll = coll.clone();
+    detached(async move {
+        let mut find = coll.find(filter).sort(doc! { "_id": 1 });
+        if let Some(limit) = limit {
+            find = find.limit(limit);
+        }
+        find.await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)
+    })
+    .await
 }
 
 #[async_trait]
 impl UserStore for MongoStore {
     async fn insert(&self, user: &UserRecord) -> Result<(), StoreError> {
-        let user = UserDoc::from(user);
-        self.detached(move |s| async move {
-            s.users
-                .insert_one(user)
-                .await
-                .map(|_| ())
-                .map_err(map_user_err)
-        })
-        .await
+        insert_doc(&self.users, UserDoc::from(user), map_user_err).await
     }
 
     async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -322,12 +351,13 @@ impl UserStore for MongoStore {
         hash: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let (filter, update) = (
+        let (users, filter, update) = (
+            self.users.clone(),
             doc! { "_id": id },
             doc! { "$set": { "password_hash": hash, "updated_at": now_ms } },
         );
-        self.detached(move |s| async move {
-            s.users
+        detached(async move {
+            users
                 .update_one(filter, update)
                 .await
                 .map(|r| r.matched_count > 0)
@@ -355,19 +385,7 @@ impl UserStore for MongoStore {
             None => doc! {},
         };
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let docs: Vec<UserDoc> = self
-            .detached(move |s| async move {
-                s.users
-                    .find(filter)
-                    .sort(doc! { "_id": 1 })
-                    .limit(limit)
-                    .await
-                    .map_err(map_err)?
-                    .try_collect()
-                    .await
-                    .map_err(map_err)
-            })
-            .await?;
+        let docs = find_by_id_order(&self.users, filter, Some(limit)).await?;
         Ok(docs.into_iter().map(UserRecord::from).collect())
     }
 
@@ -379,50 +397,24 @@ impl UserStore for MongoStore {
 #[async_trait]
 impl ClientStore for MongoStore {
     async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError> {
-        let filter = doc! { "_id": client_id };
-        self.detached(move |s| async move {
-            s.clients
-                .find_one(filter)
-                .await
-                .map(|d| d.map(ClientRecord::from))
-                .map_err(map_err)
-        })
-        .await
+        let doc = find_doc(&self.clients, doc! { "_id": client_id }).await?;
+        Ok(doc.map(ClientRecord::from))
     }
 
     async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError> {
-        let client = ClientDoc::from(client);
-        self.detached(move |s| async move {
-            s.clients
-                .insert_one(client)
-                .await
-                .map(|_| ())
-                .map_err(map_client_err)
-        })
-        .await
+        insert_doc(&self.clients, ClientDoc::from(client), map_client_err).await
     }
 
     /// Ordered by `client_id`.
     async fn list(&self) -> Result<Vec<ClientRecord>, StoreError> {
-        let docs: Vec<ClientDoc> = self
-            .detached(move |s| async move {
-                s.clients
-                    .find(doc! {})
-                    .sort(doc! { "_id": 1 })
-                    .await
-                    .map_err(map_err)?
-                    .try_collect()
-                    .await
-                    .map_err(map_err)
-            })
-            .await?;
+        let docs = find_by_id_order(&self.clients, doc! {}, None).await?;
         Ok(docs.into_iter().map(ClientRecord::from).collect())
     }
 
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
-        let filter = doc! { "_id": client_id };
-        self.detached(move |s| async move {
-            s.clients
+        let (clients, filter) = (self.clients.clone(), doc! { "_id": client_id });
+        detached(async move {
+            clients
                 .delete_one(filter)
                 .await
                 .map(|r| r.deleted_count > 0)

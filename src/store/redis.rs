@@ -441,6 +441,130 @@ impl RedisStore {
         })
         .await
     }
+
+    /// Runs [`ROTATE_LUA`] or [`EXCHANGE_LUA`] (same key and arguments) for `req`.
+    async fn exchange_script(
+        &self,
+        script: fn(&Scripts) -> &Script,
+        req: &RotateRequest,
+    ) -> Result<Vec<String>, StoreError> {
+        let key = self.family_key(&req.sid);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                script(&scripts)
+                    .key(key)
+                    .arg(&req.presented_jti)
+                    .arg(&req.new_refresh_jti)
+                    .arg(&req.new_access_jti)
+                    .arg(req.issued_at)
+                    .arg(req.now_ms)
+                    .arg(req.leeway_ms)
+                    .arg(ttl_arg(req.ttl_ms))
+                    .arg(ttl_arg(req.revoked_ttl_ms))
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
+    /// [`SessionStore::access_status`], with the user's claims when `with_user`: one pipeline
+    /// on a single server; on a cluster one call per key (each its own slot), sent together.
+    async fn status(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+        with_user: bool,
+    ) -> Result<AccessStatus, StoreError> {
+        let mut cmds = vec![redis::cmd("EXISTS"), redis::cmd("GET")];
+        cmds[0].arg(self.revoked_jti_key(jti));
+        cmds[1].arg(self.not_before_key(user_id));
+        if with_user {
+            let mut mark = redis::cmd("HMGET");
+            mark.arg(self.user_claims_key(user_id))
+                .arg(&["v", "u", "r"]);
+            cmds.push(mark);
+        }
+        if let Some(sid) = sid {
+            let mut family = redis::cmd("HMGET");
+            family.arg(self.family_key(sid)).arg("revoked");
+            if with_user {
+                family.arg(&["uver", "uname", "roles"]);
+            }
+            cmds.push(family);
+        }
+        let expected = cmds.len();
+        let replies: Vec<Value> = self
+            .run(|c| {
+                let cmds = cmds.clone();
+                async move {
+                    match c {
+                        Conn::Single(mut c) => {
+                            let mut p = redis::pipe();
+                            for cmd in cmds {
+                                p.add_command(cmd);
+                            }
+                            p.query_async(&mut c).await
+                        }
+                        Conn::Cluster(c) => {
+                            futures_util::future::try_join_all(cmds.into_iter().map(|cmd| {
+                                let mut c = c.clone();
+                                async move { cmd.query_async::<Value>(&mut c).await }
+                            }))
+                            .await
+                        }
+                    }
+                }
+            })
+            .await?;
+        if replies.len() != expected {
+            return Err(StoreError::corrupt(
+                STORE,
+                format!("{} status replies for {expected} commands", replies.len()),
+            ));
+        }
+        let mut replies = replies.into_iter();
+        let jti_revoked: bool = parse_reply(replies.next())?;
+        let nbf: Option<String> = parse_reply(replies.next())?;
+        let mark: Fields = if with_user {
+            parse_reply(replies.next())?
+        } else {
+            Vec::new()
+        };
+        let family: Fields = if sid.is_some() {
+            parse_reply(replies.next())?
+        } else {
+            Vec::new()
+        };
+        let user_not_before = match nbf {
+            None => None,
+            Some(v) => Some(v.parse::<i64>().map_err(|_| {
+                StoreError::corrupt(STORE, format!("user not-before mark is {v:?}"))
+            })?),
+        };
+        let mut mark = mark.into_iter();
+        let mut next = || mark.next().flatten();
+        let mark = user_claims("the user's", next(), next(), next())?;
+        let mut family = family.into_iter();
+        let mut next = || family.next().flatten();
+        let family_revoked = next().is_some_and(|v| v == "1");
+        let family_user = user_claims("family", next(), next(), next())?;
+        Ok(AccessStatus {
+            jti_revoked,
+            family_revoked,
+            user_not_before,
+            user: UserClaims::newest(mark, family_user),
+        })
+    }
+}
+
+/// One reply of a pipeline or of one call, as `T`.
+fn parse_reply<T: redis::FromRedisValue>(reply: Option<Value>) -> Result<T, StoreError> {
+    let reply = reply.ok_or_else(|| StoreError::corrupt(STORE, "a reply is missing"))?;
+    redis::from_owned_redis_value(reply)
+        .map_err(|e| StoreError::corrupt(STORE, format!("unexpected reply: {e}")))
 }
 
 /// The fields of one `HMGET`.
@@ -528,27 +652,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
-        let key = self.family_key(&req.sid);
-        let reply: Vec<String> = self
-            .run(|mut c| {
-                let (key, scripts) = (key.clone(), self.scripts.clone());
-                async move {
-                    scripts
-                        .rotate
-                        .key(key)
-                        .arg(&req.presented_jti)
-                        .arg(&req.new_refresh_jti)
-                        .arg(&req.new_access_jti)
-                        .arg(req.issued_at)
-                        .arg(req.now_ms)
-                        .arg(req.leeway_ms)
-                        .arg(ttl_arg(req.ttl_ms))
-                        .arg(ttl_arg(req.revoked_ttl_ms))
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let reply = self.exchange_script(|s| &s.rotate, req).await?;
         match reply.first().map(String::as_str) {
             Some("rotated") => Ok(RotateOutcome::Rotated),
             Some("revoked") => Ok(RotateOutcome::Revoked),
@@ -571,27 +675,7 @@ impl SessionStore for RedisStore {
         &self,
         req: &RotateRequest,
     ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
-        let key = self.family_key(&req.sid);
-        let reply: Vec<String> = self
-            .run(|mut c| {
-                let (key, scripts) = (key.clone(), self.scripts.clone());
-                async move {
-                    scripts
-                        .exchange
-                        .key(key)
-                        .arg(&req.presented_jti)
-                        .arg(&req.new_refresh_jti)
-                        .arg(&req.new_access_jti)
-                        .arg(req.issued_at)
-                        .arg(req.now_ms)
-                        .arg(req.leeway_ms)
-                        .arg(ttl_arg(req.ttl_ms))
-                        .arg(ttl_arg(req.revoked_ttl_ms))
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
+        let reply = self.exchange_script(|s| &s.exchange, req).await?;
         if reply.first().map(String::as_str) == Some("unknown") && reply.len() == 1 {
             return Ok(None);
         }
@@ -779,88 +863,16 @@ impl SessionStore for RedisStore {
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<AccessStatus, StoreError> {
-        let rjti = self.revoked_jti_key(jti);
-        let unbf = self.not_before_key(user_id);
-        let hmget = |key: String, fields: &[&str]| {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(key).arg(fields);
-            cmd
-        };
-        let mark_cmd = hmget(self.user_claims_key(user_id), &["v", "u", "r"]);
-        let fam_cmd =
-            sid.map(|s| hmget(self.family_key(s), &["revoked", "uver", "uname", "roles"]));
-        let (jti_revoked, nbf, mark, family): (bool, Option<String>, Fields, Fields) = self
-            .run(|c| {
-                let (rjti, unbf) = (rjti.clone(), unbf.clone());
-                let (mark_cmd, fam_cmd) = (mark_cmd.clone(), fam_cmd.clone());
-                async move {
-                    match c {
-                        // One round trip.
-                        Conn::Single(mut c) => {
-                            let mut p = redis::pipe();
-                            p.cmd("EXISTS").arg(&rjti);
-                            p.cmd("GET").arg(&unbf);
-                            p.add_command(mark_cmd);
-                            match fam_cmd {
-                                Some(fam_cmd) => {
-                                    p.add_command(fam_cmd);
-                                    p.query_async(&mut c).await
-                                }
-                                None => {
-                                    let (j, n, m): (bool, Option<String>, Fields) =
-                                        p.query_async(&mut c).await?;
-                                    Ok((j, n, m, Vec::new()))
-                                }
-                            }
-                        }
-                        // Three slots (the user's two keys share one): calls sent together.
-                        Conn::Cluster(c) => {
-                            let (mut c1, mut c2, mut c3, mut c4) =
-                                (c.clone(), c.clone(), c.clone(), c);
-                            let j = async move {
-                                redis::cmd("EXISTS")
-                                    .arg(&rjti)
-                                    .query_async::<bool>(&mut c1)
-                                    .await
-                            };
-                            let n = async move {
-                                redis::cmd("GET")
-                                    .arg(&unbf)
-                                    .query_async::<Option<String>>(&mut c2)
-                                    .await
-                            };
-                            let m = async move { mark_cmd.query_async::<Fields>(&mut c3).await };
-                            let f = async move {
-                                match fam_cmd {
-                                    Some(cmd) => cmd.query_async::<Fields>(&mut c4).await,
-                                    None => Ok(Vec::new()),
-                                }
-                            };
-                            futures_util::future::try_join4(j, n, m, f).await
-                        }
-                    }
-                }
-            })
-            .await?;
-        let user_not_before = match nbf {
-            None => None,
-            Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                StoreError::corrupt(STORE, format!("user not-before mark is {v:?}"))
-            })?),
-        };
-        let mut mark = mark.into_iter();
-        let mut next = || mark.next().flatten();
-        let mark = user_claims("the user's", next(), next(), next())?;
-        let mut family = family.into_iter();
-        let mut next = || family.next().flatten();
-        let family_revoked = next().is_some_and(|v| v == "1");
-        let family_user = user_claims("family", next(), next(), next())?;
-        Ok(AccessStatus {
-            jti_revoked,
-            family_revoked,
-            user_not_before,
-            user: UserClaims::newest(mark, family_user),
-        })
+        self.status(jti, sid, user_id, false).await
+    }
+
+    async fn access_status_with_user(
+        &self,
+        jti: &str,
+        sid: Option<&str>,
+        user_id: &str,
+    ) -> Result<AccessStatus, StoreError> {
+        self.status(jti, sid, user_id, true).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
