@@ -11,7 +11,7 @@ use crate::domain::clients::{hash_secret, load_static_clients, validate_client, 
 use crate::domain::ids;
 use crate::keys::{Alg, Keys};
 use crate::startup::{Application, Backends};
-use crate::store::{ClientRecord, ClientStore, StoreError, UserClaims};
+use crate::store::{ClientRecord, ClientStore, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -228,29 +228,20 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
                 .await
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no user with email {}", email.as_str()))?;
-            let admin = crate::domain::accounts::ROLE_ADMIN;
-            let already = user.roles.iter().any(|r| r == admin);
-            let user = if already {
-                user
-            } else {
-                let mut roles = user.roles.clone();
-                roles.push(admin.to_string());
-                b.users
-                    .set_roles(&user.id, &roles, clock.now_ms())
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("no user with email {}", email.as_str()))?
-            };
-            // Sessions already started pick the role up at their next refresh. Written again
-            // when the user is an admin already, in case an earlier run stopped before it.
-            b.sessions
-                .set_user_claims(
-                    &user.id,
-                    &UserClaims::of(&user),
-                    crate::domain::sessions::user_claims_ttl_ms(&config),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            let already = user
+                .roles
+                .iter()
+                .any(|r| r == crate::domain::accounts::ROLE_ADMIN);
+            let user = crate::domain::admin::grant_admin(
+                &*b.users,
+                &*b.sessions,
+                &config,
+                user,
+                clock.now_ms(),
+            )
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no user with email {}", email.as_str()))?;
             if already {
                 println!("{} is already an admin", email.as_str());
             } else {

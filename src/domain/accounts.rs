@@ -159,11 +159,16 @@ impl Core {
             tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
         }
         if self.is_admin_email(&user.email) && !user.roles.iter().any(|r| r == ROLE_ADMIN) {
-            let mut roles = user.roles.clone();
-            roles.push(ROLE_ADMIN.to_string());
-            if let Some(u) = self.users.set_roles(&user.id, &roles, now).await? {
+            let granted = super::admin::grant_admin(
+                &*self.users,
+                &*self.sessions,
+                &self.config,
+                user.clone(),
+                now,
+            )
+            .await?;
+            if let Some(u) = granted {
                 user = u;
-                self.publish_user_claims(&user).await?;
             }
         }
         Ok(user)

@@ -4,7 +4,10 @@
 use serde::Serialize;
 
 use super::accounts::{Principal, UserView, ROLE_ADMIN};
+use super::sessions::publish_user_claims;
 use super::{Core, Error};
+use crate::config::Config;
+use crate::store::{SessionStore, UserRecord, UserStore};
 
 /// One page of users.
 #[derive(Debug, Clone, Serialize)]
@@ -22,6 +25,30 @@ fn valid_role(r: &str) -> bool {
     (1..=32).contains(&r.len())
         && r.chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | ':'))
+}
+
+/// Adds role `admin` to `user` (kept as it is when it has the role) and publishes the user's
+/// claims, so sessions already started carry the role from their next refresh (published even
+/// when nothing changed, in case an earlier grant stopped before it). `None` if the user is gone.
+pub async fn grant_admin(
+    users: &dyn UserStore,
+    sessions: &dyn SessionStore,
+    config: &Config,
+    user: UserRecord,
+    now_ms: i64,
+) -> Result<Option<UserRecord>, Error> {
+    let user = if user.roles.iter().any(|r| r == ROLE_ADMIN) {
+        user
+    } else {
+        let mut roles = user.roles.clone();
+        roles.push(ROLE_ADMIN.to_string());
+        match users.set_roles(&user.id, &roles, now_ms).await? {
+            Some(u) => u,
+            None => return Ok(None),
+        }
+    };
+    publish_user_claims(sessions, config, &user).await?;
+    Ok(Some(user))
 }
 
 impl Core {

@@ -7,7 +7,9 @@ use super::{Core, Error, RefreshError};
 use crate::clock::{ms, secs};
 use crate::config::Config;
 use crate::keys::Alg;
-use crate::store::{ClientRecord, NewFamily, RotateOutcome, RotateRequest, UserClaims, UserRecord};
+use crate::store::{
+    ClientRecord, NewFamily, RotateOutcome, RotateRequest, SessionStore, UserClaims, UserRecord,
+};
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay
 /// inside the leeway re-signs byte-identical tokens.
@@ -242,17 +244,9 @@ impl Core {
         )
     }
 
-    /// Tells the session store that the user's claims changed (a role, the username), so
-    /// refreshes and introspection of families already started see the change.
+    /// [`publish_user_claims`] on this core's session store.
     pub async fn publish_user_claims(&self, user: &UserRecord) -> Result<(), Error> {
-        self.sessions
-            .set_user_claims(
-                &user.id,
-                &UserClaims::of(user),
-                user_claims_ttl_ms(&self.config),
-            )
-            .await?;
-        Ok(())
+        publish_user_claims(&*self.sessions, &self.config, user).await
     }
 
     /// `POST /auth/logout`: this access token and its family.
@@ -307,10 +301,19 @@ impl Core {
     }
 }
 
-/// How long a change of a user's claims is remembered: as long as a family started before it
-/// can live.
-pub fn user_claims_ttl_ms(config: &Config) -> i64 {
-    ms(config.session_ttl) + LEEWAY_SECS * 1000
+/// Tells the session store that the user's claims changed (a role, the username), so
+/// refreshes and introspection of families already started see the change. The mark lives as
+/// long as a family started before it can.
+pub async fn publish_user_claims(
+    sessions: &dyn SessionStore,
+    config: &Config,
+    user: &UserRecord,
+) -> Result<(), Error> {
+    let ttl_ms = ms(config.session_ttl) + LEEWAY_SECS * 1000;
+    sessions
+        .set_user_claims(&user.id, &UserClaims::of(user), ttl_ms)
+        .await?;
+    Ok(())
 }
 
 /// Whether a refresh error should count as reuse (for metrics).
