@@ -398,16 +398,8 @@ async fn store_outage_under_load(fault: Fault) {
     // Users, and one session logged out before the outage.
     let mut users = Vec::new();
     for _ in 0..CLIENTS {
-        let name = services::unique_name("u").replace('-', "")[..20].to_string();
-        let email = format!("{name}@example.com");
-        let res = http
-            .post(tokend.url("/auth/register"))
-            .json(&json!({"username": name, "email": email, "password": "correct horse battery"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
-        users.push((email, "correct horse battery".to_string()));
+        let email = register(&http, &tokend).await;
+        users.push((email, PASSWORD.to_string()));
     }
     let res = http
         .post(tokend.url("/auth/login"))
@@ -638,18 +630,10 @@ async fn sigkill_during_key_rotations_leaves_an_intact_keyset() {
             break;
         }
         // A token signed now, to be verified after every later crash.
-        let name = services::unique_name("u").replace('-', "")[..20].to_string();
-        let email = format!("{name}@example.com");
-        let res = http
-            .post(tokend.url("/auth/register"))
-            .json(&json!({"username": name, "email": email, "password": "correct horse battery"}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::CREATED);
+        let email = register(&http, &tokend).await;
         let res = http
             .post(tokend.url("/auth/login"))
-            .json(&json!({"email": email, "password": "correct horse battery"}))
+            .json(&json!({"email": email, "password": PASSWORD}))
             .send()
             .await
             .unwrap();
@@ -679,4 +663,20 @@ async fn sigkill_during_key_rotations_leaves_an_intact_keyset() {
         published.len(),
         minted.len()
     );
+}
+
+const PASSWORD: &str = "correct horse battery";
+
+/// Registers a new user on `tokend` with [`PASSWORD`]; returns the email.
+async fn register(http: &reqwest::Client, tokend: &TokendProcess) -> String {
+    let name = services::unique_name("u").replace('-', "")[..20].to_string();
+    let email = format!("{name}@example.com");
+    let res = http
+        .post(tokend.url("/auth/register"))
+        .json(&json!({"username": name, "email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    email
 }

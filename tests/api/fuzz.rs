@@ -624,16 +624,7 @@ fn any_json_body_on_the_user_endpoints_answers_below_500() {
                 } else {
                     req.body(text)
                 };
-                let (status, ct, bytes) = served.rt.block_on(async {
-                    let res = req.send().await.unwrap();
-                    let status = res.status().as_u16();
-                    let ct = res
-                        .headers()
-                        .get("content-type")
-                        .map(|v| v.to_str().unwrap_or("").to_string())
-                        .unwrap_or_default();
-                    (status, ct, res.bytes().await.unwrap().to_vec())
-                });
+                let (status, ct, bytes) = served.rt.block_on(answer(req));
                 check_answer(status, &ct, &bytes, false)
             },
         )
@@ -713,18 +704,21 @@ fn any_form_on_the_oauth_endpoints_answers_below_500() {
                 } else {
                     serde_urlencoded::to_string(&pairs).unwrap()
                 };
-                let (status, ct, bytes) = served.rt.block_on(async {
-                    let res = req.body(body).send().await.unwrap();
-                    let status = res.status().as_u16();
-                    let ct = res
-                        .headers()
-                        .get("content-type")
-                        .map(|v| v.to_str().unwrap_or("").to_string())
-                        .unwrap_or_default();
-                    (status, ct, res.bytes().await.unwrap().to_vec())
-                });
+                let (status, ct, bytes) = served.rt.block_on(answer(req.body(body)));
                 check_answer(status, &ct, &bytes, false)
             },
         )
         .unwrap();
+}
+
+/// Sends `req`: the status, the content type (empty when absent) and the body.
+async fn answer(req: reqwest::RequestBuilder) -> (u16, String, Vec<u8>) {
+    let res = req.send().await.unwrap();
+    let status = res.status().as_u16();
+    let ct = res
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    (status, ct, res.bytes().await.unwrap().to_vec())
 }
