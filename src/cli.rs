@@ -212,7 +212,8 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
     if matches!(config.mode, Mode::Embedded { .. }) {
         return Err(format!(
             "`tokend users` needs production mode: set {ENV_MONGODB_URI} and {ENV_REDIS_URL}. \
-             In embedded mode, list admin emails in TOKEND_ADMIN_EMAILS instead."
+             In embedded mode, start the server with TOKEND_BOOTSTRAP_ADMIN_EMAIL and \
+             TOKEND_BOOTSTRAP_ADMIN_PASSWORD to create the first admin instead."
         ));
     }
     let clock: SharedClock = Arc::new(SystemClock);

@@ -36,6 +36,9 @@ pub const ENV_LOG: &str = "TOKEND_LOG";
 pub const ENV_LOG_FORMAT: &str = "TOKEND_LOG_FORMAT";
 pub const ENV_CLIENTS_FILE: &str = "TOKEND_CLIENTS_FILE";
 pub const ENV_ADMIN_EMAILS: &str = "TOKEND_ADMIN_EMAILS";
+pub const ENV_BOOTSTRAP_ADMIN_EMAIL: &str = "TOKEND_BOOTSTRAP_ADMIN_EMAIL";
+pub const ENV_BOOTSTRAP_ADMIN_PASSWORD: &str = "TOKEND_BOOTSTRAP_ADMIN_PASSWORD";
+pub const ENV_MAX_SESSIONS_PER_USER: &str = "TOKEND_MAX_SESSIONS_PER_USER";
 pub const ENV_BODY_LIMIT: &str = "TOKEND_BODY_LIMIT";
 pub const ENV_REQUEST_TIMEOUT: &str = "TOKEND_REQUEST_TIMEOUT";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "TOKEND_HEADER_READ_TIMEOUT";
@@ -75,6 +78,7 @@ pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_KEYSET_RELOAD: &str = "30s";
 pub const DEFAULT_RATE_LIMIT_IP: &str = "600/min";
 pub const DEFAULT_RATE_LIMIT_ACCOUNT: &str = "30/min";
+pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 100;
 
 /// Largest allowed keyset reload interval: SPEC §8 promises every instance reloads within 30 s.
 pub const MAX_KEYSET_RELOAD: Duration = Duration::from_secs(30);
@@ -364,8 +368,15 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `TOKEND_CLIENTS_FILE`: static OAuth clients (JSON list), when set.
     pub clients_file: Option<PathBuf>,
-    /// `TOKEND_ADMIN_EMAILS`: lower-cased emails granted `admin` at registration or login.
+    /// `TOKEND_ADMIN_EMAILS`: lower-cased emails that earn `admin` once their owner proves
+    /// control of them (email verification); registering or signing in with one grants nothing.
     pub admin_emails: Vec<String>,
+    /// `TOKEND_BOOTSTRAP_ADMIN_EMAIL` and `TOKEND_BOOTSTRAP_ADMIN_PASSWORD` (both or neither):
+    /// the first admin, created at start-up when no account has that email.
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// `TOKEND_MAX_SESSIONS_PER_USER`, default 100: live families per user; a login beyond it
+    /// ends the oldest.
+    pub max_sessions_per_user: u32,
     /// `TOKEND_BODY_LIMIT` in bytes, default 16 KiB.
     pub body_limit: usize,
     pub request_timeout: Duration,
@@ -387,6 +398,15 @@ pub struct Config {
     pub refresh_cookie: bool,
     /// `TOKEND_CORS_ORIGINS`: allowed browser origins; empty means CORS off.
     pub cors_origins: Vec<String>,
+}
+
+/// The first admin account (`TOKEND_BOOTSTRAP_ADMIN_EMAIL`, `TOKEND_BOOTSTRAP_ADMIN_PASSWORD`).
+#[derive(Debug, Clone)]
+pub struct BootstrapAdmin {
+    /// Lower-cased.
+    pub email: String,
+    /// Never logged (`Debug` prints `<redacted>`).
+    pub password: Secret<String>,
 }
 
 impl Config {
@@ -595,6 +615,58 @@ impl Config {
                 format!("{bad:?} is not an email address"),
             ));
         }
+        let bootstrap_admin = match (
+            opt(ENV_BOOTSTRAP_ADMIN_EMAIL),
+            env.get(ENV_BOOTSTRAP_ADMIN_PASSWORD)
+                .filter(|p| !p.is_empty()),
+        ) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    ENV_BOOTSTRAP_ADMIN_PASSWORD,
+                    format!("must be set with {ENV_BOOTSTRAP_ADMIN_EMAIL}"),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    ENV_BOOTSTRAP_ADMIN_EMAIL,
+                    format!("must be set with {ENV_BOOTSTRAP_ADMIN_PASSWORD}"),
+                ))
+            }
+            (Some(email), Some(password)) => {
+                let email = email.to_lowercase();
+                let (local, domain) = email.split_once('@').unwrap_or_default();
+                if local.is_empty() || domain.is_empty() || email.chars().any(char::is_whitespace) {
+                    return Err(ConfigError::new(
+                        ENV_BOOTSTRAP_ADMIN_EMAIL,
+                        "expected an email address",
+                    ));
+                }
+                if !(8..=128).contains(&password.chars().count()) {
+                    return Err(ConfigError::new(
+                        ENV_BOOTSTRAP_ADMIN_PASSWORD,
+                        "must be 8-128 characters",
+                    ));
+                }
+                Some(BootstrapAdmin {
+                    email,
+                    password: Secret(password),
+                })
+            }
+        };
+        let max_sessions_per_user = match opt(ENV_MAX_SESSIONS_PER_USER) {
+            None => DEFAULT_MAX_SESSIONS_PER_USER,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=10_000).contains(n))
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        ENV_MAX_SESSIONS_PER_USER,
+                        "expected a number from 1 to 10000",
+                    )
+                })?,
+        };
         let body_limit = match opt(ENV_BODY_LIMIT) {
             None => DEFAULT_BODY_LIMIT,
             Some(v) => parse_size(&v).map_err(|m| ConfigError::new(ENV_BODY_LIMIT, m))?,
@@ -711,6 +783,8 @@ impl Config {
             log_format,
             clients_file,
             admin_emails,
+            bootstrap_admin,
+            max_sessions_per_user,
             body_limit,
             request_timeout,
             header_read_timeout,
@@ -803,6 +877,22 @@ impl Config {
                     .unwrap_or_default()
             ),
             format!("{ENV_ADMIN_EMAILS}={}", self.admin_emails.join(",")),
+            format!(
+                "{ENV_BOOTSTRAP_ADMIN_EMAIL}={}",
+                self.bootstrap_admin
+                    .as_ref()
+                    .map(|b| b.email.as_str())
+                    .unwrap_or_default()
+            ),
+            format!(
+                "{ENV_BOOTSTRAP_ADMIN_PASSWORD}={}",
+                if self.bootstrap_admin.is_some() {
+                    "<redacted>"
+                } else {
+                    ""
+                }
+            ),
+            format!("{ENV_MAX_SESSIONS_PER_USER}={}", self.max_sessions_per_user),
             format!("{ENV_BODY_LIMIT}={}", self.body_limit),
             format!("{ENV_REQUEST_TIMEOUT}={}", d(self.request_timeout)),
             format!("{ENV_HEADER_READ_TIMEOUT}={}", d(self.header_read_timeout)),

@@ -241,6 +241,16 @@ impl Application {
             passwords,
             tokens,
         };
+        if !config.admin_emails.is_empty() {
+            tracing::warn!(
+                "TOKEND_ADMIN_EMAILS grants admin only to an address whose owner has verified it; \
+                 this version does not verify addresses, so it grants nothing: use \
+                 TOKEND_BOOTSTRAP_ADMIN_EMAIL/PASSWORD or `tokend users grant-admin`"
+            );
+        }
+        core.bootstrap_admin()
+            .await
+            .map_err(|e| StartupError::Other(format!("bootstrap admin: {e}")))?;
         let public_cache_control = HeaderValue::from_str(&format!(
             "public, max-age={}",
             config.jwks_max_age.as_secs()

@@ -15,6 +15,7 @@ pub struct UserView {
     pub id: String,
     pub username: String,
     pub email: String,
+    pub email_verified: bool,
     pub roles: Vec<String>,
     /// RFC 3339, UTC.
     pub created_at: String,
@@ -33,6 +34,7 @@ impl From<&UserRecord> for UserView {
             id: u.id.clone(),
             username: u.username.clone(),
             email: u.email.clone(),
+            email_verified: u.email_verified,
             roles: u.roles.clone(),
             created_at: rfc3339(u.created_at),
             updated_at: rfc3339(u.updated_at),
@@ -80,10 +82,6 @@ pub const ROLE_USER: &str = "user";
 pub const ROLE_ADMIN: &str = "admin";
 
 impl Core {
-    fn is_admin_email(&self, email: &str) -> bool {
-        self.config.admin_emails.iter().any(|e| e == email)
-    }
-
     /// `POST /auth/register`.
     pub async fn register(
         &self,
@@ -96,16 +94,17 @@ impl Core {
         let password = Password::parse(password)?;
         let hash = self.passwords.hash(password.expose()).await?;
         let now = self.clock.now_ms();
-        let mut roles = vec![ROLE_USER.to_string()];
-        if self.is_admin_email(email.as_str()) {
-            roles.push(ROLE_ADMIN.to_string());
-        }
+        // An address in TOKEND_ADMIN_EMAILS earns nothing here: registering an address proves
+        // nothing about who owns it (docs/hardening.md, "Admins").
+        let roles = vec![ROLE_USER.to_string()];
         let user = UserRecord {
             id: uuid::Uuid::now_v7().to_string(),
             username: username.as_str().to_string(),
             email: email.as_str().to_string(),
             password_hash: hash,
             roles,
+            email_verified: false,
+            credentials_version: 0,
             created_at: now,
             updated_at: now,
         };
@@ -115,16 +114,14 @@ impl Core {
     }
 
     /// Checks a password for an email or (when `allow_username`) a username. Unknown accounts
-    /// are verified against a dummy hash and answer like a wrong password.
+    /// are verified against a dummy hash and answer like a wrong password. The account's one
+    /// budget (whatever names it) is charged before the hash is checked.
     pub async fn check_password(
         &self,
         login: &str,
         password: &str,
         allow_username: bool,
     ) -> Result<UserRecord, Error> {
-        let account = super::limits::account_key(login);
-        self.limit_key(&account, "account").await?;
-        self.check_backoff(&account).await?;
         let user = if login.contains('@') || !allow_username {
             match Email::parse(login) {
                 Ok(email) => self.users.by_email(email.as_str()).await?,
@@ -133,45 +130,70 @@ impl Core {
         } else {
             self.users.by_username(login).await?
         };
-        let verdict = self
-            .passwords
-            .verify(password, user.as_ref().map(|u| u.password_hash.as_str()))
-            .await?;
-        let mut user = match (verdict.clone(), user) {
-            (Verdict::Wrong, _) | (_, None) => {
-                self.login_failed(&account).await?;
-                self.metrics
-                    .logins
-                    .with_label_values(&["invalid_credentials"])
-                    .inc();
-                return Err(Error::InvalidCredentials);
-            }
-            (_, Some(u)) => u,
+        let account = match &user {
+            Some(u) => super::limits::user_key(&u.id),
+            None => super::limits::account_key(login),
         };
-        self.metrics.logins.with_label_values(&["success"]).inc();
-        self.login_succeeded(&account).await?;
-        let now = self.clock.now_ms();
+        let verdict = self
+            .checked_password(&account, password, user.as_ref())
+            .await?;
+        let Some(mut user) = user else {
+            return Err(Error::InvalidCredentials);
+        };
         if let Verdict::RightRehashed(new_hash) = verdict {
-            self.users
-                .update_password_hash(&user.id, &new_hash, now)
-                .await?;
-            user.password_hash = new_hash;
+            if let Some(updated) = self
+                .users
+                .update_password_hash(&user.id, &new_hash, self.clock.now_ms())
+                .await?
+            {
+                user = updated;
+            }
             tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
         }
-        if self.is_admin_email(&user.email) && !user.roles.iter().any(|r| r == ROLE_ADMIN) {
-            let granted = super::admin::grant_admin(
-                &*self.users,
-                &*self.sessions,
-                &self.config,
-                user.clone(),
-                now,
-            )
-            .await?;
-            if let Some(u) = granted {
-                user = u;
-            }
-        }
         Ok(user)
+    }
+
+    /// One password check against `user` (a dummy hash when `None`), charged to `account`'s
+    /// budget: the per-account rate and the failed-login back-off, reserved atomically before
+    /// Argon2 runs. A wrong password (or no user) is [`Error::InvalidCredentials`].
+    async fn checked_password(
+        &self,
+        account: &str,
+        password: &str,
+        user: Option<&UserRecord>,
+    ) -> Result<Verdict, Error> {
+        self.limit_key(account, "account").await?;
+        self.reserve_password_check(account).await?;
+        let verdict = self
+            .passwords
+            .verify(password, user.map(|u| u.password_hash.as_str()))
+            .await?;
+        if matches!(verdict, Verdict::Wrong) || user.is_none() {
+            self.metrics
+                .logins
+                .with_label_values(&["invalid_credentials"])
+                .inc();
+            return Err(Error::InvalidCredentials);
+        }
+        self.metrics.logins.with_label_values(&["success"]).inc();
+        self.password_check_succeeded(account).await?;
+        Ok(verdict)
+    }
+
+    /// Checks `current_password` of a signed-in user (password change, and later email change
+    /// and deletion) under the same budget as a login.
+    pub(crate) async fn check_current_password(
+        &self,
+        user: &UserRecord,
+        password: &str,
+    ) -> Result<(), Error> {
+        let account = super::limits::user_key(&user.id);
+        match self.checked_password(&account, password, Some(user)).await {
+            Err(Error::InvalidCredentials) => {
+                Err(Error::Invalid("current_password is wrong".into()))
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// `POST /auth/login`: a fresh access token and the first refresh token of a new family.
@@ -214,7 +236,7 @@ impl Core {
             .access_status_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
             .await?;
         let principal = self.judge_revocation(claims, &status)?;
-        Ok((principal, status.user))
+        Ok((principal, status.claims))
     }
 
     fn judge_revocation(
@@ -222,10 +244,10 @@ impl Core {
         claims: AccessClaims,
         status: &AccessStatus,
     ) -> Result<Principal, Error> {
-        if status.jti_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
+        if status.jti_revoked {
             return Err(self.rejected("revoked"));
         }
-        if status.family_revoked {
+        if status.revoked(claims.sid.as_deref()) {
             return Err(self.rejected("session_revoked"));
         }
         Ok(Principal { claims })
@@ -264,21 +286,17 @@ impl Core {
         p.require_fresh()?;
         let new = Password::parse(new)?;
         let user = self.current_user(p).await?;
-        match self
-            .passwords
-            .verify(current, Some(&user.password_hash))
-            .await?
-        {
-            Verdict::Wrong => {
-                return Err(Error::Invalid("current_password is wrong".into()));
-            }
-            Verdict::Right | Verdict::RightRehashed(_) => {}
-        }
+        self.check_current_password(&user, current).await?;
         let hash = self.passwords.hash(new.expose()).await?;
-        self.users
+        let user = self
+            .users
             .update_password_hash(&user.id, &hash, self.clock.now_ms())
+            .await?
+            .ok_or(Error::TokenRejected("user no longer exists"))?;
+        // Every family whose login read the record before this write is over, logins in flight
+        // included (docs/sessions.md).
+        self.revoke_all_sessions(&user.id, Some(user.credentials_version))
             .await?;
-        self.revoke_all_sessions(&user.id).await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
         Ok(())
     }

@@ -3,11 +3,12 @@
 
 use serde::Serialize;
 
-use super::accounts::{Principal, UserView, ROLE_ADMIN};
+use super::accounts::{Principal, UserView, ROLE_ADMIN, ROLE_USER};
+use super::input::{Email, Password};
 use super::sessions::publish_user_claims;
-use super::{Core, Error};
+use super::{ids, Core, Error};
 use crate::config::Config;
-use crate::store::{SessionStore, UserRecord, UserStore};
+use crate::store::{SessionStore, StoreError, UserRecord, UserStore};
 
 /// One page of users.
 #[derive(Debug, Clone, Serialize)]
@@ -51,7 +52,71 @@ pub async fn grant_admin(
     Ok(Some(user))
 }
 
+/// A username for the bootstrap admin: the email's local part as far as usernames allow it.
+fn username_from_email(email: &str) -> String {
+    let local = email.split('@').next().unwrap_or_default();
+    let name: String = local
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(24)
+        .collect();
+    if name.len() < 3 {
+        "admin".to_string()
+    } else {
+        name
+    }
+}
+
 impl Core {
+    /// Creates the bootstrap admin of `TOKEND_BOOTSTRAP_ADMIN_EMAIL` and
+    /// `TOKEND_BOOTSTRAP_ADMIN_PASSWORD` (roles `user` and `admin`, email verified) when no
+    /// account has that email; an existing account is never touched. True if it was created.
+    pub async fn bootstrap_admin(&self) -> Result<bool, Error> {
+        let Some(b) = &self.config.bootstrap_admin else {
+            return Ok(false);
+        };
+        let email = Email::parse(&b.email)?;
+        if self.users.by_email(email.as_str()).await?.is_some() {
+            tracing::info!("bootstrap admin: an account with that email exists; left as it is");
+            return Ok(false);
+        }
+        let password = Password::parse(&b.password.0)?;
+        let hash = self.passwords.hash(password.expose()).await?;
+        let base = username_from_email(email.as_str());
+        for attempt in 0..8 {
+            let username = if attempt == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{}", &ids::random_id()?[..6])
+            };
+            let now = self.clock.now_ms();
+            let user = UserRecord {
+                id: uuid::Uuid::now_v7().to_string(),
+                username,
+                email: email.as_str().to_string(),
+                password_hash: hash.clone(),
+                roles: vec![ROLE_USER.to_string(), ROLE_ADMIN.to_string()],
+                email_verified: true,
+                credentials_version: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            match self.users.insert(&user).await {
+                Ok(()) => {
+                    tracing::info!(user_id = %user.id, username = %user.username, "bootstrap admin created");
+                    return Ok(true);
+                }
+                Err(StoreError::Duplicate("username")) => continue,
+                // Another instance created it first.
+                Err(StoreError::Duplicate(_)) => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Internal(
+            "bootstrap admin: no free username found".into(),
+        ))
+    }
+
     /// `GET /admin/users?limit=&after=`: users ordered by id.
     pub async fn admin_list_users(
         &self,
@@ -97,7 +162,7 @@ impl Core {
         // that read the old roles in between.
         let removed = before.roles.iter().any(|r| !roles.contains(r));
         if removed {
-            self.revoke_all_sessions(id).await?;
+            self.revoke_all_sessions(id, None).await?;
         }
         let user = self
             .users
@@ -106,7 +171,10 @@ impl Core {
             .ok_or(Error::NotFound)?;
         self.publish_user_claims(&user).await?;
         if removed {
-            self.revoke_all_sessions(id).await?;
+            // Also ends the logins that read the old roles and were still in flight
+            // (docs/sessions.md).
+            self.revoke_all_sessions(id, Some(user.credentials_version))
+                .await?;
         }
         tracing::info!(admin = %p.claims.sub, user_id = %id, roles = ?roles, "roles changed");
         Ok(UserView::from(&user))
@@ -116,7 +184,7 @@ impl Core {
     pub async fn admin_revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
         p.require_role(ROLE_ADMIN)?;
         self.users.by_id(id).await?.ok_or(Error::NotFound)?;
-        self.revoke_all_sessions(id).await?;
+        self.revoke_all_sessions(id, None).await?;
         tracing::info!(admin = %p.claims.sub, user_id = %id, "sessions revoked by an admin");
         Ok(())
     }

@@ -32,9 +32,19 @@ pub fn account_key(login: &str) -> String {
     format!("acct:{}", hex::encode(&d.as_ref()[..16]))
 }
 
-/// A key for a client id.
-pub fn client_key(client_id: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes());
+/// The one budget of an existing account, whatever names it (username, email, any case).
+pub fn user_key(user_id: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, user_id.as_bytes());
+    format!("user:{}", hex::encode(&d.as_ref()[..16]))
+}
+
+/// A key for failed authentications of a client id from one source address.
+pub fn client_key(client_id: &str, source: Option<IpAddr>) -> String {
+    let source = source.map(|ip| ip.to_string()).unwrap_or_default();
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{client_id}\n{source}").as_bytes(),
+    );
     format!("client:{}", hex::encode(&d.as_ref()[..16]))
 }
 
@@ -117,36 +127,28 @@ impl Core {
         self.limit_key(key, "client").await
     }
 
-    /// Refuses a login while the account backs off.
-    pub async fn check_backoff(&self, account: &str) -> Result<(), Error> {
+    /// Reserves one password check on the account's back-off (atomically: concurrent guesses
+    /// get no more checks than sequential ones); refused while the account backs off.
+    pub async fn reserve_password_check(&self, account: &str) -> Result<(), Error> {
         if !self.config.rate_limit_enabled {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        if let Some(until) = self.limits.store.backoff_until(account).await? {
-            if until > now {
-                self.metrics.login_backoff.inc();
-                self.metrics.logins.with_label_values(&["backoff"]).inc();
-                return Err(Error::RateLimited(retry_secs(until - now)));
-            }
-        }
-        Ok(())
-    }
-
-    /// Records a failed password for the account.
-    pub async fn login_failed(&self, account: &str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
-            return Ok(());
-        }
-        self.limits
+        if let Some(until) = self
+            .limits
             .store
-            .record_failure(account, self.clock.now_ms(), BACKOFF)
-            .await?;
+            .reserve_attempt(account, now, BACKOFF)
+            .await?
+        {
+            self.metrics.login_backoff.inc();
+            self.metrics.logins.with_label_values(&["backoff"]).inc();
+            return Err(Error::RateLimited(retry_secs(until - now)));
+        }
         Ok(())
     }
 
-    /// Clears the account's failures after a successful login.
-    pub async fn login_succeeded(&self, account: &str) -> Result<(), Error> {
+    /// A right password clears the account's failures (the reserved attempt included).
+    pub async fn password_check_succeeded(&self, account: &str) -> Result<(), Error> {
         if !self.config.rate_limit_enabled {
             return Ok(());
         }

@@ -84,6 +84,10 @@ pub enum RefreshError {
     Revoked,
     #[error("session expired or unknown")]
     Unknown,
+    /// The client the token was issued to may not refresh here (a confidential client at the
+    /// unauthenticated seed route, or a client without the `refresh_token` grant).
+    #[error("{0}")]
+    NotAllowed(&'static str),
 }
 
 /// Everything the domain needs, shared by every request.

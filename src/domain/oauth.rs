@@ -200,6 +200,7 @@ impl Core {
         &self,
         creds: &ClientCredentials,
         public: PublicClients,
+        source: Option<std::net::IpAddr>,
     ) -> Result<ClientRecord, OAuthError> {
         let client = self
             .clients
@@ -208,7 +209,9 @@ impl Core {
             .ok_or_else(|| OAuthError::InvalidClient("unknown client or bad secret".into()))?;
         match (&client.secret_sha256, &creds.secret) {
             (Some(stored), Some(presented)) => {
-                let key = super::limits::client_key(&client.client_id);
+                // Failures count against this client from this source only: strangers who
+                // guess wrong never lock the real client out (docs/hardening.md).
+                let key = super::limits::client_key(&client.client_id, source);
                 self.check_client_backoff(&key).await?;
                 if secret_matches(presented, stored) {
                     Ok(client)
@@ -278,7 +281,8 @@ impl Core {
             access_token: pair.access_token,
             token_type: pair.token_type,
             expires_in: pair.expires_in,
-            refresh_token: Some(pair.refresh_token),
+            // Only a client allowed the refresh_token grant gets one.
+            refresh_token: Some(pair.refresh_token).filter(|t| !t.is_empty()),
             scope: pair.scope,
         })
     }
@@ -464,7 +468,7 @@ impl Core {
             .sessions
             .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
             .await?;
-        if status.family_revoked || status.user_not_before.is_some_and(|nbf| claims.iat < nbf) {
+        if status.revoked(Some(&claims.sid)) {
             return inactive;
         }
         let Some(family) = self.sessions.family(&claims.sid).await? else {
@@ -476,7 +480,7 @@ impl Core {
         {
             return inactive;
         }
-        let username = match UserClaims::newest(status.user, family.user) {
+        let username = match UserClaims::newest(status.claims, family.user) {
             Some(user) => user.username,
             // A family written before families carried the user.
             None => match self.users.by_id(&claims.sub).await? {

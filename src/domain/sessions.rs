@@ -2,6 +2,7 @@
 //! atomically, reuse revokes it, and logout revokes what SPEC §6 says.
 
 use super::accounts::{Principal, TokenPair};
+use super::clients::GRANT_REFRESH_TOKEN;
 use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
 use super::{Core, Error, RefreshError};
 use crate::clock::{ms, secs};
@@ -27,6 +28,9 @@ struct PairSpec<'a> {
     session_ends: i64,
     /// `password` or `refresh_token`, for the issued-tokens metric.
     grant: &'static str,
+    /// Whether the client may have a refresh token (its `refresh_token` grant); without it
+    /// the pair's refresh token is left empty.
+    with_refresh: bool,
 }
 
 impl Core {
@@ -75,15 +79,20 @@ impl Core {
             client_id: spec.client_id.to_string(),
             scope: spec.scope.to_string(),
         };
+        let refresh_token = if spec.with_refresh {
+            self.metrics.issued(spec.grant, "refresh", alg.as_str());
+            self.tokens.sign_refresh(alg, &refresh)?
+        } else {
+            String::new()
+        };
         let pair = TokenPair {
             access_token: self.tokens.sign_access(alg, &access)?,
-            refresh_token: self.tokens.sign_refresh(alg, &refresh)?,
+            refresh_token,
             token_type: "Bearer",
             expires_in: access_ttl,
             scope: spec.scope.to_string(),
         };
         self.metrics.issued(spec.grant, "access", alg.as_str());
-        self.metrics.issued(spec.grant, "refresh", alg.as_str());
         Ok(pair)
     }
 
@@ -112,8 +121,10 @@ impl Core {
             issued_at: now,
             session_ends,
             grant: "password",
+            with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
         };
-        self.sessions
+        let ended = self
+            .sessions
             .start_family(&NewFamily {
                 sid: sid.clone(),
                 user_id: user.id.clone(),
@@ -124,10 +135,20 @@ impl Core {
                 access_jti: spec.access_jti.clone(),
                 issued_at: now,
                 expires_at_ms: session_ends * 1000,
+                started_at_ms: now_ms,
                 ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
                 user: UserClaims::of(user),
+                credentials_version: user.credentials_version,
+                max_sessions: self.config.max_sessions_per_user,
             })
             .await?;
+        if ended > 0 {
+            self.metrics
+                .revocations
+                .with_label_values(&["family"])
+                .inc_by(ended);
+            tracing::info!(user_id = %user.id, ended, "oldest sessions ended: too many live sessions");
+        }
         self.sign_pair(alg, &spec)
     }
 
@@ -155,6 +176,30 @@ impl Core {
                 return Err(RefreshError::InvalidToken("issued to another client").into());
             }
         }
+        let client = match expected_client {
+            Some(c) => c.clone(),
+            None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
+            None => {
+                let client = self
+                    .clients
+                    .get(&claims.client_id)
+                    .await?
+                    .ok_or(RefreshError::Unknown)?;
+                // The seed route authenticates no client: only public clients' tokens are
+                // exchanged there (docs/hardening.md).
+                if client.secret_sha256.is_some() {
+                    return Err(RefreshError::NotAllowed(
+                        "this refresh token belongs to a confidential client: exchange it at \
+                         /oauth/token with the client's credentials",
+                    )
+                    .into());
+                }
+                client
+            }
+        };
+        if !client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN) {
+            return Err(RefreshError::NotAllowed("this client may not use refresh tokens").into());
+        }
         // The revocation marks come with the newest copy of the user's roles (the family's,
         // taken at login, or the user's mark, written at every change), so a role change
         // shows at the next refresh without a user-store read.
@@ -162,10 +207,10 @@ impl Core {
             .sessions
             .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
             .await?;
-        if status.user_not_before.is_some_and(|nbf| claims.iat < nbf) || status.family_revoked {
+        if status.revoked(Some(&claims.sid)) {
             return Err(RefreshError::Revoked.into());
         }
-        let roles = match status.user {
+        let roles = match status.claims {
             Some(user) => user.roles,
             // A family written before families carried the user.
             None => {
@@ -175,15 +220,6 @@ impl Core {
                     .ok_or(RefreshError::Unknown)?
                     .roles
             }
-        };
-        let client = match expected_client {
-            Some(c) => c.clone(),
-            None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
-            None => self
-                .clients
-                .get(&claims.client_id)
-                .await?
-                .ok_or(RefreshError::Unknown)?,
         };
         let alg = self.client_alg(&client);
         let new_access_jti = self.new_id()?;
@@ -240,6 +276,7 @@ impl Core {
                 issued_at,
                 session_ends,
                 grant: "refresh_token",
+                with_refresh: true,
             },
         )
     }
@@ -283,18 +320,26 @@ impl Core {
         Ok(())
     }
 
-    /// `POST /auth/logout/all`: every family of the user and every token issued before now.
+    /// `POST /auth/logout/all`: every session of the user.
     pub async fn logout_all(&self, p: &Principal) -> Result<(), Error> {
-        self.revoke_all_sessions(&p.claims.sub).await
+        self.revoke_all_sessions(&p.claims.sub, None).await
     }
 
-    /// Revokes every family of a user and marks everything issued before now as revoked.
-    pub async fn revoke_all_sessions(&self, user_id: &str) -> Result<(), Error> {
-        let ttl = self.revocation_ttl_ms();
-        self.sessions
-            .set_user_not_before(user_id, self.clock.now(), ttl)
+    /// Ends every session of a user, and every token of them, in one store step however many
+    /// there are. After a credential change, `credentials_version` (of the record the change
+    /// wrote) also ends the sessions of logins that read the record before it, including those
+    /// still in flight (docs/sessions.md).
+    pub async fn revoke_all_sessions(
+        &self,
+        user_id: &str,
+        credentials_version: Option<i64>,
+    ) -> Result<(), Error> {
+        // The marks must outlive every family of the user.
+        let ttl = ms(self.config.session_ttl) + LEEWAY_SECS * 1000;
+        let n = self
+            .sessions
+            .revoke_user_sessions(user_id, credentials_version, ttl)
             .await?;
-        let n = self.sessions.revoke_user_families(user_id, ttl).await?;
         self.metrics.revocations.with_label_values(&["user"]).inc();
         tracing::info!(user_id = %user_id, families = n, "all sessions revoked");
         Ok(())
@@ -314,9 +359,4 @@ pub async fn publish_user_claims(
         .set_user_claims(&user.id, &UserClaims::of(user), ttl_ms)
         .await?;
     Ok(())
-}
-
-/// Whether a refresh error should count as reuse (for metrics).
-pub fn is_reuse(e: &Error) -> bool {
-    matches!(e, Error::Refresh(RefreshError::Reused))
 }

@@ -148,10 +148,14 @@ async fn authenticated(
     public: PublicClients,
 ) -> Result<(crate::store::ClientRecord, OAuthForm), ApiError> {
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
+    let source = super::client_ip(&req, &state.core.config.trusted_proxies);
     let form: OAuthForm = read_form(req, state.body_limit).await?;
     let form = form.normalized();
     let creds = presented_client(authorization.as_ref(), &form)?;
-    let client = state.core.authenticate_client(&creds, public).await?;
+    let client = state
+        .core
+        .authenticate_client(&creds, public, source)
+        .await?;
     Ok((client, form))
 }
 

@@ -78,7 +78,7 @@ impl UserStore for Instrumented<dyn UserStore> {
         id: &str,
         hash: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<UserRecord>, StoreError> {
         self.time(
             "user_update_password",
             self.inner.update_password_hash(id, hash, now_ms),
@@ -124,7 +124,7 @@ impl ClientStore for Instrumented<dyn ClientStore> {
 
 #[async_trait]
 impl SessionStore for Instrumented<dyn SessionStore> {
-    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
         self.time("family_start", self.inner.start_family(family))
             .await
     }
@@ -144,28 +144,22 @@ impl SessionStore for Instrumented<dyn SessionStore> {
         self.time("family_revoke", self.inner.revoke_family(sid, ttl_ms))
             .await
     }
-    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        credentials_version: Option<i64>,
+        ttl_ms: i64,
+    ) -> Result<u64, StoreError> {
         self.time(
-            "user_families_revoke",
-            self.inner.revoke_user_families(user_id, ttl_ms),
+            "user_sessions_revoke",
+            self.inner
+                .revoke_user_sessions(user_id, credentials_version, ttl_ms),
         )
         .await
     }
     async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
         self.time("jti_revoke", self.inner.revoke_jti(jti, ttl_ms))
             .await
-    }
-    async fn set_user_not_before(
-        &self,
-        user_id: &str,
-        not_before: i64,
-        ttl_ms: i64,
-    ) -> Result<(), StoreError> {
-        self.time(
-            "user_not_before",
-            self.inner.set_user_not_before(user_id, not_before, ttl_ms),
-        )
-        .await
     }
     async fn set_user_claims(
         &self,

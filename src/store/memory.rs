@@ -3,15 +3,16 @@
 //! by the [`Clock`](crate::clock::Clock) they were built with and are purged as they are met and
 //! by a periodic sweep, so memory stays bounded. Everything is lost when the process exits.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
 use super::{
-    AccessStatus, ClientRecord, ClientStore, FamilyState, LeaseStore, NewFamily, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserClaims, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyState, LeaseStore, NewFamily,
+    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
+    UserStore,
 };
 use crate::clock::SharedClock;
 
@@ -126,16 +127,14 @@ impl UserStore for MemoryUsers {
         id: &str,
         hash: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<UserRecord>, StoreError> {
         let mut g = lock(&self.inner);
-        Ok(match g.by_id.get_mut(id) {
-            Some(u) => {
-                u.password_hash = hash.to_string();
-                u.updated_at = now_ms;
-                true
-            }
-            None => false,
-        })
+        Ok(g.by_id.get_mut(id).map(|u| {
+            u.password_hash = hash.to_string();
+            u.credentials_version += 1;
+            u.updated_at = now_ms;
+            u.clone()
+        }))
     }
 
     async fn set_roles(
@@ -147,6 +146,7 @@ impl UserStore for MemoryUsers {
         let mut g = lock(&self.inner);
         Ok(g.by_id.get_mut(id).map(|u| {
             u.roles = roles.to_vec();
+            u.credentials_version += 1;
             u.updated_at = now_ms;
             u.clone()
         }))
@@ -235,6 +235,10 @@ struct Family {
     /// Clock time (Unix ms) at which the record is forgotten.
     expires: i64,
     user: Option<UserClaims>,
+    /// The user's session generation when the family started.
+    generation: i64,
+    /// The user record's `credentials_version` the login read.
+    credentials_version: i64,
 }
 
 impl Family {
@@ -253,6 +257,8 @@ impl Family {
             revoked: true,
             expires,
             user: None,
+            generation: 0,
+            credentials_version: 0,
         }
     }
 }
@@ -283,12 +289,13 @@ fn keep_newest<V>(
 #[derive(Default)]
 struct SessionsInner {
     families: HashMap<String, Family>,
-    /// user id -> (family ids, clock time the set is forgotten)
-    user_families: HashMap<String, (HashSet<String>, i64)>,
+    /// user id -> (family id -> (login time, family end), Unix ms; clock time the list is
+    /// forgotten)
+    user_families: HashMap<String, (HashMap<String, (i64, i64)>, i64)>,
     /// revoked access `jti` -> clock time it is forgotten
     revoked_jtis: HashMap<String, i64>,
-    /// user id -> (not-before, Unix s; clock time it is forgotten)
-    not_before: HashMap<String, (i64, i64)>,
+    /// user id -> (session marks; clock time they are forgotten)
+    user_marks: HashMap<String, (UserMarks, i64)>,
     /// user id -> (the user's claims as last changed; clock time they are forgotten)
     user_claims: HashMap<String, (UserClaims, i64)>,
     last_sweep: i64,
@@ -308,11 +315,11 @@ impl SessionsInner {
         self.writes_since_sweep = 0;
         self.families.retain(|_, f| f.expires > now);
         self.revoked_jtis.retain(|_, exp| *exp > now);
-        self.not_before.retain(|_, (_, exp)| *exp > now);
+        self.user_marks.retain(|_, (_, exp)| *exp > now);
         self.user_claims.retain(|_, (_, exp)| *exp > now);
         let families = &self.families;
         self.user_families.retain(|_, (sids, exp)| {
-            sids.retain(|sid| families.contains_key(sid));
+            sids.retain(|sid, _| families.contains_key(sid));
             *exp > now && !sids.is_empty()
         });
     }
@@ -370,7 +377,7 @@ impl MemorySessions {
         g.families.len()
             + g.user_families.len()
             + g.revoked_jtis.len()
-            + g.not_before.len()
+            + g.user_marks.len()
             + g.user_claims.len()
     }
 
@@ -383,15 +390,23 @@ impl MemorySessions {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
-        let (family_revoked, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
-            Some(f) => (f.revoked, f.user.clone().filter(|_| with_user)),
-            None => (false, None),
+        let (family, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
+            Some(f) => (
+                Some(FamilyMarks {
+                    revoked: f.revoked,
+                    generation: f.generation,
+                    credentials_version: f.credentials_version,
+                }),
+                f.user.clone().filter(|_| with_user),
+            ),
+            None => (None, None),
         };
-        let user_not_before = g
-            .not_before
+        let user = g
+            .user_marks
             .get(user_id)
             .filter(|(_, exp)| *exp > now)
-            .map(|(nbf, _)| *nbf);
+            .map(|(m, _)| *m)
+            .unwrap_or_default();
         let mark = g
             .user_claims
             .get(user_id)
@@ -399,20 +414,60 @@ impl MemorySessions {
             .map(|(c, _)| c.clone());
         AccessStatus {
             jti_revoked,
-            family_revoked,
-            user_not_before,
-            user: UserClaims::newest(mark, family_user),
+            user,
+            family,
+            claims: UserClaims::newest(mark, family_user),
         }
     }
 }
 
 #[async_trait]
 impl SessionStore for MemorySessions {
-    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
+    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         g.maybe_sweep(now);
         let expires = now.saturating_add(family.ttl_ms.max(1));
+        // The user's list, and the generation the family starts under (one lock: a "log out
+        // everywhere" comes wholly before or after).
+        let set_expires = expires.max(family.expires_at_ms);
+        let entry = g
+            .user_families
+            .entry(family.user_id.clone())
+            .or_insert_with(|| (HashMap::new(), set_expires));
+        if entry.1 <= now {
+            entry.0.clear();
+        }
+        entry.0.retain(|_, (_, end)| *end > now);
+        entry.0.insert(
+            family.sid.clone(),
+            (family.started_at_ms, family.expires_at_ms),
+        );
+        entry.1 = entry.1.max(set_expires);
+        let over = entry
+            .0
+            .len()
+            .saturating_sub(usize::try_from(family.max_sessions.max(1)).unwrap_or(usize::MAX));
+        let mut oldest: Vec<(i64, String)> = entry
+            .0
+            .iter()
+            .map(|(sid, (started, _))| (*started, sid.clone()))
+            .collect();
+        oldest.sort();
+        oldest.truncate(over);
+        for (_, sid) in &oldest {
+            entry.0.remove(sid);
+        }
+        let generation = match g.user_marks.get_mut(&family.user_id) {
+            Some((m, exp)) if *exp > now => {
+                *exp = (*exp).max(set_expires);
+                m.generation
+            }
+            _ => 0,
+        };
+        for (_, sid) in &oldest {
+            g.revoke(sid, family.ttl_ms, now, false);
+        }
         // A family id revoked before it was started stays revoked.
         let revoked = g.live_family(&family.sid, now).is_some_and(|f| f.revoked);
         g.families.insert(
@@ -430,20 +485,11 @@ impl SessionStore for MemorySessions {
                 revoked,
                 expires,
                 user: Some(family.user.clone()),
+                generation,
+                credentials_version: family.credentials_version,
             },
         );
-        // The user's set of families lives as long as the longest family in it can.
-        let set_expires = expires.max(family.expires_at_ms);
-        let entry = g
-            .user_families
-            .entry(family.user_id.clone())
-            .or_insert_with(|| (HashSet::new(), set_expires));
-        if entry.1 <= now {
-            entry.0.clear();
-        }
-        entry.0.insert(family.sid.clone());
-        entry.1 = entry.1.max(set_expires);
-        Ok(())
+        Ok(oldest.len() as u64)
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
@@ -503,21 +549,33 @@ impl SessionStore for MemorySessions {
         Ok(())
     }
 
-    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        credentials_version: Option<i64>,
+        ttl_ms: i64,
+    ) -> Result<u64, StoreError> {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         g.maybe_sweep(now);
-        let sids: Vec<String> = match g.user_families.get(user_id) {
-            Some((sids, exp)) if *exp > now => sids.iter().cloned().collect(),
-            _ => return Ok(0),
+        let listed = match g.user_families.remove(user_id) {
+            Some((sids, exp)) if exp > now => sids.len() as u64,
+            _ => 0,
         };
-        let mut revoked = 0;
-        for sid in sids {
-            if g.revoke(&sid, ttl_ms, now, false) {
-                revoked += 1;
-            }
+        let expires = now.saturating_add(ttl_ms.max(1));
+        let entry = g
+            .user_marks
+            .entry(user_id.to_string())
+            .or_insert((UserMarks::default(), expires));
+        if entry.1 <= now {
+            entry.0 = UserMarks::default();
         }
-        Ok(revoked)
+        entry.0.generation += 1;
+        if let Some(v) = credentials_version {
+            entry.0.credentials_version = entry.0.credentials_version.max(v);
+        }
+        entry.1 = entry.1.max(expires);
+        Ok(listed)
     }
 
     async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
@@ -531,27 +589,6 @@ impl SessionStore for MemorySessions {
         } else {
             (*e).max(expires)
         };
-        Ok(())
-    }
-
-    async fn set_user_not_before(
-        &self,
-        user_id: &str,
-        not_before: i64,
-        ttl_ms: i64,
-    ) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        let mut g = lock(&self.inner);
-        g.maybe_sweep(now);
-        let expires = now.saturating_add(ttl_ms.max(1));
-        keep_newest(
-            &mut g.not_before,
-            user_id,
-            not_before,
-            expires,
-            now,
-            |new, cur| new > cur,
-        );
         Ok(())
     }
 
@@ -698,13 +735,51 @@ impl crate::store::LimitStore for MemoryLimits {
             .map(|(_, until, _)| *until))
     }
 
+    async fn reserve_attempt(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: crate::store::BackoffPolicy,
+    ) -> Result<Option<i64>, StoreError> {
+        // One lock for the check and the count: concurrent guesses queue here.
+        let mut g = lock(&self.failures);
+        if let Some((_, until, forget)) = g.get(account) {
+            if *forget > now_ms && *until > now_ms {
+                return Ok(Some(*until));
+            }
+        }
+        count_failure(&mut g, account, now_ms, policy);
+        Ok(None)
+    }
+
     async fn record_failure(
         &self,
         account: &str,
         now_ms: i64,
         policy: crate::store::BackoffPolicy,
     ) -> Result<i64, StoreError> {
-        let mut g = lock(&self.failures);
+        Ok(count_failure(
+            &mut lock(&self.failures),
+            account,
+            now_ms,
+            policy,
+        ))
+    }
+
+    async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {
+        lock(&self.failures).remove(account);
+        Ok(())
+    }
+}
+
+/// Counts one failure for `account`; returns the back-off end (ms; 0 when none).
+fn count_failure(
+    g: &mut HashMap<String, (u32, i64, i64)>,
+    account: &str,
+    now_ms: i64,
+    policy: crate::store::BackoffPolicy,
+) -> i64 {
+    {
         if g.len() > 10_000 {
             g.retain(|_, (_, _, forget)| *forget > now_ms);
         }
@@ -718,11 +793,10 @@ impl crate::store::LimitStore for MemoryLimits {
             entry.1 = now_ms + delay;
         }
         entry.2 = now_ms + delay + policy.window_ms.max(1);
-        Ok(if delay > 0 { entry.1 } else { 0 })
-    }
-
-    async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {
-        lock(&self.failures).remove(account);
-        Ok(())
+        if delay > 0 {
+            entry.1
+        } else {
+            0
+        }
     }
 }

@@ -54,6 +54,12 @@ pub struct UserRecord {
     pub email: String,
     pub password_hash: String,
     pub roles: Vec<String>,
+    /// Whether the owner proved control of `email` (false until confirmed).
+    pub email_verified: bool,
+    /// Raised by one at every write of the password or the roles. A login remembers the value
+    /// it read in the family it starts; a credential change ends the families that read an
+    /// older value (see `docs/sessions.md`).
+    pub credentials_version: i64,
     /// Unix milliseconds.
     pub created_at: i64,
     /// Unix milliseconds.
@@ -68,6 +74,8 @@ impl std::fmt::Debug for UserRecord {
             .field("email", &self.email)
             .field("password_hash", &"<redacted>")
             .field("roles", &self.roles)
+            .field("email_verified", &self.email_verified)
+            .field("credentials_version", &self.credentials_version)
             .finish()
     }
 }
@@ -90,14 +98,16 @@ pub trait UserStore: Send + Sync {
         username: &str,
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
-    /// Replaces the password hash; false if no such user.
+    /// Replaces the password hash and raises `credentials_version` by one, atomically; the
+    /// record as written, `None` if no such user.
     async fn update_password_hash(
         &self,
         id: &str,
         hash: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError>;
-    /// Replaces the roles; `None` if no such user.
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Replaces the roles and raises `credentials_version` by one, atomically; `None` if no
+    /// such user.
     async fn set_roles(
         &self,
         id: &str,
@@ -197,10 +207,17 @@ pub struct NewFamily {
     pub issued_at: i64,
     /// Unix milliseconds at which the family ends whatever happens (login + session TTL).
     pub expires_at_ms: i64,
+    /// Unix milliseconds of the login: the order in which the session cap ends families.
+    pub started_at_ms: i64,
     /// How long the record lives from now (the refresh token's lifetime, capped by the family's).
     pub ttl_ms: i64,
     /// The user as the login read them.
     pub user: UserClaims,
+    /// The `credentials_version` of the user record the login read.
+    pub credentials_version: i64,
+    /// At most this many live families per user: starting one more ends the oldest
+    /// (`TOKEND_MAX_SESSIONS_PER_USER`).
+    pub max_sessions: u32,
 }
 
 /// One refresh exchange.
@@ -245,13 +262,55 @@ pub enum RotateOutcome {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccessStatus {
     pub jti_revoked: bool,
-    pub family_revoked: bool,
-    /// Tokens of this user issued (`iat`) before this Unix second are revoked.
-    pub user_not_before: Option<i64>,
+    /// The user's session marks (zero when the user has none).
+    pub user: UserMarks,
+    /// The family's marks, when a family was named; `None` when it is unknown or has expired.
+    pub family: Option<FamilyMarks>,
     /// Only from [`SessionStore::access_status_with_user`]: the newest copy of the user's
     /// claims, the user's mark or the family's copy when a family was named. `None` also for a
     /// family written before families carried the user (the caller then reads the user store).
-    pub user: Option<UserClaims>,
+    pub claims: Option<UserClaims>,
+}
+
+impl AccessStatus {
+    /// Whether a token of the named family (`sid`) is dead: its `jti` or its family revoked,
+    /// or its family started before the user's last "log out everywhere" (generation) or read
+    /// the user before their last credential change (version). See `docs/sessions.md`.
+    pub fn revoked(&self, sid: Option<&str>) -> bool {
+        if self.jti_revoked {
+            return true;
+        }
+        if sid.is_none() {
+            return false;
+        }
+        let family = self.family.clone().unwrap_or_default();
+        family.revoked
+            || family.generation < self.user.generation
+            || family.credentials_version < self.user.credentials_version
+    }
+}
+
+/// What ends all of a user's sessions at once (one write, however many families there are).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserMarks {
+    /// Raised by every "end all sessions" (logout-all, password change, role removal); a
+    /// family started under a lower generation is over.
+    pub generation: i64,
+    /// The `credentials_version` of the user record written by the last credential change
+    /// (password, roles taken away); a family whose login read an older record is over, even
+    /// if it was started after the change (a login in flight while the change happened).
+    pub credentials_version: i64,
+}
+
+/// The marks of one family that the access check reads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FamilyMarks {
+    pub revoked: bool,
+    /// The user's session generation when the family started (0 for families from before).
+    pub generation: i64,
+    /// The `credentials_version` of the user record the login read (0 for families from
+    /// before).
+    pub credentials_version: i64,
 }
 
 /// A family as introspection and revocation see it.
@@ -274,7 +333,10 @@ pub struct FamilyState {
 /// Refresh families and revocations, each record with a TTL (SPEC §6).
 #[async_trait]
 pub trait SessionStore: Send + Sync {
-    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError>;
+    /// Starts a family: adds it to the user's families (ending the oldest beyond
+    /// `max_sessions`), then writes it under the user's current session generation. Returns
+    /// how many older families it ended.
+    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError>;
     /// The atomic exchange of SPEC §6: exactly one successor per refresh token.
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError>;
@@ -302,17 +364,18 @@ pub trait SessionStore: Send + Sync {
     }
     /// Marks a family revoked, remembered for `ttl_ms`. Unknown families are remembered too.
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
-    /// Revokes every family of a user; returns how many.
-    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError>;
-    /// Remembers a revoked access-token `jti` for `ttl_ms`.
-    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError>;
-    /// Sets the user's not-before mark (Unix seconds), remembered for `ttl_ms`; never lowers it.
-    async fn set_user_not_before(
+    /// Ends every session of a user in one step, however many there are: raises the user's
+    /// session generation, records `credentials_version` (never lowering it) when given, and
+    /// forgets the user's family list. The marks live at least `ttl_ms` (the longest a family
+    /// can). Returns how many families the user had.
+    async fn revoke_user_sessions(
         &self,
         user_id: &str,
-        not_before: i64,
+        credentials_version: Option<i64>,
         ttl_ms: i64,
-    ) -> Result<(), StoreError>;
+    ) -> Result<u64, StoreError>;
+    /// Remembers a revoked access-token `jti` for `ttl_ms`.
+    async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError>;
     /// Records a change of the user's claims (roles, username) for the families already
     /// started, remembered for `ttl_ms` (the longest a family lives); an older `version` never
     /// replaces a newer one.
@@ -323,14 +386,14 @@ pub trait SessionStore: Send + Sync {
         ttl_ms: i64,
     ) -> Result<(), StoreError>;
     /// Everything an access-token check needs, in one round trip where the backend allows;
-    /// `user` is left `None`.
+    /// `claims` is left `None`.
     async fn access_status(
         &self,
         jti: &str,
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<AccessStatus, StoreError>;
-    /// [`SessionStore::access_status`] with the newest copy of the user's claims in `user`, in
+    /// [`SessionStore::access_status`] with the newest copy of the user's claims in `claims`, in
     /// the same round trip (refresh and introspection need them; a plain token check does not).
     async fn access_status_with_user(
         &self,
@@ -366,6 +429,16 @@ pub trait LimitStore: Send + Sync {
     ) -> Result<Option<i64>, StoreError>;
     /// Until when (Unix ms) the account backs off, if it does.
     async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError>;
+    /// Reserves one password check for `account` in one atomic step: refused (`Ok(Some(until))`,
+    /// Unix ms) while the account backs off; otherwise the attempt is counted as a failure
+    /// before it is made ([`LimitStore::record_failure`]), so N concurrent guesses get no more
+    /// checks than N sequential ones. A right password then clears the failures.
+    async fn reserve_attempt(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: BackoffPolicy,
+    ) -> Result<Option<i64>, StoreError>;
     /// Records a failed login: after `free` failures each one doubles the back-off, starting
     /// at `base_ms`, capped at `cap_ms`. The count is forgotten `window_ms` after the back-off
     /// ends. Returns the back-off end (Unix ms; 0 when none).

@@ -48,6 +48,11 @@ struct UserDoc {
     email: String,
     password_hash: String,
     roles: Vec<String>,
+    /// Absent in records from before it existed.
+    #[serde(default)]
+    email_verified: bool,
+    #[serde(default)]
+    credentials_version: i64,
     created_at: i64,
     updated_at: i64,
 }
@@ -61,6 +66,8 @@ impl From<&UserRecord> for UserDoc {
             email: u.email.clone(),
             password_hash: u.password_hash.clone(),
             roles: u.roles.clone(),
+            email_verified: u.email_verified,
+            credentials_version: u.credentials_version,
             created_at: u.created_at,
             updated_at: u.updated_at,
         }
@@ -75,6 +82,8 @@ impl From<UserDoc> for UserRecord {
             email: d.email,
             password_hash: d.password_hash,
             roles: d.roles,
+            email_verified: d.email_verified,
+            credentials_version: d.credentials_version,
             created_at: d.created_at,
             updated_at: d.updated_at,
         }
@@ -235,11 +244,21 @@ impl MongoStore {
         .await
     }
 
-    async fn update_user(&self, id: &str, set: Document) -> Result<Option<UserRecord>, StoreError> {
+    /// `$set`s `set` on user `id`, raising `credentials_version` by one when `credentials`.
+    async fn update_user(
+        &self,
+        id: &str,
+        set: Document,
+        credentials: bool,
+    ) -> Result<Option<UserRecord>, StoreError> {
         let (users, filter) = (self.users.clone(), doc! { "_id": id });
+        let mut update = doc! { "$set": set };
+        if credentials {
+            update.insert("$inc", doc! { "credentials_version": 1_i64 });
+        }
         detached(async move {
             users
-                .find_one_and_update(filter, doc! { "$set": set })
+                .find_one_and_update(filter, update)
                 .return_document(ReturnDocument::After)
                 .await
                 .map(|d| d.map(UserRecord::from))
@@ -341,6 +360,7 @@ impl UserStore for MongoStore {
                 "username_lower": username.to_lowercase(),
                 "updated_at": now_ms,
             },
+            false,
         )
         .await
     }
@@ -350,19 +370,12 @@ impl UserStore for MongoStore {
         id: &str,
         hash: &str,
         now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let (users, filter, update) = (
-            self.users.clone(),
-            doc! { "_id": id },
-            doc! { "$set": { "password_hash": hash, "updated_at": now_ms } },
-        );
-        detached(async move {
-            users
-                .update_one(filter, update)
-                .await
-                .map(|r| r.matched_count > 0)
-                .map_err(map_user_err)
-        })
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.update_user(
+            id,
+            doc! { "password_hash": hash, "updated_at": now_ms },
+            true,
+        )
         .await
     }
 
@@ -372,7 +385,7 @@ impl UserStore for MongoStore {
         roles: &[String],
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError> {
-        self.update_user(id, doc! { "roles": roles, "updated_at": now_ms })
+        self.update_user(id, doc! { "roles": roles, "updated_at": now_ms }, true)
             .await
     }
 

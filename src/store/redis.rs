@@ -27,8 +27,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::{
-    AccessStatus, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
-    StoreError, UserClaims,
+    AccessStatus, FamilyMarks, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
+    SessionStore, StoreError, UserClaims, UserMarks,
 };
 
 const STORE: &str = "redis";
@@ -142,29 +142,72 @@ return reply
 /// Writes a new family; a family id revoked before it started stays revoked.
 ///
 /// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms,
-/// uname, roles, uver.
+/// uname, roles, uver, gen (the user's session generation, from [`USER_FAMILY_ADD_LUA`]), cv
+/// (the credentials version the login read).
 const START_LUA: &str = r#"
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
   'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8],
-  'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12])
+  'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12], 'gen', ARGV[13], 'cv', ARGV[14])
 redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
 redis.call('HSETNX', KEYS[1], 'revoked', '0')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
 return 1
 "#;
 
-/// Adds a family to its user's set, which then lives until the family's end at least.
+/// Adds a family to its user's families (a sorted set: family id -> login time, Unix ms),
+/// drops the ones whose session is over, and ends the oldest beyond the cap. The list and the
+/// user's session marks then live until the family's end at least. Returns the user's session
+/// generation followed by the ids of the families it pushed out. A list from before (a plain
+/// set) is converted in place; its members, of unknown age, count as the oldest.
 ///
-/// KEYS[1] user's families; ARGV: sid, family end (Unix ms), ttl_ms.
+/// KEYS[1] user's families, KEYS[2] user's session marks; ARGV: sid, family end (Unix ms),
+/// ttl_ms, max families, login time (Unix ms).
 const USER_FAMILY_ADD_LUA: &str = r#"
-redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('TYPE', KEYS[1]).ok == 'set' then
+  local old = redis.call('SMEMBERS', KEYS[1])
+  redis.call('DEL', KEYS[1])
+  for _, sid in ipairs(old) do redis.call('ZADD', KEYS[1], 0, sid) end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = math.max(tonumber(ARGV[3]), tonumber(ARGV[2]) - now)
-if redis.call('PTTL', KEYS[1]) < ttl then
-  redis.call('PEXPIRE', KEYS[1], string.format('%d', ttl))
+local started = tonumber(ARGV[5])
+local length = tonumber(ARGV[2]) - started
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '1', string.format('(%d', now - length))
+redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
+local reply = {redis.call('HGET', KEYS[2], 'gen') or '0'}
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
+if over > 0 then
+  local popped = redis.call('ZPOPMIN', KEYS[1], over)
+  for i = 1, #popped, 2 do reply[#reply + 1] = popped[i] end
 end
-return 1
+local ttl = math.max(tonumber(ARGV[3]), tonumber(ARGV[2]) - now)
+for _, k in ipairs(KEYS) do
+  if redis.call('EXISTS', k) == 1 and redis.call('PTTL', k) < ttl then
+    redis.call('PEXPIRE', k, string.format('%d', ttl))
+  end
+end
+return reply
+"#;
+
+/// Ends every session of a user at once: raises the session generation, raises the
+/// credentials version when one is given, forgets the family list. Returns how many families
+/// were listed.
+///
+/// KEYS[1] user's session marks, KEYS[2] user's families; ARGV: credentials version ('' for
+/// none), ttl_ms.
+const REVOKE_USER_LUA: &str = r#"
+local n = 0
+local kind = redis.call('TYPE', KEYS[2]).ok
+if kind == 'zset' then n = redis.call('ZCARD', KEYS[2])
+elseif kind == 'set' then n = redis.call('SCARD', KEYS[2]) end
+redis.call('HINCRBY', KEYS[1], 'gen', 1)
+if ARGV[1] ~= '' then
+  local cv = tonumber(redis.call('HGET', KEYS[1], 'cv') or '0')
+  if tonumber(ARGV[1]) > cv then redis.call('HSET', KEYS[1], 'cv', ARGV[1]) end
+end
+redis.call('DEL', KEYS[2])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return n
 "#;
 
 /// Marks a family revoked, never shortening how long it is remembered. Returns 1 if it was
@@ -180,21 +223,6 @@ redis.call('HSET', KEYS[1], 'revoked', '1')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 if exists == 0 then return 0 end
 if was == '1' then return 2 end
-return 1
-"#;
-
-/// Raises (never lowers) the user's not-before mark; keeps it at least `ttl_ms`.
-///
-/// KEYS[1] mark; ARGV: not_before, ttl_ms.
-const NOT_BEFORE_LUA: &str = r#"
-local pttl = redis.call('PTTL', KEYS[1])
-local cur = redis.call('GET', KEYS[1])
-if (not cur) or tonumber(ARGV[1]) > tonumber(cur) then redis.call('SET', KEYS[1], ARGV[1]) end
-if pttl > tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], pttl)
-else
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
 return 1
 "#;
 
@@ -224,11 +252,12 @@ struct Scripts {
     start: Script,
     user_family_add: Script,
     revoke_family: Script,
-    not_before: Script,
+    revoke_user: Script,
     user_claims: Script,
     release: Script,
     gcra: Script,
     backoff_fail: Script,
+    backoff_reserve: Script,
 }
 
 impl Scripts {
@@ -239,11 +268,12 @@ impl Scripts {
             start: Script::new(START_LUA),
             user_family_add: Script::new(USER_FAMILY_ADD_LUA),
             revoke_family: Script::new(REVOKE_FAMILY_LUA),
-            not_before: Script::new(NOT_BEFORE_LUA),
+            revoke_user: Script::new(REVOKE_USER_LUA),
             user_claims: Script::new(USER_CLAIMS_LUA),
             release: Script::new(RELEASE_LUA),
             gcra: Script::new(GCRA_LUA),
             backoff_fail: Script::new(BACKOFF_FAIL_LUA),
+            backoff_reserve: Script::new(BACKOFF_RESERVE_LUA),
         }
     }
 }
@@ -379,8 +409,10 @@ impl RedisStore {
         format!("{}rjti:{{{jti}}}", self.prefix)
     }
 
-    fn not_before_key(&self, user_id: &str) -> String {
-        format!("{}unbf:{{{user_id}}}", self.prefix)
+    /// The user's session marks (generation, credentials version). Same slot as the user's
+    /// families list.
+    fn user_marks_key(&self, user_id: &str) -> String {
+        format!("{}usess:{{{user_id}}}", self.prefix)
     }
 
     fn user_claims_key(&self, user_id: &str) -> String {
@@ -469,6 +501,33 @@ impl RedisStore {
         .await
     }
 
+    /// Runs a back-off script ([`BACKOFF_FAIL_LUA`], [`BACKOFF_RESERVE_LUA`]: same key and
+    /// arguments) for `account`.
+    async fn backoff_script(
+        &self,
+        script: fn(&Scripts) -> &Script,
+        account: &str,
+        now_ms: i64,
+        policy: crate::store::BackoffPolicy,
+    ) -> Result<i64, StoreError> {
+        let key = self.backoff_key(account);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                script(&scripts)
+                    .key(key)
+                    .arg(now_ms)
+                    .arg(policy.free)
+                    .arg(policy.base_ms)
+                    .arg(policy.cap_ms)
+                    .arg(policy.window_ms.max(1))
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// [`SessionStore::access_status`], with the user's claims when `with_user`: one pipeline
     /// on a single server; on a cluster one call per key (each its own slot), sent together.
     async fn status(
@@ -478,9 +537,11 @@ impl RedisStore {
         user_id: &str,
         with_user: bool,
     ) -> Result<AccessStatus, StoreError> {
-        let mut cmds = vec![redis::cmd("EXISTS"), redis::cmd("GET")];
+        let mut cmds = vec![redis::cmd("EXISTS"), redis::cmd("HMGET")];
         cmds[0].arg(self.revoked_jti_key(jti));
-        cmds[1].arg(self.not_before_key(user_id));
+        cmds[1]
+            .arg(self.user_marks_key(user_id))
+            .arg(&["gen", "cv"]);
         if with_user {
             let mut mark = redis::cmd("HMGET");
             mark.arg(self.user_claims_key(user_id))
@@ -489,7 +550,9 @@ impl RedisStore {
         }
         if let Some(sid) = sid {
             let mut family = redis::cmd("HMGET");
-            family.arg(self.family_key(sid)).arg("revoked");
+            family
+                .arg(self.family_key(sid))
+                .arg(&["revoked", "gen", "cv", "exp_ms"]);
             if with_user {
                 family.arg(&["uver", "uname", "roles"]);
             }
@@ -527,35 +590,51 @@ impl RedisStore {
         }
         let mut replies = replies.into_iter();
         let jti_revoked: bool = parse_reply(replies.next())?;
-        let nbf: Option<String> = parse_reply(replies.next())?;
+        let marks: Fields = parse_reply(replies.next())?;
         let mark: Fields = if with_user {
             parse_reply(replies.next())?
         } else {
             Vec::new()
         };
-        let family: Fields = if sid.is_some() {
-            parse_reply(replies.next())?
+        let family: Option<Fields> = if sid.is_some() {
+            Some(parse_reply(replies.next())?)
         } else {
-            Vec::new()
+            None
         };
-        let user_not_before = match nbf {
-            None => None,
-            Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                StoreError::corrupt(STORE, format!("user not-before mark is {v:?}"))
-            })?),
+        let mut marks = marks.into_iter();
+        let mut next = || marks.next().flatten();
+        let user = UserMarks {
+            generation: parse_i64("gen", next().as_ref())?,
+            credentials_version: parse_i64("cv", next().as_ref())?,
         };
         let mut mark = mark.into_iter();
         let mut next = || mark.next().flatten();
         let mark = user_claims("the user's", next(), next(), next())?;
-        let mut family = family.into_iter();
-        let mut next = || family.next().flatten();
-        let family_revoked = next().is_some_and(|v| v == "1");
-        let family_user = user_claims("family", next(), next(), next())?;
+        let (family, family_user) = match family {
+            None => (None, None),
+            Some(fields) => {
+                let mut fields = fields.into_iter();
+                let mut next = || fields.next().flatten();
+                let revoked = next();
+                let generation = parse_i64("gen", next().as_ref())?;
+                let credentials_version = parse_i64("cv", next().as_ref())?;
+                let exp_ms = next();
+                // A family revoked before it was known is a stub with only `revoked`.
+                let known = revoked.is_some() || exp_ms.is_some();
+                let marks = FamilyMarks {
+                    revoked: revoked.as_deref() == Some("1"),
+                    generation,
+                    credentials_version,
+                };
+                let claims = user_claims("family", next(), next(), next())?;
+                (known.then_some(marks), claims)
+            }
+        };
         Ok(AccessStatus {
             jti_revoked,
-            family_revoked,
-            user_not_before,
-            user: UserClaims::newest(mark, family_user),
+            user,
+            family,
+            claims: UserClaims::newest(mark, family_user),
         })
     }
 }
@@ -604,25 +683,32 @@ fn parse_i64(field: &str, v: Option<&String>) -> Result<i64, StoreError> {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn start_family(&self, family: &NewFamily) -> Result<(), StoreError> {
-        // The user's set first: a family missing from it could escape "log out everywhere",
-        // while a set member without a family is harmless (and dropped when met).
+    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
+        // The user's list first, which also gives the generation the family starts under: a
+        // "log out everywhere" after this step raises the generation and so ends the family
+        // written below, and one before it is already counted in the generation read here.
         let ufam = self.user_families_key(&family.user_id);
+        let marks = self.user_marks_key(&family.user_id);
         let ttl = ttl_arg(family.ttl_ms);
-        self.run(|mut c| {
-            let (ufam, scripts) = (ufam.clone(), self.scripts.clone());
-            async move {
-                scripts
-                    .user_family_add
-                    .key(ufam)
-                    .arg(&family.sid)
-                    .arg(family.expires_at_ms)
-                    .arg(ttl)
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            }
-        })
-        .await?;
+        let reply: Vec<String> = self
+            .run(|mut c| {
+                let (ufam, marks, scripts) = (ufam.clone(), marks.clone(), self.scripts.clone());
+                async move {
+                    scripts
+                        .user_family_add
+                        .key(ufam)
+                        .key(marks)
+                        .arg(&family.sid)
+                        .arg(family.expires_at_ms)
+                        .arg(ttl)
+                        .arg(family.max_sessions.max(1))
+                        .arg(family.started_at_ms)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        let generation = parse_i64("gen", reply.first())?;
         let key = self.family_key(&family.sid);
         let roles = roles_json(&family.user.roles);
         self.run(|mut c| {
@@ -643,12 +729,22 @@ impl SessionStore for RedisStore {
                     .arg(&family.user.username)
                     .arg(&roles)
                     .arg(family.user.version)
+                    .arg(generation)
+                    .arg(family.credentials_version)
                     .invoke_async::<i64>(&mut c)
                     .await
             }
         })
         .await?;
-        Ok(())
+        // Families pushed out by the cap: each its own slot, revoked together.
+        let evicted = reply.get(1..).unwrap_or_default();
+        futures_util::future::try_join_all(
+            evicted
+                .iter()
+                .map(|sid| self.revoke_one(sid, family.ttl_ms, false)),
+        )
+        .await?;
+        Ok(evicted.len() as u64)
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
@@ -754,41 +850,33 @@ impl SessionStore for RedisStore {
         self.revoke_one(sid, ttl_ms, true).await.map(|_| ())
     }
 
-    /// Returns how many live families were revoked (already revoked ones are not counted).
-    async fn revoke_user_families(&self, user_id: &str, ttl_ms: i64) -> Result<u64, StoreError> {
+    /// One script on the user's slot: [`REVOKE_USER_LUA`].
+    async fn revoke_user_sessions(
+        &self,
+        user_id: &str,
+        credentials_version: Option<i64>,
+        ttl_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let marks = self.user_marks_key(user_id);
         let ufam = self.user_families_key(user_id);
-        let sids: Vec<String> = self
-            .run(|mut c| {
-                let ufam = ufam.clone();
-                async move { redis::cmd("SMEMBERS").arg(ufam).query_async(&mut c).await }
-            })
-            .await?;
-        // Each family is its own slot: one call per family, run together.
-        let outcomes = futures_util::future::try_join_all(
-            sids.iter().map(|sid| self.revoke_one(sid, ttl_ms, false)),
-        )
-        .await?;
-        let gone: Vec<&String> = sids
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| **o == 0)
-            .map(|(sid, _)| sid)
-            .collect();
-        if !gone.is_empty() {
-            self.run(|mut c| {
-                let ufam = ufam.clone();
-                let gone = gone.clone();
-                async move {
-                    redis::cmd("SREM")
-                        .arg(ufam)
-                        .arg(gone)
-                        .query_async::<i64>(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        }
-        Ok(outcomes.iter().filter(|o| **o == 1).count() as u64)
+        let version = credentials_version
+            .map(|v| v.to_string())
+            .unwrap_or_default();
+        self.run(|mut c| {
+            let (marks, ufam, scripts) = (marks.clone(), ufam.clone(), self.scripts.clone());
+            let version = version.clone();
+            async move {
+                scripts
+                    .revoke_user
+                    .key(marks)
+                    .key(ufam)
+                    .arg(version)
+                    .arg(ttl_arg(ttl_ms))
+                    .invoke_async(&mut c)
+                    .await
+            }
+        })
+        .await
     }
 
     async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
@@ -806,29 +894,6 @@ impl SessionStore for RedisStore {
             }
         })
         .await
-    }
-
-    async fn set_user_not_before(
-        &self,
-        user_id: &str,
-        not_before: i64,
-        ttl_ms: i64,
-    ) -> Result<(), StoreError> {
-        let key = self.not_before_key(user_id);
-        self.run(|mut c| {
-            let (key, scripts) = (key.clone(), self.scripts.clone());
-            async move {
-                scripts
-                    .not_before
-                    .key(key)
-                    .arg(not_before)
-                    .arg(ttl_arg(ttl_ms))
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            }
-        })
-        .await
-        .map(|_| ())
     }
 
     async fn set_user_claims(
@@ -960,6 +1025,31 @@ redis.call('PEXPIRE', KEYS[1], math.floor(keep))
 return till
 "#;
 
+/// Reserves one password check ([`crate::store::LimitStore::reserve_attempt`]). ARGV: now ms,
+/// free failures, base ms, cap ms, window ms. Returns 0 when the attempt may go ahead, else the
+/// back-off end (ms).
+const BACKOFF_RESERVE_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+if till > now then return till end
+local free = tonumber(ARGV[2])
+local base = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+till = 0
+if n > free then
+  local d = base * (2 ^ math.min(n - free - 1, 40))
+  if d > cap then d = cap end
+  till = math.floor(now + d)
+  redis.call('HSET', KEYS[1], 'until', till)
+end
+local keep = window
+if till > now then keep = keep + (till - now) end
+redis.call('PEXPIRE', KEYS[1], math.floor(keep))
+return 0
+"#;
+
 #[async_trait]
 impl crate::store::LimitStore for RedisStore {
     async fn rate_check(
@@ -1005,29 +1095,26 @@ impl crate::store::LimitStore for RedisStore {
         Ok(until.filter(|u| *u > 0))
     }
 
+    async fn reserve_attempt(
+        &self,
+        account: &str,
+        now_ms: i64,
+        policy: crate::store::BackoffPolicy,
+    ) -> Result<Option<i64>, StoreError> {
+        let until: i64 = self
+            .backoff_script(|s| &s.backoff_reserve, account, now_ms, policy)
+            .await?;
+        Ok((until > 0).then_some(until))
+    }
+
     async fn record_failure(
         &self,
         account: &str,
         now_ms: i64,
         policy: crate::store::BackoffPolicy,
     ) -> Result<i64, StoreError> {
-        let key = self.backoff_key(account);
-        self.run(|mut c| {
-            let (key, scripts) = (key.clone(), self.scripts.clone());
-            async move {
-                scripts
-                    .backoff_fail
-                    .key(key)
-                    .arg(now_ms)
-                    .arg(policy.free)
-                    .arg(policy.base_ms)
-                    .arg(policy.cap_ms)
-                    .arg(policy.window_ms.max(1))
-                    .invoke_async(&mut c)
-                    .await
-            }
-        })
-        .await
+        self.backoff_script(|s| &s.backoff_fail, account, now_ms, policy)
+            .await
     }
 
     async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {

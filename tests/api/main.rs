@@ -7,6 +7,7 @@ mod deploy;
 mod faults;
 mod foundation;
 mod fuzz;
+mod hardening;
 mod helpers;
 mod keys;
 mod multi_instance;

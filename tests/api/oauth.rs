@@ -1366,12 +1366,18 @@ async fn an_independent_oauth_client_and_jwt_library_work_against_tokend(mode: M
 /// refresh carries the role, and introspection of its tokens names the new username.
 async fn role_and_username_changes_reach_sessions_started_before_them(mode: Mode) {
     let app = spawn_oauth_with(mode, false, |env| {
-        env.insert("TOKEND_ADMIN_EMAILS".into(), "root@example.com".into());
+        env.insert(
+            "TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(),
+            "root@example.com".into(),
+        );
+        env.insert(
+            "TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(),
+            "securepass".into(),
+        );
     })
     .await;
     let user = app.new_session().await;
     let id = user.user["id"].as_str().unwrap().to_string();
-    app.register("root", "root@example.com", "securepass").await;
     let (admin, _) = app.login_pair("root@example.com", "securepass").await;
 
     let res = app

@@ -348,7 +348,14 @@ in_both_modes!(admin_routes_refuse_non_admins_and_serve_admins);
 
 async fn admin_routes_refuse_non_admins_and_serve_admins(mode: Mode) {
     let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_ADMIN_EMAILS".into(), "root@example.com".into());
+        env.insert(
+            "TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(),
+            "root@example.com".into(),
+        );
+        env.insert(
+            "TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(),
+            "securepass".into(),
+        );
     })
     .await;
     let user = app.new_session().await;
@@ -377,7 +384,6 @@ async fn admin_routes_refuse_non_admins_and_serve_admins(mode: Mode) {
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
     }
 
-    app.register("root", "root@example.com", "securepass").await;
     let (admin, _) = app.login_pair("root@example.com", "securepass").await;
     for _ in 0..3 {
         app.new_session().await;
@@ -900,7 +906,7 @@ async fn users_grant_admin_works_in_production_and_refuses_plainly_in_embedded()
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("production mode") && stderr.contains("TOKEND_ADMIN_EMAILS"),
+        stderr.contains("production mode") && stderr.contains("TOKEND_BOOTSTRAP_ADMIN_EMAIL"),
         "{stderr}"
     );
 }

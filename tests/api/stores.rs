@@ -12,8 +12,8 @@ use tokend::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use tokend::store::memory::{MemoryClients, MemoryLease, MemorySessions, MemoryUsers};
 use tokend::store::redis::RedisStore;
 use tokend::store::{
-    AccessStatus, ClientRecord, ClientStore, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
-    SessionStore, StoreError, UserClaims, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, FamilyMarks, LeaseStore, NewFamily, RotateOutcome,
+    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -32,6 +32,8 @@ fn user(id: &str, username: &str, email: &str) -> UserRecord {
         email: email.to_string(),
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_string(),
         roles: vec!["user".to_string()],
+        email_verified: false,
+        credentials_version: 0,
         created_at: 1_700_000_000_000,
         updated_at: 1_700_000_000_000,
     }
@@ -143,23 +145,36 @@ async fn password_hashes_and_roles_can_be_replaced(users: &dyn UserStore) {
         .insert(&user("u-1", "alice", "alice@example.com"))
         .await
         .unwrap();
-    assert!(users
+    let written = users
         .update_password_hash("u-1", "$argon2id$new", 11)
         .await
-        .unwrap());
-    assert!(!users
-        .update_password_hash("nobody", "$argon2id$new", 11)
-        .await
-        .unwrap());
-    let u = users.by_id("u-1").await.unwrap().unwrap();
+        .unwrap()
+        .unwrap();
     assert_eq!(
-        (u.password_hash.as_str(), u.updated_at),
-        ("$argon2id$new", 11)
+        users
+            .update_password_hash("nobody", "$argon2id$new", 11)
+            .await
+            .unwrap(),
+        None
+    );
+    let u = users.by_id("u-1").await.unwrap().unwrap();
+    assert_eq!(u, written);
+    // Each credential write raises the credentials version by one.
+    assert_eq!(
+        (
+            u.password_hash.as_str(),
+            u.updated_at,
+            u.credentials_version
+        ),
+        ("$argon2id$new", 11, 1)
     );
 
     let roles = vec!["user".to_string(), "admin".to_string()];
     let u = users.set_roles("u-1", &roles, 12).await.unwrap().unwrap();
-    assert_eq!((u.roles.clone(), u.updated_at), (roles.clone(), 12));
+    assert_eq!(
+        (u.roles.clone(), u.updated_at, u.credentials_version),
+        (roles.clone(), 12, 2)
+    );
     assert_eq!(users.by_id("u-1").await.unwrap().unwrap().roles, roles);
     assert_eq!(users.set_roles("nobody", &roles, 12).await.unwrap(), None);
 }
@@ -232,8 +247,11 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         access_jti: new_id(),
         issued_at: now_ms / 1000,
         expires_at_ms: now_ms + 30 * DAY_MS,
+        started_at_ms: now_ms,
         ttl_ms: 14 * DAY_MS,
         user: claims_v("alice", &["user"], 1_700_000_000_000),
+        credentials_version: 0,
+        max_sessions: 100,
     }
 }
 
@@ -279,18 +297,19 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
         .access_status(&f.access_jti, Some(&f.sid), "user-1")
         .await
         .unwrap();
-    assert!(!status.jti_revoked && !status.family_revoked);
-    assert_eq!(status.user_not_before, None);
-    // A plain check leaves the user out; asked for, it comes in the same read.
-    assert_eq!(status.user, None);
+    assert!(!status.jti_revoked && !status.revoked(Some(&f.sid)));
+    assert_eq!(status.user, UserMarks::default());
+    assert_eq!(status.family, Some(FamilyMarks::default()));
+    // A plain check leaves the user's claims out; asked for, they come in the same read.
+    assert_eq!(status.claims, None);
     let with_user = s
         .access_status_with_user(&f.access_jti, Some(&f.sid), "user-1")
         .await
         .unwrap();
-    assert_eq!(with_user.user, Some(f.user.clone()));
+    assert_eq!(with_user.claims, Some(f.user.clone()));
     assert_eq!(
         AccessStatus {
-            user: None,
+            claims: None,
             ..with_user
         },
         status
@@ -363,7 +382,7 @@ async fn reusing_an_exchanged_token_after_the_leeway_revokes_the_family(
         .access_status(&first.new_access_jti, Some(&f.sid), "user-1")
         .await
         .unwrap();
-    assert!(status.family_revoked);
+    assert!(status.revoked(Some(&f.sid)));
 }
 
 async fn a_token_the_family_never_issued_revokes_it(s: &dyn SessionStore, now: i64) {
@@ -391,7 +410,7 @@ async fn a_revoked_family_stays_revoked(s: &dyn SessionStore, now: i64) {
         .access_status(&f.access_jti, Some(&f.sid), "user-1")
         .await
         .unwrap();
-    assert!(status.family_revoked && !status.jti_revoked);
+    assert!(status.revoked(Some(&f.sid)) && !status.jti_revoked);
 }
 
 async fn an_unknown_family_is_unknown_until_revoked(s: &dyn SessionStore, now: i64) {
@@ -400,14 +419,14 @@ async fn an_unknown_family_is_unknown_until_revoked(s: &dyn SessionStore, now: i
     assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Unknown);
     assert_eq!(s.family(&sid).await.unwrap(), None);
     let status = s.access_status("jti", Some(&sid), "user-1").await.unwrap();
-    assert!(!status.family_revoked);
+    assert!(!status.revoked(Some(&sid)));
 
     // Revoking a family nobody has seen (yet) is remembered.
     s.revoke_family(&sid, 15 * MINUTE_MS).await.unwrap();
     assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
     assert!(s.family(&sid).await.unwrap().unwrap().revoked);
     let status = s.access_status("jti", Some(&sid), "user-1").await.unwrap();
-    assert!(status.family_revoked);
+    assert!(status.revoked(Some(&sid)));
 }
 
 async fn concurrent_exchanges_of_one_token_yield_exactly_one_successor(
@@ -466,34 +485,41 @@ async fn revoked_access_tokens_are_reported(s: &dyn SessionStore, _now: i64) {
             .unwrap()
             .jti_revoked
     );
-    let status = s
-        .access_status(&jti, Some(&new_id()), "user-1")
-        .await
-        .unwrap();
-    assert!(status.jti_revoked && !status.family_revoked);
+    let sid = new_id();
+    let status = s.access_status(&jti, Some(&sid), "user-1").await.unwrap();
+    assert!(status.jti_revoked && status.family.is_none());
 }
 
-async fn a_users_not_before_mark_never_goes_down(s: &dyn SessionStore, _now: i64) {
+async fn ending_all_sessions_raises_the_generation_and_never_lowers_the_version(
+    s: &dyn SessionStore,
+    _now: i64,
+) {
     let user = new_id();
-    s.set_user_not_before(&user, 1_700_000_100, DAY_MS)
+    let marks = |u: String| async move { s.access_status("jti", None, &u).await.unwrap().user };
+    assert_eq!(marks(user.clone()).await, UserMarks::default());
+    s.revoke_user_sessions(&user, None, DAY_MS).await.unwrap();
+    assert_eq!(
+        marks(user.clone()).await,
+        UserMarks {
+            generation: 1,
+            credentials_version: 0
+        }
+    );
+    s.revoke_user_sessions(&user, Some(7), DAY_MS)
         .await
         .unwrap();
-    let nbf = |u: String| async move {
-        s.access_status("jti", None, &u)
-            .await
-            .unwrap()
-            .user_not_before
-    };
-    assert_eq!(nbf(user.clone()).await, Some(1_700_000_100));
-    s.set_user_not_before(&user, 1_700_000_050, DAY_MS)
+    // A late, older credential change lowers nothing.
+    s.revoke_user_sessions(&user, Some(5), DAY_MS)
         .await
         .unwrap();
-    assert_eq!(nbf(user.clone()).await, Some(1_700_000_100));
-    s.set_user_not_before(&user, 1_700_000_200, DAY_MS)
-        .await
-        .unwrap();
-    assert_eq!(nbf(user.clone()).await, Some(1_700_000_200));
-    assert_eq!(nbf(new_id()).await, None);
+    assert_eq!(
+        marks(user.clone()).await,
+        UserMarks {
+            generation: 3,
+            credentials_version: 7
+        }
+    );
+    assert_eq!(marks(new_id()).await, UserMarks::default());
 }
 
 async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) {
@@ -504,7 +530,7 @@ async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) 
             s.access_status_with_user(&new_id(), sid.as_deref(), &user)
                 .await
                 .unwrap()
-                .user
+                .claims
         }
     };
     // Nothing known: the caller reads the user store.
@@ -553,11 +579,11 @@ async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) 
         .access_status_with_user(&new_id(), Some(&stub), &new_id())
         .await
         .unwrap();
-    assert!(st.family_revoked);
-    assert_eq!(st.user, None);
+    assert!(st.revoked(Some(&stub)));
+    assert_eq!(st.claims, None);
 }
 
-async fn revoking_a_users_families_revokes_each_of_them(s: &dyn SessionStore, now: i64) {
+async fn ending_a_users_sessions_ends_each_of_them_in_one_step(s: &dyn SessionStore, now: i64) {
     let (alice, bob) = (new_id(), new_id());
     let alices: Vec<NewFamily> = (0..3).map(|_| family(&alice, now)).collect();
     for f in &alices {
@@ -565,18 +591,90 @@ async fn revoking_a_users_families_revokes_each_of_them(s: &dyn SessionStore, no
     }
     let bobs = family(&bob, now);
     s.start_family(&bobs).await.unwrap();
-    // One of Alice's families is revoked already: it is not counted again.
-    s.revoke_family(&alices[0].sid, DAY_MS).await.unwrap();
-
-    assert_eq!(s.revoke_user_families(&alice, DAY_MS).await.unwrap(), 2);
+    let dead = |f: NewFamily, user: String| async move {
+        s.access_status(&f.access_jti, Some(&f.sid), &user)
+            .await
+            .unwrap()
+            .revoked(Some(&f.sid))
+    };
+    assert_eq!(
+        s.revoke_user_sessions(&alice, None, DAY_MS).await.unwrap(),
+        3
+    );
     for f in &alices {
-        assert!(s.family(&f.sid).await.unwrap().unwrap().revoked);
-        let r = exchange(&f.sid, &f.refresh_jti, now, 2000);
-        assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
+        assert!(dead(f.clone(), alice.clone()).await);
     }
-    assert!(!s.family(&bobs.sid).await.unwrap().unwrap().revoked);
-    assert_eq!(s.revoke_user_families(&alice, DAY_MS).await.unwrap(), 0);
-    assert_eq!(s.revoke_user_families(&new_id(), DAY_MS).await.unwrap(), 0);
+    assert!(!dead(bobs.clone(), bob.clone()).await);
+    // A family started afterwards lives.
+    let after = family(&alice, now);
+    s.start_family(&after).await.unwrap();
+    assert!(!dead(after.clone(), alice.clone()).await);
+    assert_eq!(
+        s.revoke_user_sessions(&alice, None, DAY_MS).await.unwrap(),
+        1
+    );
+    assert!(dead(after, alice.clone()).await);
+    assert_eq!(
+        s.revoke_user_sessions(&new_id(), None, DAY_MS)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn a_credential_change_ends_families_that_read_the_older_record(
+    s: &dyn SessionStore,
+    now: i64,
+) {
+    let user = new_id();
+    let read_v1 = NewFamily {
+        credentials_version: 1,
+        ..family(&user, now)
+    };
+    s.start_family(&read_v1).await.unwrap();
+    s.revoke_user_sessions(&user, Some(2), DAY_MS)
+        .await
+        .unwrap();
+    // A login that read version 1 before the change and finished after it (in flight).
+    let in_flight = NewFamily {
+        credentials_version: 1,
+        ..family(&user, now)
+    };
+    s.start_family(&in_flight).await.unwrap();
+    // A login that read the new record.
+    let read_v2 = NewFamily {
+        credentials_version: 2,
+        ..family(&user, now)
+    };
+    s.start_family(&read_v2).await.unwrap();
+    for (f, dead) in [(read_v1, true), (in_flight, true), (read_v2, false)] {
+        let status = s
+            .access_status(&f.access_jti, Some(&f.sid), &user)
+            .await
+            .unwrap();
+        assert_eq!(status.revoked(Some(&f.sid)), dead);
+    }
+}
+
+async fn a_login_beyond_the_cap_ends_the_oldest_family(s: &dyn SessionStore, now: i64) {
+    let user = new_id();
+    let mut started = Vec::new();
+    for i in 0..4 {
+        let f = NewFamily {
+            max_sessions: 3,
+            started_at_ms: now + i,
+            ..family(&user, now)
+        };
+        let ended = s.start_family(&f).await.unwrap();
+        assert_eq!(ended, u64::from(i == 3));
+        started.push(f);
+    }
+    assert!(s.family(&started[0].sid).await.unwrap().unwrap().revoked);
+    for f in &started[1..] {
+        assert!(!s.family(&f.sid).await.unwrap().unwrap().revoked);
+    }
+    let r = exchange(&started[0].sid, &started[0].refresh_jti, now, 2000);
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Revoked);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -720,16 +818,24 @@ session_contract!(revoked_access_tokens_are_reported:
     revoked_access_tokens_are_reported_in_memory,
     revoked_access_tokens_are_reported_in_redis
 );
-session_contract!(a_users_not_before_mark_never_goes_down:
-    a_users_not_before_mark_never_goes_down_in_memory,
-    a_users_not_before_mark_never_goes_down_in_redis
+session_contract!(ending_all_sessions_raises_the_generation_and_never_lowers_the_version:
+    ending_all_sessions_raises_the_generation_and_never_lowers_the_version_in_memory,
+    ending_all_sessions_raises_the_generation_and_never_lowers_the_version_in_redis
 );
 session_contract!(the_newest_copy_of_a_users_claims_wins:
     the_newest_copy_of_a_users_claims_wins_in_memory,
     the_newest_copy_of_a_users_claims_wins_in_redis);
-session_contract!(revoking_a_users_families_revokes_each_of_them:
-    revoking_a_users_families_revokes_each_of_them_in_memory,
-    revoking_a_users_families_revokes_each_of_them_in_redis
+session_contract!(ending_a_users_sessions_ends_each_of_them_in_one_step:
+    ending_a_users_sessions_ends_each_of_them_in_one_step_in_memory,
+    ending_a_users_sessions_ends_each_of_them_in_one_step_in_redis
+);
+session_contract!(a_credential_change_ends_families_that_read_the_older_record:
+    a_credential_change_ends_families_that_read_the_older_record_in_memory,
+    a_credential_change_ends_families_that_read_the_older_record_in_redis
+);
+session_contract!(a_login_beyond_the_cap_ends_the_oldest_family:
+    a_login_beyond_the_cap_ends_the_oldest_family_in_memory,
+    a_login_beyond_the_cap_ends_the_oldest_family_in_redis
 );
 
 #[tokio::test]
@@ -764,9 +870,11 @@ async fn the_session_and_lease_contracts_hold_in_a_redis_cluster() {
     an_unknown_family_is_unknown_until_revoked(&store, now).await;
     concurrent_exchanges_of_one_token_yield_exactly_one_successor(&store, now).await;
     revoked_access_tokens_are_reported(&store, now).await;
-    a_users_not_before_mark_never_goes_down(&store, now).await;
+    ending_all_sessions_raises_the_generation_and_never_lowers_the_version(&store, now).await;
     the_newest_copy_of_a_users_claims_wins(&store, now).await;
-    revoking_a_users_families_revokes_each_of_them(&store, now).await;
+    ending_a_users_sessions_ends_each_of_them_in_one_step(&store, now).await;
+    a_credential_change_ends_families_that_read_the_older_record(&store, now).await;
+    a_login_beyond_the_cap_ends_the_oldest_family(&store, now).await;
     a_lease_has_one_holder_until_released(&store).await;
     let without = services::redis_keys_without_ttl(
         &format!("redis://127.0.0.1:{}/", cluster.port()),
@@ -791,20 +899,24 @@ async fn memory_sessions_forget_records_when_their_ttl_ends() {
     };
     s.start_family(&f).await.unwrap();
     s.revoke_jti("jti-1", MINUTE_MS).await.unwrap();
-    s.set_user_not_before("user-1", 1_700_000_000, MINUTE_MS)
+    s.revoke_user_sessions("user-2", None, MINUTE_MS)
         .await
         .unwrap();
     clock.advance(Duration::from_millis(59_999));
     assert!(s.family(&f.sid).await.unwrap().is_some());
     let status = s.access_status("jti-1", None, "user-1").await.unwrap();
-    assert!(status.jti_revoked && status.user_not_before.is_some());
+    assert!(status.jti_revoked);
+    let marks = s.access_status("jti-1", None, "user-2").await.unwrap().user;
+    assert_eq!(marks.generation, 1);
 
     clock.advance(Duration::from_millis(1));
     assert_eq!(s.family(&f.sid).await.unwrap(), None);
     let r = exchange(&f.sid, &f.refresh_jti, clock.now_ms(), 2000);
     assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Unknown);
     let status = s.access_status("jti-1", None, "user-1").await.unwrap();
-    assert!(!status.jti_revoked && status.user_not_before.is_none());
+    assert!(!status.jti_revoked);
+    let marks = s.access_status("jti-1", None, "user-2").await.unwrap().user;
+    assert_eq!(marks, UserMarks::default());
 }
 
 #[tokio::test]
@@ -897,14 +1009,14 @@ async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
     store.revoke_jti("j1", 15 * MINUTE_MS).await.unwrap();
     assert!(near(pttl(format!("{p}rjti:{{j1}}")).await, 15 * MINUTE_MS));
     store
-        .set_user_not_before("user-ttl", 1_700_000_000, DAY_MS)
+        .revoke_user_sessions("user-ttl", None, DAY_MS)
         .await
         .unwrap();
     store
-        .set_user_not_before("user-ttl", 1_700_000_001, MINUTE_MS)
+        .revoke_user_sessions("user-ttl", Some(3), MINUTE_MS)
         .await
         .unwrap();
-    assert!(near(pttl(format!("{p}unbf:{{user-ttl}}")).await, DAY_MS));
+    assert!(near(pttl(format!("{p}usess:{{user-ttl}}")).await, DAY_MS));
     // A change of the user's claims lives as long as asked; a later, shorter one keeps that.
     store
         .set_user_claims("user-ttl", &claims_v("a", &["user"], 1), 30 * DAY_MS)
@@ -940,8 +1052,8 @@ async fn a_redis_family_without_the_users_claims_reads_back_without_them() {
         .access_status_with_user(&f.access_jti, Some(&f.sid), "user-old")
         .await
         .unwrap();
-    assert_eq!(status.user, None);
-    assert!(!status.family_revoked);
+    assert_eq!(status.claims, None);
+    assert!(!status.revoked(Some(&f.sid)));
     let r = exchange(&f.sid, &f.refresh_jti, now + 1000, 2000);
     let (_, outcome) = store.exchange(&r).await.unwrap().unwrap();
     assert_eq!(outcome, RotateOutcome::Rotated);
@@ -955,7 +1067,7 @@ async fn a_redis_family_without_the_users_claims_reads_back_without_them() {
         .access_status_with_user(&f.access_jti, Some(&f.sid), "user-old")
         .await
         .unwrap();
-    assert_eq!(status.user, Some(mark));
+    assert_eq!(status.claims, Some(mark));
     assert_every_key_expires(&store).await;
 }
 
