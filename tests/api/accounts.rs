@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{claims, error_code, header, spawn_app, spawn_app_with, Mode, TestApp};
+use crate::helpers::{claims, error_code, header, spawn_app, Mode, TestApp};
 
 /// Runs an async test body once per mode, as `<name>::embedded` and `<name>::production`.
 #[macro_export]

@@ -63,6 +63,44 @@ async fn form(
     req.send().await.unwrap()
 }
 
+/// Runs `change` while waves of logins with `email`/`password` go on against every instance,
+/// so that some logins are still checking the password when the change lands; the last wave
+/// starts after the change has answered. Returns the change's status and every login answer.
+async fn logins_racing<F>(
+    apps: &Arc<Vec<TestApp>>,
+    email: &str,
+    password: &str,
+    change: F,
+) -> (StatusCode, Vec<(StatusCode, Value)>)
+where
+    F: std::future::Future<Output = StatusCode> + Send + 'static,
+{
+    let change = tokio::spawn(change);
+    let mut answers = Vec::new();
+    let mut done = None;
+    for _ in 0..64 {
+        let wave: Vec<_> = (0..RACERS / 4)
+            .map(|i| {
+                let (apps, email, password) =
+                    (apps.clone(), email.to_string(), password.to_string());
+                tokio::spawn(async move {
+                    answer(apps[i % apps.len()].login(&email, &password).await).await
+                })
+            })
+            .collect();
+        for t in wave {
+            answers.push(t.await.unwrap());
+        }
+        if done.is_some() {
+            break;
+        }
+        if change.is_finished() {
+            done = Some(());
+        }
+    }
+    (change.await.unwrap(), answers)
+}
+
 /// Whether an access/refresh pair is dead everywhere: the access token refused, the refresh
 /// token refused.
 async fn pair_is_dead(app: &TestApp, access: &str, refresh: &str) -> bool {
@@ -98,18 +136,10 @@ async fn logins_in_flight_during_a_password_change_keep_nothing_alive(mode: Mode
     for run in 0..RUNS {
         let s = apps[0].new_session().await;
         let new_password = format!("the new password {run}");
-        let logins: Vec<_> = (0..RACERS)
-            .map(|i| {
-                let (apps, email, password) = (apps.clone(), s.email.clone(), s.password.clone());
-                tokio::spawn(async move {
-                    answer(apps[i % apps.len()].login(&email, &password).await).await
-                })
-            })
-            .collect();
         let change = {
             let (apps, access, old) = (apps.clone(), s.access.clone(), s.password.clone());
             let new = new_password.clone();
-            tokio::spawn(async move {
+            async move {
                 apps[apps.len() - 1]
                     .put_bearer(
                         "/users/me/password",
@@ -118,11 +148,11 @@ async fn logins_in_flight_during_a_password_change_keep_nothing_alive(mode: Mode
                     )
                     .await
                     .status()
-            })
+            }
         };
-        assert_eq!(change.await.unwrap(), StatusCode::NO_CONTENT, "run {run}");
-        for t in logins {
-            let (status, body) = t.await.unwrap();
+        let (changed, logins) = logins_racing(&apps, &s.email, &s.password, change).await;
+        assert_eq!(changed, StatusCode::NO_CONTENT, "run {run}");
+        for (status, body) in logins {
             if status != StatusCode::OK {
                 assert_eq!(status, StatusCode::UNAUTHORIZED, "run {run}: {body}");
                 continue;
@@ -177,24 +207,22 @@ async fn logins_in_flight_during_an_admin_role_removal_keep_no_admin_token(mode:
             )
             .await;
         assert_eq!(grant.status(), StatusCode::OK);
-        let logins: Vec<_> = (0..RACERS)
-            .map(|i| {
-                let (apps, email, password) = (apps.clone(), s.email.clone(), s.password.clone());
-                tokio::spawn(async move {
-                    answer(apps[i % apps.len()].login(&email, &password).await).await
-                })
-            })
-            .collect();
-        let removal = apps[apps.len() - 1]
-            .put_bearer(
-                &format!("/admin/users/{id}/roles"),
-                &root,
-                &json!({"roles": ["user"]}),
-            )
-            .await;
-        assert_eq!(removal.status(), StatusCode::OK, "run {run}");
-        for t in logins {
-            let (status, body) = t.await.unwrap();
+        let removal = {
+            let (apps, root, id) = (apps.clone(), root.clone(), id.clone());
+            async move {
+                apps[apps.len() - 1]
+                    .put_bearer(
+                        &format!("/admin/users/{id}/roles"),
+                        &root,
+                        &json!({"roles": ["user"]}),
+                    )
+                    .await
+                    .status()
+            }
+        };
+        let (removed, logins) = logins_racing(&apps, &s.email, &s.password, removal).await;
+        assert_eq!(removed, StatusCode::OK, "run {run}");
+        for (status, body) in logins {
             assert_eq!(status, StatusCode::OK, "run {run}: {body}");
             let access = body["access_token"].as_str().unwrap();
             let refresh = body["refresh_token"].as_str().unwrap();
