@@ -186,6 +186,7 @@ in_both_modes!(
     role_and_username_changes_reach_sessions_started_before_them,
     empty_scope_and_roles_are_left_out_of_tokens_and_answers,
     tokens_issued_with_empty_claims_are_still_accepted,
+    a_secret_of_the_generated_shape_works_in_raw_basic,
 );
 
 async fn the_password_grant_issues_a_pair_for_username_or_email(mode: Mode) {
@@ -1075,6 +1076,86 @@ async fn a_bad_clients_file_stops_start_up_naming_the_variable() {
         .err()
         .map(|e| e.to_string());
     assert!(e.unwrap_or_default().contains("TOKEND_CLIENTS_FILE"));
+}
+
+/// A plain `client_secret` with `+` or `%` would reach tokend garbled from clients that send
+/// HTTP Basic without form-encoding (RFC 6749 §2.3.1): the file is refused at start-up, naming
+/// the client and the rule, with exit code 2 like any configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_secret_with_plus_or_percent_stops_start_up_with_exit_2() {
+    for secret in [
+        "Zm9v+YmFy-generated-looking-but-base64",
+        "fifty%25off-secret-value",
+    ] {
+        let file = write_clients_file(&json!([
+            {"client_id": "spa", "grant_types": ["password"]},
+            {"client_id": "billing", "client_secret": secret,
+             "grant_types": ["client_credentials"], "scopes": ["invoices:read"]}
+        ]));
+        let (mut env, _dir) = test_env(Mode::Embedded);
+        env.insert(
+            "TOKEND_CLIENTS_FILE".into(),
+            file.path().to_string_lossy().into_owned(),
+        );
+        let config = tokend::config::Config::from_env(&env).unwrap();
+        let e = match tokend::startup::Application::build(config).await {
+            Ok(_) => panic!("{secret:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for needle in ["TOKEND_CLIENTS_FILE", "\"billing\"", "'+' or '%'"] {
+            assert!(e.contains(needle), "{needle} missing: {e}");
+        }
+
+        // The binary: one line on stderr and exit code 2 (bounded by `timeout`, which answers
+        // 124 should tokend start serving instead).
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(env!("CARGO_BIN_EXE_tokend"))
+                .arg("serve")
+                .env_clear()
+                .envs(&env)
+                .current_dir(dir.path())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(last.starts_with("tokend: TOKEND_CLIENTS_FILE="), "{stderr}");
+        assert!(
+            last.contains("\"billing\"") && last.contains("'+' or '%'"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A secret of the shape `tokend clients create` generates (43 base64url characters) works when
+/// the client puts it into HTTP Basic raw, as `curl -u`, Python requests and authlib do.
+async fn a_secret_of_the_generated_shape_works_in_raw_basic(mode: Mode) {
+    use base64::Engine;
+    let app = spawn_oauth(mode).await;
+    assert_eq!(BARE_SECRET.len(), 43);
+    assert!(BARE_SECRET.contains('-') && BARE_SECRET.contains('_'));
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("bare:{BARE_SECRET}"));
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .header("authorization", format!("Basic {raw}"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(claims(&s(&body, "access_token"))["sub"], "bare");
+    // Form-encoding it first (RFC 6749 §2.3.1) changes nothing: both readings agree.
+    let encoded: String = url::form_urlencoded::byte_serialize(BARE_SECRET.as_bytes()).collect();
+    assert_eq!(encoded, BARE_SECRET);
 }
 
 /// Runs the `tokend` binary with exactly `env`, from an empty directory (no `.env`).
