@@ -18,4 +18,5 @@ mod services;
 mod sessions;
 mod soak;
 mod stores;
+mod tour;
 mod verifier;
