@@ -37,6 +37,9 @@ ROOT=$(pwd)
 SECANTUS_VERSION=0.7.0b3
 VENV="$ROOT/target/test-venv"
 LOGS="$ROOT/target/test-services"
+# The tokend binary cargo builds (CARGO_TARGET_DIR is honoured, relative to the repository).
+TOKEND_BIN="${CARGO_TARGET_DIR:-target}/debug/tokend"
+[[ $TOKEND_BIN == /* ]] || TOKEND_BIN="$ROOT/$TOKEND_BIN"
 READY_TRIES=120 # x 0.25 s
 
 log() { printf '==> %s\n' "$*" >&2; }
@@ -350,7 +353,7 @@ EOF
   (cd "$dir" && exec env -i PATH="$PATH" TOKEND_LISTEN="127.0.0.1:$port" \
     TOKEND_ISSUER="http://127.0.0.1:$port" TOKEND_KEYS_DIR="$dir/keys" \
     TOKEND_ARGON2=m=256,t=1,p=1 TOKEND_RATE_LIMIT=off TOKEND_CLIENTS_FILE="$dir/clients.json" \
-    TOKEND_ADMIN_EMAILS="$email" TOKEND_LOG=warn "$ROOT/target/debug/tokend" serve) \
+    TOKEND_ADMIN_EMAILS="$email" TOKEND_LOG=warn "$TOKEND_BIN" serve) \
     >"$logfile" 2>&1 &
   pid=$!
   STARTED_PIDS+=("$pid")
@@ -511,7 +514,7 @@ check_settings() {
     cd "$LOGS"
     env -i PATH="$PATH" "${settings[@]}" \
       TOKEND_KEY_ENCRYPTION_KEY=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8= \
-      "$ROOT/target/debug/tokend" check-config >/dev/null
+      "$TOKEND_BIN" check-config >/dev/null
   )
 }
 

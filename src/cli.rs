@@ -10,7 +10,7 @@ use crate::config::{Config, Mode, ENV_CLIENTS_FILE, ENV_MONGODB_URI, ENV_REDIS_U
 use crate::domain::clients::{hash_secret, load_static_clients, validate_client, Clients};
 use crate::domain::ids;
 use crate::keys::{Alg, Keys};
-use crate::startup::{Application, Backends};
+use crate::startup::{Application, Backends, StartupError};
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
 #[derive(Debug, Parser)]
@@ -119,6 +119,10 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
         Command::Serve => {
             let app = match Application::build(config).await {
                 Ok(app) => app,
+                Err(e @ StartupError::Config(_)) => {
+                    eprintln!("tokend: {e}");
+                    return ExitCode::from(2);
+                }
                 Err(e) => return fail(e),
             };
             app.run_until_stopped(crate::telemetry::shutdown_signal())

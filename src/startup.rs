@@ -41,6 +41,10 @@ pub enum StartupError {
     },
     #[error("keyset: {0}")]
     Keys(String),
+    /// A configuration file named by the environment is unusable (`TOKEND_CLIENTS_FILE`); like
+    /// a bad variable, `tokend serve` exits 2.
+    #[error("{0}")]
+    Config(String),
     #[error("{0}")]
     Other(String),
 }
@@ -198,7 +202,7 @@ impl Application {
         let config = Arc::new(config);
         let static_clients = match &config.clients_file {
             Some(path) => {
-                load_static_clients(path, &config.signing_algs).map_err(StartupError::Other)?
+                load_static_clients(path, &config.signing_algs).map_err(StartupError::Config)?
             }
             None => Vec::new(),
         };

@@ -138,6 +138,16 @@ struct StaticClient {
     alg: Option<String>,
 }
 
+/// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
+///
+/// RFC 6749 §2.3.1 has the client form-encode id and secret before joining them, and tokend
+/// decodes them, but many clients send them raw; only `+` (decoded as a space) and `%` (the
+/// start of an escape) differ between the two readings. Generated secrets (base64url, see
+/// [`ids::random_secret`]) never contain either.
+pub fn survives_raw_basic(secret: &str) -> bool {
+    !secret.contains(['+', '%'])
+}
+
 /// Parses and validates the JSON list of static clients. Errors name the offending client.
 pub fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
     let list: Vec<StaticClient> =
@@ -155,6 +165,16 @@ pub fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecor
             (Some(h), None) => Some(h),
             (None, Some(s)) if s.is_empty() => {
                 return Err(format!("client {:?}: client_secret is empty", c.client_id))
+            }
+            (None, Some(s)) if !survives_raw_basic(&s) => {
+                return Err(format!(
+                    "client {:?}: client_secret must not contain '+' or '%': clients that put \
+                     the secret into HTTP Basic without form-encoding it (curl -u, requests, \
+                     authlib) send it raw, and tokend form-decodes Basic credentials \
+                     (RFC 6749 §2.3.1), so '+' would arrive as a space and '%' as an escape; \
+                     use letters, digits, '-', '_' and '.' (e.g. `openssl rand -hex 32`)",
+                    c.client_id
+                ))
             }
             (None, Some(s)) => Some(hash_secret(&s)),
             (None, None) => None,
@@ -353,6 +373,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("TOKEND_SIGNING_ALGS"), "{e}");
+    }
+
+    #[test]
+    fn a_plain_secret_with_plus_or_percent_is_refused_naming_the_client_and_the_rule() {
+        for secret in ["abc+def", "abc%2Bdef", "%", "+"] {
+            let json = serde_json::json!([{"client_id": "billing", "client_secret": secret,
+                                           "grant_types": ["client_credentials"]}]);
+            let e = parse_static_clients(json.to_string().as_bytes(), ALGS).unwrap_err();
+            assert!(e.contains("\"billing\""), "{secret}: {e}");
+            assert!(e.contains("'+' or '%'"), "{secret}: {e}");
+            assert!(e.contains("RFC 6749 §2.3.1"), "{secret}: {e}");
+        }
+        // Characters a raw Basic credential keeps as they are stay allowed.
+        let json = br#"[{"client_id":"billing","client_secret":"a-b_c.d~e!f*g:h/i=j",
+                         "grant_types":["client_credentials"]}]"#;
+        assert!(parse_static_clients(json, ALGS).is_ok());
+    }
+
+    #[test]
+    fn generated_secrets_survive_raw_basic() {
+        for _ in 0..1000 {
+            let secret = ids::random_secret().unwrap();
+            assert_eq!(secret.len(), 43);
+            assert!(survives_raw_basic(&secret), "{secret}");
+            assert!(
+                secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{secret}"
+            );
+        }
     }
 
     #[test]

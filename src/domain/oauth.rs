@@ -117,6 +117,8 @@ impl Introspection {
 /// The members of an active token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenDetails {
+    /// Omitted when the token has no scope (SPEC §5; RFC 7662 §2.2 makes it optional).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub scope: String,
     pub client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -32,6 +32,10 @@ impl Audience {
 }
 
 /// Claims of an access token (RFC 9068 §2.2 plus `sid`, `fresh`, `roles`).
+///
+/// A claim with nothing in it is left out, never sent empty (SPEC §5): strict RFC 9068
+/// validators refuse `"scope":""`, and RFC 6749 §3.3 makes a scope one or more tokens. Decoding
+/// takes an absent claim as empty, so tokens issued before, with empty claims, still decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
     pub iss: String,
@@ -42,7 +46,8 @@ pub struct AccessClaims {
     pub nbf: i64,
     pub jti: String,
     pub client_id: String,
-    #[serde(default)]
+    /// Space-separated scope tokens; absent when none were granted.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
     /// The refresh family; absent for client_credentials tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,11 +56,13 @@ pub struct AccessClaims {
     pub fresh: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
-    #[serde(default)]
+    /// The user's roles; absent for client_credentials tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
 }
 
-/// Claims of a refresh token; its audience is the issuer itself.
+/// Claims of a refresh token; its audience is the issuer itself. An empty `scope` is left out,
+/// as in [`AccessClaims`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshClaims {
     pub iss: String,
@@ -66,7 +73,7 @@ pub struct RefreshClaims {
     pub jti: String,
     pub sid: String,
     pub client_id: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
 }
 
@@ -188,5 +195,78 @@ pub fn describe_reason(reason: &str) -> &'static str {
         "session_revoked" => "session revoked",
         "missing" => "missing bearer token",
         _ => "malformed token",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(scope: &str, roles: &[&str]) -> AccessClaims {
+        AccessClaims {
+            iss: "https://issuer.test".into(),
+            sub: "svc".into(),
+            aud: Audience::One("tokend".into()),
+            exp: 1_900,
+            iat: 1_000,
+            nbf: 1_000,
+            jti: "at-1".into(),
+            client_id: "svc".into(),
+            scope: scope.into(),
+            sid: None,
+            fresh: false,
+            auth_time: None,
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn refresh(scope: &str) -> RefreshClaims {
+        RefreshClaims {
+            iss: "https://issuer.test".into(),
+            sub: "user-1".into(),
+            aud: Audience::One("https://issuer.test".into()),
+            exp: 4_600,
+            iat: 1_000,
+            jti: "rt-1".into(),
+            sid: "sid-1".into(),
+            client_id: "tokend".into(),
+            scope: scope.into(),
+        }
+    }
+
+    #[test]
+    fn empty_scope_and_roles_are_left_out_of_the_claims() {
+        let m = to_map(&access("", &[])).unwrap();
+        assert!(!m.contains_key("scope"), "{m:?}");
+        assert!(!m.contains_key("roles"), "{m:?}");
+        let m = to_map(&refresh("")).unwrap();
+        assert!(!m.contains_key("scope"), "{m:?}");
+    }
+
+    #[test]
+    fn scope_and_roles_with_something_in_them_are_sent() {
+        let m = to_map(&access("read write", &["user"])).unwrap();
+        assert_eq!(m["scope"], "read write");
+        assert_eq!(m["roles"], serde_json::json!(["user"]));
+        assert_eq!(to_map(&refresh("read")).unwrap()["scope"], "read");
+    }
+
+    #[test]
+    fn claims_without_scope_or_roles_and_claims_with_empty_ones_both_decode() {
+        let mut without = to_map(&access("", &[])).unwrap();
+        let decoded: AccessClaims = serde_json::from_value(Value::Object(without.clone())).unwrap();
+        assert_eq!(decoded, access("", &[]));
+        // As tokens issued before empty claims were left out carried them.
+        without.insert("scope".into(), Value::String(String::new()));
+        without.insert("roles".into(), Value::Array(vec![]));
+        let decoded: AccessClaims = serde_json::from_value(Value::Object(without)).unwrap();
+        assert_eq!(decoded, access("", &[]));
+
+        let mut r = to_map(&refresh("")).unwrap();
+        let decoded: RefreshClaims = serde_json::from_value(Value::Object(r.clone())).unwrap();
+        assert_eq!(decoded, refresh(""));
+        r.insert("scope".into(), Value::String(String::new()));
+        let decoded: RefreshClaims = serde_json::from_value(Value::Object(r)).unwrap();
+        assert_eq!(decoded, refresh(""));
     }
 }

@@ -19,4 +19,5 @@ mod services;
 mod sessions;
 mod soak;
 mod stores;
+mod tour;
 mod verifier;

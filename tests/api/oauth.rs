@@ -17,6 +17,9 @@ const SVC_SECRET: &str = "svc-secret-7c1e0b5e9a4f4d2bb1a3";
 const GATEWAY_SECRET: &str = "gateway-secret-3f9d8e7c6b5a4";
 const CC_ONLY_SECRET: &str = "cc-only-secret-0a1b2c3d4e5f";
 const RS_SECRET: &str = "rs-secret-9e8d7c6b5a49382716";
+/// A secret of the shape `tokend clients create` generates (43 base64url characters), with both
+/// of the characters base64url adds to the alphanumerics.
+const BARE_SECRET: &str = "q0W2q8m1-Zb8wL3bS2mYx_Q0a7c9kqv1Zb8wL3bS2mY";
 
 /// Lower-case hex SHA-256, computed here independently of tokend's own helper.
 fn sha256_hex(s: &str) -> String {
@@ -25,7 +28,7 @@ fn sha256_hex(s: &str) -> String {
 
 /// The static clients of these tests: confidential `svc` (every grant, scopes read+write, plain
 /// secret in the file), `gateway` (hashed secret, introspects), `cc-only`, public `spa`, and
-/// with `rs256` a client signing with RS256.
+/// `bare` (client_credentials, no scopes at all), and with `rs256` a client signing with RS256.
 fn clients_json(rs256: bool) -> Value {
     let mut list = vec![
         json!({"client_id": "svc", "client_secret": SVC_SECRET,
@@ -37,6 +40,8 @@ fn clients_json(rs256: bool) -> Value {
                "grant_types": ["client_credentials"], "scopes": ["read"]}),
         json!({"client_id": "spa", "grant_types": ["password", "refresh_token"],
                "scopes": ["read", "profile"]}),
+        json!({"client_id": "bare", "client_secret": BARE_SECRET,
+               "grant_types": ["client_credentials"]}),
     ];
     if rs256 {
         list.push(json!({"client_id": "svc-rs", "client_secret": RS_SECRET,
@@ -179,6 +184,9 @@ in_both_modes!(
     discovery_documents_list_the_endpoints_and_are_cacheable,
     an_independent_oauth_client_and_jwt_library_work_against_tokend,
     role_and_username_changes_reach_sessions_started_before_them,
+    empty_scope_and_roles_are_left_out_of_tokens_and_answers,
+    tokens_issued_with_empty_claims_are_still_accepted,
+    a_secret_of_the_generated_shape_works_in_raw_basic,
 );
 
 async fn the_password_grant_issues_a_pair_for_username_or_email(mode: Mode) {
@@ -356,7 +364,7 @@ async fn client_credentials_issues_an_access_token_for_the_client_only(mode: Mod
     assert_eq!(c["sub"], "svc");
     assert_eq!(c["client_id"], "svc");
     assert_eq!(c["fresh"], false);
-    assert_eq!(c["roles"], json!([]));
+    assert!(c.get("roles").is_none(), "no empty roles: {c}");
     assert_eq!(c["aud"], "tokend");
     assert_eq!(c["iss"], "http://tokend.test");
     assert!(c.get("sid").is_none(), "{c}");
@@ -1070,6 +1078,86 @@ async fn a_bad_clients_file_stops_start_up_naming_the_variable() {
     assert!(e.unwrap_or_default().contains("TOKEND_CLIENTS_FILE"));
 }
 
+/// A plain `client_secret` with `+` or `%` would reach tokend garbled from clients that send
+/// HTTP Basic without form-encoding (RFC 6749 §2.3.1): the file is refused at start-up, naming
+/// the client and the rule, with exit code 2 like any configuration error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_secret_with_plus_or_percent_stops_start_up_with_exit_2() {
+    for secret in [
+        "Zm9v+YmFy-generated-looking-but-base64",
+        "fifty%25off-secret-value",
+    ] {
+        let file = write_clients_file(&json!([
+            {"client_id": "spa", "grant_types": ["password"]},
+            {"client_id": "billing", "client_secret": secret,
+             "grant_types": ["client_credentials"], "scopes": ["invoices:read"]}
+        ]));
+        let (mut env, _dir) = test_env(Mode::Embedded);
+        env.insert(
+            "TOKEND_CLIENTS_FILE".into(),
+            file.path().to_string_lossy().into_owned(),
+        );
+        let config = tokend::config::Config::from_env(&env).unwrap();
+        let e = match tokend::startup::Application::build(config).await {
+            Ok(_) => panic!("{secret:?} was accepted"),
+            Err(e) => e.to_string(),
+        };
+        for needle in ["TOKEND_CLIENTS_FILE", "\"billing\"", "'+' or '%'"] {
+            assert!(e.contains(needle), "{needle} missing: {e}");
+        }
+
+        // The binary: one line on stderr and exit code 2 (bounded by `timeout`, which answers
+        // 124 should tokend start serving instead).
+        let dir = tempfile::tempdir().unwrap();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("timeout")
+                .arg("60")
+                .arg(env!("CARGO_BIN_EXE_tokend"))
+                .arg("serve")
+                .env_clear()
+                .envs(&env)
+                .current_dir(dir.path())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let last = stderr.trim().lines().last().unwrap_or_default();
+        assert!(last.starts_with("tokend: TOKEND_CLIENTS_FILE="), "{stderr}");
+        assert!(
+            last.contains("\"billing\"") && last.contains("'+' or '%'"),
+            "{stderr}"
+        );
+    }
+}
+
+/// A secret of the shape `tokend clients create` generates (43 base64url characters) works when
+/// the client puts it into HTTP Basic raw, as `curl -u`, Python requests and authlib do.
+async fn a_secret_of_the_generated_shape_works_in_raw_basic(mode: Mode) {
+    use base64::Engine;
+    let app = spawn_oauth(mode).await;
+    assert_eq!(BARE_SECRET.len(), 43);
+    assert!(BARE_SECRET.contains('-') && BARE_SECRET.contains('_'));
+    let raw = base64::engine::general_purpose::STANDARD.encode(format!("bare:{BARE_SECRET}"));
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .header("authorization", format!("Basic {raw}"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(claims(&s(&body, "access_token"))["sub"], "bare");
+    // Form-encoding it first (RFC 6749 §2.3.1) changes nothing: both readings agree.
+    let encoded: String = url::form_urlencoded::byte_serialize(BARE_SECRET.as_bytes()).collect();
+    assert_eq!(encoded, BARE_SECRET);
+}
+
 /// Runs the `tokend` binary with exactly `env`, from an empty directory (no `.env`).
 fn tokend_cli(env: &HashMap<String, String>, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
@@ -1467,4 +1555,170 @@ async fn a_family_without_the_users_claims_falls_back_to_the_user_store() {
     assert_eq!(claims(&access)["roles"], json!(["user"]));
     assert_eq!(app.introspect(&access).await["username"], user.username);
     assert_eq!(app.introspect(&refresh).await["username"], user.username);
+}
+
+/// The keys of a JSON object that hold nothing: `""`, `[]` or `{}` (SPEC §5).
+fn empty_members(v: &Value) -> Vec<String> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .iter()
+        .filter(|(_, m)| {
+            m.as_str().is_some_and(str::is_empty)
+                || m.as_array().is_some_and(Vec::is_empty)
+                || m.as_object().is_some_and(serde_json::Map::is_empty)
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
+}
+
+/// Asserts that a token's claims (or an answer) carry no `scope` and no empty member at all.
+fn assert_no_scope_nor_empty_members(what: &str, v: &Value) {
+    assert!(v.get("scope").is_none(), "{what}: no scope expected: {v}");
+    assert!(
+        empty_members(v).is_empty(),
+        "{what}: empty members {:?}: {v}",
+        empty_members(v)
+    );
+}
+
+/// SPEC §5: a claim with nothing in it is left out, never sent empty. The built-in client has no
+/// scopes and `bare` neither; strict RFC 9068 validators refuse `"scope":""` and `"roles":[]`.
+async fn empty_scope_and_roles_are_left_out_of_tokens_and_answers(mode: Mode) {
+    let app = spawn_oauth(mode).await;
+    // A password login on the seed route: scope left out, roles present.
+    let user = app.new_session().await;
+    let c = claims(&user.access);
+    assert_no_scope_nor_empty_members("login access token", &c);
+    assert_eq!(c["roles"], json!(["user"]));
+    assert_no_scope_nor_empty_members("login refresh token", &claims(&user.refresh));
+
+    // /auth/verify shows the claims as they are.
+    let res = app.get_bearer("/auth/verify", &user.access).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let verified: Value = res.json().await.unwrap();
+    assert_eq!(verified["active"], true);
+    assert_no_scope_nor_empty_members("/auth/verify claims", &verified["claims"]);
+
+    // A refresh on the seed route and on the token endpoint.
+    let (access, refresh) = app.refresh_pair(&user.refresh).await;
+    assert_no_scope_nor_empty_members("refreshed access token", &claims(&access));
+    assert_no_scope_nor_empty_members("refreshed refresh token", &claims(&refresh));
+    let body = app
+        .token_ok(
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &refresh),
+                ("client_id", "tokend"),
+            ],
+            None,
+        )
+        .await;
+    assert_no_scope_nor_empty_members("refresh grant answer", &body);
+    let (access, refresh) = (s(&body, "access_token"), s(&body, "refresh_token"));
+    assert_no_scope_nor_empty_members("refresh grant access token", &claims(&access));
+    assert_no_scope_nor_empty_members("refresh grant refresh token", &claims(&refresh));
+
+    // The password grant of the built-in client.
+    let body = app
+        .token_ok(
+            &[
+                ("grant_type", "password"),
+                ("username", &user.username),
+                ("password", &user.password),
+                ("client_id", "tokend"),
+            ],
+            None,
+        )
+        .await;
+    assert_no_scope_nor_empty_members("password grant answer", &body);
+    assert_no_scope_nor_empty_members(
+        "password grant access token",
+        &claims(&s(&body, "access_token")),
+    );
+
+    // client_credentials without a scope, by a client that has none: no scope, no roles.
+    let body = app
+        .token_ok(
+            &[("grant_type", "client_credentials")],
+            Some(("bare", BARE_SECRET)),
+        )
+        .await;
+    assert_no_scope_nor_empty_members("client_credentials answer", &body);
+    let cc = s(&body, "access_token");
+    let c = claims(&cc);
+    assert_no_scope_nor_empty_members("client_credentials token", &c);
+    assert!(c.get("roles").is_none(), "{c}");
+    assert_eq!(c["sub"], "bare");
+
+    // Introspection of each: active, and no empty scope.
+    for (what, token) in [
+        ("user access token", &access),
+        ("user refresh token", &refresh),
+        ("client_credentials token", &cc),
+    ] {
+        let i = app.introspect(token).await;
+        assert_eq!(i["active"], true, "{what}: {i}");
+        assert_no_scope_nor_empty_members(what, &i);
+    }
+}
+
+/// Re-signs a token's claims with `extra` members added, as tokend signed them before empty
+/// claims were left out.
+fn resign_with(app: &TestApp, token: &str, typ: &str, extra: &Value) -> String {
+    let mut c = claims(token);
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    let iat = c["iat"].as_i64().unwrap();
+    let Value::Object(map) = c else {
+        unreachable!()
+    };
+    let alg = tokend::keys::Alg::parse(header(token)["alg"].as_str().unwrap()).unwrap();
+    app.state.core.keys.sign(alg, typ, &map, iat).unwrap()
+}
+
+/// Tokens issued before the change, with `"scope":""` and `"roles":[]`, stay valid until they
+/// expire: they verify, introspect and refresh.
+async fn tokens_issued_with_empty_claims_are_still_accepted(mode: Mode) {
+    let app = spawn_oauth(mode).await;
+    let user = app.new_session().await;
+    let empty = json!({"scope": ""});
+    let access = resign_with(&app, &user.access, "at+jwt", &empty);
+    let refresh = resign_with(&app, &user.refresh, "rt+jwt", &empty);
+    assert_eq!(claims(&access)["scope"], "");
+    assert_eq!(claims(&refresh)["scope"], "");
+
+    let res = app.get_bearer("/auth/verify", &access).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let verified: Value = res.json().await.unwrap();
+    assert_no_scope_nor_empty_members("verify of an old token", &verified["claims"]);
+    for (what, token) in [
+        ("old access token", &access),
+        ("old refresh token", &refresh),
+    ] {
+        let i = app.introspect(token).await;
+        assert_eq!(i["active"], true, "{what}: {i}");
+        assert!(i.get("scope").is_none(), "{what}: {i}");
+    }
+    // The old refresh token is still the family's current one and refreshes.
+    let (next, _) = app.refresh_pair(&refresh).await;
+    assert_no_scope_nor_empty_members("successor of an old token", &claims(&next));
+
+    let body = app
+        .token_ok(
+            &[("grant_type", "client_credentials")],
+            Some(("bare", BARE_SECRET)),
+        )
+        .await;
+    let cc = resign_with(
+        &app,
+        &s(&body, "access_token"),
+        "at+jwt",
+        &json!({"scope": "", "roles": []}),
+    );
+    assert_eq!(
+        app.get_bearer("/auth/verify", &cc).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.introspect(&cc).await["active"], true);
 }
