@@ -22,9 +22,10 @@ use tokend::config::Config;
 use tokend::domain::clients::hash_secret;
 use tokend::domain::oauth::TokenRequest;
 use tokend::domain::Core;
+use tokend::http::state::AppState;
 use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
-use tokend::startup::{AppState, Application, Backends};
+use tokend::startup::{Application, Backends};
 use tokend::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
 use tokend::store::ClientRecord;
 

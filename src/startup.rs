@@ -4,10 +4,8 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::HeaderValue;
-use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::clock::{SharedClock, SystemClock};
@@ -17,6 +15,7 @@ use crate::domain::{Core, Passwords, Tokens};
 use crate::http::router::{Router, Surface};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
+use crate::http::state::{AppState, ReadinessCheck};
 use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, MongoKeyStore};
 use crate::metrics::Metrics;
@@ -117,54 +116,36 @@ impl Backends {
     }
 }
 
-/// Per-request state shared by every handler.
-pub struct AppState {
-    pub core: Core,
-    pub body_limit: usize,
-    pub request_timeout: Duration,
-    /// `public, max-age=TOKEND_JWKS_MAX_AGE` for JWKS and discovery.
-    pub public_cache_control: HeaderValue,
-    /// Discovery and OpenAPI, serialised once.
-    pub documents: Documents,
-    pub embedded: bool,
+/// A store as `/readyz` sees it: reachable when its `ping` answers.
+struct Pinged<S: ?Sized> {
+    name: &'static str,
+    store: Arc<S>,
 }
 
-/// What `/readyz` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub status: &'static str,
-    /// Names of what is missing (`mongodb`, `redis`, `keys:EdDSA`).
-    pub down: Vec<String>,
+#[async_trait::async_trait]
+impl ReadinessCheck for Pinged<dyn UserStore> {
+    async fn missing(&self) -> Option<String> {
+        self.store.ping().await.err().map(|_| self.name.to_string())
+    }
 }
 
-impl AppState {
-    /// Pings every store and checks an active key per algorithm.
-    pub async fn readiness(&self) -> Readiness {
-        let mut down = Vec::new();
-        if !self.embedded {
-            let (users, sessions) = tokio::join!(self.core.users.ping(), self.core.sessions.ping());
-            if users.is_err() {
-                down.push("mongodb".to_string());
-            }
-            if sessions.is_err() {
-                down.push("redis".to_string());
-            }
-        }
-        for alg in &self.core.config.signing_algs {
-            if !self.core.keys.has_active(*alg) {
-                down.push(format!("keys:{alg}"));
-            }
-        }
-        Readiness {
-            ready: down.is_empty(),
-            status: if down.is_empty() {
-                "ready"
-            } else {
-                "unavailable"
-            },
-            down,
-        }
+#[async_trait::async_trait]
+impl ReadinessCheck for Pinged<dyn SessionStore> {
+    async fn missing(&self) -> Option<String> {
+        self.store.ping().await.err().map(|_| self.name.to_string())
+    }
+}
+
+/// An algorithm's key ring as `/readyz` sees it: ready while a key of it signs.
+struct ActiveKey {
+    keys: Keys,
+    alg: crate::keys::Alg,
+}
+
+#[async_trait::async_trait]
+impl ReadinessCheck for ActiveKey {
+    async fn missing(&self) -> Option<String> {
+        (!self.keys.has_active(self.alg)).then(|| format!("keys:{}", self.alg))
     }
 }
 
@@ -260,13 +241,30 @@ impl Application {
             config.jwks_max_age.as_secs()
         ))
         .map_err(|e| StartupError::Other(e.to_string()))?;
+        let mut readiness_checks: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
+        if b.mode_name != "embedded" {
+            readiness_checks.push(Arc::new(Pinged {
+                name: "mongodb",
+                store: core.users.clone(),
+            }));
+            readiness_checks.push(Arc::new(Pinged {
+                name: "redis",
+                store: core.sessions.clone(),
+            }));
+        }
+        for alg in &config.signing_algs {
+            readiness_checks.push(Arc::new(ActiveKey {
+                keys: core.keys.clone(),
+                alg: *alg,
+            }));
+        }
         let state = Arc::new(AppState {
             core,
             body_limit: config.body_limit,
             request_timeout: config.request_timeout,
             public_cache_control,
             documents,
-            embedded: b.mode_name == "embedded",
+            readiness_checks,
         });
         let listener =
             TcpListener::bind(config.listen)

@@ -5,8 +5,8 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::auth::principal;
+use super::state::AppState;
 use super::{empty, json, read_json, ApiError, ApiResult};
-use crate::startup::AppState;
 
 #[derive(Deserialize)]
 struct ListQuery {

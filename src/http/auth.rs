@@ -4,10 +4,10 @@ use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::state::AppState;
 use super::{bearer, empty, json, json_no_store, read_json, ApiError, ApiResult};
 use crate::domain::accounts::{Principal, TokenPair};
 use crate::domain::ids;
-use crate::startup::AppState;
 
 /// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`).
 pub const REFRESH_COOKIE: &str = "tokend_refresh";

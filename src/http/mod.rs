@@ -10,6 +10,7 @@ pub mod ops;
 pub mod router;
 pub mod server;
 pub mod stack;
+pub mod state;
 pub mod users;
 pub mod wellknown;
 

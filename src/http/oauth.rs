@@ -8,9 +8,9 @@ use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use super::state::AppState;
 use super::{empty, json_no_store, read_form, ApiError, ApiResult};
 use crate::domain::oauth::{ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest};
-use crate::startup::AppState;
 
 /// Every parameter the three endpoints read. A parameter sent twice is refused
 /// (RFC 6749 §3.2); one sent without a value counts as omitted (RFC 6749 §3.1).

@@ -4,8 +4,8 @@
 
 use http::Request;
 
+use super::state::AppState;
 use super::ApiResult;
-use crate::startup::AppState;
 
 /// The document, as checked in.
 pub const DOCUMENT: &[u8] = include_bytes!("../../openapi.json");

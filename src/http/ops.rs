@@ -3,8 +3,8 @@
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
+use super::state::AppState;
 use super::{json, ApiResult};
-use crate::startup::AppState;
 
 pub fn healthz() -> ApiResult {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))

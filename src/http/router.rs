@@ -13,8 +13,8 @@ use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use super::state::AppState;
 use super::{admin, auth, oauth, openapi, ops, users, wellknown, ApiError, ApiResult};
-use crate::startup::AppState;
 
 /// Every route tokend serves. The template labels logs and metrics (never the raw path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,9 +5,9 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::auth::principal;
+use super::state::AppState;
 use super::{empty, json, read_json, ApiResult};
 use crate::domain::accounts::UserView;
-use crate::startup::AppState;
 
 #[derive(Deserialize)]
 struct UpdateMe {

@@ -6,10 +6,10 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
+use super::state::AppState;
 use super::ApiResult;
 use crate::config::Config;
 use crate::domain::clients::GRANT_TYPES;
-use crate::startup::AppState;
 
 /// True when `If-None-Match` names `etag` (or `*`).
 pub fn etag_matches<B>(req: &Request<B>, etag: &str) -> bool {

@@ -10,7 +10,8 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokend::clock::{ManualClock, SharedClock};
 use tokend::config::Config;
-use tokend::startup::{AppState, Application};
+use tokend::http::state::AppState;
+use tokend::startup::Application;
 
 use crate::services;
 
