@@ -286,12 +286,14 @@ fn keep_newest<V>(
     }
 }
 
+/// A user's families: family id -> (login time, family end), Unix ms.
+type FamilyList = HashMap<String, (i64, i64)>;
+
 #[derive(Default)]
 struct SessionsInner {
     families: HashMap<String, Family>,
-    /// user id -> (family id -> (login time, family end), Unix ms; clock time the list is
-    /// forgotten)
-    user_families: HashMap<String, (HashMap<String, (i64, i64)>, i64)>,
+    /// user id -> (the user's families; clock time the list is forgotten)
+    user_families: HashMap<String, (FamilyList, i64)>,
     /// revoked access `jti` -> clock time it is forgotten
     revoked_jtis: HashMap<String, i64>,
     /// user id -> (session marks; clock time they are forgotten)

@@ -283,7 +283,7 @@ impl AccessStatus {
         if sid.is_none() {
             return false;
         }
-        let family = self.family.clone().unwrap_or_default();
+        let family = self.family.unwrap_or_default();
         family.revoked
             || family.generation < self.user.generation
             || family.credentials_version < self.user.credentials_version
