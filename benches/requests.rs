@@ -20,8 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokend::clock::{SharedClock, SystemClock};
 use tokend::config::Config;
 use tokend::domain::clients::hash_secret;
-use tokend::domain::oauth::TokenRequest;
-use tokend::domain::Core;
+use tokend::domain::oauth::{Client, TokenRequest};
 use tokend::http::state::AppState;
 use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
@@ -83,14 +82,11 @@ fn app() -> Bench {
     }
 }
 
-fn core(b: &Bench) -> &Core {
-    &b.state.core
-}
 
 fn jwks(c: &mut Criterion) {
     let bench = app();
     let state = &bench.state;
-    let doc = state.core.keys.jwks();
+    let doc = state.published.jwks();
     let mut g = c.benchmark_group("jwks");
     let plain = Request::get("/.well-known/jwks.json").body(()).unwrap();
     g.bench_function("document_200", |b| {
@@ -158,17 +154,17 @@ fn jwks(c: &mut Criterion) {
 
 fn domain(c: &mut Criterion) {
     let bench = app();
-    let core = core(&bench);
+    let state = &bench.state;
     let rt = &bench.rt;
-    rt.block_on(core.register("bencher", EMAIL, PASSWORD))
+    rt.block_on(state.accounts.register("bencher", EMAIL, PASSWORD))
         .unwrap();
-    let first = rt.block_on(core.login(EMAIL, PASSWORD)).unwrap();
+    let first = rt.block_on(state.accounts.login(EMAIL, PASSWORD)).unwrap();
     let mut g = c.benchmark_group("domain");
 
     // `/auth/verify`: signature, claims, revocation check.
     let access = first.access_token.clone();
     g.bench_function("authenticate_EdDSA", |b| {
-        b.iter(|| rt.block_on(core.authenticate(black_box(&access))).unwrap())
+        b.iter(|| rt.block_on(state.sessions.authenticate(black_box(&access))).unwrap())
     });
 
     // A refresh exchange: each token is single-use, so every iteration presents the token the
@@ -176,27 +172,27 @@ fn domain(c: &mut Criterion) {
     let mut refresh = first.refresh_token.clone();
     g.bench_function("refresh_EdDSA", |b| {
         b.iter(|| {
-            let pair = rt.block_on(core.refresh(&refresh, None)).unwrap();
+            let pair = rt.block_on(state.sessions.refresh(&refresh, None)).unwrap();
             refresh = pair.refresh_token;
         })
     });
 
     for alg in ["EdDSA", "RS256"] {
-        let client = ClientRecord {
+        let client = Client::authenticated_elsewhere(ClientRecord {
             client_id: format!("svc-{alg}"),
             secret_sha256: Some(hash_secret("s3cret-s3cret-s3cret-s3cret-s3cret")),
             grant_types: vec!["client_credentials".into()],
             scopes: vec!["read".into(), "write".into()],
             alg: Some(alg.into()),
             created_at: 0,
-        };
+        });
         let req = TokenRequest {
             grant_type: Some("client_credentials".into()),
             ..TokenRequest::default()
         };
         g.bench_function(format!("client_credentials_{alg}"), |b| {
             b.iter(|| {
-                rt.block_on(core.token_grant(&client, black_box(&req)))
+                rt.block_on(state.oauth.token_grant(&client, black_box(&req)))
                     .unwrap()
             })
         });
@@ -204,7 +200,7 @@ fn domain(c: &mut Criterion) {
 
     g.bench_function("introspect_access_EdDSA", |b| {
         b.iter(|| {
-            rt.block_on(core.introspect(black_box(&access), None))
+            rt.block_on(state.oauth.introspect(black_box(&access), None))
                 .unwrap()
         })
     });

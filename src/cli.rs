@@ -240,7 +240,7 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
             let user = crate::domain::admin::grant_admin(
                 &*b.users,
                 &*b.sessions,
-                &config,
+                config.session_ttl,
                 user,
                 clock.now_ms(),
             )

@@ -11,11 +11,11 @@ use tokio::net::TcpListener;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Mode};
 use crate::domain::clients::{load_static_clients, Clients};
-use crate::domain::{Core, Passwords, Tokens};
+use crate::domain::{Passwords, ServiceParts, Services};
 use crate::http::router::{Router, Surface};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
-use crate::http::state::{AppState, ReadinessCheck};
+use crate::http::state::{AppState, CookieSettings, ReadinessCheck};
 use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, MongoKeyStore};
 use crate::metrics::Metrics;
@@ -200,7 +200,6 @@ impl Application {
             Passwords::new(config.argon2, config.argon2_concurrency, config.argon2_nice)
                 .await
                 .map_err(|e| StartupError::Other(e.to_string()))?;
-        let tokens = Tokens::new(config.issuer.clone(), config.audience.clone(), keys.clone());
         let metrics = Metrics::new();
         let (doc_store, kv_store) = if b.mode_name == "embedded" {
             ("memory", "memory")
@@ -213,19 +212,38 @@ impl Application {
         ));
         let documents = Documents::build(&config, registry.static_scopes())
             .map_err(|e| StartupError::Other(e.to_string()))?;
-        let core = Core {
+        let users: Arc<dyn UserStore> =
+            Arc::new(Instrumented::new(b.users, doc_store, metrics.clone()));
+        let sessions: Arc<dyn SessionStore> =
+            Arc::new(Instrumented::new(b.sessions, kv_store, metrics.clone()));
+        let mut readiness_checks: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
+        if b.mode_name != "embedded" {
+            readiness_checks.push(Arc::new(Pinged {
+                name: "mongodb",
+                store: users.clone(),
+            }));
+            readiness_checks.push(Arc::new(Pinged {
+                name: "redis",
+                store: sessions.clone(),
+            }));
+        }
+        for alg in &config.signing_algs {
+            readiness_checks.push(Arc::new(ActiveKey {
+                keys: keys.clone(),
+                alg: *alg,
+            }));
+        }
+        let services = Services::build(ServiceParts {
             config: config.clone(),
             clock,
-            users: Arc::new(Instrumented::new(b.users, doc_store, metrics.clone())),
-            clients: registry.clone(),
-            registry: registry.clone(),
-            sessions: Arc::new(Instrumented::new(b.sessions, kv_store, metrics.clone())),
-            metrics,
-            limits: crate::domain::limits::Limits { store: b.limits },
+            users,
+            clients: registry,
+            sessions,
+            limits: b.limits,
             keys,
             passwords,
-            tokens,
-        };
+            metrics: metrics.clone(),
+        });
         if !config.admin_emails.is_empty() {
             tracing::warn!(
                 "TOKEND_ADMIN_EMAILS grants admin only to an address whose owner has verified it; \
@@ -233,7 +251,9 @@ impl Application {
                  TOKEND_BOOTSTRAP_ADMIN_EMAIL/PASSWORD or `tokend users grant-admin`"
             );
         }
-        core.bootstrap_admin()
+        services
+            .admin
+            .bootstrap_admin()
             .await
             .map_err(|e| StartupError::Other(format!("bootstrap admin: {e}")))?;
         let public_cache_control = HeaderValue::from_str(&format!(
@@ -241,25 +261,32 @@ impl Application {
             config.jwks_max_age.as_secs()
         ))
         .map_err(|e| StartupError::Other(e.to_string()))?;
-        let mut readiness_checks: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
-        if b.mode_name != "embedded" {
-            readiness_checks.push(Arc::new(Pinged {
-                name: "mongodb",
-                store: core.users.clone(),
-            }));
-            readiness_checks.push(Arc::new(Pinged {
-                name: "redis",
-                store: core.sessions.clone(),
-            }));
-        }
-        for alg in &config.signing_algs {
-            readiness_checks.push(Arc::new(ActiveKey {
-                keys: core.keys.clone(),
-                alg: *alg,
-            }));
-        }
+        let issuer_origin = url::Url::parse(&config.issuer)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
+        let Services {
+            accounts,
+            sessions,
+            oauth,
+            admin,
+            limits,
+            published,
+        } = services;
         let state = Arc::new(AppState {
-            core,
+            accounts,
+            sessions,
+            oauth,
+            admin,
+            limits,
+            published,
+            metrics,
+            trusted_proxies: config.trusted_proxies.clone(),
+            cookies: CookieSettings {
+                enabled: config.refresh_cookie,
+                max_age_secs: config.refresh_ttl.as_secs(),
+                issuer_origin,
+                allowed_origins: config.cors_origins.clone(),
+            },
             body_limit: config.body_limit,
             request_timeout: config.request_timeout,
             public_cache_control,
@@ -316,7 +343,7 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut maintenance_stop = stop_rx.clone();
-        let maintenance = self.state.core.keys.spawn_maintenance(async move {
+        let maintenance = self.state.published.keys().spawn_maintenance(async move {
             let _ = maintenance_stop.changed().await;
         });
         let limits = ServerLimits {

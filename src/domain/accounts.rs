@@ -1,13 +1,19 @@
-//! Accounts (SPEC §4): register, password login, profile, password change, and the access-token
-//! check every protected route goes through.
+//! The `Accounts` service (docs/api.md): register, password login, profile, password change.
+//! Every place that checks a password draws on the account's one budget (docs/hardening.md).
+
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::input::{Email, Password, Username};
+use super::limits::Limits;
 use super::passwords::Verdict;
-use super::tokens::{describe_reason, AccessClaims};
-use super::{ids, Core, Error, FIRST_PARTY_CLIENT};
-use crate::store::{AccessStatus, UserClaims, UserRecord};
+use super::sessions::Sessions;
+use super::tokens::AccessClaims;
+use super::{Error, Passwords};
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::store::{UserRecord, UserStore};
 
 /// The user object clients see: never a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,7 +87,35 @@ impl Principal {
 pub const ROLE_USER: &str = "user";
 pub const ROLE_ADMIN: &str = "admin";
 
-impl Core {
+/// The `Accounts` service: registration, password sign-in, the profile and password change.
+pub struct Accounts {
+    users: Arc<dyn UserStore>,
+    passwords: Passwords,
+    sessions: Arc<Sessions>,
+    limits: Arc<Limits>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+}
+
+impl Accounts {
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        passwords: Passwords,
+        sessions: Arc<Sessions>,
+        limits: Arc<Limits>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Accounts {
+        Accounts {
+            users,
+            passwords,
+            sessions,
+            limits,
+            clock,
+            metrics,
+        }
+    }
+
     /// `POST /auth/register`.
     pub async fn register(
         &self,
@@ -162,8 +196,8 @@ impl Core {
         password: &str,
         user: Option<&UserRecord>,
     ) -> Result<Verdict, Error> {
-        self.limit_key(account, "account").await?;
-        self.reserve_password_check(account).await?;
+        self.limits.limit_key(account, "account").await?;
+        self.limits.reserve_password_check(account).await?;
         let verdict = self
             .passwords
             .verify(password, user.map(|u| u.password_hash.as_str()))
@@ -176,7 +210,7 @@ impl Core {
             return Err(Error::InvalidCredentials);
         }
         self.metrics.logins.with_label_values(&["success"]).inc();
-        self.password_check_succeeded(account).await?;
+        self.limits.password_check_succeeded(account).await?;
         Ok(verdict)
     }
 
@@ -199,62 +233,18 @@ impl Core {
     /// `POST /auth/login`: a fresh access token and the first refresh token of a new family.
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, Error> {
         let user = self.check_password(email, password, false).await?;
-        let client = self.first_party_client();
-        self.start_session(&user, &client, "", self.config.default_alg())
+        let client = super::clients::first_party_client();
+        self.sessions.start_session(&user, &client, "", self.sessions.settings().default_alg())
             .await
     }
 
-    /// Validates a bearer access token: signature, header, times, then revocation (fails closed
-    /// when the session store is down).
-    pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
-        let now = self.clock.now();
-        let claims = self
-            .tokens
-            .decode_access(token, now)
-            .map_err(|r| self.rejected(r))?;
-        self.check_revocation(claims).await
-    }
-
-    /// The revocation checks of an access token whose signature and claims passed (fails closed
-    /// when the session store is down).
-    pub(crate) async fn check_revocation(&self, claims: AccessClaims) -> Result<Principal, Error> {
-        let status = self
-            .sessions
-            .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
-            .await?;
-        self.judge_revocation(claims, &status)
-    }
-
-    /// [`Core::check_revocation`], also giving the newest copy of the user's claims (for
-    /// introspection), read in the same round trip.
-    pub(crate) async fn check_revocation_with_user(
-        &self,
-        claims: AccessClaims,
-    ) -> Result<(Principal, Option<UserClaims>), Error> {
-        let status = self
-            .sessions
-            .access_status_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
-            .await?;
-        let principal = self.judge_revocation(claims, &status)?;
-        Ok((principal, status.claims))
-    }
-
-    fn judge_revocation(
-        &self,
-        claims: AccessClaims,
-        status: &AccessStatus,
-    ) -> Result<Principal, Error> {
-        if status.jti_revoked {
-            return Err(self.rejected("revoked"));
-        }
-        if status.revoked(claims.sid.as_deref()) {
-            return Err(self.rejected("session_revoked"));
-        }
-        Ok(Principal { claims })
+    /// `GET /users/me`: the caller's user object.
+    pub async fn me(&self, p: &Principal) -> Result<UserView, Error> {
+        Ok(UserView::from(&self.current_user(p).await?))
     }
 
     /// The user behind a principal (gone users answer 401: their tokens are worthless).
-    pub async fn current_user(&self, p: &Principal) -> Result<UserRecord, Error> {
+    pub(crate) async fn current_user(&self, p: &Principal) -> Result<UserRecord, Error> {
         self.users
             .by_id(&p.claims.sub)
             .await?
@@ -271,7 +261,7 @@ impl Core {
             .update_username(&p.claims.sub, username.as_str(), now)
             .await?
             .ok_or(Error::TokenRejected("user no longer exists"))?;
-        self.publish_user_claims(&user).await?;
+        self.sessions.publish_user_claims(&user).await?;
         Ok(UserView::from(&user))
     }
 
@@ -295,34 +285,9 @@ impl Core {
             .ok_or(Error::TokenRejected("user no longer exists"))?;
         // Every family whose login read the record before this write is over, logins in flight
         // included (docs/sessions.md).
-        self.revoke_all_sessions(&user.id, Some(user.credentials_version))
+        self.sessions.revoke_all_sessions(&user.id, Some(user.credentials_version))
             .await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
         Ok(())
-    }
-
-    /// Counts a refused bearer token by reason and turns it into the domain error.
-    pub fn rejected(&self, reason: &'static str) -> Error {
-        self.metrics
-            .validation_failures
-            .with_label_values(&[reason])
-            .inc();
-        Error::TokenRejected(describe_reason(reason))
-    }
-
-    /// A fresh `jti`/`sid`.
-    pub fn new_id(&self) -> Result<String, Error> {
-        ids::random_id()
-    }
-
-    pub(crate) fn first_party_client(&self) -> crate::store::ClientRecord {
-        crate::store::ClientRecord {
-            client_id: FIRST_PARTY_CLIENT.to_string(),
-            secret_sha256: None,
-            grant_types: vec!["password".into(), "refresh_token".into()],
-            scopes: vec![],
-            alg: None,
-            created_at: 0,
-        }
     }
 }

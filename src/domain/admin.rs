@@ -3,11 +3,14 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::accounts::{Principal, UserView, ROLE_ADMIN, ROLE_USER};
 use super::input::{Email, Password};
-use super::sessions::publish_user_claims;
-use super::{ids, Core, Error};
-use crate::config::Config;
+use super::sessions::{publish_user_claims, Sessions};
+use super::{ids, Error, Passwords};
+use crate::clock::SharedClock;
+use crate::config::BootstrapAdmin;
 use crate::store::{SessionStore, StoreError, UserRecord, UserStore};
 
 /// One page of users.
@@ -34,7 +37,7 @@ fn valid_role(r: &str) -> bool {
 pub async fn grant_admin(
     users: &dyn UserStore,
     sessions: &dyn SessionStore,
-    config: &Config,
+    session_ttl: std::time::Duration,
     user: UserRecord,
     now_ms: i64,
 ) -> Result<Option<UserRecord>, Error> {
@@ -48,7 +51,7 @@ pub async fn grant_admin(
             None => return Ok(None),
         }
     };
-    publish_user_claims(sessions, config, &user).await?;
+    publish_user_claims(sessions, session_ttl, &user).await?;
     Ok(Some(user))
 }
 
@@ -67,12 +70,38 @@ fn username_from_email(email: &str) -> String {
     }
 }
 
-impl Core {
+/// The `Admin` service: the bootstrap admin and the `/admin/*` operations, each requiring role
+/// `admin`.
+pub struct Admin {
+    users: Arc<dyn UserStore>,
+    sessions: Arc<Sessions>,
+    passwords: Passwords,
+    clock: SharedClock,
+    bootstrap: Option<BootstrapAdmin>,
+}
+
+impl Admin {
+    pub fn new(
+        users: Arc<dyn UserStore>,
+        sessions: Arc<Sessions>,
+        passwords: Passwords,
+        clock: SharedClock,
+        bootstrap: Option<BootstrapAdmin>,
+    ) -> Admin {
+        Admin {
+            users,
+            sessions,
+            passwords,
+            clock,
+            bootstrap,
+        }
+    }
+
     /// Creates the bootstrap admin of `TOKEND_BOOTSTRAP_ADMIN_EMAIL` and
     /// `TOKEND_BOOTSTRAP_ADMIN_PASSWORD` (roles `user` and `admin`, email verified) when no
     /// account has that email; an existing account is never touched. True if it was created.
     pub async fn bootstrap_admin(&self) -> Result<bool, Error> {
-        let Some(b) = &self.config.bootstrap_admin else {
+        let Some(b) = &self.bootstrap else {
             return Ok(false);
         };
         let email = Email::parse(&b.email)?;
@@ -118,7 +147,7 @@ impl Core {
     }
 
     /// `GET /admin/users?limit=&after=`: users ordered by id.
-    pub async fn admin_list_users(
+    pub async fn list_users(
         &self,
         p: &Principal,
         after: Option<&str>,
@@ -141,7 +170,7 @@ impl Core {
 
     /// `PUT /admin/users/{id}/roles`: replaces the roles. Taking a role away also revokes the
     /// user's sessions, so no live token keeps carrying it.
-    pub async fn admin_set_roles(
+    pub async fn set_roles(
         &self,
         p: &Principal,
         id: &str,
@@ -162,18 +191,18 @@ impl Core {
         // that read the old roles in between.
         let removed = before.roles.iter().any(|r| !roles.contains(r));
         if removed {
-            self.revoke_all_sessions(id, None).await?;
+            self.sessions.revoke_all_sessions(id, None).await?;
         }
         let user = self
             .users
             .set_roles(id, &roles, self.clock.now_ms())
             .await?
             .ok_or(Error::NotFound)?;
-        self.publish_user_claims(&user).await?;
+        self.sessions.publish_user_claims(&user).await?;
         if removed {
             // Also ends the logins that read the old roles and were still in flight
             // (docs/sessions.md).
-            self.revoke_all_sessions(id, Some(user.credentials_version))
+            self.sessions.revoke_all_sessions(id, Some(user.credentials_version))
                 .await?;
         }
         tracing::info!(admin = %p.claims.sub, user_id = %id, roles = ?roles, "roles changed");
@@ -181,10 +210,10 @@ impl Core {
     }
 
     /// `POST /admin/users/{id}/revoke-sessions`.
-    pub async fn admin_revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
+    pub async fn revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
         p.require_role(ROLE_ADMIN)?;
         self.users.by_id(id).await?.ok_or(Error::NotFound)?;
-        self.revoke_all_sessions(id, None).await?;
+        self.sessions.revoke_all_sessions(id, None).await?;
         tracing::info!(admin = %p.claims.sub, user_id = %id, "sessions revoked by an admin");
         Ok(())
     }

@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::{Core, Error};
+use super::Error;
+use crate::clock::SharedClock;
+use crate::config::{Config, Rate};
+use crate::metrics::Metrics;
 use crate::store::{BackoffPolicy, LimitStore};
 
 /// Failed-login back-off: five free failures, then 1 s doubling up to 15 min; the count is
@@ -17,10 +20,15 @@ pub const BACKOFF: BackoffPolicy = BackoffPolicy {
     window_ms: 60 * 60 * 1_000,
 };
 
-/// The limit store and its switch.
-#[derive(Clone)]
+/// The `Limits` service: rate limits and the failed-login back-off, with their switch.
 pub struct Limits {
-    pub store: Arc<dyn LimitStore>,
+    store: Arc<dyn LimitStore>,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    /// `TOKEND_RATE_LIMIT`.
+    enabled: bool,
+    rate_ip: Rate,
+    rate_account: Rate,
 }
 
 /// A key that names an account without putting the email or username in the store.
@@ -52,17 +60,31 @@ fn retry_secs(ms: i64) -> u64 {
     u64::try_from((ms + 999) / 1000).unwrap_or(1).max(1)
 }
 
-impl Core {
+impl Limits {
+    pub fn new(
+        store: Arc<dyn LimitStore>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        config: &Config,
+    ) -> Limits {
+        Limits {
+            store,
+            clock,
+            metrics,
+            enabled: config.rate_limit_enabled,
+            rate_ip: config.rate_limit_ip,
+            rate_account: config.rate_limit_account,
+        }
+    }
+
     /// The per-IP limit over login, register, refresh and token requests.
     pub async fn limit_ip(&self, ip: IpAddr) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
-        let rate = self.config.rate_limit_ip;
+        let rate = self.rate_ip;
         let key = format!("ip:{ip}");
-        if let Some(wait) = self
-            .limits
-            .store
+        if let Some(wait) = self.store
             .rate_check(&key, self.clock.now_ms(), rate.emission_ms(), rate.count)
             .await?
         {
@@ -74,13 +96,11 @@ impl Core {
 
     /// The per-account (or per-client) limit; `key` from [`account_key`] or [`client_key`].
     pub async fn limit_key(&self, key: &str, label: &'static str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
-        let rate = self.config.rate_limit_account;
-        if let Some(wait) = self
-            .limits
-            .store
+        let rate = self.rate_account;
+        if let Some(wait) = self.store
             .rate_check(key, self.clock.now_ms(), rate.emission_ms(), rate.count)
             .await?
         {
@@ -98,11 +118,11 @@ impl Core {
 
     /// Refuses a client authentication while the client id backs off after failed secrets.
     pub async fn check_client_backoff(&self, key: &str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        if let Some(until) = self.limits.store.backoff_until(key).await? {
+        if let Some(until) = self.store.backoff_until(key).await? {
             if until > now {
                 self.metrics
                     .rate_limited
@@ -117,11 +137,10 @@ impl Core {
     /// A failed client secret counts against the client id: the per-account rate and the
     /// back-off both apply.
     pub async fn client_auth_failed(&self, key: &str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
-        self.limits
-            .store
+        self.store
             .record_failure(key, self.clock.now_ms(), BACKOFF)
             .await?;
         self.limit_key(key, "client").await
@@ -130,13 +149,11 @@ impl Core {
     /// Reserves one password check on the account's back-off (atomically: concurrent guesses
     /// get no more checks than sequential ones); refused while the account backs off.
     pub async fn reserve_password_check(&self, account: &str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        if let Some(until) = self
-            .limits
-            .store
+        if let Some(until) = self.store
             .reserve_attempt(account, now, BACKOFF)
             .await?
         {
@@ -149,10 +166,10 @@ impl Core {
 
     /// A right password clears the account's failures (the reserved attempt included).
     pub async fn password_check_succeeded(&self, account: &str) -> Result<(), Error> {
-        if !self.config.rate_limit_enabled {
+        if !self.enabled {
             return Ok(());
         }
-        self.limits.store.clear_failures(account).await?;
+        self.store.clear_failures(account).await?;
         Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod input;
 pub mod limits;
 pub mod oauth;
 pub mod passwords;
+pub mod published;
 pub mod sessions;
 pub mod tokens;
 
@@ -49,8 +50,9 @@ pub enum Error {
     /// Too many requests; retry after this many seconds.
     #[error("too many requests")]
     RateLimited(u64),
-    #[error(transparent)]
-    Store(StoreError),
+    /// A store cannot answer now (fail closed: the caller answers 503 and retries later).
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -59,7 +61,8 @@ impl From<StoreError> for Error {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Duplicate(f) => Error::Duplicate(f),
-            other => Error::Store(other),
+            StoreError::Unavailable { .. } => Error::Unavailable(e.to_string()),
+            StoreError::Corrupt { .. } => Error::Internal(e.to_string()),
         }
     }
 }
@@ -67,7 +70,7 @@ impl From<StoreError> for Error {
 impl From<KeyError> for Error {
     fn from(e: KeyError) -> Self {
         match e {
-            KeyError::Store(s) => Error::Store(s),
+            KeyError::Store(s) => s.into(),
             other => Error::Internal(other.to_string()),
         }
     }
@@ -90,21 +93,81 @@ pub enum RefreshError {
     NotAllowed(&'static str),
 }
 
-/// Everything the domain needs, shared by every request.
-pub struct Core {
+/// The domain's services, each holding only what it uses. Built once by `startup`; handlers
+/// call one method of one of them.
+pub struct Services {
+    pub accounts: Arc<accounts::Accounts>,
+    pub sessions: Arc<sessions::Sessions>,
+    pub oauth: oauth::OAuth,
+    pub admin: admin::Admin,
+    pub limits: Arc<limits::Limits>,
+    pub published: published::Published,
+}
+
+/// What the services are built from.
+pub struct ServiceParts {
     pub config: Arc<Config>,
     pub clock: SharedClock,
     pub users: Arc<dyn UserStore>,
-    /// Client lookups: the registry below, seen through the store trait.
+    /// Client lookups: every known client (first-party, `TOKEND_CLIENTS_FILE`, stored).
     pub clients: Arc<dyn ClientStore>,
-    /// Every known client: first-party, `TOKEND_CLIENTS_FILE`, and stored.
-    pub registry: Arc<clients::Clients>,
     pub sessions: Arc<dyn SessionStore>,
+    pub limits: Arc<dyn crate::store::LimitStore>,
     pub keys: Keys,
     pub passwords: Passwords,
-    pub tokens: Tokens,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
-    pub limits: limits::Limits,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Services {
+    pub fn build(p: ServiceParts) -> Services {
+        let tokens = Tokens::new(p.config.issuer.clone(), p.config.audience.clone(), p.keys.clone());
+        let limits = Arc::new(limits::Limits::new(
+            p.limits,
+            p.clock.clone(),
+            p.metrics.clone(),
+            &p.config,
+        ));
+        let sessions = Arc::new(sessions::Sessions::new(
+            p.sessions,
+            p.users.clone(),
+            p.clients.clone(),
+            tokens,
+            p.clock.clone(),
+            p.metrics.clone(),
+            sessions::SessionSettings::from_config(&p.config),
+        ));
+        let accounts = Arc::new(accounts::Accounts::new(
+            p.users.clone(),
+            p.passwords.clone(),
+            sessions.clone(),
+            limits.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+        ));
+        let oauth = oauth::OAuth::new(
+            p.clients,
+            p.users.clone(),
+            accounts.clone(),
+            sessions.clone(),
+            limits.clone(),
+            p.clock.clone(),
+        );
+        let admin = admin::Admin::new(
+            p.users,
+            sessions.clone(),
+            p.passwords,
+            p.clock,
+            p.config.bootstrap_admin.clone(),
+        );
+        Services {
+            accounts,
+            sessions,
+            oauth,
+            admin,
+            limits,
+            published: published::Published::new(p.keys, p.metrics),
+        }
+    }
 }
 
 /// The built-in public first-party client the seed endpoints act as.

@@ -4,13 +4,45 @@
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
+use super::accounts::Accounts;
 use super::clients::{
     secret_matches, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
 };
-use super::tokens::{AccessClaims, Audience, LEEWAY_SECS};
-use super::{Core, Error};
-use crate::clock::secs;
-use crate::store::{ClientRecord, UserClaims};
+use super::limits::Limits;
+use super::sessions::Sessions;
+use super::tokens::Audience;
+use super::Error;
+use crate::clock::SharedClock;
+use crate::store::{ClientRecord, ClientStore, UserClaims, UserStore};
+
+/// A client that authenticated at an OAuth endpoint (opaque outside the domain).
+#[derive(Debug, Clone)]
+pub struct Client(ClientRecord);
+
+impl Client {
+    /// A client whose authentication happened elsewhere (benchmarks of the grants).
+    pub fn authenticated_elsewhere(record: ClientRecord) -> Client {
+        Client(record)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
+/// The `OAuth` service: client authentication and the token, revocation and introspection
+/// endpoints' rules.
+pub struct OAuth {
+    clients: Arc<dyn ClientStore>,
+    /// Read only for families written before families carried the user.
+    users: Arc<dyn UserStore>,
+    accounts: Arc<Accounts>,
+    sessions: Arc<Sessions>,
+    limits: Arc<Limits>,
+    clock: SharedClock,
+}
 
 /// An RFC 6749 §5.2 error, or a domain error that is not one (store down, internal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -195,7 +227,25 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError
         .ok_or_else(|| OAuthError::InvalidRequest(format!("missing parameter {name}")))
 }
 
-impl Core {
+impl OAuth {
+    pub fn new(
+        clients: Arc<dyn ClientStore>,
+        users: Arc<dyn UserStore>,
+        accounts: Arc<Accounts>,
+        sessions: Arc<Sessions>,
+        limits: Arc<Limits>,
+        clock: SharedClock,
+    ) -> OAuth {
+        OAuth {
+            clients,
+            users,
+            accounts,
+            sessions,
+            limits,
+            clock,
+        }
+    }
+
     /// Authenticates a client (RFC 6749 §2.3): a confidential client by its secret, a public
     /// client by its id alone where `public` allows it. Every failure is `invalid_client`.
     pub async fn authenticate_client(
@@ -203,7 +253,7 @@ impl Core {
         creds: &ClientCredentials,
         public: PublicClients,
         source: Option<std::net::IpAddr>,
-    ) -> Result<ClientRecord, OAuthError> {
+    ) -> Result<Client, OAuthError> {
         let client = self
             .clients
             .get(&creds.client_id)
@@ -214,12 +264,12 @@ impl Core {
                 // Failures count against this client from this source only: strangers who
                 // guess wrong never lock the real client out (docs/hardening.md).
                 let key = super::limits::client_key(&client.client_id, source);
-                self.check_client_backoff(&key).await?;
+                self.limits.check_client_backoff(&key).await?;
                 if secret_matches(presented, stored) {
-                    Ok(client)
+                    Ok(Client(client))
                 } else {
                     tracing::info!(client_id = %client.client_id, "client authentication failed");
-                    self.client_auth_failed(&key).await?;
+                    self.limits.client_auth_failed(&key).await?;
                     Err(OAuthError::InvalidClient(
                         "unknown client or bad secret".into(),
                     ))
@@ -234,16 +284,17 @@ impl Core {
             (None, None) if public == PublicClients::Refused => Err(OAuthError::InvalidClient(
                 "this endpoint needs a confidential client".into(),
             )),
-            (None, None) => Ok(client),
+            (None, None) => Ok(Client(client)),
         }
     }
 
     /// `POST /oauth/token` for an authenticated client: dispatches on `grant_type`.
     pub async fn token_grant(
         &self,
-        client: &ClientRecord,
+        client: &Client,
         req: &TokenRequest,
     ) -> Result<TokenResponse, OAuthError> {
+        let client = &client.0;
         let grant = required(&req.grant_type, "grant_type")?;
         if !matches!(
             grant,
@@ -274,9 +325,9 @@ impl Core {
         let login = required(&req.username, "username")?;
         let password = required(&req.password, "password")?;
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
-        let user = self.check_password(login, password, true).await?;
+        let user = self.accounts.check_password(login, password, true).await?;
         let pair = self
-            .start_session(&user, client, &scope, self.client_alg(client))
+            .sessions.start_session(&user, client, &scope, self.sessions.client_alg(client))
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
         Ok(TokenResponse {
@@ -298,7 +349,7 @@ impl Core {
     ) -> Result<TokenResponse, OAuthError> {
         let token = required(&req.refresh_token, "refresh_token")?;
         if let Some(requested) = req.scope.as_deref() {
-            if let Ok(claims) = self.tokens.decode_refresh(token, self.clock.now()) {
+            if let Some(claims) = self.sessions.decode_refresh(token) {
                 let original: Vec<String> = scope_tokens(&claims.scope)
                     .into_iter()
                     .map(String::from)
@@ -306,7 +357,7 @@ impl Core {
                 grant_scope(Some(requested), &original)?;
             }
         }
-        let pair = self.refresh(token, Some(client)).await?;
+        let pair = self.sessions.refresh(token, Some(client)).await?;
         Ok(TokenResponse {
             access_token: pair.access_token,
             token_type: pair.token_type,
@@ -329,27 +380,7 @@ impl Core {
             ));
         }
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
-        let now = self.clock.now();
-        let ttl = secs(self.config.access_ttl);
-        let claims = AccessClaims {
-            iss: self.tokens.issuer.clone(),
-            sub: client.client_id.clone(),
-            aud: Audience::One(self.tokens.audience.clone()),
-            exp: now + ttl,
-            iat: now,
-            nbf: now,
-            jti: self.new_id()?,
-            client_id: client.client_id.clone(),
-            scope: scope.clone(),
-            sid: None,
-            fresh: false,
-            auth_time: None,
-            roles: vec![],
-        };
-        let alg = self.client_alg(client);
-        let access_token = self.tokens.sign_access(alg, &claims)?;
-        self.metrics
-            .issued("client_credentials", "access", alg.as_str());
+        let (access_token, ttl) = self.sessions.sign_client_access(client, &scope)?;
         tracing::debug!(client_id = %client.client_id, "client_credentials grant");
         Ok(TokenResponse {
             access_token,
@@ -365,29 +396,26 @@ impl Core {
     /// foreign tokens are ignored: the answer is the same either way.
     pub async fn revoke_token(
         &self,
-        client: &ClientRecord,
+        client: &Client,
         token: &str,
         hint: Option<TokenHint>,
     ) -> Result<(), OAuthError> {
-        let now = self.clock.now();
+        let client = &client.0;
         for kind in TokenHint::order(hint) {
             match kind {
                 TokenHint::Access => {
-                    if let Ok(c) = self.tokens.decode_access(token, now) {
+                    if let Some(c) = self.sessions.decode_access(token) {
                         if c.client_id == client.client_id {
-                            let ttl_ms = (c.exp - now + LEEWAY_SECS).max(1) * 1000;
-                            self.sessions.revoke_jti(&c.jti, ttl_ms).await?;
+                            self.sessions.revoke_access_jti(&c.jti, c.exp).await?;
                             tracing::info!(client_id = %client.client_id, "access token revoked");
                         }
                         return Ok(());
                     }
                 }
                 TokenHint::Refresh => {
-                    if let Ok(c) = self.tokens.decode_refresh(token, now) {
+                    if let Some(c) = self.sessions.decode_refresh(token) {
                         if c.client_id == client.client_id {
-                            self.sessions
-                                .revoke_family(&c.sid, self.revocation_ttl_ms())
-                                .await?;
+                            self.sessions.revoke_family(&c.sid).await?;
                             tracing::info!(client_id = %client.client_id, sid = %c.sid, "refresh family revoked");
                         }
                         return Ok(());
@@ -420,10 +448,10 @@ impl Core {
 
     /// `None` when the token is not a valid access token at all; inactive when it was one.
     async fn introspect_access(&self, token: &str) -> Result<Option<Introspection>, OAuthError> {
-        let Ok(claims) = self.tokens.decode_access(token, self.clock.now()) else {
+        let Some(claims) = self.sessions.decode_access(token) else {
             return Ok(None);
         };
-        let (claims, user) = match self.check_revocation_with_user(claims).await {
+        let (claims, user) = match self.sessions.check_revocation_with_user(claims).await {
             Ok((p, user)) => (p.claims, user),
             Err(Error::TokenRejected(_)) => return Ok(Some(Introspection::inactive())),
             Err(e) => return Err(e.into()),
@@ -462,13 +490,13 @@ impl Core {
     /// A refresh token is active only while it is its family's current token.
     async fn introspect_refresh(&self, token: &str) -> Result<Option<Introspection>, OAuthError> {
         let now_ms = self.clock.now_ms();
-        let Ok(claims) = self.tokens.decode_refresh(token, now_ms.div_euclid(1000)) else {
+        let Some(claims) = self.sessions.decode_refresh(token) else {
             return Ok(None);
         };
         let inactive = Ok(Some(Introspection::inactive()));
         let status = self
             .sessions
-            .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
+            .refresh_status(&claims.jti, &claims.sid, &claims.sub)
             .await?;
         if status.revoked(Some(&claims.sid)) {
             return inactive;

@@ -1,15 +1,20 @@
-//! Refresh families (SPEC §6): a login starts one, each refresh exchanges its current token
-//! atomically, reuse revokes it, and logout revokes what SPEC §6 says.
+//! The `Sessions` service (docs/sessions.md): the access-token check, refresh families (a
+//! login starts one, each refresh exchanges its current token atomically, reuse revokes it),
+//! logout, and ending all of a user's sessions.
+
+use std::sync::Arc;
 
 use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
 use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
-use super::{Core, Error, RefreshError};
-use crate::clock::{ms, secs};
+use super::{ids, Error, RefreshError, Tokens};
+use crate::clock::{ms, secs, SharedClock};
 use crate::config::Config;
 use crate::keys::Alg;
+use crate::metrics::Metrics;
 use crate::store::{
-    ClientRecord, NewFamily, RotateOutcome, RotateRequest, SessionStore, UserClaims, UserRecord,
+    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest,
+    SessionStore, UserClaims, UserRecord, UserStore,
 };
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay
@@ -33,26 +38,235 @@ struct PairSpec<'a> {
     with_refresh: bool,
 }
 
-impl Core {
+/// Session lifetimes and what a family may hold, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub access_ttl: std::time::Duration,
+    pub refresh_ttl: std::time::Duration,
+    pub session_ttl: std::time::Duration,
+    pub refresh_reuse_leeway: std::time::Duration,
+    pub max_sessions_per_user: u32,
+    /// `TOKEND_SIGNING_ALGS`; the first signs by default.
+    pub signing_algs: Vec<Alg>,
+}
+
+impl SessionSettings {
+    pub fn from_config(config: &Config) -> SessionSettings {
+        SessionSettings {
+            access_ttl: config.access_ttl,
+            refresh_ttl: config.refresh_ttl,
+            session_ttl: config.session_ttl,
+            refresh_reuse_leeway: config.refresh_reuse_leeway,
+            max_sessions_per_user: config.max_sessions_per_user,
+            signing_algs: config.signing_algs.clone(),
+        }
+    }
+
+    pub fn default_alg(&self) -> Alg {
+        self.signing_algs[0]
+    }
+}
+
+/// The `Sessions` service: token checks, refresh families, logout and revocation
+/// (docs/sessions.md).
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    /// Read only for families written before families carried the user.
+    users: Arc<dyn UserStore>,
+    clients: Arc<dyn ClientStore>,
+    tokens: Tokens,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+    settings: SessionSettings,
+}
+
+impl Sessions {
+    pub fn new(
+        store: Arc<dyn SessionStore>,
+        users: Arc<dyn UserStore>,
+        clients: Arc<dyn ClientStore>,
+        tokens: Tokens,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+        settings: SessionSettings,
+    ) -> Sessions {
+        Sessions {
+            store,
+            users,
+            clients,
+            tokens,
+            clock,
+            metrics,
+            settings,
+        }
+    }
+
+    /// The session settings (lifetimes, algorithms).
+    pub fn settings(&self) -> &SessionSettings {
+        &self.settings
+    }
+
+    /// Validates a bearer access token: signature, header, times, then revocation (fails closed
+    /// when the session store is down).
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
+        let now = self.clock.now();
+        let claims = self
+            .tokens
+            .decode_access(token, now)
+            .map_err(|r| self.rejected(r))?;
+        self.check_revocation(claims).await
+    }
+
+    /// The revocation checks of an access token whose signature and claims passed (fails closed
+    /// when the session store is down).
+    pub(crate) async fn check_revocation(&self, claims: AccessClaims) -> Result<Principal, Error> {
+        let status = self
+            .store
+            .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
+            .await?;
+        self.judge_revocation(claims, &status)
+    }
+
+    /// [`Core::check_revocation`], also giving the newest copy of the user's claims (for
+    /// introspection), read in the same round trip.
+    pub(crate) async fn check_revocation_with_user(
+        &self,
+        claims: AccessClaims,
+    ) -> Result<(Principal, Option<UserClaims>), Error> {
+        let status = self
+            .store
+            .access_status_with_user(&claims.jti, claims.sid.as_deref(), &claims.sub)
+            .await?;
+        let principal = self.judge_revocation(claims, &status)?;
+        Ok((principal, status.claims))
+    }
+
+    fn judge_revocation(
+        &self,
+        claims: AccessClaims,
+        status: &AccessStatus,
+    ) -> Result<Principal, Error> {
+        if status.jti_revoked {
+            return Err(self.rejected("revoked"));
+        }
+        if status.revoked(claims.sid.as_deref()) {
+            return Err(self.rejected("session_revoked"));
+        }
+        Ok(Principal { claims })
+    }
+
+    /// Counts a refused bearer token by reason and turns it into the domain error.
+    pub fn rejected(&self, reason: &'static str) -> Error {
+        self.metrics
+            .validation_failures
+            .with_label_values(&[reason])
+            .inc();
+        Error::TokenRejected(describe_reason(reason))
+    }
+
+    /// A fresh `jti`/`sid`.
+    pub fn new_id(&self) -> Result<String, Error> {
+        ids::random_id()
+    }
+
+    /// A family as it stands (for introspection of refresh tokens).
+    pub(crate) async fn family(
+        &self,
+        sid: &str,
+    ) -> Result<Option<crate::store::FamilyState>, Error> {
+        Ok(self.store.family(sid).await?)
+    }
+
+    /// The revocation state of a refresh token's family, with the newest copy of the user's
+    /// claims (for introspection).
+    pub(crate) async fn refresh_status(
+        &self,
+        jti: &str,
+        sid: &str,
+        user_id: &str,
+    ) -> Result<AccessStatus, Error> {
+        Ok(self
+            .store
+            .access_status_with_user(jti, Some(sid), user_id)
+            .await?)
+    }
+
+    /// `POST /oauth/revoke` of an access token: its `jti` until it expires.
+    pub(crate) async fn revoke_access_jti(&self, jti: &str, exp: i64) -> Result<(), Error> {
+        let now = self.clock.now();
+        let ttl_ms = (exp - now + LEEWAY_SECS).max(1) * 1000;
+        self.store.revoke_jti(jti, ttl_ms).await?;
+        Ok(())
+    }
+
+    /// `POST /oauth/revoke` of a refresh token: its family.
+    pub(crate) async fn revoke_family(&self, sid: &str) -> Result<(), Error> {
+        self.store
+            .revoke_family(sid, self.revocation_ttl_ms())
+            .await?;
+        Ok(())
+    }
+
+    /// Decodes a refresh token (no revocation checks).
+    pub(crate) fn decode_refresh(&self, token: &str) -> Option<super::RefreshClaims> {
+        self.tokens.decode_refresh(token, self.clock.now()).ok()
+    }
+
+    /// Decodes an access token (no revocation checks).
+    pub(crate) fn decode_access(&self, token: &str) -> Option<AccessClaims> {
+        self.tokens.decode_access(token, self.clock.now()).ok()
+    }
+
+    /// Signs an access token for a client itself (`client_credentials`).
+    pub(crate) fn sign_client_access(
+        &self,
+        client: &ClientRecord,
+        scope: &str,
+    ) -> Result<(String, i64), Error> {
+        let now = self.clock.now();
+        let ttl = secs(self.settings.access_ttl);
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: client.client_id.clone(),
+            aud: Audience::One(self.tokens.audience.clone()),
+            exp: now + ttl,
+            iat: now,
+            nbf: now,
+            jti: self.new_id()?,
+            client_id: client.client_id.clone(),
+            scope: scope.to_string(),
+            sid: None,
+            fresh: false,
+            auth_time: None,
+            roles: vec![],
+        };
+        let alg = self.client_alg(client);
+        let token = self.tokens.sign_access(alg, &claims)?;
+        self.metrics
+            .issued("client_credentials", "access", alg.as_str());
+        Ok((token, ttl))
+    }
+
+
     /// The signing algorithm of a client (its own, else the default).
     pub fn client_alg(&self, client: &ClientRecord) -> Alg {
         client
             .alg
             .as_deref()
             .and_then(Alg::parse)
-            .filter(|a| self.config.signing_algs.contains(a))
-            .unwrap_or_else(|| self.config.default_alg())
+            .filter(|a| self.settings.signing_algs.contains(a))
+            .unwrap_or_else(|| self.settings.default_alg())
     }
 
     /// How long a revocation record must live: the longest remaining lifetime of anything it
     /// revokes, plus the validation leeway.
     pub fn revocation_ttl_ms(&self) -> i64 {
-        ms(self.config.refresh_ttl.max(self.config.access_ttl)) + LEEWAY_SECS * 1000
+        ms(self.settings.refresh_ttl.max(self.settings.access_ttl)) + LEEWAY_SECS * 1000
     }
 
     fn sign_pair(&self, alg: Alg, spec: &PairSpec<'_>) -> Result<TokenPair, Error> {
-        let access_ttl = secs(self.config.access_ttl);
-        let refresh_exp = (spec.issued_at + secs(self.config.refresh_ttl)).min(spec.session_ends);
+        let access_ttl = secs(self.settings.access_ttl);
+        let refresh_exp = (spec.issued_at + secs(self.settings.refresh_ttl)).min(spec.session_ends);
         let access = AccessClaims {
             iss: self.tokens.issuer.clone(),
             sub: spec.user_id.to_string(),
@@ -107,7 +321,7 @@ impl Core {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         let sid = self.new_id()?;
-        let session_ends = now + secs(self.config.session_ttl);
+        let session_ends = now + secs(self.settings.session_ttl);
         let spec = PairSpec {
             user_id: &user.id,
             roles: &user.roles,
@@ -124,7 +338,7 @@ impl Core {
             with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
         };
         let ended = self
-            .sessions
+            .store
             .start_family(&NewFamily {
                 sid: sid.clone(),
                 user_id: user.id.clone(),
@@ -136,10 +350,10 @@ impl Core {
                 issued_at: now,
                 expires_at_ms: session_ends * 1000,
                 started_at_ms: now_ms,
-                ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
+                ttl_ms: ms(self.settings.refresh_ttl) + LEEWAY_SECS * 1000,
                 user: UserClaims::of(user),
                 credentials_version: user.credentials_version,
-                max_sessions: self.config.max_sessions_per_user,
+                max_sessions: self.settings.max_sessions_per_user,
             })
             .await?;
         if ended > 0 {
@@ -152,8 +366,14 @@ impl Core {
         self.sign_pair(alg, &spec)
     }
 
-    /// Exchanges a refresh token (SPEC §6). `expected_client`, when given, must be the client
-    /// the token was issued to.
+    /// `POST /auth/token/refresh`: the seed route, which authenticates no client (only public
+    /// clients' tokens are exchanged there; docs/hardening.md).
+    pub async fn refresh_seed(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+        self.refresh(refresh_token, None).await
+    }
+
+    /// Exchanges a refresh token (docs/sessions.md). `expected_client`, when given, must be the
+    /// client the token was issued to.
     pub async fn refresh(
         &self,
         refresh_token: &str,
@@ -178,7 +398,7 @@ impl Core {
         }
         let client = match expected_client {
             Some(c) => c.clone(),
-            None if claims.client_id == super::FIRST_PARTY_CLIENT => self.first_party_client(),
+            None if claims.client_id == super::FIRST_PARTY_CLIENT => super::clients::first_party_client(),
             None => {
                 let client = self
                     .clients
@@ -204,7 +424,7 @@ impl Core {
         // taken at login, or the user's mark, written at every change), so a role change
         // shows at the next refresh without a user-store read.
         let status = self
-            .sessions
+            .store
             .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
             .await?;
         if status.revoked(Some(&claims.sid)) {
@@ -227,7 +447,7 @@ impl Core {
         // One store step reads the family, checks its session is not over, and exchanges the
         // token; the record lives the refresh TTL, capped at the family's end.
         let (family, outcome) = self
-            .sessions
+            .store
             .exchange(&RotateRequest {
                 sid: claims.sid.clone(),
                 presented_jti: claims.jti.clone(),
@@ -235,8 +455,8 @@ impl Core {
                 new_access_jti: new_access_jti.clone(),
                 issued_at: now,
                 now_ms,
-                leeway_ms: ms(self.config.refresh_reuse_leeway),
-                ttl_ms: ms(self.config.refresh_ttl) + LEEWAY_SECS * 1000,
+                leeway_ms: ms(self.settings.refresh_reuse_leeway),
+                ttl_ms: ms(self.settings.refresh_ttl) + LEEWAY_SECS * 1000,
                 revoked_ttl_ms: self.revocation_ttl_ms(),
             })
             .await?
@@ -281,19 +501,19 @@ impl Core {
         )
     }
 
-    /// [`publish_user_claims`] on this core's session store.
+    /// [`publish_user_claims`] on this service's session store.
     pub async fn publish_user_claims(&self, user: &UserRecord) -> Result<(), Error> {
-        publish_user_claims(&*self.sessions, &self.config, user).await
+        publish_user_claims(&*self.store, self.settings.session_ttl, user).await
     }
 
     /// `POST /auth/logout`: this access token and its family.
     pub async fn logout(&self, p: &Principal) -> Result<(), Error> {
         let now = self.clock.now();
         let remaining = (p.claims.exp - now + LEEWAY_SECS).max(1) * 1000;
-        self.sessions.revoke_jti(&p.claims.jti, remaining).await?;
+        self.store.revoke_jti(&p.claims.jti, remaining).await?;
         self.metrics.revocations.with_label_values(&["token"]).inc();
         if let Some(sid) = &p.claims.sid {
-            self.sessions
+            self.store
                 .revoke_family(sid, self.revocation_ttl_ms())
                 .await?;
             self.metrics
@@ -310,7 +530,7 @@ impl Core {
         let Ok(claims) = self.tokens.decode_refresh(token, self.clock.now()) else {
             return Ok(());
         };
-        self.sessions
+        self.store
             .revoke_family(&claims.sid, self.revocation_ttl_ms())
             .await?;
         self.metrics
@@ -335,9 +555,9 @@ impl Core {
         credentials_version: Option<i64>,
     ) -> Result<(), Error> {
         // The marks must outlive every family of the user.
-        let ttl = ms(self.config.session_ttl) + LEEWAY_SECS * 1000;
+        let ttl = ms(self.settings.session_ttl) + LEEWAY_SECS * 1000;
         let n = self
-            .sessions
+            .store
             .revoke_user_sessions(user_id, credentials_version, ttl)
             .await?;
         self.metrics.revocations.with_label_values(&["user"]).inc();
@@ -351,10 +571,10 @@ impl Core {
 /// long as a family started before it can.
 pub async fn publish_user_claims(
     sessions: &dyn SessionStore,
-    config: &Config,
+    session_ttl: std::time::Duration,
     user: &UserRecord,
 ) -> Result<(), Error> {
-    let ttl_ms = ms(config.session_ttl) + LEEWAY_SECS * 1000;
+    let ttl_ms = ms(session_ttl) + LEEWAY_SECS * 1000;
     sessions
         .set_user_claims(&user.id, &UserClaims::of(user), ttl_ms)
         .await?;

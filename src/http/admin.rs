@@ -35,8 +35,8 @@ pub async fn list_users(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let q: ListQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
         .map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
     let page = state
-        .core
-        .admin_list_users(&p, q.after.as_deref(), q.limit.unwrap_or(50))
+        .admin
+        .list_users(&p, q.after.as_deref(), q.limit.unwrap_or(50))
         .await?;
     json(StatusCode::OK, &page)
 }
@@ -45,13 +45,13 @@ pub async fn set_roles(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let id = user_id_of(req.uri().path(), "/roles").ok_or(ApiError::NotFound)?;
     let body: RolesBody = read_json(req, state.body_limit).await?;
-    let user = state.core.admin_set_roles(&p, &id, &body.roles).await?;
+    let user = state.admin.set_roles(&p, &id, &body.roles).await?;
     json(StatusCode::OK, &user)
 }
 
 pub async fn revoke_sessions(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let id = user_id_of(req.uri().path(), "/revoke-sessions").ok_or(ApiError::NotFound)?;
-    state.core.admin_revoke_sessions(&p, &id).await?;
+    state.admin.revoke_sessions(&p, &id).await?;
     empty(StatusCode::NO_CONTENT)
 }

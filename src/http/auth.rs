@@ -30,13 +30,13 @@ struct LoginBody {
 /// Authenticates the request's bearer access token.
 pub async fn principal<B>(state: &AppState, req: &Request<B>) -> Result<Principal, ApiError> {
     let token = bearer(req)?;
-    Ok(state.core.authenticate(&token).await?)
+    Ok(state.sessions.authenticate(&token).await?)
 }
 
 pub async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let body: RegisterBody = read_json(req, state.body_limit).await?;
     let user = state
-        .core
+        .accounts
         .register(&body.username, &body.email, &body.password)
         .await?;
     json(StatusCode::CREATED, &user)
@@ -44,18 +44,18 @@ pub async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
 
 pub async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let body: LoginBody = read_json(req, state.body_limit).await?;
-    let pair = state.core.login(&body.email, &body.password).await?;
+    let pair = state.accounts.login(&body.email, &body.password).await?;
     respond_with_pair(state, pair)
 }
 
 /// Answers a token pair; in cookie mode the refresh token goes into an `HttpOnly` cookie
 /// instead of the body, with a fresh CSRF cookie beside it.
 fn respond_with_pair(state: &AppState, pair: TokenPair) -> ApiResult {
-    if !state.core.config.refresh_cookie {
+    if !state.cookies.enabled {
         return json_no_store(StatusCode::OK, &pair);
     }
     let csrf = ids::random_id()?;
-    let max_age = state.core.config.refresh_ttl.as_secs();
+    let max_age = state.cookies.max_age_secs;
     let mut res = json_no_store(
         StatusCode::OK,
         &serde_json::json!({
@@ -107,11 +107,8 @@ fn check_csrf<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
     };
     if let Some(origin) = req.headers().get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
-        let issuer_origin = url::Url::parse(&state.core.config.issuer)
-            .map(|u| u.origin().ascii_serialization())
-            .unwrap_or_default();
-        let allowed =
-            origin == issuer_origin || state.core.config.cors_origins.iter().any(|o| o == origin);
+        let allowed = origin == state.cookies.issuer_origin
+            || state.cookies.allowed_origins.iter().any(|o| o == origin);
         if !allowed {
             return Err(forbidden("cross-site request refused"));
         }
@@ -132,7 +129,7 @@ fn check_csrf<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
 /// The refresh token of a request: the Bearer header, or in cookie mode the cookie (after the
 /// CSRF check).
 fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, ApiError> {
-    if req.headers().contains_key(header::AUTHORIZATION) || !state.core.config.refresh_cookie {
+    if req.headers().contains_key(header::AUTHORIZATION) || !state.cookies.enabled {
         return bearer(req);
     }
     let token = cookie(req, REFRESH_COOKIE)
@@ -143,23 +140,23 @@ fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, Api
 
 pub async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let token = refresh_token_of(state, &req)?;
-    let pair = state.core.refresh(&token, None).await?;
+    let pair = state.sessions.refresh_seed(&token).await?;
     respond_with_pair(state, pair)
 }
 
 pub async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let cookie_logout = state.core.config.refresh_cookie
+    let cookie_logout = state.cookies.enabled
         && !req.headers().contains_key(header::AUTHORIZATION)
         && cookie(&req, REFRESH_COOKIE).is_some();
     if cookie_logout {
         let token = refresh_token_of(state, &req)?;
-        state.core.revoke_refresh_token(&token).await?;
+        state.sessions.revoke_refresh_token(&token).await?;
     } else {
         let p = principal(state, &req).await?;
-        state.core.logout(&p).await?;
+        state.sessions.logout(&p).await?;
     }
     let mut res = empty(StatusCode::NO_CONTENT)?;
-    if state.core.config.refresh_cookie {
+    if state.cookies.enabled {
         set_cookie(
             &mut res,
             &format!("{REFRESH_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
@@ -174,7 +171,7 @@ pub async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
 
 pub async fn logout_all(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
-    state.core.logout_all(&p).await?;
+    state.sessions.logout_all(&p).await?;
     empty(StatusCode::NO_CONTENT)
 }
 

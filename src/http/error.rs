@@ -7,7 +7,6 @@ use http_body_util::Full;
 
 use crate::domain::Error as DomainError;
 use crate::domain::RefreshError;
-use crate::store::StoreError;
 
 /// An error answered to an HTTP client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,16 +168,6 @@ impl ApiError {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Duplicate(field) => ApiError::Conflict(format!("{field} already taken")),
-            StoreError::Unavailable { .. } => ApiError::Unavailable(e.to_string()),
-            StoreError::Corrupt { .. } => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
@@ -199,7 +188,7 @@ impl From<DomainError> for ApiError {
             DomainError::Refresh(r) => ApiError::BearerInvalidGrant(r.to_string()),
             DomainError::NotFound => ApiError::NotFound,
             DomainError::RateLimited(retry_after) => ApiError::TooManyRequests { retry_after },
-            DomainError::Store(s) => s.into(),
+            DomainError::Unavailable(d) => ApiError::Unavailable(d),
             DomainError::Internal(d) => ApiError::Internal(d),
         }
     }

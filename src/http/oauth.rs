@@ -10,7 +10,9 @@ use serde::Deserialize;
 
 use super::state::AppState;
 use super::{empty, json_no_store, read_form, ApiError, ApiResult};
-use crate::domain::oauth::{ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest};
+use crate::domain::oauth::{
+    Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
+};
 
 /// Every parameter the three endpoints read. A parameter sent twice is refused
 /// (RFC 6749 §3.2); one sent without a value counts as omitted (RFC 6749 §3.1).
@@ -146,14 +148,14 @@ async fn authenticated(
     state: &AppState,
     req: Request<Incoming>,
     public: PublicClients,
-) -> Result<(crate::store::ClientRecord, OAuthForm), ApiError> {
+) -> Result<(Client, OAuthForm), ApiError> {
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
-    let source = super::client_ip(&req, &state.core.config.trusted_proxies);
+    let source = super::client_ip(&req, &state.trusted_proxies);
     let form: OAuthForm = read_form(req, state.body_limit).await?;
     let form = form.normalized();
     let creds = presented_client(authorization.as_ref(), &form)?;
     let client = state
-        .core
+        .oauth
         .authenticate_client(&creds, public, source)
         .await?;
     Ok((client, form))
@@ -169,7 +171,7 @@ pub async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
         refresh_token: form.refresh_token,
         scope: form.scope,
     };
-    let response = state.core.token_grant(&client, &request).await?;
+    let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)
 }
 
@@ -180,7 +182,7 @@ pub async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
         .token
         .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
     let hint = TokenHint::parse(form.token_type_hint.as_deref());
-    state.core.revoke_token(&client, &token, hint).await?;
+    state.oauth.revoke_token(&client, &token, hint).await?;
     empty(StatusCode::OK)
 }
 
@@ -191,7 +193,7 @@ pub async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiResult {
         .token
         .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
     let hint = TokenHint::parse(form.token_type_hint.as_deref());
-    let answer = state.core.introspect(&token, hint).await?;
+    let answer = state.oauth.introspect(&token, hint).await?;
     json_no_store(StatusCode::OK, &answer)
 }
 

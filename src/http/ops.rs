@@ -11,9 +11,8 @@ pub fn healthz() -> ApiResult {
 }
 
 pub async fn metrics(state: &AppState, _req: Request<Incoming>) -> ApiResult {
-    let m = &state.core.metrics;
-    m.observe_keys(&state.core.keys);
-    let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(m.render())));
+    let text = state.published.metrics_text();
+    let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

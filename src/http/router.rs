@@ -230,8 +230,8 @@ async fn dispatch(state: Arc<AppState>, route: Route, req: Request<Incoming>) ->
         });
     }
     if route.is_rate_limited() {
-        if let Some(ip) = super::client_ip(&req, &state.core.config.trusted_proxies) {
-            state.core.limit_ip(ip).await?;
+        if let Some(ip) = super::client_ip(&req, &state.trusted_proxies) {
+            state.limits.limit_ip(ip).await?;
         }
     }
     let put = req.method() == Method::PUT;
@@ -295,7 +295,7 @@ pub async fn handle(
     let route = route_of(surface, &req);
     let method = req.method().clone();
     let timeout = state.request_timeout;
-    let metrics = state.core.metrics.clone();
+    let metrics = state.metrics.clone();
     let outcome = tokio::time::timeout(timeout, dispatch(state, route, req)).await;
     let res = match outcome {
         Ok(res) => res,
@@ -366,7 +366,7 @@ impl tower::Service<Request<Incoming>> for Router {
             // Nothing to wait for: no timer, no task-sized future to allocate.
             let start = std::time::Instant::now();
             let outcome = answer_immediate(&self.state, route, &req);
-            let metrics = &self.state.core.metrics;
+            let metrics = &self.state.metrics;
             let res = finish(outcome, route, req.method(), start, metrics);
             return Either::Left(std::future::ready(Ok(res)));
         }

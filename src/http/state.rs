@@ -9,7 +9,14 @@ use http::HeaderValue;
 use serde::Serialize;
 
 use super::wellknown::Documents;
-use crate::domain::Core;
+use crate::config::IpNet;
+use crate::domain::accounts::Accounts;
+use crate::domain::admin::Admin;
+use crate::domain::limits::Limits;
+use crate::domain::oauth::OAuth;
+use crate::domain::published::Published;
+use crate::domain::sessions::Sessions;
+use crate::metrics::Metrics;
 
 /// One thing `/readyz` asks (a store, the key ring of an algorithm). The stores answer it
 /// through their `ping`; `startup` names them.
@@ -19,9 +26,21 @@ pub trait ReadinessCheck: Send + Sync {
     async fn missing(&self) -> Option<String>;
 }
 
-/// Per-request state shared by every handler.
+/// Per-request state shared by every handler: the domain's services, and the settings that
+/// only HTTP needs.
 pub struct AppState {
-    pub core: Core,
+    pub accounts: Arc<Accounts>,
+    pub sessions: Arc<Sessions>,
+    pub oauth: OAuth,
+    pub admin: Admin,
+    pub limits: Arc<Limits>,
+    pub published: Published,
+    /// The request counters and histograms of the router.
+    pub metrics: Arc<Metrics>,
+    /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Browser mode (`TOKEND_REFRESH_COOKIE`).
+    pub cookies: CookieSettings,
     pub body_limit: usize,
     pub request_timeout: Duration,
     /// `public, max-age=TOKEND_JWKS_MAX_AGE` for JWKS and discovery.
@@ -30,6 +49,19 @@ pub struct AppState {
     pub documents: Documents,
     /// What `/readyz` checks, in order.
     pub readiness_checks: Vec<Arc<dyn ReadinessCheck>>,
+}
+
+/// The refresh-token cookie of browser mode and its CSRF defence.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    /// `TOKEND_REFRESH_COOKIE=on`.
+    pub enabled: bool,
+    /// The cookie's `Max-Age` (the refresh token's lifetime), seconds.
+    pub max_age_secs: u64,
+    /// The issuer's origin (`scheme://host[:port]`), always allowed.
+    pub issuer_origin: String,
+    /// `TOKEND_CORS_ORIGINS`.
+    pub allowed_origins: Vec<String>,
 }
 
 /// What `/readyz` reports.

@@ -7,7 +7,6 @@ use serde::Deserialize;
 use super::auth::principal;
 use super::state::AppState;
 use super::{empty, json, read_json, ApiResult};
-use crate::domain::accounts::UserView;
 
 #[derive(Deserialize)]
 struct UpdateMe {
@@ -22,15 +21,15 @@ struct ChangePassword {
 
 pub async fn me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
-    let user = state.core.current_user(&p).await?;
-    json(StatusCode::OK, &UserView::from(&user))
+    let user = state.accounts.me(&p).await?;
+    json(StatusCode::OK, &user)
 }
 
 pub async fn update_me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     p.require_fresh()?;
     let body: UpdateMe = read_json(req, state.body_limit).await?;
-    let user = state.core.rename(&p, &body.username).await?;
+    let user = state.accounts.rename(&p, &body.username).await?;
     json(StatusCode::OK, &user)
 }
 
@@ -39,7 +38,7 @@ pub async fn change_password(state: &AppState, req: Request<Incoming>) -> ApiRes
     p.require_fresh()?;
     let body: ChangePassword = read_json(req, state.body_limit).await?;
     state
-        .core
+        .accounts
         .change_password(&p, &body.current_password, &body.new_password)
         .await?;
     empty(StatusCode::NO_CONTENT)

@@ -51,7 +51,7 @@ pub fn cacheable<B>(
 }
 
 pub fn jwks<B>(state: &AppState, req: &Request<B>) -> ApiResult {
-    let doc = state.core.keys.jwks();
+    let doc = state.published.jwks();
     cacheable(
         req,
         doc.body.clone(),

@@ -69,7 +69,7 @@ async fn records_spread_over_every_master_and_logout_all_reaches_them() {
         app.refresh_pair(&other.refresh).await;
     }
     // A key rotation goes through the lease, in its own slot.
-    let rotated = app.state.core.keys.rotate_now(None).await.unwrap();
+    let rotated = app.state.published.keys().rotate_now(None).await.unwrap();
     assert!(!rotated.is_empty());
 
     let prefix = app.env["TOKEND_REDIS_PREFIX"].clone();

@@ -139,7 +139,7 @@ async fn jwks_has_a_strong_etag_and_answers_304() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.bytes().await.unwrap(), body);
     // A rotation changes the document and its ETag.
-    app.state.core.keys.rotate_now(None).await.unwrap();
+    app.state.published.keys().rotate_now(None).await.unwrap();
     let res = app
         .http
         .get(app.url("/.well-known/jwks.json"))
@@ -174,7 +174,7 @@ in_both_modes!(a_key_goes_pending_active_retired_gone);
 
 async fn a_key_goes_pending_active_retired_gone(mode: Mode) {
     let app = spawn_app_with(mode, short_rotation).await;
-    let keys = &app.state.core.keys;
+    let keys = &app.state.published.keys();
     let s = app.new_session().await;
     let jwks = fetch_jwks(&app).await;
     let (old_ed, old_rs) = (kids(&jwks, "EdDSA"), kids(&jwks, "RS256"));
@@ -243,18 +243,18 @@ async fn two_instances_rotate_once_and_serve_identical_jwks() {
     let clock = tokend::clock::ManualClock::starting_now();
     let a = spawn_env(Mode::Production, env.clone(), None, clock.clone()).await;
     let b = spawn_env(Mode::Production, env, None, clock.clone()).await;
-    b.state.core.keys.tick().await.unwrap();
+    b.state.published.keys().tick().await.unwrap();
     assert_eq!(
         fetch_jwks(&a).await,
         fetch_jwks(&b).await,
         "one keyset, not two"
     );
     clock.advance(Duration::from_secs(3600 + 1));
-    let (ra, rb) = tokio::join!(a.state.core.keys.tick(), b.state.core.keys.tick());
+    let (ra, rb) = tokio::join!(a.state.published.keys().tick(), b.state.published.keys().tick());
     ra.unwrap();
     rb.unwrap();
-    a.state.core.keys.tick().await.unwrap();
-    b.state.core.keys.tick().await.unwrap();
+    a.state.published.keys().tick().await.unwrap();
+    b.state.published.keys().tick().await.unwrap();
     let (ja, jb) = (
         a.http
             .get(a.url("/.well-known/jwks.json"))
@@ -294,8 +294,8 @@ async fn two_instances_rotate_once_and_serve_identical_jwks() {
     clock.advance(Duration::from_secs(3600 - 3));
     let (before, _) = a.login_pair(&s.email, &s.password).await;
     clock.advance(Duration::from_secs(4));
-    a.state.core.keys.tick().await.unwrap();
-    b.state.core.keys.tick().await.unwrap();
+    a.state.published.keys().tick().await.unwrap();
+    b.state.published.keys().tick().await.unwrap();
     let (after, _) = b.login_pair(&s.email, &s.password).await;
     assert_ne!(
         header(&before)["kid"],
@@ -351,7 +351,7 @@ async fn keys_revoke_from_the_cli_kills_that_keys_tokens(mode: Mode) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    app.state.core.keys.tick().await.unwrap();
+    app.state.published.keys().tick().await.unwrap();
     assert_eq!(
         app.get_bearer("/users/me", &s.access).await.status(),
         StatusCode::UNAUTHORIZED
@@ -382,11 +382,11 @@ async fn keys_rotate_from_the_cli_starts_a_pending_successor() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    app.state.core.keys.tick().await.unwrap();
+    app.state.published.keys().tick().await.unwrap();
     let states: Vec<String> = app
         .state
-        .core
-        .keys
+        .published
+        .keys()
         .list()
         .iter()
         .map(|k| format!("{:?}", k.state))
@@ -404,8 +404,8 @@ async fn keys_rotate_from_the_cli_starts_a_pending_successor() {
     let s = app.new_session().await;
     let active = app
         .state
-        .core
-        .keys
+        .published
+        .keys()
         .list()
         .into_iter()
         .find(|k| format!("{:?}", k.state) == "Active")

@@ -1674,7 +1674,7 @@ fn resign_with(app: &TestApp, token: &str, typ: &str, extra: &Value) -> String {
         unreachable!()
     };
     let alg = tokend::keys::Alg::parse(header(token)["alg"].as_str().unwrap()).unwrap();
-    app.state.core.keys.sign(alg, typ, &map, iat).unwrap()
+    app.state.published.keys().sign(alg, typ, &map, iat).unwrap()
 }
 
 /// Tokens issued before the change, with `"scope":""` and `"roles":[]`, stay valid until they

@@ -136,7 +136,7 @@ async fn each_metric_moves_after_its_action(mode: Mode) {
     .await;
 
     let m5 = scrape(&app).await;
-    app.state.core.keys.rotate_now(None).await.unwrap();
+    app.state.published.keys().rotate_now(None).await.unwrap();
     assert_moves(&app, &m5, r#"tokend_key_rotations_total{alg="EdDSA"}"#).await;
     assert_moves(
         &app,

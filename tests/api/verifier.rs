@@ -129,7 +129,7 @@ fn kid(token: &str) -> String {
 
 async fn verification_holds_across_a_key_rotation(mode: Mode) {
     let app = spawn_app_with(mode, short_rotation).await;
-    let keys = &app.state.core.keys;
+    let keys = &app.state.published.keys();
     let (verifier, network) = verifier_for(&app).await;
     let s = app.new_session().await;
     let first = kid(&s.access);
