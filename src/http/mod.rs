@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+mod conn;
 pub mod error;
 pub mod oauth;
 pub mod openapi;
