@@ -1,6 +1,7 @@
-//! Connections (SPEC §9, "Connections"): header-read and idle deadlines on HTTP/1, HTTP/2 and
-//! TLS, keep-alive PINGs and the connection caps. Every test talks over real sockets; a close is
-//! awaited under a generous outer bound, never assumed after a sleep.
+//! Connections (SPEC §9, "Connections" and `X-Forwarded-For`): header-read and idle deadlines on
+//! HTTP/1, HTTP/2 and TLS, keep-alive PINGs, the connection caps, and the client address behind a
+//! trusted proxy. Every test talks over real sockets; a close is awaited under a generous outer
+//! bound, never assumed after a sleep.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use reqwest::StatusCode;
+use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -339,4 +342,62 @@ async fn trusted_proxies_are_exempt_from_the_per_ip_cap() {
     let mut b = TcpStream::connect(app.addr).await.unwrap();
     assert_eq!(healthz(&mut a).await, 200);
     assert_eq!(healthz(&mut b).await, 200);
+}
+
+/// A login attempt through the proxy at 127.0.0.1 with these `X-Forwarded-For` headers (for an
+/// account of its own, so only the IP limit can answer 429).
+async fn login_via_proxy(app: &TestApp, xff: &[&str]) -> StatusCode {
+    let email = format!("{}@example.com", crate::services::unique_name("nobody"));
+    let mut req = app
+        .http
+        .post(app.url("/auth/login"))
+        .json(&json!({"email": email, "password": "not the password"}));
+    for v in xff {
+        req = req.header("x-forwarded-for", *v);
+    }
+    req.send().await.unwrap().status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_ip_budget() {
+    let app = spawn(&[
+        ("TOKEND_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+        ("TOKEND_RATE_LIMIT_IP", "2/min"),
+    ])
+    .await;
+    // The same client in four spellings: a junk entry after it, a port, split over two
+    // headers, another proxy of ours after it.
+    let one = [
+        &["198.51.100.1, junk"][..],
+        &["198.51.100.1:5678"],
+        &["203.0.113.9", "198.51.100.1"],
+        &["198.51.100.1, 10.1.2.3"],
+    ];
+    for (i, xff) in one.iter().enumerate() {
+        let status = login_via_proxy(&app, xff).await;
+        let expected_limited = i >= 2;
+        assert_eq!(
+            status == StatusCode::TOO_MANY_REQUESTS,
+            expected_limited,
+            "{xff:?}: {status}"
+        );
+    }
+    // Other clients behind the same proxy are not charged for it (the old parser fell back to
+    // the proxy's address for junk and ports, so every one of these shared its budget).
+    for xff in [
+        &["198.51.100.2, junk"][..],
+        &["[2001:db8::2]:443"],
+        &["junk", "198.51.100.3"],
+    ] {
+        assert_ne!(
+            login_via_proxy(&app, xff).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{xff:?}"
+        );
+    }
+    // When every entry is one of ours, the left-most is the client.
+    assert_ne!(
+        login_via_proxy(&app, &["10.9.9.9, 10.1.2.3"]).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }
