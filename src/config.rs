@@ -42,6 +42,9 @@ pub const ENV_MAX_SESSIONS_PER_USER: &str = "TOKEND_MAX_SESSIONS_PER_USER";
 pub const ENV_BODY_LIMIT: &str = "TOKEND_BODY_LIMIT";
 pub const ENV_REQUEST_TIMEOUT: &str = "TOKEND_REQUEST_TIMEOUT";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "TOKEND_HEADER_READ_TIMEOUT";
+pub const ENV_IDLE_TIMEOUT: &str = "TOKEND_IDLE_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "TOKEND_MAX_CONNECTIONS";
+pub const ENV_MAX_CONNECTIONS_PER_IP: &str = "TOKEND_MAX_CONNECTIONS_PER_IP";
 pub const ENV_SHUTDOWN_GRACE: &str = "TOKEND_SHUTDOWN_GRACE";
 pub const ENV_KEYSET_RELOAD: &str = "TOKEND_KEYSET_RELOAD";
 pub const ENV_METRICS_LISTEN: &str = "TOKEND_METRICS_LISTEN";
@@ -74,6 +77,13 @@ pub const DEFAULT_LOG: &str = "info";
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 pub const DEFAULT_REQUEST_TIMEOUT: &str = "30s";
 pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Enough for a NAT'd office or a few hundred pooled keep-alive connections from one host,
+/// small enough that one address cannot take most of `TOKEND_MAX_CONNECTIONS`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Upper bound of both connection caps.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 pub const DEFAULT_KEYSET_RELOAD: &str = "30s";
 pub const DEFAULT_RATE_LIMIT_IP: &str = "600/min";
@@ -380,7 +390,18 @@ pub struct Config {
     /// `TOKEND_BODY_LIMIT` in bytes, default 16 KiB.
     pub body_limit: usize,
     pub request_timeout: Duration,
+    /// `TOKEND_HEADER_READ_TIMEOUT`, default 10 s: from accepting a connection (TLS handshake
+    /// and HTTP/1-vs-HTTP/2 detection included) to its first complete request head, and from
+    /// the first byte of each later HTTP/1 request to its complete head.
     pub header_read_timeout: Duration,
+    /// `TOKEND_IDLE_TIMEOUT`, default 60 s: a connection with no request in flight (HTTP/1
+    /// between keep-alive requests, HTTP/2 with no open stream) is closed after this long.
+    pub idle_timeout: Duration,
+    /// `TOKEND_MAX_CONNECTIONS`, default 10,000 per listener: at the cap the accept loop waits.
+    pub max_connections: usize,
+    /// `TOKEND_MAX_CONNECTIONS_PER_IP`, default 256: connections beyond it from one peer address
+    /// are closed at once; peers in `TOKEND_TRUSTED_PROXIES` are exempt.
+    pub max_connections_per_ip: usize,
     pub shutdown_grace: Duration,
     /// `TOKEND_METRICS_LISTEN`: a separate listener for `/metrics`, `/healthz`, `/readyz`.
     pub metrics_listen: Option<SocketAddr>,
@@ -473,6 +494,25 @@ impl Config {
         let keyset_reload = dur(ENV_KEYSET_RELOAD, DEFAULT_KEYSET_RELOAD)?;
         let request_timeout = dur(ENV_REQUEST_TIMEOUT, DEFAULT_REQUEST_TIMEOUT)?;
         let header_read_timeout = dur(ENV_HEADER_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT)?;
+        let idle_timeout = dur(ENV_IDLE_TIMEOUT, DEFAULT_IDLE_TIMEOUT)?;
+        let count = |var: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match opt(var) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_CONNECTIONS_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            var,
+                            format!("expected a whole number from 1 to {MAX_CONNECTIONS_LIMIT}"),
+                        )
+                    }),
+            }
+        };
+        let max_connections = count(ENV_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS)?;
+        let max_connections_per_ip =
+            count(ENV_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_CONNECTIONS_PER_IP)?;
         let shutdown_grace = dur(ENV_SHUTDOWN_GRACE, DEFAULT_SHUTDOWN_GRACE)?;
 
         if refresh_ttl > session_ttl {
@@ -788,6 +828,9 @@ impl Config {
             body_limit,
             request_timeout,
             header_read_timeout,
+            idle_timeout,
+            max_connections,
+            max_connections_per_ip,
             shutdown_grace,
         })
     }
@@ -896,6 +939,12 @@ impl Config {
             format!("{ENV_BODY_LIMIT}={}", self.body_limit),
             format!("{ENV_REQUEST_TIMEOUT}={}", d(self.request_timeout)),
             format!("{ENV_HEADER_READ_TIMEOUT}={}", d(self.header_read_timeout)),
+            format!("{ENV_IDLE_TIMEOUT}={}", d(self.idle_timeout)),
+            format!("{ENV_MAX_CONNECTIONS}={}", self.max_connections),
+            format!(
+                "{ENV_MAX_CONNECTIONS_PER_IP}={}",
+                self.max_connections_per_ip
+            ),
             format!("{ENV_SHUTDOWN_GRACE}={}", d(self.shutdown_grace)),
             format!(
                 "{ENV_METRICS_LISTEN}={}",
@@ -1058,6 +1107,10 @@ mod tests {
             }
         );
         assert_eq!(c.body_limit, 16 * 1024);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_connections_per_ip, 256);
     }
 
     #[test]
@@ -1090,6 +1143,14 @@ mod tests {
             (ENV_LOG_FORMAT, "xml"),
             (ENV_ADMIN_EMAILS, "root"),
             (ENV_BODY_LIMIT, "lots"),
+            (ENV_HEADER_READ_TIMEOUT, "0s"),
+            (ENV_IDLE_TIMEOUT, "60"),
+            (ENV_IDLE_TIMEOUT, "0s"),
+            (ENV_MAX_CONNECTIONS, "0"),
+            (ENV_MAX_CONNECTIONS, "lots"),
+            (ENV_MAX_CONNECTIONS, "2000000"),
+            (ENV_MAX_CONNECTIONS_PER_IP, "-1"),
+            (ENV_MAX_CONNECTIONS_PER_IP, "0"),
             (ENV_KEYSET_RELOAD, "5m"),
             (ENV_METRICS_LISTEN, "9100"),
             (ENV_RATE_LIMIT, "maybe"),
@@ -1182,6 +1243,39 @@ mod tests {
         );
         assert!(parse_duration("7").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn every_variable_is_in_the_readme_configuration_table() {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("a Configuration section in README.md");
+        let production = parse(&[
+            (ENV_MONGODB_URI, "mongodb://127.0.0.1:27017"),
+            (ENV_REDIS_URL, "redis://127.0.0.1:6379"),
+            (
+                ENV_KEY_ENCRYPTION_KEY,
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+        ])
+        .unwrap();
+        for shown in [parse(&[]).unwrap().describe(), production.describe()] {
+            for var in shown
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, _)| k)
+            {
+                if var.starts_with("TOKEND_") {
+                    assert!(
+                        table.contains(&format!("`{var}`")),
+                        "{var} is not in README.md"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -348,9 +348,14 @@ impl Application {
         });
         let limits = ServerLimits {
             header_read_timeout: self.config.header_read_timeout,
+            idle_timeout: self.config.idle_timeout,
             max_header_bytes: 16 * 1024,
             shutdown_grace: self.config.shutdown_grace,
+            max_connections: self.config.max_connections,
+            max_connections_per_ip: self.config.max_connections_per_ip,
+            trusted_proxies: self.config.trusted_proxies.clone().into(),
         };
+        warn_if_descriptors_are_short(self.config.max_connections);
         tracing::info!(
             addr = %self.local_addr(),
             tls = self.tls.is_some(),
@@ -372,7 +377,7 @@ impl Application {
                     listener,
                     service,
                     None,
-                    limits,
+                    limits.clone(),
                     async move {
                         let _ = stop.changed().await;
                     },
@@ -391,5 +396,21 @@ impl Application {
             let _ = ops.await;
         }
         let _ = maintenance.await;
+    }
+}
+
+/// The accept loop waits at `TOKEND_MAX_CONNECTIONS`; below that, a smaller open-file limit makes
+/// accepts fail instead (they back off and retry), so say so once at start-up.
+fn warn_if_descriptors_are_short(max_connections: usize) {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if let Some(limit) = limit.and_then(|l| usize::try_from(l).ok()) {
+        if limit < max_connections {
+            tracing::warn!(
+                open_files = limit,
+                max_connections,
+                "the open-file limit (ulimit -n) is below TOKEND_MAX_CONNECTIONS; \
+                 raise it, or lower TOKEND_MAX_CONNECTIONS"
+            );
+        }
     }
 }

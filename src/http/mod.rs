@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+mod conn;
 pub mod error;
 pub mod oauth;
 pub mod openapi;
@@ -13,6 +14,8 @@ pub mod stack;
 pub mod state;
 pub mod users;
 pub mod wellknown;
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode};
@@ -146,29 +149,162 @@ pub fn empty(status: StatusCode) -> ApiResult {
     Ok(res)
 }
 
-/// The client's IP: the TCP peer, or — when the peer is a trusted proxy — the right-most
-/// address of `X-Forwarded-For` that is not itself a trusted proxy.
-pub fn client_ip<B>(
-    req: &Request<B>,
-    trusted: &[crate::config::IpNet],
-) -> Option<std::net::IpAddr> {
-    let peer = req.extensions().get::<server::PeerAddr>()?.0.ip();
-    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+/// The rate-limit key of every client behind a trusted proxy whose `X-Forwarded-For` names no
+/// usable address (absent, empty or all junk): one shared bucket, never the proxy's own address.
+/// Proxies that follow the convention always append the address they received the request from,
+/// so only a misconfigured proxy lands here.
+pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// The client's IP (SPEC §9): the TCP peer, unless the peer is in `TOKEND_TRUSTED_PROXIES`.
+///
+/// From a trusted peer the client comes from `X-Forwarded-For`: every such header in order,
+/// read as one comma-separated list, entry by entry from the right. An entry may carry a port
+/// (`192.0.2.1:5678`, `[2001:db8::1]:80`); an entry that is not an address is skipped. The client
+/// is the right-most entry that is not itself a trusted proxy; when every entry is a trusted
+/// proxy, the left-most one (the request started inside the trusted network). With no usable
+/// entry at all the client is [`UNKNOWN_CLIENT`].
+pub fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Option<IpAddr> {
+    let peer = req
+        .extensions()
+        .get::<server::PeerAddr>()?
+        .0
+        .ip()
+        .to_canonical();
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(peer) {
         return Some(peer);
     }
-    let mut client = peer;
-    for v in req.headers().get_all("x-forwarded-for").iter().rev() {
-        let Ok(v) = v.to_str() else {
-            return Some(client);
-        };
-        for hop in v.split(',').rev() {
-            match hop.trim().parse::<std::net::IpAddr>() {
-                Ok(ip) if is_trusted(ip) => client = ip,
-                Ok(ip) => return Some(ip),
-                Err(_) => return Some(client),
-            }
+    let headers = req.headers().get_all("x-forwarded-for");
+    let entries = headers
+        .iter()
+        .rev()
+        .flat_map(|v| v.as_bytes().rsplit(|b| *b == b','))
+        .filter_map(forwarded_ip);
+    let mut leftmost_proxy = None;
+    for ip in entries {
+        if !is_trusted(ip) {
+            return Some(ip);
         }
+        leftmost_proxy = Some(ip);
     }
-    Some(client)
+    Some(leftmost_proxy.unwrap_or(UNKNOWN_CLIENT))
+}
+
+/// One `X-Forwarded-For` entry as an address: `192.0.2.1`, `2001:db8::1`, with or without a
+/// port (`192.0.2.1:80`, `[2001:db8::1]:80`, `[2001:db8::1]`); `None` for anything else.
+fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?.trim();
+    let ip = entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse::<Ipv6Addr>().ok())
+                .map(IpAddr::V6)
+        })?;
+    Some(ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::IpNet;
+
+    const PROXY: &str = "10.0.0.1:40000";
+
+    fn trusted() -> Vec<IpNet> {
+        vec!["10.0.0.0/8".parse().unwrap(), "::1".parse().unwrap()]
+    }
+
+    fn ip_of(peer: &str, xff: &[&str]) -> IpAddr {
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(server::PeerAddr(peer.parse().unwrap()));
+        for v in xff {
+            req.headers_mut().append(
+                "x-forwarded-for",
+                HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+            );
+        }
+        client_ip(&req, &trusted()).unwrap()
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        assert_eq!(ip_of("192.0.2.9:1234", &["198.51.100.1"]), ip("192.0.2.9"));
+        assert_eq!(ip_of("[::ffff:192.0.2.9]:1234", &[]), ip("192.0.2.9"));
+    }
+
+    #[test]
+    fn the_client_is_the_right_most_entry_that_is_not_a_trusted_proxy() {
+        assert_eq!(ip_of(PROXY, &["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(
+            ip_of(PROXY, &["203.0.113.66, 198.51.100.1, 10.0.0.2"]),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn junk_entries_are_skipped_not_taken_for_the_proxy() {
+        assert_eq!(ip_of(PROXY, &["198.51.100.1, junk"]), ip("198.51.100.1"));
+        assert_eq!(
+            ip_of(PROXY, &["198.51.100.1,,unknown, "]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            ip_of(PROXY, &["198.51.100.1, 300.1.2.3"]),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(ip_of(PROXY, &["198.51.100.1:5678"]), ip("198.51.100.1"));
+        assert_eq!(ip_of(PROXY, &["[2001:db8::7]:80"]), ip("2001:db8::7"));
+        assert_eq!(ip_of(PROXY, &["[2001:db8::7]"]), ip("2001:db8::7"));
+        assert_eq!(ip_of(PROXY, &["2001:db8::7"]), ip("2001:db8::7"));
+        // A trusted proxy, and the only entry: see all_trusted_entries_give_the_left_most.
+        assert_eq!(ip_of(PROXY, &["[::1]:80"]), ip("::1"));
+    }
+
+    #[test]
+    fn several_headers_are_one_list_in_order() {
+        assert_eq!(
+            ip_of(PROXY, &["203.0.113.66", "198.51.100.1, 10.0.0.3"]),
+            ip("198.51.100.1")
+        );
+        assert_eq!(ip_of(PROXY, &["203.0.113.66", "junk"]), ip("203.0.113.66"));
+        assert_eq!(
+            ip_of(PROXY, &["198.51.100.1", "10.0.0.3"]),
+            ip("198.51.100.1")
+        );
+    }
+
+    #[test]
+    fn all_trusted_entries_give_the_left_most() {
+        assert_eq!(ip_of(PROXY, &["10.0.0.7, 10.0.0.3"]), ip("10.0.0.7"));
+        assert_eq!(ip_of(PROXY, &["junk, 10.0.0.7"]), ip("10.0.0.7"));
+    }
+
+    #[test]
+    fn nothing_usable_is_the_shared_unknown_key_never_the_proxy() {
+        for xff in [&[][..], &[""], &["junk"], &["junk, , nonsense:99"]] {
+            assert_eq!(ip_of(PROXY, xff), UNKNOWN_CLIENT, "{xff:?}");
+        }
+        let mut req = Request::new(());
+        req.extensions_mut()
+            .insert(server::PeerAddr(PROXY.parse().unwrap()));
+        req.headers_mut().append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.1, \xc3").unwrap(),
+        );
+        assert_eq!(client_ip(&req, &trusted()), Some(ip("198.51.100.1")));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod cluster;
+mod connections;
 mod deploy;
 mod faults;
 mod foundation;
