@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 /// A source of the current time in Unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
+    /// Unix milliseconds.
     fn now_ms(&self) -> i64;
 
     /// Unix seconds, as JWT claims count them (RFC 7519 §2, NumericDate).
@@ -37,6 +38,7 @@ impl Clock for SystemClock {
 pub struct ManualClock(AtomicI64);
 
 impl ManualClock {
+    /// A clock standing at `start_ms` (Unix milliseconds).
     pub fn new(start_ms: i64) -> Arc<Self> {
         Arc::new(Self(AtomicI64::new(start_ms)))
     }
@@ -46,11 +48,13 @@ impl ManualClock {
         Self::new(SystemClock.now_ms())
     }
 
+    /// Moves the clock forward by `by`.
     pub fn advance(&self, by: std::time::Duration) {
         let ms = i64::try_from(by.as_millis()).unwrap_or(i64::MAX);
         self.0.fetch_add(ms, Ordering::SeqCst);
     }
 
+    /// Sets the clock to `ms` (Unix milliseconds), backwards too.
     pub fn set_ms(&self, ms: i64) {
         self.0.store(ms, Ordering::SeqCst);
     }

@@ -267,7 +267,7 @@ pub struct VerifierOptions {
 impl Default for VerifierOptions {
     fn default() -> Self {
         VerifierOptions {
-            algorithms: vec![Alg::EdDSA, Alg::RS256],
+            algorithms: Alg::ALL.to_vec(),
             leeway: MAX_LEEWAY,
             refetch_interval: DEFAULT_REFETCH_INTERVAL,
             min_cache: DEFAULT_MIN_CACHE,
