@@ -3,9 +3,9 @@
 #
 # On a fresh Debian/Ubuntu machine it installs what the tests need (redis-server with apt-get,
 # SecantusDB — a MongoDB wire-protocol server — in a venv under target/test-venv), starts Redis
-# and SecantusDB on free loopback ports, runs `cargo fmt --check`, `cargo clippy` and the tests
-# (cargo nextest when installed, else cargo test), stops what it started, and exits with the
-# status of the first step that failed.
+# and SecantusDB on free loopback ports, runs `cargo fmt --all --check`, `cargo clippy
+# --workspace` and the tests of every crate of the workspace (cargo nextest when installed, else
+# cargo test), stops what it started, and exits with the status of the first step that failed.
 #
 # Environment:
 #   TOKEND_TEST_REDIS_URL, TOKEND_TEST_MONGODB_URI   use these servers; start none of your own
@@ -400,10 +400,10 @@ fi
 
 # ---- checks and tests --------------------------------------------------------------------
 if [ "${TOKEND_TEST_SKIP_LINT:-0}" != "1" ]; then
-  log "cargo fmt --check"
+  log "cargo fmt --all --check"
   cargo fmt --all --check
-  log "cargo clippy --all-targets -- -D warnings"
-  cargo clippy --all-targets --quiet -- -D warnings
+  log "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
 fi
 
 # ---- deployment checks -------------------------------------------------------------------
@@ -559,15 +559,15 @@ fi
 
 status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  log "cargo nextest run --no-fail-fast $*"
-  cargo nextest run --no-fail-fast "$@" || status=$?
+  log "cargo nextest run --workspace --no-fail-fast $*"
+  cargo nextest run --workspace --no-fail-fast "$@" || status=$?
   if [ "$#" -eq 0 ] && [ "$status" -eq 0 ]; then
-    log "cargo test --doc"
-    cargo test --doc --quiet || status=$?
+    log "cargo test --workspace --doc"
+    cargo test --workspace --doc --quiet || status=$?
   fi
 else
-  log "cargo test --no-fail-fast $*"
-  cargo test --no-fail-fast "$@" || status=$?
+  log "cargo test --workspace --no-fail-fast $*"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
 if [ "$status" -eq 0 ] && [ "$deploy_status" -ne 0 ]; then
   log "deployment checks or schemathesis failed (see above)"

@@ -10,7 +10,7 @@
 //! The verifier discovers the JWKS from `{issuer}/.well-known/openid-configuration`, caches it for
 //! its `max-age`, and refetches at most once per 30 s when a token names an unknown key. The
 //! issuer must be the exact `TOKEND_ISSUER` of the server (it is checked against `iss`). The
-//! built-in fetcher speaks plain HTTP; see `tokend::verifier::HyperFetcher::with_client` for
+//! built-in fetcher speaks plain HTTP; see `tokend_verifier::HyperFetcher::with_client` for
 //! HTTPS.
 
 use std::convert::Infallible;
@@ -29,7 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokend::verifier::{bearer_token, Verifier, VerifierError, VerifierOptions};
+use tokend_verifier::{bearer_token, Verifier, VerifierError, VerifierOptions};
 use tokio::net::TcpListener;
 
 /// Command line (each flag also read from the environment).

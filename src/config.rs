@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tokend_token_shape::LEEWAY;
+
 use crate::keys::{Alg, KeysConfig, DEFAULT_RSA_BITS};
 
 pub const ENV_LISTEN: &str = "TOKEND_LISTEN";
@@ -843,8 +845,7 @@ impl Config {
             algs: self.signing_algs.clone(),
             rotation: self.key_rotation,
             prepublish: self.key_prepublish,
-            retention: self.access_ttl.max(self.refresh_ttl)
-                + Duration::from_secs(crate::domain::tokens::LEEWAY_SECS.unsigned_abs()),
+            retention: self.access_ttl.max(self.refresh_ttl) + LEEWAY,
             reload: self.keyset_reload,
             rsa_bits: self.rsa_bits,
         }

@@ -11,4 +11,3 @@ pub mod metrics;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
-pub mod verifier;

@@ -1,18 +1,17 @@
 //! Access tokens (RFC 9068, `typ` `at+jwt`) and refresh tokens (`typ` `rt+jwt`): claims, signing
-//! through the key ring, and validation of `iss`, `aud`, `exp`, `nbf` (SPEC §5).
+//! through the key ring, and validation of `iss`, `aud`, `exp`, `nbf` (`docs/tokens.md`). The
+//! `typ` values and the leeway come from `tokend-token-shape`, which the resource-server
+//! verifier checks with too.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use tokend_token_shape::time;
+
 use super::Error;
 use crate::keys::{Alg, Keys, TokenError};
 
-/// `typ` of access tokens (RFC 9068 §2.1).
-pub const ACCESS_TYP: &str = "at+jwt";
-/// `typ` of refresh tokens.
-pub const REFRESH_TYP: &str = "rt+jwt";
-/// Clock skew tolerated on `exp`, `nbf` and `iat` (SPEC §5).
-pub const LEEWAY_SECS: i64 = 30;
+pub use tokend_token_shape::{ACCESS_TYP, LEEWAY_SECS, REFRESH_TYP};
 
 /// `aud` may be one string or an array (RFC 7519 §4.1.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,7 +32,7 @@ impl Audience {
 
 /// Claims of an access token (RFC 9068 §2.2 plus `sid`, `fresh`, `roles`).
 ///
-/// A claim with nothing in it is left out, never sent empty (SPEC §5): strict RFC 9068
+/// A claim with nothing in it is left out, never sent empty (`docs/tokens.md`): strict RFC 9068
 /// validators refuse `"scope":""`, and RFC 6749 §3.3 makes a scope one or more tokens. Decoding
 /// takes an absent claim as empty, so tokens issued before, with empty claims, still decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,10 +169,10 @@ impl Tokens {
         if !aud.contains(expected_aud) {
             return Err("audience");
         }
-        if now > exp.saturating_add(LEEWAY_SECS) {
+        if time::is_expired(exp, now, LEEWAY_SECS) {
             return Err("expired");
         }
-        if nbf.unwrap_or(iat) > now.saturating_add(LEEWAY_SECS) {
+        if time::is_not_yet_valid(nbf.unwrap_or(iat), now, LEEWAY_SECS) {
             return Err("not_yet_valid");
         }
         Ok(())

@@ -98,25 +98,12 @@ pub async fn read_form<T: DeserializeOwned>(
         .map_err(|e| ApiError::InvalidRequest(format!("invalid form body: {e}")))
 }
 
-/// The bearer token of the `Authorization` header (RFC 6750 §2.1).
+/// The bearer token of the `Authorization` header (RFC 6750 §2.1), parsed by the rules the
+/// resource-server verifier shares (`tokend_token_shape::bearer`).
 pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
-    let v = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::InvalidToken("missing bearer token".into()))?;
-    let v = v
-        .to_str()
-        .map_err(|_| ApiError::InvalidToken("malformed Authorization header".into()))?;
-    let (scheme, token) = v
-        .split_once(' ')
-        .ok_or_else(|| ApiError::InvalidToken("expected Authorization: Bearer <token>".into()))?;
-    let token = token.trim();
-    if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
-        return Err(ApiError::InvalidToken(
-            "expected Authorization: Bearer <token>".into(),
-        ));
-    }
-    Ok(token.to_string())
+    tokend_token_shape::bearer::from_headers(req.headers())
+        .map(str::to_string)
+        .map_err(|e| ApiError::InvalidToken(e.to_string()))
 }
 
 /// A JSON response.

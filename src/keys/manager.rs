@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use serde_json::{Map, Value};
+use tokend_token_shape::typ_matches;
 use zeroize::Zeroizing;
 
 use super::jwk::{self, JwksDocument, KeyMaterial};
@@ -633,19 +634,6 @@ impl Keys {
                 tracing::warn!(error = %e, "could not release the key rotation lease");
             }
         }
-    }
-}
-
-fn typ_matches(typ: &str, expected: &str) -> bool {
-    if typ.eq_ignore_ascii_case(expected) {
-        return true;
-    }
-    const PREFIX: &str = "application/";
-    match (typ.get(..PREFIX.len()), typ.get(PREFIX.len()..)) {
-        (Some(p), Some(rest)) => {
-            p.eq_ignore_ascii_case(PREFIX) && rest.eq_ignore_ascii_case(expected)
-        }
-        _ => false,
     }
 }
 

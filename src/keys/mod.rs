@@ -31,46 +31,17 @@ pub use mongo::MongoKeyStore;
 
 use crate::store::StoreError;
 
-/// A signing algorithm tokend can hold a key ring for (SPEC §8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Alg {
-    /// Ed25519 (RFC 8037).
-    EdDSA,
-    /// RSASSA-PKCS1-v1_5 with SHA-256.
-    RS256,
-}
-
-impl Alg {
-    /// Exact, case-sensitive JOSE names only.
-    pub fn parse(name: &str) -> Option<Alg> {
-        match name {
-            "EdDSA" => Some(Alg::EdDSA),
-            "RS256" => Some(Alg::RS256),
-            _ => None,
-        }
-    }
-
-    /// The JOSE `alg` name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Alg::EdDSA => "EdDSA",
-            Alg::RS256 => "RS256",
-        }
-    }
-}
-
-impl std::fmt::Display for Alg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A signing algorithm tokend can hold a key ring for; the names and the allow-list are shared
+/// with the resource-server verifier (`docs/tokens.md`, "Validation").
+pub use tokend_token_shape::Alg;
 
 /// Default RSA modulus size in bits.
 pub const DEFAULT_RSA_BITS: usize = 3072;
 /// Smallest RSA modulus accepted (SPEC §8).
 pub const MIN_RSA_BITS: usize = 2048;
-/// Leeway added to the longest token lifetime to get a retired key's retention.
-pub const RETENTION_LEEWAY: Duration = Duration::from_secs(30);
+/// Leeway added to the longest token lifetime to get a retired key's retention: the validation
+/// leeway, since a token is accepted that long past its `exp`.
+pub const RETENTION_LEEWAY: Duration = tokend_token_shape::LEEWAY;
 
 /// How the key rings behave.
 #[derive(Debug, Clone, PartialEq, Eq)]

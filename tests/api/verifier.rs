@@ -1,6 +1,7 @@
-//! `tokend::verifier` end to end against a running tokend (SPEC §10): tokens from a login verify,
-//! refresh, tampered and expired tokens do not, and verification holds across a key rotation
-//! with the successor prepublished; and the example resource server protects `/hello`.
+//! `tokend_verifier` end to end against a running tokend (`docs/tokens.md`, "Validation"):
+//! tokens from a login verify, refresh, tampered and expired tokens do not, and verification
+//! holds across a key rotation with the successor prepublished; and the example resource server
+//! protects `/hello`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, Response, Uri};
 use reqwest::StatusCode;
 use serde_json::Value;
-use tokend::verifier::{
+use tokend_verifier::{
     FetchError, Fetcher, HyperFetcher, Verifier, VerifierError, VerifierOptions,
 };
 

@@ -1,11 +1,13 @@
-//! Access-token verification for Rust resource servers (SPEC §10): discovery of the issuer's
-//! `jwks_uri`, a JWKS cache that honours `Cache-Control: max-age` within bounds, one rate-limited
-//! refetch on an unknown `kid`, and the RFC 9068 checks (`alg` allow-list, `typ` `at+jwt`,
-//! signature, `iss`, `aud`, `exp`, `nbf`).
+//! Access-token verification for Rust resource servers: discovery of the issuer's `jwks_uri`, a
+//! JWKS cache that honours `Cache-Control: max-age` within bounds, one rate-limited refetch on an
+//! unknown `kid`, and the RFC 9068 checks (`alg` allow-list, `typ` `at+jwt`, signature, `iss`,
+//! `aud`, `exp`, `nbf`), the same ones tokend makes (`docs/tokens.md`, "Validation"). The token
+//! shapes both sides check (`typ`, bearer header, leeway, algorithm names) come from the shared
+//! `tokend-token-shape` crate; this crate does not depend on the server.
 //!
 //! ```no_run
-//! # async fn demo(token: &str) -> Result<(), tokend::verifier::VerifierError> {
-//! use tokend::verifier::{Verifier, VerifierOptions};
+//! # async fn demo(token: &str) -> Result<(), tokend_verifier::VerifierError> {
+//! use tokend_verifier::{Verifier, VerifierOptions};
 //! let verifier =
 //!     Verifier::discover("http://localhost:5000", "tokend", VerifierOptions::default()).await?;
 //! let claims = verifier.verify(token).await?;
@@ -34,13 +36,16 @@ use josekit::jwk::Jwk;
 use josekit::jws::{EdDSA, JwsVerifier, RS256};
 use serde_json::{Map, Value};
 
-use crate::clock::{SharedClock, SystemClock};
-use crate::keys::Alg;
+use tokend_token_shape::clock::{self, SystemClock};
+use tokend_token_shape::{bearer, time};
+
+pub use tokend_token_shape::clock::{Clock, ManualClock, SharedClock};
+pub use tokend_token_shape::Alg;
 
 /// `typ` of access tokens (RFC 9068 §2.1).
-pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
-/// Largest clock skew the verifier accepts on `exp`, `nbf` and `iat`.
-pub const MAX_LEEWAY: Duration = Duration::from_secs(30);
+pub const ACCESS_TOKEN_TYP: &str = tokend_token_shape::ACCESS_TYP;
+/// Largest clock skew the verifier accepts on `exp`, `nbf` and `iat` (tokend's own leeway).
+pub const MAX_LEEWAY: Duration = tokend_token_shape::LEEWAY;
 /// Default minimum time between two fetches caused by unknown `kid`s or failed fetches.
 pub const DEFAULT_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Default lower bound on how long a JWKS is cached, whatever its `max-age`.
@@ -262,7 +267,7 @@ pub struct VerifierOptions {
 impl Default for VerifierOptions {
     fn default() -> Self {
         VerifierOptions {
-            algorithms: vec![Alg::EdDSA, Alg::RS256],
+            algorithms: Alg::ALL.to_vec(),
             leeway: MAX_LEEWAY,
             refetch_interval: DEFAULT_REFETCH_INTERVAL,
             min_cache: DEFAULT_MIN_CACHE,
@@ -392,12 +397,10 @@ impl Claims {
     }
 }
 
-/// The `Bearer` token of an `Authorization` header (RFC 6750 §2.1), if any.
+/// The `Bearer` token of an `Authorization` header (RFC 6750 §2.1), if any: the scheme in any
+/// case, then exactly one token of b64token characters, as tokend itself reads it.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    bearer::from_headers(headers).ok()
 }
 
 /// One key of the cached JWKS.
@@ -722,7 +725,7 @@ impl Verifier {
             }
         }
         let now = self.now_ms();
-        let interval = crate::clock::ms(self.options.refetch_interval);
+        let interval = clock::ms(self.options.refetch_interval);
         let recently = |at: Option<i64>| at.is_some_and(|t| now.saturating_sub(t) < interval);
         let failed_recently = state.last_failed && recently(state.last_attempt_ms);
         let limited = match trigger {
@@ -763,7 +766,7 @@ impl Verifier {
                     url: url.clone(),
                     message: e.to_string(),
                 })?;
-        let lifetime = crate::clock::ms(cache_lifetime(response.headers(), &self.options));
+        let lifetime = clock::ms(cache_lifetime(response.headers(), &self.options));
         let generation = current.map_or(1, |c| c.generation.wrapping_add(1));
         let new_etag = response
             .headers()
@@ -845,7 +848,7 @@ impl Verifier {
             _ => return Err(VerifierError::Algorithm(String::new())),
         };
         match header.claim("typ") {
-            Some(Value::String(typ)) if typ_is_access(typ) => {}
+            Some(Value::String(typ)) if tokend_token_shape::is_access_typ(typ) => {}
             Some(Value::String(typ)) => return Err(VerifierError::Type(Some(typ.clone()))),
             _ => return Err(VerifierError::Type(None)),
         }
@@ -891,28 +894,21 @@ impl Verifier {
             return Err(VerifierError::Audience);
         }
         let now = self.options.clock.now();
-        let leeway = crate::clock::secs(self.options.leeway);
-        if now > claims.exp.saturating_add(leeway) {
+        let leeway = clock::secs(self.options.leeway);
+        if time::is_expired(claims.exp, now, leeway) {
             return Err(VerifierError::Expired);
         }
         let not_before = claims.nbf.or(claims.iat);
-        if not_before.is_some_and(|t| t > now.saturating_add(leeway)) {
+        if not_before.is_some_and(|t| time::is_not_yet_valid(t, now, leeway)) {
             return Err(VerifierError::NotYetValid);
         }
         Ok(())
     }
 }
 
-/// `at+jwt` or `application/at+jwt`, case-insensitive (RFC 9068 §4).
-fn typ_is_access(typ: &str) -> bool {
-    let typ = typ.to_ascii_lowercase();
-    typ == ACCESS_TOKEN_TYP || typ.strip_prefix("application/") == Some(ACCESS_TOKEN_TYP)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::{Clock, ManualClock};
     use josekit::jwk::alg::ed::EdCurve;
     use josekit::jwk::KeyPair as _;
     use josekit::jws::{JwsHeader, JwsSigner, HS256};
