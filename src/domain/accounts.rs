@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::input::{Email, Password, Username};
 use super::passwords::Verdict;
-use super::tokens::{describe_reason, AccessClaims};
+use super::tokens::{AccessClaims, Refusal};
 use super::{ids, Core, Error, FIRST_PARTY_CLIENT};
 use crate::store::{AccessStatus, UserClaims, UserRecord};
 
@@ -245,10 +245,10 @@ impl Core {
         status: &AccessStatus,
     ) -> Result<Principal, Error> {
         if status.jti_revoked {
-            return Err(self.rejected("revoked"));
+            return Err(self.rejected(Refusal::Revoked));
         }
         if status.revoked(claims.sid.as_deref()) {
-            return Err(self.rejected("session_revoked"));
+            return Err(self.rejected(Refusal::SessionRevoked));
         }
         Ok(Principal { claims })
     }
@@ -258,7 +258,7 @@ impl Core {
         self.users
             .by_id(&p.claims.sub)
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))
     }
 
     /// `PUT /users/me` (fresh token).
@@ -270,7 +270,7 @@ impl Core {
             .users
             .update_username(&p.claims.sub, username.as_str(), now)
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))?;
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
         self.publish_user_claims(&user).await?;
         Ok(UserView::from(&user))
     }
@@ -292,7 +292,7 @@ impl Core {
             .users
             .update_password_hash(&user.id, &hash, self.clock.now_ms())
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))?;
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
         // Every family whose login read the record before this write is over, logins in flight
         // included (docs/sessions.md).
         self.revoke_all_sessions(&user.id, Some(user.credentials_version))
@@ -301,13 +301,20 @@ impl Core {
         Ok(())
     }
 
-    /// Counts a refused bearer token by reason and turns it into the domain error.
-    pub fn rejected(&self, reason: &'static str) -> Error {
+    /// Counts a refused token by reason and logs the reason; gives the refusal back for the
+    /// error that carries it to the client.
+    pub fn refused(&self, refusal: Refusal) -> Refusal {
         self.metrics
             .validation_failures
-            .with_label_values(&[reason])
+            .with_label_values(&[refusal.as_label()])
             .inc();
-        Error::TokenRejected(describe_reason(reason))
+        tracing::debug!(reason = refusal.as_label(), "token refused");
+        refusal
+    }
+
+    /// A refused bearer token, counted ([`Core::refused`]), as the domain error.
+    pub fn rejected(&self, refusal: Refusal) -> Error {
+        Error::TokenRejected(self.refused(refusal))
     }
 
     /// A fresh `jti`/`sid`.

@@ -3,7 +3,7 @@
 
 use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
-use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
+use super::tokens::{AccessClaims, Audience, RefreshClaims, Refusal, LEEWAY_SECS};
 use super::{Core, Error, RefreshError};
 use crate::clock::{ms, secs};
 use crate::config::Config;
@@ -164,16 +164,10 @@ impl Core {
         let claims = self
             .tokens
             .decode_refresh(refresh_token, now)
-            .map_err(|r| {
-                self.metrics
-                    .validation_failures
-                    .with_label_values(&[r])
-                    .inc();
-                RefreshError::InvalidToken(describe_reason(r))
-            })?;
+            .map_err(|r| RefreshError::InvalidToken(self.refused(r)))?;
         if let Some(c) = expected_client {
             if c.client_id != claims.client_id {
-                return Err(RefreshError::InvalidToken("issued to another client").into());
+                return Err(RefreshError::InvalidToken(Refusal::OtherClient).into());
             }
         }
         let client = match expected_client {

@@ -23,6 +23,8 @@ use serde::Serialize;
 
 pub use error::ApiError;
 
+use crate::domain::Refusal;
+
 /// What every handler returns.
 pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
@@ -100,7 +102,7 @@ pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
     let v = req
         .headers()
         .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::InvalidToken("missing bearer token".into()))?;
+        .ok_or_else(|| ApiError::InvalidToken(Refusal::Missing.description().into()))?;
     let v = v
         .to_str()
         .map_err(|_| ApiError::InvalidToken("malformed Authorization header".into()))?;
