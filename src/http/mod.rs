@@ -1,5 +1,5 @@
-//! The only place that knows HTTP: the server, the layer stack, the router, the error mapping
-//! and one thin handler file per surface.
+//! The only place that knows HTTP: the server, the layer stack, the route table, the router,
+//! the error mapping and one thin handler file per surface.
 
 pub mod admin;
 pub mod auth;
@@ -8,6 +8,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod ops;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod stack;
 pub mod state;
