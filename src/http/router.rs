@@ -14,7 +14,7 @@ use http::{header, HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
-use super::routes::{self, Handler, RateLimit, Route, Surface, Timeout};
+use super::routes::{self, AsyncHandler, Handler, RateLimit, Route, Surface, Timeout};
 use super::state::AppState;
 use super::{ApiError, ApiResult};
 
@@ -110,7 +110,7 @@ impl Router {
 async fn run(
     state: &AppState,
     rate_limit: RateLimit,
-    handler: for<'a> fn(&'a AppState, Request<Incoming>) -> routes::HandlerFuture<'a>,
+    handler: AsyncHandler,
     req: Request<Incoming>,
 ) -> ApiResult {
     if rate_limit == RateLimit::PerIp {

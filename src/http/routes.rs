@@ -16,14 +16,20 @@ use super::{admin, auth, oauth, openapi, ops, users, wellknown, ApiResult};
 /// The future of a handler, boxed so that every handler fits one table.
 pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
 
+/// A handler function `async fn(&AppState, Request<Incoming>) -> ApiResult`, its future boxed.
+pub(crate) type AsyncHandler = for<'a> fn(&'a AppState, Request<Incoming>) -> HandlerFuture<'a>;
+
+/// A document answered from memory: `fn(&AppState, &Request<Incoming>) -> ApiResult`.
+pub(crate) type MemoryHandler = fn(&AppState, &Request<Incoming>) -> ApiResult;
+
 /// How a route answers one method.
 #[derive(Clone, Copy)]
 pub(crate) enum Handler {
     /// Answered in the call itself from bytes in memory: no task, no timer, no store, no body
     /// (the JWKS fast path of BENCHMARKS.md).
-    Memory(fn(&AppState, &Request<Incoming>) -> ApiResult),
-    /// A handler function `async fn(&AppState, Request<Incoming>) -> ApiResult`.
-    Async(for<'a> fn(&'a AppState, Request<Incoming>) -> HandlerFuture<'a>),
+    Memory(MemoryHandler),
+    /// Run as a future under the route's timeout.
+    Async(AsyncHandler),
 }
 
 /// A handler function as a table entry.
@@ -204,7 +210,7 @@ impl Route {
     }
 
     /// `GET` and `HEAD` answered from memory in the call itself, so without a timer.
-    fn memory(self, answer: fn(&AppState, &Request<Incoming>) -> ApiResult) -> Route {
+    fn memory(self, answer: MemoryHandler) -> Route {
         Route {
             timeout: Timeout::None,
             ..self.get(Handler::Memory(answer))

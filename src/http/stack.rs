@@ -19,7 +19,7 @@
 //! 7. catch-panic: a handler bug becomes a JSON 500, never a dropped connection;
 //! 8. timeout: `TOKEND_REQUEST_TIMEOUT` for the routes of the request timeout class, a 503
 //!    `temporarily_unavailable` when it passes; no timer at all for what is answered from memory;
-//! 9. body limit: `TOKEND_MAX_BODY_BYTES`, applied where a handler reads the body
+//! 9. body limit: `TOKEND_BODY_LIMIT`, applied where a handler reads the body
 //!    (`http::read_body`: `Content-Length` first, then the bytes as they come), not as a layer,
 //!    so that handlers keep reading `Request<Incoming>` and a request refused for its token,
 //!    its media type or the rate limit is refused for that before its size is considered;
