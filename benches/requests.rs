@@ -82,7 +82,6 @@ fn app() -> Bench {
     }
 }
 
-
 fn jwks(c: &mut Criterion) {
     let bench = app();
     let state = &bench.state;
@@ -164,7 +163,10 @@ fn domain(c: &mut Criterion) {
     // `/auth/verify`: signature, claims, revocation check.
     let access = first.access_token.clone();
     g.bench_function("authenticate_EdDSA", |b| {
-        b.iter(|| rt.block_on(state.sessions.authenticate(black_box(&access))).unwrap())
+        b.iter(|| {
+            rt.block_on(state.sessions.authenticate(black_box(&access)))
+                .unwrap()
+        })
     });
 
     // A refresh exchange: each token is single-use, so every iteration presents the token the

@@ -79,7 +79,11 @@ pub enum ClientsCommand {
         json: bool,
     },
     /// Delete a client from MongoDB; its tokens stay valid until they expire.
-    Delete { id: String },
+    Delete {
+        /// The client id (generated ids may start with '-').
+        #[arg(allow_hyphen_values = true)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -92,7 +92,7 @@ pub const DEFAULT_RATE_LIMIT_IP: &str = "600/min";
 pub const DEFAULT_RATE_LIMIT_ACCOUNT: &str = "30/min";
 pub const DEFAULT_MAX_SESSIONS_PER_USER: u32 = 100;
 
-/// Largest allowed keyset reload interval: SPEC §8 promises every instance reloads within 30 s.
+/// Largest allowed keyset reload interval: docs/keys.md promises every instance reloads within 30 s.
 pub const MAX_KEYSET_RELOAD: Duration = Duration::from_secs(30);
 
 /// Where configuration values come from.
@@ -327,7 +327,7 @@ impl std::str::FromStr for IpNet {
     }
 }
 
-/// How tokend keeps its state (SPEC §2).
+/// How tokend keeps its state (docs/operations.md).
 #[derive(Debug, Clone)]
 pub enum Mode {
     /// Everything in process memory, keys in a directory.

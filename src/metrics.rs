@@ -1,4 +1,4 @@
-//! The Prometheus registry and typed metric handles (SPEC §9). One registry per application
+//! The Prometheus registry and typed metric handles (docs/hardening.md). One registry per application
 //! (no globals), labelled by route template, status, grant, algorithm — never by raw path, user
 //! or client id.
 

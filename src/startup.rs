@@ -12,7 +12,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::config::{Config, Mode};
 use crate::domain::clients::{load_static_clients, Clients};
 use crate::domain::{Passwords, ServiceParts, Services};
-use crate::http::router::{Router, Surface};
+use crate::http::router::{Listener, Router};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
 use crate::http::state::{AppState, CookieSettings, ReadinessCheck};
@@ -368,10 +368,8 @@ impl Application {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
                 tracing::info!(addr = ?addr, "metrics, healthz and readyz listening");
-                let service = stack::build(
-                    Router::with_surface(self.state.clone(), Surface::Ops),
-                    Vec::new(),
-                );
+                let service =
+                    stack::build(Router::new(self.state.clone(), Listener::Ops), Vec::new());
                 let mut stop = stop_rx.clone();
                 Some(tokio::spawn(server::serve(
                     listener,
@@ -384,12 +382,12 @@ impl Application {
                 )))
             }
         };
-        let surface = if ops.is_some() {
-            Surface::Public
+        let listener = if ops.is_some() {
+            Listener::Api
         } else {
-            Surface::All
+            Listener::All
         };
-        let service = stack::build(Router::with_surface(self.state.clone(), surface), cors);
+        let service = stack::build(Router::new(self.state.clone(), listener), cors);
         server::serve(self.listener, service, self.tls, limits, shutdown).await;
         let _ = stop_tx.send(true);
         if let Some(ops) = ops {

@@ -9,7 +9,7 @@ use super::input::{Email, Password, Username};
 use super::limits::Limits;
 use super::passwords::Verdict;
 use super::sessions::Sessions;
-use super::tokens::AccessClaims;
+use super::tokens::{AccessClaims, Refusal};
 use super::{Error, Passwords};
 use crate::clock::SharedClock;
 use crate::metrics::Metrics;
@@ -234,7 +234,8 @@ impl Accounts {
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, Error> {
         let user = self.check_password(email, password, false).await?;
         let client = super::clients::first_party_client();
-        self.sessions.start_session(&user, &client, "", self.sessions.settings().default_alg())
+        self.sessions
+            .start_session(&user, &client, "", self.sessions.settings().default_alg())
             .await
     }
 
@@ -248,7 +249,7 @@ impl Accounts {
         self.users
             .by_id(&p.claims.sub)
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))
     }
 
     /// `PUT /users/me` (fresh token).
@@ -260,7 +261,7 @@ impl Accounts {
             .users
             .update_username(&p.claims.sub, username.as_str(), now)
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))?;
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
         self.sessions.publish_user_claims(&user).await?;
         Ok(UserView::from(&user))
     }
@@ -282,10 +283,11 @@ impl Accounts {
             .users
             .update_password_hash(&user.id, &hash, self.clock.now_ms())
             .await?
-            .ok_or(Error::TokenRejected("user no longer exists"))?;
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
         // Every family whose login read the record before this write is over, logins in flight
         // included (docs/sessions.md).
-        self.sessions.revoke_all_sessions(&user.id, Some(user.credentials_version))
+        self.sessions
+            .revoke_all_sessions(&user.id, Some(user.credentials_version))
             .await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
         Ok(())

@@ -1,4 +1,4 @@
-//! Administration (SPEC §9): list users, set roles, revoke a user's sessions. Every operation
+//! Administration (docs/hardening.md): list users, set roles, revoke a user's sessions. Every operation
 //! requires role `admin`.
 
 use serde::Serialize;
@@ -202,7 +202,8 @@ impl Admin {
         if removed {
             // Also ends the logins that read the old roles and were still in flight
             // (docs/sessions.md).
-            self.sessions.revoke_all_sessions(id, Some(user.credentials_version))
+            self.sessions
+                .revoke_all_sessions(id, Some(user.credentials_version))
                 .await?;
         }
         tracing::info!(admin = %p.claims.sub, user_id = %id, roles = ?roles, "roles changed");

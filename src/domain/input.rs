@@ -1,4 +1,4 @@
-//! Validated inputs, parsed once at the edge (SPEC §4): `Email`, `Username`, `Password`.
+//! Validated inputs, parsed once at the edge (docs/api.md): `Email`, `Username`, `Password`.
 
 use super::Error;
 

@@ -1,4 +1,4 @@
-//! Rate limits (per client IP, per account, per client id) and failed-login back-off (SPEC §9).
+//! Rate limits (per client IP, per account, per client id) and failed-login back-off (docs/hardening.md).
 //! Shared through Redis in production mode, in memory in embedded mode.
 
 use std::net::IpAddr;
@@ -84,7 +84,8 @@ impl Limits {
         }
         let rate = self.rate_ip;
         let key = format!("ip:{ip}");
-        if let Some(wait) = self.store
+        if let Some(wait) = self
+            .store
             .rate_check(&key, self.clock.now_ms(), rate.emission_ms(), rate.count)
             .await?
         {
@@ -100,7 +101,8 @@ impl Limits {
             return Ok(());
         }
         let rate = self.rate_account;
-        if let Some(wait) = self.store
+        if let Some(wait) = self
+            .store
             .rate_check(key, self.clock.now_ms(), rate.emission_ms(), rate.count)
             .await?
         {
@@ -153,10 +155,7 @@ impl Limits {
             return Ok(());
         }
         let now = self.clock.now_ms();
-        if let Some(until) = self.store
-            .reserve_attempt(account, now, BACKOFF)
-            .await?
-        {
+        if let Some(until) = self.store.reserve_attempt(account, now, BACKOFF).await? {
             self.metrics.login_backoff.inc();
             self.metrics.logins.with_label_values(&["backoff"]).inc();
             return Err(Error::RateLimited(retry_secs(until - now)));

@@ -21,7 +21,7 @@ use crate::keys::{KeyError, Keys};
 use crate::store::{ClientStore, SessionStore, StoreError, UserStore};
 
 pub use passwords::Passwords;
-pub use tokens::{AccessClaims, RefreshClaims, Tokens};
+pub use tokens::{AccessClaims, RefreshClaims, Refusal, Tokens};
 
 /// What a domain operation can answer besides success.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,9 +35,9 @@ pub enum Error {
     /// Unknown email or wrong password: one answer for both.
     #[error("invalid email or password")]
     InvalidCredentials,
-    /// A bearer token was refused; the reason is safe to show.
+    /// A bearer token was refused; the reason's description is safe to show.
     #[error("{0}")]
-    TokenRejected(&'static str),
+    TokenRejected(Refusal),
     /// The action needs a token minted by a password login.
     #[error("fresh token required")]
     FreshTokenRequired,
@@ -76,11 +76,11 @@ impl From<KeyError> for Error {
     }
 }
 
-/// Why a refresh token was refused (SPEC §6).
+/// Why a refresh token was refused (docs/sessions.md).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
     #[error("refresh token invalid: {0}")]
-    InvalidToken(&'static str),
+    InvalidToken(Refusal),
     #[error("refresh token reuse detected; the session is revoked")]
     Reused,
     #[error("session revoked")]
@@ -120,7 +120,11 @@ pub struct ServiceParts {
 
 impl Services {
     pub fn build(p: ServiceParts) -> Services {
-        let tokens = Tokens::new(p.config.issuer.clone(), p.config.audience.clone(), p.keys.clone());
+        let tokens = Tokens::new(
+            p.config.issuer.clone(),
+            p.config.audience.clone(),
+            p.keys.clone(),
+        );
         let limits = Arc::new(limits::Limits::new(
             p.limits,
             p.clock.clone(),

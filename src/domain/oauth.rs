@@ -1,4 +1,4 @@
-//! The OAuth2 rules (SPEC §7): client authentication (RFC 6749 §2.3), the token endpoint's
+//! The OAuth2 rules (docs/api.md): client authentication (RFC 6749 §2.3), the token endpoint's
 //! grants (RFC 6749 §4.3, §4.4, §6), revocation (RFC 7009) and introspection (RFC 7662). No
 //! HTTP here: `http/oauth.rs` parses the request and renders what these functions decide.
 
@@ -149,7 +149,7 @@ impl Introspection {
 /// The members of an active token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenDetails {
-    /// Omitted when the token has no scope (SPEC §5; RFC 7662 §2.2 makes it optional).
+    /// Omitted when the token has no scope (docs/tokens.md; RFC 7662 §2.2 makes it optional).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub scope: String,
     pub client_id: String,
@@ -327,7 +327,8 @@ impl OAuth {
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
         let user = self.accounts.check_password(login, password, true).await?;
         let pair = self
-            .sessions.start_session(&user, client, &scope, self.sessions.client_alg(client))
+            .sessions
+            .start_session(&user, client, &scope, self.sessions.client_alg(client))
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
         Ok(TokenResponse {
@@ -340,7 +341,7 @@ impl OAuth {
         })
     }
 
-    /// RFC 6749 §6: the family rules of SPEC §6. A requested scope must be within the one
+    /// RFC 6749 §6: the family rules of docs/sessions.md. A requested scope must be within the one
     /// originally granted; the family keeps its scope.
     async fn refresh_grant(
         &self,

@@ -6,15 +6,15 @@ use std::sync::Arc;
 
 use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
-use super::tokens::{describe_reason, AccessClaims, Audience, RefreshClaims, LEEWAY_SECS};
+use super::tokens::{AccessClaims, Audience, RefreshClaims, Refusal, LEEWAY_SECS};
 use super::{ids, Error, RefreshError, Tokens};
 use crate::clock::{ms, secs, SharedClock};
 use crate::config::Config;
 use crate::keys::Alg;
 use crate::metrics::Metrics;
 use crate::store::{
-    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest,
-    SessionStore, UserClaims, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
+    UserClaims, UserRecord, UserStore,
 };
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay
@@ -147,21 +147,28 @@ impl Sessions {
         status: &AccessStatus,
     ) -> Result<Principal, Error> {
         if status.jti_revoked {
-            return Err(self.rejected("revoked"));
+            return Err(self.rejected(Refusal::Revoked));
         }
         if status.revoked(claims.sid.as_deref()) {
-            return Err(self.rejected("session_revoked"));
+            return Err(self.rejected(Refusal::SessionRevoked));
         }
         Ok(Principal { claims })
     }
 
     /// Counts a refused bearer token by reason and turns it into the domain error.
-    pub fn rejected(&self, reason: &'static str) -> Error {
+    pub fn rejected(&self, refusal: Refusal) -> Error {
+        Error::TokenRejected(self.refused(refusal))
+    }
+
+    /// Counts a refused token by reason and logs the reason; gives the refusal back for the
+    /// error that carries it to the client.
+    pub fn refused(&self, refusal: Refusal) -> Refusal {
         self.metrics
             .validation_failures
-            .with_label_values(&[reason])
+            .with_label_values(&[refusal.as_label()])
             .inc();
-        Error::TokenRejected(describe_reason(reason))
+        tracing::debug!(reason = refusal.as_label(), "token refused");
+        refusal
     }
 
     /// A fresh `jti`/`sid`.
@@ -246,7 +253,6 @@ impl Sessions {
             .issued("client_credentials", "access", alg.as_str());
         Ok((token, ttl))
     }
-
 
     /// The signing algorithm of a client (its own, else the default).
     pub fn client_alg(&self, client: &ClientRecord) -> Alg {
@@ -384,21 +390,17 @@ impl Sessions {
         let claims = self
             .tokens
             .decode_refresh(refresh_token, now)
-            .map_err(|r| {
-                self.metrics
-                    .validation_failures
-                    .with_label_values(&[r])
-                    .inc();
-                RefreshError::InvalidToken(describe_reason(r))
-            })?;
+            .map_err(|r| RefreshError::InvalidToken(self.refused(r)))?;
         if let Some(c) = expected_client {
             if c.client_id != claims.client_id {
-                return Err(RefreshError::InvalidToken("issued to another client").into());
+                return Err(RefreshError::InvalidToken(Refusal::OtherClient).into());
             }
         }
         let client = match expected_client {
             Some(c) => c.clone(),
-            None if claims.client_id == super::FIRST_PARTY_CLIENT => super::clients::first_party_client(),
+            None if claims.client_id == super::FIRST_PARTY_CLIENT => {
+                super::clients::first_party_client()
+            }
             None => {
                 let client = self
                     .clients

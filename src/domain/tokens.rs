@@ -92,9 +92,111 @@ fn to_map<T: Serialize>(claims: &T) -> Result<Map<String, Value>, Error> {
     }
 }
 
-/// A short, safe reason for a refused token (also a metric label).
-pub fn token_error_reason(e: &TokenError) -> &'static str {
-    e.reason()
+/// Why a token was refused: one value that is at once the metric label
+/// (`tokend_token_validation_failures_total{reason}`, [`Refusal::as_label`]), the log field and
+/// the `error_description` sent to the client ([`Refusal::description`], safe to show; RFC 6750
+/// §3). The validation steps are those of docs/tokens.md ("Validation").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// `exp` passed, beyond the leeway (RFC 7519 §4.1.4).
+    Expired,
+    /// `nbf` (or `iat`) still ahead, beyond the leeway (RFC 7519 §4.1.5).
+    NotYetValid,
+    /// `iss` is not this issuer (RFC 7519 §4.1.1).
+    Issuer,
+    /// `aud` does not name this audience (RFC 7519 §4.1.3).
+    Audience,
+    /// `typ` missing or not the expected token type (RFC 9068 §2.1).
+    Typ,
+    /// `alg` missing, not accepted, or not the algorithm of the key named by `kid`.
+    Alg,
+    /// `kid` missing or not in the key ring.
+    Kid,
+    /// The key named by `kid` has been revoked (docs/keys.md).
+    KeyRevoked,
+    /// The signature does not verify.
+    Signature,
+    /// The claims do not have the shape of a token of this type.
+    Claims,
+    /// Not a JWS compact serialisation with a JSON header and JSON claims.
+    Malformed,
+    /// The token's `jti` was revoked (docs/sessions.md).
+    Revoked,
+    /// The token's family or all of the user's sessions were revoked (docs/sessions.md).
+    SessionRevoked,
+    /// No bearer token in the request (RFC 6750 §3.1).
+    Missing,
+    /// The token's user no longer exists.
+    UnknownUser,
+    /// A refresh token presented by another client than the one it was issued to.
+    OtherClient,
+}
+
+impl Refusal {
+    /// The metric label and log field: short, stable, never changed once dashboards and alert
+    /// rules may read it.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Refusal::Expired => "expired",
+            Refusal::NotYetValid => "not_yet_valid",
+            Refusal::Issuer => "issuer",
+            Refusal::Audience => "audience",
+            Refusal::Typ => "typ",
+            Refusal::Alg => "alg",
+            Refusal::Kid => "kid",
+            Refusal::KeyRevoked => "key_revoked",
+            Refusal::Signature => "signature",
+            Refusal::Claims => "claims",
+            Refusal::Malformed => "malformed",
+            Refusal::Revoked => "revoked",
+            Refusal::SessionRevoked => "session_revoked",
+            Refusal::Missing => "missing",
+            Refusal::UnknownUser => "unknown_user",
+            Refusal::OtherClient => "other_client",
+        }
+    }
+
+    /// The `error_description`: a short sentence, safe to send. A revoked key and claims of
+    /// the wrong shape are answered as a malformed token, as they always have been; the label
+    /// tells them apart for operators.
+    pub fn description(self) -> &'static str {
+        match self {
+            Refusal::Expired => "token expired",
+            Refusal::NotYetValid => "token not yet valid",
+            Refusal::Issuer => "token issued by another issuer",
+            Refusal::Audience => "token not meant for this audience",
+            Refusal::Typ => "wrong token type",
+            Refusal::Alg => "algorithm not accepted",
+            Refusal::Kid => "unknown signing key",
+            Refusal::Signature => "bad signature",
+            Refusal::Revoked => "token revoked",
+            Refusal::SessionRevoked => "session revoked",
+            Refusal::Missing => "missing bearer token",
+            Refusal::UnknownUser => "user no longer exists",
+            Refusal::OtherClient => "issued to another client",
+            Refusal::KeyRevoked | Refusal::Claims | Refusal::Malformed => "malformed token",
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    /// The description (what `error_description` carries).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+impl From<TokenError> for Refusal {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Malformed => Refusal::Malformed,
+            TokenError::UnsupportedAlg | TokenError::KeyMismatch => Refusal::Alg,
+            TokenError::WrongType => Refusal::Typ,
+            TokenError::UnknownKey => Refusal::Kid,
+            TokenError::RevokedKey => Refusal::KeyRevoked,
+            TokenError::BadSignature => Refusal::Signature,
+        }
+    }
 }
 
 impl Tokens {
@@ -121,13 +223,10 @@ impl Tokens {
     }
 
     /// Signature, header and time checks of an access token; revocation is checked by the caller.
-    pub fn decode_access(&self, token: &str, now: i64) -> Result<AccessClaims, &'static str> {
-        let v = self
-            .keys
-            .verify(token, ACCESS_TYP, now)
-            .map_err(|e| e.reason())?;
+    pub fn decode_access(&self, token: &str, now: i64) -> Result<AccessClaims, Refusal> {
+        let v = self.keys.verify(token, ACCESS_TYP, now)?;
         let c: AccessClaims =
-            serde_json::from_value(Value::Object(v.claims)).map_err(|_| "claims")?;
+            serde_json::from_value(Value::Object(v.claims)).map_err(|_| Refusal::Claims)?;
         self.check_times(
             &c.iss,
             &c.aud,
@@ -141,13 +240,10 @@ impl Tokens {
     }
 
     /// Signature, header and time checks of a refresh token.
-    pub fn decode_refresh(&self, token: &str, now: i64) -> Result<RefreshClaims, &'static str> {
-        let v = self
-            .keys
-            .verify(token, REFRESH_TYP, now)
-            .map_err(|e| e.reason())?;
+    pub fn decode_refresh(&self, token: &str, now: i64) -> Result<RefreshClaims, Refusal> {
+        let v = self.keys.verify(token, REFRESH_TYP, now)?;
         let c: RefreshClaims =
-            serde_json::from_value(Value::Object(v.claims)).map_err(|_| "claims")?;
+            serde_json::from_value(Value::Object(v.claims)).map_err(|_| Refusal::Claims)?;
         self.check_times(&c.iss, &c.aud, &self.issuer, c.exp, None, c.iat, now)?;
         Ok(c)
     }
@@ -162,38 +258,20 @@ impl Tokens {
         nbf: Option<i64>,
         iat: i64,
         now: i64,
-    ) -> Result<(), &'static str> {
+    ) -> Result<(), Refusal> {
         if iss != self.issuer {
-            return Err("issuer");
+            return Err(Refusal::Issuer);
         }
         if !aud.contains(expected_aud) {
-            return Err("audience");
+            return Err(Refusal::Audience);
         }
         if time::is_expired(exp, now, LEEWAY_SECS) {
-            return Err("expired");
+            return Err(Refusal::Expired);
         }
         if time::is_not_yet_valid(nbf.unwrap_or(iat), now, LEEWAY_SECS) {
-            return Err("not_yet_valid");
+            return Err(Refusal::NotYetValid);
         }
         Ok(())
-    }
-}
-
-/// A human sentence for a refusal reason (safe to send).
-pub fn describe_reason(reason: &str) -> &'static str {
-    match reason {
-        "expired" => "token expired",
-        "not_yet_valid" => "token not yet valid",
-        "issuer" => "token issued by another issuer",
-        "audience" => "token not meant for this audience",
-        "typ" => "wrong token type",
-        "alg" => "algorithm not accepted",
-        "kid" => "unknown signing key",
-        "signature" => "bad signature",
-        "revoked" => "token revoked",
-        "session_revoked" => "session revoked",
-        "missing" => "missing bearer token",
-        _ => "malformed token",
     }
 }
 
@@ -231,6 +309,50 @@ mod tests {
             client_id: "tokend".into(),
             scope: scope.into(),
         }
+    }
+
+    #[test]
+    fn key_ring_refusals_keep_their_labels() {
+        assert_eq!(Refusal::from(TokenError::Malformed).as_label(), "malformed");
+        assert_eq!(Refusal::from(TokenError::UnsupportedAlg).as_label(), "alg");
+        assert_eq!(Refusal::from(TokenError::KeyMismatch).as_label(), "alg");
+        assert_eq!(Refusal::from(TokenError::WrongType).as_label(), "typ");
+        assert_eq!(Refusal::from(TokenError::UnknownKey).as_label(), "kid");
+        assert_eq!(
+            Refusal::from(TokenError::RevokedKey).as_label(),
+            "key_revoked"
+        );
+        assert_eq!(
+            Refusal::from(TokenError::BadSignature).as_label(),
+            "signature"
+        );
+    }
+
+    #[test]
+    fn labels_are_distinct_and_descriptions_are_the_error_descriptions() {
+        let all = [
+            Refusal::Expired,
+            Refusal::NotYetValid,
+            Refusal::Issuer,
+            Refusal::Audience,
+            Refusal::Typ,
+            Refusal::Alg,
+            Refusal::Kid,
+            Refusal::KeyRevoked,
+            Refusal::Signature,
+            Refusal::Claims,
+            Refusal::Malformed,
+            Refusal::Revoked,
+            Refusal::SessionRevoked,
+            Refusal::Missing,
+            Refusal::UnknownUser,
+            Refusal::OtherClient,
+        ];
+        let labels: std::collections::HashSet<_> = all.iter().map(|r| r.as_label()).collect();
+        assert_eq!(labels.len(), all.len());
+        assert_eq!(Refusal::Expired.to_string(), "token expired");
+        assert_eq!(Refusal::Revoked.description(), "token revoked");
+        assert_eq!(Refusal::KeyRevoked.description(), "malformed token");
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! One connection's clock (SPEC §9, "Connections"): how long it may take to send a request head,
+//! One connection's clock (docs/hardening.md, "Connections"): how long it may take to send a request head,
 //! how long it may sit idle, and closing it when either runs out.
 //!
 //! hyper's own HTTP/1 header-read timer starts only once the auto builder has told HTTP/1 from

@@ -176,7 +176,9 @@ impl From<DomainError> for ApiError {
                 ApiError::Conflict(format!("{field} already registered"))
             }
             DomainError::InvalidCredentials => ApiError::InvalidCredentials,
-            DomainError::TokenRejected(reason) => ApiError::InvalidToken(reason.to_string()),
+            DomainError::TokenRejected(refusal) => {
+                ApiError::InvalidToken(refusal.description().into())
+            }
             DomainError::FreshTokenRequired => ApiError::Forbidden {
                 code: "fresh_token_required",
                 description: "this action needs a token from a password login".into(),

@@ -1,5 +1,5 @@
-//! The only place that knows HTTP: the server, the layer stack, the router, the error mapping
-//! and one thin handler file per surface.
+//! The only place that knows HTTP: the server, the layer stack, the route table, the router,
+//! the error mapping and one thin handler file per surface.
 
 pub mod admin;
 pub mod auth;
@@ -9,6 +9,7 @@ pub mod oauth;
 pub mod openapi;
 pub mod ops;
 pub mod router;
+pub mod routes;
 pub mod server;
 pub mod stack;
 pub mod state;
@@ -142,7 +143,7 @@ pub fn empty(status: StatusCode) -> ApiResult {
 /// so only a misconfigured proxy lands here.
 pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
-/// The client's IP (SPEC §9): the TCP peer, unless the peer is in `TOKEND_TRUSTED_PROXIES`.
+/// The client's IP (docs/hardening.md): the TCP peer, unless the peer is in `TOKEND_TRUSTED_PROXIES`.
 ///
 /// From a trusted peer the client comes from `X-Forwarded-For`: every such header in order,
 /// read as one comma-separated list, entry by entry from the right. An entry may carry a port

@@ -1,4 +1,4 @@
-//! The OAuth2 surface (SPEC §7): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
+//! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
 //! (RFC 7009) and `POST /oauth/introspect` (RFC 7662). Form-encoded bodies only; clients
 //! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
 //! the body (`client_secret_post`), or, when public, with `client_id` alone.

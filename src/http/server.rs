@@ -1,5 +1,5 @@
 //! The accept loop: each connection (plain TCP, or TLS with rustls) served by hyper-util's auto
-//! builder (HTTP/1, HTTP/2), under the connection rules of SPEC §9: at most
+//! builder (HTTP/1, HTTP/2), under the connection rules of docs/hardening.md: at most
 //! `TOKEND_MAX_CONNECTIONS` open (the loop waits for a free slot before it accepts), at most
 //! `TOKEND_MAX_CONNECTIONS_PER_IP` from one peer, and the header-read and idle deadlines of
 //! [`super::conn`]. On shutdown it stops accepting and drains in-flight requests within a grace

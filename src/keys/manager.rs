@@ -29,7 +29,7 @@ const LEASE_TTL_MS: i64 = 120_000;
 /// How long operator commands wait for the lease before answering [`KeyError::Busy`].
 const LEASE_WAIT: Duration = Duration::from_secs(10);
 const LEASE_RETRY: Duration = Duration::from_millis(200);
-/// Longest maintenance interval: every instance reloads within 30 s (SPEC §8).
+/// Longest maintenance interval: every instance reloads within 30 s (docs/keys.md).
 const MAX_RELOAD: Duration = Duration::from_secs(30);
 const MIN_RELOAD: Duration = Duration::from_millis(50);
 

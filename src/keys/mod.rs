@@ -37,7 +37,7 @@ pub use tokend_token_shape::Alg;
 
 /// Default RSA modulus size in bits.
 pub const DEFAULT_RSA_BITS: usize = 3072;
-/// Smallest RSA modulus accepted (SPEC §8).
+/// Smallest RSA modulus accepted (docs/keys.md).
 pub const MIN_RSA_BITS: usize = 2048;
 /// Leeway added to the longest token lifetime to get a retired key's retention: the validation
 /// leeway, since a token is accepted that long past its `exp`.
@@ -166,7 +166,8 @@ pub struct Verified {
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Why a token's header or signature was refused.
+/// Why a token's header or signature was refused (the domain's `Refusal` gives each its label
+/// and description).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// Not a JWS compact serialisation with a JSON header and JSON object claims.
@@ -190,20 +191,6 @@ pub enum TokenError {
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
-}
-
-impl TokenError {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            TokenError::Malformed => "malformed",
-            TokenError::UnsupportedAlg | TokenError::KeyMismatch => "alg",
-            TokenError::WrongType => "typ",
-            TokenError::UnknownKey => "kid",
-            TokenError::RevokedKey => "key_revoked",
-            TokenError::BadSignature => "signature",
-        }
-    }
 }
 
 /// What can go wrong managing keys.
@@ -353,14 +340,5 @@ mod tests {
         for bad in ["", "../etc", "a/b", "a.b", "a b", "a%2f", "é"] {
             assert!(!is_valid_kid(bad), "{bad}");
         }
-    }
-
-    #[test]
-    fn token_error_reasons_are_short_labels() {
-        assert_eq!(TokenError::Malformed.reason(), "malformed");
-        assert_eq!(TokenError::UnsupportedAlg.reason(), "alg");
-        assert_eq!(TokenError::WrongType.reason(), "typ");
-        assert_eq!(TokenError::UnknownKey.reason(), "kid");
-        assert_eq!(TokenError::BadSignature.reason(), "signature");
     }
 }

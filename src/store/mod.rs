@@ -190,7 +190,7 @@ impl UserClaims {
     }
 }
 
-/// A new refresh family (SPEC §6), started by a login.
+/// A new refresh family (docs/sessions.md), started by a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFamily {
     pub sid: String,
@@ -330,14 +330,14 @@ pub struct FamilyState {
     pub user: Option<UserClaims>,
 }
 
-/// Refresh families and revocations, each record with a TTL (SPEC §6).
+/// Refresh families and revocations, each record with a TTL (docs/sessions.md).
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Starts a family: adds it to the user's families (ending the oldest beyond
     /// `max_sessions`), then writes it under the user's current session generation. Returns
     /// how many older families it ended.
     async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError>;
-    /// The atomic exchange of SPEC §6: exactly one successor per refresh token.
+    /// The atomic exchange of docs/sessions.md: exactly one successor per refresh token.
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError>;
     /// A refresh exchange together with the family it happens in: `None` when the family is
@@ -413,7 +413,7 @@ pub trait LeaseStore: Send + Sync {
     async fn release(&self, name: &str, holder: &str) -> Result<(), StoreError>;
 }
 
-/// Rate limits and failed-login back-off (SPEC §9), shared by every instance in production
+/// Rate limits and failed-login back-off (docs/hardening.md), shared by every instance in production
 /// mode. Keys are opaque (the caller hashes anything personal).
 #[async_trait]
 pub trait LimitStore: Send + Sync {

@@ -1,5 +1,5 @@
 //! Redis: refresh families, revocations, per-user not-before marks and the rotation lease
-//! (SPEC §6). Every key lives under a prefix (default `tokend:`), carries a hash tag so each
+//! (docs/sessions.md). Every key lives under a prefix (default `tokend:`), carries a hash tag so each
 //! record sits in one cluster slot, and is written with a TTL, so Redis never grows without
 //! bound:
 //!
@@ -79,7 +79,7 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The refresh exchange of SPEC §6 on one family hash.
+/// The refresh exchange of docs/sessions.md on one family hash.
 ///
 /// KEYS[1] family; ARGV: presented jti, new refresh jti, new access jti, issued_at, now_ms,
 /// leeway_ms, ttl_ms, revoked_ttl_ms.

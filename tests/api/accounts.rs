@@ -1,4 +1,4 @@
-//! Accounts: the seed's register, login and profile API (SPEC §4) in both modes.
+//! Accounts: the seed's register, login and profile API (docs/api.md) in both modes.
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};

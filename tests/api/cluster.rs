@@ -1,4 +1,4 @@
-//! Redis Cluster: the sessions suite (SPEC §6) on a real three-master cluster made with
+//! Redis Cluster: the sessions suite (docs/sessions.md) on a real three-master cluster made with
 //! `redis-cli --cluster create`, through `TOKEND_REDIS_URL=redis+cluster://h1:p1,h2:p2,h3:p3`.
 //!
 //! The bodies are the ones of `sessions.rs`, run with `services::redis_url` answering the

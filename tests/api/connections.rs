@@ -1,4 +1,4 @@
-//! Connections (SPEC §9, "Connections" and `X-Forwarded-For`): header-read and idle deadlines on
+//! Connections (docs/hardening.md, "Connections" and `X-Forwarded-For`): header-read and idle deadlines on
 //! HTTP/1, HTTP/2 and TLS, keep-alive PINGs, the connection caps, and the client address behind a
 //! trusted proxy. Every test talks over real sockets; a close is awaited under a generous outer
 //! bound, never assumed after a sleep.

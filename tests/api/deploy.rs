@@ -1,4 +1,4 @@
-//! The deployment files against a running tokend (SPEC §9, §10): a real Prometheus server,
+//! The deployment files against a running tokend (docs/hardening.md, §10): a real Prometheus server,
 //! configured from `deploy/prometheus/prometheus.yml`, scrapes tokend's metrics listener and
 //! reports the target up with the alert rules loaded and quiet; the rules name only metrics
 //! tokend exports; the container health probe passes against tokend.

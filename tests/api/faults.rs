@@ -1,4 +1,4 @@
-//! Faults under load (SPEC §6, §8, §9): a store stopped and restarted while clients keep
+//! Faults under load (docs/sessions.md, §8, §9): a store stopped and restarted while clients keep
 //! logging in and refreshing, and tokend killed with SIGKILL in the middle of key rotations.
 //!
 //! The load is a few client tasks, each a loop bounded in count: log in (when it holds no

@@ -1,5 +1,5 @@
 //! Signing keys over HTTP and the CLI: JWKS, lifecycle with a moving clock, rotation across
-//! instances, revocation (SPEC §8).
+//! instances, revocation (docs/keys.md).
 
 use std::process::Command;
 use std::time::Duration;
@@ -250,7 +250,10 @@ async fn two_instances_rotate_once_and_serve_identical_jwks() {
         "one keyset, not two"
     );
     clock.advance(Duration::from_secs(3600 + 1));
-    let (ra, rb) = tokio::join!(a.state.published.keys().tick(), b.state.published.keys().tick());
+    let (ra, rb) = tokio::join!(
+        a.state.published.keys().tick(),
+        b.state.published.keys().tick()
+    );
     ra.unwrap();
     rb.unwrap();
     a.state.published.keys().tick().await.unwrap();

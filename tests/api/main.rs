@@ -11,6 +11,7 @@ mod fuzz;
 mod hardening;
 mod helpers;
 mod keys;
+mod layout;
 mod multi_instance;
 mod oauth;
 mod openapi;

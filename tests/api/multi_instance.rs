@@ -1,5 +1,5 @@
 //! Several instances: three `tokend serve` processes of the real binary on one MongoDB-wire
-//! server and one Redis (SPEC §2, §6, §8, §9). What one instance issues, every other accepts;
+//! server and one Redis (docs/operations.md, §6, §8, §9). What one instance issues, every other accepts;
 //! what one revokes, every other refuses at once; rate-limit budgets are one budget; a due key
 //! rotation happens once and every instance publishes the successor before it signs.
 //!

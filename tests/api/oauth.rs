@@ -1,4 +1,4 @@
-//! The OAuth2 surface (SPEC §7): the token endpoint's grants and errors, client authentication,
+//! The OAuth2 surface (docs/api.md): the token endpoint's grants and errors, client authentication,
 //! revocation, introspection, discovery, the clients CLI, and an independent OAuth client and JWT
 //! library driving tokend.
 
@@ -1557,7 +1557,7 @@ async fn a_family_without_the_users_claims_falls_back_to_the_user_store() {
     assert_eq!(app.introspect(&refresh).await["username"], user.username);
 }
 
-/// The keys of a JSON object that hold nothing: `""`, `[]` or `{}` (SPEC §5).
+/// The keys of a JSON object that hold nothing: `""`, `[]` or `{}` (docs/tokens.md).
 fn empty_members(v: &Value) -> Vec<String> {
     v.as_object()
         .unwrap_or_else(|| panic!("not an object: {v}"))
@@ -1581,7 +1581,7 @@ fn assert_no_scope_nor_empty_members(what: &str, v: &Value) {
     );
 }
 
-/// SPEC §5: a claim with nothing in it is left out, never sent empty. The built-in client has no
+/// docs/tokens.md: a claim with nothing in it is left out, never sent empty. The built-in client has no
 /// scopes and `bare` neither; strict RFC 9068 validators refuse `"scope":""` and `"roles":[]`.
 async fn empty_scope_and_roles_are_left_out_of_tokens_and_answers(mode: Mode) {
     let app = spawn_oauth(mode).await;
@@ -1674,7 +1674,11 @@ fn resign_with(app: &TestApp, token: &str, typ: &str, extra: &Value) -> String {
         unreachable!()
     };
     let alg = tokend::keys::Alg::parse(header(token)["alg"].as_str().unwrap()).unwrap();
-    app.state.published.keys().sign(alg, typ, &map, iat).unwrap()
+    app.state
+        .published
+        .keys()
+        .sign(alg, typ, &map, iat)
+        .unwrap()
 }
 
 /// Tokens issued before the change, with `"scope":""` and `"roles":[]`, stay valid until they

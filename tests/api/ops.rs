@@ -1,4 +1,4 @@
-//! Operations and hardening (SPEC §9): metrics, rate limits, back-off, roles, TLS, cookie mode,
+//! Operations and hardening (docs/hardening.md): metrics, rate limits, back-off, roles, TLS, cookie mode,
 //! CORS, limits, logs.
 
 use std::collections::HashMap;

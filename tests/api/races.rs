@@ -1,4 +1,4 @@
-//! Races, each run many times in both modes (SPEC §4, §6): many clients refreshing one token,
+//! Races, each run many times in both modes (docs/api.md, §6): many clients refreshing one token,
 //! many registrations of one name, logout and logout-all racing refreshes of the same family.
 //! In production mode the racing requests are split over two instances sharing the stores.
 //!

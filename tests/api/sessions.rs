@@ -1,4 +1,4 @@
-//! Sessions: refresh families, rotation, reuse detection and revocation (SPEC §6).
+//! Sessions: refresh families, rotation, reuse detection and revocation (docs/sessions.md).
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Bounded state (SPEC §6, §9): a soak of logins, refreshes, reuse detections, logouts and
+//! Bounded state (docs/sessions.md, §9): a soak of logins, refreshes, reuse detections, logouts and
 //! logouts-everywhere against a `tokend` process in production mode, with short lifetimes
 //! (access 3 s, refresh and session 5 s, so revocation records live 35 s), paced and bounded in
 //! time (about two minutes in all, loopback only).

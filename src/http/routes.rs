@@ -1,0 +1,411 @@
+//! The route table: every route tokend serves, declared once with its methods and handlers,
+//! its path template, its rate-limit class, its timeout class, whether it is answered from
+//! memory, and the listener surface that serves it. The router, the layer stack, the metrics
+//! and the OpenAPI test all read this one table (docs/api.md).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::LazyLock;
+
+use http::{Method, Request};
+use hyper::body::Incoming;
+
+use super::state::AppState;
+use super::{admin, auth, oauth, openapi, ops, users, wellknown, ApiResult};
+
+/// The future of a handler, boxed so that every handler fits one table.
+pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
+
+/// A handler function `async fn(&AppState, Request<Incoming>) -> ApiResult`, its future boxed.
+pub(crate) type AsyncHandler = for<'a> fn(&'a AppState, Request<Incoming>) -> HandlerFuture<'a>;
+
+/// A document answered from memory: `fn(&AppState, &Request<Incoming>) -> ApiResult`.
+pub(crate) type MemoryHandler = fn(&AppState, &Request<Incoming>) -> ApiResult;
+
+/// How a route answers one method.
+#[derive(Clone, Copy)]
+pub(crate) enum Handler {
+    /// Answered in the call itself from bytes in memory: no task, no timer, no store, no body
+    /// (the JWKS fast path of BENCHMARKS.md).
+    Memory(MemoryHandler),
+    /// Run as a future under the route's timeout.
+    Async(AsyncHandler),
+}
+
+/// A handler function as a table entry.
+macro_rules! handler {
+    ($f:path) => {
+        Handler::Async(|state, req| Box::pin($f(state, req)))
+    };
+}
+
+/// Whether the per-IP rate limit applies before the handler (docs/operations.md, "Limits";
+/// docs/hardening.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateLimit {
+    None,
+    /// `TOKEND_RATE_LIMIT_IP`, per client address.
+    PerIp,
+}
+
+/// How long the route may take before it is answered 503 `temporarily_unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timeout {
+    /// No timer: the route is answered from memory, in the call itself.
+    None,
+    /// `TOKEND_REQUEST_TIMEOUT`.
+    Request,
+}
+
+/// Which listener serves a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The API listener (`TOKEND_LISTEN`).
+    Api,
+    /// The operational routes that `TOKEND_METRICS_LISTEN` moves to a listener of their own
+    /// (docs/operations.md, "Health and metrics"); without it the API listener serves them too.
+    Ops,
+}
+
+/// One route of the table.
+pub struct Route {
+    /// Position in the table; stands for the template in the metric handle cache.
+    index: u8,
+    template: &'static str,
+    /// The literal text around the `{id}` segment, when the template has one.
+    param: Option<(&'static str, &'static str)>,
+    /// The methods in the order of `Allow`; `HEAD` is answered by the `GET` handler
+    /// (RFC 9110 §9.3.2).
+    handlers: Vec<(Method, Handler)>,
+    /// The `Allow` header of a 405 (RFC 9110 §15.5.6).
+    allow: String,
+    rate_limit: RateLimit,
+    timeout: Timeout,
+    surface: Surface,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("template", &self.template)
+            .field("allow", &self.allow)
+            .field("rate_limit", &self.rate_limit)
+            .field("timeout", &self.timeout)
+            .field("from_memory", &self.from_memory())
+            .field("surface", &self.surface)
+            .finish()
+    }
+}
+
+/// The table. Templates are literal paths except for one `{id}` segment (a user id: 1 to 64
+/// ASCII letters, digits, `-` or `_`); no two routes match the same path.
+fn table() -> Vec<Route> {
+    vec![
+        Route::at("/auth/register")
+            .post(handler!(auth::register))
+            .rate_limited(),
+        Route::at("/auth/login")
+            .post(handler!(auth::login))
+            .rate_limited(),
+        Route::at("/auth/token/refresh")
+            .post(handler!(auth::refresh))
+            .rate_limited(),
+        Route::at("/auth/logout").post(handler!(auth::logout)),
+        Route::at("/auth/logout/all").post(handler!(auth::logout_all)),
+        Route::at("/auth/verify").get(handler!(auth::verify)),
+        Route::at("/users/me")
+            .get(handler!(users::me))
+            .put(handler!(users::update_me)),
+        Route::at("/users/me/password").put(handler!(users::change_password)),
+        Route::at("/.well-known/jwks.json").memory(wellknown::jwks),
+        Route::at("/.well-known/oauth-authorization-server")
+            .memory(wellknown::authorization_server),
+        Route::at("/.well-known/openid-configuration").memory(wellknown::openid_configuration),
+        Route::at("/oauth/token")
+            .post(handler!(oauth::token))
+            .rate_limited(),
+        Route::at("/oauth/revoke").post(handler!(oauth::revoke)),
+        Route::at("/oauth/introspect").post(handler!(oauth::introspect)),
+        Route::at("/openapi.json").memory(openapi::openapi),
+        Route::at("/healthz")
+            .memory(|_, _| ops::healthz())
+            .on(Surface::Ops),
+        Route::at("/readyz")
+            .get(handler!(ops::readyz))
+            .on(Surface::Ops),
+        Route::at("/metrics")
+            .get(handler!(ops::metrics))
+            .on(Surface::Ops),
+        Route::at("/admin/users").get(handler!(admin::list_users)),
+        Route::at("/admin/users/{id}/roles").put(handler!(admin::set_roles)),
+        Route::at("/admin/users/{id}/revoke-sessions").post(handler!(admin::revoke_sessions)),
+    ]
+}
+
+static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
+    let mut routes = table();
+    for (i, r) in routes.iter_mut().enumerate() {
+        // The metric handle cache keeps 8 bits for the route (a unit test holds the table to it).
+        r.index = u8::try_from(i).unwrap_or(u8::MAX);
+    }
+    routes
+});
+
+/// Every route tokend serves, in table order.
+pub fn routes() -> impl Iterator<Item = &'static Route> {
+    TABLE.iter()
+}
+
+/// The route whose template matches `path` exactly, on any listener.
+pub(crate) fn find(path: &str) -> Option<&'static Route> {
+    TABLE.iter().find(|r| r.matches(path))
+}
+
+/// Whether `s` may stand for `{id}` in a path.
+fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Route {
+    /// A route at `template` with no method yet, rate-limit free, under the request timeout,
+    /// on the API listener.
+    fn at(template: &'static str) -> Route {
+        Route {
+            index: u8::MAX,
+            template,
+            param: template.split_once("{id}"),
+            handlers: Vec::new(),
+            allow: String::new(),
+            rate_limit: RateLimit::None,
+            timeout: Timeout::Request,
+            surface: Surface::Api,
+        }
+    }
+
+    fn method(mut self, method: Method, handler: Handler) -> Route {
+        if !self.allow.is_empty() {
+            self.allow.push_str(", ");
+        }
+        self.allow.push_str(method.as_str());
+        if method == Method::GET {
+            self.allow.push_str(", HEAD");
+        }
+        self.handlers.push((method, handler));
+        self
+    }
+
+    fn get(self, handler: Handler) -> Route {
+        self.method(Method::GET, handler)
+    }
+
+    fn post(self, handler: Handler) -> Route {
+        self.method(Method::POST, handler)
+    }
+
+    fn put(self, handler: Handler) -> Route {
+        self.method(Method::PUT, handler)
+    }
+
+    /// `GET` and `HEAD` answered from memory in the call itself, so without a timer.
+    fn memory(self, answer: MemoryHandler) -> Route {
+        Route {
+            timeout: Timeout::None,
+            ..self.get(Handler::Memory(answer))
+        }
+    }
+
+    fn rate_limited(self) -> Route {
+        Route {
+            rate_limit: RateLimit::PerIp,
+            ..self
+        }
+    }
+
+    fn on(self, surface: Surface) -> Route {
+        Route { surface, ..self }
+    }
+
+    /// The path template (`/admin/users/{id}/roles`): the label of logs and metrics, never the
+    /// raw path.
+    pub fn template(&self) -> &'static str {
+        self.template
+    }
+
+    /// The methods the route answers, `HEAD` included wherever `GET` is.
+    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
+        self.handlers.iter().flat_map(|(m, _)| {
+            let head = (*m == Method::GET).then_some(Method::HEAD);
+            std::iter::once(m.clone()).chain(head)
+        })
+    }
+
+    /// The `Allow` header value (`GET, HEAD, PUT`).
+    pub fn allow(&self) -> &str {
+        &self.allow
+    }
+
+    pub fn rate_limit(&self) -> RateLimit {
+        self.rate_limit
+    }
+
+    pub fn timeout(&self) -> Timeout {
+        self.timeout
+    }
+
+    pub fn surface(&self) -> Surface {
+        self.surface
+    }
+
+    /// Whether the route is answered from memory in the call itself (JWKS, discovery, OpenAPI,
+    /// `/healthz`).
+    pub fn from_memory(&self) -> bool {
+        self.handlers
+            .iter()
+            .any(|(_, h)| matches!(h, Handler::Memory(_)))
+    }
+
+    pub(crate) fn index(&self) -> u8 {
+        self.index
+    }
+
+    /// The handler of `method`, if the route answers it.
+    pub(crate) fn handler(&self, method: &Method) -> Option<Handler> {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
+        self.handlers
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, h)| *h)
+    }
+
+    /// Whether `path` is this route's template, with an id in place of `{id}`.
+    pub(crate) fn matches(&self, path: &str) -> bool {
+        match self.param {
+            None => path == self.template,
+            Some((head, tail)) => path
+                .strip_prefix(head)
+                .and_then(|rest| rest.strip_suffix(tail))
+                .is_some_and(is_id),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn templates_are_unique_and_the_table_fits_the_metric_key() {
+        let templates: std::collections::HashSet<_> = routes().map(Route::template).collect();
+        assert_eq!(templates.len(), routes().count());
+        assert!(routes().count() < usize::from(u8::MAX));
+        for (i, r) in routes().enumerate() {
+            assert_eq!(usize::from(r.index()), i);
+            assert!(!r.allow().is_empty(), "{r:?} has no method");
+        }
+    }
+
+    #[test]
+    fn each_template_matches_itself_only() {
+        for r in routes() {
+            let path = r.template().replace("{id}", "0193a1b2-user");
+            let matching: Vec<_> = routes().filter(|o| o.matches(&path)).collect();
+            assert_eq!(matching.len(), 1, "{path}: {matching:?}");
+            assert_eq!(find(&path).map(Route::template), Some(r.template()));
+        }
+        assert!(find("/auth/login/").is_none());
+        assert!(find("/../etc/passwd").is_none());
+        assert!(find("/admin/users//roles").is_none());
+        assert!(find("/admin/users/../../roles").is_none());
+        assert!(find(&format!("/admin/users/{}/roles", "a".repeat(65))).is_none());
+    }
+
+    #[test]
+    fn ids_follow_the_admin_handlers_rule() {
+        let (longest, too_long) = ("x".repeat(64), "x".repeat(65));
+        let ids = [
+            "u-1", "A_b", "", "a/b", "a.b", "é", "..", &longest, &too_long,
+        ];
+        for id in ids {
+            let path = format!("/admin/users/{id}/roles");
+            assert_eq!(
+                find(&path).is_some(),
+                admin::user_id_of(&path, "/roles").is_some(),
+                "{id:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn methods_and_allow_agree() {
+        let me = find("/users/me").unwrap();
+        assert_eq!(me.allow(), "GET, HEAD, PUT");
+        let methods: Vec<_> = me.methods().map(|m| m.to_string()).collect();
+        assert_eq!(methods.join(", "), me.allow());
+        assert!(me.handler(&Method::HEAD).is_some());
+        assert!(me.handler(&Method::POST).is_none());
+        assert_eq!(find("/auth/login").unwrap().allow(), "POST");
+        for r in routes() {
+            let methods: Vec<_> = r.methods().map(|m| m.to_string()).collect();
+            assert_eq!(methods.join(", "), r.allow());
+        }
+    }
+
+    #[test]
+    fn the_classes_are_those_of_the_design_notes() {
+        let limited: Vec<_> = routes()
+            .filter(|r| r.rate_limit() == RateLimit::PerIp)
+            .map(Route::template)
+            .collect();
+        assert_eq!(
+            limited,
+            [
+                "/auth/register",
+                "/auth/login",
+                "/auth/token/refresh",
+                "/oauth/token"
+            ]
+        );
+        let memory: Vec<_> = routes()
+            .filter(|r| r.from_memory())
+            .map(Route::template)
+            .collect();
+        assert_eq!(
+            memory,
+            [
+                "/.well-known/jwks.json",
+                "/.well-known/oauth-authorization-server",
+                "/.well-known/openid-configuration",
+                "/openapi.json",
+                "/healthz"
+            ]
+        );
+        let ops: Vec<_> = routes()
+            .filter(|r| r.surface() == Surface::Ops)
+            .map(Route::template)
+            .collect();
+        assert_eq!(ops, ["/healthz", "/readyz", "/metrics"]);
+        for r in routes() {
+            // What is answered from memory serves nothing else, needs no timer and is never
+            // rate limited (it is answered before the limit would be asked).
+            if r.from_memory() {
+                assert!(
+                    r.handlers
+                        .iter()
+                        .all(|(_, h)| matches!(h, Handler::Memory(_))),
+                    "{r:?}"
+                );
+                assert_eq!(r.timeout(), Timeout::None, "{r:?}");
+                assert_eq!(r.rate_limit(), RateLimit::None, "{r:?}");
+            } else {
+                assert_eq!(r.timeout(), Timeout::Request, "{r:?}");
+            }
+        }
+    }
+}
