@@ -558,6 +558,9 @@ async fn sigkill_during_key_rotations_leaves_an_intact_keyset() {
         ("TOKEND_ISSUER", "http://tokend.test"),
         ("TOKEND_ARGON2", "m=256,t=1,p=1"),
         ("TOKEND_SIGNING_ALGS", "EdDSA,RS256"),
+        // 2048-bit RSA: key generation must fit in the two-second rotation even on a busy
+        // machine (a debug-build 3072-bit key can take longer than that).
+        ("TOKEND_RSA_BITS", "2048"),
         ("TOKEND_KEY_ROTATION", "2s"),
         ("TOKEND_KEY_PREPUBLISH", "2s"),
         ("TOKEND_JWKS_MAX_AGE", "1s"),
