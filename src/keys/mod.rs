@@ -61,18 +61,6 @@ pub struct KeysConfig {
 }
 
 impl KeysConfig {
-    /// The key settings of a validated [`crate::config::Config`], with the default RSA size.
-    pub fn from_config(cfg: &crate::config::Config) -> KeysConfig {
-        KeysConfig {
-            algs: cfg.signing_algs.clone(),
-            rotation: cfg.key_rotation,
-            prepublish: cfg.key_prepublish,
-            retention: cfg.access_ttl.max(cfg.refresh_ttl) + RETENTION_LEEWAY,
-            reload: cfg.keyset_reload,
-            rsa_bits: DEFAULT_RSA_BITS,
-        }
-    }
-
     /// Checks the settings that [`Keys::open`] relies on.
     pub fn validate(&self) -> Result<(), KeyError> {
         if self.algs.is_empty() {
