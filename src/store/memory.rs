@@ -450,13 +450,17 @@ impl SessionStore for MemorySessions {
             .0
             .len()
             .saturating_sub(usize::try_from(family.max_sessions.max(1)).unwrap_or(usize::MAX));
-        let mut oldest: Vec<(i64, String)> = entry
-            .0
-            .iter()
-            .map(|(sid, (started, _))| (*started, sid.clone()))
-            .collect();
-        oldest.sort();
-        oldest.truncate(over);
+        // Only a login past the cap pays for finding the oldest.
+        let mut oldest: Vec<(i64, String)> = Vec::new();
+        if over > 0 {
+            oldest = entry
+                .0
+                .iter()
+                .map(|(sid, (started, _))| (*started, sid.clone()))
+                .collect();
+            oldest.sort();
+            oldest.truncate(over);
+        }
         for (_, sid) in &oldest {
             entry.0.remove(sid);
         }

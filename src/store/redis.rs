@@ -256,8 +256,7 @@ struct Scripts {
     user_claims: Script,
     release: Script,
     gcra: Script,
-    backoff_fail: Script,
-    backoff_reserve: Script,
+    backoff: Script,
 }
 
 impl Scripts {
@@ -272,8 +271,7 @@ impl Scripts {
             user_claims: Script::new(USER_CLAIMS_LUA),
             release: Script::new(RELEASE_LUA),
             gcra: Script::new(GCRA_LUA),
-            backoff_fail: Script::new(BACKOFF_FAIL_LUA),
-            backoff_reserve: Script::new(BACKOFF_RESERVE_LUA),
+            backoff: Script::new(BACKOFF_LUA),
         }
     }
 }
@@ -501,11 +499,10 @@ impl RedisStore {
         .await
     }
 
-    /// Runs a back-off script ([`BACKOFF_FAIL_LUA`], [`BACKOFF_RESERVE_LUA`]: same key and
-    /// arguments) for `account`.
+    /// Runs [`BACKOFF_LUA`] in `mode` (`fail` or `reserve`) for `account`.
     async fn backoff_script(
         &self,
-        script: fn(&Scripts) -> &Script,
+        mode: &'static str,
         account: &str,
         now_ms: i64,
         policy: crate::store::BackoffPolicy,
@@ -514,13 +511,15 @@ impl RedisStore {
         self.run(|mut c| {
             let (key, scripts) = (key.clone(), self.scripts.clone());
             async move {
-                script(&scripts)
+                scripts
+                    .backoff
                     .key(key)
                     .arg(now_ms)
                     .arg(policy.free)
                     .arg(policy.base_ms)
                     .arg(policy.cap_ms)
                     .arg(policy.window_ms.max(1))
+                    .arg(mode)
                     .invoke_async(&mut c)
                     .await
             }
@@ -1003,10 +1002,17 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1))
 return 0
 "#;
 
-/// A failed login. ARGV: now ms, free failures, base ms, cap ms, window ms. Returns the
-/// back-off end (ms) or 0.
-const BACKOFF_FAIL_LUA: &str = r#"
+/// Counts a failed password check on the back-off. ARGV: now ms, free failures, base ms, cap
+/// ms, window ms, mode. Mode `fail` records a failure and returns the back-off end (ms, 0 when
+/// none); mode `reserve` ([`crate::store::LimitStore::reserve_attempt`]) first refuses while
+/// the account backs off (returns the back-off end), else counts the attempt as a failure in
+/// the same step and returns 0.
+const BACKOFF_LUA: &str = r#"
 local now = tonumber(ARGV[1])
+if ARGV[6] == 'reserve' then
+  local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
+  if till > now then return till end
+end
 local free = tonumber(ARGV[2])
 local base = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
@@ -1022,32 +1028,8 @@ end
 local keep = window
 if till > now then keep = keep + (till - now) end
 redis.call('PEXPIRE', KEYS[1], math.floor(keep))
+if ARGV[6] == 'reserve' then return 0 end
 return till
-"#;
-
-/// Reserves one password check ([`crate::store::LimitStore::reserve_attempt`]). ARGV: now ms,
-/// free failures, base ms, cap ms, window ms. Returns 0 when the attempt may go ahead, else the
-/// back-off end (ms).
-const BACKOFF_RESERVE_LUA: &str = r#"
-local now = tonumber(ARGV[1])
-local till = tonumber(redis.call('HGET', KEYS[1], 'until') or '0')
-if till > now then return till end
-local free = tonumber(ARGV[2])
-local base = tonumber(ARGV[3])
-local cap = tonumber(ARGV[4])
-local window = tonumber(ARGV[5])
-local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
-till = 0
-if n > free then
-  local d = base * (2 ^ math.min(n - free - 1, 40))
-  if d > cap then d = cap end
-  till = math.floor(now + d)
-  redis.call('HSET', KEYS[1], 'until', till)
-end
-local keep = window
-if till > now then keep = keep + (till - now) end
-redis.call('PEXPIRE', KEYS[1], math.floor(keep))
-return 0
 "#;
 
 #[async_trait]
@@ -1102,7 +1084,7 @@ impl crate::store::LimitStore for RedisStore {
         policy: crate::store::BackoffPolicy,
     ) -> Result<Option<i64>, StoreError> {
         let until: i64 = self
-            .backoff_script(|s| &s.backoff_reserve, account, now_ms, policy)
+            .backoff_script("reserve", account, now_ms, policy)
             .await?;
         Ok((until > 0).then_some(until))
     }
@@ -1113,8 +1095,7 @@ impl crate::store::LimitStore for RedisStore {
         now_ms: i64,
         policy: crate::store::BackoffPolicy,
     ) -> Result<i64, StoreError> {
-        self.backoff_script(|s| &s.backoff_fail, account, now_ms, policy)
-            .await
+        self.backoff_script("fail", account, now_ms, policy).await
     }
 
     async fn clear_failures(&self, account: &str) -> Result<(), StoreError> {

@@ -5,14 +5,16 @@
 //! requests are split over two instances sharing the stores.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{claims, error_code, spawn_app_with, spawn_env, test_env, Mode, TestApp};
+use crate::helpers::{
+    claims, error_code, instances, spawn_app_with, spawn_env, test_env, write_clients_file, Mode,
+    TestApp,
+};
 use crate::in_both_modes;
 use crate::services;
 
@@ -22,20 +24,6 @@ const RACERS: usize = 16;
 const RUNS: usize = 4;
 
 const CONFIDENTIAL_SECRET: &str = "Zk3v9QeN7yW2mP5tR8uX1aB4cD6fG0hJ";
-
-/// One app in embedded mode; two instances sharing MongoDB, Redis and a clock in production.
-async fn instances(mode: Mode, adjust: impl Fn(&mut HashMap<String, String>)) -> Vec<TestApp> {
-    let (mut env, dir) = test_env(mode);
-    adjust(&mut env);
-    let clock = tokend::clock::ManualClock::starting_now();
-    match mode {
-        Mode::Embedded => vec![spawn_env(mode, env, dir, clock).await],
-        Mode::Production => vec![
-            spawn_env(mode, env.clone(), None, clock.clone()).await,
-            spawn_env(mode, env, None, clock).await,
-        ],
-    }
-}
 
 /// Argon2 slow enough that logins are still running while a change happens.
 fn racing_env(env: &mut HashMap<String, String>) {
@@ -101,19 +89,33 @@ where
     (change.await.unwrap(), answers)
 }
 
+/// The password grant at `/oauth/token` for a public client (`client_id` in the form).
+async fn password_grant(
+    app: &TestApp,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Response {
+    form(
+        app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("username", username),
+            ("password", password),
+            ("client_id", client_id),
+        ],
+        None,
+    )
+    .await
+}
+
 /// Whether an access/refresh pair is dead everywhere: the access token refused, the refresh
 /// token refused.
 async fn pair_is_dead(app: &TestApp, access: &str, refresh: &str) -> bool {
     let verify = app.get_bearer("/auth/verify", access).await.status();
     let refreshed = app.refresh(refresh).await.status();
     verify == StatusCode::UNAUTHORIZED && refreshed == StatusCode::UNAUTHORIZED
-}
-
-fn write_clients_file(clients: &Value) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(clients.to_string().as_bytes()).unwrap();
-    f.flush().unwrap();
-    f
 }
 
 in_both_modes!(
@@ -387,18 +389,7 @@ async fn the_seed_refresh_route_refuses_confidential_clients_and_leaves_the_fami
 async fn a_client_without_the_refresh_grant_gets_no_refresh_token(mode: Mode) {
     let (app, _file) = spawn_clients(mode).await;
     let s = app.new_session().await;
-    let res = form(
-        &app,
-        "/oauth/token",
-        &[
-            ("grant_type", "password"),
-            ("username", &s.username),
-            ("password", &s.password),
-            ("client_id", "cli"),
-        ],
-        None,
-    )
-    .await;
+    let res = password_grant(&app, "cli", &s.username, &s.password).await;
     let (status, body) = answer(res).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.get("refresh_token").is_none(), "{body}");
@@ -493,16 +484,11 @@ async fn username_and_email_share_one_budget(mode: Mode) {
     let app = spawn_app_with(mode, |_| {}).await;
     let s = app.new_session().await;
     for i in 0..3 {
-        let res = form(
+        let res = password_grant(
             &app,
-            "/oauth/token",
-            &[
-                ("grant_type", "password"),
-                ("username", &s.username.to_uppercase()),
-                ("password", &format!("wrong {i}")),
-                ("client_id", "tokend"),
-            ],
-            None,
+            "tokend",
+            &s.username.to_uppercase(),
+            &format!("wrong {i}"),
         )
         .await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -516,18 +502,7 @@ async fn username_and_email_share_one_budget(mode: Mode) {
         app.login(&s.email, &s.password).await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
-    let res = form(
-        &app,
-        "/oauth/token",
-        &[
-            ("grant_type", "password"),
-            ("username", &s.username),
-            ("password", &s.password),
-            ("client_id", "tokend"),
-        ],
-        None,
-    )
-    .await;
+    let res = password_grant(&app, "tokend", &s.username, &s.password).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
@@ -636,16 +611,9 @@ async fn logout_all_is_one_store_step_however_many_sessions(mode: Mode) {
 
 /// `tokend_store_operation_duration_seconds_count` by label set.
 async fn store_ops(app: &TestApp) -> HashMap<String, f64> {
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
+    app.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter(|l| l.starts_with("tokend_store_operation_duration_seconds_count{"))
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;

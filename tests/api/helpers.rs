@@ -134,6 +134,31 @@ pub async fn spawn_env(
     }
 }
 
+/// One app in embedded mode; two instances sharing MongoDB, Redis and a clock in production
+/// (races split their requests over them), after `adjust` has set the environment.
+pub async fn instances(mode: Mode, adjust: impl Fn(&mut HashMap<String, String>)) -> Vec<TestApp> {
+    let (mut env, dir) = test_env(mode);
+    adjust(&mut env);
+    let clock = ManualClock::starting_now();
+    match mode {
+        Mode::Embedded => vec![spawn_env(mode, env, dir, clock).await],
+        Mode::Production => vec![
+            spawn_env(mode, env.clone(), None, clock.clone()).await,
+            spawn_env(mode, env, None, clock).await,
+        ],
+    }
+}
+
+/// A `TOKEND_CLIENTS_FILE` holding `clients`; the file lives as long as the value.
+pub fn write_clients_file(clients: &Value) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(clients.to_string().as_bytes())
+        .expect("write clients file");
+    f.flush().expect("flush clients file");
+    f
+}
+
 /// A registered user with a password login.
 pub struct Session {
     pub user: Value,
@@ -245,6 +270,18 @@ impl TestApp {
             body["access_token"].as_str().expect("access").to_string(),
             body["refresh_token"].as_str().expect("refresh").to_string(),
         )
+    }
+
+    /// The Prometheus text of `/metrics` on this listener.
+    pub async fn metrics_text(&self) -> String {
+        self.http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Refreshes and returns (access, refresh), asserting success.

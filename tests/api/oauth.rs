@@ -3,14 +3,15 @@
 //! library driving tokend.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{claims, header, spawn_app_with, spawn_env, test_env, Mode, TestApp};
+use crate::helpers::{
+    claims, header, spawn_app_with, spawn_env, test_env, write_clients_file, Mode, TestApp,
+};
 use crate::in_both_modes;
 
 const SVC_SECRET: &str = "svc-secret-7c1e0b5e9a4f4d2bb1a3";
@@ -62,13 +63,6 @@ impl std::ops::Deref for OAuthApp {
     fn deref(&self) -> &TestApp {
         &self.app
     }
-}
-
-fn write_clients_file(clients: &Value) -> tempfile::NamedTempFile {
-    let mut f = tempfile::NamedTempFile::new().unwrap();
-    f.write_all(clients.to_string().as_bytes()).unwrap();
-    f.flush().unwrap();
-    f
 }
 
 async fn spawn_oauth(mode: Mode) -> OAuthApp {

@@ -146,15 +146,7 @@ async fn each_metric_moves_after_its_action(mode: Mode) {
     .await;
 
     // No raw paths, user ids or client ids as labels.
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(!text.contains(s.user["id"].as_str().unwrap()));
     assert!(!text.contains(&s.email));
 }

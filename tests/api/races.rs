@@ -15,7 +15,7 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{claims, spawn_env, test_env, Mode, TestApp};
+use crate::helpers::{claims, instances, Mode, TestApp};
 use crate::in_both_modes;
 use crate::services;
 
@@ -23,20 +23,6 @@ use crate::services;
 const RUNS: usize = 20;
 /// How many requests race in each run.
 const RACERS: usize = 16;
-
-/// One app in embedded mode; two instances sharing MongoDB, Redis and a clock in production.
-async fn instances(mode: Mode) -> Vec<TestApp> {
-    let (mut env, dir) = test_env(mode);
-    env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
-    let clock = tokend::clock::ManualClock::starting_now();
-    match mode {
-        Mode::Embedded => vec![spawn_env(mode, env, dir, clock).await],
-        Mode::Production => vec![
-            spawn_env(mode, env.clone(), None, clock.clone()).await,
-            spawn_env(mode, env, None, clock).await,
-        ],
-    }
-}
 
 /// Sends `POST path` with a bearer token; returns the status and the JSON body.
 async fn post_bearer(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
@@ -60,7 +46,12 @@ in_both_modes!(
 );
 
 async fn many_clients_refreshing_one_token_get_one_successor(mode: Mode) {
-    let apps = Arc::new(instances(mode).await);
+    let apps = Arc::new(
+        instances(mode, |env| {
+            env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
+        })
+        .await,
+    );
     for run in 0..RUNS {
         let s = apps[0].new_session().await;
         let tasks: Vec<_> = (0..RACERS)
@@ -95,7 +86,12 @@ async fn many_clients_refreshing_one_token_get_one_successor(mode: Mode) {
 }
 
 async fn racing_registrations_of_one_name_create_one_account(mode: Mode) {
-    let apps = Arc::new(instances(mode).await);
+    let apps = Arc::new(
+        instances(mode, |env| {
+            env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
+        })
+        .await,
+    );
     for run in 0..RUNS {
         let base = services::unique_name("r").replace('-', "")[..16].to_string();
         // One username in different cases with different emails, then one email with
@@ -224,7 +220,12 @@ async fn revocation_racing_refreshes(
 }
 
 async fn logout_racing_refreshes_leaves_nothing_alive(mode: Mode) {
-    let apps = Arc::new(instances(mode).await);
+    let apps = Arc::new(
+        instances(mode, |env| {
+            env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
+        })
+        .await,
+    );
     for run in 0..RUNS {
         let s = apps[0].new_session().await;
         let bystander = apps[0].login_pair(&s.email, &s.password).await;
@@ -246,7 +247,12 @@ async fn logout_racing_refreshes_leaves_nothing_alive(mode: Mode) {
 }
 
 async fn logout_all_racing_refreshes_leaves_nothing_alive(mode: Mode) {
-    let apps = Arc::new(instances(mode).await);
+    let apps = Arc::new(
+        instances(mode, |env| {
+            env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
+        })
+        .await,
+    );
     for run in 0..RUNS {
         let s = apps[0].new_session().await;
         let second = apps[apps.len() - 1].login_pair(&s.email, &s.password).await;
