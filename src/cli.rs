@@ -21,11 +21,11 @@ use crate::store::{ClientRecord, ClientStore, StoreError};
 )]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the server.
     Serve,
     /// Validate the configuration and print it, secrets redacted.
@@ -42,13 +42,13 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum UsersCommand {
+pub(crate) enum UsersCommand {
     /// Give an existing user the `admin` role (takes effect in their next token).
     GrantAdmin { email: String },
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ClientsCommand {
+pub(crate) enum ClientsCommand {
     /// Create a client. A confidential client's secret is printed once and stored only as its
     /// SHA-256.
     Create {
@@ -87,7 +87,7 @@ pub enum ClientsCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCommand {
+pub(crate) enum KeysCommand {
     /// List keys with their state and timestamps.
     List {
         /// Print JSON.

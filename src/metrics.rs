@@ -26,37 +26,37 @@ thread_local! {
 }
 
 /// Every metric tokend exports.
-pub struct Metrics {
+pub(crate) struct Metrics {
     id: u64,
     registry: Registry,
     /// `tokend_http_requests_total{route,method,status}`
-    pub http_requests: IntCounterVec,
+    pub(crate) http_requests: IntCounterVec,
     /// `tokend_http_request_duration_seconds{route,status}`
-    pub http_duration: HistogramVec,
+    pub(crate) http_duration: HistogramVec,
     /// `tokend_tokens_issued_total{grant,type,alg}`
-    pub tokens_issued: IntCounterVec,
+    pub(crate) tokens_issued: IntCounterVec,
     /// `tokend_token_validation_failures_total{reason}`
-    pub validation_failures: IntCounterVec,
+    pub(crate) validation_failures: IntCounterVec,
     /// `tokend_refresh_reuse_detected_total`
-    pub refresh_reuse: IntCounter,
+    pub(crate) refresh_reuse: IntCounter,
     /// `tokend_revocations_total{kind}` (kind: token, family, user)
-    pub revocations: IntCounterVec,
+    pub(crate) revocations: IntCounterVec,
     /// `tokend_logins_total{result}` (success, invalid_credentials, rate_limited, backoff)
-    pub logins: IntCounterVec,
+    pub(crate) logins: IntCounterVec,
     /// `tokend_rate_limited_total{limit}` (ip, account, client)
-    pub rate_limited: IntCounterVec,
+    pub(crate) rate_limited: IntCounterVec,
     /// `tokend_login_backoff_total`: logins refused because the account is backing off.
-    pub login_backoff: IntCounter,
+    pub(crate) login_backoff: IntCounter,
     /// `tokend_signing_keys{alg,state}`
-    pub keys: IntGaugeVec,
+    pub(crate) keys: IntGaugeVec,
     /// `tokend_signing_key_age_seconds{alg}`: age of the active key.
-    pub key_age: IntGaugeVec,
+    pub(crate) key_age: IntGaugeVec,
     /// `tokend_key_rotations_total{alg}`: keys this instance created.
-    pub rotations: IntCounterVec,
+    pub(crate) rotations: IntCounterVec,
     /// `tokend_store_operation_duration_seconds{store,op}`
-    pub store_duration: HistogramVec,
+    pub(crate) store_duration: HistogramVec,
     /// `tokend_store_errors_total{store,op}`
-    pub store_errors: IntCounterVec,
+    pub(crate) store_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -100,7 +100,7 @@ impl Metrics {
     /// Builds and registers every metric. Names are static and valid, so registration cannot
     /// fail at run time; a clash would be a programming error caught by the unit test.
     #[allow(clippy::panic)]
-    pub fn new() -> Arc<Metrics> {
+    pub(crate) fn new() -> Arc<Metrics> {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -213,7 +213,7 @@ impl Metrics {
     /// Counts one answered request and observes its latency. `key` stands for the labels
     /// `[route, method, status]` (the same key always for the same labels): their handles are
     /// looked up once per thread.
-    pub fn observe_request(&self, key: u32, labels: [&str; 3], seconds: f64) {
+    pub(crate) fn observe_request(&self, key: u32, labels: [&str; 3], seconds: f64) {
         REQUEST_HANDLES.with(|cache| {
             let mut cache = cache.borrow_mut();
             let (count, latency) = cache.entry((self.id, key)).or_insert_with(|| {
@@ -229,7 +229,7 @@ impl Metrics {
     }
 
     /// Records one store operation.
-    pub fn store_op(&self, store: &str, op: &str, elapsed: Duration, ok: bool) {
+    pub(crate) fn store_op(&self, store: &str, op: &str, elapsed: Duration, ok: bool) {
         self.store_duration
             .with_label_values(&[store, op])
             .observe(elapsed.as_secs_f64());
@@ -239,14 +239,14 @@ impl Metrics {
     }
 
     /// Records one issued token.
-    pub fn issued(&self, grant: &str, typ: &str, alg: &str) {
+    pub(crate) fn issued(&self, grant: &str, typ: &str, alg: &str) {
         self.tokens_issued
             .with_label_values(&[grant, typ, alg])
             .inc();
     }
 
     /// Refreshes the key gauges from the key ring (called at scrape time).
-    pub fn observe_keys(&self, keys: &Keys) {
+    pub(crate) fn observe_keys(&self, keys: &Keys) {
         let stats = keys.stats();
         for s in &stats.algs {
             let alg = s.alg.as_str();
@@ -274,7 +274,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         buf

@@ -62,7 +62,10 @@ pub struct Backends {
 
 impl Backends {
     /// Connects the stores named by the configuration.
-    pub async fn connect(config: &Config, clock: &SharedClock) -> Result<Backends, StartupError> {
+    pub(crate) async fn connect(
+        config: &Config,
+        clock: &SharedClock,
+    ) -> Result<Backends, StartupError> {
         match &config.mode {
             Mode::Embedded { keys_dir } => Ok(Backends {
                 users: Arc::new(MemoryUsers::new()),

@@ -84,7 +84,7 @@ impl Queue {
 /// Where log lines go: the writer thread's queue, or stderr directly when no thread could be
 /// started.
 #[derive(Clone)]
-pub struct LogWriter {
+pub(crate) struct LogWriter {
     queue: Option<Arc<Queue>>,
 }
 
@@ -107,7 +107,7 @@ impl LogWriter {
 }
 
 /// Appends formatted log output to the queue (the formatter writes each line in one call).
-pub struct LineWriter<'a> {
+pub(crate) struct LineWriter<'a> {
     queue: Option<&'a Queue>,
 }
 
@@ -162,7 +162,7 @@ impl Drop for LogGuard {
 /// Installs SIGTERM and SIGINT handlers now and returns a future that resolves on the first
 /// of them. Installing eagerly means a signal that arrives while the server is starting is not
 /// lost.
-pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+pub(crate) fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -18,14 +18,14 @@ use crate::store::{UserRecord, UserStore};
 /// The user object clients see: never a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserView {
-    pub id: String,
-    pub username: String,
-    pub email: String,
-    pub email_verified: bool,
-    pub roles: Vec<String>,
+    pub(crate) id: String,
+    pub(crate) username: String,
+    pub(crate) email: String,
+    pub(crate) email_verified: bool,
+    pub(crate) roles: Vec<String>,
     /// RFC 3339, UTC.
-    pub created_at: String,
-    pub updated_at: String,
+    pub(crate) created_at: String,
+    pub(crate) updated_at: String,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -53,21 +53,21 @@ impl From<&UserRecord> for UserView {
 pub struct TokenPair {
     pub access_token: String,
     pub refresh_token: String,
-    pub token_type: &'static str,
+    pub(crate) token_type: &'static str,
     /// Seconds until the access token expires.
-    pub expires_in: i64,
+    pub(crate) expires_in: i64,
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub scope: String,
+    pub(crate) scope: String,
 }
 
 /// An authenticated caller.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub claims: AccessClaims,
+    pub(crate) claims: AccessClaims,
 }
 
 impl Principal {
-    pub fn require_fresh(&self) -> Result<(), Error> {
+    pub(crate) fn require_fresh(&self) -> Result<(), Error> {
         if self.claims.fresh {
             Ok(())
         } else {
@@ -75,7 +75,7 @@ impl Principal {
         }
     }
 
-    pub fn require_role(&self, role: &'static str) -> Result<(), Error> {
+    pub(crate) fn require_role(&self, role: &'static str) -> Result<(), Error> {
         if self.claims.roles.iter().any(|r| r == role) {
             Ok(())
         } else {
@@ -84,8 +84,8 @@ impl Principal {
     }
 }
 
-pub const ROLE_USER: &str = "user";
-pub const ROLE_ADMIN: &str = "admin";
+pub(crate) const ROLE_USER: &str = "user";
+pub(crate) const ROLE_ADMIN: &str = "admin";
 
 /// The `Accounts` service: registration, password sign-in, the profile and password change.
 pub struct Accounts {
@@ -98,7 +98,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub fn new(
+    pub(crate) fn new(
         users: Arc<dyn UserStore>,
         passwords: Passwords,
         sessions: Arc<Sessions>,
@@ -150,7 +150,7 @@ impl Accounts {
     /// Checks a password for an email or (when `allow_username`) a username. Unknown accounts
     /// are verified against a dummy hash and answer like a wrong password. The account's one
     /// budget (whatever names it) is charged before the hash is checked.
-    pub async fn check_password(
+    pub(crate) async fn check_password(
         &self,
         login: &str,
         password: &str,
@@ -240,7 +240,7 @@ impl Accounts {
     }
 
     /// `GET /users/me`: the caller's user object.
-    pub async fn me(&self, p: &Principal) -> Result<UserView, Error> {
+    pub(crate) async fn me(&self, p: &Principal) -> Result<UserView, Error> {
         Ok(UserView::from(&self.current_user(p).await?))
     }
 
@@ -253,7 +253,7 @@ impl Accounts {
     }
 
     /// `PUT /users/me` (fresh token).
-    pub async fn rename(&self, p: &Principal, username: &str) -> Result<UserView, Error> {
+    pub(crate) async fn rename(&self, p: &Principal, username: &str) -> Result<UserView, Error> {
         p.require_fresh()?;
         let username = Username::parse(username)?;
         let now = self.clock.now_ms();
@@ -268,7 +268,7 @@ impl Accounts {
 
     /// `PUT /users/me/password` (fresh token): new hash, then every session and every earlier
     /// access token of the user revoked.
-    pub async fn change_password(
+    pub(crate) async fn change_password(
         &self,
         p: &Principal,
         current: &str,

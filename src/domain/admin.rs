@@ -15,15 +15,15 @@ use crate::store::{SessionStore, StoreError, UserRecord, UserStore};
 
 /// One page of users.
 #[derive(Debug, Clone, Serialize)]
-pub struct UserPage {
-    pub users: Vec<UserView>,
+pub(crate) struct UserPage {
+    pub(crate) users: Vec<UserView>,
     /// Pass as `after` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
+    pub(crate) next: Option<String>,
 }
 
 /// Largest page size.
-pub const MAX_PAGE: usize = 200;
+pub(crate) const MAX_PAGE: usize = 200;
 
 fn valid_role(r: &str) -> bool {
     (1..=32).contains(&r.len())
@@ -34,7 +34,7 @@ fn valid_role(r: &str) -> bool {
 /// Adds role `admin` to `user` (kept as it is when it has the role) and publishes the user's
 /// claims, so sessions already started carry the role from their next refresh (published even
 /// when nothing changed, in case an earlier grant stopped before it). `None` if the user is gone.
-pub async fn grant_admin(
+pub(crate) async fn grant_admin(
     users: &dyn UserStore,
     sessions: &dyn SessionStore,
     session_ttl: std::time::Duration,
@@ -72,7 +72,7 @@ fn username_from_email(email: &str) -> String {
 
 /// The `Admin` service: the bootstrap admin and the `/admin/*` operations, each requiring role
 /// `admin`.
-pub struct Admin {
+pub(crate) struct Admin {
     users: Arc<dyn UserStore>,
     sessions: Arc<Sessions>,
     passwords: Passwords,
@@ -81,7 +81,7 @@ pub struct Admin {
 }
 
 impl Admin {
-    pub fn new(
+    pub(crate) fn new(
         users: Arc<dyn UserStore>,
         sessions: Arc<Sessions>,
         passwords: Passwords,
@@ -100,7 +100,7 @@ impl Admin {
     /// Creates the bootstrap admin of `TOKEND_BOOTSTRAP_ADMIN_EMAIL` and
     /// `TOKEND_BOOTSTRAP_ADMIN_PASSWORD` (roles `user` and `admin`, email verified) when no
     /// account has that email; an existing account is never touched. True if it was created.
-    pub async fn bootstrap_admin(&self) -> Result<bool, Error> {
+    pub(crate) async fn bootstrap_admin(&self) -> Result<bool, Error> {
         let Some(b) = &self.bootstrap else {
             return Ok(false);
         };
@@ -147,7 +147,7 @@ impl Admin {
     }
 
     /// `GET /admin/users?limit=&after=`: users ordered by id.
-    pub async fn list_users(
+    pub(crate) async fn list_users(
         &self,
         p: &Principal,
         after: Option<&str>,
@@ -170,7 +170,7 @@ impl Admin {
 
     /// `PUT /admin/users/{id}/roles`: replaces the roles. Taking a role away also revokes the
     /// user's sessions, so no live token keeps carrying it.
-    pub async fn set_roles(
+    pub(crate) async fn set_roles(
         &self,
         p: &Principal,
         id: &str,
@@ -211,7 +211,7 @@ impl Admin {
     }
 
     /// `POST /admin/users/{id}/revoke-sessions`.
-    pub async fn revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
+    pub(crate) async fn revoke_sessions(&self, p: &Principal, id: &str) -> Result<(), Error> {
         p.require_role(ROLE_ADMIN)?;
         self.users.by_id(id).await?.ok_or(Error::NotFound)?;
         self.sessions.revoke_all_sessions(id, None).await?;

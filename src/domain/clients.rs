@@ -18,13 +18,13 @@ use crate::keys::Alg;
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
 /// `grant_type=password` (RFC 6749 §4.3).
-pub const GRANT_PASSWORD: &str = "password";
+pub(crate) const GRANT_PASSWORD: &str = "password";
 /// `grant_type=refresh_token` (RFC 6749 §6).
-pub const GRANT_REFRESH_TOKEN: &str = "refresh_token";
+pub(crate) const GRANT_REFRESH_TOKEN: &str = "refresh_token";
 /// `grant_type=client_credentials` (RFC 6749 §4.4).
-pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// Every grant type tokend implements.
-pub const GRANT_TYPES: [&str; 3] = [
+pub(crate) const GRANT_TYPES: [&str; 3] = [
     GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
@@ -39,7 +39,7 @@ pub fn hash_secret(secret: &str) -> String {
 ///
 /// Both digests go through HMAC-SHA256 under a one-off random key and ring's constant-time tag
 /// check compares them, so the time taken says nothing about how many bytes matched.
-pub fn secret_matches(presented: &str, stored_hex: &str) -> bool {
+pub(crate) fn secret_matches(presented: &str, stored_hex: &str) -> bool {
     let Ok(stored) = hex::decode(stored_hex) else {
         return false;
     };
@@ -53,7 +53,7 @@ pub fn secret_matches(presented: &str, stored_hex: &str) -> bool {
 }
 
 /// Whether a string is a valid `scope-token` (RFC 6749 §3.3).
-pub fn is_scope_token(s: &str) -> bool {
+pub(crate) fn is_scope_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
@@ -61,12 +61,12 @@ pub fn is_scope_token(s: &str) -> bool {
 
 /// Whether a string can be a client id: 1–128 visible ASCII characters without `:` (a Basic
 /// credential separator), so it survives every client-authentication method.
-pub fn is_client_id(s: &str) -> bool {
+pub(crate) fn is_client_id(s: &str) -> bool {
     (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 /// What is wrong with a client definition.
-pub fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
+pub(crate) fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
     let id = &c.client_id;
     if !is_client_id(id) {
         return Err(format!(
@@ -144,12 +144,12 @@ struct StaticClient {
 /// decodes them, but many clients send them raw; only `+` (decoded as a space) and `%` (the
 /// start of an escape) differ between the two readings. Generated secrets (base64url, see
 /// [`ids::random_secret`]) never contain either.
-pub fn survives_raw_basic(secret: &str) -> bool {
+pub(crate) fn survives_raw_basic(secret: &str) -> bool {
     !secret.contains(['+', '%'])
 }
 
 /// Parses and validates the JSON list of static clients. Errors name the offending client.
-pub fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
+pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
     let list: Vec<StaticClient> =
         serde_json::from_slice(json).map_err(|e| format!("not a JSON list of clients: {e}"))?;
     let mut seen = BTreeSet::new();
@@ -197,7 +197,7 @@ pub fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<ClientRecor
 }
 
 /// Reads `TOKEND_CLIENTS_FILE`; the error is one line naming the variable.
-pub fn load_static_clients(path: &Path, algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
+pub(crate) fn load_static_clients(path: &Path, algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("{ENV_CLIENTS_FILE}={}: {e}", path.display()))?;
     parse_static_clients(&bytes, algs)
@@ -206,7 +206,7 @@ pub fn load_static_clients(path: &Path, algs: &[Alg]) -> Result<Vec<ClientRecord
 
 /// The built-in public first-party client the seed endpoints act as: password and
 /// refresh_token grants, no scopes.
-pub fn first_party_client() -> ClientRecord {
+pub(crate) fn first_party_client() -> ClientRecord {
     ClientRecord {
         client_id: FIRST_PARTY_CLIENT.to_string(),
         secret_sha256: None,
@@ -220,14 +220,14 @@ pub fn first_party_client() -> ClientRecord {
 /// Every client tokend knows: first-party, static, then stored. It is itself a
 /// [`ClientStore`], so code that looks clients up by id sees all three sources; writes go to the
 /// store only.
-pub struct Clients {
+pub(crate) struct Clients {
     first_party: ClientRecord,
     statics: HashMap<String, ClientRecord>,
     store: Arc<dyn ClientStore>,
 }
 
 impl Clients {
-    pub fn new(statics: Vec<ClientRecord>, store: Arc<dyn ClientStore>) -> Clients {
+    pub(crate) fn new(statics: Vec<ClientRecord>, store: Arc<dyn ClientStore>) -> Clients {
         Clients {
             first_party: first_party_client(),
             statics: statics
@@ -239,19 +239,19 @@ impl Clients {
     }
 
     /// The static clients, ordered by id.
-    pub fn statics(&self) -> Vec<&ClientRecord> {
+    pub(crate) fn statics(&self) -> Vec<&ClientRecord> {
         let mut v: Vec<&ClientRecord> = self.statics.values().collect();
         v.sort_by(|a, b| a.client_id.cmp(&b.client_id));
         v
     }
 
     /// Whether `client_id` is taken by the built-in or a static client.
-    pub fn is_builtin_or_static(&self, client_id: &str) -> bool {
+    pub(crate) fn is_builtin_or_static(&self, client_id: &str) -> bool {
         client_id == self.first_party.client_id || self.statics.contains_key(client_id)
     }
 
     /// The union of the static clients' scopes, sorted (discovery's `scopes_supported`).
-    pub fn static_scopes(&self) -> Vec<String> {
+    pub(crate) fn static_scopes(&self) -> Vec<String> {
         let set: BTreeSet<&String> = self.statics.values().flat_map(|c| &c.scopes).collect();
         set.into_iter().cloned().collect()
     }

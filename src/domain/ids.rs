@@ -4,7 +4,7 @@ use base64::Engine;
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// `n` random bytes.
-pub fn random_bytes<const N: usize>() -> Result<[u8; N], super::Error> {
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N], super::Error> {
     let mut buf = [0u8; N];
     SystemRandom::new()
         .fill(&mut buf)
@@ -13,12 +13,12 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], super::Error> {
 }
 
 /// A 128-bit random id, base64url without padding (22 characters).
-pub fn random_id() -> Result<String, super::Error> {
+pub(crate) fn random_id() -> Result<String, super::Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>()?))
 }
 
 /// A 256-bit random secret, base64url without padding (43 characters).
-pub fn random_secret() -> Result<String, super::Error> {
+pub(crate) fn random_secret() -> Result<String, super::Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))
 }
 
@@ -38,7 +38,7 @@ mod tests {
 
 /// Compares two byte strings in constant time: both go through HMAC-SHA256 under a one-off
 /// random key and ring's constant-time tag check compares the results.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use ring::hmac;
     let Ok(key) = random_bytes::<32>() else {
         return false;

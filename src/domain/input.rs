@@ -81,7 +81,7 @@ impl Password {
         Ok(Password(raw.to_string()))
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

@@ -13,7 +13,7 @@ use crate::store::{BackoffPolicy, LimitStore};
 /// Failed-login back-off: five free failures, then 1 s doubling up to 15 min; the count is
 /// forgotten an hour after the last back-off ends. The owner is never locked out for good:
 /// at worst one attempt per 15 minutes goes through, and a success clears everything.
-pub const BACKOFF: BackoffPolicy = BackoffPolicy {
+pub(crate) const BACKOFF: BackoffPolicy = BackoffPolicy {
     free: 5,
     base_ms: 1_000,
     cap_ms: 15 * 60 * 1_000,
@@ -21,7 +21,7 @@ pub const BACKOFF: BackoffPolicy = BackoffPolicy {
 };
 
 /// The `Limits` service: rate limits and the failed-login back-off, with their switch.
-pub struct Limits {
+pub(crate) struct Limits {
     store: Arc<dyn LimitStore>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -32,7 +32,7 @@ pub struct Limits {
 }
 
 /// A key that names an account without putting the email or username in the store.
-pub fn account_key(login: &str) -> String {
+pub(crate) fn account_key(login: &str) -> String {
     let d = ring::digest::digest(
         &ring::digest::SHA256,
         login.trim().to_lowercase().as_bytes(),
@@ -41,13 +41,13 @@ pub fn account_key(login: &str) -> String {
 }
 
 /// The one budget of an existing account, whatever names it (username, email, any case).
-pub fn user_key(user_id: &str) -> String {
+pub(crate) fn user_key(user_id: &str) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, user_id.as_bytes());
     format!("user:{}", hex::encode(&d.as_ref()[..16]))
 }
 
 /// A key for failed authentications of a client id from one source address.
-pub fn client_key(client_id: &str, source: Option<IpAddr>) -> String {
+pub(crate) fn client_key(client_id: &str, source: Option<IpAddr>) -> String {
     let source = source.map(|ip| ip.to_string()).unwrap_or_default();
     let d = ring::digest::digest(
         &ring::digest::SHA256,
@@ -61,7 +61,7 @@ fn retry_secs(ms: i64) -> u64 {
 }
 
 impl Limits {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn LimitStore>,
         clock: SharedClock,
         metrics: Arc<Metrics>,
@@ -78,7 +78,7 @@ impl Limits {
     }
 
     /// The per-IP limit over login, register, refresh and token requests.
-    pub async fn limit_ip(&self, ip: IpAddr) -> Result<(), Error> {
+    pub(crate) async fn limit_ip(&self, ip: IpAddr) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }
@@ -96,7 +96,7 @@ impl Limits {
     }
 
     /// The per-account (or per-client) limit; `key` from [`account_key`] or [`client_key`].
-    pub async fn limit_key(&self, key: &str, label: &'static str) -> Result<(), Error> {
+    pub(crate) async fn limit_key(&self, key: &str, label: &'static str) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }
@@ -119,7 +119,7 @@ impl Limits {
     }
 
     /// Refuses a client authentication while the client id backs off after failed secrets.
-    pub async fn check_client_backoff(&self, key: &str) -> Result<(), Error> {
+    pub(crate) async fn check_client_backoff(&self, key: &str) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }
@@ -138,7 +138,7 @@ impl Limits {
 
     /// A failed client secret counts against the client id: the per-account rate and the
     /// back-off both apply.
-    pub async fn client_auth_failed(&self, key: &str) -> Result<(), Error> {
+    pub(crate) async fn client_auth_failed(&self, key: &str) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }
@@ -150,7 +150,7 @@ impl Limits {
 
     /// Reserves one password check on the account's back-off (atomically: concurrent guesses
     /// get no more checks than sequential ones); refused while the account backs off.
-    pub async fn reserve_password_check(&self, account: &str) -> Result<(), Error> {
+    pub(crate) async fn reserve_password_check(&self, account: &str) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }
@@ -164,7 +164,7 @@ impl Limits {
     }
 
     /// A right password clears the account's failures (the reserved attempt included).
-    pub async fn password_check_succeeded(&self, account: &str) -> Result<(), Error> {
+    pub(crate) async fn password_check_succeeded(&self, account: &str) -> Result<(), Error> {
         if !self.enabled {
             return Ok(());
         }

@@ -1,16 +1,16 @@
 //! The rules: accounts, tokens, sessions. No HTTP here and no driver types; stores and keys are
 //! reached through their traits.
 
-pub mod accounts;
-pub mod admin;
+pub(crate) mod accounts;
+pub(crate) mod admin;
 pub mod clients;
-pub mod ids;
+pub(crate) mod ids;
 pub mod input;
-pub mod limits;
+pub(crate) mod limits;
 pub mod oauth;
-pub mod passwords;
-pub mod published;
-pub mod sessions;
+pub(crate) mod passwords;
+pub(crate) mod published;
+pub(crate) mod sessions;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use crate::keys::{KeyError, Keys};
 use crate::store::{ClientStore, SessionStore, StoreError, UserStore};
 
 pub use passwords::Passwords;
-pub use tokens::{AccessClaims, RefreshClaims, Refusal, Tokens};
+pub(crate) use tokens::{RefreshClaims, Refusal, Tokens};
 
 /// What a domain operation can answer besides success.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,31 +95,31 @@ pub enum RefreshError {
 
 /// The domain's services, each holding only what it uses. Built once by `startup`; handlers
 /// call one method of one of them.
-pub struct Services {
-    pub accounts: Arc<accounts::Accounts>,
-    pub sessions: Arc<sessions::Sessions>,
-    pub oauth: oauth::OAuth,
-    pub admin: admin::Admin,
-    pub limits: Arc<limits::Limits>,
-    pub published: published::Published,
+pub(crate) struct Services {
+    pub(crate) accounts: Arc<accounts::Accounts>,
+    pub(crate) sessions: Arc<sessions::Sessions>,
+    pub(crate) oauth: oauth::OAuth,
+    pub(crate) admin: admin::Admin,
+    pub(crate) limits: Arc<limits::Limits>,
+    pub(crate) published: published::Published,
 }
 
 /// What the services are built from.
-pub struct ServiceParts {
-    pub config: Arc<Config>,
-    pub clock: SharedClock,
-    pub users: Arc<dyn UserStore>,
+pub(crate) struct ServiceParts {
+    pub(crate) config: Arc<Config>,
+    pub(crate) clock: SharedClock,
+    pub(crate) users: Arc<dyn UserStore>,
     /// Client lookups: every known client (first-party, `TOKEND_CLIENTS_FILE`, stored).
-    pub clients: Arc<dyn ClientStore>,
-    pub sessions: Arc<dyn SessionStore>,
-    pub limits: Arc<dyn crate::store::LimitStore>,
-    pub keys: Keys,
-    pub passwords: Passwords,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub(crate) clients: Arc<dyn ClientStore>,
+    pub(crate) sessions: Arc<dyn SessionStore>,
+    pub(crate) limits: Arc<dyn crate::store::LimitStore>,
+    pub(crate) keys: Keys,
+    pub(crate) passwords: Passwords,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Services {
-    pub fn build(p: ServiceParts) -> Services {
+    pub(crate) fn build(p: ServiceParts) -> Services {
         let tokens = Tokens::new(
             p.config.issuer.clone(),
             p.config.audience.clone(),
@@ -175,4 +175,4 @@ impl Services {
 }
 
 /// The built-in public first-party client the seed endpoints act as.
-pub const FIRST_PARTY_CLIENT: &str = "tokend";
+pub(crate) const FIRST_PARTY_CLIENT: &str = "tokend";

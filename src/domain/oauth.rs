@@ -26,10 +26,6 @@ impl Client {
     pub fn authenticated_elsewhere(record: ClientRecord) -> Client {
         Client(record)
     }
-
-    pub fn id(&self) -> &str {
-        &self.0.client_id
-    }
 }
 
 /// The `OAuth` service: client authentication and the token, revocation and introspection
@@ -83,10 +79,10 @@ impl From<crate::store::StoreError> for OAuthError {
 
 /// The credentials a request presented (RFC 6749 §2.3.1), however they travelled.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClientCredentials {
-    pub client_id: String,
+pub(crate) struct ClientCredentials {
+    pub(crate) client_id: String,
     /// `None` for a public client, which sends only its id.
-    pub secret: Option<String>,
+    pub(crate) secret: Option<String>,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -100,7 +96,7 @@ impl std::fmt::Debug for ClientCredentials {
 
 /// Whether an endpoint accepts public clients (identified by `client_id` alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublicClients {
+pub(crate) enum PublicClients {
     Allowed,
     Refused,
 }
@@ -108,15 +104,15 @@ pub enum PublicClients {
 /// A successful token response (RFC 6749 §5.1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TokenResponse {
-    pub access_token: String,
-    pub token_type: &'static str,
+    pub(crate) access_token: String,
+    pub(crate) token_type: &'static str,
     /// Seconds until the access token expires.
-    pub expires_in: i64,
+    pub(crate) expires_in: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
+    pub(crate) refresh_token: Option<String>,
     /// The granted scope, space separated (omitted when empty).
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub scope: String,
+    pub(crate) scope: String,
 }
 
 /// The parameters of `POST /oauth/token` that the grants read.
@@ -132,13 +128,13 @@ pub struct TokenRequest {
 /// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Introspection {
-    pub active: bool,
+    pub(crate) active: bool,
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub details: Option<TokenDetails>,
+    pub(crate) details: Option<TokenDetails>,
 }
 
 impl Introspection {
-    pub fn inactive() -> Introspection {
+    pub(crate) fn inactive() -> Introspection {
         Introspection {
             active: false,
             details: None,
@@ -148,27 +144,27 @@ impl Introspection {
 
 /// The members of an active token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TokenDetails {
+pub(crate) struct TokenDetails {
     /// Omitted when the token has no scope (docs/tokens.md; RFC 7662 §2.2 makes it optional).
     #[serde(skip_serializing_if = "String::is_empty")]
-    pub scope: String,
-    pub client_id: String,
+    pub(crate) scope: String,
+    pub(crate) client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
+    pub(crate) username: Option<String>,
     /// Always `Bearer` (the RFC 6749 §5.1 type the token is used with).
-    pub token_type: &'static str,
+    pub(crate) token_type: &'static str,
     /// `access_token` or `refresh_token`.
-    pub token_use: &'static str,
-    pub exp: i64,
-    pub iat: i64,
+    pub(crate) token_use: &'static str,
+    pub(crate) exp: i64,
+    pub(crate) iat: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub nbf: Option<i64>,
-    pub sub: String,
-    pub aud: Audience,
-    pub iss: String,
-    pub jti: String,
+    pub(crate) nbf: Option<i64>,
+    pub(crate) sub: String,
+    pub(crate) aud: Audience,
+    pub(crate) iss: String,
+    pub(crate) jti: String,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sid: Option<String>,
+    pub(crate) sid: Option<String>,
 }
 
 /// Which kind of token a revocation or introspection request says it holds (RFC 7009 §2.1).
@@ -181,7 +177,7 @@ pub enum TokenHint {
 impl TokenHint {
     /// `access_token` / `refresh_token`; anything else is no hint (RFC 7009 §2.1 lets the server
     /// search all its token types).
-    pub fn parse(hint: Option<&str>) -> Option<TokenHint> {
+    pub(crate) fn parse(hint: Option<&str>) -> Option<TokenHint> {
         match hint {
             Some("access_token") => Some(TokenHint::Access),
             Some("refresh_token") => Some(TokenHint::Refresh),
@@ -198,13 +194,16 @@ impl TokenHint {
 }
 
 /// Splits a space-separated scope string into tokens (RFC 6749 §3.3).
-pub fn scope_tokens(scope: &str) -> Vec<&str> {
+pub(crate) fn scope_tokens(scope: &str) -> Vec<&str> {
     scope.split(' ').filter(|s| !s.is_empty()).collect()
 }
 
 /// The scope a request gets: the requested one if every token of it is allowed, else
 /// `invalid_scope`; nothing requested means everything allowed.
-pub fn grant_scope(requested: Option<&str>, allowed: &[String]) -> Result<String, OAuthError> {
+pub(crate) fn grant_scope(
+    requested: Option<&str>,
+    allowed: &[String],
+) -> Result<String, OAuthError> {
     let Some(requested) = requested else {
         return Ok(allowed.join(" "));
     };
@@ -228,7 +227,7 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError
 }
 
 impl OAuth {
-    pub fn new(
+    pub(crate) fn new(
         clients: Arc<dyn ClientStore>,
         users: Arc<dyn UserStore>,
         accounts: Arc<Accounts>,
@@ -248,7 +247,7 @@ impl OAuth {
 
     /// Authenticates a client (RFC 6749 §2.3): a confidential client by its secret, a public
     /// client by its id alone where `public` allows it. Every failure is `invalid_client`.
-    pub async fn authenticate_client(
+    pub(crate) async fn authenticate_client(
         &self,
         creds: &ClientCredentials,
         public: PublicClients,
@@ -395,7 +394,7 @@ impl OAuth {
     /// RFC 7009: revokes a token issued to `client`. A refresh token revokes its family (and so
     /// every access token of it), an access token its `jti`. Unknown, invalid, expired or
     /// foreign tokens are ignored: the answer is the same either way.
-    pub async fn revoke_token(
+    pub(crate) async fn revoke_token(
         &self,
         client: &Client,
         token: &str,

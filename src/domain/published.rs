@@ -12,7 +12,7 @@ pub struct Published {
 }
 
 impl Published {
-    pub fn new(keys: Keys, metrics: Arc<Metrics>) -> Published {
+    pub(crate) fn new(keys: Keys, metrics: Arc<Metrics>) -> Published {
         Published { keys, metrics }
     }
 
@@ -22,7 +22,7 @@ impl Published {
     }
 
     /// The metrics in Prometheus text, with the key gauges brought up to date.
-    pub fn metrics_text(&self) -> Vec<u8> {
+    pub(crate) fn metrics_text(&self) -> Vec<u8> {
         self.metrics.observe_keys(&self.keys);
         self.metrics.render()
     }

@@ -40,18 +40,18 @@ struct PairSpec<'a> {
 
 /// Session lifetimes and what a family may hold, from the configuration.
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
-    pub access_ttl: std::time::Duration,
-    pub refresh_ttl: std::time::Duration,
-    pub session_ttl: std::time::Duration,
-    pub refresh_reuse_leeway: std::time::Duration,
-    pub max_sessions_per_user: u32,
+pub(crate) struct SessionSettings {
+    pub(crate) access_ttl: std::time::Duration,
+    pub(crate) refresh_ttl: std::time::Duration,
+    pub(crate) session_ttl: std::time::Duration,
+    pub(crate) refresh_reuse_leeway: std::time::Duration,
+    pub(crate) max_sessions_per_user: u32,
     /// `TOKEND_SIGNING_ALGS`; the first signs by default.
-    pub signing_algs: Vec<Alg>,
+    pub(crate) signing_algs: Vec<Alg>,
 }
 
 impl SessionSettings {
-    pub fn from_config(config: &Config) -> SessionSettings {
+    pub(crate) fn from_config(config: &Config) -> SessionSettings {
         SessionSettings {
             access_ttl: config.access_ttl,
             refresh_ttl: config.refresh_ttl,
@@ -62,7 +62,7 @@ impl SessionSettings {
         }
     }
 
-    pub fn default_alg(&self) -> Alg {
+    pub(crate) fn default_alg(&self) -> Alg {
         self.signing_algs[0]
     }
 }
@@ -81,7 +81,7 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn SessionStore>,
         users: Arc<dyn UserStore>,
         clients: Arc<dyn ClientStore>,
@@ -102,7 +102,7 @@ impl Sessions {
     }
 
     /// The session settings (lifetimes, algorithms).
-    pub fn settings(&self) -> &SessionSettings {
+    pub(crate) fn settings(&self) -> &SessionSettings {
         &self.settings
     }
 
@@ -156,13 +156,13 @@ impl Sessions {
     }
 
     /// Counts a refused bearer token by reason and turns it into the domain error.
-    pub fn rejected(&self, refusal: Refusal) -> Error {
+    pub(crate) fn rejected(&self, refusal: Refusal) -> Error {
         Error::TokenRejected(self.refused(refusal))
     }
 
     /// Counts a refused token by reason and logs the reason; gives the refusal back for the
     /// error that carries it to the client.
-    pub fn refused(&self, refusal: Refusal) -> Refusal {
+    pub(crate) fn refused(&self, refusal: Refusal) -> Refusal {
         self.metrics
             .validation_failures
             .with_label_values(&[refusal.as_label()])
@@ -172,7 +172,7 @@ impl Sessions {
     }
 
     /// A fresh `jti`/`sid`.
-    pub fn new_id(&self) -> Result<String, Error> {
+    pub(crate) fn new_id(&self) -> Result<String, Error> {
         ids::random_id()
     }
 
@@ -255,7 +255,7 @@ impl Sessions {
     }
 
     /// The signing algorithm of a client (its own, else the default).
-    pub fn client_alg(&self, client: &ClientRecord) -> Alg {
+    pub(crate) fn client_alg(&self, client: &ClientRecord) -> Alg {
         client
             .alg
             .as_deref()
@@ -266,7 +266,7 @@ impl Sessions {
 
     /// How long a revocation record must live: the longest remaining lifetime of anything it
     /// revokes, plus the validation leeway.
-    pub fn revocation_ttl_ms(&self) -> i64 {
+    pub(crate) fn revocation_ttl_ms(&self) -> i64 {
         ms(self.settings.refresh_ttl.max(self.settings.access_ttl)) + LEEWAY_SECS * 1000
     }
 
@@ -317,7 +317,7 @@ impl Sessions {
     }
 
     /// Starts a family for a password login and issues its first (fresh) pair.
-    pub async fn start_session(
+    pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
         client: &ClientRecord,
@@ -374,7 +374,7 @@ impl Sessions {
 
     /// `POST /auth/token/refresh`: the seed route, which authenticates no client (only public
     /// clients' tokens are exchanged there; docs/hardening.md).
-    pub async fn refresh_seed(&self, refresh_token: &str) -> Result<TokenPair, Error> {
+    pub(crate) async fn refresh_seed(&self, refresh_token: &str) -> Result<TokenPair, Error> {
         self.refresh(refresh_token, None).await
     }
 
@@ -504,12 +504,12 @@ impl Sessions {
     }
 
     /// [`publish_user_claims`] on this service's session store.
-    pub async fn publish_user_claims(&self, user: &UserRecord) -> Result<(), Error> {
+    pub(crate) async fn publish_user_claims(&self, user: &UserRecord) -> Result<(), Error> {
         publish_user_claims(&*self.store, self.settings.session_ttl, user).await
     }
 
     /// `POST /auth/logout`: this access token and its family.
-    pub async fn logout(&self, p: &Principal) -> Result<(), Error> {
+    pub(crate) async fn logout(&self, p: &Principal) -> Result<(), Error> {
         let now = self.clock.now();
         let remaining = (p.claims.exp - now + LEEWAY_SECS).max(1) * 1000;
         self.store.revoke_jti(&p.claims.jti, remaining).await?;
@@ -528,7 +528,7 @@ impl Sessions {
 
     /// Revokes the family of a refresh token (cookie logout). Invalid or expired tokens revoke
     /// nothing and are not an error.
-    pub async fn revoke_refresh_token(&self, token: &str) -> Result<(), Error> {
+    pub(crate) async fn revoke_refresh_token(&self, token: &str) -> Result<(), Error> {
         let Ok(claims) = self.tokens.decode_refresh(token, self.clock.now()) else {
             return Ok(());
         };
@@ -543,7 +543,7 @@ impl Sessions {
     }
 
     /// `POST /auth/logout/all`: every session of the user.
-    pub async fn logout_all(&self, p: &Principal) -> Result<(), Error> {
+    pub(crate) async fn logout_all(&self, p: &Principal) -> Result<(), Error> {
         self.revoke_all_sessions(&p.claims.sub, None).await
     }
 
@@ -551,7 +551,7 @@ impl Sessions {
     /// there are. After a credential change, `credentials_version` (of the record the change
     /// wrote) also ends the sessions of logins that read the record before it, including those
     /// still in flight (docs/sessions.md).
-    pub async fn revoke_all_sessions(
+    pub(crate) async fn revoke_all_sessions(
         &self,
         user_id: &str,
         credentials_version: Option<i64>,
@@ -571,7 +571,7 @@ impl Sessions {
 /// Tells the session store that the user's claims changed (a role, the username), so
 /// refreshes and introspection of families already started see the change. The mark lives as
 /// long as a family started before it can.
-pub async fn publish_user_claims(
+pub(crate) async fn publish_user_claims(
     sessions: &dyn SessionStore,
     session_ttl: std::time::Duration,
     user: &UserRecord,

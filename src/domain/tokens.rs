@@ -11,7 +11,7 @@ use tokend_token_shape::time;
 use super::Error;
 use crate::keys::{Alg, Keys, TokenError};
 
-pub use tokend_token_shape::{ACCESS_TYP, LEEWAY_SECS, REFRESH_TYP};
+pub(crate) use tokend_token_shape::{ACCESS_TYP, LEEWAY_SECS, REFRESH_TYP};
 
 /// `aud` may be one string or an array (RFC 7519 §4.1.3).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,7 +22,7 @@ pub enum Audience {
 }
 
 impl Audience {
-    pub fn contains(&self, aud: &str) -> bool {
+    pub(crate) fn contains(&self, aud: &str) -> bool {
         match self {
             Audience::One(a) => a == aud,
             Audience::Many(v) => v.iter().any(|a| a == aud),
@@ -79,8 +79,8 @@ pub struct RefreshClaims {
 /// Signs and checks tokens for one issuer.
 #[derive(Clone)]
 pub struct Tokens {
-    pub issuer: String,
-    pub audience: String,
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
     pub keys: Keys,
 }
 
@@ -135,7 +135,7 @@ pub enum Refusal {
 impl Refusal {
     /// The metric label and log field: short, stable, never changed once dashboards and alert
     /// rules may read it.
-    pub fn as_label(self) -> &'static str {
+    pub(crate) fn as_label(self) -> &'static str {
         match self {
             Refusal::Expired => "expired",
             Refusal::NotYetValid => "not_yet_valid",
@@ -159,7 +159,7 @@ impl Refusal {
     /// The `error_description`: a short sentence, safe to send. A revoked key and claims of
     /// the wrong shape are answered as a malformed token, as they always have been; the label
     /// tells them apart for operators.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             Refusal::Expired => "token expired",
             Refusal::NotYetValid => "token not yet valid",

@@ -20,7 +20,7 @@ struct RolesBody {
 }
 
 /// The `{id}` of `/admin/users/{id}/<suffix>`.
-pub fn user_id_of(path: &str, suffix: &str) -> Option<String> {
+pub(crate) fn user_id_of(path: &str, suffix: &str) -> Option<String> {
     let id = path.strip_prefix("/admin/users/")?.strip_suffix(suffix)?;
     let ok = !id.is_empty()
         && id.len() <= 64
@@ -30,7 +30,7 @@ pub fn user_id_of(path: &str, suffix: &str) -> Option<String> {
     ok.then(|| id.to_string())
 }
 
-pub async fn list_users(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn list_users(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let q: ListQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
         .map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))?;
@@ -41,7 +41,7 @@ pub async fn list_users(state: &AppState, req: Request<Incoming>) -> ApiResult {
     json(StatusCode::OK, &page)
 }
 
-pub async fn set_roles(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn set_roles(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let id = user_id_of(req.uri().path(), "/roles").ok_or(ApiError::NotFound)?;
     let body: RolesBody = read_json(req, state.body_limit).await?;
@@ -49,7 +49,7 @@ pub async fn set_roles(state: &AppState, req: Request<Incoming>) -> ApiResult {
     json(StatusCode::OK, &user)
 }
 
-pub async fn revoke_sessions(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn revoke_sessions(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let id = user_id_of(req.uri().path(), "/revoke-sessions").ok_or(ApiError::NotFound)?;
     state.admin.revoke_sessions(&p, &id).await?;

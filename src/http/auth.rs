@@ -10,9 +10,9 @@ use crate::domain::accounts::{Principal, TokenPair};
 use crate::domain::ids;
 
 /// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`).
-pub const REFRESH_COOKIE: &str = "tokend_refresh";
+pub(crate) const REFRESH_COOKIE: &str = "tokend_refresh";
 /// The double-submit CSRF cookie of browser mode, echoed in `X-CSRF-Token`.
-pub const CSRF_COOKIE: &str = "tokend_csrf";
+pub(crate) const CSRF_COOKIE: &str = "tokend_csrf";
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -28,12 +28,15 @@ struct LoginBody {
 }
 
 /// Authenticates the request's bearer access token.
-pub async fn principal<B>(state: &AppState, req: &Request<B>) -> Result<Principal, ApiError> {
+pub(crate) async fn principal<B>(
+    state: &AppState,
+    req: &Request<B>,
+) -> Result<Principal, ApiError> {
     let token = bearer(req)?;
     Ok(state.sessions.authenticate(&token).await?)
 }
 
-pub async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let body: RegisterBody = read_json(req, state.body_limit).await?;
     let user = state
         .accounts
@@ -42,7 +45,7 @@ pub async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
     json(StatusCode::CREATED, &user)
 }
 
-pub async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let body: LoginBody = read_json(req, state.body_limit).await?;
     let pair = state.accounts.login(&body.email, &body.password).await?;
     respond_with_pair(state, pair)
@@ -138,13 +141,13 @@ fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, Api
     Ok(token)
 }
 
-pub async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let token = refresh_token_of(state, &req)?;
     let pair = state.sessions.refresh_seed(&token).await?;
     respond_with_pair(state, pair)
 }
 
-pub async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let cookie_logout = state.cookies.enabled
         && !req.headers().contains_key(header::AUTHORIZATION)
         && cookie(&req, REFRESH_COOKIE).is_some();
@@ -169,13 +172,13 @@ pub async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
     Ok(res)
 }
 
-pub async fn logout_all(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn logout_all(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     state.sessions.logout_all(&p).await?;
     empty(StatusCode::NO_CONTENT)
 }
 
-pub async fn verify(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn verify(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     json_no_store(
         StatusCode::OK,

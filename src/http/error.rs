@@ -55,7 +55,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// The one mapping table: status and RFC `error` code.
-    pub fn parts(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
@@ -91,7 +91,7 @@ impl ApiError {
     }
 
     /// The `error_description` sent to the client (never internals).
-    pub fn description(&self) -> String {
+    pub(crate) fn description(&self) -> String {
         match self {
             ApiError::InvalidRequest(d)
             | ApiError::InvalidToken(d)
@@ -121,7 +121,7 @@ impl ApiError {
     }
 
     /// Renders the response, logging server-side causes once.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub(crate) fn into_response(self) -> Response<Full<Bytes>> {
         let (status, code) = self.parts();
         match &self {
             ApiError::Internal(cause) => tracing::error!(cause = %cause, "internal error"),

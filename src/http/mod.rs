@@ -1,19 +1,19 @@
 //! The only place that knows HTTP: the server, the layer stack, the route table, the router,
 //! the error mapping and one thin handler file per surface.
 
-pub mod admin;
-pub mod auth;
+pub(crate) mod admin;
+pub(crate) mod auth;
 mod conn;
-pub mod error;
-pub mod oauth;
-pub mod openapi;
-pub mod ops;
+pub(crate) mod error;
+pub(crate) mod oauth;
+pub(crate) mod openapi;
+pub(crate) mod ops;
 pub mod router;
 pub mod routes;
-pub mod server;
-pub mod stack;
+pub(crate) mod server;
+pub(crate) mod stack;
 pub mod state;
-pub mod users;
+pub(crate) mod users;
 pub mod wellknown;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -25,13 +25,13 @@ use hyper::body::Incoming;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 /// What every handler returns.
-pub type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
+pub(crate) type ApiResult = Result<Response<Full<Bytes>>, ApiError>;
 
 /// Reads a body of at most `limit` bytes.
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -68,7 +68,7 @@ fn media_type(req: &Request<Incoming>) -> Option<String> {
 
 /// Reads a JSON body into `T`: 415 unless `Content-Type: application/json`, 413 when too large,
 /// 400 naming the problem when it does not parse.
-pub async fn read_json<T: DeserializeOwned>(
+pub(crate) async fn read_json<T: DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -84,7 +84,7 @@ pub async fn read_json<T: DeserializeOwned>(
 }
 
 /// Reads an `application/x-www-form-urlencoded` body into `T`.
-pub async fn read_form<T: DeserializeOwned>(
+pub(crate) async fn read_form<T: DeserializeOwned>(
     req: Request<Incoming>,
     limit: usize,
 ) -> Result<T, ApiError> {
@@ -101,14 +101,14 @@ pub async fn read_form<T: DeserializeOwned>(
 
 /// The bearer token of the `Authorization` header (RFC 6750 §2.1), parsed by the rules the
 /// resource-server verifier shares (`tokend_token_shape::bearer`).
-pub fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
+pub(crate) fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
     tokend_token_shape::bearer::from_headers(req.headers())
         .map(str::to_string)
         .map_err(|e| ApiError::InvalidToken(e.to_string()))
 }
 
 /// A JSON response.
-pub fn json<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
+pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
     let bytes = serde_json::to_vec(body)
         .map_err(|e| ApiError::Internal(format!("serialising response: {e}")))?;
     let mut res = Response::new(Full::new(Bytes::from(bytes)));
@@ -121,7 +121,7 @@ pub fn json<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
 }
 
 /// A JSON response carrying tokens: never cached (RFC 6749 §5.1).
-pub fn json_no_store<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
+pub(crate) fn json_no_store<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
     let mut res = json(status, body)?;
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -131,7 +131,7 @@ pub fn json_no_store<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
 }
 
 /// An empty response.
-pub fn empty(status: StatusCode) -> ApiResult {
+pub(crate) fn empty(status: StatusCode) -> ApiResult {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = status;
     Ok(res)
@@ -141,7 +141,7 @@ pub fn empty(status: StatusCode) -> ApiResult {
 /// usable address (absent, empty or all junk): one shared bucket, never the proxy's own address.
 /// Proxies that follow the convention always append the address they received the request from,
 /// so only a misconfigured proxy lands here.
-pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+pub(crate) const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 /// The client's IP (docs/hardening.md): the TCP peer, unless the peer is in `TOKEND_TRUSTED_PROXIES`.
 ///
@@ -151,7 +151,7 @@ pub const UNKNOWN_CLIENT: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 /// is the right-most entry that is not itself a trusted proxy; when every entry is a trusted
 /// proxy, the left-most one (the request started inside the trusted network). With no usable
 /// entry at all the client is [`UNKNOWN_CLIENT`].
-pub fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Option<IpAddr> {
+pub(crate) fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -> Option<IpAddr> {
     let peer = req
         .extensions()
         .get::<server::PeerAddr>()?

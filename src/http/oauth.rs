@@ -162,7 +162,7 @@ async fn authenticated(
 }
 
 /// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6).
-pub async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
     let request = TokenRequest {
         grant_type: form.grant_type,
@@ -176,7 +176,7 @@ pub async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
 }
 
 /// `POST /oauth/revoke` (RFC 7009): 200 with an empty body whether or not the token was known.
-pub async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
     let token = form
         .token
@@ -187,7 +187,7 @@ pub async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
 }
 
 /// `POST /oauth/introspect` (RFC 7662): confidential clients only.
-pub async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let (_client, form) = authenticated(state, req, PublicClients::Refused).await?;
     let token = form
         .token

@@ -8,10 +8,10 @@ use super::state::AppState;
 use super::ApiResult;
 
 /// The document, as checked in.
-pub const DOCUMENT: &[u8] = include_bytes!("../../openapi.json");
+pub(crate) const DOCUMENT: &[u8] = include_bytes!("../../openapi.json");
 
 /// `GET /openapi.json`, cacheable like JWKS.
-pub fn openapi<B>(state: &AppState, req: &Request<B>) -> ApiResult {
+pub(crate) fn openapi<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .openapi

@@ -6,11 +6,11 @@ use hyper::body::Incoming;
 use super::state::AppState;
 use super::{json, ApiResult};
 
-pub fn healthz() -> ApiResult {
+pub(crate) fn healthz() -> ApiResult {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
-pub async fn metrics(state: &AppState, _req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn metrics(state: &AppState, _req: Request<Incoming>) -> ApiResult {
     let text = state.published.metrics_text();
     let mut res = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
     res.headers_mut().insert(
@@ -20,7 +20,7 @@ pub async fn metrics(state: &AppState, _req: Request<Incoming>) -> ApiResult {
     Ok(res)
 }
 
-pub async fn readyz(state: &AppState, _req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn readyz(state: &AppState, _req: Request<Incoming>) -> ApiResult {
     let report = state.readiness().await;
     let status = if report.ready {
         StatusCode::OK

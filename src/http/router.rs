@@ -30,7 +30,7 @@ pub enum Listener {
 }
 
 impl Listener {
-    pub fn serves(self, surface: Surface) -> bool {
+    pub(crate) fn serves(self, surface: Surface) -> bool {
         match self {
             Listener::All => true,
             Listener::Api => surface == Surface::Api,
@@ -52,7 +52,7 @@ impl MatchedRoute {
 
     /// The route of a request: the one the route layer put in its extensions, else resolved
     /// here.
-    pub fn of<B>(req: &Request<B>, listener: Listener) -> MatchedRoute {
+    pub(crate) fn of<B>(req: &Request<B>, listener: Listener) -> MatchedRoute {
         match req.extensions().get::<MatchedRoute>() {
             Some(m) => *m,
             None => MatchedRoute::resolve(listener, req.uri().path()),
@@ -64,17 +64,17 @@ impl MatchedRoute {
     }
 
     /// The label of logs and metrics: the route's template, `unmatched` for a 404.
-    pub fn template(self) -> &'static str {
+    pub(crate) fn template(self) -> &'static str {
         self.0.map_or("unmatched", Route::template)
     }
 
     /// Whether the route is answered from memory (logged at `debug`, no timer).
-    pub fn from_memory(self) -> bool {
-        self.0.is_some_and(Route::from_memory)
+    pub(crate) fn served_from_memory(self) -> bool {
+        self.0.is_some_and(Route::served_from_memory)
     }
 
     /// The timeout class: none for a 404, answered at once.
-    pub fn timeout(self) -> Timeout {
+    pub(crate) fn timeout(self) -> Timeout {
         self.0.map_or(Timeout::None, Route::timeout)
     }
 
@@ -87,21 +87,21 @@ impl MatchedRoute {
 
 /// The router service.
 #[derive(Clone)]
-pub struct Router {
+pub(crate) struct Router {
     state: Arc<AppState>,
     listener: Listener,
 }
 
 impl Router {
-    pub fn new(state: Arc<AppState>, listener: Listener) -> Self {
+    pub(crate) fn new(state: Arc<AppState>, listener: Listener) -> Self {
         Router { state, listener }
     }
 
-    pub fn state(&self) -> &Arc<AppState> {
+    pub(crate) fn state(&self) -> &Arc<AppState> {
         &self.state
     }
 
-    pub fn listener(&self) -> Listener {
+    pub(crate) fn listener(&self) -> Listener {
         self.listener
     }
 }
@@ -193,7 +193,7 @@ mod tests {
             "/admin/users/{id}/roles"
         );
         assert_eq!(on(Listener::All, "/nope"), "unmatched");
-        assert!(MatchedRoute::resolve(Listener::All, "/healthz").from_memory());
+        assert!(MatchedRoute::resolve(Listener::All, "/healthz").served_from_memory());
         assert_eq!(
             MatchedRoute::resolve(Listener::All, "/nope").timeout(),
             Timeout::None

@@ -42,7 +42,7 @@ macro_rules! handler {
 /// Whether the per-IP rate limit applies before the handler (docs/operations.md, "Limits";
 /// docs/hardening.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RateLimit {
+pub(crate) enum RateLimit {
     None,
     /// `TOKEND_RATE_LIMIT_IP`, per client address.
     PerIp,
@@ -50,7 +50,7 @@ pub enum RateLimit {
 
 /// How long the route may take before it is answered 503 `temporarily_unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Timeout {
+pub(crate) enum Timeout {
     /// No timer: the route is answered from memory, in the call itself.
     None,
     /// `TOKEND_REQUEST_TIMEOUT`.
@@ -59,7 +59,7 @@ pub enum Timeout {
 
 /// Which listener serves a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Surface {
+pub(crate) enum Surface {
     /// The API listener (`TOKEND_LISTEN`).
     Api,
     /// The operational routes that `TOKEND_METRICS_LISTEN` moves to a listener of their own
@@ -91,7 +91,7 @@ impl std::fmt::Debug for Route {
             .field("allow", &self.allow)
             .field("rate_limit", &self.rate_limit)
             .field("timeout", &self.timeout)
-            .field("from_memory", &self.from_memory())
+            .field("served_from_memory", &self.served_from_memory())
             .field("surface", &self.surface)
             .finish()
     }
@@ -247,21 +247,21 @@ impl Route {
         &self.allow
     }
 
-    pub fn rate_limit(&self) -> RateLimit {
+    pub(crate) fn rate_limit(&self) -> RateLimit {
         self.rate_limit
     }
 
-    pub fn timeout(&self) -> Timeout {
+    pub(crate) fn timeout(&self) -> Timeout {
         self.timeout
     }
 
-    pub fn surface(&self) -> Surface {
+    pub(crate) fn surface(&self) -> Surface {
         self.surface
     }
 
     /// Whether the route is answered from memory in the call itself (JWKS, discovery, OpenAPI,
     /// `/healthz`).
-    pub fn from_memory(&self) -> bool {
+    pub(crate) fn served_from_memory(&self) -> bool {
         self.handlers
             .iter()
             .any(|(_, h)| matches!(h, Handler::Memory(_)))
@@ -373,7 +373,7 @@ mod tests {
             ]
         );
         let memory: Vec<_> = routes()
-            .filter(|r| r.from_memory())
+            .filter(|r| r.served_from_memory())
             .map(Route::template)
             .collect();
         assert_eq!(
@@ -394,7 +394,7 @@ mod tests {
         for r in routes() {
             // What is answered from memory serves nothing else, needs no timer and is never
             // rate limited (it is answered before the limit would be asked).
-            if r.from_memory() {
+            if r.served_from_memory() {
                 assert!(
                     r.handlers
                         .iter()

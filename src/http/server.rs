@@ -25,30 +25,30 @@ use crate::config::IpNet;
 
 /// The TCP peer of a request, put in its extensions by the accept loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub SocketAddr);
+pub(crate) struct PeerAddr(pub SocketAddr);
 
 /// Connection-level limits.
 #[derive(Debug, Clone)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// From accept to the first complete request head; from the first byte of a later HTTP/1
     /// request to its complete head. Also how long a PING may go unanswered on HTTP/2.
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// How long a connection with no request in flight stays open; on HTTP/2 also how long
     /// without a frame from the peer before a keep-alive PING.
-    pub idle_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub shutdown_grace: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_header_bytes: usize,
+    pub(crate) shutdown_grace: Duration,
     /// Open connections of this listener; at the cap the accept loop waits.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Open connections from one peer address; more are closed at once.
-    pub max_connections_per_ip: usize,
+    pub(crate) max_connections_per_ip: usize,
     /// Peers exempt from the per-IP cap: a proxy carries many clients' connections.
-    pub trusted_proxies: Arc<[IpNet]>,
+    pub(crate) trusted_proxies: Arc<[IpNet]>,
 }
 
 /// Builds a TLS acceptor from PEM files (certificate chain, private key), with ALPN for HTTP/2
 /// and HTTP/1.1. Uses rustls with the ring provider.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub(crate) fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let certs = CertificateDer::pem_file_iter(cert)
@@ -115,7 +115,7 @@ impl Drop for IpSlot {
 }
 
 /// Serves `service` on `listener` until `shutdown` resolves, then drains.
-pub async fn serve<S, B>(
+pub(crate) async fn serve<S, B>(
     listener: TcpListener,
     service: S,
     tls: Option<TlsAcceptor>,

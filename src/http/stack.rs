@@ -56,7 +56,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// system's randomness, so a request costs no system call for its id. Ids only need to be
 /// unique, not secret.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct MakeRequestUuid;
+pub(crate) struct MakeRequestUuid;
 
 thread_local! {
     static REQUEST_ID_STATE: std::cell::Cell<u64> = std::cell::Cell::new(request_id_seed());
@@ -123,7 +123,7 @@ fn cors_layer(origins: Vec<String>) -> Option<CorsLayer> {
 }
 
 /// Wraps the router in the stack; `cors_origins` empty means CORS off.
-pub fn build(
+pub(crate) fn build(
     router: Router,
     cors_origins: Vec<String>,
 ) -> impl tower::Service<
@@ -200,7 +200,7 @@ impl<B> MakeSpan<B> for RouteSpan {
             .get::<MatchedRoute>()
             .copied()
             .unwrap_or_default();
-        if route.from_memory() {
+        if route.served_from_memory() {
             tracing::debug_span!(
                 "request",
                 method = %req.method(),
@@ -236,19 +236,19 @@ impl<B> OnResponse<B> for LogResponse {
 
 /// Resolves the request's route once, from the table, into its extensions.
 #[derive(Debug, Clone)]
-pub struct MatchRoute<S> {
+pub(crate) struct MatchRoute<S> {
     inner: S,
     listener: Listener,
 }
 
 /// Layer of [`MatchRoute`].
 #[derive(Debug, Clone, Copy)]
-pub struct MatchRouteLayer {
+pub(crate) struct MatchRouteLayer {
     listener: Listener,
 }
 
 impl MatchRouteLayer {
-    pub fn new(listener: Listener) -> Self {
+    pub(crate) fn new(listener: Listener) -> Self {
         MatchRouteLayer { listener }
     }
 }
@@ -285,19 +285,19 @@ where
 
 /// Counts each answered request and observes its latency by route template, method and status.
 #[derive(Clone)]
-pub struct RequestMetrics<S> {
+pub(crate) struct RequestMetrics<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
 
 /// Layer of [`RequestMetrics`].
 #[derive(Clone)]
-pub struct RequestMetricsLayer {
+pub(crate) struct RequestMetricsLayer {
     metrics: Arc<Metrics>,
 }
 
 impl RequestMetricsLayer {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
         RequestMetricsLayer { metrics }
     }
 }
@@ -359,7 +359,7 @@ where
 
 pin_project_lite::pin_project! {
     /// Future of [`RequestMetrics`].
-    pub struct RequestMetricsFuture<F> {
+    pub(crate) struct RequestMetricsFuture<F> {
         #[pin]
         inner: F,
         metrics: Arc<Metrics>,
@@ -400,19 +400,19 @@ where
 /// answered within `TOKEND_REQUEST_TIMEOUT` (dropping the handler's future); sets no timer for
 /// the others.
 #[derive(Debug, Clone)]
-pub struct RequestTimeout<S> {
+pub(crate) struct RequestTimeout<S> {
     inner: S,
     timeout: Duration,
 }
 
 /// Layer of [`RequestTimeout`].
 #[derive(Debug, Clone, Copy)]
-pub struct RequestTimeoutLayer {
+pub(crate) struct RequestTimeoutLayer {
     timeout: Duration,
 }
 
 impl RequestTimeoutLayer {
-    pub fn new(timeout: Duration) -> Self {
+    pub(crate) fn new(timeout: Duration) -> Self {
         RequestTimeoutLayer { timeout }
     }
 }
@@ -460,7 +460,7 @@ where
 
 pin_project_lite::pin_project! {
     /// Future of [`RequestTimeout`].
-    pub struct RequestTimeoutFuture<F> {
+    pub(crate) struct RequestTimeoutFuture<F> {
         #[pin]
         inner: F,
         #[pin]

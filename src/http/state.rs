@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 /// One thing `/readyz` asks (a store, the key ring of an algorithm). The stores answer it
 /// through their `ping`; `startup` names them.
 #[async_trait]
-pub trait ReadinessCheck: Send + Sync {
+pub(crate) trait ReadinessCheck: Send + Sync {
     /// What is missing when this check fails (`mongodb`, `redis`, `keys:EdDSA`), else `None`.
     async fn missing(&self) -> Option<String>;
 }
@@ -32,50 +32,50 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub sessions: Arc<Sessions>,
     pub oauth: OAuth,
-    pub admin: Admin,
-    pub limits: Arc<Limits>,
+    pub(crate) admin: Admin,
+    pub(crate) limits: Arc<Limits>,
     pub published: Published,
     /// The request counters and histograms of the router.
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
-    pub trusted_proxies: Vec<IpNet>,
+    pub(crate) trusted_proxies: Vec<IpNet>,
     /// Browser mode (`TOKEND_REFRESH_COOKIE`).
-    pub cookies: CookieSettings,
-    pub body_limit: usize,
-    pub request_timeout: Duration,
+    pub(crate) cookies: CookieSettings,
+    pub(crate) body_limit: usize,
+    pub(crate) request_timeout: Duration,
     /// `public, max-age=TOKEND_JWKS_MAX_AGE` for JWKS and discovery.
     pub public_cache_control: HeaderValue,
     /// Discovery and OpenAPI, serialised once.
-    pub documents: Documents,
+    pub(crate) documents: Documents,
     /// What `/readyz` checks, in order.
-    pub readiness_checks: Vec<Arc<dyn ReadinessCheck>>,
+    pub(crate) readiness_checks: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 /// The refresh-token cookie of browser mode and its CSRF defence.
 #[derive(Debug, Clone)]
-pub struct CookieSettings {
+pub(crate) struct CookieSettings {
     /// `TOKEND_REFRESH_COOKIE=on`.
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     /// The cookie's `Max-Age` (the refresh token's lifetime), seconds.
-    pub max_age_secs: u64,
+    pub(crate) max_age_secs: u64,
     /// The issuer's origin (`scheme://host[:port]`), always allowed.
-    pub issuer_origin: String,
+    pub(crate) issuer_origin: String,
     /// `TOKEND_CORS_ORIGINS`.
-    pub allowed_origins: Vec<String>,
+    pub(crate) allowed_origins: Vec<String>,
 }
 
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Readiness {
-    pub ready: bool,
-    pub status: &'static str,
+pub(crate) struct Readiness {
+    pub(crate) ready: bool,
+    pub(crate) status: &'static str,
     /// Names of what is missing (`mongodb`, `redis`, `keys:EdDSA`).
-    pub down: Vec<String>,
+    pub(crate) down: Vec<String>,
 }
 
 impl AppState {
     /// Runs every readiness check at once.
-    pub async fn readiness(&self) -> Readiness {
+    pub(crate) async fn readiness(&self) -> Readiness {
         let down: Vec<String> =
             futures_util::future::join_all(self.readiness_checks.iter().map(|c| c.missing()))
                 .await

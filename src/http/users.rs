@@ -19,13 +19,13 @@ struct ChangePassword {
     new_password: String,
 }
 
-pub async fn me(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let user = state.accounts.me(&p).await?;
     json(StatusCode::OK, &user)
 }
 
-pub async fn update_me(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn update_me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     p.require_fresh()?;
     let body: UpdateMe = read_json(req, state.body_limit).await?;
@@ -33,7 +33,7 @@ pub async fn update_me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     json(StatusCode::OK, &user)
 }
 
-pub async fn change_password(state: &AppState, req: Request<Incoming>) -> ApiResult {
+pub(crate) async fn change_password(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     p.require_fresh()?;
     let body: ChangePassword = read_json(req, state.body_limit).await?;

@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::domain::clients::GRANT_TYPES;
 
 /// True when `If-None-Match` names `etag` (or `*`).
-pub fn etag_matches<B>(req: &Request<B>, etag: &str) -> bool {
+pub(crate) fn etag_matches<B>(req: &Request<B>, etag: &str) -> bool {
     req.headers()
         .get_all(header::IF_NONE_MATCH)
         .iter()
@@ -50,7 +50,7 @@ pub fn cacheable<B>(
     Ok(res)
 }
 
-pub fn jwks<B>(state: &AppState, req: &Request<B>) -> ApiResult {
+pub(crate) fn jwks<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     let doc = state.published.jwks();
     cacheable(
         req,
@@ -62,14 +62,14 @@ pub fn jwks<B>(state: &AppState, req: &Request<B>) -> ApiResult {
 
 /// A document serialised once at start-up, with its strong ETag.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StaticDocument {
-    pub body: Bytes,
+pub(crate) struct StaticDocument {
+    pub(crate) body: Bytes,
     /// The quoted base64url SHA-256 of `body`.
-    pub etag: String,
+    pub(crate) etag: String,
 }
 
 impl StaticDocument {
-    pub fn new(body: impl Into<Bytes>) -> StaticDocument {
+    pub(crate) fn new(body: impl Into<Bytes>) -> StaticDocument {
         use base64::Engine;
         let body = body.into();
         let digest = ring::digest::digest(&ring::digest::SHA256, &body);
@@ -81,25 +81,28 @@ impl StaticDocument {
     }
 
     /// Serves the document with `Cache-Control`, `ETag` and `304` for `If-None-Match`.
-    pub fn serve<B>(&self, req: &Request<B>, cache_control: &HeaderValue) -> ApiResult {
+    pub(crate) fn serve<B>(&self, req: &Request<B>, cache_control: &HeaderValue) -> ApiResult {
         cacheable(req, self.body.clone(), &self.etag, cache_control)
     }
 }
 
 /// The documents that never change while the process runs: discovery and OpenAPI.
 #[derive(Debug, Clone)]
-pub struct Documents {
+pub(crate) struct Documents {
     /// `/.well-known/oauth-authorization-server` (RFC 8414).
-    pub authorization_server: StaticDocument,
+    pub(crate) authorization_server: StaticDocument,
     /// `/.well-known/openid-configuration` (OpenID Connect Discovery 1.0).
-    pub openid_configuration: StaticDocument,
+    pub(crate) openid_configuration: StaticDocument,
     /// `/openapi.json`.
-    pub openapi: StaticDocument,
+    pub(crate) openapi: StaticDocument,
 }
 
 impl Documents {
     /// Builds every document from the configuration and the static clients' scopes.
-    pub fn build(config: &Config, scopes: Vec<String>) -> Result<Documents, serde_json::Error> {
+    pub(crate) fn build(
+        config: &Config,
+        scopes: Vec<String>,
+    ) -> Result<Documents, serde_json::Error> {
         let base = discovery(config, scopes);
         let mut oidc = base.clone();
         if let Value::Object(m) = &mut oidc {
@@ -147,7 +150,7 @@ fn discovery(config: &Config, scopes: Vec<String>) -> Value {
 }
 
 /// `GET /.well-known/oauth-authorization-server`.
-pub fn authorization_server<B>(state: &AppState, req: &Request<B>) -> ApiResult {
+pub(crate) fn authorization_server<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .authorization_server
@@ -155,7 +158,7 @@ pub fn authorization_server<B>(state: &AppState, req: &Request<B>) -> ApiResult 
 }
 
 /// `GET /.well-known/openid-configuration`.
-pub fn openid_configuration<B>(state: &AppState, req: &Request<B>) -> ApiResult {
+pub(crate) fn openid_configuration<B>(state: &AppState, req: &Request<B>) -> ApiResult {
     state
         .documents
         .openid_configuration

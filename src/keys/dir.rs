@@ -66,11 +66,6 @@ impl DirKeyStore {
         }
     }
 
-    /// The directory.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Path) -> Result<T, KeyError> + Send + 'static,

@@ -25,7 +25,7 @@ use super::ring::Minted;
 use super::{Alg, KeyError, TokenError, MIN_RSA_BITS};
 
 /// Longest token [`parse_header`] looks at.
-pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_LEN: usize = 16 * 1024;
 
 /// DER prefix of an Ed25519 PKCS#8 v1 `PrivateKeyInfo` (RFC 8410 §7), followed by the 32-byte seed.
 const ED25519_PKCS8_V1_PREFIX: [u8; 16] = [
@@ -39,20 +39,20 @@ const ED25519_ALG_AND_SEED_HEADER: [u8; 11] = [
 /// A public key as published in JWKS: `kty, kid, use, alg` and the public parameters only
 /// (OKP: `crv, x`; RSA: `n, e`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PublicJwk {
-    pub kty: String,
-    pub kid: String,
+pub(crate) struct PublicJwk {
+    pub(crate) kty: String,
+    pub(crate) kid: String,
     #[serde(rename = "use")]
-    pub use_: String,
-    pub alg: String,
+    pub(crate) use_: String,
+    pub(crate) alg: String,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub crv: Option<String>,
+    pub(crate) crv: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub x: Option<String>,
+    pub(crate) x: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub n: Option<String>,
+    pub(crate) n: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub e: Option<String>,
+    pub(crate) e: Option<String>,
 }
 
 impl PublicJwk {
@@ -76,7 +76,7 @@ pub struct JwksDocument {
 
 impl JwksDocument {
     /// Serialises `keys` in the order given.
-    pub fn new(keys: &[&PublicJwk]) -> JwksDocument {
+    pub(crate) fn new(keys: &[&PublicJwk]) -> JwksDocument {
         #[derive(Serialize)]
         struct Set<'a> {
             keys: &'a [&'a PublicJwk],
@@ -101,12 +101,12 @@ fn sha256_b64(input: &[u8]) -> String {
 }
 
 /// RFC 7638 thumbprint of an OKP key: SHA-256 of `{"crv":..,"kty":"OKP","x":..}`, base64url.
-pub fn thumbprint_okp(crv: &str, x: &str) -> String {
+pub(crate) fn thumbprint_okp(crv: &str, x: &str) -> String {
     sha256_b64(format!(r#"{{"crv":"{crv}","kty":"OKP","x":"{x}"}}"#).as_bytes())
 }
 
 /// RFC 7638 thumbprint of an RSA key: SHA-256 of `{"e":..,"kty":"RSA","n":..}`, base64url.
-pub fn thumbprint_rsa(e: &str, n: &str) -> String {
+pub(crate) fn thumbprint_rsa(e: &str, n: &str) -> String {
     sha256_b64(format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#).as_bytes())
 }
 
@@ -148,7 +148,7 @@ fn ed25519_v1(der: &[u8]) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), KeyError> {
 }
 
 /// Generates a new key of `alg` (RSA with `rsa_bits`). Slow for RSA: call off the executor.
-pub fn generate(alg: Alg, rsa_bits: usize) -> Result<Minted, KeyError> {
+pub(crate) fn generate(alg: Alg, rsa_bits: usize) -> Result<Minted, KeyError> {
     let der = match alg {
         Alg::EdDSA => {
             let doc = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(crypto)?;
@@ -174,9 +174,9 @@ pub fn generate(alg: Alg, rsa_bits: usize) -> Result<Minted, KeyError> {
 
 /// Everything needed to sign and verify with one key, built once per key: its kid, public JWK
 /// and josekit signer and verifier.
-pub struct KeyMaterial {
-    pub kid: String,
-    pub alg: Alg,
+pub(crate) struct KeyMaterial {
+    pub(crate) kid: String,
+    pub(crate) alg: Alg,
     jwk: PublicJwk,
     signer: Box<dyn JwsSigner>,
     verifier: Box<dyn JwsVerifier>,
@@ -194,7 +194,7 @@ impl std::fmt::Debug for KeyMaterial {
 
 impl KeyMaterial {
     /// Parses a PKCS#8 private key of `alg` and derives its kid (RFC 7638 thumbprint).
-    pub fn from_pkcs8(alg: Alg, der: &[u8]) -> Result<KeyMaterial, KeyError> {
+    pub(crate) fn from_pkcs8(alg: Alg, der: &[u8]) -> Result<KeyMaterial, KeyError> {
         let (jwk, signer): (PublicJwk, Box<dyn JwsSigner>) = match alg {
             Alg::EdDSA => {
                 let (v1, public) = ed25519_v1(der)?;
@@ -261,12 +261,12 @@ impl KeyMaterial {
     }
 
     /// The public JWK as published.
-    pub fn public_jwk(&self) -> &PublicJwk {
+    pub(crate) fn public_jwk(&self) -> &PublicJwk {
         &self.jwk
     }
 
     /// Signs `claims` as a JWS compact JWT with header `{"alg","kid","typ"}`.
-    pub fn sign(&self, typ: &str, claims: &Map<String, Value>) -> Result<String, KeyError> {
+    pub(crate) fn sign(&self, typ: &str, claims: &Map<String, Value>) -> Result<String, KeyError> {
         let mut header = JwsHeader::new();
         header.set_token_type(typ);
         let payload = JwtPayload::from_map(claims.clone()).map_err(crypto)?;
@@ -274,7 +274,7 @@ impl KeyMaterial {
     }
 
     /// Verifies the signature of `token` (whose header was checked already) and returns its claims.
-    pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
         match josekit::jwt::decode_with_verifier(token, self.verifier.as_ref()) {
             Ok((payload, _)) => Ok(payload.into()),
             Err(JoseError::InvalidSignature(_)) => Err(TokenError::BadSignature),
@@ -352,7 +352,7 @@ impl JwsVerifier for RingEd25519Verifier {
 }
 
 /// A verifier built from a published JWK alone (ring for Ed25519, OpenSSL for RS256).
-pub fn verifier_from_public_jwk(jwk: &PublicJwk) -> Result<Box<dyn JwsVerifier>, KeyError> {
+pub(crate) fn verifier_from_public_jwk(jwk: &PublicJwk) -> Result<Box<dyn JwsVerifier>, KeyError> {
     let j = jwk.to_josekit()?;
     let v: Box<dyn JwsVerifier> = match Alg::parse(&jwk.alg) {
         Some(Alg::EdDSA) => {
@@ -381,7 +381,7 @@ pub fn verifier_from_public_jwk(jwk: &PublicJwk) -> Result<Box<dyn JwsVerifier>,
 }
 
 /// The header of a JWS compact token: three base64url parts, the first a JSON object.
-pub fn parse_header(token: &str) -> Result<Map<String, Value>, TokenError> {
+pub(crate) fn parse_header(token: &str) -> Result<Map<String, Value>, TokenError> {
     if token.len() > MAX_TOKEN_LEN {
         return Err(TokenError::Malformed);
     }

@@ -305,7 +305,7 @@ impl Keys {
 
     /// Background task: [`Keys::tick`] every min(`cfg.reload`, 30 s) until `shutdown` resolves;
     /// logs errors, never panics.
-    pub fn spawn_maintenance(
+    pub(crate) fn spawn_maintenance(
         &self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> tokio::task::JoinHandle<()> {
@@ -362,7 +362,7 @@ impl Keys {
     /// successor is brought forward to activate now, otherwise a new key is created that
     /// activates now. This is the one case where a key signs without prepublication: resource
     /// servers refetch JWKS on the unknown `kid`. Returns false if the kid is unknown.
-    pub async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
+    pub(crate) async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
         if !is_valid_kid(kid) {
             return Ok(false);
         }
@@ -385,7 +385,7 @@ impl Keys {
     }
 
     /// Whether `alg` has a key that signs at `clock.now()`.
-    pub fn has_active(&self, alg: Alg) -> bool {
+    pub(crate) fn has_active(&self, alg: Alg) -> bool {
         let snap = self.snapshot();
         ring::active_at(&snap.keys, alg, self.now())
             .is_some_and(|k| snap.material.contains_key(&k.kid))
@@ -393,7 +393,7 @@ impl Keys {
 
     /// Counts by state per configured algorithm and the active key's age (seconds since it
     /// started signing), for metrics.
-    pub fn stats(&self) -> KeyStats {
+    pub(crate) fn stats(&self) -> KeyStats {
         let now = self.now();
         let snap = self.snapshot();
         let algs = self
@@ -427,7 +427,7 @@ impl Keys {
 
     /// The configured algorithms; the first signs by default.
     /// How many keys this process has created per algorithm since it started (rotations).
-    pub fn created_counts(&self) -> Vec<(Alg, u64)> {
+    pub(crate) fn created_counts(&self) -> Vec<(Alg, u64)> {
         self.inner
             .created
             .lock()
@@ -435,7 +435,8 @@ impl Keys {
             .unwrap_or_default()
     }
 
-    pub fn algs(&self) -> &[Alg] {
+    #[cfg(test)]
+    pub(crate) fn algs(&self) -> &[Alg] {
         &self.inner.cfg.algs
     }
 

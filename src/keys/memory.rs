@@ -22,12 +22,14 @@ impl MemoryKeyStore {
     }
 
     /// How many saves succeeded.
-    pub fn saves(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn saves(&self) -> usize {
         self.saves.load(Ordering::SeqCst)
     }
 
     /// The stored keyset, if any.
-    pub fn snapshot(&self) -> Option<StoredKeyset> {
+    #[cfg(test)]
+    pub(crate) fn snapshot(&self) -> Option<StoredKeyset> {
         self.lock().clone()
     }
 

@@ -16,15 +16,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub mod dir;
-pub mod jwk;
+pub(crate) mod dir;
+pub(crate) mod jwk;
 mod manager;
-pub mod memory;
-pub mod mongo;
-pub mod ring;
+pub(crate) mod memory;
+pub(crate) mod mongo;
+pub(crate) mod ring;
 
 pub use dir::DirKeyStore;
-pub use jwk::JwksDocument;
+pub(crate) use jwk::JwksDocument;
 pub use manager::{Keys, ROTATION_LEASE};
 pub use memory::MemoryKeyStore;
 pub use mongo::MongoKeyStore;
@@ -38,10 +38,7 @@ pub use tokend_token_shape::Alg;
 /// Default RSA modulus size in bits.
 pub const DEFAULT_RSA_BITS: usize = 3072;
 /// Smallest RSA modulus accepted (docs/keys.md).
-pub const MIN_RSA_BITS: usize = 2048;
-/// Leeway added to the longest token lifetime to get a retired key's retention: the validation
-/// leeway, since a token is accepted that long past its `exp`.
-pub const RETENTION_LEEWAY: Duration = tokend_token_shape::LEEWAY;
+pub(crate) const MIN_RSA_BITS: usize = 2048;
 
 /// How the key rings behave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +59,7 @@ pub struct KeysConfig {
 
 impl KeysConfig {
     /// Checks the settings that [`Keys::open`] relies on.
-    pub fn validate(&self) -> Result<(), KeyError> {
+    pub(crate) fn validate(&self) -> Result<(), KeyError> {
         if self.algs.is_empty() {
             return Err(KeyError::Config("no signing algorithm".into()));
         }
@@ -79,7 +76,7 @@ impl KeysConfig {
     }
 
     /// The schedule in whole seconds.
-    pub fn schedule(&self) -> ring::Schedule {
+    pub(crate) fn schedule(&self) -> ring::Schedule {
         ring::Schedule {
             rotation: crate::clock::secs(self.rotation),
             prepublish: crate::clock::secs(self.prepublish),
@@ -120,37 +117,37 @@ pub struct KeyInfo {
     pub kid: String,
     pub alg: Alg,
     pub state: KeyState,
-    pub created: i64,
-    pub activates: i64,
-    pub retires: i64,
-    pub expires: i64,
-    pub revoked: bool,
+    pub(crate) created: i64,
+    pub(crate) activates: i64,
+    pub(crate) retires: i64,
+    pub(crate) expires: i64,
+    pub(crate) revoked: bool,
 }
 
 /// Counts of keys by state for one algorithm, for metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AlgKeyStats {
-    pub alg: Alg,
-    pub pending: usize,
-    pub active: usize,
-    pub retired: usize,
+pub(crate) struct AlgKeyStats {
+    pub(crate) alg: Alg,
+    pub(crate) pending: usize,
+    pub(crate) active: usize,
+    pub(crate) retired: usize,
     /// Revoked or expired keys still recorded in the keyset.
-    pub gone: usize,
+    pub(crate) gone: usize,
     /// Seconds since the active key started signing; `None` without an active key.
-    pub active_age_seconds: Option<i64>,
+    pub(crate) active_age_seconds: Option<i64>,
 }
 
 /// Key metrics for every configured algorithm, in configuration order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KeyStats {
-    pub algs: Vec<AlgKeyStats>,
+pub(crate) struct KeyStats {
+    pub(crate) algs: Vec<AlgKeyStats>,
 }
 
 /// A token whose header and signature passed; its claims are still to be checked by the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
-    pub alg: Alg,
-    pub kid: String,
+    pub(crate) alg: Alg,
+    pub(crate) kid: String,
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -213,13 +210,13 @@ pub struct StoredKey {
     /// RFC 7638 thumbprint of the public key (base64url, no padding).
     pub kid: String,
     pub alg: Alg,
-    pub created: i64,
+    pub(crate) created: i64,
     pub activates: i64,
     pub retires: i64,
-    pub expires: i64,
-    pub revoked: bool,
+    pub(crate) expires: i64,
+    pub(crate) revoked: bool,
     /// PKCS#8 private key. Empty once the key is revoked (the private half is destroyed).
-    pub private_pkcs8_der: Zeroizing<Vec<u8>>,
+    pub(crate) private_pkcs8_der: Zeroizing<Vec<u8>>,
 }
 
 impl std::fmt::Debug for StoredKey {
@@ -239,7 +236,7 @@ impl std::fmt::Debug for StoredKey {
 
 impl StoredKey {
     /// Public view of the key at `now`.
-    pub fn info(&self, now: i64) -> KeyInfo {
+    pub(crate) fn info(&self, now: i64) -> KeyInfo {
         KeyInfo {
             kid: self.kid.clone(),
             alg: self.alg,
@@ -254,7 +251,7 @@ impl StoredKey {
 
     /// Checks what every store relies on before using a stored key: a base64url `kid`, ordered
     /// timestamps, and private key bytes unless revoked.
-    pub fn check(&self) -> Result<(), KeyError> {
+    pub(crate) fn check(&self) -> Result<(), KeyError> {
         if !is_valid_kid(&self.kid) {
             return Err(KeyError::Corrupt("invalid kid".into()));
         }
@@ -277,13 +274,13 @@ impl StoredKey {
 /// The whole keyset with its compare-and-swap version.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredKeyset {
-    pub version: u64,
+    pub(crate) version: u64,
     pub keys: Vec<StoredKey>,
 }
 
 /// A `kid` is an RFC 7638 thumbprint: 1 to 128 base64url characters. Checked before a `kid` is
 /// used for anything, in particular before it names a file.
-pub fn is_valid_kid(kid: &str) -> bool {
+pub(crate) fn is_valid_kid(kid: &str) -> bool {
     !kid.is_empty()
         && kid.len() <= 128
         && kid

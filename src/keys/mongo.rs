@@ -20,7 +20,7 @@ use super::{Alg, KeyError, KeyStore, StoredKey, StoredKeyset};
 use crate::store::StoreError;
 
 /// Collection holding the keyset document.
-pub const COLLECTION: &str = "keyset";
+pub(crate) const COLLECTION: &str = "keyset";
 const DOC_ID: &str = "keyset";
 const STORE: &str = "mongodb";
 const DUPLICATE_KEY: i32 = 11000;
@@ -75,14 +75,14 @@ fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
 
 /// AES-256-GCM sealing of private keys.
 #[derive(Clone)]
-pub struct Sealer {
+pub(crate) struct Sealer {
     kek: std::sync::Arc<Zeroizing<[u8; 32]>>,
     rng: SystemRandom,
 }
 
 impl Sealer {
     /// A sealer for a 32-byte key-encryption key.
-    pub fn new(kek: [u8; 32]) -> Sealer {
+    pub(crate) fn new(kek: [u8; 32]) -> Sealer {
         Sealer {
             kek: std::sync::Arc::new(Zeroizing::new(kek)),
             rng: SystemRandom::new(),
@@ -96,7 +96,7 @@ impl Sealer {
     }
 
     /// `nonce || ciphertext || tag` of `plain` with `aad` as associated data.
-    pub fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
         let mut nonce = [0u8; NONCE_LEN];
         self.rng
             .fill(&mut nonce)
@@ -117,7 +117,7 @@ impl Sealer {
 
     /// Opens what [`Sealer::seal`] produced; fails cleanly on a wrong key, wrong `aad` or
     /// tampering.
-    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+    pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, KeyError> {
         if sealed.len() < NONCE_LEN + AES_256_GCM.tag_len() {
             return Err(KeyError::Corrupt("sealed key too short".into()));
         }

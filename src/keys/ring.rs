@@ -12,26 +12,26 @@ use super::{Alg, KeyError, KeyState, StoredKey};
 
 /// Timing of the schedule in whole seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// How long a key signs.
-    pub rotation: i64,
+    pub(crate) rotation: i64,
     /// How long before a key signs it is published.
-    pub prepublish: i64,
+    pub(crate) prepublish: i64,
     /// How long after a key retires it still verifies.
-    pub retention: i64,
+    pub(crate) retention: i64,
 }
 
 /// Fresh key material: a `kid` and its PKCS#8 private key.
-pub struct Minted {
-    pub kid: String,
-    pub private_pkcs8_der: Zeroizing<Vec<u8>>,
+pub(crate) struct Minted {
+    pub(crate) kid: String,
+    pub(crate) private_pkcs8_der: Zeroizing<Vec<u8>>,
 }
 
 /// Supplies key material for an algorithm.
-pub type Mint<'a> = dyn FnMut(Alg) -> Result<Minted, KeyError> + 'a;
+pub(crate) type Mint<'a> = dyn FnMut(Alg) -> Result<Minted, KeyError> + 'a;
 
 /// The state of `key` at `now`.
-pub fn state(key: &StoredKey, now: i64) -> KeyState {
+pub(crate) fn state(key: &StoredKey, now: i64) -> KeyState {
     if key.revoked || now >= key.expires {
         KeyState::Gone
     } else if now < key.activates {
@@ -44,13 +44,13 @@ pub fn state(key: &StoredKey, now: i64) -> KeyState {
 }
 
 /// Whether a token signed by `key` may be verified at `now` (any state but gone).
-pub fn verifies(key: &StoredKey, now: i64) -> bool {
+pub(crate) fn verifies(key: &StoredKey, now: i64) -> bool {
     state(key, now) != KeyState::Gone
 }
 
 /// The key of `alg` that signs at `at`: not revoked, `activates <= at < retires`. Should
 /// schedules ever overlap, the most recently activated key wins.
-pub fn active_at(keys: &[StoredKey], alg: Alg, at: i64) -> Option<&StoredKey> {
+pub(crate) fn active_at(keys: &[StoredKey], alg: Alg, at: i64) -> Option<&StoredKey> {
     keys.iter()
         .filter(|k| {
             k.alg == alg && !k.revoked && k.activates <= at && at < k.retires && at < k.expires
@@ -70,7 +70,7 @@ fn active_index(keys: &[StoredKey], alg: Alg, at: i64) -> Option<usize> {
 /// When the active key of `alg` needs a successor at `now`: `(activates, retires)` of the key to
 /// create. Due once the active key has at most `prepublish` left and no key of `alg` takes over
 /// by its end.
-pub fn successor_due(
+pub(crate) fn successor_due(
     keys: &[StoredKey],
     alg: Alg,
     sched: &Schedule,
@@ -122,7 +122,7 @@ fn push_unique(keys: &mut Vec<StoredKey>, key: StoredKey) -> Result<(), KeyError
 /// once (the one case a key signs without prepublication: first start, a revoked active key, or
 /// a keyset left without maintenance for longer than a rotation). Returns the kid made active, if
 /// any change was needed.
-pub fn ensure_active(
+pub(crate) fn ensure_active(
     keys: &mut Vec<StoredKey>,
     alg: Alg,
     sched: &Schedule,
@@ -153,7 +153,7 @@ pub fn ensure_active(
 /// One maintenance step at `now`: forget keys past `expires`, stretch `expires` when the
 /// retention grew, make sure every algorithm in `algs` has an active key, and create the
 /// successor of each active key that is due. Returns whether anything changed.
-pub fn maintain(
+pub(crate) fn maintain(
     keys: &mut Vec<StoredKey>,
     algs: &[Alg],
     sched: &Schedule,
@@ -188,7 +188,7 @@ pub fn maintain(
 /// Operator rotation of `alg` at `now`: a new key published now that activates at
 /// `now + prepublish`, when the active key now retires. A pending successor that never signed is
 /// replaced by the new key. Returns the kids of the new (or newly activated) keys.
-pub fn rotate_now(
+pub(crate) fn rotate_now(
     keys: &mut Vec<StoredKey>,
     alg: Alg,
     sched: &Schedule,
@@ -217,7 +217,7 @@ pub fn rotate_now(
 
 /// What revoking a key did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revoked {
+pub(crate) enum Revoked {
     /// No key has this kid.
     Unknown,
     /// The key was revoked before.
@@ -230,7 +230,7 @@ pub enum Revoked {
 /// Revokes `kid` at `now`: out of JWKS and verification at once, its private key destroyed. If
 /// it was the active key of an algorithm in `algs`, another key becomes active immediately (see
 /// [`ensure_active`]).
-pub fn revoke(
+pub(crate) fn revoke(
     keys: &mut Vec<StoredKey>,
     kid: &str,
     algs: &[Alg],

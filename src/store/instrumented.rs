@@ -14,14 +14,14 @@ use super::{
 use crate::metrics::Metrics;
 
 /// Wraps a store, labelling its operations with `store`.
-pub struct Instrumented<S: ?Sized> {
+pub(crate) struct Instrumented<S: ?Sized> {
     inner: Arc<S>,
     store: &'static str,
     metrics: Arc<Metrics>,
 }
 
 impl<S: ?Sized> Instrumented<S> {
-    pub fn new(inner: Arc<S>, store: &'static str, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(inner: Arc<S>, store: &'static str, metrics: Arc<Metrics>) -> Self {
         Instrumented {
             inner,
             store,

@@ -373,6 +373,11 @@ impl MemorySessions {
         }
     }
 
+    /// Whether no record is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many records are held, expired ones included until they are swept.
     pub fn len(&self) -> usize {
         let g = lock(&self.inner);
@@ -381,10 +386,6 @@ impl MemorySessions {
             + g.revoked_jtis.len()
             + g.user_marks.len()
             + g.user_claims.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// [`SessionStore::access_status`], with the user's claims when `with_user`.

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-pub mod instrumented;
+pub(crate) mod instrumented;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
@@ -31,13 +31,13 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub fn unavailable(store: &'static str, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn unavailable(store: &'static str, e: impl std::fmt::Display) -> Self {
         StoreError::Unavailable {
             store,
             message: e.to_string(),
         }
     }
-    pub fn corrupt(store: &'static str, e: impl std::fmt::Display) -> Self {
+    pub(crate) fn corrupt(store: &'static str, e: impl std::fmt::Display) -> Self {
         StoreError::Corrupt {
             store,
             message: e.to_string(),
@@ -171,7 +171,7 @@ pub struct UserClaims {
 }
 
 impl UserClaims {
-    pub fn of(user: &UserRecord) -> UserClaims {
+    pub(crate) fn of(user: &UserRecord) -> UserClaims {
         UserClaims {
             username: user.username.clone(),
             roles: user.roles.clone(),
@@ -181,7 +181,10 @@ impl UserClaims {
 
     /// The newer of two copies; on a tie, `mark` (written at a change, never older than a
     /// family started from the same record).
-    pub fn newest(mark: Option<UserClaims>, family: Option<UserClaims>) -> Option<UserClaims> {
+    pub(crate) fn newest(
+        mark: Option<UserClaims>,
+        family: Option<UserClaims>,
+    ) -> Option<UserClaims> {
         match (mark, family) {
             (Some(m), Some(f)) if f.version > m.version => Some(f),
             (Some(m), _) => Some(m),
@@ -305,12 +308,12 @@ pub struct UserMarks {
 /// The marks of one family that the access check reads.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FamilyMarks {
-    pub revoked: bool,
+    pub(crate) revoked: bool,
     /// The user's session generation when the family started (0 for families from before).
-    pub generation: i64,
+    pub(crate) generation: i64,
     /// The `credentials_version` of the user record the login read (0 for families from
     /// before).
-    pub credentials_version: i64,
+    pub(crate) credentials_version: i64,
 }
 
 /// A family as introspection and revocation see it.
@@ -456,15 +459,15 @@ pub trait LimitStore: Send + Sync {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackoffPolicy {
     /// Failures allowed before any back-off.
-    pub free: u32,
-    pub base_ms: i64,
-    pub cap_ms: i64,
-    pub window_ms: i64,
+    pub(crate) free: u32,
+    pub(crate) base_ms: i64,
+    pub(crate) cap_ms: i64,
+    pub(crate) window_ms: i64,
 }
 
 impl BackoffPolicy {
     /// The back-off after `failures` consecutive failures.
-    pub fn delay_ms(&self, failures: u32) -> i64 {
+    pub(crate) fn delay_ms(&self, failures: u32) -> i64 {
         if failures <= self.free {
             return 0;
         }

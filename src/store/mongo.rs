@@ -27,16 +27,16 @@ use super::{ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
 const STORE: &str = "mongodb";
 
 /// How long the driver may look for a usable server before an operation fails.
-pub const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one TCP connect may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub const USERS: &str = "users";
-pub const CLIENTS: &str = "clients";
+pub(crate) const USERS: &str = "users";
+pub(crate) const CLIENTS: &str = "clients";
 /// Name of the unique index on `users.email`.
-pub const EMAIL_INDEX: &str = "email_unique";
+pub(crate) const EMAIL_INDEX: &str = "email_unique";
 /// Name of the unique index on `users.username_lower`.
-pub const USERNAME_INDEX: &str = "username_lower_unique";
+pub(crate) const USERNAME_INDEX: &str = "username_lower_unique";
 
 /// A user as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]

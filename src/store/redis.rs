@@ -34,15 +34,15 @@ use super::{
 const STORE: &str = "redis";
 
 /// How long one connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long Redis may take to answer one command.
-pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// The most one store operation may take, retry included; after it the caller gets
 /// `Unavailable` and fails closed.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The scheme of a Redis Cluster URL: `redis+cluster://host1:port1,host2:port2`.
-pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+pub(crate) const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// The connection: one server through a self-healing [`ConnectionManager`], or a cluster.
 #[derive(Clone)]
