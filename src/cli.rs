@@ -6,11 +6,12 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 
 use crate::clock::{Clock, SharedClock, SystemClock};
-use crate::config::{Config, Mode, ENV_CLIENTS_FILE, ENV_MONGODB_URI, ENV_REDIS_URL};
+use crate::config::vars::{CLIENTS_FILE, MONGODB_URI, REDIS_URL};
+use crate::config::{Config, Mode};
 use crate::domain::clients::{hash_secret, load_static_clients, validate_client, Clients};
 use crate::domain::ids;
 use crate::keys::{Alg, Keys};
-use crate::startup::{Application, Backends, StartupError};
+use crate::startup::{keys_config, Application, Backends, StartupError};
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
 #[derive(Debug, Parser)]
@@ -153,7 +154,7 @@ async fn open_keys(config: &Config) -> Result<Keys, String> {
     let b = Backends::connect(config, &clock)
         .await
         .map_err(|e| e.to_string())?;
-    Keys::open(config.keys_config(), b.keystore, b.lease, clock)
+    Keys::open(keys_config(config), b.keystore, b.lease, clock)
         .await
         .map_err(|e| e.to_string())
 }
@@ -219,9 +220,11 @@ async fn keys_command(cmd: KeysCommand, config: Config) -> Result<(), String> {
 async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> {
     if matches!(config.mode, Mode::Embedded { .. }) {
         return Err(format!(
-            "`tokend users` needs production mode: set {ENV_MONGODB_URI} and {ENV_REDIS_URL}. \
+            "`tokend users` needs production mode: set {mongodb_uri} and {redis_url}. \
              In embedded mode, start the server with TOKEND_BOOTSTRAP_ADMIN_EMAIL and \
-             TOKEND_BOOTSTRAP_ADMIN_PASSWORD to create the first admin instead."
+             TOKEND_BOOTSTRAP_ADMIN_PASSWORD to create the first admin instead.",
+            mongodb_uri = MONGODB_URI.name,
+            redis_url = REDIS_URL.name,
         ));
     }
     let clock: SharedClock = Arc::new(SystemClock);
@@ -269,8 +272,11 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
 async fn open_clients(config: &Config) -> Result<Clients, String> {
     if matches!(config.mode, Mode::Embedded { .. }) {
         return Err(format!(
-            "`tokend clients` needs production mode: set {ENV_MONGODB_URI} and {ENV_REDIS_URL}. \
-             In embedded mode, clients come from the JSON file named by {ENV_CLIENTS_FILE}."
+            "`tokend clients` needs production mode: set {mongodb_uri} and {redis_url}. \
+             In embedded mode, clients come from the JSON file named by {clients_file}.",
+            mongodb_uri = MONGODB_URI.name,
+            redis_url = REDIS_URL.name,
+            clients_file = CLIENTS_FILE.name,
         ));
     }
     let statics = match &config.clients_file {
@@ -404,8 +410,9 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
         ClientsCommand::Delete { id } => {
             if clients.is_builtin_or_static(&id) {
                 return Err(format!(
-                    "client {id:?} is not stored in MongoDB (built in, or from {ENV_CLIENTS_FILE}); \
-                     remove it from the file instead"
+                    "client {id:?} is not stored in MongoDB (built in, or from {clients_file}); \
+                     remove it from the file instead",
+                    clients_file = CLIENTS_FILE.name,
                 ));
             }
             if clients.delete(&id).await.map_err(|e| e.to_string())? {

@@ -1,5 +1,5 @@
-//! `tokend`: parse the command line, load and validate configuration (exit 2 on a bad value),
-//! initialise logging, run.
+//! `tokend`: parse the command line, load and validate configuration (every bad value on a line
+//! of its own, then exit 2), initialise logging, run.
 
 use std::process::ExitCode;
 
@@ -12,7 +12,9 @@ fn main() -> ExitCode {
     let config = match ProcessEnv::load().and_then(|env| Config::from_env(&env)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("tokend: {e}");
+            for line in e.errors() {
+                eprintln!("tokend: {line}");
+            }
             return ExitCode::from(2);
         }
     };

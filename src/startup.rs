@@ -17,7 +17,7 @@ use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
 use crate::http::state::{AppState, CookieSettings, ReadinessCheck};
 use crate::http::wellknown::Documents;
-use crate::keys::{DirKeyStore, KeyStore, Keys, MongoKeyStore};
+use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENTION_LEEWAY};
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
@@ -46,6 +46,19 @@ pub enum StartupError {
     Config(String),
     #[error("{0}")]
     Other(String),
+}
+
+/// The key schedule of `config`: the algorithms, rotation, prepublication, retention (the
+/// longest token lifetime plus the validation leeway), reload interval and RSA size.
+pub(crate) fn keys_config(config: &Config) -> KeysConfig {
+    KeysConfig {
+        algs: config.signing_algs.clone(),
+        rotation: config.key_rotation,
+        prepublish: config.key_prepublish,
+        retention: config.access_ttl.max(config.refresh_ttl) + RETENTION_LEEWAY,
+        reload: config.keyset_reload,
+        rsa_bits: config.rsa_bits,
+    }
 }
 
 /// The stores of one mode.
@@ -196,7 +209,7 @@ impl Application {
                  set TOKEND_MONGODB_URI and TOKEND_REDIS_URL for production mode"
             );
         }
-        let keys = Keys::open(config.keys_config(), b.keystore, b.lease, clock.clone())
+        let keys = Keys::open(keys_config(&config), b.keystore, b.lease, clock.clone())
             .await
             .map_err(|e| StartupError::Keys(e.to_string()))?;
         let passwords =
@@ -413,5 +426,22 @@ fn warn_if_descriptors_are_short(max_connections: usize) {
                  raise it, or lower TOKEND_MAX_CONNECTIONS"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::keys::DEFAULT_RSA_BITS;
+
+    #[test]
+    fn the_configured_key_schedule_keeps_the_key_rings_defaults() {
+        let config = Config::from_env(&HashMap::<String, String>::new()).unwrap();
+        let keys = keys_config(&config);
+        assert_eq!(keys.rsa_bits, DEFAULT_RSA_BITS);
+        assert_eq!(keys.retention, config.refresh_ttl + RETENTION_LEEWAY);
+        keys.validate().unwrap();
     }
 }

@@ -13,7 +13,7 @@ use ring::{digest, hmac};
 use serde::Deserialize;
 
 use super::{ids, FIRST_PARTY_CLIENT};
-use crate::config::ENV_CLIENTS_FILE;
+use crate::config::vars::CLIENTS_FILE;
 use crate::keys::Alg;
 use crate::store::{ClientRecord, ClientStore, StoreError};
 
@@ -198,10 +198,9 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
 
 /// Reads `TOKEND_CLIENTS_FILE`; the error is one line naming the variable.
 pub(crate) fn load_static_clients(path: &Path, algs: &[Alg]) -> Result<Vec<ClientRecord>, String> {
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("{ENV_CLIENTS_FILE}={}: {e}", path.display()))?;
-    parse_static_clients(&bytes, algs)
-        .map_err(|e| format!("{ENV_CLIENTS_FILE}={}: {e}", path.display()))
+    let var = CLIENTS_FILE.name;
+    let bytes = std::fs::read(path).map_err(|e| format!("{var}={}: {e}", path.display()))?;
+    parse_static_clients(&bytes, algs).map_err(|e| format!("{var}={}: {e}", path.display()))
 }
 
 /// The built-in public first-party client the seed endpoints act as: password and

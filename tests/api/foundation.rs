@@ -63,6 +63,51 @@ fn each_config_error_names_its_variable_and_exits_2() {
 }
 
 #[test]
+fn every_config_error_is_reported_at_once_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = [
+        ("TOKEND_LISTEN", "not-an-address"),
+        ("TOKEND_ACCESS_TTL", "soon"),
+        ("TOKEND_LOG_FORMAT", "yaml"),
+        // Conflicts with the default TOKEND_REFRESH_TTL (14d).
+        ("TOKEND_SESSION_TTL", "1d"),
+        ("TOKEND_TLS_CERT", "cert.pem"),
+    ];
+    // The variable each line names, in the order of `tokend check-config`.
+    let named = [
+        "TOKEND_LISTEN",
+        "TOKEND_ACCESS_TTL",
+        "TOKEND_REFRESH_TTL",
+        "TOKEND_LOG_FORMAT",
+        "TOKEND_TLS_KEY",
+    ];
+    for sub in ["serve", "check-config"] {
+        let out = tokend()
+            .current_dir(dir.path())
+            .arg(sub)
+            .envs(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        assert!(out.stdout.is_empty(), "{sub}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.trim().lines().collect();
+        assert_eq!(lines.len(), named.len(), "one line per variable: {stderr}");
+        for (line, var) in lines.iter().zip(named) {
+            assert!(
+                line.starts_with(&format!("tokend: invalid {var}: ")),
+                "{sub}: {line}"
+            );
+        }
+        assert!(
+            stderr.contains("must not exceed TOKEND_SESSION_TTL"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("required with TOKEND_TLS_CERT"), "{stderr}");
+    }
+}
+
+#[test]
 fn a_dotenv_file_is_read_and_the_environment_wins() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
