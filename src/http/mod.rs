@@ -8,6 +8,7 @@ pub mod error;
 pub mod oauth;
 pub mod openapi;
 pub mod ops;
+pub mod pages;
 pub mod router;
 pub mod routes;
 pub mod server;
