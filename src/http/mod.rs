@@ -8,6 +8,7 @@ pub(crate) mod error;
 pub(crate) mod oauth;
 pub(crate) mod openapi;
 pub(crate) mod ops;
+pub mod pages;
 pub mod router;
 pub mod routes;
 pub(crate) mod server;

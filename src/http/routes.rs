@@ -11,7 +11,7 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::state::AppState;
-use super::{admin, auth, oauth, openapi, ops, users, wellknown, ApiResult};
+use super::{admin, auth, oauth, openapi, ops, pages, users, wellknown, ApiResult};
 
 /// The future of a handler, boxed so that every handler fits one table.
 pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
@@ -72,8 +72,8 @@ pub struct Route {
     /// Position in the table; stands for the template in the metric handle cache.
     index: u8,
     template: &'static str,
-    /// The literal text around the `{id}` segment, when the template has one.
-    param: Option<(&'static str, &'static str)>,
+    /// The variable segment, when the template has one.
+    param: Option<Param>,
     /// The methods in the order of `Allow`; `HEAD` is answered by the `GET` handler
     /// (RFC 9110 §9.3.2).
     handlers: Vec<(Method, Handler)>,
@@ -97,8 +97,9 @@ impl std::fmt::Debug for Route {
     }
 }
 
-/// The table. Templates are literal paths except for one `{id}` segment (a user id: 1 to 64
-/// ASCII letters, digits, `-` or `_`); no two routes match the same path.
+/// The table. Templates are literal paths except for at most one variable segment, `{id}` (a
+/// user id: 1 to 64 ASCII letters, digits, `-` or `_`) or `{name}` (an asset name, see
+/// [`is_asset_name`]); no two routes match the same path.
 fn table() -> Vec<Route> {
     vec![
         Route::at("/auth/register")
@@ -139,6 +140,7 @@ fn table() -> Vec<Route> {
         Route::at("/admin/users").get(handler!(admin::list_users)),
         Route::at("/admin/users/{id}/roles").put(handler!(admin::set_roles)),
         Route::at("/admin/users/{id}/revoke-sessions").post(handler!(admin::revoke_sessions)),
+        Route::at("/assets/{name}").memory(pages::assets::serve),
     ]
 }
 
@@ -169,6 +171,41 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `s` may stand for `{name}` in a path: 1 to 64 ASCII letters, digits, `-`, `_` or
+/// `.`, starting with a letter or digit (so never `..` nor a hidden name). The handler then
+/// looks the name up among the assets held in memory; it is never a file path.
+fn is_asset_name(s: &str) -> bool {
+    s.len() <= 64
+        && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Whether a value may stand for a template's variable segment.
+type Rule = fn(&str) -> bool;
+
+/// The variable segment of a template: the literal text around it and the rule its value
+/// follows.
+#[derive(Clone, Copy)]
+struct Param {
+    head: &'static str,
+    tail: &'static str,
+    rule: Rule,
+}
+
+impl Param {
+    /// The variables a template may hold, each with its rule.
+    const VARIABLES: [(&'static str, Rule); 2] = [("{id}", is_id), ("{name}", is_asset_name)];
+
+    fn of(template: &'static str) -> Option<Param> {
+        Param::VARIABLES.iter().find_map(|&(variable, rule)| {
+            template
+                .split_once(variable)
+                .map(|(head, tail)| Param { head, tail, rule })
+        })
+    }
+}
+
 impl Route {
     /// A route at `template` with no method yet, rate-limit free, under the request timeout,
     /// on the API listener.
@@ -176,7 +213,7 @@ impl Route {
         Route {
             index: u8::MAX,
             template,
-            param: template.split_once("{id}"),
+            param: Param::of(template),
             handlers: Vec::new(),
             allow: String::new(),
             rate_limit: RateLimit::None,
@@ -260,7 +297,7 @@ impl Route {
     }
 
     /// Whether the route is answered from memory in the call itself (JWKS, discovery, OpenAPI,
-    /// `/healthz`).
+    /// `/healthz`, the pages' assets).
     pub(crate) fn served_from_memory(&self) -> bool {
         self.handlers
             .iter()
@@ -284,15 +321,26 @@ impl Route {
             .map(|(_, h)| *h)
     }
 
-    /// Whether `path` is this route's template, with an id in place of `{id}`.
+    /// Whether `path` is this route's template, with a value its rule accepts in place of the
+    /// variable segment.
     pub(crate) fn matches(&self, path: &str) -> bool {
         match self.param {
             None => path == self.template,
-            Some((head, tail)) => path
-                .strip_prefix(head)
-                .and_then(|rest| rest.strip_suffix(tail))
-                .is_some_and(is_id),
+            Some(p) => path
+                .strip_prefix(p.head)
+                .and_then(|rest| rest.strip_suffix(p.tail))
+                .is_some_and(p.rule),
         }
+    }
+
+    /// A path this route serves: the template with a valid value in place of its variable
+    /// segment, an asset that exists for `{name}` (for tests that walk the table).
+    pub fn example_path(&self) -> String {
+        let asset = pages::assets::stylesheet_path();
+        self.template.replace("{id}", "0193a1b2-user").replace(
+            "{name}",
+            asset.rsplit_once('/').map_or(asset, |(_, name)| name),
+        )
     }
 }
 
@@ -314,7 +362,7 @@ mod tests {
     #[test]
     fn each_template_matches_itself_only() {
         for r in routes() {
-            let path = r.template().replace("{id}", "0193a1b2-user");
+            let path = r.example_path();
             let matching: Vec<_> = routes().filter(|o| o.matches(&path)).collect();
             assert_eq!(matching.len(), 1, "{path}: {matching:?}");
             assert_eq!(find(&path).map(Route::template), Some(r.template()));
@@ -324,6 +372,10 @@ mod tests {
         assert!(find("/admin/users//roles").is_none());
         assert!(find("/admin/users/../../roles").is_none());
         assert!(find(&format!("/admin/users/{}/roles", "a".repeat(65))).is_none());
+        for name in ["", ".css", "..", "../x", "a/b", "a b", "é", &"a".repeat(65)] {
+            assert!(find(&format!("/assets/{name}")).is_none(), "{name:?}");
+        }
+        assert!(find("/assets/form-post.0123456789.js").is_some());
     }
 
     #[test]
@@ -383,7 +435,8 @@ mod tests {
                 "/.well-known/oauth-authorization-server",
                 "/.well-known/openid-configuration",
                 "/openapi.json",
-                "/healthz"
+                "/healthz",
+                "/assets/{name}"
             ]
         );
         let ops: Vec<_> = routes()

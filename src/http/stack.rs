@@ -8,8 +8,9 @@
 //!    below reads;
 //! 3. trace: one span per request labelled by route template (never the raw path), with status
 //!    and latency on completion: at `info`, except for the documents answered from memory (JWKS,
-//!    discovery, OpenAPI, `/healthz`), which caches, resource servers and probes fetch all the
-//!    time: those are logged at `debug` (and counted in the request metrics like every route);
+//!    discovery, OpenAPI, `/healthz`, the pages' assets), which caches, resource servers,
+//!    probes and browsers fetch all the time: those are logged at `debug` (and counted in the
+//!    request metrics like every route);
 //! 4. propagate request id: echo `x-request-id` on the response;
 //! 5. CORS, only when `TOKEND_CORS_ORIGINS` lists origins (off by default): answers preflights
 //!    before anything else runs (they are not API requests and are not counted);

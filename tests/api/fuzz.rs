@@ -370,18 +370,29 @@ proptest! {
             ".{0,80}",
             "/(auth|users|admin|oauth|\\.well-known)(/[a-zA-Z0-9._%~-]{0,20}){0,4}",
             "/admin/users/[^/]{0,70}/(roles|revoke-sessions)",
+            "/assets/[^/]{0,70}",
         ]
     ) {
         if let Some(route) = MatchedRoute::resolve(Listener::All, &path).route() {
             let template = route.template();
-            match template.split_once("{id}") {
+            let variable = ["{id}", "{name}"]
+                .into_iter()
+                .find_map(|v| template.split_once(v).map(|(head, tail)| (v, head, tail)));
+            match variable {
                 None => prop_assert_eq!(template, path.as_str()),
-                Some((head, tail)) => {
-                    let id = path.strip_prefix(head).and_then(|p| p.strip_suffix(tail));
+                Some((variable, head, tail)) => {
+                    let value = path.strip_prefix(head).and_then(|p| p.strip_suffix(tail));
+                    // Both rules: 1 to 64 ASCII letters, digits, `-`, `_`; an asset name may
+                    // also hold dots, but not first.
+                    let dots = variable == "{name}";
                     prop_assert!(
-                        id.is_some_and(|id| !id.is_empty()
-                            && id.len() <= 64
-                            && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')),
+                        value.is_some_and(|v| !v.is_empty()
+                            && v.len() <= 64
+                            && !v.starts_with('.')
+                            && v.chars().all(|c| c.is_ascii_alphanumeric()
+                                || c == '-'
+                                || c == '_'
+                                || (dots && c == '.'))),
                         "{path} resolved to {template}"
                     );
                 }
@@ -494,9 +505,7 @@ fn method() -> impl Strategy<Value = String> {
 }
 
 fn raw_path() -> impl Strategy<Value = String> {
-    let known: Vec<String> = routes()
-        .map(|r| r.template().replace("{id}", "0193a1b2-user"))
-        .collect();
+    let known: Vec<String> = routes().map(|r| r.example_path()).collect();
     prop_oneof![
         prop::sample::select(known.clone()),
         (prop::sample::select(known), "[!-~]{0,12}").prop_map(|(p, tail)| format!("{p}{tail}")),

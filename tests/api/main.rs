@@ -16,6 +16,7 @@ mod multi_instance;
 mod oauth;
 mod openapi;
 mod ops;
+mod pages;
 mod races;
 mod services;
 mod sessions;
