@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command of tokend: `bash deploy/test.sh [extra args for the test runner]`.
 #
-# On a fresh Debian/Ubuntu machine it installs what the tests need (redis-server with apt-get,
-# SecantusDB — a MongoDB wire-protocol server — in a venv under target/test-venv), starts Redis
-# and SecantusDB on free loopback ports, runs `cargo fmt --all --check`, `cargo clippy
-# --workspace` and the tests of every crate of the workspace (cargo nextest when installed, else
-# cargo test), stops what it started, and exits with the status of the first step that failed.
+# On a fresh Debian/Ubuntu machine it installs what the tests need (redis-server, prometheus,
+# chromium and chromium-driver with apt-get, SecantusDB — a MongoDB wire-protocol server — in a
+# venv under target/test-venv), starts Redis and SecantusDB on free loopback ports, runs `cargo
+# fmt --all --check`, `cargo clippy --workspace` and the tests of every crate of the workspace
+# (cargo nextest when installed, else cargo test), stops what it started, and exits with the
+# status of the first step that failed.
 #
 # Environment:
 #   TOKEND_TEST_REDIS_URL, TOKEND_TEST_MONGODB_URI   use these servers; start none of your own
@@ -14,6 +15,10 @@
 #                         found or installed when unset, and exported to the tests
 #   TOKEND_TEST_PROMETHEUS_BIN  the Prometheus server the scrape test starts (found, or
 #                         installed with Debian's `prometheus` package, which also ships promtool)
+#   TOKEND_TEST_CHROMEDRIVER_BIN, TOKEND_TEST_CHROMIUM_BIN  the chromedriver and Chromium of the
+#                         browser tests (else Debian's chromium-driver and chromium, installed
+#                         when missing); TOKEND_TEST_REQUIRE_BROWSER=1 is exported, so those
+#                         tests fail rather than skip without a browser
 #   TOKEND_TEST_REDIS_CLUSTER_URL  a Redis Cluster for the cluster tests
 #                         (redis+cluster://h1:p1,h2:p2,...); else one of three masters is
 #                         started here with redis-cli --cluster create
@@ -184,6 +189,27 @@ ensure_prometheus() {
   [ -x "$TOKEND_TEST_PROMETHEUS_BIN" ] || die "no prometheus at $TOKEND_TEST_PROMETHEUS_BIN"
   command -v promtool >/dev/null 2>&1 || die "no promtool (Debian package prometheus)"
   export TOKEND_TEST_PROMETHEUS_BIN
+}
+
+# Chromium and chromedriver for the real-browser tests (tests/api/browser.rs): Debian's
+# chromium and chromium-driver, installed when /usr/bin/chromium or /usr/bin/chromedriver is
+# missing (fonts-liberation too, which apt would only recommend: screenshots need a font). The
+# tests are told that a browser is required, so a missing one fails them instead of skipping.
+ensure_browser() {
+  local packages=()
+  if [ -z "${TOKEND_TEST_CHROMIUM_BIN:-}" ] && [ ! -x /usr/bin/chromium ]; then
+    packages+=(chromium fonts-liberation)
+  fi
+  if [ -z "${TOKEND_TEST_CHROMEDRIVER_BIN:-}" ] && [ ! -x /usr/bin/chromedriver ]; then
+    packages+=(chromium-driver)
+  fi
+  [ "${#packages[@]}" -eq 0 ] || apt_install "${packages[@]}"
+  TOKEND_TEST_CHROMIUM_BIN=${TOKEND_TEST_CHROMIUM_BIN:-/usr/bin/chromium}
+  TOKEND_TEST_CHROMEDRIVER_BIN=${TOKEND_TEST_CHROMEDRIVER_BIN:-/usr/bin/chromedriver}
+  [ -x "$TOKEND_TEST_CHROMIUM_BIN" ] || die "no chromium at $TOKEND_TEST_CHROMIUM_BIN"
+  [ -x "$TOKEND_TEST_CHROMEDRIVER_BIN" ] || die "no chromedriver at $TOKEND_TEST_CHROMEDRIVER_BIN"
+  export TOKEND_TEST_CHROMIUM_BIN TOKEND_TEST_CHROMEDRIVER_BIN
+  export TOKEND_TEST_REQUIRE_BROWSER=1
 }
 
 # PyYAML for the manifest checks, and Docker Compose v2 when Docker's plugin is missing, in a
@@ -379,6 +405,7 @@ EOF
 mkdir -p "$LOGS"
 ensure_python
 ensure_prometheus
+ensure_browser
 ensure_deploy_venv
 if [ -n "${TOKEND_TEST_REDIS_URL:-}" ] && [ -n "${TOKEND_TEST_MONGODB_URI:-}" ]; then
   log "using TOKEND_TEST_REDIS_URL and TOKEND_TEST_MONGODB_URI from the environment"

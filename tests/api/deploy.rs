@@ -1,7 +1,8 @@
 //! The deployment files against a running tokend (docs/hardening.md, §10): a real Prometheus server,
 //! configured from `deploy/prometheus/prometheus.yml`, scrapes tokend's metrics listener and
 //! reports the target up with the alert rules loaded and quiet; the rules name only metrics
-//! tokend exports; the container health probe passes against tokend.
+//! tokend exports; every query of the Grafana dashboard (`deploy/grafana/tokend.json`) returns
+//! series from that Prometheus; the container health probe passes against tokend.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,6 +169,48 @@ impl Prometheus {
         (body["status"] == "success").then(|| body["data"].clone())
     }
 
+    /// Polls the targets until tokend's is up (scraped), and returns it.
+    async fn wait_for_tokend_up(&self, http: &reqwest::Client) -> Value {
+        let deadline = tokio::time::Instant::now() + SCRAPED_WITHIN;
+        loop {
+            if let Some(targets) = self.api(http, "/api/v1/targets").await {
+                if let Some(t) = tokend_target(&targets) {
+                    if t["health"] == "up" {
+                        return t.clone();
+                    }
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "Prometheus did not report tokend up within {SCRAPED_WITHIN:?}; its log:\n{}",
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The result of an instant query, or Prometheus's error (a PromQL error, or no answer).
+    async fn query_checked(
+        &self,
+        http: &reqwest::Client,
+        promql: &str,
+    ) -> Result<Vec<Value>, String> {
+        let url = format!(
+            "{}/api/v1/query?{}",
+            self.base,
+            serde_urlencoded::to_string([("query", promql)]).unwrap()
+        );
+        let res = http.get(url).send().await.map_err(|e| e.to_string())?;
+        let body: Value = res.json().await.map_err(|e| e.to_string())?;
+        if body["status"] != "success" {
+            return Err(format!("{}: {}", body["errorType"], body["error"]));
+        }
+        Ok(body["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
     async fn query(&self, http: &reqwest::Client, promql: &str) -> Vec<Value> {
         let path = format!(
             "/api/v1/query?{}",
@@ -224,22 +267,7 @@ async fn prometheus_scrapes_tokend_and_reports_the_target_up() {
     assert_eq!(res.status(), StatusCode::OK);
 
     let prometheus = Prometheus::start(app.ops);
-    let deadline = tokio::time::Instant::now() + SCRAPED_WITHIN;
-    let target = loop {
-        if let Some(targets) = prometheus.api(&http, "/api/v1/targets").await {
-            if let Some(t) = tokend_target(&targets) {
-                if t["health"] == "up" {
-                    break t.clone();
-                }
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Prometheus did not report tokend up within {SCRAPED_WITHIN:?}; its log:\n{}",
-            prometheus.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let target = prometheus.wait_for_tokend_up(&http).await;
     assert_eq!(target["labels"]["instance"], app.ops.to_string());
     assert_eq!(target["scrapeUrl"], format!("http://{}/metrics", app.ops));
 
@@ -384,4 +412,331 @@ fn metric_names_are_found_in_promql() {
         metric_names("rate(tokend_a_total[5m]) / tokend:b_seconds + x_tokend_c"),
         vec!["tokend_a_total"]
     );
+}
+
+// ---- the Grafana dashboard -----------------------------------------------------------------
+
+fn dashboard() -> Value {
+    let text = std::fs::read_to_string(repo_path("deploy/grafana/tokend.json"))
+        .expect("deploy/grafana/tokend.json");
+    serde_json::from_str(&text).expect("deploy/grafana/tokend.json is JSON")
+}
+
+/// Every panel of a dashboard, those nested in collapsed rows included.
+fn dashboard_panels(dashboard: &Value) -> Vec<&Value> {
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        panels.push(panel);
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    panels
+}
+
+/// The values the test gives Grafana's variables: the built-in intervals, a query variable's
+/// "All" value (its `allValue`) when it has one, else its current value.
+fn dashboard_variables(dashboard: &Value) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = [
+        ("__rate_interval", "1m"),
+        ("__interval", "15s"),
+        ("__range", "1h"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if var["type"] != "query" {
+            continue;
+        }
+        let name = var["name"].as_str().expect("a variable name").to_string();
+        let value = match var["allValue"].as_str() {
+            Some(all) if var["includeAll"] == true => all.to_string(),
+            _ => var["current"]["value"]
+                .as_str()
+                .unwrap_or_else(|| panic!("variable {name} has no current value"))
+                .to_string(),
+        };
+        vars.push((name, value));
+    }
+    // Longest first, so that no name is replaced inside a longer one.
+    vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    vars
+}
+
+/// `expr` with `$name` and `${name}` replaced by the values of `vars`.
+fn substitute(expr: &str, vars: &[(String, String)]) -> String {
+    let mut out = expr.to_string();
+    for (name, value) in vars {
+        out = out.replace(&format!("${{{name}}}"), value);
+        out = out.replace(&format!("${name}"), value);
+    }
+    out
+}
+
+/// (what, PromQL) for every panel target and every query variable of the dashboard, variables
+/// substituted; `label_values(selector, label)` becomes `count by (label) (selector)`.
+fn dashboard_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let vars = dashboard_variables(dashboard);
+    let mut queries = Vec::new();
+    for panel in dashboard_panels(dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_else(|| {
+                panic!("panel {title:?}: target {} has no expr", target["refId"])
+            });
+            let what = format!(
+                "panel {title:?} ({})",
+                target["refId"].as_str().unwrap_or("?")
+            );
+            queries.push((what, substitute(expr, &vars)));
+        }
+    }
+    for var in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if var["type"] != "query" {
+            continue;
+        }
+        let definition = var["definition"].as_str().unwrap_or_default();
+        let inner = definition
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable {}: not label_values(...)", var["name"]));
+        let (selector, label) = inner
+            .rsplit_once(',')
+            .expect("label_values(selector, label)");
+        let promql = format!("count by ({}) ({})", label.trim(), selector.trim());
+        queries.push((
+            format!("variable {}", var["name"]),
+            substitute(&promql, &vars),
+        ));
+    }
+    for (what, promql) in &queries {
+        assert!(
+            !promql.contains('$'),
+            "{what}: unknown variable in {promql}"
+        );
+    }
+    queries
+}
+
+#[test]
+fn the_grafana_dashboard_is_importable_and_names_only_metrics_tokend_exports() {
+    let dashboard = dashboard();
+    assert!(
+        dashboard["schemaVersion"].as_u64().unwrap() >= 36,
+        "Grafana 10+"
+    );
+    assert_eq!(dashboard["__inputs"][0]["name"], "DS_PROMETHEUS");
+    let panels = dashboard_panels(&dashboard);
+    let mut ids: Vec<u64> = panels.iter().map(|p| p["id"].as_u64().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), panels.len(), "panel ids must be unique");
+    for panel in panels.iter().filter(|p| p["type"] != "row") {
+        let title = panel["title"].as_str().unwrap();
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{title}: {grid}"
+        );
+        // Every query goes to the data source the importer picks.
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().unwrap();
+        assert!(!targets.is_empty(), "{title}: no query");
+        for t in targets {
+            assert_eq!(t["datasource"]["uid"], "${datasource}", "{title}");
+            assert!(t["refId"].is_string(), "{title}");
+        }
+    }
+    let source = std::fs::read_to_string(repo_path("src/metrics.rs")).unwrap();
+    let queries = dashboard_queries(&dashboard);
+    let text: Vec<&str> = queries.iter().map(|(_, q)| q.as_str()).collect();
+    let used = metric_names(&text.join("\n"));
+    assert!(used.len() >= 12, "{used:?}");
+    for name in used {
+        let family = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(&name);
+        assert!(
+            source.contains(&format!("\"{family}\"")),
+            "the dashboard uses {name}, which src/metrics.rs does not register"
+        );
+    }
+}
+
+/// Traffic that moves every counter the dashboard shows: logins (good, wrong, backing off,
+/// rate-limited), refreshes and a refresh reuse, the password and client_credentials grants,
+/// a refused bearer token, logouts, and a readiness probe.
+async fn dashboard_traffic(app: &crate::helpers::TestApp, client_secret: &str) {
+    let s = app.new_session().await;
+    let spent = s.refresh.clone();
+    let (access, _) = app.refresh_pair(&spent).await;
+    // Past the grace period (README, "What changed for clients"), the spent token again: reuse.
+    app.clock.advance(Duration::from_secs(3));
+    assert_eq!(app.refresh(&spent).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get_bearer("/users/me", &access).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "the family is revoked"
+    );
+
+    let form = |pairs: &[(&str, &str)]| serde_urlencoded::to_string(pairs).unwrap();
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", "password"),
+            ("username", &s.email),
+            ("password", &s.password),
+            ("client_id", "tokend"),
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("reports", Some(client_secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[("grant_type", "client_credentials")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    assert_eq!(
+        app.get_bearer("/auth/verify", "not.a.token").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let t = app.new_session().await;
+    assert_eq!(
+        app.post_bearer("/auth/logout", &t.access).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let u = app.new_session().await;
+    assert_eq!(
+        app.post_bearer("/auth/logout/all", &u.access)
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // Wrong passwords for one account: refused 401 while checked, then 429 by the back-off
+    // and, past this app's per-account rate (8 a minute), by the rate limit.
+    let mut answers = Vec::new();
+    for _ in 0..12 {
+        answers.push(
+            app.login(&t.email, "not the password")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    let checked = answers.iter().take_while(|&&s| s == 401).count();
+    assert!(
+        checked >= 1 && answers[checked..].iter().all(|&s| s == 429),
+        "{answers:?}"
+    );
+    let ops = app.ops_addr.expect("a metrics listener");
+    let metrics = app
+        .http
+        .get(format!("http://{ops}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for counter in [
+        "tokend_login_backoff_total ",
+        "tokend_rate_limited_total{limit=\"account\"} ",
+        "tokend_refresh_reuse_detected_total ",
+        "tokend_token_validation_failures_total{",
+        "tokend_revocations_total{kind=\"user\"} ",
+    ] {
+        let moved = metrics
+            .lines()
+            .find(|l| l.starts_with(counter))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v >= 1.0);
+        assert!(moved, "{counter}did not move:\n{metrics}");
+    }
+
+    let ready = app
+        .http
+        .get(format!("http://{ops}/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grafana_dashboard_queries_each_return_series_from_a_real_prometheus() {
+    let queries = dashboard_queries(&dashboard());
+    assert!(queries.len() >= 20, "{queries:?}");
+
+    let secret = "reports-secret-5d0f3b2a9c8e7d6f";
+    let clients = crate::helpers::write_clients_file(&serde_json::json!([
+        {"client_id": "reports", "client_secret": secret,
+         "grant_types": ["client_credentials"], "scopes": ["reports:read"]}
+    ]));
+    let clients_path = clients.path().to_string_lossy().into_owned();
+    let app = crate::helpers::spawn_app_with(Mode::Embedded, |env| {
+        env.insert("TOKEND_METRICS_LISTEN".into(), "127.0.0.1:0".into());
+        env.insert("TOKEND_CLIENTS_FILE".into(), clients_path);
+        env.insert("TOKEND_RATE_LIMIT_ACCOUNT".into(), "8/min".into());
+    })
+    .await;
+    dashboard_traffic(&app, secret).await;
+
+    let prometheus = Prometheus::start(app.ops_addr.expect("a metrics listener"));
+    let http = reqwest::Client::new();
+    prometheus.wait_for_tokend_up(&http).await;
+    // Poll until every query answers with a series: rates need two scrapes after the target is
+    // up, so the first rounds may find some empty.
+    let deadline = tokio::time::Instant::now() + SCRAPED_WITHIN;
+    let mut empty: Vec<&(String, String)> = queries.iter().collect();
+    loop {
+        let mut still = Vec::new();
+        for query in empty {
+            let result = prometheus
+                .query_checked(&http, &query.1)
+                .await
+                .unwrap_or_else(|e| panic!("{}: Prometheus refused {}: {e}", query.0, query.1));
+            if result.is_empty() {
+                still.push(query);
+            }
+        }
+        empty = still;
+        if empty.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let report: Vec<String> = empty
+        .iter()
+        .map(|(what, promql)| format!("  {what}: {promql}"))
+        .collect();
+    assert!(
+        empty.is_empty(),
+        "{} dashboard queries returned no series within {SCRAPED_WITHIN:?}:\n{}\nPrometheus log:\n{}",
+        empty.len(),
+        report.join("\n"),
+        prometheus.log_tail()
+    );
+
+    drop(prometheus);
+    app.stop().await;
 }
