@@ -39,6 +39,9 @@ pub use tokend_token_shape::Alg;
 pub const DEFAULT_RSA_BITS: usize = 3072;
 /// Smallest RSA modulus accepted (docs/keys.md).
 pub(crate) const MIN_RSA_BITS: usize = 2048;
+/// Leeway added to the longest token lifetime to get a retired key's retention: the validation
+/// leeway, since a token is accepted that long past its `exp`.
+pub(crate) const RETENTION_LEEWAY: Duration = tokend_token_shape::LEEWAY;
 
 /// How the key rings behave.
 #[derive(Debug, Clone, PartialEq, Eq)]
