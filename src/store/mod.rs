@@ -5,10 +5,13 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod authorize;
 pub(crate) mod instrumented;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
+
+pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
 
 /// What can go wrong in a store, named for what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
