@@ -12,7 +12,7 @@ use crate::domain::clients::{hash_secret, load_static_clients, validate_client, 
 use crate::domain::ids;
 use crate::keys::{Alg, Keys};
 use crate::startup::{keys_config, Application, Backends, StartupError};
-use crate::store::{ClientRecord, ClientStore, StoreError};
+use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +69,24 @@ pub(crate) enum ClientsCommand {
         /// A public client: no secret; it cannot use client_credentials or introspection.
         #[arg(long)]
         public: bool,
+        /// A redirect URI for the authorization code flow (repeat the flag).
+        #[arg(long = "redirect-uri")]
+        redirect_uris: Vec<String>,
+        /// Where RP-initiated logout may send the browser back to (repeat the flag).
+        #[arg(long = "post-logout-redirect-uri")]
+        post_logout_redirect_uris: Vec<String>,
+        /// Sign users in without a consent page (an application of the operator's own).
+        #[arg(long)]
+        first_party: bool,
+        /// The name shown on the sign-in and consent pages.
+        #[arg(long)]
+        name: Option<String>,
+        /// client_secret_basic, client_secret_post or none (default: any that fits).
+        #[arg(long)]
+        auth_method: Option<String>,
+        /// Signing algorithm of this client's ID tokens (default: RS256 when configured).
+        #[arg(long)]
+        id_token_alg: Option<String>,
         /// Print `{"client_id","client_secret"}` only.
         #[arg(long)]
         json: bool,
@@ -300,6 +318,11 @@ struct ClientRow<'a> {
     grant_types: &'a [String],
     scopes: &'a [String],
     alg: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    redirect_uris: &'a [String],
+    first_party: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_name: Option<&'a str>,
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -312,6 +335,9 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         grant_types: &c.grant_types,
         scopes: &c.scopes,
         alg: c.alg.as_deref(),
+        redirect_uris: &c.meta.redirect_uris,
+        first_party: c.meta.first_party,
+        client_name: c.meta.client_name.as_deref(),
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -325,6 +351,12 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
             scopes,
             alg,
             public,
+            redirect_uris,
+            post_logout_redirect_uris,
+            first_party,
+            name,
+            auth_method,
+            id_token_alg,
             json,
         } => {
             let client_id = match id {
@@ -347,6 +379,14 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                     .collect(),
                 alg,
                 created_at: SystemClock.now_ms(),
+                meta: ClientMetadata {
+                    redirect_uris,
+                    post_logout_redirect_uris,
+                    first_party,
+                    client_name: name,
+                    token_endpoint_auth_method: auth_method,
+                    id_token_signed_response_alg: id_token_alg,
+                },
             };
             validate_client(&record, &config.signing_algs)?;
             match clients.insert(&record).await {

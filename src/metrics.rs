@@ -57,6 +57,12 @@ pub(crate) struct Metrics {
     pub(crate) store_duration: HistogramVec,
     /// `tokend_store_errors_total{store,op}`
     pub(crate) store_errors: IntCounterVec,
+    /// Authorization requests by event (started, completed, denied, refused) and client type.
+    pub(crate) authorizations: IntCounterVec,
+    /// Authorization codes by event (issued, redeemed, replayed).
+    pub(crate) codes: IntCounterVec,
+    /// Sign-in page submissions by result.
+    pub(crate) sign_ins: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -203,6 +209,24 @@ impl Metrics {
                 "tokend_store_errors_total",
                 "Store operations that failed, by store and operation.",
                 &["store", "op"],
+            ),
+            authorizations: counter(
+                r,
+                "tokend_authorizations_total",
+                "Authorization requests by event (started, completed, denied, refused) and client type.",
+                &["event", "client_type"],
+            ),
+            codes: counter(
+                r,
+                "tokend_authorization_codes_total",
+                "Authorization codes by event (issued, redeemed, replayed).",
+                &["event"],
+            ),
+            sign_ins: counter(
+                r,
+                "tokend_sign_ins_total",
+                "Sign-in page submissions by result.",
+                &["result"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

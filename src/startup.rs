@@ -15,7 +15,8 @@ use crate::domain::{Passwords, ServiceParts, Services};
 use crate::http::router::{Listener, Router};
 use crate::http::server::{self, ServerLimits};
 use crate::http::stack;
-use crate::http::state::{AppState, CookieSettings, ReadinessCheck};
+use crate::http::pages::Branding;
+use crate::http::state::{AppState, BrowserSettings, CookieSettings, ReadinessCheck};
 use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENTION_LEEWAY};
 use crate::metrics::Metrics;
@@ -256,6 +257,8 @@ impl Application {
             clients: registry,
             sessions,
             limits: b.limits,
+            authorize: b.authorize,
+            consents: b.consents,
             keys,
             passwords,
             metrics: metrics.clone(),
@@ -284,6 +287,7 @@ impl Application {
             accounts,
             sessions,
             oauth,
+            authorize,
             admin,
             limits,
             published,
@@ -292,6 +296,14 @@ impl Application {
             accounts,
             sessions,
             oauth,
+            authorize,
+            browser: BrowserSettings {
+                secure: config.issuer.starts_with("https://"),
+                branding: Branding {
+                    display_name: config.display_name.clone(),
+                    logo_url: config.logo_url.clone(),
+                },
+            },
             admin,
             limits,
             published,

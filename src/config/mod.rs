@@ -136,6 +136,14 @@ pub struct Config {
     pub(crate) refresh_cookie: bool,
     /// `TOKEND_CORS_ORIGINS`: allowed browser origins; empty means CORS off.
     pub(crate) cors_origins: Vec<String>,
+    /// `TOKEND_BROWSER_SESSION_TTL`: how long a browser sign-in lasts.
+    pub(crate) browser_session_ttl: Duration,
+    /// `TOKEND_ID_TOKEN_TTL`: an ID token's lifetime.
+    pub(crate) id_token_ttl: Duration,
+    /// `TOKEND_DISPLAY_NAME`: the product name on the hosted pages.
+    pub(crate) display_name: String,
+    /// `TOKEND_LOGO_URL`: an optional logo on the hosted pages.
+    pub(crate) logo_url: Option<String>,
 }
 
 impl Config {
@@ -230,6 +238,10 @@ fn assemble(
     let browser::Browser {
         cors_origins,
         refresh_cookie,
+        browser_session_ttl,
+        id_token_ttl,
+        display_name,
+        logo_url,
     } = browser?;
     let logging::Logging { log, log_format } = logging?;
     Some(Config {
@@ -271,6 +283,10 @@ fn assemble(
         tls,
         refresh_cookie,
         cors_origins,
+        browser_session_ttl,
+        id_token_ttl,
+        display_name,
+        logo_url,
     })
 }
 

@@ -149,6 +149,10 @@ pub(crate) static VARS: &[&Var] = &[
     &TLS_KEY,
     &REFRESH_COOKIE,
     &CORS_ORIGINS,
+    &BROWSER_SESSION_TTL,
+    &ID_TOKEN_TTL,
+    &DISPLAY_NAME,
+    &LOGO_URL,
 ];
 
 /// Where `var` stands in [`VARS`] (`None` for a name that is not a variable, such as `.env`).
@@ -572,6 +576,42 @@ pub(crate) static CORS_ORIGINS: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.cors_origins.join(","),
+};
+
+/// How long a browser sign-in (the SSO cookie) lasts (browser.rs).
+pub(crate) static BROWSER_SESSION_TTL: Var = Var {
+    name: "TOKEND_BROWSER_SESSION_TTL",
+    default: DefaultValue::Value("12h"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| show_duration(c.browser_session_ttl),
+};
+
+/// An ID token's lifetime (browser.rs).
+pub(crate) static ID_TOKEN_TTL: Var = Var {
+    name: "TOKEND_ID_TOKEN_TTL",
+    default: DefaultValue::Value("5m"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| show_duration(c.id_token_ttl),
+};
+
+/// The product name on the hosted pages (browser.rs).
+pub(crate) static DISPLAY_NAME: Var = Var {
+    name: "TOKEND_DISPLAY_NAME",
+    default: DefaultValue::Value("tokend"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.display_name.clone(),
+};
+
+/// A logo URL for the hosted pages (browser.rs).
+pub(crate) static LOGO_URL: Var = Var {
+    name: "TOKEND_LOGO_URL",
+    default: DefaultValue::Unset,
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.logo_url.clone().unwrap_or_default(),
 };
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{ids, FIRST_PARTY_CLIENT};
 use crate::config::vars::CLIENTS_FILE;
 use crate::keys::Alg;
-use crate::store::{ClientRecord, ClientStore, StoreError};
+use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError};
 
 /// `grant_type=password` (RFC 6749 §4.3).
 pub(crate) const GRANT_PASSWORD: &str = "password";
@@ -23,12 +23,50 @@ pub(crate) const GRANT_PASSWORD: &str = "password";
 pub(crate) const GRANT_REFRESH_TOKEN: &str = "refresh_token";
 /// `grant_type=client_credentials` (RFC 6749 §4.4).
 pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+/// `grant_type=authorization_code` (RFC 6749 §4.1).
+pub(crate) const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 /// Every grant type tokend implements.
-pub(crate) const GRANT_TYPES: [&str; 3] = [
+pub(crate) const GRANT_TYPES: [&str; 4] = [
     GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
+    GRANT_AUTHORIZATION_CODE,
 ];
+/// The client authentication methods at the token endpoint (RFC 7591 §2).
+pub(crate) const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
+
+/// What is wrong with a redirect URI (RFC 6749 §3.1.2, RFC 8252 §7, OAuth 2.1 §2.3.1):
+/// absolute, no fragment, and `https`, or `http` on a loopback address, or a private-use
+/// scheme (reverse domain name, RFC 8252 §7.1).
+pub(crate) fn redirect_uri_problem(uri: &str) -> Option<&'static str> {
+    let Ok(u) = url::Url::parse(uri) else {
+        return Some("is not an absolute URI");
+    };
+    if u.fragment().is_some() {
+        return Some("must not have a fragment");
+    }
+    if u.as_str() != uri && u.as_str() != format!("{uri}/") {
+        return Some("is not in normal form (write it as it will be sent)");
+    }
+    match u.scheme() {
+        "https" if u.host().is_some() => None,
+        "http" if is_loopback(&u) => None,
+        "http" => Some("may use http only on a loopback address (127.0.0.1, [::1], localhost)"),
+        "javascript" | "data" | "file" | "vbscript" => Some("uses a forbidden scheme"),
+        s if s.contains('.') => None,
+        _ => Some("must be https, http on loopback, or a private-use scheme like com.example.app"),
+    }
+}
+
+/// Whether a URL's host is a loopback address (RFC 8252 §7.3).
+pub(crate) fn is_loopback(u: &url::Url) -> bool {
+    match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
 
 /// Lower-case hex SHA-256 of a client secret, as stored.
 pub fn hash_secret(secret: &str) -> String {
@@ -107,6 +145,7 @@ pub(crate) fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), Stri
             ));
         }
     }
+    validate_metadata(c, algs)?;
     if let Some(alg) = &c.alg {
         match Alg::parse(alg) {
             Some(a) if algs.contains(&a) => {}
@@ -114,6 +153,70 @@ pub(crate) fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), Stri
                 let listed: Vec<&str> = algs.iter().map(|a| a.as_str()).collect();
                 return Err(format!(
                     "client {id:?}: alg {alg:?} is not one of TOKEND_SIGNING_ALGS ({})",
+                    listed.join(",")
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with a client's browser sign-in metadata.
+fn validate_metadata(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
+    let id = &c.client_id;
+    let m = &c.meta;
+    let code = c.grant_types.iter().any(|g| g == GRANT_AUTHORIZATION_CODE);
+    if code && m.redirect_uris.is_empty() {
+        return Err(format!(
+            "client {id:?}: the authorization_code grant needs at least one redirect URI"
+        ));
+    }
+    for (what, list) in [
+        ("redirect URI", &m.redirect_uris),
+        ("post-logout redirect URI", &m.post_logout_redirect_uris),
+    ] {
+        if list.len() > 32 {
+            return Err(format!("client {id:?}: more than 32 {what}s"));
+        }
+        for uri in list {
+            if uri.len() > 2048 {
+                return Err(format!("client {id:?}: {what} longer than 2048 characters"));
+            }
+            if let Some(problem) = redirect_uri_problem(uri) {
+                return Err(format!("client {id:?}: {what} {uri:?} {problem}"));
+            }
+        }
+    }
+    if let Some(name) = &m.client_name {
+        let len = name.chars().count();
+        if !(1..=100).contains(&len) || name.chars().any(char::is_control) {
+            return Err(format!(
+                "client {id:?}: client_name must be 1-100 characters without control characters"
+            ));
+        }
+    }
+    if let Some(method) = &m.token_endpoint_auth_method {
+        if !AUTH_METHODS.contains(&method.as_str()) {
+            return Err(format!(
+                "client {id:?}: token_endpoint_auth_method {method:?} is not one of {}",
+                AUTH_METHODS.join(", ")
+            ));
+        }
+        if (method == "none") != c.secret_sha256.is_none() {
+            return Err(format!(
+                "client {id:?}: token_endpoint_auth_method \"none\" is for public clients only, \
+                 and a public client must use it"
+            ));
+        }
+    }
+    if let Some(alg) = &m.id_token_signed_response_alg {
+        match Alg::parse(alg) {
+            Some(a) if algs.contains(&a) => {}
+            _ => {
+                let listed: Vec<&str> = algs.iter().map(|a| a.as_str()).collect();
+                return Err(format!(
+                    "client {id:?}: id_token_signed_response_alg {alg:?} is not one of \
+                     TOKEND_SIGNING_ALGS ({})",
                     listed.join(",")
                 ));
             }
@@ -136,6 +239,18 @@ struct StaticClient {
     scopes: Vec<String>,
     #[serde(default)]
     alg: Option<String>,
+    #[serde(default)]
+    redirect_uris: Vec<String>,
+    #[serde(default)]
+    post_logout_redirect_uris: Vec<String>,
+    #[serde(default)]
+    first_party: bool,
+    #[serde(default)]
+    client_name: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_method: Option<String>,
+    #[serde(default)]
+    id_token_signed_response_alg: Option<String>,
 }
 
 /// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
@@ -186,6 +301,14 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
             scopes: c.scopes,
             alg: c.alg,
             created_at: 0,
+            meta: ClientMetadata {
+                redirect_uris: c.redirect_uris,
+                post_logout_redirect_uris: c.post_logout_redirect_uris,
+                first_party: c.first_party,
+                client_name: c.client_name,
+                token_endpoint_auth_method: c.token_endpoint_auth_method,
+                id_token_signed_response_alg: c.id_token_signed_response_alg,
+            },
         };
         validate_client(&record, algs)?;
         if !seen.insert(record.client_id.clone()) {
@@ -213,6 +336,11 @@ pub(crate) fn first_party_client() -> ClientRecord {
         scopes: vec![],
         alg: None,
         created_at: 0,
+        meta: ClientMetadata {
+            first_party: true,
+            client_name: Some("tokend".into()),
+            ..ClientMetadata::default()
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod admin;
+pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod ids;
 pub mod input;
@@ -43,6 +44,9 @@ pub enum Error {
     FreshTokenRequired,
     #[error("requires role {0}")]
     InsufficientRole(&'static str),
+    /// The token lacks a scope the resource needs (RFC 6750 §3.1).
+    #[error("the access token needs scope {0}")]
+    InsufficientScope(&'static str),
     #[error(transparent)]
     Refresh(#[from] RefreshError),
     #[error("not found")]
@@ -99,6 +103,7 @@ pub(crate) struct Services {
     pub(crate) accounts: Arc<accounts::Accounts>,
     pub(crate) sessions: Arc<sessions::Sessions>,
     pub(crate) oauth: oauth::OAuth,
+    pub(crate) authorize: Arc<authorize::Authorize>,
     pub(crate) admin: admin::Admin,
     pub(crate) limits: Arc<limits::Limits>,
     pub(crate) published: published::Published,
@@ -113,6 +118,8 @@ pub(crate) struct ServiceParts {
     pub(crate) clients: Arc<dyn ClientStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) limits: Arc<dyn crate::store::LimitStore>,
+    pub(crate) authorize: Arc<dyn crate::store::AuthorizeStore>,
+    pub(crate) consents: Arc<dyn crate::store::ConsentStore>,
     pub(crate) keys: Keys,
     pub(crate) passwords: Passwords,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -148,12 +155,30 @@ impl Services {
             p.clock.clone(),
             p.metrics.clone(),
         ));
+        let authorize = Arc::new(authorize::Authorize::new(
+            p.clients.clone(),
+            p.users.clone(),
+            p.authorize,
+            p.consents,
+            accounts.clone(),
+            sessions.clone(),
+            p.keys.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+            authorize::AuthorizeSettings {
+                issuer: p.config.issuer.clone(),
+                id_token_ttl: p.config.id_token_ttl,
+                browser_session_ttl: p.config.browser_session_ttl,
+                signing_algs: p.config.signing_algs.clone(),
+            },
+        ));
         let oauth = oauth::OAuth::new(
             p.clients,
             p.users.clone(),
             accounts.clone(),
             sessions.clone(),
             limits.clone(),
+            authorize.clone(),
             p.clock.clone(),
         );
         let admin = admin::Admin::new(
@@ -167,6 +192,7 @@ impl Services {
             accounts,
             sessions,
             oauth,
+            authorize,
             admin,
             limits,
             published: published::Published::new(p.keys, p.metrics),

@@ -7,8 +7,10 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::accounts::Accounts;
+use super::authorize::Authorize;
 use super::clients::{
-    secret_matches, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
+    secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD,
+    GRANT_REFRESH_TOKEN,
 };
 use super::limits::Limits;
 use super::sessions::Sessions;
@@ -26,6 +28,10 @@ impl Client {
     pub fn authenticated_elsewhere(record: ClientRecord) -> Client {
         Client(record)
     }
+
+    pub(crate) fn record(&self) -> &ClientRecord {
+        &self.0
+    }
 }
 
 /// The `OAuth` service: client authentication and the token, revocation and introspection
@@ -37,6 +43,7 @@ pub struct OAuth {
     accounts: Arc<Accounts>,
     sessions: Arc<Sessions>,
     limits: Arc<Limits>,
+    authorize: Arc<Authorize>,
     clock: SharedClock,
 }
 
@@ -113,6 +120,9 @@ pub struct TokenResponse {
     /// The granted scope, space separated (omitted when empty).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) scope: String,
+    /// OpenID Connect Core §3.1.3.3, when `openid` was granted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) id_token: Option<String>,
 }
 
 /// The parameters of `POST /oauth/token` that the grants read.
@@ -123,6 +133,10 @@ pub struct TokenRequest {
     pub password: Option<String>,
     pub refresh_token: Option<String>,
     pub scope: Option<String>,
+    /// `grant_type=authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.5).
+    pub code: Option<String>,
+    pub redirect_uri: Option<String>,
+    pub code_verifier: Option<String>,
 }
 
 /// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
@@ -233,6 +247,7 @@ impl OAuth {
         accounts: Arc<Accounts>,
         sessions: Arc<Sessions>,
         limits: Arc<Limits>,
+        authorize: Arc<Authorize>,
         clock: SharedClock,
     ) -> OAuth {
         OAuth {
@@ -241,6 +256,7 @@ impl OAuth {
             accounts,
             sessions,
             limits,
+            authorize,
             clock,
         }
     }
@@ -297,7 +313,7 @@ impl OAuth {
         let grant = required(&req.grant_type, "grant_type")?;
         if !matches!(
             grant,
-            GRANT_PASSWORD | GRANT_REFRESH_TOKEN | GRANT_CLIENT_CREDENTIALS
+            GRANT_PASSWORD | GRANT_REFRESH_TOKEN | GRANT_CLIENT_CREDENTIALS | GRANT_AUTHORIZATION_CODE
         ) {
             return Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type {grant:?} is not supported"
@@ -309,6 +325,16 @@ impl OAuth {
             )));
         }
         match grant {
+            GRANT_AUTHORIZATION_CODE => {
+                self.authorize
+                    .redeem(
+                        &Client(client.clone()),
+                        req.code.as_deref(),
+                        req.redirect_uri.as_deref(),
+                        req.code_verifier.as_deref(),
+                    )
+                    .await
+            }
             GRANT_PASSWORD => self.password_grant(client, req).await,
             GRANT_REFRESH_TOKEN => self.refresh_grant(client, req).await,
             _ => self.client_credentials_grant(client, req),
@@ -337,6 +363,7 @@ impl OAuth {
             // Only a client allowed the refresh_token grant gets one.
             refresh_token: Some(pair.refresh_token).filter(|t| !t.is_empty()),
             scope: pair.scope,
+            id_token: None,
         })
     }
 
@@ -364,6 +391,7 @@ impl OAuth {
             expires_in: pair.expires_in,
             refresh_token: Some(pair.refresh_token),
             scope: pair.scope,
+            id_token: None,
         })
     }
 
@@ -388,6 +416,7 @@ impl OAuth {
             expires_in: ttl,
             refresh_token: None,
             scope,
+            id_token: None,
         })
     }
 

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::keys::Alg;
 use crate::metrics::Metrics;
 use crate::store::{
-    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
+    AccessStatus, UserMarks, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
     UserClaims, UserRecord, UserStore,
 };
 
@@ -36,6 +36,18 @@ struct PairSpec<'a> {
     /// Whether the client may have a refresh token (its `refresh_token` grant); without it
     /// the pair's refresh token is left empty.
     with_refresh: bool,
+}
+
+/// How a new family starts.
+#[derive(Debug, Clone)]
+pub(crate) struct FamilyStart {
+    pub(crate) sid: String,
+    /// Unix seconds of the authentication the family rests on.
+    pub(crate) auth_time: i64,
+    /// The grant, for the issued-tokens metric.
+    pub(crate) grant: &'static str,
+    /// Whether the first access token is fresh (a password login just now).
+    pub(crate) fresh: bool,
 }
 
 /// Session lifetimes and what a family may hold, from the configuration.
@@ -206,6 +218,37 @@ impl Sessions {
         Ok(())
     }
 
+    /// The user's session marks: what ends every session of theirs at once (a browser session
+    /// started before a raise is over, docs/sessions.md).
+    pub(crate) async fn user_marks(&self, user_id: &str) -> Result<UserMarks, Error> {
+        Ok(self.store.access_status("", None, user_id).await?.user)
+    }
+
+    /// Revokes the user's families of one client (a withdrawn consent); answers how many.
+    pub(crate) async fn revoke_client_families(
+        &self,
+        user_id: &str,
+        client_id: &str,
+    ) -> Result<u64, Error> {
+        let mut ended = 0;
+        for sid in self.store.user_families(user_id).await? {
+            let Some(f) = self.store.family(&sid).await? else {
+                continue;
+            };
+            if f.client_id == client_id && !f.revoked {
+                self.revoke_family(&sid).await?;
+                ended += 1;
+            }
+        }
+        if ended > 0 {
+            self.metrics
+                .revocations
+                .with_label_values(&["family"])
+                .inc_by(ended);
+        }
+        Ok(ended)
+    }
+
     /// `POST /oauth/revoke` of a refresh token: its family.
     pub(crate) async fn revoke_family(&self, sid: &str) -> Result<(), Error> {
         self.store
@@ -324,9 +367,28 @@ impl Sessions {
         scope: &str,
         alg: Alg,
     ) -> Result<TokenPair, Error> {
+        let start = FamilyStart {
+            sid: self.new_id()?,
+            auth_time: self.clock.now(),
+            grant: "password",
+            fresh: true,
+        };
+        self.start_session_with(user, client, scope, alg, start)
+            .await
+    }
+
+    /// Starts a family as `start` says and issues its first pair.
+    pub(crate) async fn start_session_with(
+        &self,
+        user: &UserRecord,
+        client: &ClientRecord,
+        scope: &str,
+        alg: Alg,
+        start: FamilyStart,
+    ) -> Result<TokenPair, Error> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
-        let sid = self.new_id()?;
+        let sid = start.sid;
         let session_ends = now + secs(self.settings.session_ttl);
         let spec = PairSpec {
             user_id: &user.id,
@@ -334,13 +396,13 @@ impl Sessions {
             client_id: &client.client_id,
             scope,
             sid: &sid,
-            auth_time: now,
-            fresh: true,
+            auth_time: start.auth_time,
+            fresh: start.fresh,
             access_jti: self.new_id()?,
             refresh_jti: self.new_id()?,
             issued_at: now,
             session_ends,
-            grant: "password",
+            grant: start.grant,
             with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
         };
         let ended = self
@@ -350,7 +412,7 @@ impl Sessions {
                 user_id: user.id.clone(),
                 client_id: client.client_id.clone(),
                 scope: scope.to_string(),
-                auth_time: now,
+                auth_time: start.auth_time,
                 refresh_jti: spec.refresh_jti.clone(),
                 access_jti: spec.access_jti.clone(),
                 issued_at: now,

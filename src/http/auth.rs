@@ -89,7 +89,7 @@ fn set_cookie(res: &mut http::Response<http_body_util::Full<bytes::Bytes>>, valu
 }
 
 /// The value of cookie `name`.
-fn cookie<B>(req: &Request<B>, name: &str) -> Option<String> {
+pub(crate) fn cookie<B>(req: &Request<B>, name: &str) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .iter()

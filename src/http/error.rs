@@ -147,6 +147,18 @@ impl ApiError {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
+            ApiError::Forbidden {
+                code: "insufficient_scope",
+                description,
+            } => {
+                let v = format!(
+                    "Bearer realm=\"tokend\", error=\"insufficient_scope\", error_description=\"{}\"",
+                    description.replace(['"', '\\'], "'")
+                );
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
             ApiError::InvalidClient(_) => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
@@ -186,6 +198,10 @@ impl From<DomainError> for ApiError {
             DomainError::InsufficientRole(role) => ApiError::Forbidden {
                 code: "insufficient_role",
                 description: format!("requires role {role}"),
+            },
+            DomainError::InsufficientScope(scope) => ApiError::Forbidden {
+                code: "insufficient_scope",
+                description: format!("the access token needs scope {scope}"),
             },
             DomainError::Refresh(r) => ApiError::BearerInvalidGrant(r.to_string()),
             DomainError::NotFound => ApiError::NotFound,

@@ -3,6 +3,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod authorize;
 mod conn;
 pub(crate) mod error;
 pub(crate) mod oauth;

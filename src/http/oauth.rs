@@ -27,6 +27,9 @@ struct OAuthForm {
     client_secret: Option<String>,
     token: Option<String>,
     token_type_hint: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
 }
 
 impl OAuthForm {
@@ -42,6 +45,9 @@ impl OAuthForm {
             client_secret: f(self.client_secret),
             token: f(self.token),
             token_type_hint: f(self.token_type_hint),
+            code: f(self.code),
+            redirect_uri: f(self.redirect_uri),
+            code_verifier: f(self.code_verifier),
         }
     }
 }
@@ -170,6 +176,9 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         password: form.password,
         refresh_token: form.refresh_token,
         scope: form.scope,
+        code: form.code,
+        redirect_uri: form.redirect_uri,
+        code_verifier: form.code_verifier,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)

@@ -11,7 +11,7 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::state::AppState;
-use super::{admin, auth, oauth, openapi, ops, pages, users, wellknown, ApiResult};
+use super::{admin, auth, authorize, oauth, openapi, ops, pages, users, wellknown, ApiResult};
 
 /// The future of a handler, boxed so that every handler fits one table.
 pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
@@ -141,6 +141,24 @@ fn table() -> Vec<Route> {
         Route::at("/admin/users/{id}/roles").put(handler!(admin::set_roles)),
         Route::at("/admin/users/{id}/revoke-sessions").post(handler!(admin::revoke_sessions)),
         Route::at("/assets/{name}").memory(pages::assets::serve),
+        Route::at("/oauth/authorize")
+            .get(handler!(authorize::authorize))
+            .post(handler!(authorize::authorize)),
+        Route::at("/login")
+            .get(handler!(authorize::login_page))
+            .post(handler!(authorize::login_submit))
+            .rate_limited(),
+        Route::at("/consent")
+            .get(handler!(authorize::consent_page))
+            .post(handler!(authorize::consent_submit)),
+        Route::at("/oauth/userinfo")
+            .get(handler!(authorize::userinfo))
+            .post(handler!(authorize::userinfo)),
+        Route::at("/oauth/logout")
+            .get(handler!(authorize::logout))
+            .post(handler!(authorize::logout)),
+        Route::at("/users/me/consents").get(handler!(authorize::list_consents)),
+        Route::at("/users/me/consents/{client_id}").delete(handler!(authorize::withdraw_consent)),
     ]
 }
 
@@ -181,6 +199,12 @@ fn is_asset_name(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Whether `s` may stand for `{client_id}`: a client id as one path segment, percent-encoded
+/// where needed (at most 3 × 128 characters, visible ASCII without `/`); the handler decodes it.
+fn is_client_id_segment(s: &str) -> bool {
+    (1..=384).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+}
+
 /// Whether a value may stand for a template's variable segment.
 type Rule = fn(&str) -> bool;
 
@@ -195,7 +219,11 @@ struct Param {
 
 impl Param {
     /// The variables a template may hold, each with its rule.
-    const VARIABLES: [(&'static str, Rule); 2] = [("{id}", is_id), ("{name}", is_asset_name)];
+    const VARIABLES: [(&'static str, Rule); 3] = [
+        ("{id}", is_id),
+        ("{name}", is_asset_name),
+        ("{client_id}", is_client_id_segment),
+    ];
 
     fn of(template: &'static str) -> Option<Param> {
         Param::VARIABLES.iter().find_map(|&(variable, rule)| {
@@ -244,6 +272,10 @@ impl Route {
 
     fn put(self, handler: Handler) -> Route {
         self.method(Method::PUT, handler)
+    }
+
+    fn delete(self, handler: Handler) -> Route {
+        self.method(Method::DELETE, handler)
     }
 
     /// `GET` and `HEAD` answered from memory in the call itself, so without a timer.

@@ -8,10 +8,12 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use serde::Serialize;
 
+use super::pages::Branding;
 use super::wellknown::Documents;
 use crate::config::IpNet;
 use crate::domain::accounts::Accounts;
 use crate::domain::admin::Admin;
+use crate::domain::authorize::Authorize;
 use crate::domain::limits::Limits;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
@@ -32,6 +34,9 @@ pub struct AppState {
     pub accounts: Arc<Accounts>,
     pub sessions: Arc<Sessions>,
     pub oauth: OAuth,
+    pub(crate) authorize: Arc<Authorize>,
+    /// The hosted pages' settings.
+    pub(crate) browser: BrowserSettings,
     pub(crate) admin: Admin,
     pub(crate) limits: Arc<Limits>,
     pub published: Published,
@@ -49,6 +54,15 @@ pub struct AppState {
     pub(crate) documents: Documents,
     /// What `/readyz` checks, in order.
     pub(crate) readiness_checks: Vec<Arc<dyn ReadinessCheck>>,
+}
+
+/// What the hosted pages and their cookies need (docs/authorize.md).
+#[derive(Debug, Clone)]
+pub(crate) struct BrowserSettings {
+    /// Whether the issuer is `https` (cookies are then `Secure` with the `__Host-` prefix).
+    pub(crate) secure: bool,
+    /// `TOKEND_DISPLAY_NAME`, `TOKEND_LOGO_URL`.
+    pub(crate) branding: Branding,
 }
 
 /// The refresh-token cookie of browser mode and its CSRF defence.

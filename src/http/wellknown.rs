@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 use super::state::AppState;
 use super::ApiResult;
 use crate::config::Config;
+use crate::domain::authorize::OIDC_SCOPES;
 use crate::domain::clients::GRANT_TYPES;
 
 /// True when `If-None-Match` names `etag` (or `*`).
@@ -110,12 +111,29 @@ impl Documents {
                 .get("token_signing_alg_values_supported")
                 .cloned()
                 .unwrap_or(Value::Null);
-            // OpenID Connect Discovery 1.0 §3 requires these members. tokend issues no ID
-            // tokens and has no authorization endpoint; they describe its access tokens so that
-            // OIDC libraries accept the document.
+            let issuer = &config.issuer;
+            // OpenID Connect Discovery 1.0 §3 (docs/authorize.md, "Discovery").
             m.insert("id_token_signing_alg_values_supported".into(), algs);
             m.insert("subject_types_supported".into(), json!(["public"]));
-            m.insert("response_types_supported".into(), json!(["token"]));
+            m.insert(
+                "userinfo_endpoint".into(),
+                json!(format!("{issuer}/oauth/userinfo")),
+            );
+            m.insert(
+                "end_session_endpoint".into(),
+                json!(format!("{issuer}/oauth/logout")),
+            );
+            m.insert(
+                "claims_supported".into(),
+                json!([
+                    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash",
+                    "amr", "azp", "preferred_username", "name", "updated_at", "email",
+                    "email_verified"
+                ]),
+            );
+            m.insert("claim_types_supported".into(), json!(["normal"]));
+            m.insert("request_parameter_supported".into(), json!(false));
+            m.insert("request_uri_parameter_supported".into(), json!(false));
         }
         Ok(Documents {
             authorization_server: StaticDocument::new(serde_json::to_vec(&base)?),
@@ -126,8 +144,14 @@ impl Documents {
 }
 
 /// The RFC 8414 §2 metadata of this issuer.
-fn discovery(config: &Config, scopes: Vec<String>) -> Value {
+fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
     let issuer = &config.issuer;
+    let mut scopes: Vec<String> = OIDC_SCOPES.iter().map(|s| s.to_string()).collect();
+    for s in static_scopes {
+        if !scopes.contains(&s) {
+            scopes.push(s);
+        }
+    }
     let algs: Vec<&str> = config.signing_algs.iter().map(|a| a.as_str()).collect();
     json!({
         "issuer": issuer,
@@ -135,9 +159,13 @@ fn discovery(config: &Config, scopes: Vec<String>) -> Value {
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
+        "authorization_endpoint": format!("{issuer}/oauth/authorize"),
         "grant_types_supported": GRANT_TYPES,
-        // No authorization endpoint: no response type is supported (RFC 8414 §2).
-        "response_types_supported": [],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query", "form_post"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+        "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "token_endpoint_auth_methods_supported":
             ["client_secret_basic", "client_secret_post", "none"],
         "revocation_endpoint_auth_methods_supported":

@@ -140,6 +140,10 @@ impl SessionStore for Instrumented<dyn SessionStore> {
     ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
         self.time("family_exchange", self.inner.exchange(req)).await
     }
+    async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        self.time("user_families", self.inner.user_families(user_id))
+            .await
+    }
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
         self.time("family_revoke", self.inner.revoke_family(sid, ttl_ms))
             .await

@@ -585,6 +585,21 @@ impl SessionStore for MemorySessions {
         Ok(listed)
     }
 
+    async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let now = self.clock.now_ms();
+        let g = lock(&self.inner);
+        let mut listed: Vec<(i64, String)> = match g.user_families.get(user_id) {
+            Some((sids, exp)) if *exp > now => sids
+                .iter()
+                .filter(|(_, (_, ends))| *ends > now)
+                .map(|(sid, (login, _))| (*login, sid.clone()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        listed.sort();
+        Ok(listed.into_iter().map(|(_, sid)| sid).collect())
+    }
+
     async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);

@@ -134,6 +134,28 @@ pub struct ClientRecord {
     pub alg: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
+    /// What browser sign-in needs to know (docs/authorize.md, "Clients").
+    #[serde(default)]
+    pub meta: ClientMetadata,
+}
+
+/// A client's metadata for the authorization code flow and OpenID Connect (RFC 7591 §2 names).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClientMetadata {
+    /// Where codes may be sent, compared exactly (RFC 6749 §3.1.2; loopback ports may differ,
+    /// RFC 8252 §7.3).
+    pub redirect_uris: Vec<String>,
+    /// Where RP-initiated logout may send the browser back to, compared exactly.
+    pub post_logout_redirect_uris: Vec<String>,
+    /// A first-party client signs users in without a consent page.
+    pub first_party: bool,
+    /// The name shown on the sign-in and consent pages.
+    pub client_name: Option<String>,
+    /// `client_secret_basic`, `client_secret_post` or `none`; any that fits when unset.
+    pub token_endpoint_auth_method: Option<String>,
+    /// The signing algorithm of this client's ID tokens.
+    pub id_token_signed_response_alg: Option<String>,
 }
 
 impl std::fmt::Debug for ClientRecord {
@@ -144,6 +166,7 @@ impl std::fmt::Debug for ClientRecord {
             .field("grant_types", &self.grant_types)
             .field("scopes", &self.scopes)
             .field("alg", &self.alg)
+            .field("meta", &self.meta)
             .finish()
     }
 }
@@ -368,6 +391,8 @@ pub trait SessionStore: Send + Sync {
         let outcome = self.rotate(&capped).await?;
         Ok(Some((family, outcome)))
     }
+    /// The ids of a user's live families, oldest login first (at most the session cap).
+    async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
     /// Marks a family revoked, remembered for `ttl_ms`. Unknown families are remembered too.
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
     /// Ends every session of a user in one step, however many there are: raises the user's

@@ -22,7 +22,7 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
+use super::{ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
 
 const STORE: &str = "mongodb";
 
@@ -100,6 +100,8 @@ struct ClientDoc {
     scopes: Vec<String>,
     alg: Option<String>,
     created_at: i64,
+    #[serde(flatten)]
+    meta: ClientMetadata,
 }
 
 impl From<&ClientRecord> for ClientDoc {
@@ -111,6 +113,7 @@ impl From<&ClientRecord> for ClientDoc {
             scopes: c.scopes.clone(),
             alg: c.alg.clone(),
             created_at: c.created_at,
+            meta: c.meta.clone(),
         }
     }
 }
@@ -124,6 +127,7 @@ impl From<ClientDoc> for ClientRecord {
             scopes: d.scopes,
             alg: d.alg,
             created_at: d.created_at,
+            meta: d.meta,
         }
     }
 }

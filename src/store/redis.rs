@@ -813,6 +813,22 @@ impl SessionStore for RedisStore {
         Ok(Some((family, outcome)))
     }
 
+    async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        let key = self.user_families_key(user_id);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move {
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            }
+        })
+        .await
+    }
+
     /// A family revoked before it was ever seen comes back revoked, with empty fields.
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
         let key = self.family_key(sid);

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failed assertion
 
 mod accounts;
+mod authorize;
 mod browser;
 mod cluster;
 mod connections;

@@ -91,11 +91,16 @@ fn server_start(line: &str) -> Option<String> {
 
 impl Tour {
     fn from_readme(readme: &str) -> Tour {
-        assert_eq!(readme.matches(TOUR_START).count(), 1, "one {TOUR_START}");
-        assert_eq!(readme.matches(TOUR_END).count(), 1, "one {TOUR_END}");
-        let start = readme.find(TOUR_START).unwrap();
-        let end = readme.find(TOUR_END).unwrap();
-        assert!(start < end, "{TOUR_START} comes before {TOUR_END}");
+        Tour::between(readme, TOUR_START, TOUR_END)
+    }
+
+    /// The `sh` blocks between two marks of the README.
+    fn between(readme: &str, start_mark: &str, end_mark: &str) -> Tour {
+        assert_eq!(readme.matches(start_mark).count(), 1, "one {start_mark}");
+        assert_eq!(readme.matches(end_mark).count(), 1, "one {end_mark}");
+        let start = readme.find(start_mark).unwrap();
+        let end = readme.find(end_mark).unwrap();
+        assert!(start < end, "{start_mark} comes before {end_mark}");
         let section = &readme[start..end];
 
         let mut script = String::from(PRELUDE);
@@ -201,23 +206,8 @@ impl Steps {
     }
 }
 
-#[test]
-fn the_readme_tour_runs_top_to_bottom_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::from_readme(&readme);
-    assert_eq!(
-        tour.server_starts, 2,
-        "the tour starts the server, then again with the clients file"
-    );
-    assert!(!tour.curls.is_empty());
-    for curl in &tour.curls {
-        assert!(
-            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
-            "a tour curl that can fail silently (give it --fail-with-body): {curl}"
-        );
-    }
-
+/// Runs a tour's script against the built binary in embedded mode.
+fn run_tour(tour: &Tour) -> TourRun {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tour.sh"), &tour.script).unwrap();
     let mut cmd = Command::new("timeout");
@@ -236,13 +226,70 @@ fn the_readme_tour_runs_top_to_bottom_as_written() {
         .env("TOKEND_ARGON2", "m=256,t=1,p=1")
         .env("TOKEND_SIGNING_ALGS", "EdDSA");
     let out = cmd.output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let log = std::fs::read_to_string(dir.path().join("tokend.log")).unwrap_or_default();
+    TourRun {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        status: out.status,
+        log,
+    }
+}
+
+/// What one run of a tour printed.
+struct TourRun {
+    stdout: String,
+    stderr: String,
+    status: std::process::ExitStatus,
+    /// The server's log.
+    log: String,
+}
+
+#[test]
+fn the_readme_code_flow_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- code-tour:start", "<!-- code-tour:end -->");
+    assert_eq!(tour.server_starts, 1, "the code-flow tour starts the server once");
+    let run = run_tour(&tour);
     assert!(
-        out.status.success(),
-        "the tour failed ({}):\n--- output\n{stdout}\n--- trace\n{stderr}\n--- tokend\n{log}",
-        out.status
+        run.status.success(),
+        "the code-flow tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    steps.shows("Redeem the code with the verifier", &["\"id_token\"", "\"refresh_token\""]);
+    steps.shows("Ask userinfo who signed in", &["\"preferred_username\": \"ada\""]);
+    steps.shows("A second redemption of the same code is refused", &["invalid_grant"]);
+}
+
+#[test]
+fn the_readme_tour_runs_top_to_bottom_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::from_readme(&readme);
+    assert_eq!(
+        tour.server_starts, 2,
+        "the tour starts the server, then again with the clients file"
+    );
+    assert!(!tour.curls.is_empty());
+    for curl in &tour.curls {
+        assert!(
+            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
+            "a tour curl that can fail silently (give it --fail-with-body): {curl}"
+        );
+    }
+
+    let TourRun {
+        stdout,
+        stderr,
+        status,
+        log,
+    } = run_tour(&tour);
+    assert!(
+        status.success(),
+        "the tour failed ({status}):\n--- output\n{stdout}\n--- trace\n{stderr}\n--- tokend\n{log}"
     );
     assert_eq!(log.matches("tokend listening").count(), 2, "{log}");
 
