@@ -25,7 +25,9 @@ use tokend::http::state::AppState;
 use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
-use tokend::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
+use tokend::store::memory::{
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemorySessions, MemoryUsers,
+};
 use tokend::store::ClientRecord;
 
 const EMAIL: &str = "bench@example.com";
@@ -60,6 +62,8 @@ fn app() -> Bench {
         users: Arc::new(MemoryUsers::new()),
         clients: Arc::new(MemoryClients::new()),
         sessions: Arc::new(MemorySessions::new(clock.clone())),
+        authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
+        consents: Arc::new(MemoryConsents::new()),
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),

@@ -21,10 +21,14 @@ use crate::http::wellknown::Documents;
 use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENTION_LEEWAY};
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
-use crate::store::memory::{MemoryClients, MemoryLimits, MemorySessions, MemoryUsers};
+use crate::store::memory::{
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemorySessions, MemoryUsers,
+};
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
-use crate::store::{ClientStore, LeaseStore, LimitStore, SessionStore, UserStore};
+use crate::store::{
+    AuthorizeStore, ClientStore, ConsentStore, LeaseStore, LimitStore, SessionStore, UserStore,
+};
 
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +71,10 @@ pub struct Backends {
     pub users: Arc<dyn UserStore>,
     pub clients: Arc<dyn ClientStore>,
     pub sessions: Arc<dyn SessionStore>,
+    /// Authorization requests, codes and browser sessions (Redis in production).
+    pub authorize: Arc<dyn AuthorizeStore>,
+    /// Consents (MongoDB in production).
+    pub consents: Arc<dyn ConsentStore>,
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
@@ -85,6 +93,8 @@ impl Backends {
                 users: Arc::new(MemoryUsers::new()),
                 clients: Arc::new(MemoryClients::new()),
                 sessions: Arc::new(MemorySessions::new(clock.clone())),
+                authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
+                consents: Arc::new(MemoryConsents::new()),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -121,14 +131,34 @@ impl Backends {
                 let redis = Arc::new(redis);
                 Ok(Backends {
                     users: mongo.clone(),
-                    clients: mongo,
+                    clients: mongo.clone(),
+                    consents: mongo,
                     sessions: redis.clone(),
+                    authorize: redis.clone(),
                     keystore: Arc::new(keystore),
                     limits: redis.clone(),
                     lease: Some(redis),
                     mode_name: "production",
                 })
             }
+        }
+    }
+
+    /// The same stores behind the metrics layer ([`Instrumented`]), labelled by what holds
+    /// them: `memory` in embedded mode, else `mongodb` or `redis`.
+    fn instrumented(self, metrics: &Arc<Metrics>) -> Backends {
+        let (doc_store, kv_store) = if self.mode_name == "embedded" {
+            ("memory", "memory")
+        } else {
+            ("mongodb", "redis")
+        };
+        Backends {
+            users: Arc::new(Instrumented::new(self.users, doc_store, metrics.clone())),
+            clients: Arc::new(Instrumented::new(self.clients, doc_store, metrics.clone())),
+            consents: Arc::new(Instrumented::new(self.consents, doc_store, metrics.clone())),
+            sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
+            authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
+            ..self
         }
     }
 }
@@ -210,6 +240,8 @@ impl Application {
                  set TOKEND_MONGODB_URI and TOKEND_REDIS_URL for production mode"
             );
         }
+        let metrics = Metrics::new();
+        let b = b.instrumented(&metrics);
         let keys = Keys::open(keys_config(&config), b.keystore, b.lease, clock.clone())
             .await
             .map_err(|e| StartupError::Keys(e.to_string()))?;
@@ -217,23 +249,12 @@ impl Application {
             Passwords::new(config.argon2, config.argon2_concurrency, config.argon2_nice)
                 .await
                 .map_err(|e| StartupError::Other(e.to_string()))?;
-        let metrics = Metrics::new();
-        let (doc_store, kv_store) = if b.mode_name == "embedded" {
-            ("memory", "memory")
-        } else {
-            ("mongodb", "redis")
-        };
-        let registry = Arc::new(Clients::new(
-            static_clients,
-            Arc::new(Instrumented::new(b.clients, doc_store, metrics.clone())),
-        ));
+        let registry = Arc::new(Clients::new(static_clients, b.clients));
         let documents = Documents::build(&config, registry.static_scopes())
             .map_err(|e| StartupError::Other(e.to_string()))?;
-        let users: Arc<dyn UserStore> =
-            Arc::new(Instrumented::new(b.users, doc_store, metrics.clone()));
-        let sessions: Arc<dyn SessionStore> =
-            Arc::new(Instrumented::new(b.sessions, kv_store, metrics.clone()));
+        let (users, sessions) = (b.users, b.sessions);
         let mut readiness_checks: Vec<Arc<dyn ReadinessCheck>> = Vec::new();
+        // One ping per server: the authorization and consent stores live on these two.
         if b.mode_name != "embedded" {
             readiness_checks.push(Arc::new(Pinged {
                 name: "mongodb",

@@ -38,8 +38,11 @@ pub trait AuthorizeStore: Send + Sync {
     /// marks the code used, remembered `used_ttl_ms` from now (so a replay is recognised after
     /// the code's own lifetime); every later call answers [`Redemption::Replayed`] and marks it
     /// replayed. Of concurrent callers exactly one gets `First`.
-    async fn redeem_code(&self, code_hash: &str, used_ttl_ms: i64)
-        -> Result<Redemption, StoreError>;
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        used_ttl_ms: i64,
+    ) -> Result<Redemption, StoreError>;
     /// Whether a replay of the code has been seen.
     async fn code_replayed(&self, code_hash: &str) -> Result<bool, StoreError>;
 
@@ -70,7 +73,7 @@ pub struct ConsentRecord {
     pub scopes: Vec<String>,
     /// Unix milliseconds of the first grant.
     pub granted_at: i64,
-    /// Unix milliseconds of the last grant that added scopes.
+    /// Unix milliseconds of the last grant (whether or not it added scopes).
     pub updated_at: i64,
 }
 
@@ -86,8 +89,11 @@ pub trait ConsentStore: Send + Sync {
         scopes: &[String],
         now_ms: i64,
     ) -> Result<(), StoreError>;
-    async fn get(&self, user_id: &str, client_id: &str)
-        -> Result<Option<ConsentRecord>, StoreError>;
+    async fn get(
+        &self,
+        user_id: &str,
+        client_id: &str,
+    ) -> Result<Option<ConsentRecord>, StoreError>;
     /// The user's consents, ordered by client id.
     async fn list(&self, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError>;
     /// Withdraws the user's consent to the client; true if there was one.

@@ -8,8 +8,9 @@ use std::time::Instant;
 use async_trait::async_trait;
 
 use super::{
-    AccessStatus, ClientRecord, ClientStore, FamilyState, NewFamily, RotateOutcome, RotateRequest,
-    SessionStore, StoreError, UserClaims, UserRecord, UserStore,
+    AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
+    FamilyState, NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore, StoreError,
+    UserClaims, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -197,6 +198,121 @@ impl SessionStore for Instrumented<dyn SessionStore> {
             self.inner.access_status_with_user(jti, sid, user_id),
         )
         .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl AuthorizeStore for Instrumented<dyn AuthorizeStore> {
+    async fn put_request(&self, id: &str, request: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.time(
+            "authorize_put_request",
+            self.inner.put_request(id, request, ttl_ms),
+        )
+        .await
+    }
+    async fn request(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.time("authorize_request", self.inner.request(id)).await
+    }
+    async fn take_request(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.time("authorize_take_request", self.inner.take_request(id))
+            .await
+    }
+    async fn put_code(&self, code_hash: &str, grant: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.time(
+            "authorize_put_code",
+            self.inner.put_code(code_hash, grant, ttl_ms),
+        )
+        .await
+    }
+    async fn redeem_code(
+        &self,
+        code_hash: &str,
+        used_ttl_ms: i64,
+    ) -> Result<Redemption, StoreError> {
+        self.time(
+            "authorize_redeem_code",
+            self.inner.redeem_code(code_hash, used_ttl_ms),
+        )
+        .await
+    }
+    async fn code_replayed(&self, code_hash: &str) -> Result<bool, StoreError> {
+        self.time(
+            "authorize_code_replayed",
+            self.inner.code_replayed(code_hash),
+        )
+        .await
+    }
+    async fn put_browser_session(
+        &self,
+        id: &str,
+        session: &str,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "authorize_put_browser_session",
+            self.inner.put_browser_session(id, session, ttl_ms),
+        )
+        .await
+    }
+    async fn browser_session(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.time("authorize_browser_session", self.inner.browser_session(id))
+            .await
+    }
+    async fn add_session_family(&self, id: &str, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
+        self.time(
+            "authorize_add_session_family",
+            self.inner.add_session_family(id, sid, ttl_ms),
+        )
+        .await
+    }
+    async fn end_browser_session(&self, id: &str) -> Result<Vec<String>, StoreError> {
+        self.time(
+            "authorize_end_browser_session",
+            self.inner.end_browser_session(id),
+        )
+        .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl ConsentStore for Instrumented<dyn ConsentStore> {
+    async fn grant(
+        &self,
+        user_id: &str,
+        client_id: &str,
+        scopes: &[String],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "consent_grant",
+            self.inner.grant(user_id, client_id, scopes, now_ms),
+        )
+        .await
+    }
+    async fn get(
+        &self,
+        user_id: &str,
+        client_id: &str,
+    ) -> Result<Option<ConsentRecord>, StoreError> {
+        self.time("consent_get", self.inner.get(user_id, client_id))
+            .await
+    }
+    async fn list(&self, user_id: &str) -> Result<Vec<ConsentRecord>, StoreError> {
+        self.time("consent_list", self.inner.list(user_id)).await
+    }
+    async fn withdraw(&self, user_id: &str, client_id: &str) -> Result<bool, StoreError> {
+        self.time("consent_withdraw", self.inner.withdraw(user_id, client_id))
+            .await
+    }
+    async fn forget_user(&self, user_id: &str) -> Result<u64, StoreError> {
+        self.time("consent_forget_user", self.inner.forget_user(user_id))
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await

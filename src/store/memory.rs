@@ -1,7 +1,9 @@
-//! In-process stores for embedded mode: users, clients, refresh families, revocations and the
-//! lease, held in memory with the same semantics as MongoDB and Redis. Records with a TTL expire
-//! by the [`Clock`](crate::clock::Clock) they were built with and are purged as they are met and
-//! by a periodic sweep, so memory stays bounded. Everything is lost when the process exits.
+//! In-process stores for embedded mode: users, clients, refresh families, revocations, the
+//! lease, and the authorization flow's state and consents ([`MemoryAuthorize`],
+//! [`MemoryConsents`]), held in memory with the same semantics as MongoDB and Redis. Records
+//! with a TTL expire by the [`Clock`](crate::clock::Clock) they were built with and are purged
+//! as they are met and by a periodic sweep, so memory stays bounded. Everything is lost when the
+//! process exits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -15,6 +17,10 @@ use super::{
     UserStore,
 };
 use crate::clock::SharedClock;
+
+mod authorize;
+
+pub use authorize::{MemoryAuthorize, MemoryConsents};
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;

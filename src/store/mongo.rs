@@ -1,9 +1,12 @@
-//! MongoDB: users and OAuth clients (and, through [`MongoStore::database`], the keyset).
+//! MongoDB: users, OAuth clients and consents (and, through [`MongoStore::database`], the
+//! keyset).
 //!
 //! Collections:
 //! - `users`: `_id` is the user id; unique indexes on `email` (already lower-cased) and on
 //!   `username_lower`, a lower-cased copy of `username` kept by this store (no collation needed);
-//! - `clients`: `_id` is the `client_id`.
+//! - `clients`: `_id` is the `client_id`;
+//! - `consents`: one document per user and client (`user_id`, `client_id`, `scopes`,
+//!   `granted_at`, `updated_at`), unique by an index on `(user_id, client_id)`.
 //!
 //! Timestamps are `i64` Unix milliseconds. A duplicate-key error (11000) becomes
 //! [`StoreError::Duplicate`] naming the field; anything else the server or the network does is
@@ -23,6 +26,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
+
+mod consents;
+
+use consents::ConsentDoc;
 
 const STORE: &str = "mongodb";
 
@@ -182,12 +189,13 @@ fn map_client_err(e: mongodb::error::Error) -> StoreError {
     }
 }
 
-/// Users and clients in MongoDB. Cheap to clone: clones share one connection pool.
+/// Users, clients and consents in MongoDB. Cheap to clone: clones share one connection pool.
 #[derive(Clone, Debug)]
 pub struct MongoStore {
     db: Database,
     users: Collection<UserDoc>,
     clients: Collection<ClientDoc>,
+    consents: Collection<ConsentDoc>,
 }
 
 impl MongoStore {
@@ -210,6 +218,7 @@ impl MongoStore {
         MongoStore {
             users: db.collection(USERS),
             clients: db.collection(CLIENTS),
+            consents: db.collection(consents::CONSENTS),
             db,
         }
     }
@@ -219,8 +228,9 @@ impl MongoStore {
         self.db.clone()
     }
 
-    /// Creates the unique indexes on `users.email` and `users.username_lower` (idempotent).
-    /// `clients` needs none: its `_id` is the `client_id`.
+    /// Creates the unique indexes on `users.email`, `users.username_lower` and
+    /// `consents.(user_id, client_id)` (idempotent). `clients` needs none: its `_id` is the
+    /// `client_id`.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         for (field, name) in [("email", EMAIL_INDEX), ("username_lower", USERNAME_INDEX)] {
             let model = IndexModel::builder()
@@ -234,7 +244,7 @@ impl MongoStore {
                 .build();
             self.users.create_index(model).await.map_err(map_err)?;
         }
-        Ok(())
+        consents::ensure_index(&self.consents).await
     }
 
     async fn ping_db(&self) -> Result<(), StoreError> {

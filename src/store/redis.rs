@@ -1,7 +1,8 @@
 //! Redis: refresh families, revocations, per-user not-before marks and the rotation lease
-//! (docs/sessions.md). Every key lives under a prefix (default `tokend:`), carries a hash tag so each
-//! record sits in one cluster slot, and is written with a TTL, so Redis never grows without
-//! bound:
+//! (docs/sessions.md), and the authorization flow's pending requests, codes and browser
+//! sessions (the `authorize` submodule). Every key lives under a prefix (default `tokend:`),
+//! carries a hash tag so each record sits in one cluster slot, and is written with a TTL, so
+//! Redis never grows without bound:
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
@@ -11,9 +12,14 @@
 //! | `{prefix}unbf:{<user_id>}` | string | the user's not-before mark (Unix seconds) |
 //! | `{prefix}uclm:{<user_id>}` | hash | the user's claims as last changed: `v` (version), `u` (username), `r` (roles, a JSON array) |
 //! | `{prefix}lease:{<name>}` | string | a lease and its holder |
+//! | `{prefix}areq:{<id>}` | string | a pending authorization request (taken once, `GETDEL`) |
+//! | `{prefix}code:{<code hash>}` | hash | an authorization code: `grant`, and `used`, `replayed` once redeemed (RFC 6749 §4.1.2) |
+//! | `{prefix}bsess:{<id>}` | string | a browser session |
+//! | `{prefix}bsfam:{<id>}` | set | the refresh families started through the browser session (same slot as it) |
 //!
-//! Each multi-step change of one key is a Lua script, so it is atomic; no script touches two
-//! keys, so every one of them works in a cluster. A dead Redis answers with
+//! Each multi-step change is a Lua script, so it is atomic; a script that touches two keys
+//! touches two of one hash tag (a user's families and marks, a browser session and its
+//! families), so every one of them works in a cluster. A dead Redis answers with
 //! [`StoreError::Unavailable`] within [`OP_TIMEOUT`], and the connection heals by itself.
 
 use std::collections::HashMap;
@@ -30,6 +36,8 @@ use super::{
     AccessStatus, FamilyMarks, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
     SessionStore, StoreError, UserClaims, UserMarks,
 };
+
+mod authorize;
 
 const STORE: &str = "redis";
 
@@ -257,6 +265,7 @@ struct Scripts {
     release: Script,
     gcra: Script,
     backoff: Script,
+    authorize: authorize::AuthorizeScripts,
 }
 
 impl Scripts {
@@ -272,6 +281,7 @@ impl Scripts {
             release: Script::new(RELEASE_LUA),
             gcra: Script::new(GCRA_LUA),
             backoff: Script::new(BACKOFF_LUA),
+            authorize: authorize::AuthorizeScripts::new(),
         }
     }
 }

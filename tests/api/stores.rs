@@ -5,15 +5,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokend::clock::{Clock, ManualClock, SharedClock, SystemClock};
-use tokend::store::memory::{MemoryClients, MemoryLease, MemorySessions, MemoryUsers};
+use tokend::store::memory::{
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLease, MemorySessions, MemoryUsers,
+};
 use tokend::store::redis::RedisStore;
 use tokend::store::{
-    AccessStatus, ClientRecord, ClientStore, FamilyMarks, LeaseStore, NewFamily, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
+    AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
+    FamilyMarks, LeaseStore, NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore,
+    StoreError, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -699,6 +703,291 @@ async fn a_lease_has_one_holder_until_released(l: &dyn LeaseStore) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Authorization requests, codes and browser sessions
+// ---------------------------------------------------------------------------------------------
+
+/// Runs `n` tasks of their own, released together (in parallel on a multi-thread runtime), and
+/// returns their answers.
+async fn in_parallel<T, F, Fut>(n: usize, op: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (start, op) = (start.clone(), op(i));
+        tasks.spawn(async move {
+            start.wait().await;
+            op.await
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = tasks.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    answers
+}
+
+async fn authorization_requests_are_kept_read_and_taken_once(s: Arc<dyn AuthorizeStore>) {
+    let (id, other) = (new_id(), new_id());
+    assert_eq!(s.request(&id).await.unwrap(), None);
+    s.put_request(&id, "request-1", MINUTE_MS).await.unwrap();
+    s.put_request(&other, "other", MINUTE_MS).await.unwrap();
+    // Reading leaves it in place.
+    for _ in 0..2 {
+        assert_eq!(s.request(&id).await.unwrap().as_deref(), Some("request-1"));
+    }
+    // A later value replaces it.
+    s.put_request(&id, "request-2", MINUTE_MS).await.unwrap();
+    assert_eq!(
+        s.take_request(&id).await.unwrap().as_deref(),
+        Some("request-2")
+    );
+    assert_eq!(s.take_request(&id).await.unwrap(), None);
+    assert_eq!(s.request(&id).await.unwrap(), None);
+    assert_eq!(s.take_request(&new_id()).await.unwrap(), None);
+    // Another request is untouched.
+    assert_eq!(s.request(&other).await.unwrap().as_deref(), Some("other"));
+    assert_eq!(
+        s.take_request(&other).await.unwrap().as_deref(),
+        Some("other")
+    );
+    s.ping().await.unwrap();
+}
+
+async fn a_request_is_taken_by_exactly_one_of_concurrent_callers(s: Arc<dyn AuthorizeStore>) {
+    let id = new_id();
+    s.put_request(&id, "the request", MINUTE_MS).await.unwrap();
+    let taken = in_parallel(16, |_| {
+        let (s, id) = (s.clone(), id.clone());
+        async move { s.take_request(&id).await.unwrap() }
+    })
+    .await;
+    let got: Vec<String> = taken.into_iter().flatten().collect();
+    assert_eq!(got, ["the request"], "exactly one caller takes the request");
+    assert_eq!(s.request(&id).await.unwrap(), None);
+}
+
+async fn a_code_is_redeemed_once_and_its_replay_is_seen(s: Arc<dyn AuthorizeStore>) {
+    let (code, other) = (new_id(), new_id());
+    s.put_code(&code, "grant-1", MINUTE_MS).await.unwrap();
+    s.put_code(&other, "grant-2", MINUTE_MS).await.unwrap();
+    assert!(!s.code_replayed(&code).await.unwrap());
+    // RFC 6749 §4.1.2: the first redemption gets the grant, and the code is used.
+    assert_eq!(
+        s.redeem_code(&code, DAY_MS).await.unwrap(),
+        Redemption::First("grant-1".into())
+    );
+    assert!(!s.code_replayed(&code).await.unwrap());
+    // Every later one is a replay, answered with the same grant, and leaves a mark.
+    for _ in 0..2 {
+        assert_eq!(
+            s.redeem_code(&code, DAY_MS).await.unwrap(),
+            Redemption::Replayed("grant-1".into())
+        );
+        assert!(s.code_replayed(&code).await.unwrap());
+    }
+    // Another code is untouched.
+    assert!(!s.code_replayed(&other).await.unwrap());
+    assert_eq!(
+        s.redeem_code(&other, DAY_MS).await.unwrap(),
+        Redemption::First("grant-2".into())
+    );
+}
+
+async fn an_unknown_code_is_unknown(s: Arc<dyn AuthorizeStore>) {
+    let code = new_id();
+    for _ in 0..2 {
+        assert_eq!(
+            s.redeem_code(&code, DAY_MS).await.unwrap(),
+            Redemption::Unknown
+        );
+    }
+    assert!(!s.code_replayed(&code).await.unwrap());
+    // Redeeming it wrote nothing: a code issued afterwards under that hash is fresh.
+    s.put_code(&code, "grant", MINUTE_MS).await.unwrap();
+    assert_eq!(
+        s.redeem_code(&code, DAY_MS).await.unwrap(),
+        Redemption::First("grant".into())
+    );
+}
+
+async fn concurrent_redemptions_of_one_code_yield_exactly_one_first(s: Arc<dyn AuthorizeStore>) {
+    let code = new_id();
+    s.put_code(&code, "the grant", MINUTE_MS).await.unwrap();
+    let answers = in_parallel(16, |_| {
+        let (s, code) = (s.clone(), code.clone());
+        async move { s.redeem_code(&code, DAY_MS).await.unwrap() }
+    })
+    .await;
+    let first = answers
+        .iter()
+        .filter(|a| **a == Redemption::First("the grant".into()))
+        .count();
+    let replayed = answers
+        .iter()
+        .filter(|a| **a == Redemption::Replayed("the grant".into()))
+        .count();
+    assert_eq!((first, replayed), (1, 15), "{answers:?}");
+    assert!(s.code_replayed(&code).await.unwrap());
+}
+
+async fn a_browser_session_answers_its_families_when_it_ends(s: Arc<dyn AuthorizeStore>) {
+    let (id, other) = (new_id(), new_id());
+    assert_eq!(s.browser_session(&id).await.unwrap(), None);
+    s.put_browser_session(&id, "session-1", DAY_MS)
+        .await
+        .unwrap();
+    s.put_browser_session(&other, "other", DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.browser_session(&id).await.unwrap().as_deref(),
+        Some("session-1")
+    );
+    let (f1, f2, g1) = (new_id(), new_id(), new_id());
+    s.add_session_family(&id, &f1, DAY_MS).await.unwrap();
+    s.add_session_family(&id, &f2, DAY_MS).await.unwrap();
+    s.add_session_family(&id, &f1, DAY_MS).await.unwrap();
+    s.add_session_family(&other, &g1, DAY_MS).await.unwrap();
+    // Replacing the session keeps its families.
+    s.put_browser_session(&id, "session-2", DAY_MS)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.browser_session(&id).await.unwrap().as_deref(),
+        Some("session-2")
+    );
+    let mut ended = s.end_browser_session(&id).await.unwrap();
+    ended.sort();
+    let mut want = vec![f1, f2];
+    want.sort();
+    assert_eq!(ended, want);
+    assert_eq!(s.browser_session(&id).await.unwrap(), None);
+    // Ending it again finds nothing.
+    assert!(s.end_browser_session(&id).await.unwrap().is_empty());
+    // The other session is untouched.
+    assert_eq!(
+        s.browser_session(&other).await.unwrap().as_deref(),
+        Some("other")
+    );
+    assert_eq!(s.end_browser_session(&other).await.unwrap(), vec![g1]);
+    // A session without families ends with none.
+    let lone = new_id();
+    s.put_browser_session(&lone, "lone", DAY_MS).await.unwrap();
+    assert!(s.end_browser_session(&lone).await.unwrap().is_empty());
+    assert_eq!(s.browser_session(&lone).await.unwrap(), None);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Consents
+// ---------------------------------------------------------------------------------------------
+
+fn scopes(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+async fn a_consent_merges_the_scopes_granted_and_reads_back_sorted(c: Arc<dyn ConsentStore>) {
+    let user = new_id();
+    assert_eq!(c.get(&user, "web").await.unwrap(), None);
+    c.grant(&user, "web", &scopes(&["profile", "openid"]), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get(&user, "web").await.unwrap(),
+        Some(ConsentRecord {
+            user_id: user.clone(),
+            client_id: "web".into(),
+            scopes: scopes(&["openid", "profile"]),
+            granted_at: 1_000,
+            updated_at: 1_000,
+        })
+    );
+    // A later grant adds, never removes; duplicates collapse.
+    c.grant(&user, "web", &scopes(&["email", "openid", "email"]), 2_000)
+        .await
+        .unwrap();
+    let consent = c.get(&user, "web").await.unwrap().unwrap();
+    assert_eq!(consent.scopes, scopes(&["email", "openid", "profile"]));
+    assert_eq!((consent.granted_at, consent.updated_at), (1_000, 2_000));
+    assert_eq!(c.get(&user, "other").await.unwrap(), None);
+    assert_eq!(c.get(&new_id(), "web").await.unwrap(), None);
+    c.ping().await.unwrap();
+}
+
+async fn a_users_consents_are_listed_by_client_and_forgotten_together(c: Arc<dyn ConsentStore>) {
+    let (alice, bob) = (new_id(), new_id());
+    for client in ["c-b", "c-a", "c-c"] {
+        c.grant(&alice, client, &scopes(&["openid"]), 1_000)
+            .await
+            .unwrap();
+    }
+    c.grant(&bob, "c-a", &scopes(&["email"]), 1_000)
+        .await
+        .unwrap();
+    let clients = |list: Vec<ConsentRecord>| {
+        list.into_iter()
+            .map(|r| r.client_id)
+            .collect::<Vec<String>>()
+    };
+    assert_eq!(
+        clients(c.list(&alice).await.unwrap()),
+        ["c-a", "c-b", "c-c"]
+    );
+    let bobs = c.list(&bob).await.unwrap();
+    assert_eq!(clients(bobs.clone()), ["c-a"]);
+    assert_eq!(bobs[0].scopes, scopes(&["email"]));
+
+    assert!(c.withdraw(&alice, "c-b").await.unwrap());
+    assert!(!c.withdraw(&alice, "c-b").await.unwrap());
+    assert_eq!(c.get(&alice, "c-b").await.unwrap(), None);
+    assert_eq!(clients(c.list(&alice).await.unwrap()), ["c-a", "c-c"]);
+    assert!(!c.withdraw(&new_id(), "c-a").await.unwrap());
+
+    assert_eq!(c.forget_user(&alice).await.unwrap(), 2);
+    assert!(c.list(&alice).await.unwrap().is_empty());
+    assert_eq!(c.forget_user(&alice).await.unwrap(), 0);
+    // Bob's consent is his own.
+    assert_eq!(c.list(&bob).await.unwrap(), bobs);
+    // A consent withdrawn and granted again starts over.
+    c.grant(&alice, "c-a", &scopes(&["email"]), 5_000)
+        .await
+        .unwrap();
+    let again = c.get(&alice, "c-a").await.unwrap().unwrap();
+    assert_eq!(
+        (again.scopes, again.granted_at),
+        (scopes(&["email"]), 5_000)
+    );
+}
+
+async fn concurrent_grants_to_one_client_keep_every_scope(c: Arc<dyn ConsentStore>) {
+    let user = new_id();
+    in_parallel(8, |i| {
+        let (c, user) = (c.clone(), user.clone());
+        async move {
+            c.grant(
+                &user,
+                "web",
+                &[format!("s{i}"), "openid".into()],
+                1_000 + i as i64,
+            )
+            .await
+            .unwrap()
+        }
+    })
+    .await;
+    let list = c.list(&user).await.unwrap();
+    assert_eq!(list.len(), 1, "one consent per user and client: {list:?}");
+    let mut want: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+    want.push("openid".into());
+    want.sort();
+    assert_eq!(list[0].scopes, want);
+    assert!((1_000..1_008).contains(&list[0].granted_at));
+}
+
+// ---------------------------------------------------------------------------------------------
 // Each contract, once per implementation
 // ---------------------------------------------------------------------------------------------
 
@@ -756,6 +1045,39 @@ macro_rules! session_contract {
             let store = services::redis_store().await;
             $contract(&store, SystemClock.now_ms()).await;
             assert_every_key_expires(&store).await;
+        }
+    };
+}
+
+/// The authorization-store contracts spawn tasks that run in parallel, hence the multi-thread
+/// runtime.
+macro_rules! authorize_contract {
+    ($contract:ident: $in_memory:ident, $in_redis:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_memory() {
+            let (_, shared) = manual_clock();
+            $contract(Arc::new(MemoryAuthorize::new(shared))).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_redis() {
+            let store = services::redis_store().await;
+            $contract(Arc::new(store.clone())).await;
+            assert_every_key_expires(&store).await;
+        }
+    };
+}
+
+macro_rules! consent_contract {
+    ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_memory() {
+            $contract(Arc::new(MemoryConsents::new())).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_mongodb() {
+            $contract(Arc::new(services::mongo_store().await)).await;
         }
     };
 }
@@ -838,6 +1160,35 @@ session_contract!(a_login_beyond_the_cap_ends_the_oldest_family:
     a_login_beyond_the_cap_ends_the_oldest_family_in_redis
 );
 
+authorize_contract!(authorization_requests_are_kept_read_and_taken_once:
+    authorization_requests_are_kept_read_and_taken_once_in_memory,
+    authorization_requests_are_kept_read_and_taken_once_in_redis);
+authorize_contract!(a_request_is_taken_by_exactly_one_of_concurrent_callers:
+    a_request_is_taken_by_exactly_one_of_concurrent_callers_in_memory,
+    a_request_is_taken_by_exactly_one_of_concurrent_callers_in_redis);
+authorize_contract!(a_code_is_redeemed_once_and_its_replay_is_seen:
+    a_code_is_redeemed_once_and_its_replay_is_seen_in_memory,
+    a_code_is_redeemed_once_and_its_replay_is_seen_in_redis);
+authorize_contract!(an_unknown_code_is_unknown:
+    an_unknown_code_is_unknown_in_memory,
+    an_unknown_code_is_unknown_in_redis);
+authorize_contract!(concurrent_redemptions_of_one_code_yield_exactly_one_first:
+    concurrent_redemptions_of_one_code_yield_exactly_one_first_in_memory,
+    concurrent_redemptions_of_one_code_yield_exactly_one_first_in_redis);
+authorize_contract!(a_browser_session_answers_its_families_when_it_ends:
+    a_browser_session_answers_its_families_when_it_ends_in_memory,
+    a_browser_session_answers_its_families_when_it_ends_in_redis);
+
+consent_contract!(a_consent_merges_the_scopes_granted_and_reads_back_sorted:
+    a_consent_merges_the_scopes_granted_and_reads_back_sorted_in_memory,
+    a_consent_merges_the_scopes_granted_and_reads_back_sorted_in_mongodb);
+consent_contract!(a_users_consents_are_listed_by_client_and_forgotten_together:
+    a_users_consents_are_listed_by_client_and_forgotten_together_in_memory,
+    a_users_consents_are_listed_by_client_and_forgotten_together_in_mongodb);
+consent_contract!(concurrent_grants_to_one_client_keep_every_scope:
+    concurrent_grants_to_one_client_keep_every_scope_in_memory,
+    concurrent_grants_to_one_client_keep_every_scope_in_mongodb);
+
 #[tokio::test]
 async fn a_lease_has_one_holder_until_released_in_memory() {
     let (_, shared) = manual_clock();
@@ -851,11 +1202,11 @@ async fn a_lease_has_one_holder_until_released_in_redis() {
     assert_every_key_expires(&store).await;
 }
 
-/// The whole session and lease contract on a one-node Redis Cluster, where no command or
-/// script may span two slots. One test, because a new cluster takes two seconds to accept
-/// writes.
-#[tokio::test]
-async fn the_session_and_lease_contracts_hold_in_a_redis_cluster() {
+/// The whole session, lease and authorization-store contract on a one-node Redis Cluster, where
+/// no command or script may span two slots. One test, because a new cluster takes two seconds
+/// to accept writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_lease_and_authorize_contracts_hold_in_a_redis_cluster() {
     let cluster = services::OwnedRedis::start_cluster().await;
     let store = RedisStore::connect(&cluster.url(), "tokend:")
         .await
@@ -876,6 +1227,13 @@ async fn the_session_and_lease_contracts_hold_in_a_redis_cluster() {
     a_credential_change_ends_families_that_read_the_older_record(&store, now).await;
     a_login_beyond_the_cap_ends_the_oldest_family(&store, now).await;
     a_lease_has_one_holder_until_released(&store).await;
+    let authorize: Arc<dyn AuthorizeStore> = Arc::new(store.clone());
+    authorization_requests_are_kept_read_and_taken_once(authorize.clone()).await;
+    a_request_is_taken_by_exactly_one_of_concurrent_callers(authorize.clone()).await;
+    a_code_is_redeemed_once_and_its_replay_is_seen(authorize.clone()).await;
+    an_unknown_code_is_unknown(authorize.clone()).await;
+    concurrent_redemptions_of_one_code_yield_exactly_one_first(authorize.clone()).await;
+    a_browser_session_answers_its_families_when_it_ends(authorize).await;
     let without = services::redis_keys_without_ttl(
         &format!("redis://127.0.0.1:{}/", cluster.port()),
         "tokend:",
@@ -970,6 +1328,114 @@ async fn a_memory_lease_lapses_after_its_ttl() {
 }
 
 #[tokio::test]
+async fn memory_authorization_records_are_forgotten_when_their_ttl_ends() {
+    let (clock, shared) = manual_clock();
+    let s = MemoryAuthorize::new(shared);
+    let (request, code, session, family) = (new_id(), new_id(), new_id(), new_id());
+    s.put_request(&request, "request", MINUTE_MS).await.unwrap();
+    s.put_code(&code, "grant", MINUTE_MS).await.unwrap();
+    s.put_browser_session(&session, "session", MINUTE_MS)
+        .await
+        .unwrap();
+    s.add_session_family(&session, &family, MINUTE_MS)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(59_999));
+    assert!(s.request(&request).await.unwrap().is_some());
+    assert!(s.browser_session(&session).await.unwrap().is_some());
+
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(s.request(&request).await.unwrap(), None);
+    assert_eq!(s.take_request(&request).await.unwrap(), None);
+    assert_eq!(
+        s.redeem_code(&code, DAY_MS).await.unwrap(),
+        Redemption::Unknown
+    );
+    assert_eq!(s.browser_session(&session).await.unwrap(), None);
+    assert!(s.end_browser_session(&session).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_redeemed_memory_code_is_remembered_for_its_used_ttl() {
+    let (clock, shared) = manual_clock();
+    let s = MemoryAuthorize::new(shared);
+    let code = new_id();
+    s.put_code(&code, "grant", MINUTE_MS).await.unwrap();
+    assert_eq!(
+        s.redeem_code(&code, 10 * MINUTE_MS).await.unwrap(),
+        Redemption::First("grant".into())
+    );
+    // Past the code's own lifetime, a replay is still recognised.
+    clock.advance(Duration::from_millis(10 * MINUTE_MS as u64 - 1));
+    assert_eq!(
+        s.redeem_code(&code, 10 * MINUTE_MS).await.unwrap(),
+        Redemption::Replayed("grant".into())
+    );
+    assert!(s.code_replayed(&code).await.unwrap());
+    clock.advance(Duration::from_millis(1));
+    assert!(!s.code_replayed(&code).await.unwrap());
+    assert_eq!(
+        s.redeem_code(&code, 10 * MINUTE_MS).await.unwrap(),
+        Redemption::Unknown
+    );
+    // A used TTL shorter than the code's remaining life does not shorten it.
+    let long = new_id();
+    s.put_code(&long, "grant", DAY_MS).await.unwrap();
+    s.redeem_code(&long, MINUTE_MS).await.unwrap();
+    clock.advance(Duration::from_millis(2 * MINUTE_MS as u64));
+    assert_eq!(
+        s.redeem_code(&long, MINUTE_MS).await.unwrap(),
+        Redemption::Replayed("grant".into())
+    );
+}
+
+#[tokio::test]
+async fn a_memory_browser_sessions_families_live_as_long_as_the_longest_asked() {
+    let (clock, shared) = manual_clock();
+    let s = MemoryAuthorize::new(shared);
+    let (session, f1, f2) = (new_id(), new_id(), new_id());
+    s.add_session_family(&session, &f1, 2 * MINUTE_MS)
+        .await
+        .unwrap();
+    s.add_session_family(&session, &f2, MINUTE_MS)
+        .await
+        .unwrap();
+    clock.advance(Duration::from_millis(2 * MINUTE_MS as u64 - 1));
+    let mut ended = s.end_browser_session(&session).await.unwrap();
+    ended.sort();
+    let mut want = vec![f1, f2];
+    want.sort();
+    assert_eq!(ended, want);
+    // Families whose time is up are forgotten.
+    let (later, f3) = (new_id(), new_id());
+    s.add_session_family(&later, &f3, MINUTE_MS).await.unwrap();
+    clock.advance(Duration::from_millis(MINUTE_MS as u64));
+    assert!(s.end_browser_session(&later).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn memory_authorization_records_stay_bounded_as_they_expire() {
+    let (clock, shared) = manual_clock();
+    let s = MemoryAuthorize::new(shared);
+    for i in 0..10_000 {
+        s.put_code(&format!("code-{i}"), "grant", 1000)
+            .await
+            .unwrap();
+        if i % 100 == 0 {
+            clock.advance(Duration::from_secs(1));
+        }
+    }
+    assert!(
+        s.len() < 5_000,
+        "expired records were not swept: {}",
+        s.len()
+    );
+    clock.advance(Duration::from_secs(60));
+    s.put_request("last", "request", 1000).await.unwrap();
+    assert_eq!(s.len(), 1);
+}
+
+#[tokio::test]
 async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
     let store = services::redis_store().await;
     let url = services::redis_url();
@@ -1035,6 +1501,66 @@ async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
     assert_every_key_expires(&store).await;
 }
 
+#[tokio::test]
+async fn redis_authorization_records_live_as_long_as_asked() {
+    let store = services::redis_store().await;
+    let url = services::redis_url();
+    let p = store.prefix().to_string();
+    let pttl = |key: String| {
+        let url = url.clone();
+        async move { services::redis_pttl(&url, &key).await }
+    };
+    let near = |v: i64, want: i64| v > want - 5_000 && v <= want;
+
+    let request = new_id();
+    store
+        .put_request(&request, "request", MINUTE_MS)
+        .await
+        .unwrap();
+    let request_key = format!("{p}areq:{{{request}}}");
+    assert!(near(pttl(request_key.clone()).await, MINUTE_MS));
+    store.take_request(&request).await.unwrap();
+    assert_eq!(pttl(request_key).await, -2, "a taken request is gone");
+
+    // A code lives its own lifetime, then, once used, as long as a replay must be recognised.
+    let code = new_id();
+    store.put_code(&code, "grant", MINUTE_MS).await.unwrap();
+    let code_key = format!("{p}code:{{{code}}}");
+    assert!(near(pttl(code_key.clone()).await, MINUTE_MS));
+    store.redeem_code(&code, DAY_MS).await.unwrap();
+    assert!(near(pttl(code_key.clone()).await, DAY_MS));
+    store.redeem_code(&code, DAY_MS).await.unwrap();
+    assert!(near(pttl(code_key).await, DAY_MS));
+    // A shorter used TTL does not shorten a code's remaining life.
+    let long = new_id();
+    store.put_code(&long, "grant", DAY_MS).await.unwrap();
+    store.redeem_code(&long, MINUTE_MS).await.unwrap();
+    assert!(near(pttl(format!("{p}code:{{{long}}}")).await, DAY_MS));
+
+    // A browser session and its families: the families as long as the longest asked.
+    let (session, f1, f2) = (new_id(), new_id(), new_id());
+    store
+        .put_browser_session(&session, "session", DAY_MS)
+        .await
+        .unwrap();
+    let session_key = format!("{p}bsess:{{{session}}}");
+    let families_key = format!("{p}bsfam:{{{session}}}");
+    assert!(near(pttl(session_key.clone()).await, DAY_MS));
+    store
+        .add_session_family(&session, &f1, 2 * DAY_MS)
+        .await
+        .unwrap();
+    store
+        .add_session_family(&session, &f2, MINUTE_MS)
+        .await
+        .unwrap();
+    assert!(near(pttl(families_key.clone()).await, 2 * DAY_MS));
+    assert_eq!(store.end_browser_session(&session).await.unwrap().len(), 2);
+    assert_eq!(pttl(session_key).await, -2);
+    assert_eq!(pttl(families_key).await, -2);
+    assert_every_key_expires(&store).await;
+}
+
 /// A family written before families carried the user (no `uname`, `roles`, `uver`) reads back
 /// without them, so the caller falls back to the user store; it is otherwise whole.
 #[tokio::test]
@@ -1075,12 +1601,12 @@ async fn a_redis_family_without_the_users_claims_reads_back_without_them() {
 async fn redis_down_is_unavailable_quickly_and_recovers_by_itself() {
     let mut redis = services::OwnedRedis::start().await;
     let store = RedisStore::connect(&redis.url(), "outage:").await.unwrap();
-    store.ping().await.unwrap();
+    SessionStore::ping(&store).await.unwrap();
 
     redis.stop().await;
     for _ in 0..3 {
         let started = Instant::now();
-        let err = store.ping().await.unwrap_err();
+        let err = SessionStore::ping(&store).await.unwrap_err();
         assert!(
             matches!(err, StoreError::Unavailable { store: "redis", .. }),
             "{err:?}"
@@ -1097,7 +1623,7 @@ async fn redis_down_is_unavailable_quickly_and_recovers_by_itself() {
     redis.start_again().await;
     let mut recovered = false;
     for _ in 0..50 {
-        if store.ping().await.is_ok() {
+        if SessionStore::ping(&store).await.is_ok() {
             recovered = true;
             break;
         }
