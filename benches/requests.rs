@@ -191,6 +191,7 @@ fn domain(c: &mut Criterion) {
             scopes: vec!["read".into(), "write".into()],
             alg: Some(alg.into()),
             created_at: 0,
+            meta: Default::default(),
         });
         let req = TokenRequest {
             grant_type: Some("client_credentials".into()),

@@ -23,8 +23,8 @@ use crate::clock::SharedClock;
 use crate::keys::{Alg, Keys};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption,
-    UserRecord, UserStore,
+    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption, UserRecord,
+    UserStore,
 };
 
 /// The scopes of OpenID Connect Core §5.4 that every client with the authorization code grant
@@ -144,13 +144,6 @@ pub(crate) struct SignedIn {
     id: String,
     session: BrowserSession,
     user: UserRecord,
-}
-
-impl SignedIn {
-    /// The signed-in user's name for the pages.
-    pub(crate) fn username(&self) -> &str {
-        &self.user.username
-    }
 }
 
 /// Where the browser goes next.
@@ -501,14 +494,14 @@ impl Authorize {
             ));
         }
         let Some(challenge) = nonempty(&p.code_challenge) else {
-            return Err(bad(
-                "code_challenge is required (PKCE with S256, RFC 7636)",
-            ));
+            return Err(bad("code_challenge is required (PKCE with S256, RFC 7636)"));
         };
         match nonempty(&p.code_challenge_method) {
             Some("S256") => {}
             Some("plain") | None => {
-                return Err(bad("code_challenge_method must be S256 (plain is not allowed)"))
+                return Err(bad(
+                    "code_challenge_method must be S256 (plain is not allowed)",
+                ))
             }
             Some(_) => return Err(bad("code_challenge_method must be S256")),
         }
@@ -534,10 +527,19 @@ impl Authorize {
                 _ => return Err(bad("max_age must be a non-negative number of seconds")),
             },
         };
-        let prompts: BTreeSet<&str> = p.prompt.as_deref().unwrap_or("").split(' ').filter(|s| !s.is_empty()).collect();
+        let prompts: BTreeSet<&str> = p
+            .prompt
+            .as_deref()
+            .unwrap_or("")
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .collect();
         for v in &prompts {
             if !matches!(*v, "none" | "login" | "consent" | "select_account") {
-                return Err(("invalid_request", format!("prompt value {v:?} is not supported")));
+                return Err((
+                    "invalid_request",
+                    format!("prompt value {v:?} is not supported"),
+                ));
             }
         }
         let prompt_none = prompts.contains("none");
@@ -602,7 +604,9 @@ impl Authorize {
             None => None,
         };
         let request_id = ids::random_secret()?;
-        let outcome = self.next_step(&request_id, &pending, client, signed_in.as_ref()).await?;
+        let outcome = self
+            .next_step(&request_id, &pending, client, signed_in.as_ref())
+            .await?;
         if matches!(outcome, Outcome::SignIn { .. } | Outcome::Consent { .. }) {
             let json = serde_json::to_string(&pending)
                 .map_err(|e| Error::Internal(format!("serialising a request: {e}")))?;
@@ -631,7 +635,11 @@ impl Authorize {
         let Some(s) = signed_in.filter(|s| fresh_enough(s)) else {
             if pending.prompt_none {
                 self.count("refused", client);
-                return Ok(self.answer_error(pending, "login_required", "the user is not signed in"));
+                return Ok(self.answer_error(
+                    pending,
+                    "login_required",
+                    "the user is not signed in",
+                ));
             }
             return Ok(Outcome::SignIn {
                 request_id: request_id.to_string(),
@@ -694,7 +702,9 @@ impl Authorize {
         };
         let json = serde_json::to_string(&grant)
             .map_err(|e| Error::Internal(format!("serialising a code: {e}")))?;
-        self.store.put_code(&hashed(&code), &json, CODE_TTL_MS).await?;
+        self.store
+            .put_code(&hashed(&code), &json, CODE_TTL_MS)
+            .await?;
         self.metrics.codes.with_label_values(&["issued"]).inc();
         self.count("completed", client);
         let mut params = vec![("code".to_string(), code)];
@@ -709,7 +719,10 @@ impl Authorize {
         })
     }
 
-    async fn pending(&self, request_id: &str) -> Result<Option<(PendingRequest, ClientRecord)>, Error> {
+    async fn pending(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<(PendingRequest, ClientRecord)>, Error> {
         let Some(json) = self.store.request(&hashed(request_id)).await? else {
             return Ok(None);
         };
@@ -778,7 +791,8 @@ impl Authorize {
         let cookie = ids::random_secret()?;
         let marks = self.sessions.user_marks(&user.id).await?;
         let now_ms = self.clock.now_ms();
-        let ttl_ms = i64::try_from(self.settings.browser_session_ttl.as_millis()).unwrap_or(i64::MAX);
+        let ttl_ms =
+            i64::try_from(self.settings.browser_session_ttl.as_millis()).unwrap_or(i64::MAX);
         let session = BrowserSession {
             user_id: user.id.clone(),
             auth_time: now_ms.div_euclid(1000),
@@ -792,13 +806,11 @@ impl Authorize {
         let id = hashed(&cookie);
         self.store.put_browser_session(&id, &json, ttl_ms).await?;
         tracing::info!(user_id = %user.id, "browser sign-in");
-        let signed_in = SignedIn {
-            id,
-            session,
-            user,
-        };
+        let signed_in = SignedIn { id, session, user };
         let next = match (pending, request_id) {
-            (Some((p, client)), Some(rid)) => Some(self.next_step(rid, &p, &client, Some(&signed_in)).await?),
+            (Some((p, client)), Some(rid)) => {
+                Some(self.next_step(rid, &p, &client, Some(&signed_in)).await?)
+            }
             _ => None,
         };
         Ok(SignInResult {
@@ -855,15 +867,22 @@ impl Authorize {
         request_id: &str,
         s: &SignedIn,
     ) -> Result<Option<ConsentContext>, Error> {
-        Ok(self.pending(request_id).await?.map(|(p, c)| ConsentContext {
-            client_name: c.meta.client_name.clone().unwrap_or_else(|| c.client_id.clone()),
-            client_id: c.client_id,
-            user_name: s.user.username.clone(),
-            scopes: scope_tokens(&p.scope)
-                .into_iter()
-                .map(|sc| (sc.to_string(), scope_description(sc)))
-                .collect(),
-        }))
+        Ok(self
+            .pending(request_id)
+            .await?
+            .map(|(p, c)| ConsentContext {
+                client_name: c
+                    .meta
+                    .client_name
+                    .clone()
+                    .unwrap_or_else(|| c.client_id.clone()),
+                client_id: c.client_id,
+                user_name: s.user.username.clone(),
+                scopes: scope_tokens(&p.scope)
+                    .into_iter()
+                    .map(|sc| (sc.to_string(), scope_description(sc)))
+                    .collect(),
+            }))
     }
 
     /// The consent form: remembers the grant and answers with a code, or answers
@@ -884,7 +903,10 @@ impl Authorize {
             tracing::info!(user_id = %s.user.id, client_id = %client.client_id, "consent denied");
             return Ok(self.answer_error(&pending, "access_denied", "the user denied the request"));
         }
-        let scopes: Vec<String> = scope_tokens(&pending.scope).into_iter().map(String::from).collect();
+        let scopes: Vec<String> = scope_tokens(&pending.scope)
+            .into_iter()
+            .map(String::from)
+            .collect();
         self.consents
             .grant(&s.user.id, &client.client_id, &scopes, self.clock.now_ms())
             .await?;
@@ -912,7 +934,12 @@ impl Authorize {
             return Err(bad_grant("invalid authorization code"));
         }
         let key = hashed(code);
-        let grant_json = match self.store.redeem_code(&key, USED_CODE_TTL_MS).await.map_err(Error::from)? {
+        let grant_json = match self
+            .store
+            .redeem_code(&key, USED_CODE_TTL_MS)
+            .await
+            .map_err(Error::from)?
+        {
             Redemption::Unknown => return Err(bad_grant("invalid or expired authorization code")),
             Redemption::Replayed(json) => {
                 self.metrics.codes.with_label_values(&["replayed"]).inc();
@@ -925,14 +952,19 @@ impl Authorize {
             }
             Redemption::First(json) => json,
         };
-        let g: CodeGrant = serde_json::from_str(&grant_json)
-            .map_err(|e| OAuthError::Other(Error::Internal(format!("a stored code does not parse: {e}"))))?;
+        let g: CodeGrant = serde_json::from_str(&grant_json).map_err(|e| {
+            OAuthError::Other(Error::Internal(format!(
+                "a stored code does not parse: {e}"
+            )))
+        })?;
         if g.client_id != client.client_id {
             return Err(bad_grant("the code was issued to another client"));
         }
         match redirect_uri {
             Some(r) if r != g.redirect_uri => {
-                return Err(bad_grant("redirect_uri does not match the authorization request"))
+                return Err(bad_grant(
+                    "redirect_uri does not match the authorization request",
+                ))
             }
             None if g.redirect_uri_given => {
                 return Err(invalid(
@@ -942,7 +974,9 @@ impl Authorize {
             _ => {}
         }
         if !is_pkce_value(verifier) {
-            return Err(invalid("code_verifier must be 43-128 unreserved characters"));
+            return Err(invalid(
+                "code_verifier must be 43-128 unreserved characters",
+            ));
         }
         let computed = s256(verifier);
         if !ids::constant_time_eq(computed.as_bytes(), g.code_challenge.as_bytes()) {
@@ -973,8 +1007,12 @@ impl Authorize {
             return Err(bad_grant("authorization code already used"));
         }
         if let Some(bs) = &g.browser_session {
-            let ttl = i64::try_from(self.settings.browser_session_ttl.as_millis()).unwrap_or(i64::MAX);
-            self.store.add_session_family(bs, &g.sid, ttl).await.map_err(Error::from)?;
+            let ttl =
+                i64::try_from(self.settings.browser_session_ttl.as_millis()).unwrap_or(i64::MAX);
+            self.store
+                .add_session_family(bs, &g.sid, ttl)
+                .await
+                .map_err(Error::from)?;
         }
         self.metrics.codes.with_label_values(&["redeemed"]).inc();
         let id_token = if scope_tokens(&g.scope).contains(&"openid") {
@@ -1036,7 +1074,8 @@ impl Authorize {
         let scopes = scope_tokens(&g.scope);
         Self::profile_claims(&mut claims, user, &scopes);
         let token = self.keys.sign(alg, "JWT", &claims, now)?;
-        self.metrics.issued(GRANT_AUTHORIZATION_CODE, "id", alg.as_str());
+        self.metrics
+            .issued(GRANT_AUTHORIZATION_CODE, "id", alg.as_str());
         Ok(token)
     }
 
@@ -1077,11 +1116,18 @@ impl Authorize {
 
     /// Withdraws a consent and ends that client's sessions for the user
     /// (`DELETE /users/me/consents/{client_id}`).
-    pub(crate) async fn withdraw_consent(&self, p: &Principal, client_id: &str) -> Result<(), Error> {
+    pub(crate) async fn withdraw_consent(
+        &self,
+        p: &Principal,
+        client_id: &str,
+    ) -> Result<(), Error> {
         if !self.consents.withdraw(&p.claims.sub, client_id).await? {
             return Err(Error::NotFound);
         }
-        let ended = self.sessions.revoke_client_families(&p.claims.sub, client_id).await?;
+        let ended = self
+            .sessions
+            .revoke_client_families(&p.claims.sub, client_id)
+            .await?;
         tracing::info!(user_id = %p.claims.sub, client_id, ended, "consent withdrawn");
         Ok(())
     }
@@ -1119,7 +1165,9 @@ impl Authorize {
                 Value::Array(v) => v.first().and_then(Value::as_str).map(String::from),
                 _ => None,
             });
-        let client_id = nonempty(&p.client_id).map(String::from).or(hint_aud.clone());
+        let client_id = nonempty(&p.client_id)
+            .map(String::from)
+            .or(hint_aud.clone());
         if let (Some(a), Some(c)) = (&hint_aud, nonempty(&p.client_id)) {
             if a != c {
                 return Ok(LogoutOutcome::ErrorPage {
@@ -1146,8 +1194,9 @@ impl Authorize {
                             .into(),
                     });
                 }
-                let mut u = url::Url::parse(uri)
-                    .map_err(|e| Error::Internal(format!("a registered URI does not parse: {e}")))?;
+                let mut u = url::Url::parse(uri).map_err(|e| {
+                    Error::Internal(format!("a registered URI does not parse: {e}"))
+                })?;
                 if let Some(st) = nonempty(&p.state) {
                     u.query_pairs_mut().append_pair("state", st);
                 }
@@ -1206,15 +1255,42 @@ mod tests {
 
     #[test]
     fn redirect_uris_match_exactly_or_on_loopback_in_all_but_the_port() {
-        assert!(redirect_matches("https://app.example/cb", "https://app.example/cb"));
-        assert!(!redirect_matches("https://app.example/cb", "https://app.example/cb/"));
-        assert!(!redirect_matches("https://app.example/cb", "https://app.example/cb?x=1"));
-        assert!(!redirect_matches("https://app.example:443/cb", "https://app.example:8443/cb"));
-        assert!(redirect_matches("http://127.0.0.1/cb", "http://127.0.0.1:53122/cb"));
-        assert!(redirect_matches("http://[::1]:8080/cb", "http://[::1]:9/cb"));
-        assert!(!redirect_matches("http://127.0.0.1/cb", "http://127.0.0.1:5/other"));
-        assert!(!redirect_matches("http://127.0.0.1/cb", "http://127.0.0.2:5/cb"));
-        assert!(!redirect_matches("http://127.0.0.1/cb", "https://127.0.0.1:5/cb"));
+        assert!(redirect_matches(
+            "https://app.example/cb",
+            "https://app.example/cb"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example/cb",
+            "https://app.example/cb/"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example/cb",
+            "https://app.example/cb?x=1"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example:443/cb",
+            "https://app.example:8443/cb"
+        ));
+        assert!(redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:53122/cb"
+        ));
+        assert!(redirect_matches(
+            "http://[::1]:8080/cb",
+            "http://[::1]:9/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:5/other"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.2:5/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "https://127.0.0.1:5/cb"
+        ));
     }
 
     #[test]

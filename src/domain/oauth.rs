@@ -313,7 +313,10 @@ impl OAuth {
         let grant = required(&req.grant_type, "grant_type")?;
         if !matches!(
             grant,
-            GRANT_PASSWORD | GRANT_REFRESH_TOKEN | GRANT_CLIENT_CREDENTIALS | GRANT_AUTHORIZATION_CODE
+            GRANT_PASSWORD
+                | GRANT_REFRESH_TOKEN
+                | GRANT_CLIENT_CREDENTIALS
+                | GRANT_AUTHORIZATION_CODE
         ) {
             return Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type {grant:?} is not supported"

@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::keys::Alg;
 use crate::metrics::Metrics;
 use crate::store::{
-    AccessStatus, UserMarks, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
-    UserClaims, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
+    UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay

@@ -14,7 +14,9 @@ use super::auth::{cookie, principal};
 use super::pages::{self, ConsentView, ErrorView, FormPostView, LogoutConfirmView, ScopeView};
 use super::state::AppState;
 use super::{empty, json, read_body, ApiError, ApiResult};
-use crate::domain::authorize::{AuthorizeParams, LogoutOutcome, LogoutParams, Outcome, ResponseMode};
+use crate::domain::authorize::{
+    AuthorizeParams, LogoutOutcome, LogoutParams, Outcome, ResponseMode,
+};
 use crate::domain::ids;
 
 /// The browser session's cookie over HTTPS (RFC 6265bis §4.1.3.2: `Secure`, `Path=/`, no
@@ -226,8 +228,7 @@ impl FormHeaders {
     fn check_csrf(&self, state: &AppState, presented: Option<&str>) -> Result<(), ApiError> {
         let refused = || ApiError::Forbidden {
             code: "csrf_failed",
-            description: "This form has expired. Go back, reload the page and try again."
-                .into(),
+            description: "This form has expired. Go back, reload the page and try again.".into(),
         };
         if self
             .origin
@@ -266,7 +267,8 @@ struct PageQuery {
 
 /// `GET /login`: the sign-in page.
 pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let q: PageQuery = serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let q: PageQuery =
+        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
     let request_id = q.req.filter(|r| !r.is_empty());
     let (token, new) = match csrf_token(state, &req) {
         Ok(t) => t,
@@ -287,7 +289,12 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
             client_name: context.client_name,
         },
     );
-    Ok(with_csrf(state, pages::html_response(StatusCode::OK, html), &token, new))
+    Ok(with_csrf(
+        state,
+        pages::html_response(StatusCode::OK, html),
+        &token,
+        new,
+    ))
 }
 
 fn expired() -> Outcome {
@@ -437,7 +444,12 @@ pub(crate) async fn consent_page(state: &AppState, req: Request<Incoming>) -> Ap
                 .collect(),
         },
     );
-    Ok(with_csrf(state, pages::html_response(StatusCode::OK, html), &token, new))
+    Ok(with_csrf(
+        state,
+        pages::html_response(StatusCode::OK, html),
+        &token,
+        new,
+    ))
 }
 
 #[derive(Debug, Default, Deserialize)]

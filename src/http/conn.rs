@@ -322,7 +322,7 @@ pub(super) async fn drive<I, S, B>(
         let Some((at, why)) = due else {
             return Poll::Pending;
         };
-        if !armed.is_some_and(|armed| armed <= at) {
+        if armed.is_none_or(|armed| armed > at) {
             timer.as_mut().reset(at);
             armed = Some(at);
         }

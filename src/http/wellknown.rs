@@ -126,8 +126,21 @@ impl Documents {
             m.insert(
                 "claims_supported".into(),
                 json!([
-                    "sub", "iss", "aud", "exp", "iat", "auth_time", "nonce", "sid", "at_hash",
-                    "amr", "azp", "preferred_username", "name", "updated_at", "email",
+                    "sub",
+                    "iss",
+                    "aud",
+                    "exp",
+                    "iat",
+                    "auth_time",
+                    "nonce",
+                    "sid",
+                    "at_hash",
+                    "amr",
+                    "azp",
+                    "preferred_username",
+                    "name",
+                    "updated_at",
+                    "email",
                     "email_verified"
                 ]),
             );

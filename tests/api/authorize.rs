@@ -90,7 +90,8 @@ fn location(res: &Response) -> String {
 }
 
 fn query_of(url: &str) -> HashMap<String, String> {
-    let u = url::Url::parse(url).unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
+    let u = url::Url::parse(url)
+        .unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
     u.query_pairs().into_owned().collect()
 }
 
@@ -129,7 +130,11 @@ fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String 
 
 impl App {
     async fn get(&self, url: &str) -> Response {
-        let url = if url.starts_with('/') { self.url(url) } else { url.to_string() };
+        let url = if url.starts_with('/') {
+            self.url(url)
+        } else {
+            url.to_string()
+        };
         self.browser.get(url).send().await.unwrap()
     }
 
@@ -144,7 +149,10 @@ impl App {
 
     /// Signs in on the page the authorization sent the browser to; answers the response.
     async fn sign_in(&self, login_location: &str, password: &str) -> Response {
-        assert!(login_location.starts_with("/login?req="), "{login_location}");
+        assert!(
+            login_location.starts_with("/login?req="),
+            "{login_location}"
+        );
         let page = self.get(login_location).await;
         assert_eq!(page.status(), StatusCode::OK);
         let html = page.text().await.unwrap();
@@ -153,22 +161,33 @@ impl App {
         let csrf = csrf_of(&html);
         self.post(
             "/login",
-            &[("csrf_token", &csrf), ("req", &req), ("username", "ada"), ("password", password)],
+            &[
+                ("csrf_token", &csrf),
+                ("req", &req),
+                ("username", "ada"),
+                ("password", password),
+            ],
         )
         .await
     }
 
     /// Allows or denies on the consent page; answers the response.
     async fn consent(&self, consent_location: &str, decision: &str) -> Response {
-        assert!(consent_location.starts_with("/consent?req="), "{consent_location}");
+        assert!(
+            consent_location.starts_with("/consent?req="),
+            "{consent_location}"
+        );
         let page = self.get(consent_location).await;
         assert_eq!(page.status(), StatusCode::OK);
         let html = page.text().await.unwrap();
         assert!(html.contains("Example Web App"), "{html}");
         let req = query_of(consent_location)["req"].clone();
         let csrf = csrf_of(&html);
-        self.post("/consent", &[("csrf_token", &csrf), ("req", &req), ("decision", decision)])
-            .await
+        self.post(
+            "/consent",
+            &[("csrf_token", &csrf), ("req", &req), ("decision", decision)],
+        )
+        .await
     }
 
     /// The whole flow for `web` up to the callback; answers the callback's parameters.
@@ -233,14 +252,24 @@ async fn the_code_flow_signs_in_consents_and_issues_tokens_with_an_id_token(mode
     assert_eq!(c["preferred_username"], "ada");
     assert_eq!(c["email"], "ada@example.com");
     assert_eq!(c["email_verified"], false);
-    assert_eq!(c["at_hash"], b64url_sha256_left_half(access), "EdDSA: SHA-512 left half");
+    assert_eq!(
+        c["at_hash"],
+        b64url_sha256_left_half(access),
+        "EdDSA: SHA-512 left half"
+    );
     let at = claims(access);
     assert_eq!(c["sub"], at["sub"]);
     assert_eq!(c["auth_time"], at["auth_time"]);
     assert_eq!(c["sid"], at["sid"]);
     // The access token works; the ID token is never an access token.
-    assert_eq!(app.get_bearer("/auth/verify", access).await.status(), StatusCode::OK);
-    assert_eq!(app.get_bearer("/auth/verify", id).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.get_bearer("/auth/verify", id).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     // userinfo by scope.
     let res = app.get_bearer("/oauth/userinfo", access).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -253,46 +282,81 @@ async fn the_code_flow_signs_in_consents_and_issues_tokens_with_an_id_token(mode
         .http
         .post(app.url("/oauth/token"))
         .basic_auth("web", Some(WEB_SECRET))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", body["refresh_token"].as_str().unwrap())])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", body["refresh_token"].as_str().unwrap()),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     // Metrics count the flow.
     let m = app.metrics_text().await;
-    assert!(m.contains("tokend_authorization_codes_total{event=\"issued\"} 1"), "{m}");
-    assert!(m.contains("tokend_authorization_codes_total{event=\"redeemed\"} 1"), "{m}");
-    assert!(m.contains("tokend_sign_ins_total{result=\"success\"} 1"), "{m}");
+    assert!(
+        m.contains("tokend_authorization_codes_total{event=\"issued\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tokend_authorization_codes_total{event=\"redeemed\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("tokend_sign_ins_total{result=\"success\"} 1"),
+        "{m}"
+    );
 }
 
 async fn a_second_authorization_reuses_the_browser_session_and_the_consent(mode: Mode) {
     let app = spawn(mode).await;
     app.code_for_web().await;
     // Same browser: straight back with a code, no page.
-    let res = app.get(&authorize_url(&app, "web", &[("state", "again")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("state", "again")]))
+        .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     let cb = query_of(&location(&res));
     assert!(cb.contains_key("code"), "{cb:?}");
     assert_eq!(cb["state"], "again");
     // prompt=login forces a new sign-in.
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "login")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "login")]))
+        .await;
     assert!(location(&res).starts_with("/login?req="));
     // prompt=consent asks again.
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "consent")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "consent")]))
+        .await;
     assert!(location(&res).starts_with("/consent?req="));
     // A first-party client never asks: a form_post answer with a page that posts the code.
     let res = app
-        .get(&authorize_url(&app, "native", &[("response_mode", "form_post"), ("redirect_uri", "http://127.0.0.1:49152/callback")]))
+        .get(&authorize_url(
+            &app,
+            "native",
+            &[
+                ("response_mode", "form_post"),
+                ("redirect_uri", "http://127.0.0.1:49152/callback"),
+            ],
+        ))
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let csp = res.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let csp = res.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(!csp.contains("unsafe-inline"));
     let html = res.text().await.unwrap();
-    assert!(html.contains("action=\"http://127.0.0.1:49152/callback\""), "{html}");
+    assert!(
+        html.contains("action=\"http://127.0.0.1:49152/callback\""),
+        "{html}"
+    );
     assert!(html.contains("name=\"code\""), "{html}");
     // A new browser has no session.
     let fresh = new_browser();
-    let res = fresh.get(authorize_url(&app, "web", &[])).send().await.unwrap();
+    let res = fresh
+        .get(authorize_url(&app, "web", &[]))
+        .send()
+        .await
+        .unwrap();
     assert!(location(&res).starts_with("/login?req="));
 }
 
@@ -304,18 +368,27 @@ async fn a_replayed_code_is_refused_and_revokes_what_its_first_use_issued(mode: 
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert_eq!(error_code(res).await, "invalid_grant");
     let access = first["access_token"].as_str().unwrap();
-    assert_eq!(app.get_bearer("/auth/verify", access).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
     let res = app
         .http
         .post(app.url("/oauth/token"))
         .basic_auth("web", Some(WEB_SECRET))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", first["refresh_token"].as_str().unwrap())])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", first["refresh_token"].as_str().unwrap()),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let m = app.metrics_text().await;
-    assert!(m.contains("tokend_authorization_codes_total{event=\"replayed\"} 1"), "{m}");
+    assert!(
+        m.contains("tokend_authorization_codes_total{event=\"replayed\"} 1"),
+        "{m}"
+    );
 
     // Concurrent redemptions of one code: exactly one succeeds, and it is then revoked.
     let cb = {
@@ -325,7 +398,10 @@ async fn a_replayed_code_is_refused_and_revokes_what_its_first_use_issued(mode: 
     let code = cb["code"].clone();
     let tries = (0..8).map(|_| app.redeem(&code, VERIFIER));
     let results = futures_util::future::join_all(tries).await;
-    let ok: Vec<&Response> = results.iter().filter(|r| r.status() == StatusCode::OK).collect();
+    let ok: Vec<&Response> = results
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .collect();
     assert!(ok.len() <= 1, "at most one redemption succeeds");
 }
 
@@ -361,7 +437,11 @@ async fn pkce_is_required_with_s256_and_checked(mode: Mode) {
         .http
         .post(app.url("/oauth/token"))
         .basic_auth("web", Some(WEB_SECRET))
-        .form(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT)])
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT),
+        ])
         .send()
         .await
         .unwrap();
@@ -370,7 +450,13 @@ async fn pkce_is_required_with_s256_and_checked(mode: Mode) {
     let res = app
         .http
         .post(app.url("/oauth/token"))
-        .form(&[("grant_type", "authorization_code"), ("code", &code), ("client_id", "native"), ("code_verifier", VERIFIER), ("redirect_uri", REDIRECT)])
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", "native"),
+            ("code_verifier", VERIFIER),
+            ("redirect_uri", REDIRECT),
+        ])
         .send()
         .await
         .unwrap();
@@ -389,15 +475,23 @@ async fn an_unregistered_redirect_uri_is_an_error_page_never_a_redirect(mode: Mo
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{extra:?}");
         assert!(res.headers().get("location").is_none());
         assert_eq!(res.headers()["x-frame-options"], "DENY");
-        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
         let html = res.text().await.unwrap();
-        assert!(!html.contains("evil.example"), "the page never links the bad URI");
+        assert!(
+            !html.contains("evil.example"),
+            "the page never links the bad URI"
+        );
     }
 }
 
 async fn prompt_none_without_a_session_answers_login_required(mode: Mode) {
     let app = spawn(mode).await;
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "none")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
     let q = query_of(&location(&res));
     assert_eq!(q["error"], "login_required");
     assert_eq!(q["state"], "st-123");
@@ -405,17 +499,33 @@ async fn prompt_none_without_a_session_answers_login_required(mode: Mode) {
     let res = app.get(&authorize_url(&app, "web", &[])).await;
     let res = app.sign_in(&location(&res), PASSWORD).await;
     assert!(location(&res).starts_with("/consent?req="));
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "none")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
     assert_eq!(query_of(&location(&res))["error"], "consent_required");
     // A wrong password is one answer, on the page, and sets no session.
-    let res = new_browser().get(authorize_url(&app, "web", &[])).send().await.unwrap();
+    let res = new_browser()
+        .get(authorize_url(&app, "web", &[]))
+        .send()
+        .await
+        .unwrap();
     let _ = res;
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "login")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "login")]))
+        .await;
     let res = app.sign_in(&location(&res), "wrong password!").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert!(res.headers().get("set-cookie").is_none() || !res.headers()["set-cookie"].to_str().unwrap().contains("tokend_session"));
+    assert!(
+        res.headers().get("set-cookie").is_none()
+            || !res.headers()["set-cookie"]
+                .to_str()
+                .unwrap()
+                .contains("tokend_session")
+    );
     // A form without its CSRF token is refused.
-    let res = app.post("/login", &[("username", "ada"), ("password", PASSWORD)]).await;
+    let res = app
+        .post("/login", &[("username", "ada"), ("password", PASSWORD)])
+        .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
 
@@ -436,20 +546,39 @@ async fn rp_initiated_logout_ends_the_session_and_its_families(mode: Mode) {
     let tokens = app.redeem_ok(&cb["code"]).await;
     let id = tokens["id_token"].as_str().unwrap();
     // An unregistered post-logout URI: an error page, still signed in.
-    let q = serde_urlencoded::to_string([("id_token_hint", id), ("post_logout_redirect_uri", "https://evil.example/")]).unwrap();
+    let q = serde_urlencoded::to_string([
+        ("id_token_hint", id),
+        ("post_logout_redirect_uri", "https://evil.example/"),
+    ])
+    .unwrap();
     let res = app.get(&format!("/oauth/logout?{q}")).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(res.headers().get("location").is_none());
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "none")])).await;
-    assert!(query_of(&location(&res)).contains_key("code"), "still signed in");
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
+    assert!(
+        query_of(&location(&res)).contains_key("code"),
+        "still signed in"
+    );
     // With the hint and a registered URI: signed out and sent back with the state.
-    let q = serde_urlencoded::to_string([("id_token_hint", id), ("post_logout_redirect_uri", LOGOUT_REDIRECT), ("state", "bye-1")]).unwrap();
+    let q = serde_urlencoded::to_string([
+        ("id_token_hint", id),
+        ("post_logout_redirect_uri", LOGOUT_REDIRECT),
+        ("state", "bye-1"),
+    ])
+    .unwrap();
     let res = app.get(&format!("/oauth/logout?{q}")).await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), format!("{LOGOUT_REDIRECT}?state=bye-1"));
     let access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(app.get_bearer("/auth/verify", access).await.status(), StatusCode::UNAUTHORIZED);
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "none")])).await;
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
     assert_eq!(query_of(&location(&res))["error"], "login_required");
     // Without a hint the user is asked first.
     let res = app.get(&authorize_url(&app, "web", &[])).await;
@@ -458,9 +587,16 @@ async fn rp_initiated_logout_ends_the_session_and_its_families(mode: Mode) {
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     let csrf = csrf_of(&html);
-    let res = app.post("/oauth/logout", &[("csrf_token", &csrf), ("decision", "logout")]).await;
+    let res = app
+        .post(
+            "/oauth/logout",
+            &[("csrf_token", &csrf), ("decision", "logout")],
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let res = app.get(&authorize_url(&app, "web", &[("prompt", "none")])).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
     assert_eq!(query_of(&location(&res))["error"], "login_required");
 }
 
@@ -473,7 +609,10 @@ async fn consents_can_be_listed_and_withdrawn(mode: Mode) {
     assert_eq!(res.status(), StatusCode::OK);
     let list: Value = res.json().await.unwrap();
     assert_eq!(list["consents"][0]["client_id"], "web");
-    assert_eq!(list["consents"][0]["scopes"], json!(["email", "openid", "profile", "read"]));
+    assert_eq!(
+        list["consents"][0]["scopes"],
+        json!(["email", "openid", "profile", "read"])
+    );
     let res = app
         .http
         .delete(app.url("/users/me/consents/web"))
@@ -484,13 +623,30 @@ async fn consents_can_be_listed_and_withdrawn(mode: Mode) {
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     // The client's tokens for the user are revoked; the user's own login is not.
     let web_access = tokens["access_token"].as_str().unwrap();
-    assert_eq!(app.get_bearer("/auth/verify", web_access).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get_bearer("/auth/verify", &access).await.status(), StatusCode::OK);
-    let list: Value = app.get_bearer("/users/me/consents", &access).await.json().await.unwrap();
+    assert_eq!(
+        app.get_bearer("/auth/verify", web_access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get_bearer("/auth/verify", &access).await.status(),
+        StatusCode::OK
+    );
+    let list: Value = app
+        .get_bearer("/users/me/consents", &access)
+        .await
+        .json()
+        .await
+        .unwrap();
     assert_eq!(list["consents"], json!([]));
     // Consent is asked again.
     let res = app.get(&authorize_url(&app, "web", &[])).await;
     assert!(location(&res).starts_with("/consent?req="));
-    let res = app.http.delete(app.url("/users/me/consents/web")).bearer_auth(&access).send().await.unwrap();
+    let res = app
+        .http
+        .delete(app.url("/users/me/consents/web"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }

@@ -15,9 +15,9 @@ use tokend::store::memory::{
 };
 use tokend::store::redis::RedisStore;
 use tokend::store::{
-    AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
-    FamilyMarks, LeaseStore, NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore,
-    StoreError, UserClaims, UserMarks, UserRecord, UserStore,
+    AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
+    ConsentStore, FamilyMarks, LeaseStore, NewFamily, Redemption, RotateOutcome, RotateRequest,
+    SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -51,6 +51,18 @@ fn client(id: &str) -> ClientRecord {
         scopes: vec!["read".into(), "write".into()],
         alg: Some("EdDSA".into()),
         created_at: 1_700_000_000_000,
+        // Every stored client round-trips its browser sign-in metadata.
+        meta: ClientMetadata {
+            redirect_uris: vec![
+                "https://app.example/cb".into(),
+                "com.example.app:/cb".into(),
+            ],
+            post_logout_redirect_uris: vec!["https://app.example/bye".into()],
+            first_party: true,
+            client_name: Some("Example «app»".into()),
+            token_endpoint_auth_method: Some("client_secret_basic".into()),
+            id_token_signed_response_alg: Some("RS256".into()),
+        },
     }
 }
 

@@ -249,7 +249,10 @@ fn the_readme_code_flow_tour_runs_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
     let tour = Tour::between(&readme, "<!-- code-tour:start", "<!-- code-tour:end -->");
-    assert_eq!(tour.server_starts, 1, "the code-flow tour starts the server once");
+    assert_eq!(
+        tour.server_starts, 1,
+        "the code-flow tour starts the server once"
+    );
     let run = run_tour(&tour);
     assert!(
         run.status.success(),
@@ -259,9 +262,18 @@ fn the_readme_code_flow_tour_runs_as_written() {
         run.log
     );
     let steps = Steps::parse(&run.stdout);
-    steps.shows("Redeem the code with the verifier", &["\"id_token\"", "\"refresh_token\""]);
-    steps.shows("Ask userinfo who signed in", &["\"preferred_username\": \"ada\""]);
-    steps.shows("A second redemption of the same code is refused", &["invalid_grant"]);
+    steps.shows(
+        "Redeem the code with the verifier",
+        &["\"id_token\"", "\"refresh_token\""],
+    );
+    steps.shows(
+        "Ask userinfo who signed in",
+        &["\"preferred_username\": \"ada\""],
+    );
+    steps.shows(
+        "A second redemption of the same code is refused",
+        &["invalid_grant"],
+    );
 }
 
 #[test]
