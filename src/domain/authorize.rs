@@ -98,9 +98,11 @@ struct PendingRequest {
     prompt_none: bool,
     /// `prompt=consent`: ask even when a consent is remembered.
     prompt_consent: bool,
-    /// `prompt=login` or an exceeded `max_age`: the sign-in must happen at or after this
-    /// time (unix seconds).
-    login_after: Option<i64>,
+    /// `prompt=login`: the user must sign in again, whatever session the browser has.
+    force_login: bool,
+    /// With `force_login`, the browser session (hashed id) the request found: the sign-in must
+    /// be a new one (every sign-in creates a new session).
+    stale_session: Option<String>,
 }
 
 /// A code's grant: everything the token request is checked against and the tokens carry.
@@ -546,7 +548,6 @@ impl Authorize {
         if prompt_none && prompts.len() > 1 {
             return Err(bad("prompt=none cannot be combined with other values"));
         }
-        let now = self.clock.now();
         Ok(PendingRequest {
             client_id: client.client_id.clone(),
             redirect_uri,
@@ -560,8 +561,8 @@ impl Authorize {
             max_age,
             prompt_none,
             prompt_consent: prompts.contains("consent"),
-            login_after: (prompts.contains("login") || prompts.contains("select_account"))
-                .then_some(now),
+            force_login: prompts.contains("login") || prompts.contains("select_account"),
+            stale_session: None,
         })
     }
 
@@ -595,7 +596,7 @@ impl Authorize {
     /// Signs in, asks consent or answers, for a validated request.
     async fn proceed(
         &self,
-        pending: PendingRequest,
+        mut pending: PendingRequest,
         client: &ClientRecord,
         cookie: Option<&str>,
     ) -> Result<Outcome, Error> {
@@ -603,6 +604,9 @@ impl Authorize {
             Some(c) => self.signed_in(c).await?,
             None => None,
         };
+        if pending.force_login {
+            pending.stale_session = signed_in.as_ref().map(|s| s.id.clone());
+        }
         let request_id = ids::random_secret()?;
         let outcome = self
             .next_step(&request_id, &pending, client, signed_in.as_ref())
@@ -627,7 +631,8 @@ impl Authorize {
     ) -> Result<Outcome, Error> {
         let now = self.clock.now();
         let fresh_enough = |s: &SignedIn| {
-            pending.login_after.is_none_or(|t| s.session.auth_time >= t)
+            let new_sign_in = !pending.force_login || pending.stale_session.as_ref() != Some(&s.id);
+            new_sign_in
                 && pending
                     .max_age
                     .is_none_or(|m| now - s.session.auth_time <= m)

@@ -224,7 +224,9 @@ impl FormHeaders {
     }
 
     /// The CSRF check of every form post: the `Origin`, when sent, is the issuer's, and the
-    /// hidden `csrf_token` equals this browser's CSRF cookie.
+    /// hidden `csrf_token` equals this browser's CSRF cookie. Under the pages'
+    /// `Referrer-Policy: no-referrer` browsers send `Origin: null` for their own forms, so
+    /// `null` is left to the token.
     fn check_csrf(&self, state: &AppState, presented: Option<&str>) -> Result<(), ApiError> {
         let refused = || ApiError::Forbidden {
             code: "csrf_failed",
@@ -233,7 +235,7 @@ impl FormHeaders {
         if self
             .origin
             .as_deref()
-            .is_some_and(|o| o != state.cookies.issuer_origin)
+            .is_some_and(|o| o != "null" && o != state.cookies.issuer_origin)
         {
             return Err(refused());
         }
@@ -328,7 +330,7 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
     let request_id = form.req.filter(|r| !r.is_empty());
     let username = form.username.unwrap_or_default();
     let password = form.password.unwrap_or_default();
-    let again = |error: &str, status: StatusCode| {
+    let again = |error: &str, status: StatusCode, client_name: Option<String>| {
         let token = h.csrf_cookie.clone().unwrap_or_default();
         let html = pages::sign_in(
             &state.browser.branding,
@@ -337,15 +339,26 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
                 request_id: request_id.clone(),
                 username: username.clone(),
                 error: Some(error.to_string()),
-                client_name: None,
+                client_name,
             },
         );
         pages::html_response(status, html)
+    };
+    // The client's name again, for a page shown after a failure.
+    let client_name = || async {
+        state
+            .authorize
+            .sign_in_context(request_id.as_deref())
+            .await
+            .ok()
+            .flatten()
+            .and_then(|c| c.client_name)
     };
     if username.trim().is_empty() || password.is_empty() {
         return Ok(again(
             "Enter your username or email and your password.",
             StatusCode::BAD_REQUEST,
+            client_name().await,
         ));
     }
     let result = state
@@ -358,12 +371,14 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
             return Ok(again(
                 "Wrong username, email or password.",
                 StatusCode::UNAUTHORIZED,
+                client_name().await,
             ))
         }
         Err(crate::domain::Error::RateLimited(secs)) => {
             let mut res = again(
                 &format!("Too many attempts. Wait {secs} seconds and try again."),
                 StatusCode::TOO_MANY_REQUESTS,
+                client_name().await,
             );
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -568,17 +583,19 @@ pub(crate) async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResul
         Err(e) => return Ok(error_page(state, e.into())),
     };
     let mut res = match outcome {
-        LogoutOutcome::ErrorPage { title, message } => pages::html_response(
-            StatusCode::BAD_REQUEST,
-            pages::error(
-                &state.browser.branding,
-                &ErrorView {
-                    title,
-                    message,
-                    error_code: Some("invalid_request".into()),
-                },
-            ),
-        ),
+        LogoutOutcome::ErrorPage { title, message } => {
+            return Ok(pages::html_response(
+                StatusCode::BAD_REQUEST,
+                pages::error(
+                    &state.browser.branding,
+                    &ErrorView {
+                        title,
+                        message,
+                        error_code: Some("invalid_request".into()),
+                    },
+                ),
+            ))
+        }
         LogoutOutcome::Confirm { client_name } => {
             let hidden: Vec<(String, String)> = [
                 ("id_token_hint", form.id_token_hint),

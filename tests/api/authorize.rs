@@ -334,6 +334,7 @@ async fn a_second_authorization_reuses_the_browser_session_and_the_consent(mode:
             "native",
             &[
                 ("response_mode", "form_post"),
+                ("scope", "openid"),
                 ("redirect_uri", "http://127.0.0.1:49152/callback"),
             ],
         ))
@@ -649,4 +650,162 @@ async fn consents_can_be_listed_and_withdrawn(mode: Mode) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
+}
+
+/// The relying party's side of the browser test: its callback and post-logout pages.
+fn relying_party(path: &str) -> crate::browser::SiteAnswer {
+    let page = |title: &str| {
+        format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>\
+             </head><body><h1 id=\"title\">{title}</h1></body></html>"
+        )
+    };
+    match path {
+        "/callback" => (
+            200,
+            "text/html; charset=utf-8",
+            None,
+            page("Back at the app"),
+        ),
+        "/bye" => (
+            200,
+            "text/html; charset=utf-8",
+            None,
+            page("Signed out of the app"),
+        ),
+        _ => (404, "text/plain", None, "not found".into()),
+    }
+}
+
+/// A real Chromium signs in (after one wrong password), consents, lands on the client's
+/// callback with a code, and signs out through RP-initiated logout; every page is
+/// screenshotted under `target/browser-screenshots/` and any console error or CSP violation
+/// fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_consents_and_signs_out() {
+    let Some(mut browser) = crate::browser::Browser::start("code_flow_in_a_browser").await else {
+        return;
+    };
+    let (rp, rp_task) = crate::browser::serve_site(relying_party).await;
+    let callback = format!("http://{rp}/callback");
+    let bye = format!("http://{rp}/bye");
+    let file = write_clients_file(&json!([
+        {"client_id": "web", "client_secret": WEB_SECRET,
+         "grant_types": ["authorization_code", "refresh_token"], "scopes": ["read"],
+         "redirect_uris": [callback], "post_logout_redirect_uris": [bye],
+         "client_name": "Example Web App"}
+    ]));
+    let port = crate::services::free_port();
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(Mode::Embedded, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), format!("http://127.0.0.1:{port}"));
+        env.insert("TOKEND_DISPLAY_NAME".into(), "Example Corp".into());
+    })
+    .await;
+    assert_eq!(
+        app.register("ada", "ada@example.com", PASSWORD)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+
+    // An unregistered redirect URI: an error page, and the browser stays on tokend.
+    let q = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", "web"),
+        ("redirect_uri", "https://evil.example/cb"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    browser.expect_status(400);
+    browser
+        .goto(&app.url(&format!("/oauth/authorize?{q}")))
+        .await;
+    assert!(browser.text("h1").await.contains("redirect"));
+    assert_eq!(browser.url().await.port(), Some(port));
+    browser.screenshot("error-page").await;
+
+    let q = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", "web"),
+        ("redirect_uri", callback.as_str()),
+        ("scope", "openid profile email read"),
+        ("state", "st-browser"),
+        ("nonce", "n-browser"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    browser
+        .goto(&app.url(&format!("/oauth/authorize?{q}")))
+        .await;
+    assert_eq!(browser.url().await.path(), "/login");
+    browser.screenshot("sign-in").await;
+    browser.fill("Username or email", "ada").await;
+    browser.fill("Password", "not the password").await;
+    browser.expect_status(401);
+    browser.click("Sign in").await;
+    assert!(browser.text("[role=alert]").await.contains("Wrong"));
+    browser.screenshot("sign-in-error").await;
+    browser.fill("Password", PASSWORD).await;
+    browser.click("Sign in").await;
+
+    assert_eq!(browser.url().await.path(), "/consent");
+    assert!(browser.text("main").await.contains("Example Web App"));
+    browser.screenshot("consent").await;
+    browser.click("Allow").await;
+
+    let landed = browser.url().await;
+    assert_eq!(landed.path(), "/callback");
+    let q: HashMap<String, String> = landed.query_pairs().into_owned().collect();
+    assert_eq!(q["state"], "st-browser");
+    assert_eq!(q["iss"], format!("http://127.0.0.1:{port}"));
+    browser.screenshot("callback").await;
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("web", Some(WEB_SECRET))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", q["code"].as_str()),
+            ("redirect_uri", callback.as_str()),
+            ("code_verifier", VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let tokens: Value = res.json().await.unwrap();
+    assert_eq!(
+        claims(tokens["id_token"].as_str().unwrap())["nonce"],
+        "n-browser"
+    );
+
+    // Signing out without a hint asks first, then returns to the app.
+    let q = serde_urlencoded::to_string([
+        ("client_id", "web"),
+        ("post_logout_redirect_uri", bye.as_str()),
+        ("state", "bye-state"),
+    ])
+    .unwrap();
+    browser.goto(&app.url(&format!("/oauth/logout?{q}"))).await;
+    browser.screenshot("sign-out-confirm").await;
+    browser.click("Sign out").await;
+    let landed = browser.url().await;
+    assert_eq!(landed.path(), "/bye");
+    assert_eq!(landed.query(), Some("state=bye-state"));
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "signing out ended the family the session started"
+    );
+    browser.goto(&app.url("/oauth/logout")).await;
+    assert!(browser.text("h1").await.contains("Signed out"));
+    browser.screenshot("signed-out").await;
+    browser.finish().await;
+    rp_task.abort();
 }

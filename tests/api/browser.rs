@@ -220,6 +220,9 @@ pub struct Browser {
     seen: Vec<ConsoleEntry>,
     /// How many of `seen` were already reported as problems.
     reported: usize,
+    /// An HTTP status the next check accepts for a page the test expects to fail (an error
+    /// page is a 4xx document, which Chromium logs as a failed load).
+    expected_status: Option<u16>,
     finished: bool,
     driver: Driver,
     _profile: tempfile::TempDir,
@@ -310,6 +313,7 @@ impl Browser {
             taken: 0,
             seen: Vec::new(),
             reported: 0,
+            expected_status: None,
             finished: false,
             driver,
             _profile: profile,
@@ -444,13 +448,27 @@ impl Browser {
     /// [`ConsoleEntry::is_problem`]); they count as reported once returned.
     pub async fn problems(&mut self) -> Vec<ConsoleEntry> {
         self.console().await;
+        let expected = self
+            .expected_status
+            .take()
+            .map(|s| format!("the server responded with a status of {s} "));
         let fresh: Vec<ConsoleEntry> = self.seen[self.reported..]
             .iter()
             .filter(|e| e.is_problem())
+            .filter(|e| {
+                !(e.source == "network"
+                    && expected.as_deref().is_some_and(|x| e.message.contains(x)))
+            })
             .cloned()
             .collect();
         self.reported = self.seen.len();
         fresh
+    }
+
+    /// Lets the next check accept the failed load of a document answered with `status` (the
+    /// test expects an error page); every other problem still fails it.
+    pub fn expect_status(&mut self, status: u16) {
+        self.expected_status = Some(status);
     }
 
     /// Fails the test when the page logged an error or broke its CSP since the last check.
@@ -672,8 +690,23 @@ fn test_site(
     }
 }
 
+/// What a test site answers for a path: status, content type, one extra header, body.
+pub type SiteAnswer = (
+    u16,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    String,
+);
+
 /// Serves [`test_site`] on a loopback port (HTTP/1.1, hyper) until the task is aborted.
 async fn serve_test_site() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    serve_site(test_site).await
+}
+
+/// Serves `site` on a loopback port (HTTP/1.1, hyper) until the task is aborted.
+pub async fn serve_site(
+    site: fn(&str) -> SiteAnswer,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     use http_body_util::Full;
     use hyper::body::Bytes;
 
@@ -688,7 +721,7 @@ async fn serve_test_site() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>
             };
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(|req: http::Request<_>| async move {
-                    let (status, content_type, header, body) = test_site(req.uri().path());
+                    let (status, content_type, header, body) = site(req.uri().path());
                     let mut res = http::Response::builder()
                         .status(status)
                         .header("content-type", content_type)

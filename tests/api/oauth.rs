@@ -1003,7 +1003,12 @@ async fn discovery_documents_list_the_endpoints_and_are_cacheable(mode: Mode) {
         );
         assert_eq!(
             d["grant_types_supported"],
-            json!(["password", "refresh_token", "client_credentials"])
+            json!([
+                "password",
+                "refresh_token",
+                "client_credentials",
+                "authorization_code"
+            ])
         );
         assert_eq!(
             d["token_endpoint_auth_methods_supported"],
@@ -1016,7 +1021,7 @@ async fn discovery_documents_list_the_endpoints_and_are_cacheable(mode: Mode) {
         );
         assert_eq!(
             d["scopes_supported"],
-            json!(["introspect", "profile", "read", "write"])
+            json!(["openid", "profile", "email", "introspect", "read", "write"])
         );
         assert_eq!(d["token_signing_alg_values_supported"], json!(["EdDSA"]));
         assert!(d["response_types_supported"].is_array());
