@@ -90,6 +90,8 @@ pub(crate) struct ClientCredentials {
     pub(crate) client_id: String,
     /// `None` for a public client, which sends only its id.
     pub(crate) secret: Option<String>,
+    /// Whether they came in HTTP Basic (`client_secret_basic`) rather than the body.
+    pub(crate) basic: bool,
 }
 
 impl std::fmt::Debug for ClientCredentials {
@@ -274,6 +276,19 @@ impl OAuth {
             .get(&creds.client_id)
             .await?
             .ok_or_else(|| OAuthError::InvalidClient("unknown client or bad secret".into()))?;
+        // A registered method is the only one the client may use (RFC 7591 §2).
+        let used = match (&creds.secret, creds.basic) {
+            (None, _) => "none",
+            (Some(_), true) => "client_secret_basic",
+            (Some(_), false) => "client_secret_post",
+        };
+        if let Some(method) = client.meta.token_endpoint_auth_method.as_deref() {
+            if method != used {
+                return Err(OAuthError::InvalidClient(format!(
+                    "this client authenticates with {method}"
+                )));
+            }
+        }
         match (&client.secret_sha256, &creds.secret) {
             (Some(stored), Some(presented)) => {
                 // Failures count against this client from this source only: strangers who

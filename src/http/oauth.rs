@@ -133,12 +133,17 @@ fn presented_client(
             ));
         }
         let secret = Some(secret).filter(|s| !s.is_empty());
-        return Ok(ClientCredentials { client_id, secret });
+        return Ok(ClientCredentials {
+            client_id,
+            secret,
+            basic: true,
+        });
     }
     match (&form.client_id, &form.client_secret) {
         (Some(id), secret) => Ok(ClientCredentials {
             client_id: id.clone(),
             secret: secret.clone(),
+            basic: false,
         }),
         (None, Some(_)) => Err(OAuthError::InvalidRequest(
             "client_secret without client_id".into(),

@@ -28,6 +28,8 @@ in_both_modes!(
     denying_consent_answers_access_denied,
     rp_initiated_logout_ends_the_session_and_its_families,
     consents_can_be_listed_and_withdrawn,
+    ending_all_sessions_ends_the_browser_session,
+    a_registered_authentication_method_is_the_only_one_accepted,
 );
 
 fn clients() -> Value {
@@ -39,6 +41,9 @@ fn clients() -> Value {
         {"client_id": "native", "grant_types": ["authorization_code", "refresh_token"],
          "redirect_uris": ["http://127.0.0.1/callback", "com.example.app:/cb"],
          "first_party": true, "client_name": "Example CLI"},
+        {"client_id": "post-only", "client_secret": WEB_SECRET,
+         "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT],
+         "token_endpoint_auth_method": "client_secret_post"},
     ])
 }
 
@@ -808,4 +813,141 @@ async fn a_browser_signs_in_consents_and_signs_out() {
     browser.screenshot("signed-out").await;
     browser.finish().await;
     rp_task.abort();
+}
+
+/// Logout everywhere and a password change end the browser session too (docs/authorize.md,
+/// "The browser session").
+async fn ending_all_sessions_ends_the_browser_session(mode: Mode) {
+    let app = spawn(mode).await;
+    app.code_for_web().await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
+    assert!(query_of(&location(&res)).contains_key("code"));
+    let (access, _) = app.login_pair("ada@example.com", PASSWORD).await;
+    let res = app.post_bearer("/auth/logout/all", &access).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
+    assert_eq!(query_of(&location(&res))["error"], "login_required");
+
+    // Signed in again, then the password changes.
+    let res = app.get(&authorize_url(&app, "web", &[])).await;
+    app.sign_in(&location(&res), PASSWORD).await;
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
+    assert!(query_of(&location(&res)).contains_key("code"));
+    let (access, _) = app.login_pair("ada@example.com", PASSWORD).await;
+    let res = app
+        .put_bearer(
+            "/users/me/password",
+            &access,
+            &json!({"current_password": PASSWORD, "new_password": "another good password"}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+        .await;
+    assert_eq!(query_of(&location(&res))["error"], "login_required");
+}
+
+async fn a_registered_authentication_method_is_the_only_one_accepted(mode: Mode) {
+    let app = spawn(mode).await;
+    let form = [
+        ("grant_type", "authorization_code"),
+        ("code", "x"),
+        ("code_verifier", VERIFIER),
+    ];
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("post-only", Some(WEB_SECRET))
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(error_code(res).await, "invalid_client");
+    let mut body = form.to_vec();
+    body.push(("client_id", "post-only"));
+    body.push(("client_secret", WEB_SECRET));
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .form(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_REQUEST,
+        "authenticated, then the code is refused"
+    );
+    assert_eq!(error_code(res).await, "invalid_grant");
+}
+
+/// One whole code flow for a first-party client, as a browser and the client would do it
+/// (for tests elsewhere that need the flow's traffic): sign in as `login`, redeem the code.
+pub async fn sign_in_and_redeem(
+    app: &TestApp,
+    client: (&str, &str),
+    redirect_uri: &str,
+    login: (&str, &str),
+) -> Value {
+    let browser = new_browser();
+    let q = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", client.0),
+        ("redirect_uri", redirect_uri),
+        ("scope", "openid"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ])
+    .unwrap();
+    let res = browser
+        .get(app.url(&format!("/oauth/authorize?{q}")))
+        .send()
+        .await
+        .unwrap();
+    let login_page = location(&res);
+    let html = browser
+        .get(app.url(&login_page))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let req = query_of(&login_page)["req"].clone();
+    let csrf = csrf_of(&html);
+    let res = browser
+        .post(app.url("/login"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("req", &req),
+            ("username", login.0),
+            ("password", login.1),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let code = query_of(&location(&res))["code"].clone();
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth(client.0, Some(client.1))
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("code_verifier", VERIFIER),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
 }

@@ -690,7 +690,10 @@ async fn grafana_dashboard_queries_each_return_series_from_a_real_prometheus() {
     let secret = "reports-secret-5d0f3b2a9c8e7d6f";
     let clients = crate::helpers::write_clients_file(&serde_json::json!([
         {"client_id": "reports", "client_secret": secret,
-         "grant_types": ["client_credentials"], "scopes": ["reports:read"]}
+         "grant_types": ["client_credentials"], "scopes": ["reports:read"]},
+        {"client_id": "dashboard-web", "client_secret": secret,
+         "grant_types": ["authorization_code"], "first_party": true,
+         "redirect_uris": ["https://app.example/cb"]}
     ]));
     let clients_path = clients.path().to_string_lossy().into_owned();
     let app = crate::helpers::spawn_app_with(Mode::Embedded, |env| {
@@ -700,6 +703,15 @@ async fn grafana_dashboard_queries_each_return_series_from_a_real_prometheus() {
     })
     .await;
     dashboard_traffic(&app, secret).await;
+    // A browser sign-in through the code flow, for the sign-in and authorization panels.
+    let user = app.new_session().await;
+    crate::authorize::sign_in_and_redeem(
+        &app,
+        ("dashboard-web", secret),
+        "https://app.example/cb",
+        (&user.email, &user.password),
+    )
+    .await;
 
     let prometheus = Prometheus::start(app.ops_addr.expect("a metrics listener"));
     let http = reqwest::Client::new();

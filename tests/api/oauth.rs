@@ -563,7 +563,7 @@ async fn every_rfc_6749_error_has_its_status(mode: Mode) {
     .await;
     // unsupported_grant_type.
     for grant in [
-        "authorization_code",
+        "urn:ietf:params:oauth:grant-type:saml2-bearer",
         "urn:ietf:params:oauth:grant-type:device_code",
         "implicit",
     ] {
