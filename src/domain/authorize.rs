@@ -814,7 +814,8 @@ impl Authorize {
         let signed_in = SignedIn { id, session, user };
         let next = match (pending, request_id) {
             (Some((p, client)), Some(rid)) => {
-                Some(self.next_step(rid, &p, &client, Some(&signed_in)).await?)
+                let outcome = self.next_step(rid, &p, &client, Some(&signed_in)).await?;
+                Some(self.spent_if_answered(rid, outcome).await?)
             }
             _ => None,
         };
@@ -861,9 +862,24 @@ impl Authorize {
         signed_in: Option<&SignedIn>,
     ) -> Result<Outcome, Error> {
         match self.pending(request_id).await? {
-            Some((p, client)) => self.next_step(request_id, &p, &client, signed_in).await,
+            Some((p, client)) => {
+                let outcome = self.next_step(request_id, &p, &client, signed_in).await?;
+                self.spent_if_answered(request_id, outcome).await
+            }
             None => Ok(Self::expired_request()),
         }
+    }
+
+    /// Forgets a pending request once the client has its answer: a request yields one code.
+    async fn spent_if_answered(
+        &self,
+        request_id: &str,
+        outcome: Outcome,
+    ) -> Result<Outcome, Error> {
+        if matches!(outcome, Outcome::ToClient { .. }) {
+            self.store.take_request(&hashed(request_id)).await?;
+        }
+        Ok(outcome)
     }
 
     /// What the consent page shows (`None`: the request is unknown or expired).

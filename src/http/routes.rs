@@ -143,7 +143,8 @@ fn table() -> Vec<Route> {
         Route::at("/assets/{name}").memory(pages::assets::serve),
         Route::at("/oauth/authorize")
             .get(handler!(authorize::authorize))
-            .post(handler!(authorize::authorize)),
+            .post(handler!(authorize::authorize))
+            .rate_limited(),
         Route::at("/login")
             .get(handler!(authorize::login_page))
             .post(handler!(authorize::login_submit))
@@ -453,7 +454,9 @@ mod tests {
                 "/auth/register",
                 "/auth/login",
                 "/auth/token/refresh",
-                "/oauth/token"
+                "/oauth/token",
+                "/oauth/authorize",
+                "/login"
             ]
         );
         let memory: Vec<_> = routes()

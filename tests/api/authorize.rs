@@ -30,6 +30,7 @@ in_both_modes!(
     consents_can_be_listed_and_withdrawn,
     ending_all_sessions_ends_the_browser_session,
     a_registered_authentication_method_is_the_only_one_accepted,
+    a_pending_request_yields_one_code,
 );
 
 fn clients() -> Value {
@@ -950,4 +951,28 @@ pub async fn sign_in_and_redeem(
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
     res.json().await.unwrap()
+}
+
+async fn a_pending_request_yields_one_code(mode: Mode) {
+    let app = spawn(mode).await;
+    let res = app
+        .get(&authorize_url(
+            &app,
+            "native",
+            &[("scope", "openid"), ("redirect_uri", "com.example.app:/cb")],
+        ))
+        .await;
+    let login = location(&res);
+    let res = app.sign_in(&login, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&res).starts_with("com.example.app:/cb?code="),
+        "{}",
+        location(&res)
+    );
+    // The same request again, by its id: spent.
+    let again = login.replace("/login", "/consent");
+    let res = app.get(&again).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res.headers().get("location").is_none());
 }
