@@ -22,6 +22,12 @@
 #   TOKEND_TEST_REDIS_CLUSTER_URL  a Redis Cluster for the cluster tests
 #                         (redis+cluster://h1:p1,h2:p2,...); else one of three masters is
 #                         started here with redis-cli --cluster create
+#   TOKEND_TEST_RP_PYTHON, TOKEND_TEST_RP_NODE_DIR  the relying-party interop tests
+#                         (tests/api/interop_rp.rs, scripts in tests/rp/): a Python with Authlib
+#                         and requests (else pinned ones installed in target/rp-venv) and a
+#                         node_modules with openid-client (else pinned, installed in
+#                         target/rp-node with npm); TOKEND_TEST_REQUIRE_RP=1 is exported, so
+#                         those tests fail rather than skip without them
 #   TOKEND_TEST_SKIP_LINT=1   skip fmt and clippy (quick local runs)
 #   TOKEND_TEST_SCHEMATHESIS=1  run schemathesis even when test-runner arguments are given
 #                         (a full run, without arguments, always runs it)
@@ -210,6 +216,44 @@ ensure_browser() {
   [ -x "$TOKEND_TEST_CHROMEDRIVER_BIN" ] || die "no chromedriver at $TOKEND_TEST_CHROMEDRIVER_BIN"
   export TOKEND_TEST_CHROMIUM_BIN TOKEND_TEST_CHROMEDRIVER_BIN
   export TOKEND_TEST_REQUIRE_BROWSER=1
+}
+
+# The relying-party libraries of the interop tests (tests/api/interop_rp.rs): Authlib with
+# requests in target/rp-venv, and openid-client in target/rp-node/node_modules. Each is
+# installed only when the pinned version is missing.
+AUTHLIB_VERSION=1.6.5
+REQUESTS_VERSION=2.32.5
+OPENID_CLIENT_VERSION=6.9.0
+RP_VENV="$ROOT/target/rp-venv"
+RP_NODE="$ROOT/target/rp-node"
+ensure_relying_parties() {
+  if [ -z "${TOKEND_TEST_RP_PYTHON:-}" ]; then
+    if [ "$("$RP_VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("authlib"), m.version("requests"))' 2>/dev/null)" != "$AUTHLIB_VERSION $REQUESTS_VERSION" ]; then
+      log "installing Authlib $AUTHLIB_VERSION and requests $REQUESTS_VERSION into target/rp-venv"
+      python3 -m venv "$RP_VENV" >/dev/null 2>&1 || {
+        rm -rf "$RP_VENV"
+        apt_install python3-venv
+        python3 -m venv "$RP_VENV"
+      }
+      "$RP_VENV/bin/pip" install --quiet --disable-pip-version-check \
+        "authlib==$AUTHLIB_VERSION" "requests==$REQUESTS_VERSION"
+    fi
+    TOKEND_TEST_RP_PYTHON="$RP_VENV/bin/python"
+  fi
+  if [ -z "${TOKEND_TEST_RP_NODE_DIR:-}" ]; then
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+    if [ "$(node -p 'require(process.argv[1]).version' "$RP_NODE/node_modules/openid-client/package.json" 2>/dev/null)" != "$OPENID_CLIENT_VERSION" ]; then
+      log "installing openid-client $OPENID_CLIENT_VERSION into target/rp-node"
+      mkdir -p "$RP_NODE"
+      npm install --prefix "$RP_NODE" --no-audit --no-fund --save-exact --silent \
+        "openid-client@$OPENID_CLIENT_VERSION"
+    fi
+    TOKEND_TEST_RP_NODE_DIR="$RP_NODE/node_modules"
+  fi
+  [ -x "$TOKEND_TEST_RP_PYTHON" ] || die "no Python at $TOKEND_TEST_RP_PYTHON"
+  [ -d "$TOKEND_TEST_RP_NODE_DIR/openid-client" ] || die "no openid-client in $TOKEND_TEST_RP_NODE_DIR"
+  export TOKEND_TEST_RP_PYTHON TOKEND_TEST_RP_NODE_DIR
+  export TOKEND_TEST_REQUIRE_RP=1
 }
 
 # PyYAML for the manifest checks, and Docker Compose v2 when Docker's plugin is missing, in a
@@ -406,6 +450,7 @@ mkdir -p "$LOGS"
 ensure_python
 ensure_prometheus
 ensure_browser
+ensure_relying_parties
 ensure_deploy_venv
 if [ -n "${TOKEND_TEST_REDIS_URL:-}" ] && [ -n "${TOKEND_TEST_MONGODB_URI:-}" ]; then
   log "using TOKEND_TEST_REDIS_URL and TOKEND_TEST_MONGODB_URI from the environment"

@@ -12,6 +12,7 @@ mod foundation;
 mod fuzz;
 mod hardening;
 mod helpers;
+mod interop_rp;
 mod keys;
 mod layout;
 mod multi_instance;

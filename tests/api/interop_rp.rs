@@ -1,0 +1,202 @@
+//! Real relying-party libraries complete the authorization code flow against tokend
+//! (docs/authorize.md): Python's Authlib as a confidential client and node's openid-client as a
+//! public one, each from discovery through PKCE S256, state and nonce, the hosted sign-in and
+//! consent pages, the code exchange, the library's own ID token validation (signature from the
+//! JWKS, iss, aud, nonce; at_hash with Authlib), userinfo and a refresh. The scripts are in
+//! `tests/rp/`; `deploy/test.sh` installs the pinned libraries and exports where they are.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::in_both_modes;
+
+/// A Python with Authlib and requests (`target/rp-venv/bin/python` when unset).
+const ENV_RP_PYTHON: &str = "TOKEND_TEST_RP_PYTHON";
+/// A `node_modules` holding openid-client (`target/rp-node/node_modules` when unset).
+const ENV_RP_NODE_DIR: &str = "TOKEND_TEST_RP_NODE_DIR";
+/// `1` (set by `deploy/test.sh`, and implied by `CI`): missing libraries fail the test.
+const ENV_REQUIRE_RP: &str = "TOKEND_TEST_REQUIRE_RP";
+
+const PASSWORD: &str = "correct horse battery";
+const AUTHLIB_SECRET: &str = "authlib-secret-0123456789abcdef";
+/// Never contacted: the scripts catch the redirect to it (RFC 8252 §7.3 loopback URI).
+const REDIRECT: &str = "http://127.0.0.1:9/cb";
+/// How long one script may take.
+const SCRIPT_WITHIN: Duration = Duration::from_secs(120);
+
+in_both_modes!(authlib_and_openid_client_complete_the_code_flow);
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+fn required() -> bool {
+    let set = |var: &str| {
+        std::env::var(var)
+            .map(|v| !matches!(v.trim(), "" | "0" | "false"))
+            .unwrap_or(false)
+    };
+    set(ENV_REQUIRE_RP) || set("CI")
+}
+
+/// `var` when set (it must exist: the setting is wrong otherwise), else `default` when it
+/// exists.
+fn configured(var: &str, default: &str) -> Result<PathBuf, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => {
+            let path = PathBuf::from(v);
+            assert!(path.exists(), "{var}={} does not exist", path.display());
+            Ok(path)
+        }
+        _ => {
+            let path = repo_path(default);
+            if path.exists() {
+                Ok(path)
+            } else {
+                Err(format!("{var} is not set and there is no {default}"))
+            }
+        }
+    }
+}
+
+struct Tools {
+    python: PathBuf,
+    node_modules: PathBuf,
+}
+
+fn tools() -> Result<Tools, String> {
+    let python = configured(ENV_RP_PYTHON, "target/rp-venv/bin/python")?;
+    let node_modules = configured(ENV_RP_NODE_DIR, "target/rp-node/node_modules")?;
+    if !node_modules.join("openid-client").is_dir() {
+        return Err(format!("no openid-client in {}", node_modules.display()));
+    }
+    let node = std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("no node on the PATH: {e}"))?;
+    if !node.status.success() {
+        return Err("node --version failed".into());
+    }
+    Ok(Tools {
+        python,
+        node_modules,
+    })
+}
+
+/// Runs a relying-party script; answers its JSON summary, or fails with its stderr.
+async fn run_script(program: &Path, script: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.arg(repo_path(script))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(SCRIPT_WITHIN, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_WITHIN:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stderr}\n{stdout}",
+        out.status
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("{script} printed no JSON summary ({e}): {stdout}\n{stderr}"))
+}
+
+fn assert_summary(summary: &Value, library: &str, sub: &str) {
+    assert_eq!(summary["library"], library, "{summary}");
+    assert_eq!(summary["sub"], sub, "{summary}");
+    assert_eq!(summary["userinfo_sub"], sub, "{summary}");
+    assert_eq!(summary["id_token_validated"], true, "{summary}");
+    assert_eq!(summary["id_token_alg"], "RS256", "{summary}");
+    assert_eq!(summary["nonce_checked"], true, "{summary}");
+    assert_eq!(summary["consent_page"], true, "{summary}");
+    assert_eq!(summary["refreshed"], true, "{summary}");
+    assert_eq!(summary["preferred_username"], "ada", "{summary}");
+    assert_eq!(summary["email"], "ada@example.com", "{summary}");
+}
+
+async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
+    let tools = match tools() {
+        Ok(t) => t,
+        Err(why) if required() => {
+            panic!("relying-party libraries missing ({why}); deploy/test.sh installs them")
+        }
+        Err(why) => {
+            eprintln!(
+                "SKIPPED interop_rp: no relying-party libraries ({why}). Run the tests with \
+                 deploy/test.sh (it installs Authlib and openid-client under target/), or set \
+                 {ENV_RP_PYTHON} and {ENV_RP_NODE_DIR}; {ENV_REQUIRE_RP}=1 makes this a failure"
+            );
+            return;
+        }
+    };
+    let file = write_clients_file(&json!([
+        {"client_id": "authlib-web", "client_secret": AUTHLIB_SECRET,
+         "grant_types": ["authorization_code", "refresh_token"],
+         "redirect_uris": [REDIRECT], "client_name": "Authlib Example"},
+        {"client_id": "node-public", "grant_types": ["authorization_code", "refresh_token"],
+         "redirect_uris": [REDIRECT], "client_name": "openid-client Example"},
+    ]));
+    // The libraries check `iss` against the discovery URL: the issuer is the listening address.
+    let port = crate::services::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+    })
+    .await;
+    let res = app.register("ada", "ada@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let user: Value = res.json().await.unwrap();
+    let sub = user["id"]
+        .as_str()
+        .or_else(|| user["user"]["id"].as_str())
+        .unwrap_or_else(|| panic!("no user id in {user}"))
+        .to_string();
+
+    let authlib = run_script(
+        &tools.python,
+        "tests/rp/authlib_code_flow.py",
+        &[
+            &issuer,
+            "authlib-web",
+            AUTHLIB_SECRET,
+            REDIRECT,
+            "ada",
+            PASSWORD,
+        ],
+        &[],
+    )
+    .await;
+    assert_summary(&authlib, "authlib", &sub);
+    assert_eq!(authlib["at_hash_checked"], true, "{authlib}");
+
+    let node = PathBuf::from("node");
+    let openid_client = run_script(
+        &node,
+        "tests/rp/openid_client_code_flow.mjs",
+        &[&issuer, "node-public", "", REDIRECT, "ada", PASSWORD],
+        &[("RP_NODE_MODULES", &tools.node_modules)],
+    )
+    .await;
+    assert_summary(&openid_client, "openid-client", &sub);
+
+    app.stop().await;
+}
