@@ -9,7 +9,8 @@
 //! Then open <http://127.0.0.1:8081/>. The client must be registered with the redirect URI
 //! `http://{listen}/callback` and the post-logout redirect URI `http://{listen}/` (README,
 //! "Browser and app sign-in"). Sessions, tokens and pending sign-ins live in this process's
-//! memory, keyed by a random cookie; the browser never sees a token.
+//! memory, keyed by a random cookie; the browser never sees a token. (Nothing expires them:
+//! a real app would, and would keep them in a shared store to run more than one instance.)
 
 use std::collections::HashMap;
 use std::convert::Infallible;

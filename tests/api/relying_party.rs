@@ -12,11 +12,9 @@ use crate::helpers::{spawn_app_with, write_clients_file, Mode};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/relying_party.rs"]
-mod relying_party;
+mod example;
 
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../examples/resource_server.rs"]
-mod resource_server;
+use crate::verifier::resource_server;
 
 const PASSWORD: &str = "correct horse battery";
 
@@ -80,7 +78,7 @@ async fn the_example_relying_party_signs_in_calls_the_api_and_signs_out() {
     ));
 
     // The relying party, with its command line.
-    let args = <relying_party::Args as clap::Parser>::parse_from([
+    let args = <example::Args as clap::Parser>::parse_from([
         "relying_party",
         "--issuer",
         &issuer,
@@ -89,15 +87,11 @@ async fn the_example_relying_party_signs_in_calls_the_api_and_signs_out() {
         "--api",
         &api,
     ]);
-    let party = relying_party::RelyingParty::discover(args).await.unwrap();
+    let party = example::RelyingParty::discover(args).await.unwrap();
     let (stop_rp, rp_stopped) = tokio::sync::oneshot::channel::<()>();
-    let rp_task = tokio::spawn(relying_party::serve(
-        rp_listener,
-        Arc::new(party),
-        async move {
-            let _ = rp_stopped.await;
-        },
-    ));
+    let rp_task = tokio::spawn(example::serve(rp_listener, Arc::new(party), async move {
+        let _ = rp_stopped.await;
+    }));
 
     let browser = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
