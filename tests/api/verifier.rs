@@ -21,7 +21,7 @@ use crate::in_both_modes;
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/resource_server.rs"]
-mod resource_server;
+pub(crate) mod resource_server;
 
 /// The issuer of the test apps (`TOKEND_ISSUER` in `helpers::test_env`).
 const ISSUER: &str = "http://tokend.test";
