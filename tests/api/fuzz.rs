@@ -441,18 +441,34 @@ fn serve() -> Served {
     }
 }
 
-/// Asserts the rules every answer follows: below 500, and an error is a JSON body naming it.
+/// The routes people see: their errors are HTML pages (docs/authorize.md).
+const PAGES: [&str; 4] = ["/oauth/authorize", "/login", "/consent", "/oauth/logout"];
+
+/// Whether a raw request path names one of the [`PAGES`].
+fn is_page(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    PAGES.contains(&path)
+}
+
+/// Asserts the rules every answer follows: below 500, and an error is a JSON body naming it —
+/// or, on a page route, an HTML page with a heading saying what went wrong.
 fn check_answer(
     status: u16,
     content_type: &str,
     body: &[u8],
     head: bool,
+    page: bool,
 ) -> Result<(), TestCaseError> {
     prop_assert!(
         status < 500,
         "answered {status}: {}",
         String::from_utf8_lossy(body)
     );
+    if status >= 400 && !head && page && content_type.starts_with("text/html") {
+        let html = String::from_utf8_lossy(body);
+        prop_assert!(html.contains("<h1"), "{status}: a page without a heading");
+        return Ok(());
+    }
     if status >= 400 && !head {
         prop_assert!(
             content_type.starts_with("application/json"),
@@ -565,7 +581,7 @@ fn any_request_to_any_path_answers_below_500() {
                 if let Some((status, ct, body)) = served.rt.block_on(raw_exchange(addr, &bytes)) {
                     let refused_by_hyper = status == 400 && ct.is_empty() && body.is_empty();
                     if !refused_by_hyper {
-                        check_answer(status, &ct, &body, method == "HEAD")?;
+                        check_answer(status, &ct, &body, method == "HEAD", is_page(&path))?;
                     }
                 }
                 Ok(())
@@ -633,7 +649,7 @@ fn any_json_body_on_the_user_endpoints_answers_below_500() {
                     req.body(text)
                 };
                 let (status, ct, bytes) = served.rt.block_on(answer(req));
-                check_answer(status, &ct, &bytes, false)
+                check_answer(status, &ct, &bytes, false, false)
             },
         )
         .unwrap();
@@ -713,7 +729,7 @@ fn any_form_on_the_oauth_endpoints_answers_below_500() {
                     serde_urlencoded::to_string(&pairs).unwrap()
                 };
                 let (status, ct, bytes) = served.rt.block_on(answer(req.body(body)));
-                check_answer(status, &ct, &bytes, false)
+                check_answer(status, &ct, &bytes, false, false)
             },
         )
         .unwrap();
