@@ -220,9 +220,9 @@ pub struct Browser {
     seen: Vec<ConsoleEntry>,
     /// How many of `seen` were already reported as problems.
     reported: usize,
-    /// An HTTP status the next check accepts for a page the test expects to fail (an error
-    /// page is a 4xx document, which Chromium logs as a failed load).
-    expected_status: Option<u16>,
+    /// HTTP statuses of pages the test expects to fail and whose failed load (an error page is
+    /// a 4xx document, which Chromium logs as one) has not been seen yet.
+    expected_statuses: Vec<u16>,
     finished: bool,
     driver: Driver,
     _profile: tempfile::TempDir,
@@ -313,7 +313,7 @@ impl Browser {
             taken: 0,
             seen: Vec::new(),
             reported: 0,
-            expected_status: None,
+            expected_statuses: Vec::new(),
             finished: false,
             driver,
             _profile: profile,
@@ -448,27 +448,34 @@ impl Browser {
     /// [`ConsoleEntry::is_problem`]); they count as reported once returned.
     pub async fn problems(&mut self) -> Vec<ConsoleEntry> {
         self.console().await;
-        let expected = self
-            .expected_status
-            .take()
-            .map(|s| format!("the server responded with a status of {s} "));
-        let fresh: Vec<ConsoleEntry> = self.seen[self.reported..]
-            .iter()
-            .filter(|e| e.is_problem())
-            .filter(|e| {
-                !(e.source == "network"
-                    && expected.as_deref().is_some_and(|x| e.message.contains(x)))
-            })
-            .cloned()
-            .collect();
+        // An expected failed load may reach the log after the action's own check: each
+        // expectation holds until one entry meets it.
+        let mut fresh = Vec::new();
+        for e in &self.seen[self.reported..] {
+            if !e.is_problem() {
+                continue;
+            }
+            let met = self.expected_statuses.iter().position(|s| {
+                e.source == "network"
+                    && e.message
+                        .contains(&format!("the server responded with a status of {s} "))
+            });
+            match met {
+                Some(i) => {
+                    self.expected_statuses.remove(i);
+                }
+                None => fresh.push(e.clone()),
+            }
+        }
         self.reported = self.seen.len();
         fresh
     }
 
-    /// Lets the next check accept the failed load of a document answered with `status` (the
-    /// test expects an error page); every other problem still fails it.
+    /// Lets the checks accept one failed load of a document answered with `status` (the test
+    /// expects an error page), whenever its log entry arrives; every other problem still fails
+    /// them.
     pub fn expect_status(&mut self, status: u16) {
-        self.expected_status = Some(status);
+        self.expected_statuses.push(status);
     }
 
     /// Fails the test when the page logged an error or broke its CSP since the last check.
@@ -495,6 +502,12 @@ impl Browser {
     pub async fn finish(mut self) {
         self.finished = true;
         self.check().await;
+        if !self.expected_statuses.is_empty() {
+            panic!(
+                "{}: the expected pages never came: {:?}",
+                self.test, self.expected_statuses
+            );
+        }
         let client = self.client.clone();
         if let Err(e) = client.close().await {
             panic!(
