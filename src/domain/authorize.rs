@@ -600,10 +600,7 @@ impl Authorize {
         client: &ClientRecord,
         cookie: Option<&str>,
     ) -> Result<Outcome, Error> {
-        let signed_in = match cookie {
-            Some(c) => self.signed_in(c).await?,
-            None => None,
-        };
+        let signed_in = self.signed_in(cookie).await?;
         if pending.force_login {
             pending.stale_session = signed_in.as_ref().map(|s| s.id.clone());
         }
@@ -739,7 +736,8 @@ impl Authorize {
         Ok(Some((pending, client)))
     }
 
-    fn expired_request() -> Outcome {
+    /// The page for a pending request that is unknown, expired or spent.
+    pub(crate) fn expired_request() -> Outcome {
         Self::error_page(
             "This sign-in has expired",
             "Too much time passed, or the link was already used. Go back to the application \
@@ -828,10 +826,10 @@ impl Authorize {
 
     /// The browser session named by a cookie value, if it is alive: not expired, not ended by
     /// a logout everywhere or a credential change since, and its user still there.
-    pub(crate) async fn signed_in(&self, cookie: &str) -> Result<Option<SignedIn>, Error> {
-        if cookie.is_empty() || cookie.len() > 128 {
+    pub(crate) async fn signed_in(&self, cookie: Option<&str>) -> Result<Option<SignedIn>, Error> {
+        let Some(cookie) = cookie.filter(|c| !c.is_empty() && c.len() <= 128) else {
             return Ok(None);
-        }
+        };
         let id = hashed(cookie);
         let Some(json) = self.store.browser_session(&id).await? else {
             return Ok(None);
@@ -1224,10 +1222,7 @@ impl Authorize {
                 Some(u.to_string())
             }
         };
-        let signed_in = match cookie {
-            Some(c) => self.signed_in(c).await?,
-            None => None,
-        };
+        let signed_in = self.signed_in(cookie).await?;
         let hint_names_user = match (&hint, &signed_in) {
             (Some(h), Some(s)) => h.get("sub").and_then(Value::as_str) == Some(s.user.id.as_str()),
             _ => false,

@@ -15,7 +15,7 @@ use super::pages::{self, ConsentView, ErrorView, FormPostView, LogoutConfirmView
 use super::state::AppState;
 use super::{empty, json, read_body, ApiError, ApiResult};
 use crate::domain::authorize::{
-    AuthorizeParams, LogoutOutcome, LogoutParams, Outcome, ResponseMode,
+    Authorize, AuthorizeParams, LogoutOutcome, LogoutParams, Outcome, ResponseMode,
 };
 use crate::domain::ids;
 
@@ -278,7 +278,7 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
     };
     let context = match state.authorize.sign_in_context(request_id.as_deref()).await {
         Ok(Some(c)) => c,
-        Ok(None) => return Ok(render(state, expired())),
+        Ok(None) => return Ok(render(state, Authorize::expired_request())),
         Err(e) => return Ok(error_page(state, e.into())),
     };
     let html = pages::sign_in(
@@ -297,16 +297,6 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
         &token,
         new,
     ))
-}
-
-fn expired() -> Outcome {
-    Outcome::ErrorPage {
-        title: "This sign-in has expired".into(),
-        message: "Too much time passed, or the link was already used. Go back to the \
-                  application and sign in again."
-            .into(),
-        code: Some("invalid_request".into()),
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,7 +377,10 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
         Err(e) => return Ok(error_page(state, e.into())),
     };
     if signed.cookie.is_empty() {
-        return Ok(render(state, signed.next.unwrap_or_else(expired)));
+        return Ok(render(
+            state,
+            signed.next.unwrap_or_else(Authorize::expired_request),
+        ));
     }
     let mut res = match signed.next {
         Some(outcome) => render(state, outcome),
@@ -418,19 +411,16 @@ pub(crate) async fn consent_page(state: &AppState, req: Request<Incoming>) -> Ap
     let q: PageQuery =
         serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
     let Some(request_id) = q.req.filter(|r| !r.is_empty()) else {
-        return Ok(render(state, expired()));
+        return Ok(render(state, Authorize::expired_request()));
     };
     let session = cookie(&req, session_cookie_name(state));
     let (token, new) = match csrf_token(state, &req) {
         Ok(t) => t,
         Err(e) => return Ok(error_page(state, e)),
     };
-    let signed_in = match session {
-        Some(c) => match state.authorize.signed_in(&c).await {
-            Ok(s) => s,
-            Err(e) => return Ok(error_page(state, e.into())),
-        },
-        None => None,
+    let signed_in = match state.authorize.signed_in(session.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => return Ok(error_page(state, e.into())),
     };
     let Some(s) = signed_in else {
         // Signed out in between: sign in again for the same request.
@@ -441,7 +431,7 @@ pub(crate) async fn consent_page(state: &AppState, req: Request<Incoming>) -> Ap
     };
     let context = match state.authorize.consent_context(&request_id, &s).await {
         Ok(Some(c)) => c,
-        Ok(None) => return Ok(render(state, expired())),
+        Ok(None) => return Ok(render(state, Authorize::expired_request())),
         Err(e) => return Ok(error_page(state, e.into())),
     };
     let html = pages::consent(
@@ -485,7 +475,7 @@ pub(crate) async fn consent_submit(state: &AppState, req: Request<Incoming>) -> 
         return Ok(error_page(state, e));
     }
     let Some(request_id) = form.req.filter(|r| !r.is_empty()) else {
-        return Ok(render(state, expired()));
+        return Ok(render(state, Authorize::expired_request()));
     };
     let allow = match form.decision.as_deref() {
         Some("allow") => true,
@@ -497,12 +487,9 @@ pub(crate) async fn consent_submit(state: &AppState, req: Request<Incoming>) -> 
             ))
         }
     };
-    let signed_in = match &h.session {
-        Some(c) => match state.authorize.signed_in(c).await {
-            Ok(s) => s,
-            Err(e) => return Ok(error_page(state, e.into())),
-        },
-        None => None,
+    let signed_in = match state.authorize.signed_in(h.session.as_deref()).await {
+        Ok(s) => s,
+        Err(e) => return Ok(error_page(state, e.into())),
     };
     let outcome = match signed_in {
         Some(s) => state.authorize.decide_consent(&request_id, &s, allow).await,
