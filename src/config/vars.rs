@@ -507,7 +507,7 @@ pub(crate) static METRICS_LISTEN: Var = Var {
     show: |c| or_empty(c.metrics_listen),
 };
 
-/// `off` turns off both rate limits and the back-off (limits.rs).
+/// `off` turns off every rate limit and the back-off (limits.rs).
 pub(crate) static RATE_LIMIT: Var = Var {
     name: "TOKEND_RATE_LIMIT",
     default: DefaultValue::Value("on"),
