@@ -192,6 +192,7 @@ fn domain(c: &mut Criterion) {
             alg: Some(alg.into()),
             created_at: 0,
             meta: Default::default(),
+            registration: None,
         });
         let req = TokenRequest {
             grant_type: Some("client_credentials".into()),

@@ -395,9 +395,9 @@ ensure_schemathesis() {
   fi
 }
 
-# Runs schemathesis against a tokend in embedded mode (rate limits off) with a static
-# confidential client and an admin user, so the bearer and Basic operations are exercised past
-# their 401s. Returns schemathesis's status.
+# Runs schemathesis against a tokend in embedded mode (rate limits off, open client
+# registration) with a static confidential client and an admin user, so the bearer and Basic
+# operations are exercised past their 401s. Returns schemathesis's status.
 run_schemathesis() {
   local dir port logfile pid status=0
   local secret=schemathesis-client-secret-0123456789abcdef
@@ -423,7 +423,8 @@ EOF
   (cd "$dir" && exec env -i PATH="$PATH" TOKEND_LISTEN="127.0.0.1:$port" \
     TOKEND_ISSUER="http://127.0.0.1:$port" TOKEND_KEYS_DIR="$dir/keys" \
     TOKEND_ARGON2=m=256,t=1,p=1 TOKEND_RATE_LIMIT=off TOKEND_CLIENTS_FILE="$dir/clients.json" \
-    TOKEND_ADMIN_EMAILS="$email" TOKEND_LOG=warn "$TOKEND_BIN" serve) \
+    TOKEND_ADMIN_EMAILS="$email" TOKEND_CLIENT_REGISTRATION=open TOKEND_LOG=warn \
+    "$TOKEND_BIN" serve) \
     >"$logfile" 2>&1 &
   pid=$!
   STARTED_PIDS+=("$pid")

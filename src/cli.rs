@@ -91,7 +91,8 @@ pub(crate) enum ClientsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List clients: those of TOKEND_CLIENTS_FILE and those in MongoDB. Never shows a secret.
+    /// List clients: those of TOKEND_CLIENTS_FILE and those in MongoDB (created here or
+    /// registered at /oauth/register). Never shows a secret.
     List {
         /// Print JSON.
         #[arg(long)]
@@ -102,6 +103,21 @@ pub(crate) enum ClientsCommand {
         /// The client id (generated ids may start with '-').
         #[arg(allow_hyphen_values = true)]
         id: String,
+    },
+    /// Print an initial access token for dynamic client registration
+    /// (TOKEND_CLIENT_REGISTRATION=token; RFC 7591 §3). Works in both modes: it is signed with
+    /// the server's own keys (the key directory or the MongoDB keyset).
+    RegistrationToken {
+        /// How long the token is valid, e.g. 30m, 1h, 7d (at most the longest token lifetime).
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// A scope beyond openid, profile and email that clients registered with this token
+        /// may have (repeat the flag, or separate with spaces).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Print `{"token","expires_at"}` (Unix seconds) only.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -314,6 +330,9 @@ struct ClientRow<'a> {
     client_id: &'a str,
     /// `file` (TOKEND_CLIENTS_FILE) or `mongodb`.
     source: &'static str,
+    /// Registered at `POST /oauth/register` (RFC 7591), so managed by its registration access
+    /// token (RFC 7592).
+    registered: bool,
     confidential: bool,
     grant_types: &'a [String],
     scopes: &'a [String],
@@ -331,6 +350,7 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
     ClientRow {
         client_id: &c.client_id,
         source,
+        registered: c.registration.is_some(),
         confidential: c.secret_sha256.is_some(),
         grant_types: &c.grant_types,
         scopes: &c.scopes,
@@ -342,7 +362,67 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
     }
 }
 
+/// `tokend clients registration-token`: an initial access token signed with the active key
+/// of the first configured algorithm (docs/registration.md, "Initial access tokens").
+async fn registration_token(
+    config: &Config,
+    ttl: &str,
+    scopes: &[String],
+    json: bool,
+) -> Result<(), String> {
+    let ttl = crate::config::parse_duration(ttl).map_err(|e| format!("--ttl: {e}"))?;
+    // A retired key verifies for the longest token lifetime after it stops signing, so a token
+    // no longer than that stays verifiable until it expires (docs/keys.md).
+    let longest = config.access_ttl.max(config.refresh_ttl);
+    if ttl > longest {
+        return Err(format!(
+            "--ttl must be at most {} (the longest token lifetime, TOKEND_REFRESH_TTL or \
+             TOKEND_ACCESS_TTL): the signing key is kept only that long after it retires",
+            crate::config::show_duration(longest)
+        ));
+    }
+    let scopes: Vec<String> = scopes
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .map(String::from)
+        .collect();
+    let alg = *config
+        .signing_algs
+        .first()
+        .ok_or("no signing algorithm configured")?;
+    let keys = open_keys(config).await?;
+    let (token, expires_at) = crate::domain::registration::issue_initial_access_token(
+        &keys,
+        alg,
+        &config.issuer,
+        ttl,
+        &scopes,
+        SystemClock.now(),
+    )
+    .map_err(|e| e.to_string())?;
+    if config.client_registration == crate::config::RegistrationMode::Off {
+        eprintln!(
+            "tokend: note: {} is off in this configuration; the server accepts this token only \
+             with TOKEND_CLIENT_REGISTRATION=token or open",
+            crate::config::vars::CLIENT_REGISTRATION.name
+        );
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "token": token, "expires_at": expires_at })
+        );
+    } else {
+        println!("{token}");
+        eprintln!("tokend: valid until {}", ts(expires_at));
+    }
+    Ok(())
+}
+
 async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), String> {
+    if let ClientsCommand::RegistrationToken { ttl, scopes, json } = &cmd {
+        return registration_token(&config, ttl, scopes, *json).await;
+    }
     let clients = open_clients(&config).await?;
     match cmd {
         ClientsCommand::Create {
@@ -387,6 +467,7 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                     token_endpoint_auth_method: auth_method,
                     id_token_signed_response_alg: id_token_alg,
                 },
+                registration: None,
             };
             validate_client(&record, &config.signing_algs)?;
             match clients.insert(&record).await {
@@ -427,14 +508,14 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                 );
             } else {
                 println!(
-                    "{:<32} {:<8} {:<12} {:<6} {:<40} SCOPES",
+                    "{:<32} {:<10} {:<12} {:<6} {:<40} SCOPES",
                     "CLIENT_ID", "SOURCE", "TYPE", "ALG", "GRANTS"
                 );
                 for r in rows {
                     println!(
-                        "{:<32} {:<8} {:<12} {:<6} {:<40} {}",
+                        "{:<32} {:<10} {:<12} {:<6} {:<40} {}",
                         r.client_id,
-                        r.source,
+                        if r.registered { "registered" } else { r.source },
                         if r.confidential {
                             "confidential"
                         } else {
@@ -461,6 +542,7 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                 return Err(format!("no client with id {id:?}"));
             }
         }
+        ClientsCommand::RegistrationToken { .. } => {}
     }
     Ok(())
 }

@@ -43,7 +43,7 @@ pub(crate) struct Metrics {
     pub(crate) revocations: IntCounterVec,
     /// `tokend_logins_total{result}` (success, invalid_credentials, rate_limited, backoff)
     pub(crate) logins: IntCounterVec,
-    /// `tokend_rate_limited_total{limit}` (ip, account, client)
+    /// `tokend_rate_limited_total{limit}` (ip, account, client, registration)
     pub(crate) rate_limited: IntCounterVec,
     /// `tokend_login_backoff_total`: logins refused because the account is backing off.
     pub(crate) login_backoff: IntCounter,
@@ -63,6 +63,9 @@ pub(crate) struct Metrics {
     pub(crate) codes: IntCounterVec,
     /// Sign-in page submissions by result.
     pub(crate) sign_ins: IntCounterVec,
+    /// `tokend_client_registrations_total{event}`: dynamic registration and management
+    /// (registered, read, updated, deleted, refused, unauthorized).
+    pub(crate) registrations: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -227,6 +230,13 @@ impl Metrics {
                 "tokend_sign_ins_total",
                 "Sign-in page submissions by result.",
                 &["result"],
+            ),
+            registrations: counter(
+                r,
+                "tokend_client_registrations_total",
+                "Dynamic client registration and management requests by event (registered, \
+                 read, updated, deleted, refused, unauthorized).",
+                &["event"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

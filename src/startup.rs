@@ -312,6 +312,7 @@ impl Application {
             admin,
             limits,
             published,
+            registration,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -328,6 +329,7 @@ impl Application {
             admin,
             limits,
             published,
+            registration,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {

@@ -11,6 +11,7 @@
 //! - `stores.rs`: the running mode and its stores;
 //! - `accounts.rs`: Argon2id, admins, the bootstrap admin, static clients;
 //! - `limits.rs`: rate limits;
+//! - `registration.rs`: dynamic client registration and its rate limit;
 //! - `logging.rs`: log filter and format.
 //!
 //! Reading goes through the [`Env`] trait so tests pass a map instead of touching the process
@@ -30,6 +31,7 @@ mod env;
 mod error;
 mod limits;
 mod logging;
+mod registration;
 mod server;
 mod signing;
 mod stores;
@@ -42,8 +44,10 @@ pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, VarError};
 pub(crate) use limits::Rate;
 pub use logging::LogFormat;
+pub use registration::RegistrationMode;
 pub use server::IpNet;
 pub(crate) use stores::Mode;
+pub(crate) use values::{parse_duration, show_duration};
 
 use env::Reader;
 
@@ -144,6 +148,12 @@ pub struct Config {
     pub(crate) display_name: String,
     /// `TOKEND_LOGO_URL`: an optional logo on the hosted pages.
     pub(crate) logo_url: Option<String>,
+    /// `TOKEND_CLIENT_REGISTRATION`, default off: who may register clients at
+    /// `POST /oauth/register` (docs/registration.md).
+    pub(crate) client_registration: RegistrationMode,
+    /// `TOKEND_RATE_LIMIT_REGISTRATION`, default `20/h` per client IP: registrations without an
+    /// initial access token.
+    pub(crate) rate_limit_registration: Rate,
 }
 
 impl Config {
@@ -158,8 +168,17 @@ impl Config {
         let limits = limits::read(&mut r);
         let browser = browser::read(&mut r);
         let logging = logging::read(&mut r);
+        let registration = registration::read(&mut r);
         let config = assemble(
-            server, tokens, mode, signing, accounts, limits, browser, logging,
+            server,
+            tokens,
+            mode,
+            signing,
+            accounts,
+            limits,
+            browser,
+            logging,
+            registration,
         );
         r.finish(config)
     }
@@ -191,6 +210,7 @@ fn assemble(
     limits: Option<limits::Limits>,
     browser: Option<browser::Browser>,
     logging: Option<logging::Logging>,
+    registration: Option<registration::Registration>,
 ) -> Option<Config> {
     let server::Server {
         listen,
@@ -244,6 +264,10 @@ fn assemble(
         logo_url,
     } = browser?;
     let logging::Logging { log, log_format } = logging?;
+    let registration::Registration {
+        client_registration,
+        rate_limit_registration,
+    } = registration?;
     Some(Config {
         listen,
         issuer,
@@ -287,6 +311,8 @@ fn assemble(
         id_token_ttl,
         display_name,
         logo_url,
+        client_registration,
+        rate_limit_registration,
     })
 }
 
@@ -384,6 +410,8 @@ mod tests {
         assert!(c.metrics_listen.is_none());
         assert!(c.admin_emails.is_empty() && c.trusted_proxies.is_empty());
         assert!(c.cors_origins.is_empty());
+        assert_eq!(c.client_registration, RegistrationMode::Off);
+        assert_eq!(c.rate_limit_registration.to_string(), "20/h");
         let Mode::Production {
             mongodb_db,
             redis_prefix,
@@ -448,6 +476,8 @@ mod tests {
             (&CORS_ORIGINS, "*"),
             (&CORS_ORIGINS, "app.example.com"),
             (&MAX_SESSIONS_PER_USER, "0"),
+            (&CLIENT_REGISTRATION, "anyone"),
+            (&RATE_LIMIT_REGISTRATION, "0/h"),
         ] {
             assert_eq!(err_var(&[(var, value)]), var.name, "{}={value}", var.name);
         }

@@ -153,6 +153,8 @@ pub(crate) static VARS: &[&Var] = &[
     &ID_TOKEN_TTL,
     &DISPLAY_NAME,
     &LOGO_URL,
+    &CLIENT_REGISTRATION,
+    &RATE_LIMIT_REGISTRATION,
 ];
 
 /// Where `var` stands in [`VARS`] (`None` for a name that is not a variable, such as `.env`).
@@ -505,7 +507,7 @@ pub(crate) static METRICS_LISTEN: Var = Var {
     show: |c| or_empty(c.metrics_listen),
 };
 
-/// `off` turns off both rate limits and the back-off (limits.rs).
+/// `off` turns off every rate limit and the back-off (limits.rs).
 pub(crate) static RATE_LIMIT: Var = Var {
     name: "TOKEND_RATE_LIMIT",
     default: DefaultValue::Value("on"),
@@ -612,6 +614,25 @@ pub(crate) static LOGO_URL: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.logo_url.clone().unwrap_or_default(),
+};
+
+/// Who may register clients: `off`, `token` (an initial access token) or `open`
+/// (registration.rs).
+pub(crate) static CLIENT_REGISTRATION: Var = Var {
+    name: "TOKEND_CLIENT_REGISTRATION",
+    default: DefaultValue::Value("off"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.client_registration.as_str().to_string(),
+};
+
+/// Per client IP on registrations without an initial access token (registration.rs).
+pub(crate) static RATE_LIMIT_REGISTRATION: Var = Var {
+    name: "TOKEND_RATE_LIMIT_REGISTRATION",
+    default: DefaultValue::Value("20/h"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.rate_limit_registration.to_string(),
 };
 
 #[cfg(test)]

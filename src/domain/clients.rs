@@ -309,6 +309,7 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
                 token_endpoint_auth_method: c.token_endpoint_auth_method,
                 id_token_signed_response_alg: c.id_token_signed_response_alg,
             },
+            registration: None,
         };
         validate_client(&record, algs)?;
         if !seen.insert(record.client_id.clone()) {
@@ -341,6 +342,7 @@ pub(crate) fn first_party_client() -> ClientRecord {
             client_name: Some("tokend".into()),
             ..ClientMetadata::default()
         },
+        registration: None,
     }
 }
 
@@ -409,7 +411,18 @@ impl ClientStore for Clients {
     }
 
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError> {
+        if self.is_builtin_or_static(client_id) {
+            return Ok(false);
+        }
         self.store.delete(client_id).await
+    }
+
+    /// Stored clients only: the built-in and static ones are never replaced.
+    async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        if self.is_builtin_or_static(&client.client_id) {
+            return Ok(false);
+        }
+        self.store.replace(client).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -29,6 +29,8 @@ pub(crate) struct Limits {
     enabled: bool,
     rate_ip: Rate,
     rate_account: Rate,
+    /// `TOKEND_RATE_LIMIT_REGISTRATION`.
+    rate_registration: Rate,
 }
 
 /// A key that names an account without putting the email or username in the store.
@@ -74,7 +76,31 @@ impl Limits {
             enabled: config.rate_limit_enabled,
             rate_ip: config.rate_limit_ip,
             rate_account: config.rate_limit_account,
+            rate_registration: config.rate_limit_registration,
         }
+    }
+
+    /// The per-IP limit on registrations without an initial access token (`open` mode,
+    /// docs/registration.md). A request without a known address shares one bucket.
+    pub(crate) async fn limit_registration(&self, ip: Option<IpAddr>) -> Result<(), Error> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let rate = self.rate_registration;
+        let ip = ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let key = format!("register:{ip}");
+        if let Some(wait) = self
+            .store
+            .rate_check(&key, self.clock.now_ms(), rate.emission_ms(), rate.count)
+            .await?
+        {
+            self.metrics
+                .rate_limited
+                .with_label_values(&["registration"])
+                .inc();
+            return Err(Error::RateLimited(retry_secs(wait)));
+        }
+        Ok(())
     }
 
     /// The per-IP limit over login, register, refresh and token requests.

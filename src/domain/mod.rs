@@ -11,6 +11,7 @@ pub(crate) mod limits;
 pub mod oauth;
 pub(crate) mod passwords;
 pub(crate) mod published;
+pub(crate) mod registration;
 pub(crate) mod sessions;
 pub mod tokens;
 
@@ -107,6 +108,7 @@ pub(crate) struct Services {
     pub(crate) admin: admin::Admin,
     pub(crate) limits: Arc<limits::Limits>,
     pub(crate) published: published::Published,
+    pub(crate) registration: registration::Registration,
 }
 
 /// What the services are built from.
@@ -172,6 +174,18 @@ impl Services {
                 signing_algs: p.config.signing_algs.clone(),
             },
         ));
+        let registration = registration::Registration::new(
+            p.clients.clone(),
+            p.keys.clone(),
+            limits.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+            registration::RegistrationSettings {
+                issuer: p.config.issuer.clone(),
+                mode: p.config.client_registration,
+                signing_algs: p.config.signing_algs.clone(),
+            },
+        );
         let oauth = oauth::OAuth::new(
             p.clients,
             p.users.clone(),
@@ -196,6 +210,7 @@ impl Services {
             admin,
             limits,
             published: published::Published::new(p.keys, p.metrics),
+            registration,
         }
     }
 }

@@ -666,7 +666,7 @@ pub(crate) async fn withdraw_consent(state: &AppState, req: Request<Incoming>) -
 }
 
 /// Decodes `%XX` escapes of a path segment (RFC 3986 §2.1); `None` if malformed or not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

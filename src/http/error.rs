@@ -30,6 +30,10 @@ pub enum ApiError {
     UnsupportedGrantType(String),
     /// 400 `invalid_scope`.
     InvalidScope(String),
+    /// 400 `invalid_redirect_uri` (RFC 7591 §3.2.2).
+    InvalidRedirectUri(String),
+    /// 400 `invalid_client_metadata` (RFC 7591 §3.2.2).
+    InvalidClientMetadata(String),
     /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
     Forbidden {
         code: &'static str,
@@ -68,6 +72,10 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "unsupported_grant_type")
             }
             ApiError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            ApiError::InvalidRedirectUri(_) => (StatusCode::BAD_REQUEST, "invalid_redirect_uri"),
+            ApiError::InvalidClientMetadata(_) => {
+                (StatusCode::BAD_REQUEST, "invalid_client_metadata")
+            }
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
@@ -101,6 +109,8 @@ impl ApiError {
             | ApiError::UnauthorizedClient(d)
             | ApiError::UnsupportedGrantType(d)
             | ApiError::InvalidScope(d)
+            | ApiError::InvalidRedirectUri(d)
+            | ApiError::InvalidClientMetadata(d)
             | ApiError::Conflict(d) => d.clone(),
             ApiError::Forbidden { description, .. } => description.clone(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
@@ -246,6 +256,16 @@ mod tests {
                 "unsupported_grant_type",
             ),
             (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (
+                ApiError::InvalidRedirectUri("x".into()),
+                400,
+                "invalid_redirect_uri",
+            ),
+            (
+                ApiError::InvalidClientMetadata("x".into()),
+                400,
+                "invalid_client_metadata",
+            ),
             (
                 ApiError::Forbidden {
                     code: "fresh_token_required",

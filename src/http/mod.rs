@@ -10,6 +10,7 @@ pub(crate) mod oauth;
 pub(crate) mod openapi;
 pub(crate) mod ops;
 pub mod pages;
+pub(crate) mod registration;
 pub mod router;
 pub mod routes;
 pub(crate) mod server;
@@ -68,19 +69,28 @@ fn media_type(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
-/// Reads a JSON body into `T`: 415 unless `Content-Type: application/json`, 413 when too large,
-/// 400 naming the problem when it does not parse.
-pub(crate) async fn read_json<T: DeserializeOwned>(
+/// Reads the bytes of a JSON body: 415 unless `Content-Type: application/json`, 413 when too
+/// large. What they mean is for the caller to parse.
+pub(crate) async fn read_json_bytes(
     req: Request<Incoming>,
     limit: usize,
-) -> Result<T, ApiError> {
+) -> Result<Bytes, ApiError> {
     let ok = media_type(&req).is_some_and(|m| m == "application/json" || m.ends_with("+json"));
     if !ok {
         return Err(ApiError::UnsupportedMediaType {
             expected: "application/json",
         });
     }
-    let body = read_body(req, limit).await?;
+    read_body(req, limit).await
+}
+
+/// Reads a JSON body into `T`: 415 unless `Content-Type: application/json`, 413 when too large,
+/// 400 naming the problem when it does not parse.
+pub(crate) async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let body = read_json_bytes(req, limit).await?;
     serde_json::from_slice(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
 }

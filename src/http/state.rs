@@ -17,6 +17,7 @@ use crate::domain::authorize::Authorize;
 use crate::domain::limits::Limits;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
+use crate::domain::registration::Registration;
 use crate::domain::sessions::Sessions;
 use crate::metrics::Metrics;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub(crate) admin: Admin,
     pub(crate) limits: Arc<Limits>,
     pub published: Published,
+    /// Dynamic client registration and management (RFC 7591, RFC 7592).
+    pub(crate) registration: Registration,
     /// The request counters and histograms of the router.
     pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.

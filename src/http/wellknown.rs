@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::state::AppState;
 use super::ApiResult;
-use crate::config::Config;
+use crate::config::{Config, RegistrationMode};
 use crate::domain::authorize::OIDC_SCOPES;
 use crate::domain::clients::GRANT_TYPES;
 
@@ -166,7 +166,7 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
         }
     }
     let algs: Vec<&str> = config.signing_algs.iter().map(|a| a.as_str()).collect();
-    json!({
+    let mut doc = json!({
         "issuer": issuer,
         "token_endpoint": format!("{issuer}/oauth/token"),
         "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
@@ -187,7 +187,17 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
             ["client_secret_basic", "client_secret_post"],
         "scopes_supported": scopes,
         "token_signing_alg_values_supported": algs,
-    })
+    });
+    // RFC 8414 §2 / RFC 7591 §3: only while registration is on (docs/registration.md).
+    if config.client_registration != RegistrationMode::Off {
+        if let Value::Object(m) = &mut doc {
+            m.insert(
+                "registration_endpoint".into(),
+                json!(crate::domain::registration::registration_endpoint(issuer)),
+            );
+        }
+    }
+    doc
 }
 
 /// `GET /.well-known/oauth-authorization-server`.

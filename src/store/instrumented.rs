@@ -118,6 +118,10 @@ impl ClientStore for Instrumented<dyn ClientStore> {
         self.time("client_delete", self.inner.delete(client_id))
             .await
     }
+    async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        self.time("client_replace", self.inner.replace(client))
+            .await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
     }

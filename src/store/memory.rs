@@ -216,6 +216,17 @@ impl ClientStore for MemoryClients {
         Ok(lock(&self.inner).remove(client_id).is_some())
     }
 
+    async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        let mut g = lock(&self.inner);
+        match g.get_mut(&client.client_id) {
+            Some(stored) => {
+                *stored = client.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

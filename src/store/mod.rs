@@ -137,6 +137,34 @@ pub struct ClientRecord {
     /// What browser sign-in needs to know (docs/authorize.md, "Clients").
     #[serde(default)]
     pub meta: ClientMetadata,
+    /// Set for a client registered at `POST /oauth/register` (RFC 7591), the only clients that
+    /// RFC 7592 management may read, replace or delete (docs/registration.md).
+    #[serde(default)]
+    pub registration: Option<RegistrationRecord>,
+}
+
+/// What tokend remembers of a dynamic registration (RFC 7591, RFC 7592; docs/registration.md).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationRecord {
+    /// Lower-case hex SHA-256 of the registration access token (RFC 7592 §1): a 256-bit random
+    /// value, so a digest compared in constant time is the right check, as for client secrets.
+    pub access_token_sha256: String,
+    /// The scopes beyond the OpenID Connect ones that the registration was allowed (those of
+    /// its initial access token); an update may ask for these and no others.
+    #[serde(default)]
+    pub allowed_scopes: Vec<String>,
+    /// Unix milliseconds of the last update (RFC 7592 §2.2), or of the registration.
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for RegistrationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistrationRecord")
+            .field("access_token_sha256", &"<redacted>")
+            .field("allowed_scopes", &self.allowed_scopes)
+            .field("updated_at", &self.updated_at)
+            .finish()
+    }
 }
 
 /// A client's metadata for the authorization code flow and OpenID Connect (RFC 7591 §2 names).
@@ -167,6 +195,7 @@ impl std::fmt::Debug for ClientRecord {
             .field("scopes", &self.scopes)
             .field("alg", &self.alg)
             .field("meta", &self.meta)
+            .field("registered", &self.registration.is_some())
             .finish()
     }
 }
@@ -180,6 +209,10 @@ pub trait ClientStore: Send + Sync {
     async fn list(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// True if a client was deleted.
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
+    /// Replaces the client with the same `client_id` in one step, if it still exists; never
+    /// creates one (so an update racing a delete cannot bring the client back). True if a
+    /// client was replaced.
+    async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

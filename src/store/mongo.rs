@@ -25,7 +25,10 @@ use mongodb::{Client, Collection, Database, IndexModel};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord, UserStore};
+use super::{
+    ClientMetadata, ClientRecord, ClientStore, RegistrationRecord, StoreError, UserRecord,
+    UserStore,
+};
 
 mod consents;
 
@@ -109,6 +112,9 @@ struct ClientDoc {
     created_at: i64,
     #[serde(flatten)]
     meta: ClientMetadata,
+    /// Only on clients registered at `POST /oauth/register` (RFC 7591).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    registration: Option<RegistrationRecord>,
 }
 
 impl From<&ClientRecord> for ClientDoc {
@@ -121,6 +127,7 @@ impl From<&ClientRecord> for ClientDoc {
             alg: c.alg.clone(),
             created_at: c.created_at,
             meta: c.meta.clone(),
+            registration: c.registration.clone(),
         }
     }
 }
@@ -135,6 +142,7 @@ impl From<ClientDoc> for ClientRecord {
             alg: d.alg,
             created_at: d.created_at,
             meta: d.meta,
+            registration: d.registration,
         }
     }
 }
@@ -445,6 +453,21 @@ impl ClientStore for MongoStore {
                 .delete_one(filter)
                 .await
                 .map(|r| r.deleted_count > 0)
+                .map_err(map_err)
+        })
+        .await
+    }
+
+    /// One `replaceOne` by `_id` without upsert: a client deleted meanwhile stays deleted.
+    async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError> {
+        let clients = self.clients.clone();
+        let filter = doc! { "_id": client.client_id.as_str() };
+        let doc = ClientDoc::from(client);
+        detached(async move {
+            clients
+                .replace_one(filter, doc)
+                .await
+                .map(|r| r.matched_count > 0)
                 .map_err(map_err)
         })
         .await

@@ -371,15 +371,25 @@ proptest! {
             "/(auth|users|admin|oauth|\\.well-known)(/[a-zA-Z0-9._%~-]{0,20}){0,4}",
             "/admin/users/[^/]{0,70}/(roles|revoke-sessions)",
             "/assets/[^/]{0,70}",
+            "/oauth/register(/[^/]{0,40}){0,2}",
         ]
     ) {
         if let Some(route) = MatchedRoute::resolve(Listener::All, &path).route() {
             let template = route.template();
-            let variable = ["{id}", "{name}"]
+            let variable = ["{id}", "{name}", "{client_id}"]
                 .into_iter()
                 .find_map(|v| template.split_once(v).map(|(head, tail)| (v, head, tail)));
             match variable {
                 None => prop_assert_eq!(template, path.as_str()),
+                Some(("{client_id}", head, tail)) => {
+                    // A percent-encoded client id: 1 to 384 visible ASCII characters, no `/`.
+                    let value = path.strip_prefix(head).and_then(|p| p.strip_suffix(tail));
+                    prop_assert!(
+                        value.is_some_and(|v| (1..=384).contains(&v.len())
+                            && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/')),
+                        "{path} resolved to {template}"
+                    );
+                }
                 Some((variable, head, tail)) => {
                     let value = path.strip_prefix(head).and_then(|p| p.strip_suffix(tail));
                     // Both rules: 1 to 64 ASCII letters, digits, `-`, `_`; an asset name may
@@ -427,6 +437,8 @@ fn serve() -> Served {
         let app = spawn_app_with(Mode::Embedded, |env| {
             env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
             env.insert("TOKEND_CLIENTS_FILE".into(), path);
+            // The registration endpoint's decoder is fuzzed too.
+            env.insert("TOKEND_CLIENT_REGISTRATION".into(), "open".into());
         })
         .await;
         let s = app.new_session().await;

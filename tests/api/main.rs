@@ -21,6 +21,7 @@ mod openapi;
 mod ops;
 mod pages;
 mod races;
+mod registration;
 mod relying_party;
 mod services;
 mod sessions;

@@ -16,8 +16,9 @@ use tokend::store::memory::{
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, FamilyMarks, LeaseStore, NewFamily, Redemption, RotateOutcome, RotateRequest,
-    SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
+    ConsentStore, FamilyMarks, LeaseStore, NewFamily, Redemption, RegistrationRecord,
+    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
+    UserStore,
 };
 
 use crate::services;
@@ -63,6 +64,7 @@ fn client(id: &str) -> ClientRecord {
             token_endpoint_auth_method: Some("client_secret_basic".into()),
             id_token_signed_response_alg: Some("RS256".into()),
         },
+        registration: None,
     }
 }
 
@@ -239,6 +241,40 @@ async fn clients_can_be_inserted_fetched_listed_and_deleted(clients: &dyn Client
     assert_eq!(clients.get("a-public").await.unwrap(), None);
     assert_eq!(clients.list().await.unwrap(), vec![b]);
     clients.ping().await.unwrap();
+}
+
+/// A registered client keeps its registration record; `replace` rewrites an existing client in
+/// one step and never creates one, so an update that loses a race with a delete cannot bring
+/// the client back.
+async fn clients_are_replaced_only_while_they_exist(clients: &dyn ClientStore) {
+    let registered = ClientRecord {
+        registration: Some(RegistrationRecord {
+            access_token_sha256: "cd".repeat(32),
+            allowed_scopes: vec!["api".into()],
+            updated_at: 1_700_000_000_000,
+        }),
+        ..client("reg-1")
+    };
+    clients.insert(&registered).await.unwrap();
+    assert_eq!(
+        clients.get("reg-1").await.unwrap(),
+        Some(registered.clone())
+    );
+    let changed = ClientRecord {
+        scopes: vec!["openid".into()],
+        meta: ClientMetadata {
+            client_name: Some("Renamed".into()),
+            ..registered.meta.clone()
+        },
+        ..registered.clone()
+    };
+    assert!(clients.replace(&changed).await.unwrap());
+    assert_eq!(clients.get("reg-1").await.unwrap(), Some(changed.clone()));
+    assert!(clients.delete("reg-1").await.unwrap());
+    assert!(!clients.replace(&changed).await.unwrap());
+    assert_eq!(clients.get("reg-1").await.unwrap(), None);
+    assert!(!clients.replace(&client("never-there")).await.unwrap());
+    assert_eq!(clients.get("never-there").await.unwrap(), None);
 }
 
 async fn client_ids_are_unique(clients: &dyn ClientStore) {
@@ -1115,6 +1151,9 @@ client_contract!(clients_can_be_inserted_fetched_listed_and_deleted:
     clients_can_be_inserted_fetched_listed_and_deleted_in_memory,
     clients_can_be_inserted_fetched_listed_and_deleted_in_mongodb);
 client_contract!(client_ids_are_unique: client_ids_are_unique_in_memory, client_ids_are_unique_in_mongodb);
+client_contract!(clients_are_replaced_only_while_they_exist:
+    clients_are_replaced_only_while_they_exist_in_memory,
+    clients_are_replaced_only_while_they_exist_in_mongodb);
 
 session_contract!(a_started_family_reads_back:
     a_started_family_reads_back_in_memory,
