@@ -30,6 +30,12 @@ pub enum ApiError {
     UnsupportedGrantType(String),
     /// 400 `invalid_scope`.
     InvalidScope(String),
+    /// 400 with another code refusing an authorization request (`unsupported_response_type`,
+    /// `request_not_supported`) where the client reads it directly (RFC 9126 §2.3).
+    AuthorizationRefused {
+        code: &'static str,
+        description: String,
+    },
     /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
     Forbidden {
         code: &'static str,
@@ -68,6 +74,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "unsupported_grant_type")
             }
             ApiError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            ApiError::AuthorizationRefused { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
@@ -102,7 +109,8 @@ impl ApiError {
             | ApiError::UnsupportedGrantType(d)
             | ApiError::InvalidScope(d)
             | ApiError::Conflict(d) => d.clone(),
-            ApiError::Forbidden { description, .. } => description.clone(),
+            ApiError::Forbidden { description, .. }
+            | ApiError::AuthorizationRefused { description, .. } => description.clone(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
@@ -246,6 +254,14 @@ mod tests {
                 "unsupported_grant_type",
             ),
             (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (
+                ApiError::AuthorizationRefused {
+                    code: "unsupported_response_type",
+                    description: "x".into(),
+                },
+                400,
+                "unsupported_response_type",
+            ),
             (
                 ApiError::Forbidden {
                     code: "fresh_token_required",

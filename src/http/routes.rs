@@ -127,6 +127,9 @@ fn table() -> Vec<Route> {
             .rate_limited(),
         Route::at("/oauth/revoke").post(handler!(oauth::revoke)),
         Route::at("/oauth/introspect").post(handler!(oauth::introspect)),
+        Route::at("/oauth/par")
+            .post(handler!(oauth::par))
+            .rate_limited(),
         Route::at("/openapi.json").memory(openapi::openapi),
         Route::at("/healthz")
             .memory(|_, _| ops::healthz())
@@ -455,6 +458,7 @@ mod tests {
                 "/auth/login",
                 "/auth/token/refresh",
                 "/oauth/token",
+                "/oauth/par",
                 "/oauth/authorize",
                 "/login"
             ]

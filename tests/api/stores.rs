@@ -62,6 +62,7 @@ fn client(id: &str) -> ClientRecord {
             client_name: Some("Example «app»".into()),
             token_endpoint_auth_method: Some("client_secret_basic".into()),
             id_token_signed_response_alg: Some("RS256".into()),
+            require_pushed_authorization_requests: true,
         },
     }
 }
