@@ -585,6 +585,17 @@ impl Authorize {
                     .into(),
             ));
         }
+        // Before the redirect URI: a client without the grant may have none to name.
+        if !client
+            .grant_types
+            .iter()
+            .any(|g| g == GRANT_AUTHORIZATION_CODE)
+        {
+            self.count("refused", client);
+            return Err(OAuthError::UnauthorizedClient(
+                "this client may not use the authorization code flow".into(),
+            ));
+        }
         let redirect_uri = redirect_uri_for(client, nonempty(&p.redirect_uri))
             .map_err(|problem| OAuthError::InvalidRequest(problem.description().into()))?;
         let mode = response_mode_of(p).map_err(|d| OAuthError::InvalidRequest(d.into()))?;
