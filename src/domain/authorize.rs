@@ -1,7 +1,7 @@
 //! The `Authorize` service: the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636,
 //! OAuth 2.1 rules), pushed authorization requests (RFC 9126), OpenID Connect (ID tokens,
-//! userinfo, RP-initiated logout), the browser session and consents (docs/authorize.md). No HTTP here: handlers turn an [`Outcome`] into a
-//! redirect, a form post or a page.
+//! userinfo, RP-initiated logout), the browser session and consents (docs/authorize.md). No
+//! HTTP here: handlers turn an [`Outcome`] into a redirect, a form post or a page.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,12 +36,12 @@ const CODE_TTL_MS: i64 = 60_000;
 const REQUEST_TTL_MS: i64 = 600_000;
 /// How long a redeemed code is remembered, so that a replay is recognised.
 const USED_CODE_TTL_MS: i64 = 600_000;
-/// How long a pushed authorization request waits for the browser (RFC 9126 §2.2; docs/authorize.md,
-/// "Pushed authorization requests").
+/// How long a pushed authorization request waits for the browser (RFC 9126 §2.2;
+/// docs/authorize.md, "Pushed authorization requests").
 const PUSHED_REQUEST_TTL_MS: i64 = 60_000;
 /// The form of the request URIs tokend hands out (RFC 9126 §2.2), followed by 256 random bits,
 /// base64url.
-pub(crate) const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 /// Longest `state`, `nonce` and `login_hint` accepted.
 const MAX_PARAM_LEN: usize = 2048;
 

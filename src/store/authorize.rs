@@ -1,8 +1,9 @@
 //! What the authorization code flow and the browser session remember (docs/authorize.md):
 //! pending authorization requests, pushed authorization requests (RFC 9126), codes, browser
-//! sessions (Redis in production, memory in embedded mode) and consents (MongoDB in production, memory in embedded mode). Values are
-//! opaque to the stores: the domain serialises them; ids are hashes the domain computes, so a
-//! store dump never holds a usable code or cookie.
+//! sessions (Redis in production, memory in embedded mode) and consents (MongoDB in
+//! production, memory in embedded mode). Values are opaque to the stores: the domain
+//! serialises them; ids are hashes the domain computes, so a store dump never holds a usable
+//! code, cookie or request URI.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};

@@ -1,6 +1,6 @@
 //! The authorization flow's state in memory (embedded mode): pending and pushed authorization
-//! requests, codes and browser sessions, expiring by the [`SharedClock`] like the session store's records,
-//! and consents, which never expire.
+//! requests, codes and browser sessions, expiring by the [`SharedClock`] like the session
+//! store's records, and consents, which never expire.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

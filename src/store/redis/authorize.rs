@@ -1,7 +1,8 @@
 //! The authorization flow's short-lived state in Redis: pending and pushed authorization
-//! requests, codes and browser sessions (the key layout is in the table of the parent module). Each operation
-//! touches one logical record; where that record is two keys (a browser session and its
-//! families), both carry the session id as hash tag, so one script reaches both in a cluster.
+//! requests, codes and browser sessions (the key layout is in the table of the parent
+//! module). Each operation touches one logical record; where that record is two keys (a
+//! browser session and its families), both carry the session id as hash tag, so one script
+//! reaches both in a cluster.
 
 use async_trait::async_trait;
 use redis::Script;
