@@ -87,6 +87,9 @@ pub(crate) enum ClientsCommand {
         /// Signing algorithm of this client's ID tokens (default: RS256 when configured).
         #[arg(long)]
         id_token_alg: Option<String>,
+        /// The client must push its authorization requests to /oauth/par first (RFC 9126 §6).
+        #[arg(long)]
+        require_par: bool,
         /// Print `{"client_id","client_secret"}` only.
         #[arg(long)]
         json: bool,
@@ -342,6 +345,8 @@ struct ClientRow<'a> {
     first_party: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    require_pushed_authorization_requests: bool,
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -358,6 +363,7 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         redirect_uris: &c.meta.redirect_uris,
         first_party: c.meta.first_party,
         client_name: c.meta.client_name.as_deref(),
+        require_pushed_authorization_requests: c.meta.require_pushed_authorization_requests,
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -437,6 +443,7 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
             name,
             auth_method,
             id_token_alg,
+            require_par,
             json,
         } => {
             let client_id = match id {
@@ -466,6 +473,7 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                     client_name: name,
                     token_endpoint_auth_method: auth_method,
                     id_token_signed_response_alg: id_token_alg,
+                    require_pushed_authorization_requests: require_par,
                 },
                 registration: None,
             };

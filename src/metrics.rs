@@ -216,7 +216,7 @@ impl Metrics {
             authorizations: counter(
                 r,
                 "tokend_authorizations_total",
-                "Authorization requests by event (started, completed, denied, refused) and client type.",
+                "Authorization requests by event (pushed, started, completed, denied, refused) and client type.",
                 &["event", "client_type"],
             ),
             codes: counter(

@@ -1,7 +1,7 @@
 //! The `Authorize` service: the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636,
-//! OAuth 2.1 rules), OpenID Connect (ID tokens, userinfo, RP-initiated logout), the browser
-//! session and consents (docs/authorize.md). No HTTP here: handlers turn an [`Outcome`] into a
-//! redirect, a form post or a page.
+//! OAuth 2.1 rules), pushed authorization requests (RFC 9126), OpenID Connect (ID tokens,
+//! userinfo, RP-initiated logout), the browser session and consents (docs/authorize.md). No
+//! HTTP here: handlers turn an [`Outcome`] into a redirect, a form post or a page.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -36,6 +36,12 @@ const CODE_TTL_MS: i64 = 60_000;
 const REQUEST_TTL_MS: i64 = 600_000;
 /// How long a redeemed code is remembered, so that a replay is recognised.
 const USED_CODE_TTL_MS: i64 = 600_000;
+/// How long a pushed authorization request waits for the browser (RFC 9126 §2.2;
+/// docs/authorize.md, "Pushed authorization requests").
+const PUSHED_REQUEST_TTL_MS: i64 = 60_000;
+/// The form of the request URIs tokend hands out (RFC 9126 §2.2), followed by 256 random bits,
+/// base64url.
+const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
 /// Longest `state`, `nonce` and `login_hint` accepted.
 const MAX_PARAM_LEN: usize = 2048;
 
@@ -103,6 +109,118 @@ struct PendingRequest {
     /// With `force_login`, the browser session (hashed id) the request found: the sign-in must
     /// be a new one (every sign-in creates a new session).
     stale_session: Option<String>,
+}
+
+/// A pushed authorization request (RFC 9126 §2), validated when it was pushed and kept until
+/// the browser brings its request URI or it expires.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct PushedRequest {
+    /// The client that pushed it; the request URI is bound to it (RFC 9126 §2.2).
+    client_id: String,
+    /// Unix milliseconds at which it expires, by the service's clock (the store's TTL only
+    /// cleans up).
+    expires_at_ms: i64,
+    request: PendingRequest,
+}
+
+/// The answer to a pushed authorization request (RFC 9126 §2.2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct PushedAuthorization {
+    /// `urn:ietf:params:oauth:request_uri:` and the reference.
+    pub(crate) request_uri: String,
+    /// Seconds the request URI lives.
+    pub(crate) expires_in: i64,
+}
+
+/// Why a request's redirect URI is not to be trusted: such an error is never sent to it
+/// (RFC 6749 §4.1.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RedirectProblem {
+    /// Not one the client registered.
+    Unregistered,
+    /// Missing, and the client registered more than one.
+    Missing,
+}
+
+impl RedirectProblem {
+    /// What the person sees: an error page that does not link the address.
+    fn page(self) -> Outcome {
+        match self {
+            RedirectProblem::Unregistered => Authorize::error_page(
+                "Invalid redirect URI",
+                "This sign-in link would send you to an address the application did not \
+                 register. For your safety you are not being redirected.",
+                Some("invalid_request"),
+            ),
+            RedirectProblem::Missing => Authorize::error_page(
+                "Invalid request",
+                "The application did not say where to return after sign-in \
+                 (redirect_uri is missing).",
+                Some("invalid_request"),
+            ),
+        }
+    }
+
+    /// What a client that pushed the request is told (RFC 9126 §2.3: `invalid_request`).
+    fn description(self) -> &'static str {
+        match self {
+            RedirectProblem::Unregistered => "redirect_uri is not registered for this client",
+            RedirectProblem::Missing => {
+                "redirect_uri is required: the client has more than one registered"
+            }
+        }
+    }
+}
+
+/// The redirect URI of a request: the one named if the client registered it, else the only one
+/// registered.
+fn redirect_uri_for(client: &ClientRecord, given: Option<&str>) -> Result<String, RedirectProblem> {
+    let registered = &client.meta.redirect_uris;
+    match given {
+        Some(uri) => registered
+            .iter()
+            .any(|r| redirect_matches(r, uri))
+            .then(|| uri.to_string())
+            .ok_or(RedirectProblem::Unregistered),
+        None => match registered.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => Err(RedirectProblem::Missing),
+        },
+    }
+}
+
+/// `response_mode` (OAuth 2.0 Multiple Response Types §2.1, Form Post Response Mode).
+fn response_mode_of(p: &AuthorizeParams) -> Result<ResponseMode, &'static str> {
+    match nonempty(&p.response_mode) {
+        None | Some("query") => Ok(ResponseMode::Query),
+        Some("form_post") => Ok(ResponseMode::FormPost),
+        Some(_) => Err("response_mode must be query or form_post"),
+    }
+}
+
+/// The store's id of a pushed request: the hash of the client id and the reference, so a
+/// request URI presented with another client's id finds nothing (RFC 9126 §4) and leaves the
+/// request for its own client. Client ids never hold `:` (`clients::is_client_id`).
+fn pushed_request_id(client_id: &str, reference: &str) -> String {
+    hashed(&format!("{client_id}:{reference}"))
+}
+
+/// Whether a request URI's reference can be one tokend made (43 base64url characters).
+fn is_reference(s: &str) -> bool {
+    s.len() == 43
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// An authorization request's refusal as the pushed authorization request endpoint answers it
+/// (RFC 9126 §2.3: the codes of RFC 6749 §4.1.2.1 and of the extensions involved).
+fn pushed_refusal(error: &'static str, description: String) -> OAuthError {
+    match error {
+        "invalid_request" => OAuthError::InvalidRequest(description),
+        "invalid_scope" => OAuthError::InvalidScope(description),
+        "unauthorized_client" => OAuthError::UnauthorizedClient(description),
+        _ => OAuthError::AuthorizationRefused { error, description },
+    }
 }
 
 /// A code's grant: everything the token request is checked against and the tokens carry.
@@ -407,44 +525,40 @@ impl Authorize {
                 Some("invalid_client"),
             ));
         };
-        let registered = &client.meta.redirect_uris;
-        let redirect_uri = match nonempty(&p.redirect_uri) {
-            Some(uri) => match registered.iter().find(|r| redirect_matches(r, uri)) {
-                Some(_) => uri.to_string(),
-                None => {
-                    return Ok(Self::error_page(
-                        "Invalid redirect URI",
-                        "This sign-in link would send you to an address the application did \
-                         not register. For your safety you are not being redirected.",
-                        Some("invalid_request"),
-                    ))
-                }
-            },
-            None if registered.len() == 1 => registered.first().cloned().unwrap_or_default(),
-            None => {
-                return Ok(Self::error_page(
-                    "Invalid request",
-                    "The application did not say where to return after sign-in \
-                     (redirect_uri is missing).",
-                    Some("invalid_request"),
-                ))
-            }
+        // A pushed request (RFC 9126 §4): everything but client_id comes from what was pushed.
+        if let Some(uri) = nonempty(&p.request_uri) {
+            return self.authorize_pushed(&client, uri, cookie).await;
+        }
+        let redirect_uri = match redirect_uri_for(&client, nonempty(&p.redirect_uri)) {
+            Ok(uri) => uri,
+            Err(problem) => return Ok(problem.page()),
         };
         let state = nonempty(&p.state);
-        let mode = match nonempty(&p.response_mode) {
-            None | Some("query") => ResponseMode::Query,
-            Some("form_post") => ResponseMode::FormPost,
-            Some(_) => {
+        let mode = match response_mode_of(p) {
+            Ok(mode) => mode,
+            Err(description) => {
                 return Ok(self.to_client_error(
                     &redirect_uri,
                     ResponseMode::Query,
                     state,
                     "invalid_request",
-                    "response_mode must be query or form_post",
+                    description,
                 ))
             }
         };
         self.count("started", &client);
+        if client.meta.require_pushed_authorization_requests {
+            self.count("refused", &client);
+            return Ok(self.to_client_error(
+                &redirect_uri,
+                mode,
+                state,
+                "invalid_request",
+                "this client must push its authorization requests (RFC 9126 §6): POST them to \
+                 the pushed authorization request endpoint, then send only client_id and the \
+                 request_uri it answers here",
+            ));
+        }
         match self.validate(p, &client, redirect_uri.clone(), mode) {
             Ok(pending) => self.proceed(pending, &client, cookie).await,
             Err((error, description)) => {
@@ -452,6 +566,117 @@ impl Authorize {
                 Ok(self.to_client_error(&redirect_uri, mode, state, error, &description))
             }
         }
+    }
+
+    /// `POST /oauth/par` (RFC 9126 §2): the authorization parameters of an authenticated
+    /// client, checked exactly as `/oauth/authorize` checks them, are kept for 60 seconds under
+    /// a new request URI bound to the client. Refusals are the client's to read (RFC 9126 §2.3),
+    /// never a redirect.
+    pub(crate) async fn push(
+        &self,
+        client: &Client,
+        p: &AuthorizeParams,
+    ) -> Result<PushedAuthorization, OAuthError> {
+        let client = client.record();
+        if nonempty(&p.request_uri).is_some() {
+            return Err(OAuthError::InvalidRequest(
+                "request_uri cannot be pushed: the pushed request is what a request_uri names \
+                 (RFC 9126 §2.1)"
+                    .into(),
+            ));
+        }
+        // Before the redirect URI: a client without the grant may have none to name.
+        if !client
+            .grant_types
+            .iter()
+            .any(|g| g == GRANT_AUTHORIZATION_CODE)
+        {
+            self.count("refused", client);
+            return Err(OAuthError::UnauthorizedClient(
+                "this client may not use the authorization code flow".into(),
+            ));
+        }
+        let redirect_uri = redirect_uri_for(client, nonempty(&p.redirect_uri))
+            .map_err(|problem| OAuthError::InvalidRequest(problem.description().into()))?;
+        let mode = response_mode_of(p).map_err(|d| OAuthError::InvalidRequest(d.into()))?;
+        let request =
+            self.validate(p, client, redirect_uri, mode)
+                .map_err(|(error, description)| {
+                    self.count("refused", client);
+                    pushed_refusal(error, description)
+                })?;
+        let reference = ids::random_secret()?;
+        let pushed = PushedRequest {
+            client_id: client.client_id.clone(),
+            expires_at_ms: self.clock.now_ms().saturating_add(PUSHED_REQUEST_TTL_MS),
+            request,
+        };
+        let json = serde_json::to_string(&pushed)
+            .map_err(|e| Error::Internal(format!("serialising a pushed request: {e}")))?;
+        self.store
+            .put_pushed_request(
+                &pushed_request_id(&client.client_id, &reference),
+                &json,
+                PUSHED_REQUEST_TTL_MS,
+            )
+            .await
+            .map_err(Error::from)?;
+        self.count("pushed", client);
+        tracing::info!(client_id = %client.client_id, "authorization request pushed");
+        Ok(PushedAuthorization {
+            request_uri: format!("{REQUEST_URI_PREFIX}{reference}"),
+            expires_in: PUSHED_REQUEST_TTL_MS / 1000,
+        })
+    }
+
+    /// The page for a request URI that is unknown, expired, spent or another client's. The
+    /// redirect URI is the pushed request's, so without it nothing is known to be trusted: a
+    /// page, never a redirect (RFC 6749 §4.1.2.1; docs/authorize.md).
+    fn unusable_request_uri() -> Outcome {
+        Self::error_page(
+            "This sign-in link has expired",
+            "The application's sign-in request was already used, is more than a minute old, or \
+             was not made by this application. Go back to the application and sign in again.",
+            Some("invalid_request_uri"),
+        )
+    }
+
+    /// `/oauth/authorize?client_id=…&request_uri=…` (RFC 9126 §4): takes the pushed request
+    /// once, atomically, and goes on with it as with any validated request. Every parameter
+    /// but `client_id` and `request_uri` is ignored: the pushed ones are the request.
+    async fn authorize_pushed(
+        &self,
+        client: &ClientRecord,
+        request_uri: &str,
+        cookie: Option<&str>,
+    ) -> Result<Outcome, Error> {
+        let Some(reference) = request_uri
+            .strip_prefix(REQUEST_URI_PREFIX)
+            .filter(|r| is_reference(r))
+        else {
+            return Ok(Self::unusable_request_uri());
+        };
+        let id = pushed_request_id(&client.client_id, reference);
+        // Taken before anything else: of concurrent uses exactly one gets it.
+        let Some(json) = self.store.take_pushed_request(&id).await? else {
+            return Ok(Self::unusable_request_uri());
+        };
+        let pushed: PushedRequest = serde_json::from_str(&json)
+            .map_err(|e| Error::Internal(format!("a stored pushed request does not parse: {e}")))?;
+        if pushed.client_id != client.client_id || pushed.expires_at_ms <= self.clock.now_ms() {
+            return Ok(Self::unusable_request_uri());
+        }
+        // The client's registration may have changed since the push (RFC 9126 §4).
+        if !client
+            .meta
+            .redirect_uris
+            .iter()
+            .any(|r| redirect_matches(r, &pushed.request.redirect_uri))
+        {
+            return Ok(RedirectProblem::Unregistered.page());
+        }
+        self.count("started", client);
+        self.proceed(pushed.request, client, cookie).await
     }
 
     /// The checks made once the redirect URI is trusted; failures go back to the client.
@@ -467,12 +692,6 @@ impl Authorize {
             return Err((
                 "request_not_supported",
                 "request objects are not supported".into(),
-            ));
-        }
-        if nonempty(&p.request_uri).is_some() {
-            return Err((
-                "request_uri_not_supported",
-                "request_uri is not supported".into(),
             ));
         }
         match nonempty(&p.response_type) {

@@ -209,6 +209,12 @@ fn validate_metadata(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
             ));
         }
     }
+    if m.require_pushed_authorization_requests && !code {
+        return Err(format!(
+            "client {id:?}: require_pushed_authorization_requests is for clients with the \
+             authorization_code grant (RFC 9126 §6)"
+        ));
+    }
     if let Some(alg) = &m.id_token_signed_response_alg {
         match Alg::parse(alg) {
             Some(a) if algs.contains(&a) => {}
@@ -251,6 +257,8 @@ struct StaticClient {
     token_endpoint_auth_method: Option<String>,
     #[serde(default)]
     id_token_signed_response_alg: Option<String>,
+    #[serde(default)]
+    require_pushed_authorization_requests: bool,
 }
 
 /// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
@@ -308,6 +316,7 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
                 client_name: c.client_name,
                 token_endpoint_auth_method: c.token_endpoint_auth_method,
                 id_token_signed_response_alg: c.id_token_signed_response_alg,
+                require_pushed_authorization_requests: c.require_pushed_authorization_requests,
             },
             registration: None,
         };
@@ -502,6 +511,11 @@ mod tests {
                 "unknown field",
             ),
             (r#"[{"client_id":"a","grant_types":[]}]"#, "empty"),
+            (
+                r#"[{"client_id":"a","client_secret":"x","grant_types":["client_credentials"],
+                     "require_pushed_authorization_requests":true}]"#,
+                "require_pushed_authorization_requests",
+            ),
         ];
         for (json, needle) in cases {
             let e = parse_static_clients(json.as_bytes(), ALGS).unwrap_err();

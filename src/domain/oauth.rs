@@ -62,6 +62,14 @@ pub enum OAuthError {
     UnsupportedGrantType(String),
     #[error("{0}")]
     InvalidScope(String),
+    /// An authorization request refused with another code of RFC 6749 §4.1.2.1 or of an
+    /// extension (`unsupported_response_type`, `request_not_supported`), where it is answered
+    /// to the client directly (RFC 9126 §2.3).
+    #[error("{description}")]
+    AuthorizationRefused {
+        error: &'static str,
+        description: String,
+    },
     #[error(transparent)]
     Other(Error),
 }

@@ -101,6 +101,8 @@ pub(crate) struct ClientMetadataRequest {
     client_name: Option<String>,
     scope: Option<String>,
     id_token_signed_response_alg: Option<String>,
+    /// RFC 9126 §6: this client's authorization requests must be pushed.
+    require_pushed_authorization_requests: Option<bool>,
     /// Only in an update, where it must be the client's own id (RFC 7592 §2.2).
     client_id: Option<String>,
     /// Only in an update, where it must be the client's current secret (RFC 7592 §2.2).
@@ -146,6 +148,8 @@ pub(crate) struct ClientInformation {
     scope: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     id_token_signed_response_alg: Option<String>,
+    /// RFC 9126 §6.
+    require_pushed_authorization_requests: bool,
 }
 
 impl ClientInformation {
@@ -365,6 +369,9 @@ fn validate_metadata(
             client_name: req.client_name.clone(),
             token_endpoint_auth_method: Some(method),
             id_token_signed_response_alg: req.id_token_signed_response_alg.clone(),
+            require_pushed_authorization_requests: req
+                .require_pushed_authorization_requests
+                .unwrap_or(false),
         },
         confidential,
     })
@@ -735,6 +742,9 @@ impl Registration {
             client_name: client.meta.client_name.clone(),
             scope: client.scopes.join(" "),
             id_token_signed_response_alg: client.meta.id_token_signed_response_alg.clone(),
+            require_pushed_authorization_requests: client
+                .meta
+                .require_pushed_authorization_requests,
         }
     }
 }

@@ -34,6 +34,12 @@ pub enum ApiError {
     InvalidRedirectUri(String),
     /// 400 `invalid_client_metadata` (RFC 7591 §3.2.2).
     InvalidClientMetadata(String),
+    /// 400 with another code refusing an authorization request (`unsupported_response_type`,
+    /// `request_not_supported`) where the client reads it directly (RFC 9126 §2.3).
+    AuthorizationRefused {
+        code: &'static str,
+        description: String,
+    },
     /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
     Forbidden {
         code: &'static str,
@@ -76,6 +82,7 @@ impl ApiError {
             ApiError::InvalidClientMetadata(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_client_metadata")
             }
+            ApiError::AuthorizationRefused { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
@@ -112,7 +119,8 @@ impl ApiError {
             | ApiError::InvalidRedirectUri(d)
             | ApiError::InvalidClientMetadata(d)
             | ApiError::Conflict(d) => d.clone(),
-            ApiError::Forbidden { description, .. } => description.clone(),
+            ApiError::Forbidden { description, .. }
+            | ApiError::AuthorizationRefused { description, .. } => description.clone(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
@@ -265,6 +273,14 @@ mod tests {
                 ApiError::InvalidClientMetadata("x".into()),
                 400,
                 "invalid_client_metadata",
+            ),
+            (
+                ApiError::AuthorizationRefused {
+                    code: "unsupported_response_type",
+                    description: "x".into(),
+                },
+                400,
+                "unsupported_response_type",
             ),
             (
                 ApiError::Forbidden {

@@ -1,15 +1,19 @@
 //! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
-//! (RFC 7009) and `POST /oauth/introspect` (RFC 7662). Form-encoded bodies only; clients
-//! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
-//! the body (`client_secret_post`), or, when public, with `client_id` alone.
+//! (RFC 7009), `POST /oauth/introspect` (RFC 7662) and `POST /oauth/par` (RFC 9126,
+//! docs/authorize.md). Form-encoded bodies only; clients authenticate with HTTP Basic
+//! (`client_secret_basic`), with `client_id` + `client_secret` in the body
+//! (`client_secret_post`), or, when public, with `client_id` alone.
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
+use serde::de::DeserializeOwned;
+
 use super::state::AppState;
 use super::{empty, json_no_store, read_form, ApiError, ApiResult};
+use crate::domain::authorize::AuthorizeParams;
 use crate::domain::oauth::{
     Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
 };
@@ -52,6 +56,39 @@ impl OAuthForm {
     }
 }
 
+/// The form of `POST /oauth/par` (RFC 9126 §2.1): the authorization request's parameters and
+/// the client's credentials. A parameter sent twice is refused, as at the other endpoints.
+#[derive(Debug, Default, Deserialize)]
+struct ParForm {
+    #[serde(flatten)]
+    params: AuthorizeParams,
+    client_secret: Option<String>,
+}
+
+/// Where a form carries the client's credentials (RFC 6749 §2.3.1); empty counts as omitted.
+trait ClientFields {
+    fn client_id(&self) -> Option<&str>;
+    fn client_secret(&self) -> Option<&str>;
+}
+
+impl ClientFields for OAuthForm {
+    fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref().filter(|s| !s.is_empty())
+    }
+    fn client_secret(&self) -> Option<&str> {
+        self.client_secret.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
+impl ClientFields for ParForm {
+    fn client_id(&self) -> Option<&str> {
+        self.params.client_id.as_deref().filter(|s| !s.is_empty())
+    }
+    fn client_secret(&self) -> Option<&str> {
+        self.client_secret.as_deref().filter(|s| !s.is_empty())
+    }
+}
+
 impl From<OAuthError> for ApiError {
     fn from(e: OAuthError) -> Self {
         match e {
@@ -61,6 +98,12 @@ impl From<OAuthError> for ApiError {
             OAuthError::UnauthorizedClient(d) => ApiError::UnauthorizedClient(d),
             OAuthError::UnsupportedGrantType(d) => ApiError::UnsupportedGrantType(d),
             OAuthError::InvalidScope(d) => ApiError::InvalidScope(d),
+            OAuthError::AuthorizationRefused { error, description } => {
+                ApiError::AuthorizationRefused {
+                    code: error,
+                    description,
+                }
+            }
             OAuthError::Other(e) => e.into(),
         }
     }
@@ -117,17 +160,17 @@ fn basic_credentials(value: &HeaderValue) -> Result<(String, String), OAuthError
 /// Who the request says it is, from the header or the body, never both (RFC 6749 §2.3).
 fn presented_client(
     authorization: Option<&HeaderValue>,
-    form: &OAuthForm,
+    form: &impl ClientFields,
 ) -> Result<ClientCredentials, OAuthError> {
     if let Some(value) = authorization {
         let (client_id, secret) = basic_credentials(value)?;
-        if form.client_secret.is_some() {
+        if form.client_secret().is_some() {
             return Err(OAuthError::InvalidRequest(
                 "use one client authentication method: Basic or client_secret in the body, not both"
                     .into(),
             ));
         }
-        if form.client_id.as_ref().is_some_and(|id| *id != client_id) {
+        if form.client_id().is_some_and(|id| id != client_id) {
             return Err(OAuthError::InvalidRequest(
                 "client_id in the body differs from the Basic credentials".into(),
             ));
@@ -139,10 +182,10 @@ fn presented_client(
             basic: true,
         });
     }
-    match (&form.client_id, &form.client_secret) {
+    match (form.client_id(), form.client_secret()) {
         (Some(id), secret) => Ok(ClientCredentials {
-            client_id: id.clone(),
-            secret: secret.clone(),
+            client_id: id.to_string(),
+            secret: secret.map(String::from),
             basic: false,
         }),
         (None, Some(_)) => Err(OAuthError::InvalidRequest(
@@ -155,15 +198,14 @@ fn presented_client(
 }
 
 /// Reads the form and authenticates the client.
-async fn authenticated(
+async fn authenticated<F: DeserializeOwned + ClientFields>(
     state: &AppState,
     req: Request<Incoming>,
     public: PublicClients,
-) -> Result<(Client, OAuthForm), ApiError> {
+) -> Result<(Client, F), ApiError> {
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let source = super::client_ip(&req, &state.trusted_proxies);
-    let form: OAuthForm = read_form(req, state.body_limit).await?;
-    let form = form.normalized();
+    let form: F = read_form(req, state.body_limit).await?;
     let creds = presented_client(authorization.as_ref(), &form)?;
     let client = state
         .oauth
@@ -174,7 +216,8 @@ async fn authenticated(
 
 /// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6).
 pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
+    let (client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Allowed).await?;
+    let form = form.normalized();
     let request = TokenRequest {
         grant_type: form.grant_type,
         username: form.username,
@@ -191,7 +234,8 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
 
 /// `POST /oauth/revoke` (RFC 7009): 200 with an empty body whether or not the token was known.
 pub(crate) async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let (client, form) = authenticated(state, req, PublicClients::Allowed).await?;
+    let (client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Allowed).await?;
+    let form = form.normalized();
     let token = form
         .token
         .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
@@ -202,13 +246,22 @@ pub(crate) async fn revoke(state: &AppState, req: Request<Incoming>) -> ApiResul
 
 /// `POST /oauth/introspect` (RFC 7662): confidential clients only.
 pub(crate) async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let (_client, form) = authenticated(state, req, PublicClients::Refused).await?;
+    let (_client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Refused).await?;
+    let form = form.normalized();
     let token = form
         .token
         .ok_or_else(|| ApiError::InvalidRequest("missing parameter token".into()))?;
     let hint = TokenHint::parse(form.token_type_hint.as_deref());
     let answer = state.oauth.introspect(&token, hint).await?;
     json_no_store(StatusCode::OK, &answer)
+}
+
+/// `POST /oauth/par` (RFC 9126 §2): a client, authenticated as at the token endpoint, pushes
+/// an authorization request; 201 with the `request_uri` to send the browser with.
+pub(crate) async fn par(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let (client, form) = authenticated::<ParForm>(state, req, PublicClients::Allowed).await?;
+    let pushed = state.authorize.push(&client, &form.params).await?;
+    json_no_store(StatusCode::CREATED, &pushed)
 }
 
 #[cfg(test)]
@@ -265,6 +318,32 @@ mod tests {
         assert_eq!(presented_client(None, &public).unwrap().secret, None);
         assert!(matches!(
             presented_client(None, &OAuthForm::default()),
+            Err(OAuthError::InvalidClient(_))
+        ));
+    }
+
+    #[test]
+    fn a_pushed_request_form_holds_the_authorization_parameters_and_the_credentials() {
+        let form: ParForm = serde_urlencoded::from_str(
+            "client_id=web&client_secret=s&response_type=code&scope=openid+read&unknown=1",
+        )
+        .unwrap();
+        assert_eq!(form.params.response_type.as_deref(), Some("code"));
+        assert_eq!(form.params.scope.as_deref(), Some("openid read"));
+        let creds = presented_client(None, &form).unwrap();
+        assert_eq!(creds.client_id, "web");
+        assert_eq!(creds.secret.as_deref(), Some("s"));
+        // A parameter sent twice is refused (RFC 6749 §3.1), inside the flattened part too.
+        for twice in ["scope=a&scope=b", "client_secret=a&client_secret=b"] {
+            assert!(
+                serde_urlencoded::from_str::<ParForm>(twice).is_err(),
+                "{twice}"
+            );
+        }
+        // Empty credentials count as omitted.
+        let form: ParForm = serde_urlencoded::from_str("client_id=&client_secret=").unwrap();
+        assert!(matches!(
+            presented_client(None, &form),
             Err(OAuthError::InvalidClient(_))
         ));
     }

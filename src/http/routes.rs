@@ -129,6 +129,9 @@ fn table() -> Vec<Route> {
             .rate_limited(),
         Route::at("/oauth/revoke").post(handler!(oauth::revoke)),
         Route::at("/oauth/introspect").post(handler!(oauth::introspect)),
+        Route::at("/oauth/par")
+            .post(handler!(oauth::par))
+            .rate_limited(),
         Route::at("/openapi.json").memory(openapi::openapi),
         Route::at("/healthz")
             .memory(|_, _| ops::healthz())
@@ -464,6 +467,7 @@ mod tests {
                 "/auth/login",
                 "/auth/token/refresh",
                 "/oauth/token",
+                "/oauth/par",
                 "/oauth/authorize",
                 "/login",
                 "/oauth/register"

@@ -173,6 +173,10 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "authorization_endpoint": format!("{issuer}/oauth/authorize"),
+        // RFC 9126 §5: per-client policy only (`require_pushed_authorization_requests` in the
+        // client's metadata, §6).
+        "pushed_authorization_request_endpoint": format!("{issuer}/oauth/par"),
+        "require_pushed_authorization_requests": false,
         "grant_types_supported": GRANT_TYPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],

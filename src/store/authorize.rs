@@ -1,8 +1,9 @@
 //! What the authorization code flow and the browser session remember (docs/authorize.md):
-//! pending authorization requests, codes, browser sessions (Redis in production, memory in
-//! embedded mode) and consents (MongoDB in production, memory in embedded mode). Values are
-//! opaque to the stores: the domain serialises them; ids are hashes the domain computes, so a
-//! store dump never holds a usable code or cookie.
+//! pending authorization requests, pushed authorization requests (RFC 9126), codes, browser
+//! sessions (Redis in production, memory in embedded mode) and consents (MongoDB in
+//! production, memory in embedded mode). Values are opaque to the stores: the domain
+//! serialises them; ids are hashes the domain computes, so a store dump never holds a usable
+//! code, cookie or request URI.
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,19 @@ pub trait AuthorizeStore: Send + Sync {
     /// Reads and forgets the request under `id` in one step: of concurrent callers, exactly one
     /// gets it.
     async fn take_request(&self, id: &str) -> Result<Option<String>, StoreError>;
+
+    /// Keeps a pushed authorization request (RFC 9126 §2) under `id` for `ttl_ms`, apart from
+    /// the pending requests: a pushed request is never found by [`Self::request`] nor a pending
+    /// one by [`Self::take_pushed_request`].
+    async fn put_pushed_request(
+        &self,
+        id: &str,
+        request: &str,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError>;
+    /// Reads and forgets the pushed request under `id` in one step, if it has not expired: of
+    /// concurrent callers, exactly one gets it (a request URI is used once, RFC 9126 §4).
+    async fn take_pushed_request(&self, id: &str) -> Result<Option<String>, StoreError>;
 
     /// Keeps a code's grant under the code's hash for `ttl_ms`.
     async fn put_code(&self, code_hash: &str, grant: &str, ttl_ms: i64) -> Result<(), StoreError>;

@@ -224,6 +224,25 @@ impl AuthorizeStore for Instrumented<dyn AuthorizeStore> {
         self.time("authorize_take_request", self.inner.take_request(id))
             .await
     }
+    async fn put_pushed_request(
+        &self,
+        id: &str,
+        request: &str,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "authorize_put_pushed_request",
+            self.inner.put_pushed_request(id, request, ttl_ms),
+        )
+        .await
+    }
+    async fn take_pushed_request(&self, id: &str) -> Result<Option<String>, StoreError> {
+        self.time(
+            "authorize_take_pushed_request",
+            self.inner.take_pushed_request(id),
+        )
+        .await
+    }
     async fn put_code(&self, code_hash: &str, grant: &str, ttl_ms: i64) -> Result<(), StoreError> {
         self.time(
             "authorize_put_code",

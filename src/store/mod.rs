@@ -184,6 +184,9 @@ pub struct ClientMetadata {
     pub token_endpoint_auth_method: Option<String>,
     /// The signing algorithm of this client's ID tokens.
     pub id_token_signed_response_alg: Option<String>,
+    /// The client must push its authorization requests (RFC 9126 §6): a plain request to the
+    /// authorization endpoint is refused.
+    pub require_pushed_authorization_requests: bool,
 }
 
 impl std::fmt::Debug for ClientRecord {

@@ -13,6 +13,7 @@
 //! | `{prefix}uclm:{<user_id>}` | hash | the user's claims as last changed: `v` (version), `u` (username), `r` (roles, a JSON array) |
 //! | `{prefix}lease:{<name>}` | string | a lease and its holder |
 //! | `{prefix}areq:{<id>}` | string | a pending authorization request (taken once, `GETDEL`) |
+//! | `{prefix}par:{<id>}` | string | a pushed authorization request (RFC 9126; taken once, `GETDEL`) |
 //! | `{prefix}code:{<code hash>}` | hash | an authorization code: `grant`, and `used`, `replayed` once redeemed (RFC 6749 §4.1.2) |
 //! | `{prefix}bsess:{<id>}` | string | a browser session |
 //! | `{prefix}bsfam:{<id>}` | set | the refresh families started through the browser session (same slot as it) |

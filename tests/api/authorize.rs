@@ -11,12 +11,12 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::in_both_modes;
 
-const PASSWORD: &str = "correct horse battery";
-const WEB_SECRET: &str = "web-secret-0123456789";
-const REDIRECT: &str = "https://app.example/cb";
+pub(crate) const PASSWORD: &str = "correct horse battery";
+pub(crate) const WEB_SECRET: &str = "web-secret-0123456789";
+pub(crate) const REDIRECT: &str = "https://app.example/cb";
 const LOGOUT_REDIRECT: &str = "https://app.example/bye";
-const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+pub(crate) const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+pub(crate) const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
 
 in_both_modes!(
     the_code_flow_signs_in_consents_and_issues_tokens_with_an_id_token,
@@ -48,10 +48,10 @@ fn clients() -> Value {
     ])
 }
 
-struct App {
-    app: TestApp,
+pub(crate) struct App {
+    pub(crate) app: TestApp,
     /// A browser: keeps cookies, follows nothing by itself.
-    browser: reqwest::Client,
+    pub(crate) browser: reqwest::Client,
     _file: tempfile::NamedTempFile,
 }
 
@@ -63,7 +63,12 @@ impl std::ops::Deref for App {
 }
 
 async fn spawn(mode: Mode) -> App {
-    let file = write_clients_file(&clients());
+    spawn_with_clients(mode, &clients()).await
+}
+
+/// An app with these static clients and the user `ada`, and a browser.
+pub(crate) async fn spawn_with_clients(mode: Mode, clients: &Value) -> App {
+    let file = write_clients_file(clients);
     let path = file.path().to_string_lossy().into_owned();
     let app = spawn_app_with(mode, |env| {
         env.insert("TOKEND_CLIENTS_FILE".into(), path);
@@ -78,7 +83,7 @@ async fn spawn(mode: Mode) -> App {
     }
 }
 
-fn new_browser() -> reqwest::Client {
+pub(crate) fn new_browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
@@ -86,7 +91,7 @@ fn new_browser() -> reqwest::Client {
         .expect("client")
 }
 
-fn location(res: &Response) -> String {
+pub(crate) fn location(res: &Response) -> String {
     res.headers()
         .get("location")
         .unwrap_or_else(|| panic!("no Location on {}", res.status()))
@@ -95,14 +100,14 @@ fn location(res: &Response) -> String {
         .to_string()
 }
 
-fn query_of(url: &str) -> HashMap<String, String> {
+pub(crate) fn query_of(url: &str) -> HashMap<String, String> {
     let u = url::Url::parse(url)
         .unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
     u.query_pairs().into_owned().collect()
 }
 
 /// The value of the hidden `csrf_token` field of a page.
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let start = html
         .find("name=\"csrf_token\" value=\"")
         .unwrap_or_else(|| panic!("no csrf_token in {html}"))
@@ -135,7 +140,7 @@ fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String 
 }
 
 impl App {
-    async fn get(&self, url: &str) -> Response {
+    pub(crate) async fn get(&self, url: &str) -> Response {
         let url = if url.starts_with('/') {
             self.url(url)
         } else {
@@ -144,7 +149,7 @@ impl App {
         self.browser.get(url).send().await.unwrap()
     }
 
-    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
+    pub(crate) async fn post(&self, path: &str, form: &[(&str, &str)]) -> Response {
         self.browser
             .post(self.url(path))
             .form(form)
@@ -154,7 +159,7 @@ impl App {
     }
 
     /// Signs in on the page the authorization sent the browser to; answers the response.
-    async fn sign_in(&self, login_location: &str, password: &str) -> Response {
+    pub(crate) async fn sign_in(&self, login_location: &str, password: &str) -> Response {
         assert!(
             login_location.starts_with("/login?req="),
             "{login_location}"
@@ -178,7 +183,7 @@ impl App {
     }
 
     /// Allows or denies on the consent page; answers the response.
-    async fn consent(&self, consent_location: &str, decision: &str) -> Response {
+    pub(crate) async fn consent(&self, consent_location: &str, decision: &str) -> Response {
         assert!(
             consent_location.starts_with("/consent?req="),
             "{consent_location}"
@@ -209,7 +214,7 @@ impl App {
         query_of(&to)
     }
 
-    async fn redeem(&self, code: &str, verifier: &str) -> Response {
+    pub(crate) async fn redeem(&self, code: &str, verifier: &str) -> Response {
         self.http
             .post(self.url("/oauth/token"))
             .basic_auth("web", Some(WEB_SECRET))
@@ -224,7 +229,7 @@ impl App {
             .unwrap()
     }
 
-    async fn redeem_ok(&self, code: &str) -> Value {
+    pub(crate) async fn redeem_ok(&self, code: &str) -> Value {
         let res = self.redeem(code, VERIFIER).await;
         let status = res.status();
         let body: Value = res.json().await.unwrap();

@@ -680,6 +680,9 @@ fn any_form_on_the_oauth_endpoints_answers_below_500() {
             "refresh_token".to_string(),
             "client_credentials".to_string(),
             "authorization_code".to_string(),
+            "code".to_string(),
+            "S256".to_string(),
+            "urn:ietf:params:oauth:request_uri:x".to_string(),
             "svc".to_string(),
             SVC_SECRET.to_string(),
             "read write".to_string(),
@@ -701,6 +704,11 @@ fn any_form_on_the_oauth_endpoints_answers_below_500() {
                     "client_secret",
                     "token",
                     "token_type_hint",
+                    "response_type",
+                    "redirect_uri",
+                    "code_challenge",
+                    "code_challenge_method",
+                    "request_uri",
                 ])
                 .prop_map(String::from),
                 ".{0,12}",
@@ -716,7 +724,12 @@ fn any_form_on_the_oauth_endpoints_answers_below_500() {
     runner
         .run(
             &(
-                prop::sample::select(vec!["/oauth/token", "/oauth/revoke", "/oauth/introspect"]),
+                prop::sample::select(vec![
+                    "/oauth/token",
+                    "/oauth/revoke",
+                    "/oauth/introspect",
+                    "/oauth/par",
+                ]),
                 pairs,
                 basic,
                 any::<bool>(),

@@ -2,8 +2,10 @@
 //! (docs/authorize.md): Python's Authlib as a confidential client and node's openid-client as a
 //! public one, each from discovery through PKCE S256, state and nonce, the hosted sign-in and
 //! consent pages, the code exchange, the library's own ID token validation (signature from the
-//! JWKS, iss, aud, nonce; at_hash with Authlib), userinfo and a refresh. The scripts are in
-//! `tests/rp/`; `deploy/test.sh` installs the pinned libraries and exports where they are.
+//! JWKS, iss, aud, nonce; at_hash with Authlib), userinfo and a refresh; and openid-client
+//! again through a pushed authorization request (RFC 9126) for a client that must push. The
+//! scripts are in `tests/rp/`; `deploy/test.sh` installs the pinned libraries and exports where
+//! they are.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,12 +26,16 @@ const ENV_REQUIRE_RP: &str = "TOKEND_TEST_REQUIRE_RP";
 
 const PASSWORD: &str = "correct horse battery";
 const AUTHLIB_SECRET: &str = "authlib-secret-0123456789abcdef";
+const NODE_PAR_SECRET: &str = "node-par-secret-0123456789abcdef";
 /// Never contacted: the scripts catch the redirect to it (RFC 8252 §7.3 loopback URI).
 const REDIRECT: &str = "http://127.0.0.1:9/cb";
 /// How long one script may take.
 const SCRIPT_WITHIN: Duration = Duration::from_secs(120);
 
-in_both_modes!(authlib_and_openid_client_complete_the_code_flow);
+in_both_modes!(
+    authlib_and_openid_client_complete_the_code_flow,
+    openid_client_signs_in_with_a_pushed_authorization_request,
+);
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -129,9 +135,11 @@ fn assert_summary(summary: &Value, library: &str, sub: &str) {
     assert_eq!(summary["email"], "ada@example.com", "{summary}");
 }
 
-async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
-    let tools = match tools() {
-        Ok(t) => t,
+/// The relying-party libraries, or `None` (the test is skipped) when they are missing and not
+/// required.
+fn tools_or_skip() -> Option<Tools> {
+    match tools() {
+        Ok(t) => Some(t),
         Err(why) if required() => {
             panic!("relying-party libraries missing ({why}); deploy/test.sh installs them")
         }
@@ -141,8 +149,14 @@ async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
                  deploy/test.sh (it installs Authlib and openid-client under target/), or set \
                  {ENV_RP_PYTHON} and {ENV_RP_NODE_DIR}; {ENV_REQUIRE_RP}=1 makes this a failure"
             );
-            return;
+            None
         }
+    }
+}
+
+async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
+    let Some(tools) = tools_or_skip() else {
+        return;
     };
     let file = write_clients_file(&json!([
         {"client_id": "authlib-web", "client_secret": AUTHLIB_SECRET,
@@ -198,5 +212,75 @@ async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
     .await;
     assert_summary(&openid_client, "openid-client", &sub);
 
+    app.stop().await;
+}
+
+/// openid-client's `buildAuthorizationUrlWithPAR` (RFC 9126) for a confidential client that
+/// must push (`require_pushed_authorization_requests`): the push with HTTP Basic, an
+/// authorization URL of `client_id` and `request_uri` only, sign-in and consent, the code
+/// exchange and the ID token validated by the library; the request URI then refused a second
+/// time, and the plain authorization request refused.
+async fn openid_client_signs_in_with_a_pushed_authorization_request(mode: Mode) {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let file = write_clients_file(&json!([
+        {"client_id": "node-par", "client_secret": NODE_PAR_SECRET,
+         "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT],
+         "client_name": "openid-client PAR Example",
+         "require_pushed_authorization_requests": true},
+    ]));
+    let port = crate::services::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+    })
+    .await;
+    let res = app.register("ada", "ada@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let user: Value = res.json().await.unwrap();
+    let sub = user["id"].as_str().unwrap().to_string();
+
+    let summary = run_script(
+        &PathBuf::from("node"),
+        "tests/rp/openid_client_par_flow.mjs",
+        &[
+            &issuer,
+            "node-par",
+            NODE_PAR_SECRET,
+            REDIRECT,
+            "ada",
+            PASSWORD,
+        ],
+        &[("RP_NODE_MODULES", &tools.node_modules)],
+    )
+    .await;
+    assert_eq!(summary["library"], "openid-client", "{summary}");
+    assert_eq!(summary["flow"], "par", "{summary}");
+    assert_eq!(
+        summary["authorization_url_parameters"],
+        json!(["client_id", "request_uri"]),
+        "{summary}"
+    );
+    assert_eq!(summary["sub"], sub.as_str(), "{summary}");
+    assert_eq!(summary["userinfo_sub"], sub.as_str(), "{summary}");
+    assert_eq!(summary["id_token_validated"], true, "{summary}");
+    assert_eq!(summary["id_token_alg"], "RS256", "{summary}");
+    assert_eq!(summary["nonce_checked"], true, "{summary}");
+    assert_eq!(summary["consent_page"], true, "{summary}");
+    assert_eq!(summary["email"], "ada@example.com", "{summary}");
+    assert_eq!(summary["request_uri_single_use"], true, "{summary}");
+    assert_eq!(summary["plain_request_refused"], true, "{summary}");
+    let m = app.metrics_text().await;
+    let pushed = m.lines().any(|l| {
+        l.starts_with("tokend_authorizations_total{")
+            && l.contains("event=\"pushed\"")
+            && l.ends_with(" 1")
+    });
+    assert!(pushed, "one pushed request counted: {m}");
     app.stop().await;
 }

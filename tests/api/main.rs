@@ -20,6 +20,7 @@ mod oauth;
 mod openapi;
 mod ops;
 mod pages;
+mod par;
 mod races;
 mod registration;
 mod relying_party;

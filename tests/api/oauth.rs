@@ -1158,7 +1158,7 @@ async fn a_secret_of_the_generated_shape_works_in_raw_basic(mode: Mode) {
 }
 
 /// Runs the `tokend` binary with exactly `env`, from an empty directory (no `.env`).
-fn tokend_cli(env: &HashMap<String, String>, args: &[&str]) -> Output {
+pub(crate) fn tokend_cli(env: &HashMap<String, String>, args: &[&str]) -> Output {
     let dir = tempfile::tempdir().unwrap();
     Command::new(env!("CARGO_BIN_EXE_tokend"))
         .args(args)

@@ -63,6 +63,7 @@ fn client(id: &str) -> ClientRecord {
             client_name: Some("Example «app»".into()),
             token_endpoint_auth_method: Some("client_secret_basic".into()),
             id_token_signed_response_alg: Some("RS256".into()),
+            require_pushed_authorization_requests: true,
         },
         registration: None,
     }
@@ -818,6 +819,56 @@ async fn a_request_is_taken_by_exactly_one_of_concurrent_callers(s: Arc<dyn Auth
     assert_eq!(s.request(&id).await.unwrap(), None);
 }
 
+async fn pushed_requests_are_taken_once_apart_from_pending_ones(s: Arc<dyn AuthorizeStore>) {
+    let (id, other) = (new_id(), new_id());
+    assert_eq!(s.take_pushed_request(&id).await.unwrap(), None);
+    s.put_pushed_request(&id, "pushed-1", MINUTE_MS)
+        .await
+        .unwrap();
+    s.put_pushed_request(&other, "other", MINUTE_MS)
+        .await
+        .unwrap();
+    // A pushed request is not a pending one, nor the reverse, under the same id.
+    assert_eq!(s.request(&id).await.unwrap(), None);
+    assert_eq!(s.take_request(&id).await.unwrap(), None);
+    s.put_request(&id, "pending", MINUTE_MS).await.unwrap();
+    assert_eq!(
+        s.take_pushed_request(&id).await.unwrap().as_deref(),
+        Some("pushed-1")
+    );
+    assert_eq!(s.take_pushed_request(&id).await.unwrap(), None);
+    assert_eq!(s.request(&id).await.unwrap().as_deref(), Some("pending"));
+    // Another pushed request is untouched.
+    assert_eq!(
+        s.take_pushed_request(&other).await.unwrap().as_deref(),
+        Some("other")
+    );
+    assert_eq!(
+        s.take_request(&id).await.unwrap().as_deref(),
+        Some("pending")
+    );
+}
+
+async fn a_pushed_request_is_taken_by_exactly_one_of_concurrent_callers(
+    s: Arc<dyn AuthorizeStore>,
+) {
+    let id = new_id();
+    s.put_pushed_request(&id, "the pushed request", MINUTE_MS)
+        .await
+        .unwrap();
+    let taken = in_parallel(16, |_| {
+        let (s, id) = (s.clone(), id.clone());
+        async move { s.take_pushed_request(&id).await.unwrap() }
+    })
+    .await;
+    let got: Vec<String> = taken.into_iter().flatten().collect();
+    assert_eq!(
+        got,
+        ["the pushed request"],
+        "exactly one caller takes the request (RFC 9126 §4)"
+    );
+}
+
 async fn a_code_is_redeemed_once_and_its_replay_is_seen(s: Arc<dyn AuthorizeStore>) {
     let (code, other) = (new_id(), new_id());
     s.put_code(&code, "grant-1", MINUTE_MS).await.unwrap();
@@ -1217,6 +1268,12 @@ authorize_contract!(authorization_requests_are_kept_read_and_taken_once:
 authorize_contract!(a_request_is_taken_by_exactly_one_of_concurrent_callers:
     a_request_is_taken_by_exactly_one_of_concurrent_callers_in_memory,
     a_request_is_taken_by_exactly_one_of_concurrent_callers_in_redis);
+authorize_contract!(pushed_requests_are_taken_once_apart_from_pending_ones:
+    pushed_requests_are_taken_once_apart_from_pending_ones_in_memory,
+    pushed_requests_are_taken_once_apart_from_pending_ones_in_redis);
+authorize_contract!(a_pushed_request_is_taken_by_exactly_one_of_concurrent_callers:
+    a_pushed_request_is_taken_by_exactly_one_of_concurrent_callers_in_memory,
+    a_pushed_request_is_taken_by_exactly_one_of_concurrent_callers_in_redis);
 authorize_contract!(a_code_is_redeemed_once_and_its_replay_is_seen:
     a_code_is_redeemed_once_and_its_replay_is_seen_in_memory,
     a_code_is_redeemed_once_and_its_replay_is_seen_in_redis);
@@ -1281,6 +1338,8 @@ async fn the_session_lease_and_authorize_contracts_hold_in_a_redis_cluster() {
     let authorize: Arc<dyn AuthorizeStore> = Arc::new(store.clone());
     authorization_requests_are_kept_read_and_taken_once(authorize.clone()).await;
     a_request_is_taken_by_exactly_one_of_concurrent_callers(authorize.clone()).await;
+    pushed_requests_are_taken_once_apart_from_pending_ones(authorize.clone()).await;
+    a_pushed_request_is_taken_by_exactly_one_of_concurrent_callers(authorize.clone()).await;
     a_code_is_redeemed_once_and_its_replay_is_seen(authorize.clone()).await;
     an_unknown_code_is_unknown(authorize.clone()).await;
     concurrent_redemptions_of_one_code_yield_exactly_one_first(authorize.clone()).await;
@@ -1383,7 +1442,14 @@ async fn memory_authorization_records_are_forgotten_when_their_ttl_ends() {
     let (clock, shared) = manual_clock();
     let s = MemoryAuthorize::new(shared);
     let (request, code, session, family) = (new_id(), new_id(), new_id(), new_id());
+    let (pushed, pushed_later) = (new_id(), new_id());
     s.put_request(&request, "request", MINUTE_MS).await.unwrap();
+    s.put_pushed_request(&pushed, "pushed", MINUTE_MS)
+        .await
+        .unwrap();
+    s.put_pushed_request(&pushed_later, "pushed", MINUTE_MS)
+        .await
+        .unwrap();
     s.put_code(&code, "grant", MINUTE_MS).await.unwrap();
     s.put_browser_session(&session, "session", MINUTE_MS)
         .await
@@ -1394,9 +1460,11 @@ async fn memory_authorization_records_are_forgotten_when_their_ttl_ends() {
     clock.advance(Duration::from_millis(59_999));
     assert!(s.request(&request).await.unwrap().is_some());
     assert!(s.browser_session(&session).await.unwrap().is_some());
+    assert!(s.take_pushed_request(&pushed).await.unwrap().is_some());
 
     clock.advance(Duration::from_millis(1));
     assert_eq!(s.request(&request).await.unwrap(), None);
+    assert_eq!(s.take_pushed_request(&pushed_later).await.unwrap(), None);
     assert_eq!(s.take_request(&request).await.unwrap(), None);
     assert_eq!(
         s.redeem_code(&code, DAY_MS).await.unwrap(),
@@ -1572,6 +1640,17 @@ async fn redis_authorization_records_live_as_long_as_asked() {
     assert!(near(pttl(request_key.clone()).await, MINUTE_MS));
     store.take_request(&request).await.unwrap();
     assert_eq!(pttl(request_key).await, -2, "a taken request is gone");
+
+    // A pushed request lives its minute (RFC 9126 §2.2), then is gone once taken.
+    let pushed = new_id();
+    store
+        .put_pushed_request(&pushed, "pushed", MINUTE_MS)
+        .await
+        .unwrap();
+    let pushed_key = format!("{p}par:{{{pushed}}}");
+    assert!(near(pttl(pushed_key.clone()).await, MINUTE_MS));
+    store.take_pushed_request(&pushed).await.unwrap();
+    assert_eq!(pttl(pushed_key).await, -2, "a taken pushed request is gone");
 
     // A code lives its own lifetime, then, once used, as long as a replay must be recognised.
     let code = new_id();

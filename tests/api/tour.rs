@@ -7,7 +7,8 @@
 //! `cargo run --release -- serve` line (with its variables) starts the built binary in the
 //! background and waits for it to listen (stopping the one before, as the tour's Ctrl-C does),
 //! and a header line is printed before each commented step so its output can be checked
-//! against what the comment says.
+//! against what the comment says. The sign-in section's walk-throughs (the code flow, pushed
+//! authorization requests) run the same way between their own marks.
 
 use std::path::Path;
 use std::process::Command;
@@ -273,6 +274,47 @@ fn the_readme_code_flow_tour_runs_as_written() {
     steps.shows(
         "A second redemption of the same code is refused",
         &["invalid_grant"],
+    );
+}
+
+#[test]
+fn the_readme_pushed_authorization_request_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- par-tour:start", "<!-- par-tour:end -->");
+    assert_eq!(tour.server_starts, 1, "the PAR tour starts the server once");
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the PAR tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    steps.shows(
+        "Push the request",
+        &[
+            "\"request_uri\":\"urn:ietf:params:oauth:request_uri:",
+            "\"expires_in\":60",
+        ],
+    );
+    steps.shows(
+        "The browser opens the authorization endpoint",
+        &["/login?req="],
+    );
+    steps.shows(
+        "Sign in on the page",
+        &["https://app.example/callback?code=", "state=xyz"],
+    );
+    steps.shows("Redeem the code as usual", &["\"id_token\""]);
+    steps.ends_with_lines("The request URI was used", &["400"]);
+    steps.shows(
+        "Without pushing",
+        &[
+            "https://app.example/callback?error=invalid_request",
+            "state=xyz",
+        ],
     );
 }
 

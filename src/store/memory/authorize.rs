@@ -1,6 +1,6 @@
-//! The authorization flow's state in memory (embedded mode): pending authorization requests,
-//! codes and browser sessions, expiring by the [`SharedClock`] like the session store's records,
-//! and consents, which never expire.
+//! The authorization flow's state in memory (embedded mode): pending and pushed authorization
+//! requests, codes and browser sessions, expiring by the [`SharedClock`] like the session
+//! store's records, and consents, which never expire.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -24,6 +24,8 @@ struct Code {
 struct AuthorizeInner {
     /// request id -> (request; clock time it is forgotten)
     requests: HashMap<String, (String, i64)>,
+    /// pushed request id -> (request; clock time it is forgotten)
+    pushed: HashMap<String, (String, i64)>,
     /// code hash -> the code
     codes: HashMap<String, Code>,
     /// browser session id -> (session; clock time it is forgotten)
@@ -60,6 +62,7 @@ impl AuthorizeInner {
         self.last_sweep = now;
         self.writes_since_sweep = 0;
         self.requests.retain(|_, (_, exp)| *exp > now);
+        self.pushed.retain(|_, (_, exp)| *exp > now);
         self.codes.retain(|_, c| c.expires > now);
         self.browser_sessions.retain(|_, (_, exp)| *exp > now);
         self.session_families.retain(|_, (_, exp)| *exp > now);
@@ -100,7 +103,11 @@ impl MemoryAuthorize {
     /// How many records are held, expired ones included until they are swept.
     pub fn len(&self) -> usize {
         let g = lock(&self.inner);
-        g.requests.len() + g.codes.len() + g.browser_sessions.len() + g.session_families.len()
+        g.requests.len()
+            + g.pushed.len()
+            + g.codes.len()
+            + g.browser_sessions.len()
+            + g.session_families.len()
     }
 }
 
@@ -125,6 +132,30 @@ impl AuthorizeStore for MemoryAuthorize {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         Ok(g.requests
+            .remove(id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(r, _)| r))
+    }
+
+    async fn put_pushed_request(
+        &self,
+        id: &str,
+        request: &str,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        g.maybe_sweep(now);
+        g.pushed
+            .insert(id.to_string(), (request.to_string(), expiry(now, ttl_ms)));
+        Ok(())
+    }
+
+    /// One lock for the read and the removal: a request URI is used once (RFC 9126 §4).
+    async fn take_pushed_request(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let now = self.clock.now_ms();
+        let mut g = lock(&self.inner);
+        Ok(g.pushed
             .remove(id)
             .filter(|(_, exp)| *exp > now)
             .map(|(r, _)| r))

@@ -1,7 +1,8 @@
-//! The authorization flow's short-lived state in Redis: pending authorization requests, codes
-//! and browser sessions (the key layout is in the table of the parent module). Each operation
-//! touches one logical record; where that record is two keys (a browser session and its
-//! families), both carry the session id as hash tag, so one script reaches both in a cluster.
+//! The authorization flow's short-lived state in Redis: pending and pushed authorization
+//! requests, codes and browser sessions (the key layout is in the table of the parent
+//! module). Each operation touches one logical record; where that record is two keys (a
+//! browser session and its families), both carry the session id as hash tag, so one script
+//! reaches both in a cluster.
 
 use async_trait::async_trait;
 use redis::Script;
@@ -77,6 +78,10 @@ impl RedisStore {
         format!("{}areq:{{{id}}}", self.prefix)
     }
 
+    fn pushed_request_key(&self, id: &str) -> String {
+        format!("{}par:{{{id}}}", self.prefix)
+    }
+
     fn code_key(&self, code_hash: &str) -> String {
         format!("{}code:{{{code_hash}}}", self.prefix)
     }
@@ -131,6 +136,27 @@ impl AuthorizeStore for RedisStore {
     /// `GETDEL`: one command, so of concurrent callers exactly one gets the request.
     async fn take_request(&self, id: &str) -> Result<Option<String>, StoreError> {
         let key = self.authorize_request_key(id);
+        self.run(|mut c| {
+            let key = key.clone();
+            async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }
+        })
+        .await
+    }
+
+    async fn put_pushed_request(
+        &self,
+        id: &str,
+        request: &str,
+        ttl_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.set_px(self.pushed_request_key(id), request, ttl_ms)
+            .await
+    }
+
+    /// `GETDEL`: one command, so of concurrent callers exactly one gets the request
+    /// (RFC 9126 §4).
+    async fn take_pushed_request(&self, id: &str) -> Result<Option<String>, StoreError> {
+        let key = self.pushed_request_key(id);
         self.run(|mut c| {
             let key = key.clone();
             async move { redis::cmd("GETDEL").arg(key).query_async(&mut c).await }
