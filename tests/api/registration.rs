@@ -28,6 +28,7 @@ in_both_modes!(
     a_registered_client_signs_users_in_with_consent_and_is_gone_once_deleted,
     racing_updates_and_deletes_never_bring_a_client_back,
     one_initial_access_token_registers_many_clients_at_once,
+    a_registered_client_may_require_pushed_authorization_requests,
 );
 
 /// Runs the `tokend` binary with the app's environment, from an empty directory (no `.env`);
@@ -430,6 +431,19 @@ async fn invalid_metadata_is_refused_with_the_rfc_7591_errors(mode: Mode) {
             "id_token_signed_response_alg",
         ),
         (
+            with(
+                json!({"grant_types": ["client_credentials"], "response_types": [],
+                        "require_pushed_authorization_requests": true}),
+            ),
+            "invalid_client_metadata",
+            "require_pushed_authorization_requests",
+        ),
+        (
+            with(json!({"require_pushed_authorization_requests": "yes"})),
+            "invalid_client_metadata",
+            "",
+        ),
+        (
             with(json!({"client_name": ""})),
             "invalid_client_metadata",
             "client_name",
@@ -711,6 +725,82 @@ async fn a_registered_client_is_read_updated_and_deleted_with_its_registration_a
 }
 
 /// A browser: keeps cookies, follows nothing by itself.
+/// `require_pushed_authorization_requests` (RFC 9126 §6) is registered, answered, and holds:
+/// the client's plain authorization request goes back refused, a pushed one proceeds.
+async fn a_registered_client_may_require_pushed_authorization_requests(mode: Mode) {
+    let app = spawn_reg(mode, "token").await;
+    let token = initial_token(&app, &[]).await;
+    let mut body = web_client();
+    body["require_pushed_authorization_requests"] = json!(true);
+    let info = register_ok(&app, Some(&token), &body).await;
+    assert_eq!(
+        info["require_pushed_authorization_requests"], true,
+        "{info}"
+    );
+    let id = info["client_id"].as_str().unwrap().to_string();
+    let secret = info["client_secret"].as_str().unwrap().to_string();
+    let params = [
+        ("response_type", "code"),
+        ("client_id", id.as_str()),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid"),
+        ("state", "st-par"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    let b = browser();
+    let q = serde_urlencoded::to_string(params).unwrap();
+    let res = b
+        .get(app.url(&format!("/oauth/authorize?{q}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let back = query_of(&location(&res));
+    assert_eq!(back["error"], "invalid_request", "{back:?}");
+    assert_eq!(back["state"], "st-par");
+    let pushed: Value = app
+        .http
+        .post(app.url("/oauth/par"))
+        .basic_auth(&id, Some(&secret))
+        .form(&params)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let request_uri = pushed["request_uri"].as_str().expect("a request_uri");
+    let q = serde_urlencoded::to_string([("client_id", id.as_str()), ("request_uri", request_uri)])
+        .unwrap();
+    let res = b
+        .get(app.url(&format!("/oauth/authorize?{q}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(
+        location(&res).starts_with("/login?req="),
+        "{}",
+        location(&res)
+    );
+    // Reading it back says the same.
+    let read: Value = app
+        .http
+        .get(app.url(&config_path(&info)))
+        .bearer_auth(info["registration_access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        read["require_pushed_authorization_requests"], true,
+        "{read}"
+    );
+}
+
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
