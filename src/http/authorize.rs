@@ -70,7 +70,7 @@ async fn params<T: for<'de> Deserialize<'de> + Default>(
 }
 
 /// A page for an error met while serving a page (never JSON to a person).
-fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>> {
+pub(crate) fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>> {
     let (status, code) = e.parts();
     let (title, message) = match &e {
         ApiError::TooManyRequests { retry_after } => (

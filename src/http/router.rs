@@ -106,16 +106,22 @@ impl Router {
     }
 }
 
-/// Runs a handler future, after the per-IP rate limit when the route has one.
+/// Runs a handler future, after the per-IP rate limit when the route has one. On a page
+/// route a refusal of the limit is a page too (a person reads it).
 async fn run(
     state: &AppState,
     rate_limit: RateLimit,
+    page: bool,
     handler: AsyncHandler,
     req: Request<Incoming>,
 ) -> ApiResult {
     if rate_limit == RateLimit::PerIp {
         if let Some(ip) = super::client_ip(&req, &state.trusted_proxies) {
-            state.limits.limit_ip(ip).await?;
+            match state.limits.limit_ip(ip).await {
+                Ok(()) => {}
+                Err(e) if page => return Ok(super::authorize::error_page(state, e.into())),
+                Err(e) => return Err(e.into()),
+            }
         }
     }
     handler(state, req).await
@@ -168,8 +174,9 @@ impl tower::Service<Request<Incoming>> for Router {
             Some(Handler::Async(handler)) => {
                 let state = self.state.clone();
                 let rate_limit = route.rate_limit();
+                let page = route.is_page();
                 Either::Right(Box::pin(async move {
-                    let outcome = run(&state, rate_limit, handler, req).await;
+                    let outcome = run(&state, rate_limit, page, handler, req).await;
                     Ok(finish(outcome, head))
                 }))
             }

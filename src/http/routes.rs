@@ -84,6 +84,8 @@ pub struct Route {
     rate_limit: RateLimit,
     timeout: Timeout,
     surface: Surface,
+    /// A page people see: its refusals are HTML pages, never JSON (docs/authorize.md).
+    page: bool,
 }
 
 impl std::fmt::Debug for Route {
@@ -95,6 +97,7 @@ impl std::fmt::Debug for Route {
             .field("timeout", &self.timeout)
             .field("served_from_memory", &self.served_from_memory())
             .field("surface", &self.surface)
+            .field("page", &self.page)
             .finish()
     }
 }
@@ -149,20 +152,24 @@ fn table() -> Vec<Route> {
         Route::at("/oauth/authorize")
             .get(handler!(authorize::authorize))
             .post(handler!(authorize::authorize))
-            .rate_limited(),
+            .rate_limited()
+            .page(),
         Route::at("/login")
             .get(handler!(authorize::login_page))
             .post(handler!(authorize::login_submit))
-            .rate_limited(),
+            .rate_limited()
+            .page(),
         Route::at("/consent")
             .get(handler!(authorize::consent_page))
-            .post(handler!(authorize::consent_submit)),
+            .post(handler!(authorize::consent_submit))
+            .page(),
         Route::at("/oauth/userinfo")
             .get(handler!(authorize::userinfo))
             .post(handler!(authorize::userinfo)),
         Route::at("/oauth/logout")
             .get(handler!(authorize::logout))
-            .post(handler!(authorize::logout)),
+            .post(handler!(authorize::logout))
+            .page(),
         Route::at("/users/me/consents").get(handler!(authorize::list_consents)),
         Route::at("/users/me/consents/{client_id}").delete(handler!(authorize::withdraw_consent)),
         Route::at("/oauth/register")
@@ -260,6 +267,7 @@ impl Route {
             rate_limit: RateLimit::None,
             timeout: Timeout::Request,
             surface: Surface::Api,
+            page: false,
         }
     }
 
@@ -306,6 +314,12 @@ impl Route {
         }
     }
 
+    /// A page people see (docs/authorize.md): what refuses it before its handler runs (the
+    /// per-IP limit, a store that cannot answer) is an HTML page too.
+    fn page(self) -> Route {
+        Route { page: true, ..self }
+    }
+
     fn on(self, surface: Surface) -> Route {
         Route { surface, ..self }
     }
@@ -327,6 +341,11 @@ impl Route {
     /// The `Allow` header value (`GET, HEAD, PUT`).
     pub fn allow(&self) -> &str {
         &self.allow
+    }
+
+    /// Whether the route is a page people see, whose errors are HTML pages.
+    pub fn is_page(&self) -> bool {
+        self.page
     }
 
     pub(crate) fn rate_limit(&self) -> RateLimit {

@@ -453,13 +453,13 @@ fn serve() -> Served {
     }
 }
 
-/// The routes people see: their errors are HTML pages (docs/authorize.md).
-const PAGES: [&str; 4] = ["/oauth/authorize", "/login", "/consent", "/oauth/logout"];
-
-/// Whether a raw request path names one of the [`PAGES`].
+/// Whether a raw request path names a route people see, whose errors are HTML pages
+/// (docs/authorize.md).
 fn is_page(path: &str) -> bool {
     let path = path.split('?').next().unwrap_or(path);
-    PAGES.contains(&path)
+    MatchedRoute::resolve(Listener::All, path)
+        .route()
+        .is_some_and(|r| r.is_page())
 }
 
 /// Asserts the rules every answer follows: below 500, and an error is a JSON body naming it —

@@ -74,3 +74,45 @@ async fn pages_assets_answer_404_for_any_other_name() {
         assert_eq!(body["error"], "not_found", "{path}");
     }
 }
+
+/// A page route refused by the per-IP limit before its handler runs answers a page a person
+/// can read (429 with `Retry-After`, HTML with a heading), while an API route refused by the
+/// same limit answers JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ip_limit_on_a_page_answers_a_page() {
+    let app = crate::helpers::spawn_app_with(Mode::Embedded, |env| {
+        env.insert("TOKEND_RATE_LIMIT_IP".into(), "2/min".into());
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let res = app.http.get(app.url("/login")).send().await.unwrap();
+        statuses.push(res.status());
+        if res.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(res.headers().contains_key("retry-after"));
+            let ct = res.headers()["content-type"].to_str().unwrap().to_string();
+            assert!(ct.starts_with("text/html"), "{ct}");
+            let html = res.text().await.unwrap();
+            assert!(html.contains("<h1"), "{html}");
+            assert!(html.contains("Too many attempts"), "{html}");
+        }
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"], "too_many_requests");
+}
