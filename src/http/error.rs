@@ -30,6 +30,13 @@ pub enum ApiError {
     UnsupportedGrantType(String),
     /// 400 `invalid_scope`.
     InvalidScope(String),
+    /// 400 with an RFC 8628 §3.5 code (`authorization_pending`, `slow_down`, `access_denied`,
+    /// `expired_token`); `slow_down` also says the new `interval` in seconds.
+    DeviceGrant {
+        code: &'static str,
+        description: String,
+        interval: Option<i64>,
+    },
     /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
     Forbidden {
         code: &'static str,
@@ -68,6 +75,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "unsupported_grant_type")
             }
             ApiError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            ApiError::DeviceGrant { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
@@ -102,7 +110,9 @@ impl ApiError {
             | ApiError::UnsupportedGrantType(d)
             | ApiError::InvalidScope(d)
             | ApiError::Conflict(d) => d.clone(),
-            ApiError::Forbidden { description, .. } => description.clone(),
+            ApiError::Forbidden { description, .. } | ApiError::DeviceGrant { description, .. } => {
+                description.clone()
+            }
             ApiError::InvalidCredentials => "invalid email or password".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
@@ -128,7 +138,15 @@ impl ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "store unavailable"),
             _ => {}
         }
-        let body = serde_json::json!({ "error": code, "error_description": self.description() });
+        let mut body =
+            serde_json::json!({ "error": code, "error_description": self.description() });
+        if let ApiError::DeviceGrant {
+            interval: Some(interval),
+            ..
+        } = &self
+        {
+            body["interval"] = serde_json::json!(interval);
+        }
         let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
         *res.status_mut() = status;
         let h = res.headers_mut();
@@ -246,6 +264,15 @@ mod tests {
                 "unsupported_grant_type",
             ),
             (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (
+                ApiError::DeviceGrant {
+                    code: "slow_down",
+                    description: "x".into(),
+                    interval: Some(10),
+                },
+                400,
+                "slow_down",
+            ),
             (
                 ApiError::Forbidden {
                     code: "fresh_token_required",

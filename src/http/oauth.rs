@@ -1,7 +1,8 @@
-//! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
-//! (RFC 7009) and `POST /oauth/introspect` (RFC 7662). Form-encoded bodies only; clients
-//! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
-//! the body (`client_secret_post`), or, when public, with `client_id` alone.
+//! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749; the device grant of
+//! RFC 8628 too), `POST /oauth/revoke` (RFC 7009) and `POST /oauth/introspect` (RFC 7662).
+//! Form-encoded bodies only; clients authenticate with HTTP Basic (`client_secret_basic`), with
+//! `client_id` + `client_secret` in the body (`client_secret_post`), or, when public, with
+//! `client_id` alone.
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -14,15 +15,16 @@ use crate::domain::oauth::{
     Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
 };
 
-/// Every parameter the three endpoints read. A parameter sent twice is refused
-/// (RFC 6749 §3.2); one sent without a value counts as omitted (RFC 6749 §3.1).
+/// Every parameter the three endpoints (and the device authorization endpoint) read. A
+/// parameter sent twice is refused (RFC 6749 §3.2); one sent without a value counts as omitted
+/// (RFC 6749 §3.1).
 #[derive(Debug, Default, Deserialize)]
-struct OAuthForm {
+pub(super) struct OAuthForm {
     grant_type: Option<String>,
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
-    scope: Option<String>,
+    pub(super) scope: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     token: Option<String>,
@@ -30,6 +32,7 @@ struct OAuthForm {
     code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
+    device_code: Option<String>,
 }
 
 impl OAuthForm {
@@ -48,6 +51,7 @@ impl OAuthForm {
             code: f(self.code),
             redirect_uri: f(self.redirect_uri),
             code_verifier: f(self.code_verifier),
+            device_code: f(self.device_code),
         }
     }
 }
@@ -61,6 +65,29 @@ impl From<OAuthError> for ApiError {
             OAuthError::UnauthorizedClient(d) => ApiError::UnauthorizedClient(d),
             OAuthError::UnsupportedGrantType(d) => ApiError::UnsupportedGrantType(d),
             OAuthError::InvalidScope(d) => ApiError::InvalidScope(d),
+            OAuthError::AuthorizationPending(description) => ApiError::DeviceGrant {
+                code: "authorization_pending",
+                description,
+                interval: None,
+            },
+            OAuthError::SlowDown {
+                description,
+                interval,
+            } => ApiError::DeviceGrant {
+                code: "slow_down",
+                description,
+                interval: Some(interval),
+            },
+            OAuthError::AccessDenied(description) => ApiError::DeviceGrant {
+                code: "access_denied",
+                description,
+                interval: None,
+            },
+            OAuthError::ExpiredToken(description) => ApiError::DeviceGrant {
+                code: "expired_token",
+                description,
+                interval: None,
+            },
             OAuthError::Other(e) => e.into(),
         }
     }
@@ -155,7 +182,7 @@ fn presented_client(
 }
 
 /// Reads the form and authenticates the client.
-async fn authenticated(
+pub(super) async fn authenticated(
     state: &AppState,
     req: Request<Incoming>,
     public: PublicClients,
@@ -184,6 +211,7 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         code: form.code,
         redirect_uri: form.redirect_uri,
         code_verifier: form.code_verifier,
+        device_code: form.device_code,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)

@@ -11,7 +11,9 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::state::AppState;
-use super::{admin, auth, authorize, oauth, openapi, ops, pages, users, wellknown, ApiResult};
+use super::{
+    admin, auth, authorize, device, oauth, openapi, ops, pages, users, wellknown, ApiResult,
+};
 
 /// The future of a handler, boxed so that every handler fits one table.
 pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
@@ -160,6 +162,13 @@ fn table() -> Vec<Route> {
             .post(handler!(authorize::logout)),
         Route::at("/users/me/consents").get(handler!(authorize::list_consents)),
         Route::at("/users/me/consents/{client_id}").delete(handler!(authorize::withdraw_consent)),
+        Route::at("/oauth/device_authorization")
+            .post(handler!(device::device_authorization))
+            .rate_limited(),
+        Route::at("/device")
+            .get(handler!(device::device_page))
+            .post(handler!(device::device_submit))
+            .rate_limited(),
     ]
 }
 
@@ -456,7 +465,9 @@ mod tests {
                 "/auth/token/refresh",
                 "/oauth/token",
                 "/oauth/authorize",
-                "/login"
+                "/login",
+                "/oauth/device_authorization",
+                "/device"
             ]
         );
         let memory: Vec<_> = routes()

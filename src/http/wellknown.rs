@@ -173,6 +173,7 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
         "revocation_endpoint": format!("{issuer}/oauth/revoke"),
         "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "authorization_endpoint": format!("{issuer}/oauth/authorize"),
+        "device_authorization_endpoint": format!("{issuer}/oauth/device_authorization"),
         "grant_types_supported": GRANT_TYPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],
