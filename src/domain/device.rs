@@ -28,8 +28,9 @@ use crate::store::{
 pub(crate) const DEVICE_CODE_TTL_SECS: i64 = 600;
 /// The polling interval a device starts with: `interval` (RFC 8628 §3.2).
 pub(crate) const INTERVAL_SECS: i64 = 5;
-/// How long an authorization is remembered after it expired, so that a late poll is answered
-/// `expired_token` (RFC 8628 §3.5) rather than `invalid_grant`.
+/// How long an authorization (and its user code) is remembered after it expired, so that a
+/// late poll is answered `expired_token` (RFC 8628 §3.5) rather than `invalid_grant`, and the
+/// page says "expired" rather than "not right".
 const EXPIRED_KEPT_MS: i64 = 600_000;
 /// The user-code alphabet of RFC 8628 §6.1: consonants only (no vowels, so no words; no
 /// easily confused letters), upper case.
@@ -287,7 +288,6 @@ impl Devices {
             expires_at_ms: self.clock.now_ms() + DEVICE_CODE_TTL_SECS * 1000,
             interval_secs: INTERVAL_SECS,
             keep_ms: DEVICE_CODE_TTL_SECS * 1000 + EXPIRED_KEPT_MS,
-            user_code_ttl_ms: DEVICE_CODE_TTL_SECS * 1000,
         };
         let mut user_code = None;
         for _ in 0..USER_CODE_DRAWS {

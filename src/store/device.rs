@@ -18,11 +18,10 @@ pub struct NewDevice {
     pub expires_at_ms: i64,
     /// The polling interval the device was given, seconds (`interval`).
     pub interval_secs: i64,
-    /// How long the record is kept from now: beyond `expires_at_ms`, so that a late poll is
-    /// answered `expired_token` rather than as an unknown code.
+    /// How long the record and its user code are kept from now: beyond `expires_at_ms`, so
+    /// that a late poll is answered `expired_token` and a late visit to the page "expired",
+    /// rather than as an unknown code. The user code stays taken as long.
     pub keep_ms: i64,
-    /// How long the user code stays taken from now (it is unique while the record is live).
-    pub user_code_ttl_ms: i64,
 }
 
 /// Where a device authorization stands.
@@ -123,8 +122,8 @@ pub enum DevicePoll {
 #[async_trait]
 pub trait DeviceStore: Send + Sync {
     /// Keeps a new pending authorization under `device_hash`, with `user_code_hash` as its
-    /// index. `Ok(false)`, and nothing written, when that user code is taken by another
-    /// authorization that still lives (the caller draws another).
+    /// index, both for `keep_ms`. `Ok(false)`, and nothing written, when that user code is
+    /// taken by another authorization that is still kept (the caller draws another).
     async fn start(
         &self,
         device_hash: &str,

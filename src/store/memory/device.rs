@@ -119,7 +119,7 @@ impl DeviceStore for MemoryDevices {
             user_code_hash.to_string(),
             (
                 device_hash.to_string(),
-                now.saturating_add(device.user_code_ttl_ms.max(1)),
+                now.saturating_add(device.keep_ms.max(1)),
             ),
         );
         g.devices.insert(

@@ -122,7 +122,7 @@ impl DeviceStore for RedisStore {
                         .arg(device_hash)
                         .arg("NX")
                         .arg("PX")
-                        .arg(ttl_arg(device.user_code_ttl_ms))
+                        .arg(ttl_arg(device.keep_ms))
                         .query_async(&mut c)
                         .await
                 }
