@@ -1662,3 +1662,127 @@ async fn the_device_store_contract_holds_in_a_redis_cluster() {
     concurrent_polls_of_an_approval_get_the_grant_once(s.clone(), now).await;
     concurrent_starts_with_one_user_code_keep_one(s, now).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A real browser
+// ---------------------------------------------------------------------------------------------
+
+/// A real Chromium enters the code on `/device` (after one wrong code), signs in, sees the
+/// client and the code, and approves, while the device polls the token endpoint as a CLI
+/// would until it gets its tokens; every page is screenshotted under
+/// `target/browser-screenshots/device_flow_in_a_browser/`, and any console error or CSP
+/// violation fails the test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_approves_a_device_while_it_polls() {
+    let Some(mut browser) = crate::browser::Browser::start("device_flow_in_a_browser").await else {
+        return;
+    };
+    let file = write_clients_file(&clients());
+    let port = services::free_port();
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(Mode::Embedded, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), format!("http://127.0.0.1:{port}"));
+        env.insert("TOKEND_DISPLAY_NAME".into(), "Example Corp".into());
+    })
+    .await;
+    assert_eq!(
+        app.register("ada", "ada@example.com", PASSWORD)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    let d = start(&app).await;
+    assert_eq!(
+        d["verification_uri"],
+        format!("http://127.0.0.1:{port}/device")
+    );
+    let user_code = d["user_code"].as_str().unwrap().to_string();
+
+    // The device polls at its interval (the test's clock moves by it before each poll) until
+    // it has an answer other than "pending"; the pause between polls only paces the loop.
+    let poller = {
+        let (http, url, clock) = (app.http.clone(), app.url("/oauth/token"), app.clock.clone());
+        let device_code = d["device_code"].as_str().unwrap().to_string();
+        let interval = d["interval"].as_u64().unwrap();
+        tokio::spawn(async move {
+            let mut pending = 0;
+            loop {
+                clock.advance(std::time::Duration::from_secs(interval));
+                let res = http
+                    .post(&url)
+                    .form(&[
+                        ("grant_type", GRANT),
+                        ("client_id", "tv"),
+                        ("device_code", device_code.as_str()),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status();
+                let body: Value = res.json().await.unwrap();
+                if body["error"] != "authorization_pending" || pending == 100 {
+                    return (status, body, pending);
+                }
+                pending += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    browser.goto(&app.url("/device")).await;
+    assert!(browser.text("h1").await.contains("Connect a device"));
+    browser.screenshot("code-entry").await;
+    browser.fill("Code", "BCDF-GHJK-XX").await;
+    browser.expect_status(400);
+    browser.click("Continue").await;
+    assert!(browser.text("[role=alert]").await.contains("8 letters"));
+    browser.screenshot("code-entry-error").await;
+    // Typed as a person might: lower case, a space instead of the dash.
+    browser
+        .fill("Code", &user_code.to_lowercase().replace('-', " "))
+        .await;
+    browser.click("Continue").await;
+
+    assert_eq!(browser.url().await.path(), "/login");
+    assert!(browser
+        .text("main")
+        .await
+        .contains("to connect your device"));
+    browser.screenshot("sign-in").await;
+    browser.fill("Username or email", "ada").await;
+    browser.fill("Password", PASSWORD).await;
+    browser.click("Sign in").await;
+
+    let here = browser.url().await;
+    assert_eq!(here.path(), "/device");
+    assert_eq!(
+        here.query(),
+        Some(format!("user_code={user_code}").as_str())
+    );
+    let main = browser.text("main").await;
+    assert!(main.contains("Living Room TV"), "{main}");
+    assert!(main.contains(&user_code), "the code to compare: {main}");
+    assert!(main.contains("Signed in as ada"), "{main}");
+    browser.screenshot("approve").await;
+    browser.click("Approve").await;
+
+    assert!(browser.text("h1").await.contains("Device connected"));
+    assert!(browser
+        .text("main")
+        .await
+        .contains("You can go back to your device."));
+    browser.screenshot("done").await;
+
+    let (status, tokens, pending) = poller.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    assert!(pending >= 1, "the device polled while the person approved");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(claims(tokens["id_token"].as_str().unwrap())["aud"], "tv");
+    browser.finish().await;
+}

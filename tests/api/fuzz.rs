@@ -442,7 +442,13 @@ fn serve() -> Served {
 }
 
 /// The routes people see: their errors are HTML pages (docs/authorize.md).
-const PAGES: [&str; 4] = ["/oauth/authorize", "/login", "/consent", "/oauth/logout"];
+const PAGES: [&str; 5] = [
+    "/oauth/authorize",
+    "/login",
+    "/consent",
+    "/oauth/logout",
+    "/device",
+];
 
 /// Whether a raw request path names one of the [`PAGES`].
 fn is_page(path: &str) -> bool {
