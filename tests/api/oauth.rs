@@ -564,7 +564,7 @@ async fn every_rfc_6749_error_has_its_status(mode: Mode) {
     // unsupported_grant_type.
     for grant in [
         "urn:ietf:params:oauth:grant-type:saml2-bearer",
-        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "implicit",
     ] {
         expect_error(
