@@ -4,7 +4,9 @@
 //! rules live in `domain::device`; this file reads requests and renders its answers. The
 //! token endpoint's device grant is in `oauth.rs`.
 
-use http::{header, HeaderValue, Request, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde::Deserialize;
 
@@ -119,11 +121,7 @@ fn render(state: &AppState, page: DevicePage, token: &str, new_csrf: bool) -> Ap
 }
 
 /// The page after the decision.
-fn done(
-    state: &AppState,
-    approved: bool,
-    client_name: String,
-) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+fn done(state: &AppState, approved: bool, client_name: String) -> Response<Full<Bytes>> {
     pages::html_response(
         StatusCode::OK,
         pages::device_done(
