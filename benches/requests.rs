@@ -26,7 +26,8 @@ use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
 use tokend::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemorySessions,
+    MemoryUsers,
 };
 use tokend::store::ClientRecord;
 
@@ -64,6 +65,7 @@ fn app() -> Bench {
         sessions: Arc::new(MemorySessions::new(clock.clone())),
         authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
         consents: Arc::new(MemoryConsents::new()),
+        device: Arc::new(MemoryDevices::new(clock.clone())),
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),

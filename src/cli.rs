@@ -56,7 +56,8 @@ pub(crate) enum ClientsCommand {
         /// The client id (default: a random one).
         #[arg(long)]
         id: Option<String>,
-        /// An allowed grant type: password, refresh_token, client_credentials (repeat the flag
+        /// An allowed grant type: password, refresh_token, client_credentials,
+        /// authorization_code, urn:ietf:params:oauth:grant-type:device_code (repeat the flag
         /// or separate with commas).
         #[arg(long = "grant", required = true, value_delimiter = ',')]
         grants: Vec<String>,

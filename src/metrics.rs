@@ -43,7 +43,8 @@ pub(crate) struct Metrics {
     pub(crate) revocations: IntCounterVec,
     /// `tokend_logins_total{result}` (success, invalid_credentials, rate_limited, backoff)
     pub(crate) logins: IntCounterVec,
-    /// `tokend_rate_limited_total{limit}` (ip, account, client, registration)
+    /// `tokend_rate_limited_total{limit}` (ip, account, client, registration, user_code,
+    /// user_code_global)
     pub(crate) rate_limited: IntCounterVec,
     /// `tokend_login_backoff_total`: logins refused because the account is backing off.
     pub(crate) login_backoff: IntCounter,
@@ -66,6 +67,12 @@ pub(crate) struct Metrics {
     /// `tokend_client_registrations_total{event}`: dynamic registration and management
     /// (registered, read, updated, deleted, refused, unauthorized).
     pub(crate) registrations: IntCounterVec,
+    /// Device authorizations by event (started, approved, denied, redeemed).
+    pub(crate) device_authorizations: IntCounterVec,
+    /// Polls of the device grant by answer.
+    pub(crate) device_polls: IntCounterVec,
+    /// User codes looked up on the device page, by result (valid, unknown, expired, used).
+    pub(crate) user_codes: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -169,7 +176,7 @@ impl Metrics {
             rate_limited: counter(
                 r,
                 "tokend_rate_limited_total",
-                "Requests refused with 429, by limit (ip, account, client).",
+                "Requests refused with 429, by limit (ip, account, client, user_code, user_code_global).",
                 &["limit"],
             ),
             login_backoff: {
@@ -237,6 +244,25 @@ impl Metrics {
                 "Dynamic client registration and management requests by event (registered, \
                  read, updated, deleted, refused, unauthorized).",
                 &["event"],
+            ),
+            device_authorizations: counter(
+                r,
+                "tokend_device_authorizations_total",
+                "Device authorizations by event (started, approved, denied, redeemed).",
+                &["event"],
+            ),
+            device_polls: counter(
+                r,
+                "tokend_device_polls_total",
+                "Polls of the device grant by answer (authorization_pending, slow_down, \
+                 access_denied, expired_token, invalid_grant, tokens).",
+                &["answer"],
+            ),
+            user_codes: counter(
+                r,
+                "tokend_device_user_codes_total",
+                "User codes looked up on the device page, by result (valid, unknown, expired, used).",
+                &["result"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

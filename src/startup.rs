@@ -22,12 +22,14 @@ use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENT
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemorySessions,
+    MemoryUsers,
 };
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use crate::store::{
-    AuthorizeStore, ClientStore, ConsentStore, LeaseStore, LimitStore, SessionStore, UserStore,
+    AuthorizeStore, ClientStore, ConsentStore, DeviceStore, LeaseStore, LimitStore, SessionStore,
+    UserStore,
 };
 
 /// Why the application could not start.
@@ -75,6 +77,8 @@ pub struct Backends {
     pub authorize: Arc<dyn AuthorizeStore>,
     /// Consents (MongoDB in production).
     pub consents: Arc<dyn ConsentStore>,
+    /// Device authorizations (Redis in production).
+    pub device: Arc<dyn DeviceStore>,
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
@@ -95,6 +99,7 @@ impl Backends {
                 sessions: Arc::new(MemorySessions::new(clock.clone())),
                 authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
                 consents: Arc::new(MemoryConsents::new()),
+                device: Arc::new(MemoryDevices::new(clock.clone())),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -135,6 +140,7 @@ impl Backends {
                     consents: mongo,
                     sessions: redis.clone(),
                     authorize: redis.clone(),
+                    device: redis.clone(),
                     keystore: Arc::new(keystore),
                     limits: redis.clone(),
                     lease: Some(redis),
@@ -158,6 +164,7 @@ impl Backends {
             consents: Arc::new(Instrumented::new(self.consents, doc_store, metrics.clone())),
             sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
             authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
+            device: Arc::new(Instrumented::new(self.device, kv_store, metrics.clone())),
             ..self
         }
     }
@@ -280,6 +287,7 @@ impl Application {
             limits: b.limits,
             authorize: b.authorize,
             consents: b.consents,
+            device: b.device,
             keys,
             passwords,
             metrics: metrics.clone(),
@@ -309,6 +317,7 @@ impl Application {
             sessions,
             oauth,
             authorize,
+            devices,
             admin,
             limits,
             published,
@@ -319,6 +328,7 @@ impl Application {
             sessions,
             oauth,
             authorize,
+            devices,
             browser: BrowserSettings {
                 secure: config.issuer.starts_with("https://"),
                 branding: Branding {

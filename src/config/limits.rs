@@ -1,5 +1,6 @@
 //! Rate limits (docs/hardening.md): per client IP over the limited endpoints and per account,
-//! and the switch that turns both off.
+//! the wrong user codes of the device page per client IP and over the service
+//! (docs/device.md), and the switch that turns them all off.
 
 use std::fmt;
 use std::time::Duration;
@@ -13,16 +14,22 @@ pub(super) struct Limits {
     pub(super) rate_limit_enabled: bool,
     pub(super) rate_limit_ip: Rate,
     pub(super) rate_limit_account: Rate,
+    pub(super) rate_limit_user_code: Rate,
+    pub(super) rate_limit_user_code_global: Rate,
 }
 
 pub(super) fn read(r: &mut Reader<'_>) -> Option<Limits> {
     let rate_limit_enabled = r.value(&vars::RATE_LIMIT, parse_switch);
     let rate_limit_ip = r.value(&vars::RATE_LIMIT_IP, str::parse);
     let rate_limit_account = r.value(&vars::RATE_LIMIT_ACCOUNT, str::parse);
+    let rate_limit_user_code = r.value(&vars::RATE_LIMIT_USER_CODE, str::parse);
+    let rate_limit_user_code_global = r.value(&vars::RATE_LIMIT_USER_CODE_GLOBAL, str::parse);
     Some(Limits {
         rate_limit_enabled: rate_limit_enabled?,
         rate_limit_ip: rate_limit_ip?,
         rate_limit_account: rate_limit_account?,
+        rate_limit_user_code: rate_limit_user_code?,
+        rate_limit_user_code_global: rate_limit_user_code_global?,
     })
 }
 

@@ -10,7 +10,7 @@
 //! - `signing.rs`: signing algorithms, RSA size, the rotation schedule;
 //! - `stores.rs`: the running mode and its stores;
 //! - `accounts.rs`: Argon2id, admins, the bootstrap admin, static clients;
-//! - `limits.rs`: rate limits;
+//! - `limits.rs`: rate limits (the device page's user-code limits too);
 //! - `registration.rs`: dynamic client registration and its rate limit;
 //! - `logging.rs`: log filter and format.
 //!
@@ -126,12 +126,18 @@ pub struct Config {
     pub(crate) shutdown_grace: Duration,
     /// `TOKEND_METRICS_LISTEN`: a separate listener for `/metrics`, `/healthz`, `/readyz`.
     pub(crate) metrics_listen: Option<SocketAddr>,
-    /// `TOKEND_RATE_LIMIT=off` disables both limits (benchmarks).
+    /// `TOKEND_RATE_LIMIT=off` disables every limit (benchmarks).
     pub(crate) rate_limit_enabled: bool,
     /// `TOKEND_RATE_LIMIT_IP`, default `600/min` per client IP over the limited endpoints.
     pub(crate) rate_limit_ip: Rate,
     /// `TOKEND_RATE_LIMIT_ACCOUNT`, default `30/min` per account (and per client id).
     pub(crate) rate_limit_account: Rate,
+    /// `TOKEND_RATE_LIMIT_USER_CODE`, default `10/min`: wrong user codes on the device page per
+    /// client IP.
+    pub(crate) rate_limit_user_code: Rate,
+    /// `TOKEND_RATE_LIMIT_USER_CODE_GLOBAL`, default `100/min`: wrong user codes on the device
+    /// page over the whole service, whatever address they come from.
+    pub(crate) rate_limit_user_code_global: Rate,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.
     pub(crate) trusted_proxies: Vec<IpNet>,
     /// `TOKEND_TLS_CERT` and `TOKEND_TLS_KEY` (PEM files), both or neither.
@@ -254,6 +260,8 @@ fn assemble(
         rate_limit_enabled,
         rate_limit_ip,
         rate_limit_account,
+        rate_limit_user_code,
+        rate_limit_user_code_global,
     } = limits?;
     let browser::Browser {
         cors_origins,
@@ -303,6 +311,8 @@ fn assemble(
         rate_limit_enabled,
         rate_limit_ip,
         rate_limit_account,
+        rate_limit_user_code,
+        rate_limit_user_code_global,
         trusted_proxies,
         tls,
         refresh_cookie,

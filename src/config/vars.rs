@@ -144,6 +144,8 @@ pub(crate) static VARS: &[&Var] = &[
     &RATE_LIMIT,
     &RATE_LIMIT_IP,
     &RATE_LIMIT_ACCOUNT,
+    &RATE_LIMIT_USER_CODE,
+    &RATE_LIMIT_USER_CODE_GLOBAL,
     &TRUSTED_PROXIES,
     &TLS_CERT,
     &TLS_KEY,
@@ -532,6 +534,24 @@ pub(crate) static RATE_LIMIT_ACCOUNT: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.rate_limit_account.to_string(),
+};
+
+/// Wrong user codes on the device page per client IP (limits.rs).
+pub(crate) static RATE_LIMIT_USER_CODE: Var = Var {
+    name: "TOKEND_RATE_LIMIT_USER_CODE",
+    default: DefaultValue::Value("10/min"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.rate_limit_user_code.to_string(),
+};
+
+/// Wrong user codes on the device page over the whole service (limits.rs).
+pub(crate) static RATE_LIMIT_USER_CODE_GLOBAL: Var = Var {
+    name: "TOKEND_RATE_LIMIT_USER_CODE_GLOBAL",
+    default: DefaultValue::Value("100/min"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.rate_limit_user_code_global.to_string(),
 };
 
 /// Peers whose `X-Forwarded-For` is believed (server.rs).

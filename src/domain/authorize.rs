@@ -266,6 +266,41 @@ pub(crate) struct SignedIn {
     user: UserRecord,
 }
 
+impl SignedIn {
+    /// Who is signed in.
+    pub(crate) fn user(&self) -> &UserRecord {
+        &self.user
+    }
+
+    /// Unix seconds of the sign-in.
+    pub(crate) fn auth_time(&self) -> i64 {
+        self.session.auth_time
+    }
+
+    /// How the user signed in (RFC 8176).
+    pub(crate) fn amr(&self) -> &[String] {
+        &self.session.amr
+    }
+
+    /// The user's session generation and credentials version at sign-in (docs/sessions.md).
+    pub(crate) fn marks(&self) -> (i64, i64) {
+        (self.session.gen, self.session.cv)
+    }
+}
+
+/// What an ID token says about the authentication behind it (OpenID Connect Core §2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdTokenFacts<'a> {
+    pub(crate) scope: &'a str,
+    pub(crate) nonce: Option<&'a str>,
+    pub(crate) auth_time: i64,
+    pub(crate) amr: &'a [String],
+    /// The refresh family the tokens start.
+    pub(crate) sid: &'a str,
+    /// The grant, for the issued-tokens metric.
+    pub(crate) grant: &'static str,
+}
+
 /// Where the browser goes next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -371,7 +406,7 @@ fn is_pkce_value(s: &str) -> bool {
 }
 
 /// Lower-case hex SHA-256: how codes and cookie values are named in the store.
-fn hashed(secret: &str) -> String {
+pub(crate) fn hashed(secret: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, secret.as_bytes()))
 }
 
@@ -409,7 +444,7 @@ fn redirect_matches(registered: &str, presented: &str) -> bool {
 }
 
 /// What a scope means, for the consent page.
-fn scope_description(scope: &str) -> String {
+pub(crate) fn scope_description(scope: &str) -> String {
     match scope {
         "openid" => "Know who you are (your account id)".into(),
         "profile" => "See your username".into(),
@@ -1292,6 +1327,25 @@ impl Authorize {
         g: &CodeGrant,
         access_token: &str,
     ) -> Result<String, Error> {
+        let facts = IdTokenFacts {
+            scope: &g.scope,
+            nonce: g.nonce.as_deref(),
+            auth_time: g.auth_time,
+            amr: &g.amr,
+            sid: &g.sid,
+            grant: GRANT_AUTHORIZATION_CODE,
+        };
+        self.id_token_for(client, user, facts, access_token)
+    }
+
+    /// An ID token for tokens issued by any grant (OpenID Connect Core §2, §3.1.3.6).
+    pub(crate) fn id_token_for(
+        &self,
+        client: &ClientRecord,
+        user: &UserRecord,
+        g: IdTokenFacts<'_>,
+        access_token: &str,
+    ) -> Result<String, Error> {
         let alg = self.id_token_alg(client);
         let now = self.clock.now();
         let ttl = i64::try_from(self.settings.id_token_ttl.as_secs()).unwrap_or(300);
@@ -1302,18 +1356,17 @@ impl Authorize {
         claims.insert("exp".into(), json!(now + ttl));
         claims.insert("iat".into(), json!(now));
         claims.insert("auth_time".into(), json!(g.auth_time));
-        if let Some(n) = &g.nonce {
+        if let Some(n) = g.nonce {
             claims.insert("nonce".into(), json!(n));
         }
         claims.insert("sid".into(), json!(g.sid));
         claims.insert("at_hash".into(), json!(at_hash(alg, access_token)));
         claims.insert("amr".into(), json!(g.amr));
         claims.insert("azp".into(), json!(client.client_id));
-        let scopes = scope_tokens(&g.scope);
+        let scopes = scope_tokens(g.scope);
         Self::profile_claims(&mut claims, user, &scopes);
         let token = self.keys.sign(alg, "JWT", &claims, now)?;
-        self.metrics
-            .issued(GRANT_AUTHORIZATION_CODE, "id", alg.as_str());
+        self.metrics.issued(g.grant, "id", alg.as_str());
         Ok(token)
     }
 

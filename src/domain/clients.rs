@@ -25,12 +25,15 @@ pub(crate) const GRANT_REFRESH_TOKEN: &str = "refresh_token";
 pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 /// `grant_type=authorization_code` (RFC 6749 §4.1).
 pub(crate) const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
+/// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
+pub(crate) const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 /// Every grant type tokend implements.
-pub(crate) const GRANT_TYPES: [&str; 4] = [
+pub(crate) const GRANT_TYPES: [&str; 5] = [
     GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
     GRANT_AUTHORIZATION_CODE,
+    GRANT_DEVICE_CODE,
 ];
 /// The client authentication methods at the token endpoint (RFC 7591 §2).
 pub(crate) const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];

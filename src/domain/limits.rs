@@ -1,5 +1,6 @@
-//! Rate limits (per client IP, per account, per client id) and failed-login back-off (docs/hardening.md).
-//! Shared through Redis in production mode, in memory in embedded mode.
+//! Rate limits (per client IP, per account, per client id), failed-login back-off
+//! (docs/hardening.md) and the device page's wrong-user-code limits (docs/device.md). Shared
+//! through Redis in production mode, in memory in embedded mode.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -31,6 +32,22 @@ pub(crate) struct Limits {
     rate_account: Rate,
     /// `TOKEND_RATE_LIMIT_REGISTRATION`.
     rate_registration: Rate,
+    rate_user_code: Rate,
+    rate_user_code_global: Rate,
+}
+
+/// The key of the service-wide budget of wrong user codes.
+const USER_CODE_GLOBAL_KEY: &str = "ucode:all";
+
+/// One user-code check reserved on the budgets of [`Limits::reserve_user_code`]: handed back
+/// to [`Limits::refund_user_code`] when the code was right, kept (counted) when it was wrong.
+#[derive(Debug)]
+#[must_use = "a right code is handed back with refund_user_code"]
+pub(crate) struct UserCodeAttempt {
+    /// The per-address key, when the address is known.
+    ip_key: Option<String>,
+    /// Whether anything was reserved (the limits are on).
+    reserved: bool,
 }
 
 /// A key that names an account without putting the email or username in the store.
@@ -77,6 +94,8 @@ impl Limits {
             rate_ip: config.rate_limit_ip,
             rate_account: config.rate_limit_account,
             rate_registration: config.rate_limit_registration,
+            rate_user_code: config.rate_limit_user_code,
+            rate_user_code_global: config.rate_limit_user_code_global,
         }
     }
 
@@ -186,6 +205,86 @@ impl Limits {
             self.metrics.logins.with_label_values(&["backoff"]).inc();
             return Err(Error::RateLimited(retry_secs(until - now)));
         }
+        Ok(())
+    }
+
+    /// Reserves one user-code check on the device page (RFC 8628 §5.1), before the code is looked
+    /// up: on the client address's budget (`TOKEND_RATE_LIMIT_USER_CODE`), then on the
+    /// service's (`TOKEND_RATE_LIMIT_USER_CODE_GLOBAL`). Each reservation is one atomic GCRA
+    /// step, so N concurrent guesses get no more checks than N sequential ones. A right code is
+    /// handed back ([`Limits::refund_user_code`]): only wrong codes spend the budgets.
+    pub(crate) async fn reserve_user_code(
+        &self,
+        ip: Option<IpAddr>,
+    ) -> Result<UserCodeAttempt, Error> {
+        if !self.enabled {
+            return Ok(UserCodeAttempt {
+                ip_key: None,
+                reserved: false,
+            });
+        }
+        let now = self.clock.now_ms();
+        let ip_key = ip.map(|ip| format!("ucode:ip:{ip}"));
+        let (per_ip, global) = (self.rate_user_code, self.rate_user_code_global);
+        if let Some(key) = &ip_key {
+            if let Some(wait) = self
+                .store
+                .rate_check(key, now, per_ip.emission_ms(), per_ip.count)
+                .await?
+            {
+                self.metrics
+                    .rate_limited
+                    .with_label_values(&["user_code"])
+                    .inc();
+                return Err(Error::RateLimited(retry_secs(wait)));
+            }
+        }
+        if let Some(wait) = self
+            .store
+            .rate_check(
+                USER_CODE_GLOBAL_KEY,
+                now,
+                global.emission_ms(),
+                global.count,
+            )
+            .await?
+        {
+            // Refused before the code was looked at: the address's reservation goes back.
+            if let Some(key) = &ip_key {
+                self.store
+                    .rate_refund(key, now, per_ip.emission_ms())
+                    .await?;
+            }
+            self.metrics
+                .rate_limited
+                .with_label_values(&["user_code_global"])
+                .inc();
+            return Err(Error::RateLimited(retry_secs(wait)));
+        }
+        Ok(UserCodeAttempt {
+            ip_key,
+            reserved: true,
+        })
+    }
+
+    /// Hands a reserved check back: the code was right, so it spends no budget.
+    pub(crate) async fn refund_user_code(&self, attempt: UserCodeAttempt) -> Result<(), Error> {
+        if !attempt.reserved {
+            return Ok(());
+        }
+        let now = self.clock.now_ms();
+        if let Some(key) = &attempt.ip_key {
+            self.store
+                .rate_refund(key, now, self.rate_user_code.emission_ms())
+                .await?;
+        }
+        self.store
+            .rate_refund(
+                USER_CODE_GLOBAL_KEY,
+                now,
+                self.rate_user_code_global.emission_ms(),
+            )
+            .await?;
         Ok(())
     }
 

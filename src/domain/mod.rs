@@ -5,6 +5,7 @@ pub(crate) mod accounts;
 pub(crate) mod admin;
 pub(crate) mod authorize;
 pub mod clients;
+pub(crate) mod device;
 pub(crate) mod ids;
 pub mod input;
 pub(crate) mod limits;
@@ -105,6 +106,7 @@ pub(crate) struct Services {
     pub(crate) sessions: Arc<sessions::Sessions>,
     pub(crate) oauth: oauth::OAuth,
     pub(crate) authorize: Arc<authorize::Authorize>,
+    pub(crate) devices: Arc<device::Devices>,
     pub(crate) admin: admin::Admin,
     pub(crate) limits: Arc<limits::Limits>,
     pub(crate) published: published::Published,
@@ -122,6 +124,7 @@ pub(crate) struct ServiceParts {
     pub(crate) limits: Arc<dyn crate::store::LimitStore>,
     pub(crate) authorize: Arc<dyn crate::store::AuthorizeStore>,
     pub(crate) consents: Arc<dyn crate::store::ConsentStore>,
+    pub(crate) device: Arc<dyn crate::store::DeviceStore>,
     pub(crate) keys: Keys,
     pub(crate) passwords: Passwords,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -161,7 +164,7 @@ impl Services {
             p.clients.clone(),
             p.users.clone(),
             p.authorize,
-            p.consents,
+            p.consents.clone(),
             accounts.clone(),
             sessions.clone(),
             p.keys.clone(),
@@ -186,6 +189,18 @@ impl Services {
                 signing_algs: p.config.signing_algs.clone(),
             },
         );
+        let devices = Arc::new(device::Devices::new(
+            p.clients.clone(),
+            p.users.clone(),
+            p.device,
+            p.consents,
+            authorize.clone(),
+            sessions.clone(),
+            limits.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+            p.config.issuer.clone(),
+        ));
         let oauth = oauth::OAuth::new(
             p.clients,
             p.users.clone(),
@@ -193,6 +208,7 @@ impl Services {
             sessions.clone(),
             limits.clone(),
             authorize.clone(),
+            devices.clone(),
             p.clock.clone(),
         );
         let admin = admin::Admin::new(
@@ -207,6 +223,7 @@ impl Services {
             sessions,
             oauth,
             authorize,
+            devices,
             admin,
             limits,
             published: published::Published::new(p.keys, p.metrics),

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use super::accounts::Accounts;
 use super::authorize::Authorize;
 use super::clients::{
-    secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD,
-    GRANT_REFRESH_TOKEN,
+    secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE,
+    GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
 };
+use super::device::Devices;
 use super::limits::Limits;
 use super::sessions::Sessions;
 use super::tokens::Audience;
@@ -44,6 +45,7 @@ pub struct OAuth {
     sessions: Arc<Sessions>,
     limits: Arc<Limits>,
     authorize: Arc<Authorize>,
+    devices: Arc<Devices>,
     clock: SharedClock,
 }
 
@@ -70,6 +72,19 @@ pub enum OAuthError {
         error: &'static str,
         description: String,
     },
+    /// RFC 8628 §3.5: the user has not approved or denied yet; poll again.
+    #[error("{0}")]
+    AuthorizationPending(String),
+    /// RFC 8628 §3.5: polled sooner than the interval allows; the interval is now `interval`
+    /// seconds.
+    #[error("{description}")]
+    SlowDown { description: String, interval: i64 },
+    /// RFC 8628 §3.5: the user denied the request.
+    #[error("{0}")]
+    AccessDenied(String),
+    /// RFC 8628 §3.5: the device code expired.
+    #[error("{0}")]
+    ExpiredToken(String),
     #[error(transparent)]
     Other(Error),
 }
@@ -147,6 +162,8 @@ pub struct TokenRequest {
     pub code: Option<String>,
     pub redirect_uri: Option<String>,
     pub code_verifier: Option<String>,
+    /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
+    pub device_code: Option<String>,
 }
 
 /// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
@@ -251,6 +268,7 @@ fn required<'a>(v: &'a Option<String>, name: &str) -> Result<&'a str, OAuthError
 }
 
 impl OAuth {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         clients: Arc<dyn ClientStore>,
         users: Arc<dyn UserStore>,
@@ -258,6 +276,7 @@ impl OAuth {
         sessions: Arc<Sessions>,
         limits: Arc<Limits>,
         authorize: Arc<Authorize>,
+        devices: Arc<Devices>,
         clock: SharedClock,
     ) -> OAuth {
         OAuth {
@@ -267,6 +286,7 @@ impl OAuth {
             sessions,
             limits,
             authorize,
+            devices,
             clock,
         }
     }
@@ -340,6 +360,7 @@ impl OAuth {
                 | GRANT_REFRESH_TOKEN
                 | GRANT_CLIENT_CREDENTIALS
                 | GRANT_AUTHORIZATION_CODE
+                | GRANT_DEVICE_CODE
         ) {
             return Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type {grant:?} is not supported"
@@ -359,6 +380,11 @@ impl OAuth {
                         req.redirect_uri.as_deref(),
                         req.code_verifier.as_deref(),
                     )
+                    .await
+            }
+            GRANT_DEVICE_CODE => {
+                self.devices
+                    .redeem(&Client(client.clone()), req.device_code.as_deref())
                     .await
             }
             GRANT_PASSWORD => self.password_grant(client, req).await,

@@ -284,7 +284,8 @@ fn validate_metadata(
         .any(|g| g != GRANT_REFRESH_TOKEN && g != GRANT_CLIENT_CREDENTIALS);
     if grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN) && !signs_users_in {
         return Err(metadata_error(
-            "the refresh_token grant needs a grant that signs a user in (authorization_code)",
+            "the refresh_token grant needs a grant that signs a user in (authorization_code or \
+             the device grant)",
         ));
     }
     // RFC 7591 §2.1: the code response type goes with the authorization_code grant. Omitted,

@@ -17,6 +17,7 @@ use super::{empty, json, read_body, ApiError, ApiResult};
 use crate::domain::authorize::{
     Authorize, AuthorizeParams, LogoutOutcome, LogoutParams, Outcome, ResponseMode,
 };
+use crate::domain::device::UserCode;
 use crate::domain::ids;
 
 /// The browser session's cookie over HTTPS (RFC 6265bis §4.1.3.2: `Secure`, `Path=/`, no
@@ -27,7 +28,7 @@ const SESSION_COOKIE_PLAIN: &str = "tokend_session";
 const FORM_CSRF_COOKIE_SECURE: &str = "__Host-tokend_form";
 const FORM_CSRF_COOKIE_PLAIN: &str = "tokend_form";
 
-fn session_cookie_name(state: &AppState) -> &'static str {
+pub(super) fn session_cookie_name(state: &AppState) -> &'static str {
     if state.browser.secure {
         SESSION_COOKIE_SECURE
     } else {
@@ -54,7 +55,7 @@ fn set_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> Option
 
 /// The query string or the form body of a request, decoded into `T` (an unreadable one as
 /// empty, so that the domain names what is missing).
-async fn params<T: for<'de> Deserialize<'de> + Default>(
+pub(super) async fn params<T: for<'de> Deserialize<'de> + Default>(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<T, ApiError> {
@@ -107,7 +108,7 @@ pub(crate) fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>>
 }
 
 /// A `303 See Other` to `location` (RFC 9110 §15.4.4), not cached.
-fn see_other(location: &str) -> Response<Full<Bytes>> {
+pub(super) fn see_other(location: &str) -> Response<Full<Bytes>> {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = StatusCode::SEE_OTHER;
     if let Ok(v) = HeaderValue::from_str(location) {
@@ -181,7 +182,10 @@ fn render(state: &AppState, outcome: Outcome) -> Response<Full<Bytes>> {
 }
 
 /// The forms' CSRF token of this browser: its cookie, or a new one to set.
-fn csrf_token<B>(state: &AppState, req: &Request<B>) -> Result<(String, bool), ApiError> {
+pub(super) fn csrf_token<B>(
+    state: &AppState,
+    req: &Request<B>,
+) -> Result<(String, bool), ApiError> {
     match cookie(req, csrf_cookie_name(state)).filter(|c| c.len() == 43) {
         Some(c) => Ok((c, false)),
         None => Ok((ids::random_secret()?, true)),
@@ -189,7 +193,7 @@ fn csrf_token<B>(state: &AppState, req: &Request<B>) -> Result<(String, bool), A
 }
 
 /// A page response that also sets the CSRF cookie when it was new.
-fn with_csrf(
+pub(super) fn with_csrf(
     state: &AppState,
     mut res: Response<Full<Bytes>>,
     token: &str,
@@ -204,14 +208,14 @@ fn with_csrf(
 }
 
 /// What a form post's checks read from the headers, taken before the body is read.
-struct FormHeaders {
+pub(super) struct FormHeaders {
     origin: Option<String>,
     csrf_cookie: Option<String>,
-    session: Option<String>,
+    pub(super) session: Option<String>,
 }
 
 impl FormHeaders {
-    fn of<B>(state: &AppState, req: &Request<B>) -> FormHeaders {
+    pub(super) fn of<B>(state: &AppState, req: &Request<B>) -> FormHeaders {
         FormHeaders {
             origin: req
                 .headers()
@@ -227,7 +231,11 @@ impl FormHeaders {
     /// hidden `csrf_token` equals this browser's CSRF cookie. Under the pages'
     /// `Referrer-Policy: no-referrer` browsers send `Origin: null` for their own forms, so
     /// `null` is left to the token.
-    fn check_csrf(&self, state: &AppState, presented: Option<&str>) -> Result<(), ApiError> {
+    pub(super) fn check_csrf(
+        &self,
+        state: &AppState,
+        presented: Option<&str>,
+    ) -> Result<(), ApiError> {
         let refused = || ApiError::Forbidden {
             code: "csrf_failed",
             description: "This form has expired. Go back, reload the page and try again.".into(),
@@ -265,6 +273,14 @@ pub(crate) async fn authorize(state: &AppState, req: Request<Incoming>) -> ApiRe
 #[derive(Debug, Default, Deserialize)]
 struct PageQuery {
     req: Option<String>,
+    /// The sign-in page only: the device code being approved (docs/device.md), to come back to.
+    user_code: Option<String>,
+}
+
+/// The device page of a user code, built here from the validated code (never a path taken
+/// from the request): where a sign-in for a device goes next.
+fn device_page_of(user_code: &UserCode) -> String {
+    format!("/device?user_code={}", user_code.display())
 }
 
 /// `GET /login`: the sign-in page.
@@ -272,6 +288,7 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
     let q: PageQuery =
         serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
     let request_id = q.req.filter(|r| !r.is_empty());
+    let user_code = q.user_code.as_deref().and_then(UserCode::parse);
     let (token, new) = match csrf_token(state, &req) {
         Ok(t) => t,
         Err(e) => return Ok(error_page(state, e)),
@@ -289,6 +306,7 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
             username: context.login_hint.unwrap_or_default(),
             error: None,
             client_name: context.client_name,
+            user_code: user_code.map(|c| c.display()),
         },
     );
     Ok(with_csrf(
@@ -303,6 +321,7 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
 struct SignInForm {
     csrf_token: Option<String>,
     req: Option<String>,
+    user_code: Option<String>,
     username: Option<String>,
     password: Option<String>,
 }
@@ -318,6 +337,7 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
         return Ok(error_page(state, e));
     }
     let request_id = form.req.filter(|r| !r.is_empty());
+    let user_code = form.user_code.as_deref().and_then(UserCode::parse);
     let username = form.username.unwrap_or_default();
     let password = form.password.unwrap_or_default();
     let again = |error: &str, status: StatusCode, client_name: Option<String>| {
@@ -330,6 +350,7 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
                 username: username.clone(),
                 error: Some(error.to_string()),
                 client_name,
+                user_code: user_code.as_ref().map(UserCode::display),
             },
         );
         pages::html_response(status, html)
@@ -382,9 +403,11 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
             signed.next.unwrap_or_else(Authorize::expired_request),
         ));
     }
-    let mut res = match signed.next {
-        Some(outcome) => render(state, outcome),
-        None => pages::html_response(
+    let mut res = match (signed.next, &user_code) {
+        (Some(outcome), _) => render(state, outcome),
+        // Signed in to approve a device: back to its page.
+        (None, Some(code)) => see_other(&device_page_of(code)),
+        (None, None) => pages::html_response(
             StatusCode::OK,
             pages::message(
                 &state.browser.branding,

@@ -40,6 +40,13 @@ pub enum ApiError {
         code: &'static str,
         description: String,
     },
+    /// 400 with an RFC 8628 §3.5 code (`authorization_pending`, `slow_down`, `access_denied`,
+    /// `expired_token`); `slow_down` also says the new `interval` in seconds.
+    DeviceGrant {
+        code: &'static str,
+        description: String,
+        interval: Option<i64>,
+    },
     /// 403 with a specific code (`fresh_token_required`, `insufficient_role`).
     Forbidden {
         code: &'static str,
@@ -83,6 +90,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "invalid_client_metadata")
             }
             ApiError::AuthorizationRefused { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::DeviceGrant { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::Forbidden { code, .. } => (StatusCode::FORBIDDEN, code),
             ApiError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::MethodNotAllowed { .. } => {
@@ -120,7 +128,8 @@ impl ApiError {
             | ApiError::InvalidClientMetadata(d)
             | ApiError::Conflict(d) => d.clone(),
             ApiError::Forbidden { description, .. }
-            | ApiError::AuthorizationRefused { description, .. } => description.clone(),
+            | ApiError::AuthorizationRefused { description, .. }
+            | ApiError::DeviceGrant { description, .. } => description.clone(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
@@ -146,7 +155,15 @@ impl ApiError {
             ApiError::Unavailable(cause) => tracing::warn!(cause = %cause, "store unavailable"),
             _ => {}
         }
-        let body = serde_json::json!({ "error": code, "error_description": self.description() });
+        let mut body =
+            serde_json::json!({ "error": code, "error_description": self.description() });
+        if let ApiError::DeviceGrant {
+            interval: Some(interval),
+            ..
+        } = &self
+        {
+            body["interval"] = serde_json::json!(interval);
+        }
         let mut res = Response::new(Full::new(Bytes::from(body.to_string())));
         *res.status_mut() = status;
         let h = res.headers_mut();
@@ -281,6 +298,15 @@ mod tests {
                 },
                 400,
                 "unsupported_response_type",
+            ),
+            (
+                ApiError::DeviceGrant {
+                    code: "slow_down",
+                    description: "x".into(),
+                    interval: Some(10),
+                },
+                400,
+                "slow_down",
             ),
             (
                 ApiError::Forbidden {

@@ -5,6 +5,7 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod authorize;
 mod conn;
+pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod oauth;
 pub(crate) mod openapi;

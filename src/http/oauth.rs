@@ -1,8 +1,8 @@
-//! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749), `POST /oauth/revoke`
-//! (RFC 7009), `POST /oauth/introspect` (RFC 7662) and `POST /oauth/par` (RFC 9126,
-//! docs/authorize.md). Form-encoded bodies only; clients authenticate with HTTP Basic
-//! (`client_secret_basic`), with `client_id` + `client_secret` in the body
-//! (`client_secret_post`), or, when public, with `client_id` alone.
+//! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749; the device grant of
+//! RFC 8628 too), `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662) and
+//! `POST /oauth/par` (RFC 9126, docs/authorize.md). Form-encoded bodies only; clients
+//! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
+//! the body (`client_secret_post`), or, when public, with `client_id` alone.
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -18,15 +18,16 @@ use crate::domain::oauth::{
     Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
 };
 
-/// Every parameter the three endpoints read. A parameter sent twice is refused
-/// (RFC 6749 §3.2); one sent without a value counts as omitted (RFC 6749 §3.1).
+/// Every parameter the three endpoints (and the device authorization endpoint) read. A
+/// parameter sent twice is refused (RFC 6749 §3.2); one sent without a value counts as omitted
+/// (RFC 6749 §3.1).
 #[derive(Debug, Default, Deserialize)]
-struct OAuthForm {
+pub(super) struct OAuthForm {
     grant_type: Option<String>,
     username: Option<String>,
     password: Option<String>,
     refresh_token: Option<String>,
-    scope: Option<String>,
+    pub(super) scope: Option<String>,
     client_id: Option<String>,
     client_secret: Option<String>,
     token: Option<String>,
@@ -34,10 +35,11 @@ struct OAuthForm {
     code: Option<String>,
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
+    device_code: Option<String>,
 }
 
 impl OAuthForm {
-    fn normalized(self) -> OAuthForm {
+    pub(super) fn normalized(self) -> OAuthForm {
         let f = |v: Option<String>| v.filter(|s| !s.is_empty());
         OAuthForm {
             grant_type: f(self.grant_type),
@@ -52,6 +54,7 @@ impl OAuthForm {
             code: f(self.code),
             redirect_uri: f(self.redirect_uri),
             code_verifier: f(self.code_verifier),
+            device_code: f(self.device_code),
         }
     }
 }
@@ -66,7 +69,7 @@ struct ParForm {
 }
 
 /// Where a form carries the client's credentials (RFC 6749 §2.3.1); empty counts as omitted.
-trait ClientFields {
+pub(super) trait ClientFields {
     fn client_id(&self) -> Option<&str>;
     fn client_secret(&self) -> Option<&str>;
 }
@@ -104,6 +107,29 @@ impl From<OAuthError> for ApiError {
                     description,
                 }
             }
+            OAuthError::AuthorizationPending(description) => ApiError::DeviceGrant {
+                code: "authorization_pending",
+                description,
+                interval: None,
+            },
+            OAuthError::SlowDown {
+                description,
+                interval,
+            } => ApiError::DeviceGrant {
+                code: "slow_down",
+                description,
+                interval: Some(interval),
+            },
+            OAuthError::AccessDenied(description) => ApiError::DeviceGrant {
+                code: "access_denied",
+                description,
+                interval: None,
+            },
+            OAuthError::ExpiredToken(description) => ApiError::DeviceGrant {
+                code: "expired_token",
+                description,
+                interval: None,
+            },
             OAuthError::Other(e) => e.into(),
         }
     }
@@ -198,7 +224,7 @@ fn presented_client(
 }
 
 /// Reads the form and authenticates the client.
-async fn authenticated<F: DeserializeOwned + ClientFields>(
+pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
     state: &AppState,
     req: Request<Incoming>,
     public: PublicClients,
@@ -227,6 +253,7 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         code: form.code,
         redirect_uri: form.redirect_uri,
         code_verifier: form.code_verifier,
+        device_code: form.device_code,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)

@@ -12,7 +12,8 @@ use hyper::body::Incoming;
 
 use super::state::AppState;
 use super::{
-    admin, auth, authorize, oauth, openapi, ops, pages, registration, users, wellknown, ApiResult,
+    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, users, wellknown,
+    ApiResult,
 };
 
 /// The future of a handler, boxed so that every handler fits one table.
@@ -179,6 +180,14 @@ fn table() -> Vec<Route> {
             .get(handler!(registration::read))
             .put(handler!(registration::update))
             .delete(handler!(registration::delete)),
+        Route::at("/oauth/device_authorization")
+            .post(handler!(device::device_authorization))
+            .rate_limited(),
+        Route::at("/device")
+            .get(handler!(device::device_page))
+            .post(handler!(device::device_submit))
+            .rate_limited()
+            .page(),
     ]
 }
 
@@ -489,7 +498,9 @@ mod tests {
                 "/oauth/par",
                 "/oauth/authorize",
                 "/login",
-                "/oauth/register"
+                "/oauth/register",
+                "/oauth/device_authorization",
+                "/device"
             ]
         );
         let memory: Vec<_> = routes()

@@ -14,6 +14,7 @@ use crate::config::IpNet;
 use crate::domain::accounts::Accounts;
 use crate::domain::admin::Admin;
 use crate::domain::authorize::Authorize;
+use crate::domain::device::Devices;
 use crate::domain::limits::Limits;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub oauth: OAuth,
     pub(crate) authorize: Arc<Authorize>,
+    /// The device authorization grant (RFC 8628).
+    pub(crate) devices: Arc<Devices>,
     /// The hosted pages' settings.
     pub(crate) browser: BrowserSettings,
     pub(crate) admin: Admin,

@@ -177,6 +177,7 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
         // client's metadata, §6).
         "pushed_authorization_request_endpoint": format!("{issuer}/oauth/par"),
         "require_pushed_authorization_requests": false,
+        "device_authorization_endpoint": format!("{issuer}/oauth/device_authorization"),
         "grant_types_supported": GRANT_TYPES,
         "response_types_supported": ["code"],
         "response_modes_supported": ["query", "form_post"],

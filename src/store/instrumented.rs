@@ -9,8 +9,9 @@ use async_trait::async_trait;
 
 use super::{
     AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
-    FamilyState, NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore, StoreError,
-    UserClaims, UserRecord, UserStore,
+    DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyState, NewDevice,
+    NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims,
+    UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -336,6 +337,56 @@ impl ConsentStore for Instrumented<dyn ConsentStore> {
     async fn forget_user(&self, user_id: &str) -> Result<u64, StoreError> {
         self.time("consent_forget_user", self.inner.forget_user(user_id))
             .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl DeviceStore for Instrumented<dyn DeviceStore> {
+    async fn start(
+        &self,
+        device_hash: &str,
+        user_code_hash: &str,
+        device: &NewDevice,
+    ) -> Result<bool, StoreError> {
+        self.time(
+            "device_start",
+            self.inner.start(device_hash, user_code_hash, device),
+        )
+        .await
+    }
+    async fn by_user_code(&self, user_code_hash: &str) -> Result<Option<DeviceView>, StoreError> {
+        self.time(
+            "device_by_user_code",
+            self.inner.by_user_code(user_code_hash),
+        )
+        .await
+    }
+    async fn decide(
+        &self,
+        device_hash: &str,
+        decision: &DeviceDecision,
+        now_ms: i64,
+    ) -> Result<DecideOutcome, StoreError> {
+        self.time(
+            "device_decide",
+            self.inner.decide(device_hash, decision, now_ms),
+        )
+        .await
+    }
+    async fn poll(
+        &self,
+        device_hash: &str,
+        client_id: &str,
+        now_ms: i64,
+    ) -> Result<DevicePoll, StoreError> {
+        self.time(
+            "device_poll",
+            self.inner.poll(device_hash, client_id, now_ms),
+        )
+        .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await

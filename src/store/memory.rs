@@ -1,9 +1,9 @@
 //! In-process stores for embedded mode: users, clients, refresh families, revocations, the
-//! lease, and the authorization flow's state and consents ([`MemoryAuthorize`],
-//! [`MemoryConsents`]), held in memory with the same semantics as MongoDB and Redis. Records
-//! with a TTL expire by the [`Clock`](crate::clock::Clock) they were built with and are purged
-//! as they are met and by a periodic sweep, so memory stays bounded. Everything is lost when the
-//! process exits.
+//! lease, the authorization flow's state and consents ([`MemoryAuthorize`],
+//! [`MemoryConsents`]) and device authorizations ([`MemoryDevices`]), held in memory with the
+//! same semantics as MongoDB and Redis. Records with a TTL expire by the
+//! [`Clock`](crate::clock::Clock) they were built with and are purged as they are met and by a
+//! periodic sweep, so memory stays bounded. Everything is lost when the process exits.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -19,8 +19,10 @@ use super::{
 use crate::clock::SharedClock;
 
 mod authorize;
+mod device;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
+pub use device::MemoryDevices;
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;
@@ -764,6 +766,19 @@ impl crate::store::LimitStore for MemoryLimits {
         }
         g.insert(key.to_string(), tat + t);
         Ok(None)
+    }
+
+    async fn rate_refund(
+        &self,
+        key: &str,
+        now_ms: i64,
+        emission_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut g = lock(&self.rates);
+        if let Some(tat) = g.get_mut(key) {
+            *tat = tat.saturating_sub(emission_ms.max(1)).max(now_ms);
+        }
+        Ok(())
     }
 
     async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError> {

@@ -6,12 +6,16 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub mod authorize;
+pub mod device;
 pub(crate) mod instrumented;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
 
 pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
+pub use device::{
+    DecideOutcome, DeviceDecision, DevicePoll, DeviceStatus, DeviceStore, DeviceView, NewDevice,
+};
 
 /// What can go wrong in a store, named for what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -494,6 +498,11 @@ pub trait LimitStore: Send + Sync {
         emission_ms: i64,
         burst: u32,
     ) -> Result<Option<i64>, StoreError>;
+    /// Gives back one request allowed by [`LimitStore::rate_check`] on `key` (one that turned
+    /// out not to count, such as a right user code): the key's budget grows by one emission
+    /// interval, never beyond full.
+    async fn rate_refund(&self, key: &str, now_ms: i64, emission_ms: i64)
+        -> Result<(), StoreError>;
     /// Until when (Unix ms) the account backs off, if it does.
     async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError>;
     /// Reserves one password check for `account` in one atomic step: refused (`Ok(Some(until))`,

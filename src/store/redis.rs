@@ -1,8 +1,8 @@
 //! Redis: refresh families, revocations, per-user not-before marks and the rotation lease
-//! (docs/sessions.md), and the authorization flow's pending requests, codes and browser
-//! sessions (the `authorize` submodule). Every key lives under a prefix (default `tokend:`),
-//! carries a hash tag so each record sits in one cluster slot, and is written with a TTL, so
-//! Redis never grows without bound:
+//! (docs/sessions.md), the authorization flow's pending requests, codes and browser sessions
+//! (the `authorize` submodule) and device authorizations (the `device` submodule). Every key
+//! lives under a prefix (default `tokend:`), carries a hash tag so each record sits in one
+//! cluster slot, and is written with a TTL, so Redis never grows without bound:
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
@@ -17,6 +17,8 @@
 //! | `{prefix}code:{<code hash>}` | hash | an authorization code: `grant`, and `used`, `replayed` once redeemed (RFC 6749 §4.1.2) |
 //! | `{prefix}bsess:{<id>}` | string | a browser session |
 //! | `{prefix}bsfam:{<id>}` | set | the refresh families started through the browser session (same slot as it) |
+//! | `{prefix}dev:{<device code hash>}` | hash | a device authorization (RFC 8628): `client, scope, exp, interval, state` (`pending`, `approved`, `denied`, `redeemed`), `last` (the last poll, Unix ms), `grant` (from approval to redemption) |
+//! | `{prefix}ucode:{<user code hash>}` | string | the device-code hash a user code names, while the user code is taken |
 //!
 //! Each multi-step change is a Lua script, so it is atomic; a script that touches two keys
 //! touches two of one hash tag (a user's families and marks, a browser session and its
@@ -39,6 +41,7 @@ use super::{
 };
 
 mod authorize;
+mod device;
 
 const STORE: &str = "redis";
 
@@ -265,8 +268,10 @@ struct Scripts {
     user_claims: Script,
     release: Script,
     gcra: Script,
+    gcra_refund: Script,
     backoff: Script,
     authorize: authorize::AuthorizeScripts,
+    device: device::DeviceScripts,
 }
 
 impl Scripts {
@@ -281,8 +286,10 @@ impl Scripts {
             user_claims: Script::new(USER_CLAIMS_LUA),
             release: Script::new(RELEASE_LUA),
             gcra: Script::new(GCRA_LUA),
+            gcra_refund: Script::new(GCRA_REFUND_LUA),
             backoff: Script::new(BACKOFF_LUA),
             authorize: authorize::AuthorizeScripts::new(),
+            device: device::DeviceScripts::new(),
         }
     }
 }
@@ -1029,6 +1036,22 @@ redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1))
 return 0
 "#;
 
+/// Gives back one emission interval of a GCRA key (an attempt that turned out not to count):
+/// the theoretical arrival time moves back by it, never before now.
+/// ARGV: now ms, emission interval ms. Returns 1 when something was given back.
+const GCRA_REFUND_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat <= now then return 0 end
+local new_tat = tat - tonumber(ARGV[2])
+if new_tat <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], new_tat, 'PX', math.max(new_tat - now, 1))
+end
+return 1
+"#;
+
 /// Counts a failed password check on the back-off. ARGV: now ms, free failures, base ms, cap
 /// ms, window ms, mode. Mode `fail` records a failure and returns the back-off end (ms, 0 when
 /// none); mode `reserve` ([`crate::store::LimitStore::reserve_attempt`]) first refuses while
@@ -1085,6 +1108,29 @@ impl crate::store::LimitStore for RedisStore {
             })
             .await?;
         Ok((wait > 0).then_some(wait))
+    }
+
+    async fn rate_refund(
+        &self,
+        key: &str,
+        now_ms: i64,
+        emission_ms: i64,
+    ) -> Result<(), StoreError> {
+        let key = self.rate_key(key);
+        self.run(|mut c| {
+            let (key, scripts) = (key.clone(), self.scripts.clone());
+            async move {
+                scripts
+                    .gcra_refund
+                    .key(key)
+                    .arg(now_ms)
+                    .arg(emission_ms.max(1))
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn backoff_until(&self, account: &str) -> Result<Option<i64>, StoreError> {

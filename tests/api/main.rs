@@ -7,6 +7,7 @@ mod browser;
 mod cluster;
 mod connections;
 mod deploy;
+mod device;
 mod faults;
 mod foundation;
 mod fuzz;

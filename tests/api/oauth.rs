@@ -564,7 +564,7 @@ async fn every_rfc_6749_error_has_its_status(mode: Mode) {
     // unsupported_grant_type.
     for grant in [
         "urn:ietf:params:oauth:grant-type:saml2-bearer",
-        "urn:ietf:params:oauth:grant-type:device_code",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
         "implicit",
     ] {
         expect_error(
@@ -1007,8 +1007,14 @@ async fn discovery_documents_list_the_endpoints_and_are_cacheable(mode: Mode) {
                 "password",
                 "refresh_token",
                 "client_credentials",
-                "authorization_code"
+                "authorization_code",
+                "urn:ietf:params:oauth:grant-type:device_code"
             ])
+        );
+        // RFC 8628 §4.
+        assert_eq!(
+            d["device_authorization_endpoint"],
+            "http://tokend.test/oauth/device_authorization"
         );
         assert_eq!(
             d["token_endpoint_auth_methods_supported"],

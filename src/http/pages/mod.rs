@@ -1,7 +1,8 @@
-//! The hosted pages: sign-in, consent, errors, sign-out and the form-post page, rendered on the
-//! server from the templates in `templates/` (compiled into the binary, HTML-escaped), with one
-//! stylesheet and one script of tokend's own ([`assets`]). This module only renders; the
-//! handlers of the flows choose the page, its data and its status.
+//! The hosted pages: sign-in, consent, errors, sign-out, the form-post page and the device
+//! pages (code entry, approval, done), rendered on the server from the templates in
+//! `templates/` (compiled into the binary, HTML-escaped), with one stylesheet and one script of
+//! tokend's own ([`assets`]). This module only renders; the handlers of the flows choose the
+//! page, its data and its status.
 //!
 //! Every page is served by [`html_response`] with a Content Security Policy that allows no
 //! inline script or style and no framing: the pages load only tokend's own stylesheet and
@@ -43,6 +44,40 @@ pub(crate) struct SignInView {
     pub error: Option<String>,
     /// "to continue to {client_name}".
     pub client_name: Option<String>,
+    /// The user code of a device being approved (`XXXX-XXXX`), sent back as the hidden field
+    /// `user_code`: after signing in, the browser returns to its device page (docs/device.md).
+    pub user_code: Option<String>,
+}
+
+/// The device page's code entry form (RFC 8628 §3.3), submitted with `GET /device`: the code
+/// travels in the query, as in `verification_uri_complete`, so the form needs no CSRF token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DeviceEntryView {
+    /// What the field holds (what was typed before an error).
+    pub code: String,
+    /// One line saying what went wrong.
+    pub error: Option<String>,
+}
+
+/// The device approval form, posted to `/device` with `decision=approve` or `decision=deny`.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceConfirmView {
+    pub csrf_token: String,
+    /// `XXXX-XXXX`: shown for the user to compare with the device, and sent back as the
+    /// hidden field `user_code`.
+    pub user_code: String,
+    pub client_name: String,
+    pub client_id: String,
+    /// Who is signed in.
+    pub user_name: String,
+    pub scopes: Vec<ScopeView>,
+}
+
+/// The page after the decision.
+#[derive(Debug, Clone)]
+pub(crate) struct DeviceDoneView {
+    pub approved: bool,
+    pub client_name: String,
 }
 
 /// One scope on the consent page.
@@ -148,6 +183,27 @@ struct ConsentPage<'a> {
 }
 
 #[derive(Template)]
+#[template(path = "device.html")]
+struct DeviceEntryPage<'a> {
+    layout: Layout<'a>,
+    view: &'a DeviceEntryView,
+}
+
+#[derive(Template)]
+#[template(path = "device_confirm.html")]
+struct DeviceConfirmPage<'a> {
+    layout: Layout<'a>,
+    view: &'a DeviceConfirmView,
+}
+
+#[derive(Template)]
+#[template(path = "device_done.html")]
+struct DeviceDonePage<'a> {
+    layout: Layout<'a>,
+    view: &'a DeviceDoneView,
+}
+
+#[derive(Template)]
 #[template(path = "error.html")]
 struct ErrorPage<'a> {
     layout: Layout<'a>,
@@ -207,6 +263,35 @@ pub(crate) fn sign_in(branding: &Branding, view: &SignInView) -> String {
 pub(crate) fn consent(branding: &Branding, view: &ConsentView) -> String {
     render(&ConsentPage {
         layout: Layout::new("Allow access", branding),
+        view,
+    })
+}
+
+/// The device page's code entry form.
+pub(crate) fn device_entry(branding: &Branding, view: &DeviceEntryView) -> String {
+    render(&DeviceEntryPage {
+        layout: Layout::new("Connect a device", branding),
+        view,
+    })
+}
+
+/// The device approval page.
+pub(crate) fn device_confirm(branding: &Branding, view: &DeviceConfirmView) -> String {
+    render(&DeviceConfirmPage {
+        layout: Layout::new("Connect a device", branding),
+        view,
+    })
+}
+
+/// The page after approving or denying a device.
+pub(crate) fn device_done(branding: &Branding, view: &DeviceDoneView) -> String {
+    let title = if view.approved {
+        "Device connected"
+    } else {
+        "Request denied"
+    };
+    render(&DeviceDonePage {
+        layout: Layout::new(title, branding),
         view,
     })
 }

@@ -43,6 +43,7 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                     username: String::new(),
                     error: None,
                     client_name: Some("Billing Portal".into()),
+                    user_code: None,
                 },
             ),
         ),
@@ -56,6 +57,7 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                     username: "alice".into(),
                     error: Some("The username or password is not right.".into()),
                     client_name: None,
+                    user_code: None,
                 },
             ),
         ),
@@ -129,6 +131,68 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                         ("code".into(), "SplxlOBeZQQYbYS6WxSbIA".into()),
                         ("state".into(), "af0ifjsldkj".into()),
                     ],
+                },
+            ),
+        ),
+        ("device", device_entry(b, &DeviceEntryView::default())),
+        (
+            "device-error",
+            device_entry(
+                b,
+                &DeviceEntryView {
+                    code: "BCDF-GHJX".into(),
+                    error: Some(
+                        "That code is not right. Check the code on your device and try again."
+                            .into(),
+                    ),
+                },
+            ),
+        ),
+        (
+            "device-confirm",
+            device_confirm(
+                b,
+                &DeviceConfirmView {
+                    csrf_token: "csrf-1".into(),
+                    user_code: "BCDF-GHJK".into(),
+                    client_name: "Acme TV".into(),
+                    client_id: "acme-tv".into(),
+                    user_name: "alice".into(),
+                    scopes: scopes(),
+                },
+            ),
+        ),
+        (
+            "device-approved",
+            device_done(
+                b,
+                &DeviceDoneView {
+                    approved: true,
+                    client_name: "Acme TV".into(),
+                },
+            ),
+        ),
+        (
+            "device-denied",
+            device_done(
+                b,
+                &DeviceDoneView {
+                    approved: false,
+                    client_name: "Acme TV".into(),
+                },
+            ),
+        ),
+        (
+            "sign-in-device",
+            sign_in(
+                b,
+                &SignInView {
+                    csrf_token: "csrf-1".into(),
+                    request_id: None,
+                    username: String::new(),
+                    error: None,
+                    client_name: None,
+                    user_code: Some("BCDF-GHJK".into()),
                 },
             ),
         ),
@@ -226,6 +290,12 @@ fn the_titles_name_the_page_then_the_product() {
             "You are signed in · Acme ID",
             "Sign out · Acme ID",
             "Continue · Acme ID",
+            "Connect a device · Acme ID",
+            "Connect a device · Acme ID",
+            "Connect a device · Acme ID",
+            "Device connected · Acme ID",
+            "Request denied · Acme ID",
+            "Sign in · Acme ID",
         ]
     );
 }
@@ -418,6 +488,113 @@ fn the_form_post_page_posts_to_the_client_with_a_script_of_ours_and_a_button() {
 }
 
 #[test]
+fn the_device_pages() {
+    let pages = samples(&branding());
+    let page = |name: &str| {
+        pages
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, html)| html.as_str())
+            .unwrap()
+    };
+    // Code entry: a GET form (the code travels in the query, as in verification_uri_complete),
+    // one labelled field, no error until there is one.
+    let html = page("device");
+    let [(form, body)] = forms(html)[..] else {
+        panic!("one form: {html}")
+    };
+    assert_eq!(attr(form, "method"), Some("get"));
+    assert_eq!(attr(form, "action"), Some("/device"));
+    let inputs = tags(body, "input");
+    assert_eq!(inputs.len(), 1, "{body}");
+    assert_eq!(attr(inputs[0], "name"), Some("user_code"));
+    assert_eq!(attr(inputs[0], "autocomplete"), Some("off"));
+    assert!(has_attr(inputs[0], "autofocus") && has_attr(inputs[0], "required"));
+    assert!(html.contains("<label for=\"user_code\">Code</label>"));
+    assert!(body.contains(">Continue</button>"));
+    assert!(!html.contains("role=\"alert\""));
+    // After a wrong code: one alert, the code kept.
+    let html = page("device-error");
+    assert_eq!(html.matches("role=\"alert\"").count(), 1);
+    assert!(html.contains("value=\"BCDF-GHJX\""));
+    assert!(html.contains("aria-describedby=\"error\""));
+
+    // Approval: the code to compare, the client, who is signed in, the scopes, and a form
+    // posting the decision with the CSRF token and the code.
+    let html = page("device-confirm");
+    assert!(html.contains("<h1>Connect <strong>Acme TV</strong>?</h1>"));
+    assert!(html.contains("<p class=\"user-code\">BCDF-GHJK</p>"));
+    assert!(html.contains("Signed in as <strong>alice</strong>"));
+    assert!(html.contains("<code>acme-tv</code>"));
+    for s in scopes() {
+        assert!(html.contains(&format!(
+            "<li>{}<code class=\"scope-name\">{}</code></li>",
+            s.description, s.name
+        )));
+    }
+    let [(form, body)] = forms(html)[..] else {
+        panic!("one form: {html}")
+    };
+    assert_eq!(attr(form, "method"), Some("post"));
+    assert_eq!(attr(form, "action"), Some("/device"));
+    assert!(body.contains("<input type=\"hidden\" name=\"user_code\" value=\"BCDF-GHJK\">"));
+    let buttons: Vec<_> = tags(body, "button")
+        .into_iter()
+        .map(|b| (attr(b, "name"), attr(b, "value"), attr(b, "class")))
+        .collect();
+    assert_eq!(
+        buttons,
+        [
+            (Some("decision"), Some("deny"), Some("button")),
+            (Some("decision"), Some("approve"), Some("button primary")),
+        ]
+    );
+    assert!(body.contains(">Approve</button>") && body.contains(">Deny</button>"));
+
+    // Done: what happened, and where to go.
+    let html = page("device-approved");
+    assert!(html.contains("<h1>Device connected</h1>"));
+    assert!(html.contains("You can go back to your device."));
+    assert!(forms(html).is_empty() && !html.contains("<a "));
+    let html = page("device-denied");
+    assert!(html.contains("<h1>Request denied</h1>"));
+    assert!(html.contains("<strong>Acme TV</strong> was not given access"));
+
+    // Signing in for a device carries the code back, and says why.
+    let html = page("sign-in-device");
+    assert!(html.contains("<input type=\"hidden\" name=\"user_code\" value=\"BCDF-GHJK\">"));
+    assert!(html.contains("to connect your device"));
+    assert!(!html.contains("name=\"req\""));
+}
+
+/// Whether a start tag of `html` has an event handler attribute (`onclick=`, `onload=`, ...).
+fn has_event_handler(html: &str) -> bool {
+    html.split('<')
+        .skip(1)
+        .filter_map(|t| t.split('>').next())
+        .any(|tag| {
+            tag.match_indices(" on").any(|(i, _)| {
+                let rest = &tag[i + 3..];
+                let name = rest.len()
+                    - rest
+                        .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                        .len();
+                name > 0 && rest[name..].starts_with('=')
+            })
+        })
+}
+
+#[test]
+fn event_handlers_are_found() {
+    assert!(has_event_handler("<p>x</p><button onclick=\"x()\">"));
+    assert!(has_event_handler("<body onload=\"x()\">"));
+    assert!(!has_event_handler(
+        "<p>Enter the code shown on your device.</p>"
+    ));
+    assert!(!has_event_handler("<input name=\"one\" value=\"on\">"));
+}
+
+#[test]
 fn no_inline_script_or_style_anywhere() {
     for (name, html) in samples(&branding()) {
         for script in tags(&html, "script") {
@@ -426,7 +603,10 @@ fn no_inline_script_or_style_anywhere() {
         assert!(!html.contains("</script>") || html.contains("defer></script>"));
         assert!(tags(&html, "style").is_empty(), "{name}");
         assert!(!html.contains(" style="), "{name}");
-        assert!(!html.contains(" on"), "{name}: an event handler attribute?");
+        assert!(
+            !has_event_handler(&html),
+            "{name}: an event handler attribute"
+        );
         assert!(!html.contains("javascript:"), "{name}");
     }
 }
@@ -447,6 +627,7 @@ fn everything_given_is_escaped() {
                 username: n(),
                 error: Some(n()),
                 client_name: Some(n()),
+                user_code: Some(n()),
             },
         ),
         consent(
@@ -494,6 +675,34 @@ fn everything_given_is_escaped() {
                 fields: vec![(n(), n())],
             },
         ),
+        device_entry(
+            &b,
+            &DeviceEntryView {
+                code: n(),
+                error: Some(n()),
+            },
+        ),
+        device_confirm(
+            &b,
+            &DeviceConfirmView {
+                csrf_token: n(),
+                user_code: n(),
+                client_name: n(),
+                client_id: n(),
+                user_name: n(),
+                scopes: vec![ScopeView {
+                    name: n(),
+                    description: n(),
+                }],
+            },
+        ),
+        device_done(
+            &b,
+            &DeviceDoneView {
+                approved: true,
+                client_name: n(),
+            },
+        ),
     ];
     for html in &pages {
         assert!(!html.contains(NASTY), "{html}");
@@ -503,24 +712,46 @@ fn everything_given_is_escaped() {
     }
     // Every field of each view shows up escaped: the product name (in the title and the
     // heading) and the logo, then the page's own fields (the client's name twice on the
-    // consent page, the error's and the message's title in the page title too, the product
-    // name in the sign-out question).
+    // consent and device pages, the error's and the message's title in the page title too,
+    // the product name in the sign-out question, the user code shown and sent back).
     let counts: Vec<_> = pages.iter().map(|h| h.matches(ESCAPED).count()).collect();
-    assert_eq!(counts, [3 + 5, 3 + 8, 3 + 4, 3 + 1, 3 + 3, 3 + 5, 3 + 3]);
+    assert_eq!(
+        counts,
+        [
+            3 + 6,
+            3 + 8,
+            3 + 4,
+            3 + 1,
+            3 + 3,
+            3 + 5,
+            3 + 3,
+            3 + 2,
+            3 + 9,
+            3 + 1
+        ]
+    );
 }
 
 #[test]
 fn every_form_of_ours_carries_the_csrf_token_and_every_input_has_a_label() {
     for (name, html) in samples(&branding()) {
         for (form, body) in forms(&html) {
-            let to_tokend = attr(form, "action").is_some_and(|a| a.starts_with('/'));
+            let posts_to_tokend = attr(form, "action").is_some_and(|a| a.starts_with('/'))
+                && attr(form, "method") == Some("post");
             let csrf = tags(body, "input").into_iter().any(|t| {
                 attr(t, "type") == Some("hidden")
                     && attr(t, "name") == Some("csrf_token")
                     && attr(t, "value") == Some("csrf-1")
             });
-            // The form-post form goes to the client: tokend's token must not travel there.
-            assert_eq!(csrf, to_tokend, "{name}: {form}");
+            // The form-post form goes to the client: tokend's token must not travel there; nor
+            // into a URL, where a form sent with GET puts its fields (the device page's code
+            // entry, which changes nothing).
+            assert_eq!(csrf, posts_to_tokend, "{name}: {form}");
+            let method = attr(form, "method");
+            assert!(
+                method == Some("post") || method == Some("get"),
+                "{name}: {form}"
+            );
         }
         for input in tags(&html, "input") {
             if attr(input, "type") == Some("hidden") {
