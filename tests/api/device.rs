@@ -182,6 +182,18 @@ async fn poll_error(app: &TestApp, device_code: &str, error: &str) -> Value {
 /// The page a browser lands on for `user_code` after signing in as ada: the approval page's
 /// HTML. `browser` keeps its session for later pages.
 async fn open_signed_in(app: &TestApp, browser: &reqwest::Client, complete: &str) -> String {
+    open_signed_in_as(app, browser, complete, "ada", PASSWORD).await
+}
+
+/// Opens `complete` (a `verification_uri_complete`) signed in as `username`, signing in on the
+/// way if needed; answers the approval page.
+async fn open_signed_in_as(
+    app: &TestApp,
+    browser: &reqwest::Client,
+    complete: &str,
+    username: &str,
+    password: &str,
+) -> String {
     let res = browser
         .get(app.url(&path_of(complete)))
         .send()
@@ -209,8 +221,8 @@ async fn open_signed_in(app: &TestApp, browser: &reqwest::Client, complete: &str
             .form(&[
                 ("csrf_token", csrf_of(&html).as_str()),
                 ("user_code", &code),
-                ("username", "ada"),
-                ("password", PASSWORD),
+                ("username", username),
+                ("password", password),
             ])
             .send()
             .await
@@ -248,11 +260,35 @@ async fn decide(
 
 /// Signs in on a new browser and approves `d`; answers the browser.
 async fn approve(app: &TestApp, d: &Value) -> reqwest::Client {
+    approve_as(app, d, "ada", PASSWORD).await
+}
+
+/// Signs in as `username` on a new browser and approves the device authorization `d` (its
+/// `verification_uri_complete` and `user_code`), as a person would on the page; answers the
+/// browser. Other tests approve their devices with it.
+pub(crate) async fn approve_as(
+    app: &TestApp,
+    d: &Value,
+    username: &str,
+    password: &str,
+) -> reqwest::Client {
+    decide_as(app, d, username, password, "approve").await
+}
+
+/// Signs in as `username` on a new browser and answers `decision` (`approve` or `deny`) for
+/// the device authorization `d`; answers the browser.
+pub(crate) async fn decide_as(
+    app: &TestApp,
+    d: &Value,
+    username: &str,
+    password: &str,
+    decision: &str,
+) -> reqwest::Client {
     let browser = new_browser();
     let complete = d["verification_uri_complete"].as_str().unwrap();
-    let html = open_signed_in(app, &browser, complete).await;
+    let html = open_signed_in_as(app, &browser, complete, username, password).await;
     let user_code = d["user_code"].as_str().unwrap();
-    let res = decide(app, &browser, &html, user_code, "approve").await;
+    let res = decide(app, &browser, &html, user_code, decision).await;
     assert_eq!(res.status(), StatusCode::OK);
     let done = res.text().await.unwrap();
     assert!(done.contains("You can go back to your device."), "{done}");

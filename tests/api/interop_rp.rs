@@ -35,6 +35,7 @@ const SCRIPT_WITHIN: Duration = Duration::from_secs(120);
 in_both_modes!(
     authlib_and_openid_client_complete_the_code_flow,
     openid_client_signs_in_with_a_pushed_authorization_request,
+    openid_client_completes_the_device_grant,
 );
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -282,5 +283,91 @@ async fn openid_client_signs_in_with_a_pushed_authorization_request(mode: Mode) 
             && l.ends_with(" 1")
     });
     assert!(pushed, "one pushed request counted: {m}");
+    app.stop().await;
+}
+
+/// openid-client's `initiateDeviceAuthorization` and `pollDeviceAuthorizationGrant` (RFC 8628)
+/// for a public CLI client: the script prints the codes and polls; meanwhile a person (played
+/// here as a browser would, docs/device.md) opens `verification_uri_complete`, signs in and
+/// approves. The library then validates the ID token of its answer (signature from the JWKS,
+/// iss, aud), and the script calls userinfo and refreshes.
+async fn openid_client_completes_the_device_grant(mode: Mode) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let file = write_clients_file(&json!([
+        {"client_id": "node-cli",
+         "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+         "client_name": "openid-client CLI"},
+    ]));
+    let port = crate::services::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+    })
+    .await;
+    let res = app.register("ada", "ada@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let user: Value = res.json().await.unwrap();
+    let sub = user["id"].as_str().unwrap().to_string();
+
+    let script = "tests/rp/openid_client_device_flow.mjs";
+    let mut child = tokio::process::Command::new("node")
+        .arg(repo_path(script))
+        .args([issuer.as_str(), "node-cli", "openid profile"])
+        .env("RP_NODE_MODULES", &tools.node_modules)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let mut first = String::new();
+    tokio::time::timeout(SCRIPT_WITHIN, stdout.read_line(&mut first))
+        .await
+        .unwrap_or_else(|_| panic!("{script} printed no codes within {SCRIPT_WITHIN:?}"))
+        .unwrap();
+    let codes: Value = serde_json::from_str(first.trim()).unwrap_or_else(|e| {
+        panic!("{script} printed no device authorization ({e}): {first}");
+    });
+    assert_eq!(
+        codes["verification_uri"],
+        format!("{issuer}/device"),
+        "{codes}"
+    );
+    assert_eq!(codes["interval"], 5, "{codes}");
+    // The person approves while the library polls.
+    crate::device::approve_as(&app, &codes, "ada", PASSWORD).await;
+    let finished = tokio::time::timeout(SCRIPT_WITHIN, async {
+        let mut rest = String::new();
+        stdout.read_to_string(&mut rest).await.unwrap();
+        let mut err = String::new();
+        stderr.read_to_string(&mut err).await.unwrap();
+        (child.wait().await.unwrap(), rest, err)
+    })
+    .await;
+    let (status, rest, err) =
+        finished.unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_WITHIN:?}"));
+    assert!(
+        status.success(),
+        "{script} failed ({status}):\n{err}\n{rest}"
+    );
+    let summary: Value = serde_json::from_str(rest.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{script} printed no JSON summary ({e}): {rest}\n{err}"));
+    assert_eq!(summary["library"], "openid-client", "{summary}");
+    assert_eq!(summary["approved"], true, "{summary}");
+    assert_eq!(summary["id_token_validated"], true, "{summary}");
+    assert_eq!(summary["id_token_alg"], "RS256", "{summary}");
+    assert_eq!(summary["sub"], sub.as_str(), "{summary}");
+    assert_eq!(summary["preferred_username"], "ada", "{summary}");
+    assert_eq!(summary["refreshed"], true, "{summary}");
+    assert_eq!(summary["scope"], "openid profile", "{summary}");
     app.stop().await;
 }

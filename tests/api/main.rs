@@ -8,6 +8,7 @@ mod cluster;
 mod connections;
 mod deploy;
 mod device;
+mod device_cli;
 mod faults;
 mod foundation;
 mod fuzz;

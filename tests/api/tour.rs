@@ -319,6 +319,68 @@ fn the_readme_pushed_authorization_request_tour_runs_as_written() {
 }
 
 #[test]
+fn the_readme_device_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(
+        &readme,
+        "<!-- device-tour:start",
+        "<!-- device-tour:end -->",
+    );
+    assert_eq!(
+        tour.server_starts, 1,
+        "the device tour starts the server once"
+    );
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the device tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    steps.shows(
+        "The device asks for a pair of codes",
+        &[
+            "\"device_code\"",
+            "\"user_code\"",
+            "\"interval\":5",
+            "/device",
+        ],
+    );
+    steps.shows("It shows the short code", &["/device and enter "]);
+    steps.shows(
+        "It polls the token endpoint",
+        &["\"error\":\"authorization_pending\"", "} 400"],
+    );
+    steps.shows(
+        "The page with the code sends a browser",
+        &["/login?user_code="],
+    );
+    steps.shows(
+        "Sign in; the page sends the browser back",
+        &["/device?user_code="],
+    );
+    steps.shows(
+        "The page names the client and the code",
+        &["Connect <strong>My CLI</strong>", "Device connected"],
+    );
+    steps.shows(
+        "Back on the device",
+        &["\"access_token\"", "\"refresh_token\"", "\"id_token\""],
+    );
+    steps.shows(
+        "The tokens come once",
+        &["\"error\":\"invalid_grant\"", "} 400"],
+    );
+    steps.shows(
+        "The CLI stays signed in",
+        &["\"access_token\"", "\"refresh_token\""],
+    );
+}
+
+#[test]
 fn the_readme_tour_runs_top_to_bottom_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
