@@ -22,12 +22,14 @@ use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENT
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLimits, MemoryMail, MemorySessions,
+    MemoryUsers,
 };
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use crate::store::{
-    AuthorizeStore, ClientStore, ConsentStore, LeaseStore, LimitStore, SessionStore, UserStore,
+    AuthorizeStore, ClientStore, ConsentStore, LeaseStore, LimitStore, MailStore, SessionStore,
+    UserStore,
 };
 
 /// Why the application could not start.
@@ -75,6 +77,8 @@ pub struct Backends {
     pub authorize: Arc<dyn AuthorizeStore>,
     /// Consents (MongoDB in production).
     pub consents: Arc<dyn ConsentStore>,
+    /// The mail outbox and the tokens its messages carry (MongoDB in production).
+    pub mail: Arc<dyn MailStore>,
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
@@ -95,6 +99,7 @@ impl Backends {
                 sessions: Arc::new(MemorySessions::new(clock.clone())),
                 authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
                 consents: Arc::new(MemoryConsents::new()),
+                mail: Arc::new(MemoryMail::new()),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -132,6 +137,7 @@ impl Backends {
                 Ok(Backends {
                     users: mongo.clone(),
                     clients: mongo.clone(),
+                    mail: mongo.clone(),
                     consents: mongo,
                     sessions: redis.clone(),
                     authorize: redis.clone(),
@@ -156,6 +162,7 @@ impl Backends {
             users: Arc::new(Instrumented::new(self.users, doc_store, metrics.clone())),
             clients: Arc::new(Instrumented::new(self.clients, doc_store, metrics.clone())),
             consents: Arc::new(Instrumented::new(self.consents, doc_store, metrics.clone())),
+            mail: Arc::new(Instrumented::new(self.mail, doc_store, metrics.clone())),
             sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
             authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
             ..self
@@ -271,6 +278,12 @@ impl Application {
                 alg: *alg,
             }));
         }
+        let hello_name = url::Url::parse(&config.issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "localhost".into());
+        let transport = crate::mail::transport(&config.mail.transport, &hello_name)
+            .map_err(StartupError::Config)?;
         let services = Services::build(ServiceParts {
             config: config.clone(),
             clock,
@@ -280,17 +293,15 @@ impl Application {
             limits: b.limits,
             authorize: b.authorize,
             consents: b.consents,
+            mail: b.mail,
+            transport,
+            delivery_clock: Arc::new(SystemClock),
             keys,
             passwords,
             metrics: metrics.clone(),
-        });
-        if !config.admin_emails.is_empty() {
-            tracing::warn!(
-                "TOKEND_ADMIN_EMAILS grants admin only to an address whose owner has verified it; \
-                 this version does not verify addresses, so it grants nothing: use \
-                 TOKEND_BOOTSTRAP_ADMIN_EMAIL/PASSWORD or `tokend users grant-admin`"
-            );
-        }
+        })
+        .map_err(|e| StartupError::Other(e.to_string()))?;
+        log_mail_settings(&config);
         services
             .admin
             .bootstrap_admin()
@@ -312,6 +323,8 @@ impl Application {
             admin,
             limits,
             published,
+            mail,
+            verification,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -328,6 +341,8 @@ impl Application {
             admin,
             limits,
             published,
+            mail,
+            verification,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {
@@ -395,6 +410,10 @@ impl Application {
         let maintenance = self.state.published.keys().spawn_maintenance(async move {
             let _ = maintenance_stop.changed().await;
         });
+        let mut mail_stop = stop_rx.clone();
+        let mail_worker = self.state.mail.spawn_worker(async move {
+            let _ = mail_stop.changed().await;
+        });
         let limits = ServerLimits {
             header_read_timeout: self.config.header_read_timeout,
             idle_timeout: self.config.idle_timeout,
@@ -443,6 +462,34 @@ impl Application {
             let _ = ops.await;
         }
         let _ = maintenance.await;
+        if let Some(worker) = mail_worker {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// Says once at start-up where mail goes (never the SMTP URL: it may hold a password) and what
+/// the configuration means for verification and `TOKEND_ADMIN_EMAILS`.
+fn log_mail_settings(config: &Config) {
+    use crate::config::{EmailVerification, MailTransport};
+    match &config.mail.transport {
+        MailTransport::Smtp(s) => {
+            tracing::info!(host = %s.host, port = s.port, "mail goes out through SMTP")
+        }
+        MailTransport::Dir(d) => {
+            tracing::info!(dir = %d.display(), "mail is written as .eml files (no SMTP server)")
+        }
+        MailTransport::Off => tracing::warn!(
+            "no TOKEND_SMTP_URL or TOKEND_MAIL_DIR: no mail is sent, so no address can be verified"
+        ),
+    }
+    let verifies = config.mail.verification != EmailVerification::Off
+        && !matches!(config.mail.transport, MailTransport::Off);
+    if !config.admin_emails.is_empty() && !verifies {
+        tracing::warn!(
+            "TOKEND_ADMIN_EMAILS grants admin only when its owner verifies the address, and \
+             addresses are not verified with this configuration: it grants nothing"
+        );
     }
 }
 

@@ -10,8 +10,10 @@ use super::limits::Limits;
 use super::passwords::Verdict;
 use super::sessions::Sessions;
 use super::tokens::{AccessClaims, Refusal};
+use super::verification::Verification;
 use super::{Error, Passwords};
 use crate::clock::SharedClock;
+use crate::config::EmailVerification;
 use crate::metrics::Metrics;
 use crate::store::{UserRecord, UserStore};
 
@@ -93,16 +95,22 @@ pub struct Accounts {
     passwords: Passwords,
     sessions: Arc<Sessions>,
     limits: Arc<Limits>,
+    verification: Arc<Verification>,
+    /// `TOKEND_EMAIL_VERIFICATION`: `required` refuses password sign-in of unverified accounts.
+    email_verification: EmailVerification,
     clock: SharedClock,
     metrics: Arc<Metrics>,
 }
 
 impl Accounts {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         users: Arc<dyn UserStore>,
         passwords: Passwords,
         sessions: Arc<Sessions>,
         limits: Arc<Limits>,
+        verification: Arc<Verification>,
+        email_verification: EmailVerification,
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Accounts {
@@ -111,6 +119,8 @@ impl Accounts {
             passwords,
             sessions,
             limits,
+            verification,
+            email_verification,
             clock,
             metrics,
         }
@@ -144,12 +154,20 @@ impl Accounts {
         };
         self.users.insert(&user).await?;
         tracing::info!(user_id = %user.id, "user registered");
+        // The account exists whatever happens to its mail: a mail that could not be queued is
+        // asked for again with the resend endpoint (docs/mail.md, "What is atomic").
+        if let Err(e) = self.verification.registered(&user).await {
+            tracing::warn!(user_id = %user.id, error = %e, "verification mail not queued");
+        }
         Ok(UserView::from(&user))
     }
 
     /// Checks a password for an email or (when `allow_username`) a username. Unknown accounts
     /// are verified against a dummy hash and answer like a wrong password. The account's one
-    /// budget (whatever names it) is charged before the hash is checked.
+    /// budget (whatever names it) is charged before the hash is checked. Every sign-in comes
+    /// here (`/auth/login`, the password grant, the sign-in page): with
+    /// `TOKEND_EMAIL_VERIFICATION=required` a right password of an unverified account is
+    /// [`Error::EmailNotVerified`], which only the owner of the password learns.
     pub(crate) async fn check_password(
         &self,
         login: &str,
@@ -183,6 +201,10 @@ impl Accounts {
                 user = updated;
             }
             tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
+        }
+        if self.email_verification == EmailVerification::Required && !user.email_verified {
+            tracing::info!(user_id = %user.id, "sign-in refused: email not verified");
+            return Err(Error::EmailNotVerified);
         }
         Ok(user)
     }

@@ -54,7 +54,7 @@ fn set_cookie(state: &AppState, name: &str, value: &str, max_age: u64) -> Option
 
 /// The query string or the form body of a request, decoded into `T` (an unreadable one as
 /// empty, so that the domain names what is missing).
-async fn params<T: for<'de> Deserialize<'de> + Default>(
+pub(super) async fn params<T: for<'de> Deserialize<'de> + Default>(
     state: &AppState,
     req: Request<Incoming>,
 ) -> Result<T, ApiError> {
@@ -70,7 +70,7 @@ async fn params<T: for<'de> Deserialize<'de> + Default>(
 }
 
 /// A page for an error met while serving a page (never JSON to a person).
-fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>> {
+pub(super) fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>> {
     let (status, code) = e.parts();
     let (title, message) = match &e {
         ApiError::TooManyRequests { retry_after } => (
@@ -181,7 +181,10 @@ fn render(state: &AppState, outcome: Outcome) -> Response<Full<Bytes>> {
 }
 
 /// The forms' CSRF token of this browser: its cookie, or a new one to set.
-fn csrf_token<B>(state: &AppState, req: &Request<B>) -> Result<(String, bool), ApiError> {
+pub(super) fn csrf_token<B>(
+    state: &AppState,
+    req: &Request<B>,
+) -> Result<(String, bool), ApiError> {
     match cookie(req, csrf_cookie_name(state)).filter(|c| c.len() == 43) {
         Some(c) => Ok((c, false)),
         None => Ok((ids::random_secret()?, true)),
@@ -189,7 +192,7 @@ fn csrf_token<B>(state: &AppState, req: &Request<B>) -> Result<(String, bool), A
 }
 
 /// A page response that also sets the CSRF cookie when it was new.
-fn with_csrf(
+pub(super) fn with_csrf(
     state: &AppState,
     mut res: Response<Full<Bytes>>,
     token: &str,
@@ -204,14 +207,14 @@ fn with_csrf(
 }
 
 /// What a form post's checks read from the headers, taken before the body is read.
-struct FormHeaders {
+pub(super) struct FormHeaders {
     origin: Option<String>,
     csrf_cookie: Option<String>,
     session: Option<String>,
 }
 
 impl FormHeaders {
-    fn of<B>(state: &AppState, req: &Request<B>) -> FormHeaders {
+    pub(super) fn of<B>(state: &AppState, req: &Request<B>) -> FormHeaders {
         FormHeaders {
             origin: req
                 .headers()
@@ -227,7 +230,11 @@ impl FormHeaders {
     /// hidden `csrf_token` equals this browser's CSRF cookie. Under the pages'
     /// `Referrer-Policy: no-referrer` browsers send `Origin: null` for their own forms, so
     /// `null` is left to the token.
-    fn check_csrf(&self, state: &AppState, presented: Option<&str>) -> Result<(), ApiError> {
+    pub(super) fn check_csrf(
+        &self,
+        state: &AppState,
+        presented: Option<&str>,
+    ) -> Result<(), ApiError> {
         let refused = || ApiError::Forbidden {
             code: "csrf_failed",
             description: "This form has expired. Go back, reload the page and try again.".into(),
@@ -361,6 +368,13 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
             return Ok(again(
                 "Wrong username, email or password.",
                 StatusCode::UNAUTHORIZED,
+                client_name().await,
+            ))
+        }
+        Err(crate::domain::Error::EmailNotVerified) => {
+            return Ok(again(
+                "Confirm your email address first: open the link in the mail we sent you.",
+                StatusCode::FORBIDDEN,
                 client_name().await,
             ))
         }

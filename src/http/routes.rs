@@ -11,7 +11,9 @@ use http::{Method, Request};
 use hyper::body::Incoming;
 
 use super::state::AppState;
-use super::{admin, auth, authorize, oauth, openapi, ops, pages, users, wellknown, ApiResult};
+use super::{
+    admin, auth, authorize, oauth, openapi, ops, pages, users, verify, wellknown, ApiResult,
+};
 
 /// The future of a handler, boxed so that every handler fits one table.
 pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = ApiResult> + Send + 'a>>;
@@ -160,6 +162,16 @@ fn table() -> Vec<Route> {
             .post(handler!(authorize::logout)),
         Route::at("/users/me/consents").get(handler!(authorize::list_consents)),
         Route::at("/users/me/consents/{client_id}").delete(handler!(authorize::withdraw_consent)),
+        Route::at("/auth/verify-email")
+            .get(handler!(verify::page))
+            .post(handler!(verify::confirm_json))
+            .rate_limited(),
+        Route::at("/auth/verify-email/confirm")
+            .post(handler!(verify::confirm_form))
+            .rate_limited(),
+        Route::at("/auth/verify-email/resend")
+            .post(handler!(verify::resend))
+            .rate_limited(),
     ]
 }
 
@@ -456,7 +468,10 @@ mod tests {
                 "/auth/token/refresh",
                 "/oauth/token",
                 "/oauth/authorize",
-                "/login"
+                "/login",
+                "/auth/verify-email",
+                "/auth/verify-email/confirm",
+                "/auth/verify-email/resend"
             ]
         );
         let memory: Vec<_> = routes()

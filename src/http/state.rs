@@ -15,9 +15,11 @@ use crate::domain::accounts::Accounts;
 use crate::domain::admin::Admin;
 use crate::domain::authorize::Authorize;
 use crate::domain::limits::Limits;
+use crate::domain::mail::Mail;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
 use crate::domain::sessions::Sessions;
+use crate::domain::verification::Verification;
 use crate::metrics::Metrics;
 
 /// One thing `/readyz` asks (a store, the key ring of an algorithm). The stores answer it
@@ -40,6 +42,10 @@ pub struct AppState {
     pub(crate) admin: Admin,
     pub(crate) limits: Arc<Limits>,
     pub published: Published,
+    /// The mail outbox and its delivery worker (docs/mail.md).
+    pub(crate) mail: Arc<Mail>,
+    /// Email verification (docs/mail.md).
+    pub(crate) verification: Arc<Verification>,
     /// The request counters and histograms of the router.
     pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.

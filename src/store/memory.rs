@@ -19,8 +19,10 @@ use super::{
 use crate::clock::SharedClock;
 
 mod authorize;
+mod mail;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
+pub use mail::MemoryMail;
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;
@@ -156,6 +158,27 @@ impl UserStore for MemoryUsers {
             u.updated_at = now_ms;
             u.clone()
         }))
+    }
+
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut g = lock(&self.inner);
+        Ok(g.by_id
+            .get_mut(id)
+            .filter(|u| u.email == email && !u.email_verified)
+            .map(|u| {
+                u.email_verified = true;
+                if grant_admin && !u.roles.iter().any(|r| r == "admin") {
+                    u.roles.push("admin".to_string());
+                }
+                u.updated_at = now_ms;
+                u.clone()
+            }))
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {

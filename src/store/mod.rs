@@ -7,11 +7,13 @@ use serde::{Deserialize, Serialize};
 
 pub mod authorize;
 pub(crate) mod instrumented;
+pub mod mail;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
 
 pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
+pub use mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 
 /// What can go wrong in a store, named for what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,6 +117,17 @@ pub trait UserStore: Send + Sync {
         &self,
         id: &str,
         roles: &[String],
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Marks `email` verified for user `id` in one atomic step, only while the user still has
+    /// that address and it is not verified yet; with `grant_admin`, role `admin` is added in
+    /// the same write (docs/mail.md, "Admins by verified address"). The record as written when
+    /// this call verified it, else `None` (verified already, address changed, no such user).
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.

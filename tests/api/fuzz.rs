@@ -442,7 +442,14 @@ fn serve() -> Served {
 }
 
 /// The routes people see: their errors are HTML pages (docs/authorize.md).
-const PAGES: [&str; 4] = ["/oauth/authorize", "/login", "/consent", "/oauth/logout"];
+const PAGES: [&str; 6] = [
+    "/oauth/authorize",
+    "/login",
+    "/consent",
+    "/oauth/logout",
+    "/auth/verify-email",
+    "/auth/verify-email/confirm",
+];
 
 /// Whether a raw request path names one of the [`PAGES`].
 fn is_page(path: &str) -> bool {

@@ -63,6 +63,11 @@ pub fn test_env(mode: Mode) -> (HashMap<String, String>, Option<tempfile::TempDi
                 "TOKEND_KEYS_DIR".into(),
                 d.path().to_string_lossy().into_owned(),
             );
+            // Mail as .eml files beside the keys, never in the working directory.
+            env.insert(
+                "TOKEND_MAIL_DIR".into(),
+                d.path().join("mail").to_string_lossy().into_owned(),
+            );
             dir = Some(d);
         }
         Mode::Production => {

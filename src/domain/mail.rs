@@ -1,0 +1,241 @@
+//! The `Mail` service (docs/mail.md): mail goes through an outbox in the store. Whatever causes
+//! a message writes it there (with the token it carries, in the same record); a worker in every
+//! instance claims due messages with a lease, hands each to the transport (SMTP or `.eml`
+//! files), and on failure gives the lease back with the next attempt 1 s later, doubling up to
+//! 30 s. An SMTP outage delays mail and loses none; the `Message-ID` is the idempotency key.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lettre::message::Mailbox;
+use tokio::sync::Notify;
+
+use super::{ids, Error};
+use crate::clock::SharedClock;
+use crate::mail::{compose, Compose, Transport};
+use crate::metrics::Metrics;
+use crate::store::{MailStore, MailToken};
+
+/// How long a claimed message is this worker's: longer than an SMTP conversation may take
+/// ([`crate::mail::SMTP_TIMEOUT`]), so no other instance sends it meanwhile.
+const LEASE_MS: i64 = 60_000;
+/// The first retry comes after this long…
+const FIRST_RETRY_MS: i64 = 1_000;
+/// …doubling with each failure up to this, so mail flows within 30 s of a server's return.
+const MAX_RETRY_MS: i64 = 30_000;
+/// How often an idle worker looks for due messages (other instances' and retries).
+const POLL: Duration = Duration::from_secs(1);
+
+/// The delay before the next attempt after `attempts` failed ones (1 s, 2 s, 4 s … 30 s).
+pub(crate) fn retry_delay_ms(attempts: u32) -> i64 {
+    let exp = attempts.saturating_sub(1).min(16);
+    FIRST_RETRY_MS
+        .saturating_mul(1_i64 << exp)
+        .min(MAX_RETRY_MS)
+}
+
+/// What a message says, before it becomes one.
+pub(crate) struct Letter {
+    pub(crate) to: String,
+    pub(crate) subject: String,
+    pub(crate) text: String,
+    pub(crate) html: String,
+}
+
+/// The `Mail` service: queues messages and delivers them.
+pub(crate) struct Mail {
+    store: Arc<dyn MailStore>,
+    /// `None`: mail is off (production mode without SMTP or a directory); nothing is queued.
+    transport: Option<Arc<dyn Transport>>,
+    /// The `Date` of messages and the expiry of their tokens.
+    clock: SharedClock,
+    /// Leases and retries: the wall clock, so that delivery goes on while a test holds the
+    /// service clock still.
+    delivery_clock: SharedClock,
+    metrics: Arc<Metrics>,
+    sender: Mailbox,
+    /// The right part of every `Message-ID`: the issuer's host.
+    id_domain: String,
+    /// This instance, as lease holder.
+    holder: String,
+    /// Wakes the worker when this instance queued a message.
+    wake: Notify,
+}
+
+impl Mail {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        store: Arc<dyn MailStore>,
+        transport: Option<Arc<dyn Transport>>,
+        clock: SharedClock,
+        delivery_clock: SharedClock,
+        metrics: Arc<Metrics>,
+        sender: Mailbox,
+        id_domain: String,
+    ) -> Result<Mail, Error> {
+        Ok(Mail {
+            store,
+            transport,
+            clock,
+            delivery_clock,
+            metrics,
+            sender,
+            id_domain,
+            holder: ids::random_id()?,
+            wake: Notify::new(),
+        })
+    }
+
+    /// Whether mail leaves this instance at all.
+    pub(crate) fn enabled(&self) -> bool {
+        self.transport.is_some()
+    }
+
+    /// The service clock's time, Unix milliseconds.
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Writes a message, and the token it carries, to the outbox in one step; the worker sends
+    /// it. Nothing is queued when mail is off.
+    pub(crate) async fn queue(
+        &self,
+        letter: Letter,
+        token: Option<&MailToken>,
+    ) -> Result<(), Error> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        let id = uuid::Uuid::now_v7().to_string();
+        let mail = compose(Compose {
+            id: &id,
+            id_domain: &self.id_domain,
+            from: &self.sender,
+            to: &letter.to,
+            subject: &letter.subject,
+            text: letter.text,
+            html: letter.html,
+            now_ms: self.clock.now_ms(),
+        })
+        .map_err(Error::Internal)?;
+        self.store.enqueue(&mail, token).await?;
+        tracing::info!(message_id = %id, "mail queued");
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The live token with this hash and purpose, unspent.
+    pub(crate) async fn token(
+        &self,
+        hash: &str,
+        purpose: &str,
+    ) -> Result<Option<MailToken>, Error> {
+        Ok(self.store.token(hash, purpose, self.clock.now_ms()).await?)
+    }
+
+    /// Spends a token: of concurrent callers, one gets it.
+    pub(crate) async fn take_token(
+        &self,
+        hash: &str,
+        purpose: &str,
+    ) -> Result<Option<MailToken>, Error> {
+        Ok(self
+            .store
+            .take_token(hash, purpose, self.clock.now_ms())
+            .await?)
+    }
+
+    /// Forgets the user's tokens for `purpose`.
+    pub(crate) async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<(), Error> {
+        self.store.forget_tokens(user_id, purpose).await?;
+        Ok(())
+    }
+
+    /// Sends every due message, one after the other; answers how many were delivered.
+    pub(crate) async fn deliver_due(&self) -> Result<usize, Error> {
+        let Some(transport) = &self.transport else {
+            return Ok(0);
+        };
+        let mut delivered = 0;
+        loop {
+            let now = self.delivery_clock.now_ms();
+            let Some(claimed) = self.store.claim(&self.holder, now, LEASE_MS).await? else {
+                return Ok(delivered);
+            };
+            let id = claimed.mail.id.clone();
+            match transport.send(&claimed.mail).await {
+                Ok(()) => {
+                    self.store.delivered(&id, &self.holder).await?;
+                    self.metrics.mail_sent.inc();
+                    delivered += 1;
+                    tracing::info!(message_id = %id, attempts = claimed.attempts, "mail delivered");
+                }
+                Err(e) => {
+                    self.metrics.mail_send_failures.inc();
+                    let delay = retry_delay_ms(claimed.attempts);
+                    let next = self.delivery_clock.now_ms().saturating_add(delay);
+                    self.store.retry_at(&id, &self.holder, next).await?;
+                    tracing::warn!(
+                        message_id = %id,
+                        attempts = claimed.attempts,
+                        retry_in_ms = delay,
+                        error = %e,
+                        "mail not delivered; will retry"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Refreshes `tokend_mail_outbox_depth`.
+    async fn observe_depth(&self) {
+        match self.store.depth().await {
+            Ok(n) => self
+                .metrics
+                .mail_outbox_depth
+                .set(i64::try_from(n).unwrap_or(i64::MAX)),
+            Err(e) => tracing::debug!(error = %e, "outbox depth unavailable"),
+        }
+    }
+
+    /// The delivery worker: runs until `shutdown` resolves, waking when this instance queues a
+    /// message and at least every second. A store or transport that is down is retried.
+    pub(crate) fn spawn_worker(
+        self: &Arc<Self>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.transport.as_ref()?;
+        let mail = self.clone();
+        Some(tokio::spawn(async move {
+            tokio::pin!(shutdown);
+            loop {
+                if let Err(e) = mail.deliver_due().await {
+                    tracing::warn!(error = %e, "mail outbox unavailable; will retry");
+                }
+                mail.observe_depth().await;
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = mail.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_start_at_a_second_and_double_up_to_thirty() {
+        let delays: Vec<i64> = (1..=8).map(retry_delay_ms).collect();
+        assert_eq!(
+            delays,
+            [1_000, 2_000, 4_000, 8_000, 16_000, 30_000, 30_000, 30_000]
+        );
+        assert_eq!(retry_delay_ms(u32::MAX), 30_000);
+        assert_eq!(retry_delay_ms(0), 1_000);
+    }
+}
