@@ -470,7 +470,6 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
         assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(metric(&apps[0], "tokend_mail_outbox_depth").await >= 1.0 || mode == Mode::Production);
     smtpd.start_again().await;
 
     for email in &emails {
