@@ -202,7 +202,7 @@ mod tests {
     use super::*;
 
     fn sample() -> OutgoingMail {
-        let from = sender("noreply@tokend.test", "Example & Co").unwrap();
+        let from = sender("noreply@tokend.test", "Example Co").unwrap();
         compose(Compose {
             id: "0193-abc",
             id_domain: "tokend.test",
@@ -231,7 +231,11 @@ mod tests {
         assert!(m.raw.contains("multipart/alternative"));
         assert!(m.raw.contains("text/plain"));
         assert!(m.raw.contains("text/html"));
-        assert!(m.raw.contains("Example & Co"), "{}", m.raw);
+        assert!(
+            m.raw.contains("\"Example Co\" <noreply@tokend.test>"),
+            "{}",
+            m.raw
+        );
         assert!(m.raw.contains("Date: Tue, 14 Nov 2023"), "{}", m.raw);
     }
 
