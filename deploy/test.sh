@@ -214,6 +214,9 @@ start_smtp() {
   logfile="$LOGS/aiosmtpd-$port.log"
   dir=$(mktemp -d "$LOGS/maildir.XXXXXX")
   TEMP_DIRS+=("$dir")
+  # aiosmtpd's Mailbox handler creates a Maildir's tmp/, new/ and cur/ only when the directory
+  # itself does not exist yet; into an existing empty one every delivery fails.
+  mkdir -p "$dir/tmp" "$dir/new" "$dir/cur"
   "$TOKEND_TEST_AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" \
     -c aiosmtpd.handlers.Mailbox "$dir" >"$logfile" 2>&1 &
   STARTED_PIDS+=("$!")

@@ -87,11 +87,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Connects the stores named by the configuration.
-    pub(crate) async fn connect(
-        config: &Config,
-        clock: &SharedClock,
-    ) -> Result<Backends, StartupError> {
+    /// Connects the stores named by the configuration (tests wrap one of them to make it fail).
+    pub async fn connect(config: &Config, clock: &SharedClock) -> Result<Backends, StartupError> {
         match &config.mode {
             Mode::Embedded { keys_dir } => Ok(Backends {
                 users: Arc::new(MemoryUsers::new()),
@@ -295,7 +292,6 @@ impl Application {
             consents: b.consents,
             mail: b.mail,
             transport,
-            delivery_clock: Arc::new(SystemClock),
             keys,
             passwords,
             metrics: metrics.clone(),

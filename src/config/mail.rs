@@ -53,9 +53,10 @@ pub(crate) struct SmtpSettings {
 pub(crate) enum SmtpSecurity {
     /// `smtps://`: TLS from the first byte (RFC 8314 §3.3), port 465 by default.
     Tls,
-    /// `smtp://…?tls=required`: STARTTLS (RFC 3207) or no mail.
+    /// `smtp://…?tls=required`, and `smtp://` with a user and password: STARTTLS (RFC 3207)
+    /// or no mail.
     StartTlsRequired,
-    /// `smtp://` (the default): STARTTLS when the server offers it.
+    /// `smtp://` without credentials (the default): STARTTLS when the server offers it.
     StartTlsOpportunistic,
     /// `smtp://…?tls=none`: plain text (a relay on the same host).
     None,
@@ -230,20 +231,6 @@ fn parse_smtp_url(v: &str) -> Result<SmtpSettings, String> {
             }
         }
     }
-    let security = match (u.scheme(), tls.as_deref()) {
-        ("smtps", None) => SmtpSecurity::Tls,
-        ("smtps", Some(_)) => return Err("smtps:// is always TLS: drop the tls option".into()),
-        ("smtp", None | Some("opportunistic")) => SmtpSecurity::StartTlsOpportunistic,
-        ("smtp", Some("required")) => SmtpSecurity::StartTlsRequired,
-        ("smtp", Some("none")) => SmtpSecurity::None,
-        ("smtp", Some(_)) => return Err("tls must be opportunistic, required or none".into()),
-        _ => return Err("expected an smtp:// or smtps:// URL".into()),
-    };
-    let port = u.port().unwrap_or(match security {
-        SmtpSecurity::Tls => 465,
-        SmtpSecurity::None => 25,
-        _ => 587,
-    });
     let credentials = match (u.username(), u.password()) {
         ("", None) => None,
         (user, Some(password)) if !user.is_empty() => {
@@ -251,6 +238,31 @@ fn parse_smtp_url(v: &str) -> Result<SmtpSettings, String> {
         }
         _ => return Err("give both a user and a password, or neither".into()),
     };
+    // A password goes only where STARTTLS cannot be stripped by someone on the path (RFC 3207
+    // §6): with credentials, plain `smtp://` insists on STARTTLS.
+    let security = match (u.scheme(), tls.as_deref(), credentials.is_some()) {
+        ("smtps", None, _) => SmtpSecurity::Tls,
+        ("smtps", Some(_), _) => return Err("smtps:// is always TLS: drop the tls option".into()),
+        ("smtp", None, true) | ("smtp", Some("required"), _) => SmtpSecurity::StartTlsRequired,
+        ("smtp", None, false) | ("smtp", Some("opportunistic"), false) => {
+            SmtpSecurity::StartTlsOpportunistic
+        }
+        ("smtp", Some("opportunistic"), true) => {
+            return Err(
+                "with a user and password STARTTLS is required (an attacker could strip \
+                        it and read the password): drop tls=opportunistic, or use smtps://"
+                    .into(),
+            )
+        }
+        ("smtp", Some("none"), _) => SmtpSecurity::None,
+        ("smtp", Some(_), _) => return Err("tls must be opportunistic, required or none".into()),
+        _ => return Err("expected an smtp:// or smtps:// URL".into()),
+    };
+    let port = u.port().unwrap_or(match security {
+        SmtpSecurity::Tls => 465,
+        SmtpSecurity::None => 25,
+        _ => 587,
+    });
     Ok(SmtpSettings {
         url: Secret(v.to_string()),
         host,
@@ -280,6 +292,12 @@ mod tests {
         assert_eq!((s.security, s.port), (SmtpSecurity::None, 2525));
         let s = parse_smtp_url("smtp://h?tls=required").unwrap();
         assert_eq!(s.security, SmtpSecurity::StartTlsRequired);
+        // A password is never sent where STARTTLS could be stripped.
+        let s = parse_smtp_url("smtp://ann:secret@h").unwrap();
+        assert_eq!((s.security, s.port), (SmtpSecurity::StartTlsRequired, 587));
+        let s = parse_smtp_url("smtp://ann:secret@127.0.0.1:25?tls=none").unwrap();
+        assert_eq!(s.security, SmtpSecurity::None);
+        assert!(parse_smtp_url("smtp://ann:secret@h?tls=opportunistic").is_err());
         for bad in [
             "http://h",
             "smtp://",

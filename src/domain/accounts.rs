@@ -136,29 +136,49 @@ impl Accounts {
         let username = Username::parse(username)?;
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
-        let hash = self.passwords.hash(password.expose()).await?;
         let now = self.clock.now_ms();
         // An address in TOKEND_ADMIN_EMAILS earns nothing here: registering an address proves
         // nothing about who owns it (docs/hardening.md, "Admins").
         let roles = vec![ROLE_USER.to_string()];
-        let user = UserRecord {
+        let mut user = UserRecord {
             id: uuid::Uuid::now_v7().to_string(),
             username: username.as_str().to_string(),
             email: email.as_str().to_string(),
-            password_hash: hash,
+            password_hash: String::new(),
             roles,
             email_verified: false,
             credentials_version: 0,
             created_at: now,
             updated_at: now,
         };
+        // The verification mail is built before the account exists: an address no mail can
+        // reach is refused here (400), not found out after the account was made.
+        let mail = self.verification.prepare(&user)?;
+        user.password_hash = self.passwords.hash(password.expose()).await?;
         self.users.insert(&user).await?;
-        tracing::info!(user_id = %user.id, "user registered");
-        // The account exists whatever happens to its mail: a mail that could not be queued is
-        // asked for again with the resend endpoint (docs/mail.md, "What is atomic").
-        if let Err(e) = self.verification.registered(&user).await {
-            tracing::warn!(user_id = %user.id, error = %e, "verification mail not queued");
+        if let Some(mail) = mail {
+            // The account and its mail are two writes (docs/mail.md, "What is atomic"): when
+            // the mail cannot be queued the account is taken back and the registration fails,
+            // so that the client may simply try again.
+            if let Err(e) = self.verification.queue_first(&user, mail).await {
+                match self.users.delete(&user.id).await {
+                    Ok(_) => tracing::warn!(
+                        user_id = %user.id,
+                        error = %e,
+                        "registration undone: its verification mail could not be queued"
+                    ),
+                    Err(d) => tracing::error!(
+                        user_id = %user.id,
+                        error = %e,
+                        undo_error = %d,
+                        "verification mail not queued and the account could not be taken back; \
+                         its owner can ask for the link again"
+                    ),
+                }
+                return Err(e);
+            }
         }
+        tracing::info!(user_id = %user.id, "user registered");
         Ok(UserView::from(&user))
     }
 

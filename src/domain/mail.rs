@@ -13,13 +13,17 @@ use tokio::sync::Notify;
 
 use super::{ids, Error};
 use crate::clock::SharedClock;
-use crate::mail::{compose, Compose, Transport};
+use crate::mail::{compose, Compose, ComposeError, Transport};
 use crate::metrics::Metrics;
-use crate::store::{MailStore, MailToken};
+use crate::store::{MailStore, MailToken, OutgoingMail};
 
-/// How long a claimed message is this worker's: longer than an SMTP conversation may take
-/// ([`crate::mail::SMTP_TIMEOUT`]), so no other instance sends it meanwhile.
+/// How long a claimed message is this worker's. An attempt is cut off well before
+/// ([`SEND_DEADLINE`]), so no other instance takes a message while it is being sent.
 const LEASE_MS: i64 = 60_000;
+/// The most one attempt may take, whatever the SMTP server does (each of its replies may
+/// take [`crate::mail::SMTP_TIMEOUT`]); a third of the lease stays as margin for the store
+/// write that ends the attempt and for clocks that differ between instances.
+const SEND_DEADLINE: Duration = Duration::from_secs(40);
 /// The first retry comes after this long…
 const FIRST_RETRY_MS: i64 = 1_000;
 /// …doubling with each failure up to this, so mail flows within 30 s of a server's return.
@@ -48,11 +52,9 @@ pub(crate) struct Mail {
     store: Arc<dyn MailStore>,
     /// `None`: mail is off (production mode without SMTP or a directory); nothing is queued.
     transport: Option<Arc<dyn Transport>>,
-    /// The `Date` of messages and the expiry of their tokens.
+    /// The `Date` of messages, the expiry of their tokens, leases and retries: one clock, so
+    /// that a message whose token expired is not sent and a test moves retries by moving time.
     clock: SharedClock,
-    /// Leases and retries: the wall clock, so that delivery goes on while a test holds the
-    /// service clock still.
-    delivery_clock: SharedClock,
     metrics: Arc<Metrics>,
     sender: Mailbox,
     /// The right part of every `Message-ID`: the issuer's host.
@@ -64,12 +66,10 @@ pub(crate) struct Mail {
 }
 
 impl Mail {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn MailStore>,
         transport: Option<Arc<dyn Transport>>,
         clock: SharedClock,
-        delivery_clock: SharedClock,
         metrics: Arc<Metrics>,
         sender: Mailbox,
         id_domain: String,
@@ -78,7 +78,6 @@ impl Mail {
             store,
             transport,
             clock,
-            delivery_clock,
             metrics,
             sender,
             id_domain,
@@ -97,18 +96,11 @@ impl Mail {
         self.clock.now_ms()
     }
 
-    /// Writes a message, and the token it carries, to the outbox in one step; the worker sends
-    /// it. Nothing is queued when mail is off.
-    pub(crate) async fn queue(
-        &self,
-        letter: Letter,
-        token: Option<&MailToken>,
-    ) -> Result<(), Error> {
-        if !self.enabled() {
-            return Ok(());
-        }
+    /// Builds the message of a letter, with a new `Message-ID`. [`Error::Invalid`] when the
+    /// recipient's address is not one mail can be sent to.
+    pub(crate) fn compose(&self, letter: Letter) -> Result<OutgoingMail, Error> {
         let id = uuid::Uuid::now_v7().to_string();
-        let mail = compose(Compose {
+        compose(Compose {
             id: &id,
             id_domain: &self.id_domain,
             from: &self.sender,
@@ -118,9 +110,26 @@ impl Mail {
             html: letter.html,
             now_ms: self.clock.now_ms(),
         })
-        .map_err(Error::Internal)?;
-        self.store.enqueue(&mail, token).await?;
-        tracing::info!(message_id = %id, "mail queued");
+        .map_err(|e| match e {
+            ComposeError::Recipient(_) => {
+                Error::Invalid("email cannot receive mail: check the address".into())
+            }
+            ComposeError::Message(m) => Error::Internal(m),
+        })
+    }
+
+    /// Writes a message, and the token it carries, to the outbox in one step; the worker sends
+    /// it. Nothing is queued when mail is off.
+    pub(crate) async fn queue(
+        &self,
+        mail: &OutgoingMail,
+        token: Option<&MailToken>,
+    ) -> Result<(), Error> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        self.store.enqueue(mail, token).await?;
+        tracing::info!(message_id = %mail.id, "mail queued");
         self.wake.notify_one();
         Ok(())
     }
@@ -159,12 +168,20 @@ impl Mail {
         };
         let mut delivered = 0;
         loop {
-            let now = self.delivery_clock.now_ms();
+            let now = self.clock.now_ms();
             let Some(claimed) = self.store.claim(&self.holder, now, LEASE_MS).await? else {
                 return Ok(delivered);
             };
             let id = claimed.mail.id.clone();
-            match transport.send(&claimed.mail).await {
+            let sent = tokio::time::timeout(SEND_DEADLINE, transport.send(&claimed.mail))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::mail::SendError(format!(
+                        "no answer within {} s",
+                        SEND_DEADLINE.as_secs()
+                    )))
+                });
+            match sent {
                 Ok(()) => {
                     self.store.delivered(&id, &self.holder).await?;
                     self.metrics.mail_sent.inc();
@@ -174,7 +191,7 @@ impl Mail {
                 Err(e) => {
                     self.metrics.mail_send_failures.inc();
                     let delay = retry_delay_ms(claimed.attempts);
-                    let next = self.delivery_clock.now_ms().saturating_add(delay);
+                    let next = self.clock.now_ms().saturating_add(delay);
                     self.store.retry_at(&id, &self.holder, next).await?;
                     tracing::warn!(
                         message_id = %id,

@@ -135,8 +135,6 @@ pub(crate) struct ServiceParts {
     pub(crate) mail: Arc<dyn MailStore>,
     /// Where mail goes (`None`: mail is off).
     pub(crate) transport: Option<Arc<dyn crate::mail::Transport>>,
-    /// Leases and retries of the outbox (the wall clock).
-    pub(crate) delivery_clock: crate::clock::SharedClock,
     pub(crate) keys: Keys,
     pub(crate) passwords: Passwords,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
@@ -174,7 +172,6 @@ impl Services {
             p.mail,
             p.transport,
             p.clock.clone(),
-            p.delivery_clock,
             p.metrics.clone(),
             sender,
             id_domain,

@@ -15,7 +15,7 @@ use super::sessions::Sessions;
 use super::{ids, Error};
 use crate::config::EmailVerification;
 use crate::mail::VerifyEmail;
-use crate::store::{MailToken, UserRecord, UserStore};
+use crate::store::{MailToken, OutgoingMail, UserRecord, UserStore};
 
 /// The purpose of verification tokens in the outbox.
 pub(crate) const PURPOSE_VERIFY_EMAIL: &str = "verify_email";
@@ -43,6 +43,21 @@ pub(crate) struct VerificationSettings {
     pub(crate) admin_emails: Vec<String>,
     pub(crate) issuer: String,
     pub(crate) display_name: String,
+}
+
+/// A verification mail and the token it carries, built and not yet queued. `Debug` shows
+/// neither the text nor the token.
+pub(crate) struct VerificationMail {
+    mail: OutgoingMail,
+    token: MailToken,
+}
+
+impl std::fmt::Debug for VerificationMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationMail")
+            .field("message_id", &self.mail.id)
+            .finish()
+    }
 }
 
 /// A confirmed address.
@@ -82,32 +97,65 @@ impl Verification {
         self.settings.mode != EmailVerification::Off && self.mail.enabled()
     }
 
-    /// After a registration: the first verification mail, charged to the address's mail
-    /// budget like a resend.
-    pub(crate) async fn registered(&self, user: &UserRecord) -> Result<(), Error> {
-        if !self.sends() || !self.limits.allow_mail(&user.email).await? {
-            return Ok(());
+    /// The first verification mail of an account about to be created, built but not queued;
+    /// `None` when verification mails are not sent. [`Error::Invalid`] when no mail can reach
+    /// the address.
+    pub(crate) fn prepare(&self, user: &UserRecord) -> Result<Option<VerificationMail>, Error> {
+        if !self.sends() {
+            return Ok(None);
         }
-        self.send(user).await
+        self.build(user).map(Some)
+    }
+
+    /// Queues the first mail of a newly created account. It is charged to the address's mail
+    /// budget, so that a resend right after is throttled, but never refused by it: the budget
+    /// of an address that had no account could have been spent by anyone.
+    pub(crate) async fn queue_first(
+        &self,
+        user: &UserRecord,
+        mail: VerificationMail,
+    ) -> Result<(), Error> {
+        self.mail.queue(&mail.mail, Some(&mail.token)).await?;
+        if let Err(e) = self.limits.allow_mail(&user.email).await {
+            tracing::debug!(user_id = %user.id, error = %e, "mail budget not charged");
+        }
+        tracing::info!(user_id = %user.id, "verification mail queued");
+        Ok(())
     }
 
     /// `POST /auth/verify-email/resend`: a new link for an unverified account, at most one a
-    /// minute and five an hour per address. Says nothing about whether the account exists.
+    /// minute and five an hour per address. Says nothing about whether the account exists;
+    /// only an unverified account's budget is spent, so nobody can use up the budget of an
+    /// address before its owner registers.
     pub(crate) async fn resend(&self, email: &str) -> Result<(), Error> {
         let Ok(email) = Email::parse(email) else {
             return Ok(());
         };
-        if !self.sends() || !self.limits.allow_mail(email.as_str()).await? {
+        if !self.sends() {
             return Ok(());
         }
-        match self.users.by_email(email.as_str()).await? {
-            Some(user) if !user.email_verified => self.send(&user).await,
-            _ => Ok(()),
+        let Some(user) = self.users.by_email(email.as_str()).await? else {
+            return Ok(());
+        };
+        if user.email_verified || !self.limits.allow_mail(&user.email).await? {
+            return Ok(());
         }
+        let mail = match self.build(&user) {
+            Ok(m) => m,
+            // An account made before its address was checked for mail: nothing can be sent.
+            Err(Error::Invalid(_)) => {
+                tracing::warn!(user_id = %user.id, "no verification mail: the address cannot receive mail");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        self.mail.queue(&mail.mail, Some(&mail.token)).await?;
+        tracing::info!(user_id = %user.id, "verification mail queued");
+        Ok(())
     }
 
-    /// A new token and the mail that carries it, written to the outbox in one step.
-    async fn send(&self, user: &UserRecord) -> Result<(), Error> {
+    /// A new token and the mail that carries it.
+    fn build(&self, user: &UserRecord) -> Result<VerificationMail, Error> {
         let token = ids::random_secret()?;
         let record = MailToken {
             hash: hashed(&token),
@@ -123,15 +171,16 @@ impl Verification {
             hours: u64::try_from(TOKEN_TTL_MS / 3_600_000).unwrap_or(24),
         };
         let (text, html) = view.render().map_err(Error::Internal)?;
-        let letter = Letter {
+        let mail = self.mail.compose(Letter {
             to: user.email.clone(),
             subject: view.subject(),
             text,
             html,
-        };
-        self.mail.queue(letter, Some(&record)).await?;
-        tracing::info!(user_id = %user.id, "verification mail queued");
-        Ok(())
+        })?;
+        Ok(VerificationMail {
+            mail,
+            token: record,
+        })
     }
 
     /// The address a link would confirm, without spending it (a GET never does: mail scanners

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lettre::message::header::ContentType;
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
@@ -23,9 +23,20 @@ pub(crate) use templates::VerifyEmail;
 use crate::config::{MailTransport, SmtpSecurity, SmtpSettings};
 use crate::store::OutgoingMail;
 
-/// How long one SMTP conversation may take (connect, greeting, each command). The outbox lease
-/// is longer, so that no other worker takes a message while it is being sent.
+/// How long the SMTP client waits for the connection and for each reply of the server. The
+/// outbox cuts a whole attempt off later (`domain::mail`), and its lease is longer still, so
+/// that no other worker takes a message while it is being sent.
 pub(crate) const SMTP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why a message could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ComposeError {
+    /// The recipient's address is not one a mail can be sent to (RFC 5321 §4.1.2).
+    #[error("the recipient cannot receive mail: {0}")]
+    Recipient(String),
+    #[error("{0}")]
+    Message(String),
+}
 
 /// Why a message was not handed over (safe to log: it never holds the message).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,10 +172,38 @@ pub(crate) fn sender(from: &str, display_name: &str) -> Result<Mailbox, String> 
     Ok(mailbox)
 }
 
+/// The longest line RFC 5322 §2.1.1 allows, without its CRLF.
+const MAX_LINE: usize = 998;
+
+/// A part's body. ASCII text whose lines all fit RFC 5322 §2.1.1 goes as it is (`7bit`, RFC
+/// 2045 §2.7), so that a link stays whole for whoever reads the message or the `.eml` file
+/// (docs/mail.md); anything else is quoted-printable (RFC 2045 §6.7), never base64, so that
+/// every message of tokend has one of two predictable shapes.
+fn part_body(text: String) -> Result<Body, ComposeError> {
+    let crlf = text.replace("\r\n", "\n").replace('\n', "\r\n");
+    let seven_bit = crlf.is_ascii()
+        && crlf
+            .split("\r\n")
+            .all(|l| l.len() <= MAX_LINE && !l.contains(['\r', '\0']));
+    if seven_bit {
+        return Ok(Body::dangerous_pre_encoded(
+            crlf.into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        ));
+    }
+    Body::new_with_encoding(text, ContentTransferEncoding::QuotedPrintable)
+        .map_err(|_| ComposeError::Message("a part cannot be quoted-printable".into()))
+}
+
+/// Whether a message can be addressed to `to` (RFC 5321 §4.1.2, as `lettre` parses it).
+pub(crate) fn recipient(to: &str) -> Result<Mailbox, ComposeError> {
+    Mailbox::from_str(to).map_err(|e| ComposeError::Recipient(e.to_string()))
+}
+
 /// Builds the RFC 5322 message: `multipart/alternative` with a plain-text and an HTML part
 /// (RFC 2046 §5.1.4), a `Message-ID` (RFC 5322 §3.6.4) that is the outbox's idempotency key.
-pub(crate) fn compose(c: Compose<'_>) -> Result<OutgoingMail, String> {
-    let to = Mailbox::from_str(c.to).map_err(|e| format!("recipient: {e}"))?;
+pub(crate) fn compose(c: Compose<'_>) -> Result<OutgoingMail, ComposeError> {
+    let to = recipient(c.to)?;
     let date = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(c.now_ms).unwrap_or(0));
     let message = lettre::Message::builder()
         .from(c.from.clone())
@@ -177,17 +216,17 @@ pub(crate) fn compose(c: Compose<'_>) -> Result<OutgoingMail, String> {
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_PLAIN)
-                        .body(c.text),
+                        .body(part_body(c.text)?),
                 )
                 .singlepart(
                     SinglePart::builder()
                         .header(ContentType::TEXT_HTML)
-                        .body(c.html),
+                        .body(part_body(c.html)?),
                 ),
         )
-        .map_err(|e| format!("building a message: {e}"))?;
+        .map_err(|e| ComposeError::Message(format!("building a message: {e}")))?;
     let raw = String::from_utf8(message.formatted())
-        .map_err(|_| "a built message is not ASCII".to_string())?;
+        .map_err(|_| ComposeError::Message("a built message is not ASCII".into()))?;
     Ok(OutgoingMail {
         id: c.id.to_string(),
         from: c.from.email.to_string(),
@@ -237,6 +276,63 @@ mod tests {
             m.raw
         );
         assert!(m.raw.contains("Date: Tue, 14 Nov 2023"), "{}", m.raw);
+    }
+
+    #[test]
+    fn an_ascii_link_stays_whole_and_anything_else_is_quoted_printable() {
+        let m = sample();
+        assert!(
+            m.raw.contains("Content-Transfer-Encoding: 7bit"),
+            "{}",
+            m.raw
+        );
+        assert!(m
+            .raw
+            .contains("Open https://tokend.test/auth/verify-email?token=abc\r\n"));
+        assert!(!m.raw.contains("quoted-printable") && !m.raw.contains("base64"));
+
+        let from = sender("noreply@tokend.test", "Café Ünïcode").unwrap();
+        let long = format!("https://tokend.test/?q={}\n", "x".repeat(1_200));
+        let m = compose(Compose {
+            id: "0193-def",
+            id_domain: "tokend.test",
+            from: &from,
+            to: "ada@example.com",
+            subject: "Grüße",
+            text: "Grüße 📬\n".into(),
+            html: long.clone(),
+            now_ms: 1_700_000_000_000,
+        })
+        .unwrap();
+        assert_eq!(
+            m.raw
+                .matches("Content-Transfer-Encoding: quoted-printable")
+                .count(),
+            2,
+            "{}",
+            m.raw
+        );
+        assert!(m.raw.lines().all(|l| l.len() <= 998));
+        assert!(!m.raw.contains(&long[..100]), "a long line is folded");
+    }
+
+    #[test]
+    fn a_recipient_no_mail_can_reach_is_named_as_such() {
+        let from = sender("noreply@tokend.test", "Example Co").unwrap();
+        for to in ["a<b@example.com", "no-at-sign", "ada@exa mple.com"] {
+            let e = compose(Compose {
+                id: "0193-abc",
+                id_domain: "tokend.test",
+                from: &from,
+                to,
+                subject: "s",
+                text: "t".into(),
+                html: "h".into(),
+                now_ms: 0,
+            })
+            .unwrap_err();
+            assert!(matches!(e, ComposeError::Recipient(_)), "{to}: {e:?}");
+        }
     }
 
     #[test]

@@ -109,6 +109,9 @@ impl UserStore for Instrumented<dyn UserStore> {
         )
         .await
     }
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.time("user_delete", self.inner.delete(id)).await
+    }
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
         self.time("user_list", self.inner.list(after, limit)).await
     }

@@ -181,6 +181,16 @@ impl UserStore for MemoryUsers {
             }))
     }
 
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut g = lock(&self.inner);
+        let Some(user) = g.by_id.remove(id) else {
+            return Ok(false);
+        };
+        g.email_to_id.remove(&user.email);
+        g.username_to_id.remove(&username_key(&user.username));
+        Ok(true)
+    }
+
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
         let g = lock(&self.inner);
         let start = match after {

@@ -130,6 +130,9 @@ pub trait UserStore: Send + Sync {
         grant_admin: bool,
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
+    /// Removes a user record; true if there was one. Registration takes back an account
+    /// whose verification mail could not be queued (docs/mail.md, "What is atomic").
+    async fn delete(&self, id: &str) -> Result<bool, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;

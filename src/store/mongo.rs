@@ -433,6 +433,19 @@ impl UserStore for MongoStore {
         .await
     }
 
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let users = self.users.clone();
+        let filter = doc! { "_id": id };
+        detached(async move {
+            users
+                .delete_one(filter)
+                .await
+                .map(|r| r.deleted_count > 0)
+                .map_err(map_user_err)
+        })
+        .await
+    }
+
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
         if limit == 0 {
             return Ok(Vec::new());

@@ -6,11 +6,15 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokend::clock::ManualClock;
+use tokend::store::{ClaimedMail, MailStore, MailToken, OutgoingMail, StoreError};
 
 use crate::helpers::*;
 use crate::in_both_modes;
@@ -24,6 +28,8 @@ in_both_modes!(
     a_registration_mails_a_verification_link_through_smtp,
     without_smtp_mail_lands_whole_as_eml_files,
     an_smtp_outage_delays_mail_and_loses_none,
+    a_registration_whose_mail_cannot_be_queued_is_undone,
+    no_log_line_holds_a_verification_token,
     a_verification_link_confirms_through_the_page_and_a_get_spends_nothing,
     a_verification_token_confirms_through_json_once,
     resending_is_throttled_per_address,
@@ -77,10 +83,16 @@ impl Smtpd {
             eprintln!("SKIPPED: no aiosmtpd (run the tests with deploy/test.sh)");
             return None;
         };
+        let maildir = tempfile::tempdir().expect("maildir");
+        // aiosmtpd creates a Maildir's subdirectories only for a directory that does not exist
+        // yet; into an existing empty one every delivery fails.
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir(maildir.path().join(sub)).expect("maildir");
+        }
         let mut s = Smtpd {
             port: free_port(),
             python,
-            maildir: tempfile::tempdir().expect("maildir"),
+            maildir,
             child: None,
         };
         s.start_again().await;
@@ -239,13 +251,71 @@ fn header_value(raw: &str, name: &str) -> Option<String> {
     None
 }
 
-/// The token of the first `/auth/verify-email?token=` link in a message (quoted-printable soft
-/// breaks and `=3D` undone, should the text have been encoded).
+/// Quoted-printable decoded (RFC 2045 §6.7): soft line breaks dropped, `=XX` made bytes.
+fn quoted_printable_decoded(body: &str) -> String {
+    let joined = body.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'=')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match hex {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The bodies of a message's parts (RFC 2046 §5.1), each decoded from its
+/// `Content-Transfer-Encoding`, one after the other.
+fn decoded_text(raw: &str) -> String {
+    let boundary = header_value(raw, "Content-Type").and_then(|ct| {
+        let start = ct.find("boundary=")? + "boundary=".len();
+        Some(
+            ct[start..]
+                .trim_start_matches('"')
+                .split(['"', ';'])
+                .next()?
+                .to_string(),
+        )
+    });
+    let parts: Vec<&str> = match &boundary {
+        Some(b) => raw.split(&format!("--{b}")).skip(1).collect(),
+        None => vec![raw],
+    };
+    let mut text = String::new();
+    for part in parts {
+        let (head, body) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
+            .unwrap_or(("", part));
+        if head
+            .to_ascii_lowercase()
+            .contains("content-transfer-encoding: quoted-printable")
+        {
+            text.push_str(&quoted_printable_decoded(body));
+        } else {
+            text.push_str(body);
+        }
+    }
+    text
+}
+
+/// The token of the first `/auth/verify-email?token=` link in a message, whatever the
+/// transfer encoding of its parts.
 fn token_in(raw: &str) -> Option<String> {
-    let text = raw
-        .replace("=\r\n", "")
-        .replace("=\n", "")
-        .replace("=3D", "=");
+    let text = decoded_text(raw);
     let start = text.find("/auth/verify-email?token=")? + "/auth/verify-email?token=".len();
     let token: String = text[start..]
         .chars()
@@ -399,6 +469,13 @@ async fn a_registration_mails_a_verification_link_through_smtp(mode: Mode) {
     assert!(m.raw.contains("multipart/alternative"), "{}", m.raw);
     assert!(m.raw.contains("text/plain") && m.raw.contains("text/html"));
     assert!(m.raw.contains(&username));
+    // ASCII parts go as they are, so the link is whole in the message as received.
+    assert_eq!(
+        m.raw.matches("Content-Transfer-Encoding: 7bit").count(),
+        2,
+        "{}",
+        m.raw
+    );
     assert!(m.raw.contains(&format!(
         "http://tokend.test/auth/verify-email?token={}",
         m.token()
@@ -436,8 +513,19 @@ async fn without_smtp_mail_lands_whole_as_eml_files(mode: Mode) {
     assert!(mailbox.0.join(format!("{local}.eml")).exists());
 }
 
+/// The sum of a counter over the instances.
+async fn total(apps: &[TestApp], name: &str) -> f64 {
+    let mut sum = 0.0;
+    for app in apps {
+        sum += metric(app, name).await;
+    }
+    sum
+}
+
 /// The server goes away while users register; nothing is lost and nothing arrives twice once
-/// it is back (on the same port). In production mode two instances share the outbox.
+/// it is back (on the same port). In production mode two instances share the outbox. The test
+/// holds the clock still, so each message is tried once and then waits for its retry (1 s
+/// later): retries come when time moves, not before.
 async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     let Some(mut smtpd) = Smtpd::start().await else {
         return;
@@ -459,18 +547,29 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
         let (_, email) = register(&apps[i % apps.len()]).await;
         emails.push(email);
     }
-    // Attempts fail while the server is away.
+    // Every message is tried, and fails, once.
     let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
-    let mut failures = 0.0;
-    while failures < 1.0 {
-        failures = 0.0;
-        for app in &apps {
-            failures += metric(app, "tokend_mail_send_failures_total").await;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
+    while total(&apps, "tokend_mail_send_failures_total").await < 6.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the messages were not tried while the server was away"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The depth gauge says so (each instance counts the outbox they share).
+    for app in &apps {
+        while metric(app, "tokend_mail_outbox_depth").await != 6.0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the outbox depth does not show the six waiting messages"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     smtpd.start_again().await;
+    // The server is back; the retries are due once the clock has moved past them (all
+    // instances share it).
+    apps[0].clock.advance(Duration::from_secs(2));
 
     for email in &emails {
         mailbox.wait_for(email, 1).await;
@@ -487,6 +586,118 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     }
     assert_eq!(ids.len(), 7);
     assert!(ids.values().all(|n| *n == 1));
+    assert_eq!(
+        total(&apps, "tokend_mail_send_failures_total").await,
+        6.0,
+        "one failed attempt per message: none was retried before its time"
+    );
+    assert_eq!(total(&apps, "tokend_mail_sent_total").await, 7.0);
+}
+
+/// An outbox whose writes fail while `down` is set (what a MongoDB that stops answering
+/// between two writes looks like); everything else goes to the real store.
+struct FailingOutbox {
+    inner: Arc<dyn MailStore>,
+    down: Arc<AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl MailStore for FailingOutbox {
+    async fn enqueue(
+        &self,
+        mail: &OutgoingMail,
+        token: Option<&MailToken>,
+    ) -> Result<(), StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable {
+                store: "mongodb",
+                message: "the test took the outbox away".into(),
+            });
+        }
+        self.inner.enqueue(mail, token).await
+    }
+    async fn claim(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedMail>, StoreError> {
+        self.inner.claim(holder, now_ms, lease_ms).await
+    }
+    async fn delivered(&self, id: &str, holder: &str) -> Result<(), StoreError> {
+        self.inner.delivered(id, holder).await
+    }
+    async fn retry_at(&self, id: &str, holder: &str, at_ms: i64) -> Result<(), StoreError> {
+        self.inner.retry_at(id, holder, at_ms).await
+    }
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.inner.depth().await
+    }
+    async fn token(
+        &self,
+        hash: &str,
+        purpose: &str,
+        now_ms: i64,
+    ) -> Result<Option<MailToken>, StoreError> {
+        self.inner.token(hash, purpose, now_ms).await
+    }
+    async fn take_token(
+        &self,
+        hash: &str,
+        purpose: &str,
+        now_ms: i64,
+    ) -> Result<Option<MailToken>, StoreError> {
+        self.inner.take_token(hash, purpose, now_ms).await
+    }
+    async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<u64, StoreError> {
+        self.inner.forget_tokens(user_id, purpose).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// The account and its verification mail are two writes; when the second fails the first is
+/// taken back and the client hears 503, so that trying again simply works.
+async fn a_registration_whose_mail_cannot_be_queued_is_undone(mode: Mode) {
+    let down = Arc::new(AtomicBool::new(true));
+    let (mut env, dir) = test_env(mode);
+    let mail_dir = tempfile::tempdir().unwrap();
+    env.insert(
+        "TOKEND_MAIL_DIR".into(),
+        mail_dir.path().to_string_lossy().into_owned(),
+    );
+    let mailbox = Mailbox(mail_dir.path().to_path_buf());
+    let outage = down.clone();
+    let app = spawn_env_with_backends(mode, env, dir, ManualClock::starting_now(), |mut b| {
+        b.mail = Arc::new(FailingOutbox {
+            inner: b.mail,
+            down: outage,
+        });
+        b
+    })
+    .await;
+    let (username, email) = address();
+    let res = app.register(&username, &email, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(res).await, "temporarily_unavailable");
+    // No account was left behind.
+    let res = app.login(&email, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+
+    down.store(false, Ordering::SeqCst);
+    let res = app.register(&username, &email, PASSWORD).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::CREATED,
+        "the same registration again"
+    );
+    let got = mailbox.wait_for(&email, 1).await;
+    assert_eq!(got.len(), 1);
+    let res = app
+        .post_json("/auth/verify-email", &json!({ "token": got[0].token() }))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 /// Two instances on one outbox: each message is claimed by one of them and sent once.
@@ -651,10 +862,17 @@ async fn a_verification_token_confirms_through_json_once(mode: Mode) {
 
 async fn resending_is_throttled_per_address(mode: Mode) {
     let (app, mailbox, _dir) = app_with_mail_dir(mode, |_| {}).await;
-    let (_, email) = register(&app).await;
+    // Asking for links to an address that has no account yet spends nothing of its budget:
+    // its owner's registration still gets its mail.
+    let (username, email) = address();
+    let body = json!({ "email": email });
+    let answers =
+        join_all((0..10).map(|_| app.post_json("/auth/verify-email/resend", &body))).await;
+    assert!(answers.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+    let res = app.register(&username, &email, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
     mailbox.wait_for(&email, 1).await;
     // Within the minute of the registration's mail: every answer 202, no mail.
-    let body = json!({ "email": email });
     let answers =
         join_all((0..10).map(|_| app.post_json("/auth/verify-email/resend", &body))).await;
     assert!(answers.iter().all(|r| r.status() == StatusCode::ACCEPTED));
@@ -822,17 +1040,30 @@ async fn an_admin_address_earns_admin_once_at_verification(mode: Mode) {
 // Logs, the browser, the outbox store
 // ---------------------------------------------------------------------------------------------
 
-/// A real `tokend serve` with debug logs: registration, the page, the JSON confirmation and a
-/// resend; no log line holds the token or the link.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_log_line_holds_a_verification_token() {
+/// A real `tokend serve` logging everything (`trace`, every dependency included): registration,
+/// the page, the JSON confirmation and a resend, through `.eml` files in embedded mode and
+/// through the SMTP server in production mode; no log line holds the token or the link.
+async fn no_log_line_holds_a_verification_token(mode: Mode) {
     let cwd = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (mut env, _keys) = test_env(Mode::Embedded);
+    let (mut env, _keys) = test_env(mode);
     env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
     env.insert("TOKEND_ISSUER".into(), format!("http://127.0.0.1:{port}"));
-    env.insert("TOKEND_LOG".into(), "debug".into());
-    let mailbox = Mailbox(PathBuf::from(&env["TOKEND_MAIL_DIR"]));
+    env.insert("TOKEND_LOG".into(), "trace".into());
+    let smtp = match mode {
+        Mode::Embedded => None,
+        Mode::Production => {
+            let Some(smtp) = SmtpServer::get().await else {
+                return;
+            };
+            env.insert("TOKEND_SMTP_URL".into(), smtp.url());
+            Some(smtp)
+        }
+    };
+    let mailbox = match &smtp {
+        Some(s) => s.mailbox(),
+        None => Mailbox(PathBuf::from(&env["TOKEND_MAIL_DIR"])),
+    };
     let tokend = crate::services::TokendProcess::start("mail-logs", &env, cwd.path()).await;
     let http = reqwest::Client::new();
     let (username, email) = address();
