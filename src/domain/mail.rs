@@ -8,6 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use lettre::message::Mailbox;
 use tokio::sync::Notify;
 
@@ -161,13 +162,21 @@ impl Mail {
         Ok(())
     }
 
-    /// Sends every due message, one after the other; answers how many were delivered.
-    pub(crate) async fn deliver_due(&self) -> Result<usize, Error> {
+    /// Sends every due message, one after the other, until there is none or `stop` says so
+    /// (an attempt under way is finished first: cutting it off could send a message twice);
+    /// answers how many were delivered.
+    pub(crate) async fn deliver_due(
+        &self,
+        stop: &tokio::sync::watch::Receiver<bool>,
+    ) -> Result<usize, Error> {
         let Some(transport) = &self.transport else {
             return Ok(0);
         };
         let mut delivered = 0;
         loop {
+            if *stop.borrow() {
+                return Ok(delivered);
+            }
             let now = self.clock.now_ms();
             let Some(claimed) = self.store.claim(&self.holder, now, LEASE_MS).await? else {
                 return Ok(delivered);
@@ -217,26 +226,36 @@ impl Mail {
     }
 
     /// The delivery worker: runs until `shutdown` resolves, waking when this instance queues a
-    /// message and at least every second. A store or transport that is down is retried.
+    /// message and at least every second. A store or transport that is down is retried. At
+    /// shutdown the attempt under way is finished and the worker stops before the next one
+    /// (bounded by the attempt's deadline).
     pub(crate) fn spawn_worker(
         self: &Arc<Self>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Option<tokio::task::JoinHandle<()>> {
         self.transport.as_ref()?;
         let mail = self.clone();
+        let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
         Some(tokio::spawn(async move {
-            tokio::pin!(shutdown);
-            loop {
-                if let Err(e) = mail.deliver_due().await {
-                    tracing::warn!(error = %e, "mail outbox unavailable; will retry");
+            let stopper = tokio::spawn(async move {
+                shutdown.await;
+                let _ = stop_tx.send(true);
+            });
+            while !*stop.borrow() {
+                let pass = std::panic::AssertUnwindSafe(mail.deliver_due(&stop)).catch_unwind();
+                match pass.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "mail outbox unavailable; will retry"),
+                    Err(_) => tracing::error!("mail delivery panicked; will retry"),
                 }
                 mail.observe_depth().await;
                 tokio::select! {
-                    _ = &mut shutdown => break,
+                    _ = stop.changed() => {}
                     _ = mail.wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
             }
+            stopper.abort();
         }))
     }
 }
