@@ -31,6 +31,10 @@ const FIRST_RETRY_MS: i64 = 1_000;
 const MAX_RETRY_MS: i64 = 30_000;
 /// How often an idle worker looks for due messages (other instances' and retries).
 const POLL: Duration = Duration::from_secs(1);
+/// The most messages one pass of the worker tries. A pass ends at the latest here, so that the
+/// depth gauge is refreshed and shutdown is heard even while a backlog keeps failing (a retry
+/// may come due again before a long pass would end).
+const PASS_LIMIT: usize = 32;
 
 /// The delay before the next attempt after `attempts` failed ones (1 s, 2 s, 4 s … 30 s).
 pub(crate) fn retry_delay_ms(attempts: u32) -> i64 {
@@ -162,24 +166,23 @@ impl Mail {
         Ok(())
     }
 
-    /// Sends every due message, one after the other, until there is none or `stop` says so
-    /// (an attempt under way is finished first: cutting it off could send a message twice);
-    /// answers how many were delivered.
+    /// Sends due messages, one after the other, until there is none, [`PASS_LIMIT`] were tried,
+    /// or `stop` says so (an attempt under way is finished first: cutting it off could send a
+    /// message twice). Answers whether more may be due at once.
     pub(crate) async fn deliver_due(
         &self,
         stop: &tokio::sync::watch::Receiver<bool>,
-    ) -> Result<usize, Error> {
+    ) -> Result<bool, Error> {
         let Some(transport) = &self.transport else {
-            return Ok(0);
+            return Ok(false);
         };
-        let mut delivered = 0;
-        loop {
+        for _ in 0..PASS_LIMIT {
             if *stop.borrow() {
-                return Ok(delivered);
+                return Ok(false);
             }
             let now = self.clock.now_ms();
             let Some(claimed) = self.store.claim(&self.holder, now, LEASE_MS).await? else {
-                return Ok(delivered);
+                return Ok(false);
             };
             let id = claimed.mail.id.clone();
             let sent = tokio::time::timeout(SEND_DEADLINE, transport.send(&claimed.mail))
@@ -194,7 +197,6 @@ impl Mail {
                 Ok(()) => {
                     self.store.delivered(&id, &self.holder).await?;
                     self.metrics.mail_sent.inc();
-                    delivered += 1;
                     tracing::info!(message_id = %id, attempts = claimed.attempts, "mail delivered");
                 }
                 Err(e) => {
@@ -212,6 +214,7 @@ impl Mail {
                 }
             }
         }
+        Ok(true)
     }
 
     /// Refreshes `tokend_mail_outbox_depth`.
@@ -243,12 +246,21 @@ impl Mail {
             });
             while !*stop.borrow() {
                 let pass = std::panic::AssertUnwindSafe(mail.deliver_due(&stop)).catch_unwind();
-                match pass.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "mail outbox unavailable; will retry"),
-                    Err(_) => tracing::error!("mail delivery panicked; will retry"),
-                }
+                let more = match pass.await {
+                    Ok(Ok(more)) => more,
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "mail outbox unavailable; will retry");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::error!("mail delivery panicked; will retry");
+                        false
+                    }
+                };
                 mail.observe_depth().await;
+                if more {
+                    continue;
+                }
                 tokio::select! {
                     _ = stop.changed() => {}
                     _ = mail.wake.notified() => {}
