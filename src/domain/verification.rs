@@ -211,7 +211,7 @@ impl Verification {
         else {
             return Err(Error::InvalidLink);
         };
-        let grant = self.settings.admin_emails.iter().any(|a| *a == t.email);
+        let grant = self.settings.admin_emails.contains(&t.email);
         let now = self.mail.now_ms();
         match self
             .users

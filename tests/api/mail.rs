@@ -480,6 +480,19 @@ async fn a_registration_mails_a_verification_link_through_smtp(mode: Mode) {
         "http://tokend.test/auth/verify-email?token={}",
         m.token()
     )));
+    // The one secret of the mail is that link's token: every link carries the same one, and
+    // the password is nowhere.
+    let text = decoded_text(&m.raw);
+    let links: Vec<&str> = text
+        .split("/auth/verify-email?token=")
+        .skip(1)
+        .map(|rest| &rest[..43])
+        .collect();
+    assert!(
+        !links.is_empty() && links.iter().all(|t| *t == m.token()),
+        "{links:?}"
+    );
+    assert!(!text.contains(PASSWORD));
     wait_outbox_empty(&app).await;
     assert!(metric(&app, "tokend_mail_sent_total").await >= 1.0);
     assert_eq!(smtp.mailbox().to(&email).len(), 1, "sent once");

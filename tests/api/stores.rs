@@ -1153,7 +1153,7 @@ async fn a_delivered_token_stays_until_spent_once(m: Arc<dyn MailStore>) {
     })
     .await;
     let got: Vec<_> = takes.into_iter().flatten().collect();
-    assert_eq!(got, [t.clone()]);
+    assert_eq!(got, std::slice::from_ref(&t));
     assert_eq!(m.token(&t.hash, "verify_email", now).await.unwrap(), None);
     assert_eq!(
         m.take_token(&t.hash, "verify_email", now).await.unwrap(),
