@@ -26,8 +26,8 @@ use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
 use tokend::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemorySessions,
-    MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemoryMail,
+    MemorySessions, MemoryUsers,
 };
 use tokend::store::ClientRecord;
 
@@ -54,6 +54,8 @@ fn app() -> Bench {
         ("TOKEND_ARGON2", "m=256,t=1,p=1"),
         ("TOKEND_RATE_LIMIT", "off"),
         ("TOKEND_LOG", "warn"),
+        // Registrations queue no verification mail (no .eml files in the working directory).
+        ("TOKEND_EMAIL_VERIFICATION", "off"),
     ]
     .into_iter()
     .collect();
@@ -66,6 +68,7 @@ fn app() -> Bench {
         authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
         consents: Arc::new(MemoryConsents::new()),
         device: Arc::new(MemoryDevices::new(clock.clone())),
+        mail: Arc::new(MemoryMail::new()),
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),

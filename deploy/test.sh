@@ -28,6 +28,13 @@
 #                         node_modules with openid-client (else pinned, installed in
 #                         target/rp-node with npm); TOKEND_TEST_REQUIRE_RP=1 is exported, so
 #                         those tests fail rather than skip without them
+#   TOKEND_TEST_SMTP_URL, TOKEND_TEST_MAILBOX  an SMTP server and the Maildir it writes, for
+#                         the mail tests (tests/api/mail.rs); else an aiosmtpd (PyPI, pinned, in
+#                         target/test-venv) is started here on a free loopback port
+#   TOKEND_TEST_AIOSMTPD_PYTHON  a Python with aiosmtpd, for the tests that start a private
+#                         SMTP server (the outage test); found or installed when unset, and
+#                         exported with TOKEND_TEST_REQUIRE_SMTP=1, so those tests fail rather
+#                         than skip without it
 #   TOKEND_TEST_SKIP_LINT=1   skip fmt and clippy (quick local runs)
 #   TOKEND_TEST_SCHEMATHESIS=1  run schemathesis even when test-runner arguments are given
 #                         (a full run, without arguments, always runs it)
@@ -174,6 +181,48 @@ ensure_secantus() {
   fi
   [ -x "$TOKEND_TEST_SECANTUSD_BIN" ] || die "no secantusd-py at $TOKEND_TEST_SECANTUSD_BIN"
   export TOKEND_TEST_SECANTUSD_BIN
+}
+
+# aiosmtpd, the SMTP server of the mail tests, in the venv of SecantusDB (target/test-venv).
+AIOSMTPD_VERSION=1.4.6
+ensure_aiosmtpd() {
+  if [ -z "${TOKEND_TEST_AIOSMTPD_PYTHON:-}" ]; then
+    if [ ! -x "$VENV/bin/python" ]; then
+      python3 -m venv "$VENV" >/dev/null 2>&1 || {
+        rm -rf "$VENV"
+        apt_install python3-venv
+        python3 -m venv "$VENV"
+      }
+    fi
+    if [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("aiosmtpd"))' 2>/dev/null)" != "$AIOSMTPD_VERSION" ]; then
+      log "installing aiosmtpd $AIOSMTPD_VERSION into target/test-venv"
+      "$VENV/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$AIOSMTPD_VERSION"
+    fi
+    TOKEND_TEST_AIOSMTPD_PYTHON="$VENV/bin/python"
+  fi
+  "$TOKEND_TEST_AIOSMTPD_PYTHON" -c 'import aiosmtpd' 2>/dev/null ||
+    die "no aiosmtpd for $TOKEND_TEST_AIOSMTPD_PYTHON"
+  export TOKEND_TEST_AIOSMTPD_PYTHON
+  export TOKEND_TEST_REQUIRE_SMTP=1
+}
+
+# An aiosmtpd on a free loopback port, writing every message it accepts into a Maildir that
+# the tests read (TOKEND_TEST_MAILBOX).
+start_smtp() {
+  local port logfile dir
+  port=$(free_port)
+  logfile="$LOGS/aiosmtpd-$port.log"
+  dir=$(mktemp -d "$LOGS/maildir.XXXXXX")
+  TEMP_DIRS+=("$dir")
+  # aiosmtpd's Mailbox handler creates a Maildir's tmp/, new/ and cur/ only when the directory
+  # itself does not exist yet; into an existing empty one every delivery fails.
+  mkdir -p "$dir/tmp" "$dir/new" "$dir/cur"
+  "$TOKEND_TEST_AIOSMTPD_PYTHON" -m aiosmtpd -n -l "127.0.0.1:$port" \
+    -c aiosmtpd.handlers.Mailbox "$dir" >"$logfile" 2>&1 &
+  STARTED_PIDS+=("$!")
+  wait_ready aiosmtpd "$!" "$logfile" port_open "$port"
+  export TOKEND_TEST_SMTP_URL="smtp://127.0.0.1:$port" TOKEND_TEST_MAILBOX="$dir"
+  log "aiosmtpd ready on 127.0.0.1:$port, Maildir ${dir#"$ROOT"/} (log: ${logfile#"$ROOT"/})"
 }
 
 ensure_prometheus() {
@@ -465,6 +514,10 @@ else
   ensure_secantus
   [ -n "${TOKEND_TEST_REDIS_URL:-}" ] || start_redis
   [ -n "${TOKEND_TEST_MONGODB_URI:-}" ] || start_mongo
+fi
+ensure_aiosmtpd
+if [ -z "${TOKEND_TEST_SMTP_URL:-}" ] || [ -z "${TOKEND_TEST_MAILBOX:-}" ]; then
+  start_smtp
 fi
 if [ -z "${TOKEND_TEST_REDIS_CLUSTER_URL:-}" ] && [ -n "${TOKEND_TEST_REDIS_SERVER_BIN:-}" ] &&
   [ -n "${TOKEND_TEST_REDIS_CLI_BIN:-}" ]; then

@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod keys;
+pub(crate) mod mail;
 pub mod metrics;
 pub mod startup;
 pub mod store;

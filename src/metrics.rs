@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::keys::{KeyState, Keys};
@@ -73,6 +73,20 @@ pub(crate) struct Metrics {
     pub(crate) device_polls: IntCounterVec,
     /// User codes looked up on the device page, by result (valid, unknown, expired, used).
     pub(crate) user_codes: IntCounterVec,
+    /// `tokend_mail_outbox_depth`: messages waiting in the outbox (docs/mail.md).
+    pub(crate) mail_outbox_depth: IntGauge,
+    /// `tokend_mail_send_failures_total`: delivery attempts that failed (each is retried).
+    pub(crate) mail_send_failures: IntCounter,
+    /// `tokend_mail_sent_total`: messages the mail server (or the directory) accepted.
+    pub(crate) mail_sent: IntCounter,
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
+    c
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -263,6 +277,26 @@ impl Metrics {
                 "tokend_device_user_codes_total",
                 "User codes looked up on the device page, by result (valid, unknown, expired, used).",
                 &["result"],
+            ),
+            mail_outbox_depth: {
+                let g = IntGauge::new(
+                    "tokend_mail_outbox_depth",
+                    "Messages waiting in the mail outbox for delivery.",
+                )
+                .unwrap_or_else(|e| panic!("metric: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("metric: {e}"));
+                g
+            },
+            mail_send_failures: plain_counter(
+                r,
+                "tokend_mail_send_failures_total",
+                "Mail delivery attempts that failed (each message is retried).",
+            ),
+            mail_sent: plain_counter(
+                r,
+                "tokend_mail_sent_total",
+                "Messages handed over to the mail server or written as .eml files.",
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -22,14 +22,14 @@ use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENT
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemorySessions,
-    MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemoryMail,
+    MemorySessions, MemoryUsers,
 };
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use crate::store::{
-    AuthorizeStore, ClientStore, ConsentStore, DeviceStore, LeaseStore, LimitStore, SessionStore,
-    UserStore,
+    AuthorizeStore, ClientStore, ConsentStore, DeviceStore, LeaseStore, LimitStore, MailStore,
+    SessionStore, UserStore,
 };
 
 /// Why the application could not start.
@@ -79,6 +79,8 @@ pub struct Backends {
     pub consents: Arc<dyn ConsentStore>,
     /// Device authorizations (Redis in production).
     pub device: Arc<dyn DeviceStore>,
+    /// The mail outbox and the tokens its messages carry (MongoDB in production).
+    pub mail: Arc<dyn MailStore>,
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
@@ -87,11 +89,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Connects the stores named by the configuration.
-    pub(crate) async fn connect(
-        config: &Config,
-        clock: &SharedClock,
-    ) -> Result<Backends, StartupError> {
+    /// Connects the stores named by the configuration (tests wrap one of them to make it fail).
+    pub async fn connect(config: &Config, clock: &SharedClock) -> Result<Backends, StartupError> {
         match &config.mode {
             Mode::Embedded { keys_dir } => Ok(Backends {
                 users: Arc::new(MemoryUsers::new()),
@@ -100,6 +99,7 @@ impl Backends {
                 authorize: Arc::new(MemoryAuthorize::new(clock.clone())),
                 consents: Arc::new(MemoryConsents::new()),
                 device: Arc::new(MemoryDevices::new(clock.clone())),
+                mail: Arc::new(MemoryMail::new()),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -137,6 +137,7 @@ impl Backends {
                 Ok(Backends {
                     users: mongo.clone(),
                     clients: mongo.clone(),
+                    mail: mongo.clone(),
                     consents: mongo,
                     sessions: redis.clone(),
                     authorize: redis.clone(),
@@ -162,6 +163,7 @@ impl Backends {
             users: Arc::new(Instrumented::new(self.users, doc_store, metrics.clone())),
             clients: Arc::new(Instrumented::new(self.clients, doc_store, metrics.clone())),
             consents: Arc::new(Instrumented::new(self.consents, doc_store, metrics.clone())),
+            mail: Arc::new(Instrumented::new(self.mail, doc_store, metrics.clone())),
             sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
             authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
             device: Arc::new(Instrumented::new(self.device, kv_store, metrics.clone())),
@@ -278,6 +280,12 @@ impl Application {
                 alg: *alg,
             }));
         }
+        let hello_name = url::Url::parse(&config.issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "localhost".into());
+        let transport = crate::mail::transport(&config.mail.transport, &hello_name)
+            .map_err(StartupError::Config)?;
         let services = Services::build(ServiceParts {
             config: config.clone(),
             clock,
@@ -288,17 +296,14 @@ impl Application {
             authorize: b.authorize,
             consents: b.consents,
             device: b.device,
+            mail: b.mail,
+            transport,
             keys,
             passwords,
             metrics: metrics.clone(),
-        });
-        if !config.admin_emails.is_empty() {
-            tracing::warn!(
-                "TOKEND_ADMIN_EMAILS grants admin only to an address whose owner has verified it; \
-                 this version does not verify addresses, so it grants nothing: use \
-                 TOKEND_BOOTSTRAP_ADMIN_EMAIL/PASSWORD or `tokend users grant-admin`"
-            );
-        }
+        })
+        .map_err(|e| StartupError::Other(e.to_string()))?;
+        log_mail_settings(&config);
         services
             .admin
             .bootstrap_admin()
@@ -322,6 +327,8 @@ impl Application {
             limits,
             published,
             registration,
+            mail,
+            verification,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -340,6 +347,8 @@ impl Application {
             limits,
             published,
             registration,
+            mail,
+            verification,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {
@@ -407,6 +416,10 @@ impl Application {
         let maintenance = self.state.published.keys().spawn_maintenance(async move {
             let _ = maintenance_stop.changed().await;
         });
+        let mut mail_stop = stop_rx.clone();
+        let mail_worker = self.state.mail.spawn_worker(async move {
+            let _ = mail_stop.changed().await;
+        });
         let limits = ServerLimits {
             header_read_timeout: self.config.header_read_timeout,
             idle_timeout: self.config.idle_timeout,
@@ -455,6 +468,34 @@ impl Application {
             let _ = ops.await;
         }
         let _ = maintenance.await;
+        if let Some(worker) = mail_worker {
+            let _ = worker.await;
+        }
+    }
+}
+
+/// Says once at start-up where mail goes (never the SMTP URL: it may hold a password) and what
+/// the configuration means for verification and `TOKEND_ADMIN_EMAILS`.
+fn log_mail_settings(config: &Config) {
+    use crate::config::{EmailVerification, MailTransport};
+    match &config.mail.transport {
+        MailTransport::Smtp(s) => {
+            tracing::info!(host = %s.host, port = s.port, "mail goes out through SMTP")
+        }
+        MailTransport::Dir(d) => {
+            tracing::info!(dir = %d.display(), "mail is written as .eml files (no SMTP server)")
+        }
+        MailTransport::Off => tracing::warn!(
+            "no TOKEND_SMTP_URL or TOKEND_MAIL_DIR: no mail is sent, so no address can be verified"
+        ),
+    }
+    let verifies = config.mail.verification != EmailVerification::Off
+        && !matches!(config.mail.transport, MailTransport::Off);
+    if !config.admin_emails.is_empty() && !verifies {
+        tracing::warn!(
+            "TOKEND_ADMIN_EMAILS grants admin only when its owner verifies the address, and \
+             addresses are not verified with this configuration: it grants nothing"
+        );
     }
 }
 

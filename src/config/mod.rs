@@ -12,7 +12,8 @@
 //! - `accounts.rs`: Argon2id, admins, the bootstrap admin, static clients;
 //! - `limits.rs`: rate limits (the device page's user-code limits too);
 //! - `registration.rs`: dynamic client registration and its rate limit;
-//! - `logging.rs`: log filter and format.
+//! - `logging.rs`: log filter and format;
+//! - `mail.rs`: SMTP or the `.eml` directory, the sender, email verification.
 //!
 //! Reading goes through the [`Env`] trait so tests pass a map instead of touching the process
 //! environment. Parsing does not stop at the first bad value: [`ConfigError`] lists every bad
@@ -31,6 +32,7 @@ mod env;
 mod error;
 mod limits;
 mod logging;
+mod mail;
 mod registration;
 mod server;
 mod signing;
@@ -44,6 +46,8 @@ pub use env::{Env, ProcessEnv};
 pub use error::{ConfigError, VarError};
 pub(crate) use limits::Rate;
 pub use logging::LogFormat;
+pub use mail::{EmailVerification, MailSettings};
+pub(crate) use mail::{MailTransport, SmtpSecurity, SmtpSettings};
 pub use registration::RegistrationMode;
 pub use server::IpNet;
 pub(crate) use stores::Mode;
@@ -160,6 +164,8 @@ pub struct Config {
     /// `TOKEND_RATE_LIMIT_REGISTRATION`, default `20/h` per client IP: registrations without an
     /// initial access token.
     pub(crate) rate_limit_registration: Rate,
+    /// `TOKEND_SMTP_URL`, `TOKEND_MAIL_DIR`, `TOKEND_MAIL_FROM`, `TOKEND_EMAIL_VERIFICATION`.
+    pub(crate) mail: MailSettings,
 }
 
 impl Config {
@@ -175,6 +181,11 @@ impl Config {
         let browser = browser::read(&mut r);
         let logging = logging::read(&mut r);
         let registration = registration::read(&mut r);
+        let mail = mail::read(
+            &mut r,
+            mode.as_ref().map(|m| matches!(m, Mode::Embedded { .. })),
+            tokens.as_ref().map(|t| t.issuer.as_str()),
+        );
         let config = assemble(
             server,
             tokens,
@@ -185,6 +196,7 @@ impl Config {
             browser,
             logging,
             registration,
+            mail,
         );
         r.finish(config)
     }
@@ -217,6 +229,7 @@ fn assemble(
     browser: Option<browser::Browser>,
     logging: Option<logging::Logging>,
     registration: Option<registration::Registration>,
+    mail: Option<mail::Mail>,
 ) -> Option<Config> {
     let server::Server {
         listen,
@@ -276,6 +289,7 @@ fn assemble(
         client_registration,
         rate_limit_registration,
     } = registration?;
+    let mail::Mail { mail } = mail?;
     Some(Config {
         listen,
         issuer,
@@ -323,6 +337,7 @@ fn assemble(
         logo_url,
         client_registration,
         rate_limit_registration,
+        mail,
     })
 }
 
@@ -604,10 +619,15 @@ mod tests {
             (&KEY_ENCRYPTION_KEY, KEK),
             (&BOOTSTRAP_ADMIN_EMAIL, "ops@example.com"),
             (&BOOTSTRAP_ADMIN_PASSWORD, "hunter4-hunter4"),
+            (&SMTP_URL, "smtps://mailer:hunter5@smtp.example.com"),
         ])
         .unwrap();
         let shown = c.describe();
-        for secret in ["hunter2", "hunter3", "hunter4", "AAECAwQF"] {
+        assert!(
+            shown.contains("TOKEND_SMTP_URL=smtps://mailer:redacted@smtp.example.com"),
+            "{shown}"
+        );
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "AAECAwQF"] {
             assert!(!shown.contains(secret), "{shown}");
         }
         assert!(
@@ -680,6 +700,31 @@ mod tests {
         let admin = c.bootstrap_admin.unwrap();
         assert_eq!(admin.email, "ops@example.com");
         assert_eq!(admin.password.0, " spaced password ");
+    }
+
+    #[test]
+    fn mail_goes_to_a_directory_in_embedded_mode_and_nowhere_by_default_in_production() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(
+            c.mail.transport.dir().map(|d| d.display().to_string()),
+            Some("mail".into())
+        );
+        assert_eq!(c.mail.verification, EmailVerification::Optional);
+        assert_eq!(c.mail.from, "noreply@localhost");
+        let mut p = production();
+        let c = parse(&p).unwrap();
+        assert!(matches!(c.mail.transport, MailTransport::Off));
+        p.push((&EMAIL_VERIFICATION, "required"));
+        assert_eq!(err_var(&p), "TOKEND_EMAIL_VERIFICATION");
+        p.push((&MAIL_DIR, "/var/mail/tokend"));
+        assert!(parse(&p).is_ok());
+        p.push((&SMTP_URL, "smtp://127.0.0.1:2525"));
+        assert_eq!(err_var(&p), "TOKEND_MAIL_DIR");
+        assert_eq!(
+            err_var(&[(&EMAIL_VERIFICATION, "sometimes")]),
+            "TOKEND_EMAIL_VERIFICATION"
+        );
+        assert_eq!(err_var(&[(&MAIL_FROM, "nobody")]), "TOKEND_MAIL_FROM");
     }
 
     #[test]

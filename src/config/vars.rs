@@ -157,6 +157,10 @@ pub(crate) static VARS: &[&Var] = &[
     &LOGO_URL,
     &CLIENT_REGISTRATION,
     &RATE_LIMIT_REGISTRATION,
+    &SMTP_URL,
+    &MAIL_FROM,
+    &MAIL_DIR,
+    &EMAIL_VERIFICATION,
 ];
 
 /// Where `var` stands in [`VARS`] (`None` for a name that is not a variable, such as `.env`).
@@ -653,6 +657,42 @@ pub(crate) static RATE_LIMIT_REGISTRATION: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.rate_limit_registration.to_string(),
+};
+
+/// The SMTP server mail goes through; its password is never shown (mail.rs).
+pub(crate) static SMTP_URL: Var = Var {
+    name: "TOKEND_SMTP_URL",
+    default: DefaultValue::Unset,
+    scope: Scope::All,
+    secrecy: Secrecy::PasswordInUrl,
+    show: |c| or_empty(c.mail.transport.smtp().map(|s| s.url.0.clone())),
+};
+
+/// The sender of tokend's mail (mail.rs).
+pub(crate) static MAIL_FROM: Var = Var {
+    name: "TOKEND_MAIL_FROM",
+    default: DefaultValue::Computed("`noreply@` the issuer's host"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.mail.from.clone(),
+};
+
+/// Where mail is written as `.eml` files when there is no SMTP server (mail.rs).
+pub(crate) static MAIL_DIR: Var = Var {
+    name: "TOKEND_MAIL_DIR",
+    default: DefaultValue::Computed("`mail` in embedded mode, else unset"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| or_empty(c.mail.transport.dir().map(|d| d.display())),
+};
+
+/// `off`, `optional` or `required` (mail.rs).
+pub(crate) static EMAIL_VERIFICATION: Var = Var {
+    name: "TOKEND_EMAIL_VERIFICATION",
+    default: DefaultValue::Value("optional"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| c.mail.verification.as_str().to_string(),
 };
 
 #[cfg(test)]

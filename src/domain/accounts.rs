@@ -10,8 +10,10 @@ use super::limits::Limits;
 use super::passwords::Verdict;
 use super::sessions::Sessions;
 use super::tokens::{AccessClaims, Refusal};
+use super::verification::Verification;
 use super::{Error, Passwords};
 use crate::clock::SharedClock;
+use crate::config::EmailVerification;
 use crate::metrics::Metrics;
 use crate::store::{UserRecord, UserStore};
 
@@ -93,16 +95,22 @@ pub struct Accounts {
     passwords: Passwords,
     sessions: Arc<Sessions>,
     limits: Arc<Limits>,
+    verification: Arc<Verification>,
+    /// `TOKEND_EMAIL_VERIFICATION`: `required` refuses password sign-in of unverified accounts.
+    email_verification: EmailVerification,
     clock: SharedClock,
     metrics: Arc<Metrics>,
 }
 
 impl Accounts {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         users: Arc<dyn UserStore>,
         passwords: Passwords,
         sessions: Arc<Sessions>,
         limits: Arc<Limits>,
+        verification: Arc<Verification>,
+        email_verification: EmailVerification,
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Accounts {
@@ -111,6 +119,8 @@ impl Accounts {
             passwords,
             sessions,
             limits,
+            verification,
+            email_verification,
             clock,
             metrics,
         }
@@ -126,30 +136,58 @@ impl Accounts {
         let username = Username::parse(username)?;
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
-        let hash = self.passwords.hash(password.expose()).await?;
         let now = self.clock.now_ms();
         // An address in TOKEND_ADMIN_EMAILS earns nothing here: registering an address proves
         // nothing about who owns it (docs/hardening.md, "Admins").
         let roles = vec![ROLE_USER.to_string()];
-        let user = UserRecord {
+        let mut user = UserRecord {
             id: uuid::Uuid::now_v7().to_string(),
             username: username.as_str().to_string(),
             email: email.as_str().to_string(),
-            password_hash: hash,
+            password_hash: String::new(),
             roles,
             email_verified: false,
             credentials_version: 0,
             created_at: now,
             updated_at: now,
         };
+        // The verification mail is built before the account exists: an address no mail can
+        // reach is refused here (400), not found out after the account was made.
+        let mail = self.verification.prepare(&user)?;
+        user.password_hash = self.passwords.hash(password.expose()).await?;
         self.users.insert(&user).await?;
+        if let Some(mail) = mail {
+            // The account and its mail are two writes (docs/mail.md, "What is atomic"): when
+            // the mail cannot be queued the account is taken back and the registration fails,
+            // so that the client may simply try again.
+            if let Err(e) = self.verification.queue_first(&user, mail).await {
+                match self.users.delete(&user.id).await {
+                    Ok(_) => tracing::warn!(
+                        user_id = %user.id,
+                        error = %e,
+                        "registration undone: its verification mail could not be queued"
+                    ),
+                    Err(d) => tracing::error!(
+                        user_id = %user.id,
+                        error = %e,
+                        undo_error = %d,
+                        "verification mail not queued and the account could not be taken back; \
+                         its owner can ask for the link again"
+                    ),
+                }
+                return Err(e);
+            }
+        }
         tracing::info!(user_id = %user.id, "user registered");
         Ok(UserView::from(&user))
     }
 
     /// Checks a password for an email or (when `allow_username`) a username. Unknown accounts
     /// are verified against a dummy hash and answer like a wrong password. The account's one
-    /// budget (whatever names it) is charged before the hash is checked.
+    /// budget (whatever names it) is charged before the hash is checked. Every sign-in comes
+    /// here (`/auth/login`, the password grant, the sign-in page): with
+    /// `TOKEND_EMAIL_VERIFICATION=required` a right password of an unverified account is
+    /// [`Error::EmailNotVerified`], which only the owner of the password learns.
     pub(crate) async fn check_password(
         &self,
         login: &str,
@@ -183,6 +221,10 @@ impl Accounts {
                 user = updated;
             }
             tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
+        }
+        if self.email_verification == EmailVerification::Required && !user.email_verified {
+            tracing::info!(user_id = %user.id, "sign-in refused: email not verified");
+            return Err(Error::EmailNotVerified);
         }
         Ok(user)
     }

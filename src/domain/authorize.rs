@@ -1041,6 +1041,7 @@ impl Authorize {
             Ok(_) => "success",
             Err(Error::InvalidCredentials) => "invalid_credentials",
             Err(Error::RateLimited(_)) => "rate_limited",
+            Err(Error::EmailNotVerified) => "email_not_verified",
             Err(_) => "error",
         };
         self.metrics.sign_ins.with_label_values(&[label]).inc();

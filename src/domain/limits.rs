@@ -288,6 +288,32 @@ impl Limits {
         Ok(())
     }
 
+    /// Whether one more mail may go to `address` now: at most one a minute and five an hour
+    /// (a burst of five, then one every 12 minutes) per address (docs/mail.md). Two GCRA
+    /// budgets, the minute's asked first, so a refusal by it never spends the hour's. Applies
+    /// whatever `TOKEND_RATE_LIMIT` says: it protects inboxes, not tokend.
+    pub(crate) async fn allow_mail(&self, address: &str) -> Result<bool, Error> {
+        let d = ring::digest::digest(
+            &ring::digest::SHA256,
+            address.trim().to_lowercase().as_bytes(),
+        );
+        let key = hex::encode(&d.as_ref()[..16]);
+        let now = self.clock.now_ms();
+        for (prefix, emission_ms, burst) in
+            [("mail-minute", 60_000, 1), ("mail-hour", 12 * 60_000, 5)]
+        {
+            let refused = self
+                .store
+                .rate_check(&format!("{prefix}:{key}"), now, emission_ms, burst)
+                .await?;
+            if refused.is_some() {
+                self.metrics.rate_limited.with_label_values(&["mail"]).inc();
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// A right password clears the account's failures (the reserved attempt included).
     pub(crate) async fn password_check_succeeded(&self, account: &str) -> Result<(), Error> {
         if !self.enabled {

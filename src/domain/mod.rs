@@ -9,19 +9,21 @@ pub(crate) mod device;
 pub(crate) mod ids;
 pub mod input;
 pub(crate) mod limits;
+pub(crate) mod mail;
 pub mod oauth;
 pub(crate) mod passwords;
 pub(crate) mod published;
 pub(crate) mod registration;
 pub(crate) mod sessions;
 pub mod tokens;
+pub(crate) mod verification;
 
 use std::sync::Arc;
 
 use crate::clock::SharedClock;
 use crate::config::Config;
 use crate::keys::{KeyError, Keys};
-use crate::store::{ClientStore, SessionStore, StoreError, UserStore};
+use crate::store::{ClientStore, MailStore, SessionStore, StoreError, UserStore};
 
 pub use passwords::Passwords;
 pub(crate) use tokens::{RefreshClaims, Refusal, Tokens};
@@ -44,6 +46,13 @@ pub enum Error {
     /// The action needs a token minted by a password login.
     #[error("fresh token required")]
     FreshTokenRequired,
+    /// The password was right, but `TOKEND_EMAIL_VERIFICATION=required` and the address is not
+    /// verified yet.
+    #[error("confirm your email address first")]
+    EmailNotVerified,
+    /// A link's token is unknown, spent or expired (docs/mail.md).
+    #[error("the link is invalid, expired or already used")]
+    InvalidLink,
     #[error("requires role {0}")]
     InsufficientRole(&'static str),
     /// The token lacks a scope the resource needs (RFC 6750 §3.1).
@@ -111,6 +120,8 @@ pub(crate) struct Services {
     pub(crate) limits: Arc<limits::Limits>,
     pub(crate) published: published::Published,
     pub(crate) registration: registration::Registration,
+    pub(crate) mail: Arc<mail::Mail>,
+    pub(crate) verification: Arc<verification::Verification>,
 }
 
 /// What the services are built from.
@@ -125,13 +136,17 @@ pub(crate) struct ServiceParts {
     pub(crate) authorize: Arc<dyn crate::store::AuthorizeStore>,
     pub(crate) consents: Arc<dyn crate::store::ConsentStore>,
     pub(crate) device: Arc<dyn crate::store::DeviceStore>,
+    /// The mail outbox (MongoDB in production).
+    pub(crate) mail: Arc<dyn MailStore>,
+    /// Where mail goes (`None`: mail is off).
+    pub(crate) transport: Option<Arc<dyn crate::mail::Transport>>,
     pub(crate) keys: Keys,
     pub(crate) passwords: Passwords,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Services {
-    pub(crate) fn build(p: ServiceParts) -> Services {
+    pub(crate) fn build(p: ServiceParts) -> Result<Services, Error> {
         let tokens = Tokens::new(
             p.config.issuer.clone(),
             p.config.audience.clone(),
@@ -152,11 +167,39 @@ impl Services {
             p.metrics.clone(),
             sessions::SessionSettings::from_config(&p.config),
         ));
+        let id_domain = url::Url::parse(&p.config.issuer)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_else(|| "localhost".into());
+        let sender = crate::mail::sender(&p.config.mail.from, &p.config.display_name)
+            .map_err(Error::Internal)?;
+        let mail = Arc::new(mail::Mail::new(
+            p.mail,
+            p.transport,
+            p.clock.clone(),
+            p.metrics.clone(),
+            sender,
+            id_domain,
+        )?);
+        let verification = Arc::new(verification::Verification::new(
+            p.users.clone(),
+            sessions.clone(),
+            mail.clone(),
+            limits.clone(),
+            verification::VerificationSettings {
+                mode: p.config.mail.verification,
+                admin_emails: p.config.admin_emails.clone(),
+                issuer: p.config.issuer.clone(),
+                display_name: p.config.display_name.clone(),
+            },
+        ));
         let accounts = Arc::new(accounts::Accounts::new(
             p.users.clone(),
             p.passwords.clone(),
             sessions.clone(),
             limits.clone(),
+            verification.clone(),
+            p.config.mail.verification,
             p.clock.clone(),
             p.metrics.clone(),
         ));
@@ -218,7 +261,7 @@ impl Services {
             p.clock,
             p.config.bootstrap_admin.clone(),
         );
-        Services {
+        Ok(Services {
             accounts,
             sessions,
             oauth,
@@ -228,7 +271,9 @@ impl Services {
             limits,
             published: published::Published::new(p.keys, p.metrics),
             registration,
-        }
+            mail,
+            verification,
+        })
     }
 }
 

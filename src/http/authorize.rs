@@ -385,6 +385,13 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
                 client_name().await,
             ))
         }
+        Err(crate::domain::Error::EmailNotVerified) => {
+            return Ok(again(
+                "Confirm your email address first: open the link in the mail we sent you.",
+                StatusCode::FORBIDDEN,
+                client_name().await,
+            ))
+        }
         Err(crate::domain::Error::RateLimited(secs)) => {
             let mut res = again(
                 &format!("Too many attempts. Wait {secs} seconds and try again."),

@@ -230,6 +230,15 @@ impl From<DomainError> for ApiError {
                 code: "fresh_token_required",
                 description: "this action needs a token from a password login".into(),
             },
+            DomainError::EmailNotVerified => ApiError::Forbidden {
+                code: "email_not_verified",
+                description: "confirm your email address first: open the link of the mail we \
+                              sent, or ask for a new one at /auth/verify-email/resend"
+                    .into(),
+            },
+            DomainError::InvalidLink => ApiError::InvalidGrant(
+                "the link is invalid, expired or already used; ask for a new one".into(),
+            ),
             DomainError::InsufficientRole(role) => ApiError::Forbidden {
                 code: "insufficient_role",
                 description: format!("requires role {role}"),

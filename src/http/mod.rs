@@ -18,6 +18,7 @@ pub(crate) mod server;
 pub(crate) mod stack;
 pub mod state;
 pub(crate) mod users;
+pub(crate) mod verify;
 pub mod wellknown;
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};

@@ -116,6 +116,13 @@ async fn run(
     req: Request<Incoming>,
 ) -> ApiResult {
     if rate_limit == RateLimit::PerIp {
+        // A JSON request to a page route (an app confirming an address) gets JSON back.
+        let page = page
+            && !req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/json"));
         if let Some(ip) = super::client_ip(&req, &state.trusted_proxies) {
             match state.limits.limit_ip(ip).await {
                 Ok(()) => {}

@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 
 use super::state::AppState;
 use super::{
-    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, users, wellknown,
-    ApiResult,
+    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, users, verify,
+    wellknown, ApiResult,
 };
 
 /// The future of a handler, boxed so that every handler fits one table.
@@ -188,6 +188,18 @@ fn table() -> Vec<Route> {
             .post(handler!(device::device_submit))
             .rate_limited()
             .page(),
+        Route::at("/auth/verify-email")
+            .get(handler!(verify::page))
+            .post(handler!(verify::confirm_json))
+            .rate_limited()
+            .page(),
+        Route::at("/auth/verify-email/confirm")
+            .post(handler!(verify::confirm_form))
+            .rate_limited()
+            .page(),
+        Route::at("/auth/verify-email/resend")
+            .post(handler!(verify::resend))
+            .rate_limited(),
     ]
 }
 
@@ -500,7 +512,10 @@ mod tests {
                 "/login",
                 "/oauth/register",
                 "/oauth/device_authorization",
-                "/device"
+                "/device",
+                "/auth/verify-email",
+                "/auth/verify-email/confirm",
+                "/auth/verify-email/resend"
             ]
         );
         let memory: Vec<_> = routes()

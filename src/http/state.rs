@@ -16,10 +16,12 @@ use crate::domain::admin::Admin;
 use crate::domain::authorize::Authorize;
 use crate::domain::device::Devices;
 use crate::domain::limits::Limits;
+use crate::domain::mail::Mail;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
 use crate::domain::registration::Registration;
 use crate::domain::sessions::Sessions;
+use crate::domain::verification::Verification;
 use crate::metrics::Metrics;
 
 /// One thing `/readyz` asks (a store, the key ring of an algorithm). The stores answer it
@@ -46,6 +48,10 @@ pub struct AppState {
     pub published: Published,
     /// Dynamic client registration and management (RFC 7591, RFC 7592).
     pub(crate) registration: Registration,
+    /// The mail outbox and its delivery worker (docs/mail.md).
+    pub(crate) mail: Arc<Mail>,
+    /// Email verification (docs/mail.md).
+    pub(crate) verification: Arc<Verification>,
     /// The request counters and histograms of the router.
     pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
+use super::mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 use super::{
     AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
     DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyState, NewDevice,
@@ -95,6 +96,22 @@ impl UserStore for Instrumented<dyn UserStore> {
     ) -> Result<Option<UserRecord>, StoreError> {
         self.time("user_set_roles", self.inner.set_roles(id, roles, now_ms))
             .await
+    }
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.time(
+            "user_confirm_email",
+            self.inner.confirm_email(id, email, grant_admin, now_ms),
+        )
+        .await
+    }
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        self.time("user_delete", self.inner.delete(id)).await
     }
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {
         self.time("user_list", self.inner.list(after, limit)).await
@@ -390,5 +407,76 @@ impl DeviceStore for Instrumented<dyn DeviceStore> {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl MailStore for Instrumented<dyn MailStore> {
+    async fn enqueue(
+        &self,
+        mail: &OutgoingMail,
+        token: Option<&MailToken>,
+    ) -> Result<(), StoreError> {
+        self.time("mail_enqueue", self.inner.enqueue(mail, token))
+            .await
+    }
+    async fn claim(
+        &self,
+        holder: &str,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<Option<ClaimedMail>, StoreError> {
+        self.time("mail_claim", self.inner.claim(holder, now_ms, lease_ms))
+            .await
+    }
+    async fn delivered(&self, id: &str, holder: &str) -> Result<(), StoreError> {
+        self.time("mail_delivered", self.inner.delivered(id, holder))
+            .await
+    }
+    async fn retry_at(
+        &self,
+        id: &str,
+        holder: &str,
+        next_attempt_at_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.time(
+            "mail_retry_at",
+            self.inner.retry_at(id, holder, next_attempt_at_ms),
+        )
+        .await
+    }
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.time("mail_depth", self.inner.depth()).await
+    }
+    async fn token(
+        &self,
+        hash: &str,
+        purpose: &str,
+        now_ms: i64,
+    ) -> Result<Option<MailToken>, StoreError> {
+        self.time("mail_token", self.inner.token(hash, purpose, now_ms))
+            .await
+    }
+    async fn take_token(
+        &self,
+        hash: &str,
+        purpose: &str,
+        now_ms: i64,
+    ) -> Result<Option<MailToken>, StoreError> {
+        self.time(
+            "mail_take_token",
+            self.inner.take_token(hash, purpose, now_ms),
+        )
+        .await
+    }
+    async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<u64, StoreError> {
+        self.time(
+            "mail_forget_tokens",
+            self.inner.forget_tokens(user_id, purpose),
+        )
+        .await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("mail_ping", self.inner.ping()).await
     }
 }

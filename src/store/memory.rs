@@ -20,9 +20,11 @@ use crate::clock::SharedClock;
 
 mod authorize;
 mod device;
+mod mail;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
 pub use device::MemoryDevices;
+pub use mail::MemoryMail;
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;
@@ -158,6 +160,37 @@ impl UserStore for MemoryUsers {
             u.updated_at = now_ms;
             u.clone()
         }))
+    }
+
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut g = lock(&self.inner);
+        Ok(g.by_id
+            .get_mut(id)
+            .filter(|u| u.email == email && !u.email_verified)
+            .map(|u| {
+                u.email_verified = true;
+                if grant_admin && !u.roles.iter().any(|r| r == "admin") {
+                    u.roles.push("admin".to_string());
+                }
+                u.updated_at = now_ms;
+                u.clone()
+            }))
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let mut g = lock(&self.inner);
+        let Some(user) = g.by_id.remove(id) else {
+            return Ok(false);
+        };
+        g.email_to_id.remove(&user.email);
+        g.username_to_id.remove(&username_key(&user.username));
+        Ok(true)
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {

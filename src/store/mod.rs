@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 pub mod authorize;
 pub mod device;
 pub(crate) mod instrumented;
+pub mod mail;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
@@ -16,6 +17,7 @@ pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
 pub use device::{
     DecideOutcome, DeviceDecision, DevicePoll, DeviceStatus, DeviceStore, DeviceView, NewDevice,
 };
+pub use mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 
 /// What can go wrong in a store, named for what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +123,20 @@ pub trait UserStore: Send + Sync {
         roles: &[String],
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
+    /// Marks `email` verified for user `id` in one atomic step, only while the user still has
+    /// that address and it is not verified yet; with `grant_admin`, role `admin` is added in
+    /// the same write (docs/mail.md, "Admins by verified address"). The record as written when
+    /// this call verified it, else `None` (verified already, address changed, no such user).
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
+    /// Removes a user record; true if there was one. Registration takes back an account
+    /// whose verification mail could not be queued (docs/mail.md, "What is atomic").
+    async fn delete(&self, id: &str) -> Result<bool, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;

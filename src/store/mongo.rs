@@ -6,7 +6,8 @@
 //!   `username_lower`, a lower-cased copy of `username` kept by this store (no collation needed);
 //! - `clients`: `_id` is the `client_id`;
 //! - `consents`: one document per user and client (`user_id`, `client_id`, `scopes`,
-//!   `granted_at`, `updated_at`), unique by an index on `(user_id, client_id)`.
+//!   `granted_at`, `updated_at`), unique by an index on `(user_id, client_id)`;
+//! - `mail`: the mail outbox and the hashes of the tokens its messages carry (`mail.rs`).
 //!
 //! Timestamps are `i64` Unix milliseconds. A duplicate-key error (11000) becomes
 //! [`StoreError::Duplicate`] naming the field; anything else the server or the network does is
@@ -31,8 +32,10 @@ use super::{
 };
 
 mod consents;
+mod mail;
 
 use consents::ConsentDoc;
+use mail::MailDoc;
 
 const STORE: &str = "mongodb";
 
@@ -204,6 +207,7 @@ pub struct MongoStore {
     users: Collection<UserDoc>,
     clients: Collection<ClientDoc>,
     consents: Collection<ConsentDoc>,
+    mail: Collection<MailDoc>,
 }
 
 impl MongoStore {
@@ -227,6 +231,7 @@ impl MongoStore {
             users: db.collection(USERS),
             clients: db.collection(CLIENTS),
             consents: db.collection(consents::CONSENTS),
+            mail: db.collection(mail::MAIL),
             db,
         }
     }
@@ -252,7 +257,8 @@ impl MongoStore {
                 .build();
             self.users.create_index(model).await.map_err(map_err)?;
         }
-        consents::ensure_index(&self.consents).await
+        consents::ensure_index(&self.consents).await?;
+        mail::ensure_indexes(&self.mail).await
     }
 
     async fn ping_db(&self) -> Result<(), StoreError> {
@@ -409,6 +415,43 @@ impl UserStore for MongoStore {
     ) -> Result<Option<UserRecord>, StoreError> {
         self.update_user(id, doc! { "roles": roles, "updated_at": now_ms }, true)
             .await
+    }
+
+    async fn confirm_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let users = self.users.clone();
+        let filter = doc! { "_id": id, "email": email, "email_verified": { "$ne": true } };
+        let mut update = doc! { "$set": { "email_verified": true, "updated_at": now_ms } };
+        if grant_admin {
+            update.insert("$addToSet", doc! { "roles": "admin" });
+        }
+        detached(async move {
+            users
+                .find_one_and_update(filter, update)
+                .return_document(ReturnDocument::After)
+                .await
+                .map(|d| d.map(UserRecord::from))
+                .map_err(map_user_err)
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool, StoreError> {
+        let users = self.users.clone();
+        let filter = doc! { "_id": id };
+        detached(async move {
+            users
+                .delete_one(filter)
+                .await
+                .map(|r| r.deleted_count > 0)
+                .map_err(map_user_err)
+        })
+        .await
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError> {

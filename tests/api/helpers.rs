@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokend::clock::{ManualClock, SharedClock};
 use tokend::config::Config;
 use tokend::http::state::AppState;
-use tokend::startup::Application;
+use tokend::startup::{Application, Backends};
 
 use crate::services;
 
@@ -63,6 +63,11 @@ pub fn test_env(mode: Mode) -> (HashMap<String, String>, Option<tempfile::TempDi
                 "TOKEND_KEYS_DIR".into(),
                 d.path().to_string_lossy().into_owned(),
             );
+            // Mail as .eml files beside the keys, never in the working directory.
+            env.insert(
+                "TOKEND_MAIL_DIR".into(),
+                d.path().join("mail").to_string_lossy().into_owned(),
+            );
             dir = Some(d);
         }
         Mode::Production => {
@@ -104,9 +109,23 @@ pub async fn spawn_env(
     dir: Option<tempfile::TempDir>,
     clock: Arc<ManualClock>,
 ) -> TestApp {
+    spawn_env_with_backends(mode, env, dir, clock, |b| b).await
+}
+
+/// As [`spawn_env`], after `wrap` has had the connected stores (to put one behind a fault).
+pub async fn spawn_env_with_backends(
+    mode: Mode,
+    env: HashMap<String, String>,
+    dir: Option<tempfile::TempDir>,
+    clock: Arc<ManualClock>,
+    wrap: impl FnOnce(Backends) -> Backends,
+) -> TestApp {
     let config = Config::from_env(&env).expect("valid test config");
     let shared: SharedClock = clock.clone();
-    let app = Application::build_with(config, shared)
+    let backends = Backends::connect(&config, &shared)
+        .await
+        .expect("stores connect");
+    let app = Application::build_with_backends(config, shared, wrap(backends))
         .await
         .expect("application builds");
     let addr = app.local_addr();

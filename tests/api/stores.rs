@@ -11,14 +11,15 @@ use std::time::{Duration, Instant};
 
 use tokend::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use tokend::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLease, MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLease, MemoryMail, MemorySessions,
+    MemoryUsers,
 };
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, FamilyMarks, LeaseStore, NewFamily, Redemption, RegistrationRecord,
-    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
-    UserStore,
+    ConsentStore, FamilyMarks, LeaseStore, MailStore, MailToken, NewFamily, OutgoingMail,
+    Redemption, RegistrationRecord, RotateOutcome, RotateRequest, SessionStore, StoreError,
+    UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -218,6 +219,29 @@ async fn users_are_listed_by_id_a_page_at_a_time(users: &dyn UserStore) {
     assert_eq!(ids(users.list(Some("u-4"), 10).await.unwrap()), ["u-5"]);
     assert!(users.list(Some("u-5"), 10).await.unwrap().is_empty());
     assert!(users.list(None, 0).await.unwrap().is_empty());
+}
+
+async fn a_deleted_user_is_gone_and_frees_its_names(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "Alice", "alice@example.com"))
+        .await
+        .unwrap();
+    users
+        .insert(&user("u-2", "bob", "bob@example.com"))
+        .await
+        .unwrap();
+    assert!(users.delete("u-1").await.unwrap());
+    assert!(!users.delete("u-1").await.unwrap());
+    assert_eq!(users.by_id("u-1").await.unwrap(), None);
+    assert_eq!(users.by_email("alice@example.com").await.unwrap(), None);
+    assert_eq!(users.by_username("alice").await.unwrap(), None);
+    // Its email and username can be taken again; the other user is untouched.
+    users
+        .insert(&user("u-3", "ALICE", "alice@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(users.by_username("Alice").await.unwrap().unwrap().id, "u-3");
+    assert_eq!(users.by_id("u-2").await.unwrap().unwrap().username, "bob");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1087,6 +1111,198 @@ async fn concurrent_grants_to_one_client_keep_every_scope(c: Arc<dyn ConsentStor
 }
 
 // ---------------------------------------------------------------------------------------------
+// The mail outbox
+// ---------------------------------------------------------------------------------------------
+
+const LEASE_MS: i64 = 60_000;
+
+fn message(id: &str, now_ms: i64) -> OutgoingMail {
+    OutgoingMail {
+        id: id.to_string(),
+        from: "noreply@tokend.test".into(),
+        to: "ada@example.com".into(),
+        raw: format!("Message-ID: <{id}@tokend.test>\r\n\r\nhello\r\n"),
+        created_at_ms: now_ms,
+    }
+}
+
+fn mail_token(user_id: &str, purpose: &str, expires_at_ms: i64) -> MailToken {
+    MailToken {
+        hash: hex_of(&new_id()),
+        purpose: purpose.into(),
+        user_id: user_id.into(),
+        email: "ada@example.com".into(),
+        expires_at_ms,
+    }
+}
+
+/// 64 hex characters derived from `seed` (the shape of a token hash).
+fn hex_of(seed: &str) -> String {
+    seed.bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(32)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+async fn a_message_is_claimed_by_one_of_concurrent_workers_and_leased(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let id = new_id();
+    m.enqueue(&message(&id, now), None).await.unwrap();
+    assert_eq!(
+        m.enqueue(&message(&id, now), None).await.unwrap_err(),
+        StoreError::Duplicate("id")
+    );
+    assert_eq!(m.depth().await.unwrap(), 1);
+    let claims = in_parallel(8, |i| {
+        let m = m.clone();
+        async move { m.claim(&format!("w{i}"), now, LEASE_MS).await.unwrap() }
+    })
+    .await;
+    let got: Vec<_> = claims.into_iter().flatten().collect();
+    assert_eq!(got.len(), 1, "one worker claims a message");
+    assert_eq!((got[0].mail.id.as_str(), got[0].attempts), (id.as_str(), 1));
+    assert_eq!(
+        got[0].mail,
+        message(&id, now),
+        "the same bytes every attempt"
+    );
+    // Leased: nobody else gets it until the lease runs out (a worker that died).
+    assert_eq!(
+        m.claim("x", now + LEASE_MS - 1, LEASE_MS).await.unwrap(),
+        None
+    );
+    let again = m
+        .claim("x", now + LEASE_MS, LEASE_MS)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((again.mail.id.as_str(), again.attempts), (id.as_str(), 2));
+    assert_eq!(m.depth().await.unwrap(), 1, "waiting until delivered");
+}
+
+async fn a_failed_attempt_is_due_again_at_its_retry_time(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let (first, second) = (new_id(), new_id());
+    m.enqueue(&message(&first, now), None).await.unwrap();
+    m.enqueue(&message(&second, now), None).await.unwrap();
+    let a = m.claim("a", now, LEASE_MS).await.unwrap().unwrap();
+    let b = m.claim("b", now, LEASE_MS).await.unwrap().unwrap();
+    assert_ne!(a.mail.id, b.mail.id, "each message to one worker");
+    assert_eq!(m.claim("c", now, LEASE_MS).await.unwrap(), None);
+    // Only the lease holder's word counts.
+    m.retry_at(&a.mail.id, "b", now + 1_000).await.unwrap();
+    m.delivered(&a.mail.id, "b").await.unwrap();
+    assert_eq!(m.claim("c", now + 1_000, LEASE_MS).await.unwrap(), None);
+    assert_eq!(m.depth().await.unwrap(), 2);
+    // The holder gives it back: due at the time it names, not before.
+    m.retry_at(&a.mail.id, "a", now + 1_000).await.unwrap();
+    assert_eq!(m.claim("c", now + 999, LEASE_MS).await.unwrap(), None);
+    let c = m.claim("c", now + 1_000, LEASE_MS).await.unwrap().unwrap();
+    assert_eq!((c.mail.id.as_str(), c.attempts), (a.mail.id.as_str(), 2));
+    // Delivered by its holder: out of the outbox.
+    m.delivered(&c.mail.id, "c").await.unwrap();
+    m.delivered(&b.mail.id, "b").await.unwrap();
+    assert_eq!(m.depth().await.unwrap(), 0);
+    assert_eq!(
+        m.claim("d", now + 10 * LEASE_MS, LEASE_MS).await.unwrap(),
+        None
+    );
+}
+
+async fn a_delivered_token_stays_until_spent_once(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let id = new_id();
+    let t = mail_token("u-1", "verify_email", now + DAY_MS);
+    m.enqueue(&message(&id, now), Some(&t)).await.unwrap();
+    // A token is live from the moment its mail is queued.
+    assert_eq!(
+        m.token(&t.hash, "verify_email", now).await.unwrap(),
+        Some(t.clone())
+    );
+    assert_eq!(m.token(&t.hash, "password_reset", now).await.unwrap(), None);
+    let c = m.claim("w", now, LEASE_MS).await.unwrap().unwrap();
+    m.delivered(&c.mail.id, "w").await.unwrap();
+    assert_eq!(m.depth().await.unwrap(), 0);
+    assert_eq!(
+        m.claim("w", now + 2 * LEASE_MS, LEASE_MS).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        m.token(&t.hash, "verify_email", now).await.unwrap(),
+        Some(t.clone())
+    );
+    // Spent by exactly one of concurrent callers, then gone.
+    let takes = in_parallel(8, |_| {
+        let (m, hash) = (m.clone(), t.hash.clone());
+        async move { m.take_token(&hash, "verify_email", now).await.unwrap() }
+    })
+    .await;
+    let got: Vec<_> = takes.into_iter().flatten().collect();
+    assert_eq!(got, std::slice::from_ref(&t));
+    assert_eq!(m.token(&t.hash, "verify_email", now).await.unwrap(), None);
+    assert_eq!(
+        m.take_token(&t.hash, "verify_email", now).await.unwrap(),
+        None
+    );
+}
+
+async fn an_expired_token_is_neither_sent_nor_taken(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let t = mail_token("u-1", "verify_email", now + 1_000);
+    m.enqueue(&message(&new_id(), now), Some(&t)).await.unwrap();
+    let later = now + 1_000;
+    assert_eq!(
+        m.token(&t.hash, "verify_email", later - 1).await.unwrap(),
+        Some(t.clone()),
+        "live until it expires"
+    );
+    assert_eq!(
+        m.claim("w", later, LEASE_MS).await.unwrap(),
+        None,
+        "a dead link is not sent"
+    );
+    assert_eq!(m.token(&t.hash, "verify_email", later).await.unwrap(), None);
+    assert_eq!(
+        m.take_token(&t.hash, "verify_email", later).await.unwrap(),
+        None
+    );
+}
+
+async fn forgetting_a_users_tokens_drops_their_unsent_mail(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let mine = [
+        mail_token("u-1", "verify_email", now + DAY_MS),
+        mail_token("u-1", "verify_email", now + DAY_MS),
+    ];
+    let other_purpose = mail_token("u-1", "password_reset", now + DAY_MS);
+    let other_user = mail_token("u-2", "verify_email", now + DAY_MS);
+    for t in mine.iter().chain([&other_purpose, &other_user]) {
+        m.enqueue(&message(&new_id(), now), Some(t)).await.unwrap();
+    }
+    // One of them delivered already.
+    let c = m.claim("w", now, LEASE_MS).await.unwrap().unwrap();
+    m.delivered(&c.mail.id, "w").await.unwrap();
+    assert_eq!(m.forget_tokens("u-1", "verify_email").await.unwrap(), 2);
+    for t in &mine {
+        assert_eq!(m.token(&t.hash, "verify_email", now).await.unwrap(), None);
+    }
+    for t in [&other_purpose, &other_user] {
+        assert!(m.token(&t.hash, &t.purpose, now).await.unwrap().is_some());
+    }
+    // The forgotten tokens' mail is not sent: what is left is the others' mail.
+    let mut left = Vec::new();
+    while let Some(c) = m.claim("w", now, LEASE_MS).await.unwrap() {
+        m.delivered(&c.mail.id, "w").await.unwrap();
+        left.push(c.mail.id);
+    }
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(m.depth().await.unwrap(), 0);
+    assert_eq!(m.forget_tokens("u-1", "verify_email").await.unwrap(), 0);
+    m.ping().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Each contract, once per implementation
 // ---------------------------------------------------------------------------------------------
 
@@ -1167,6 +1383,21 @@ macro_rules! authorize_contract {
     };
 }
 
+/// The outbox contracts claim from tasks that run in parallel, hence the multi-thread runtime.
+macro_rules! mail_contract {
+    ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_memory() {
+            $contract(Arc::new(MemoryMail::new())).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $in_mongodb() {
+            $contract(Arc::new(services::mongo_store().await)).await;
+        }
+    };
+}
+
 macro_rules! consent_contract {
     ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1197,6 +1428,9 @@ user_contract!(password_hashes_and_roles_can_be_replaced:
 user_contract!(users_are_listed_by_id_a_page_at_a_time:
     users_are_listed_by_id_a_page_at_a_time_in_memory,
     users_are_listed_by_id_a_page_at_a_time_in_mongodb);
+user_contract!(a_deleted_user_is_gone_and_frees_its_names:
+    a_deleted_user_is_gone_and_frees_its_names_in_memory,
+    a_deleted_user_is_gone_and_frees_its_names_in_mongodb);
 
 client_contract!(clients_can_be_inserted_fetched_listed_and_deleted:
     clients_can_be_inserted_fetched_listed_and_deleted_in_memory,
@@ -1884,3 +2118,19 @@ async fn mongodb_down_is_unavailable_quickly_and_recovers_by_itself() {
     }
     assert_eq!(found.map(|u| u.username).as_deref(), Some("alice"));
 }
+
+mail_contract!(a_message_is_claimed_by_one_of_concurrent_workers_and_leased:
+    a_message_is_claimed_by_one_of_concurrent_workers_and_leased_in_memory,
+    a_message_is_claimed_by_one_of_concurrent_workers_and_leased_in_mongodb);
+mail_contract!(a_failed_attempt_is_due_again_at_its_retry_time:
+    a_failed_attempt_is_due_again_at_its_retry_time_in_memory,
+    a_failed_attempt_is_due_again_at_its_retry_time_in_mongodb);
+mail_contract!(a_delivered_token_stays_until_spent_once:
+    a_delivered_token_stays_until_spent_once_in_memory,
+    a_delivered_token_stays_until_spent_once_in_mongodb);
+mail_contract!(an_expired_token_is_neither_sent_nor_taken:
+    an_expired_token_is_neither_sent_nor_taken_in_memory,
+    an_expired_token_is_neither_sent_nor_taken_in_mongodb);
+mail_contract!(forgetting_a_users_tokens_drops_their_unsent_mail:
+    forgetting_a_users_tokens_drops_their_unsent_mail_in_memory,
+    forgetting_a_users_tokens_drops_their_unsent_mail_in_mongodb);

@@ -148,6 +148,17 @@ pub(crate) struct FormPostView {
     pub fields: Vec<(String, String)>,
 }
 
+/// "Confirm your email address": the page a verification link opens (docs/mail.md). Its form
+/// posts the token to `/auth/verify-email/confirm`; opening the page spends nothing.
+#[derive(Debug, Clone)]
+pub(crate) struct VerifyEmailView {
+    pub csrf_token: String,
+    /// The link's token, the hidden field `token`.
+    pub token: String,
+    /// The address the link confirms.
+    pub email: String,
+}
+
 /// What the base layout (`templates/base.html`) shows around every page.
 struct Layout<'a> {
     /// The page's part of the title; the layout adds " · {display_name}".
@@ -229,6 +240,13 @@ struct MessagePage<'a> {
 struct LogoutConfirmPage<'a> {
     layout: Layout<'a>,
     view: &'a LogoutConfirmView,
+}
+
+#[derive(Template)]
+#[template(path = "verify_email.html")]
+struct VerifyEmailPage<'a> {
+    layout: Layout<'a>,
+    view: &'a VerifyEmailView,
 }
 
 #[derive(Template)]
@@ -324,6 +342,14 @@ pub(crate) fn message(branding: &Branding, view: &MessageView) -> String {
 pub(crate) fn logout_confirm(branding: &Branding, view: &LogoutConfirmView) -> String {
     render(&LogoutConfirmPage {
         layout: Layout::new("Sign out", branding),
+        view,
+    })
+}
+
+/// The email confirmation page.
+pub(crate) fn verify_email(branding: &Branding, view: &VerifyEmailView) -> String {
+    render(&VerifyEmailPage {
+        layout: Layout::new("Confirm your email address", branding),
         view,
     })
 }
