@@ -14,6 +14,7 @@ use crate::keys::{Alg, Keys};
 use crate::startup::{keys_config, Application, Backends, StartupError};
 use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError};
 
+/// The command line: `tokend serve`, `keys`, `clients`, `users` (docs/operations.md).
 #[derive(Debug, Parser)]
 #[command(
     name = "tokend",

@@ -1,5 +1,6 @@
 //! tokend: an OAuth2-style token server issuing signed JWTs from keys that rotate on their own.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cli;
 pub mod clock;

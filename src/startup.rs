@@ -35,22 +35,30 @@ use crate::store::{
 /// Why the application could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    /// A listener could not be bound.
     #[error("cannot bind {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// Why.
         source: std::io::Error,
     },
+    /// A store could not be reached at start-up.
     #[error("cannot connect to {store}: {message}")]
     Store {
+        /// `mongodb` or `redis`.
         store: &'static str,
+        /// The driver's message.
         message: String,
     },
+    /// The keyset could not be loaded or created.
     #[error("keyset: {0}")]
     Keys(String),
     /// A configuration file named by the environment is unusable (`TOKEND_CLIENTS_FILE`); like
     /// a bad variable, `tokend serve` exits 2.
     #[error("{0}")]
     Config(String),
+    /// Anything else that stops the start.
     #[error("{0}")]
     Other(String),
 }
@@ -70,8 +78,11 @@ pub(crate) fn keys_config(config: &Config) -> KeysConfig {
 
 /// The stores of one mode.
 pub struct Backends {
+    /// Users (MongoDB in production).
     pub users: Arc<dyn UserStore>,
+    /// OAuth clients (MongoDB in production, plus `TOKEND_CLIENTS_FILE`).
     pub clients: Arc<dyn ClientStore>,
+    /// Refresh families and revocations (Redis in production).
     pub sessions: Arc<dyn SessionStore>,
     /// Authorization requests, codes and browser sessions (Redis in production).
     pub authorize: Arc<dyn AuthorizeStore>,
@@ -81,10 +92,13 @@ pub struct Backends {
     pub device: Arc<dyn DeviceStore>,
     /// The mail outbox and the tokens its messages carry (MongoDB in production).
     pub mail: Arc<dyn MailStore>,
+    /// The signing keyset (MongoDB in production, a directory or memory in embedded mode).
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
     pub lease: Option<Arc<dyn LeaseStore>>,
+    /// Rate limits and login back-off (Redis in production).
     pub limits: Arc<dyn LimitStore>,
+    /// `embedded` or `production`: the `mode` of `/readyz` and the logs.
     pub mode_name: &'static str,
 }
 
@@ -405,6 +419,7 @@ impl Application {
             .unwrap_or_else(|_| self.config.listen)
     }
 
+    /// The state the handlers share.
     pub fn state(&self) -> Arc<AppState> {
         self.state.clone()
     }

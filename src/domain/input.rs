@@ -7,6 +7,7 @@ use super::Error;
 pub struct Email(String);
 
 impl Email {
+    /// Trims, lower-cases and checks the shape of an address (docs/api.md, "Input rules").
     pub fn parse(raw: &str) -> Result<Email, Error> {
         let e = raw.trim().to_lowercase();
         let bad = || Error::Invalid("email must look like name@example.com".into());
@@ -29,6 +30,7 @@ impl Email {
         Ok(Email(e))
     }
 
+    /// The normalised address.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -39,6 +41,7 @@ impl Email {
 pub struct Username(String);
 
 impl Username {
+    /// Trims and checks length and characters (docs/api.md, "Input rules").
     pub fn parse(raw: &str) -> Result<Username, Error> {
         let n = raw.chars().count();
         if !(3..=32).contains(&n) {
@@ -55,6 +58,7 @@ impl Username {
         Ok(Username(raw.to_string()))
     }
 
+    /// The checked username.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -71,6 +75,7 @@ impl std::fmt::Debug for Password {
 }
 
 impl Password {
+    /// Checks the password policy (length in characters and bytes; docs/api.md, "Input rules").
     pub fn parse(raw: &str) -> Result<Password, Error> {
         let n = raw.chars().count();
         if !(8..=128).contains(&n) {

@@ -53,13 +53,16 @@ pub enum Error {
     /// A link's token is unknown, spent or expired (docs/mail.md).
     #[error("the link is invalid, expired or already used")]
     InvalidLink,
+    /// The caller lacks the named role (`admin`).
     #[error("requires role {0}")]
     InsufficientRole(&'static str),
     /// The token lacks a scope the resource needs (RFC 6750 §3.1).
     #[error("the access token needs scope {0}")]
     InsufficientScope(&'static str),
+    /// A refresh token was refused (docs/sessions.md).
     #[error(transparent)]
     Refresh(#[from] RefreshError),
+    /// No such user, client, session or record.
     #[error("not found")]
     NotFound,
     /// Too many requests; retry after this many seconds.
@@ -68,6 +71,7 @@ pub enum Error {
     /// A store cannot answer now (fail closed: the caller answers 503 and retries later).
     #[error("{0}")]
     Unavailable(String),
+    /// A fault of the server's own (answered 500 and logged, never a client's input).
     #[error("{0}")]
     Internal(String),
 }
@@ -94,12 +98,16 @@ impl From<KeyError> for Error {
 /// Why a refresh token was refused (docs/sessions.md).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RefreshError {
+    /// The token failed a signature, shape or time check.
     #[error("refresh token invalid: {0}")]
     InvalidToken(Refusal),
+    /// The token was exchanged before, outside the leeway: the family is now revoked.
     #[error("refresh token reuse detected; the session is revoked")]
     Reused,
+    /// The token's family was revoked (logout, reuse, password change).
     #[error("session revoked")]
     Revoked,
+    /// The token's family expired or never existed.
     #[error("session expired or unknown")]
     Unknown,
     /// The client the token was issued to may not refresh here (a confidential client at the

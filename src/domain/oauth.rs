@@ -52,16 +52,22 @@ pub struct OAuth {
 /// An RFC 6749 §5.2 error, or a domain error that is not one (store down, internal).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OAuthError {
+    /// `invalid_request` (RFC 6749 §5.2).
     #[error("{0}")]
     InvalidRequest(String),
+    /// `invalid_client` (RFC 6749 §5.2): answered 401.
     #[error("{0}")]
     InvalidClient(String),
+    /// `invalid_grant` (RFC 6749 §5.2).
     #[error("{0}")]
     InvalidGrant(String),
+    /// `unauthorized_client` (RFC 6749 §5.2).
     #[error("{0}")]
     UnauthorizedClient(String),
+    /// `unsupported_grant_type` (RFC 6749 §5.2).
     #[error("{0}")]
     UnsupportedGrantType(String),
+    /// `invalid_scope` (RFC 6749 §5.2).
     #[error("{0}")]
     InvalidScope(String),
     /// An authorization request refused with another code of RFC 6749 §4.1.2.1 or of an
@@ -69,7 +75,9 @@ pub enum OAuthError {
     /// to the client directly (RFC 9126 §2.3).
     #[error("{description}")]
     AuthorizationRefused {
+        /// The error code.
         error: &'static str,
+        /// The `error_description`.
         description: String,
     },
     /// RFC 8628 §3.5: the user has not approved or denied yet; poll again.
@@ -78,13 +86,19 @@ pub enum OAuthError {
     /// RFC 8628 §3.5: polled sooner than the interval allows; the interval is now `interval`
     /// seconds.
     #[error("{description}")]
-    SlowDown { description: String, interval: i64 },
+    SlowDown {
+        /// The `error_description`.
+        description: String,
+        /// The interval now, seconds.
+        interval: i64,
+    },
     /// RFC 8628 §3.5: the user denied the request.
     #[error("{0}")]
     AccessDenied(String),
     /// RFC 8628 §3.5: the device code expired.
     #[error("{0}")]
     ExpiredToken(String),
+    /// Not an RFC 6749 error: a store down (503) or a fault of the server's own (500).
     #[error(transparent)]
     Other(Error),
 }
@@ -153,14 +167,21 @@ pub struct TokenResponse {
 /// The parameters of `POST /oauth/token` that the grants read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenRequest {
+    /// The grant (RFC 6749 §4); required.
     pub grant_type: Option<String>,
+    /// `grant_type=password` (RFC 6749 §4.3.2).
     pub username: Option<String>,
+    /// `grant_type=password` (RFC 6749 §4.3.2).
     pub password: Option<String>,
+    /// `grant_type=refresh_token` (RFC 6749 §6).
     pub refresh_token: Option<String>,
+    /// The scope asked for; the client's or the grant's when absent (RFC 6749 §3.3).
     pub scope: Option<String>,
     /// `grant_type=authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.5).
     pub code: Option<String>,
+    /// Must equal the authorization request's (RFC 6749 §4.1.3).
     pub redirect_uri: Option<String>,
+    /// The PKCE verifier (RFC 7636 §4.5).
     pub code_verifier: Option<String>,
     /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
     pub device_code: Option<String>,
@@ -211,7 +232,9 @@ pub(crate) struct TokenDetails {
 /// Which kind of token a revocation or introspection request says it holds (RFC 7009 §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TokenHint {
+    /// `access_token`.
     Access,
+    /// `refresh_token`.
     Refresh,
 }
 

@@ -17,7 +17,9 @@ pub(crate) use tokend_token_shape::{ACCESS_TYP, LEEWAY_SECS, REFRESH_TYP};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Audience {
+    /// A single audience.
     One(String),
+    /// Several audiences.
     Many(Vec<String>),
 }
 
@@ -37,13 +39,21 @@ impl Audience {
 /// takes an absent claim as empty, so tokens issued before, with empty claims, still decode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
+    /// The issuer (`TOKEND_ISSUER`).
     pub iss: String,
+    /// The user's id, or the client's for `client_credentials`.
     pub sub: String,
+    /// `TOKEND_AUDIENCE`, or the audience the client was granted.
     pub aud: Audience,
+    /// Expiry, Unix seconds.
     pub exp: i64,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Not before, Unix seconds (equal to `iat`).
     pub nbf: i64,
+    /// Unique id: what revocation names.
     pub jti: String,
+    /// The client the token was issued to (RFC 9068 §2.2).
     pub client_id: String,
     /// Space-separated scope tokens; absent when none were granted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -51,8 +61,10 @@ pub struct AccessClaims {
     /// The refresh family; absent for client_credentials tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sid: Option<String>,
+    /// Issued by a password authentication rather than a refresh (docs/tokens.md, "Fresh tokens").
     #[serde(default)]
     pub fresh: bool,
+    /// Unix seconds of the password authentication behind the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_time: Option<i64>,
     /// The user's roles; absent for client_credentials tokens.
@@ -64,14 +76,23 @@ pub struct AccessClaims {
 /// as in [`AccessClaims`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshClaims {
+    /// The issuer (`TOKEND_ISSUER`).
     pub iss: String,
+    /// The user's id.
     pub sub: String,
+    /// The issuer itself: a refresh token is for tokend only.
     pub aud: Audience,
+    /// Expiry, Unix seconds.
     pub exp: i64,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Unique id: the family's current token is the one whose `jti` it records.
     pub jti: String,
+    /// The refresh family (docs/sessions.md).
     pub sid: String,
+    /// The client the family belongs to.
     pub client_id: String,
+    /// Space-separated scope tokens; absent when none were granted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
 }
@@ -81,6 +102,7 @@ pub struct RefreshClaims {
 pub struct Tokens {
     pub(crate) issuer: String,
     pub(crate) audience: String,
+    /// The signing keys.
     pub keys: Keys,
 }
 
@@ -200,6 +222,7 @@ impl From<TokenError> for Refusal {
 }
 
 impl Tokens {
+    /// Tokens for `issuer`, with `audience` as the default `aud` of access tokens.
     pub fn new(issuer: String, audience: String, keys: Keys) -> Tokens {
         Tokens {
             issuer,
@@ -216,6 +239,7 @@ impl Tokens {
             .sign(alg, ACCESS_TYP, &to_map(claims)?, claims.iat)?)
     }
 
+    /// Signs with the key of `alg` active at `claims.iat`, as [`Tokens::sign_access`].
     pub fn sign_refresh(&self, alg: Alg, claims: &RefreshClaims) -> Result<String, Error> {
         Ok(self
             .keys

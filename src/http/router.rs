@@ -59,6 +59,7 @@ impl MatchedRoute {
         }
     }
 
+    /// The route of the table, or `None` when no route matched.
     pub fn route(self) -> Option<&'static Route> {
         self.0
     }

@@ -35,8 +35,11 @@ pub(crate) trait ReadinessCheck: Send + Sync {
 /// Per-request state shared by every handler: the domain's services, and the settings that
 /// only HTTP needs.
 pub struct AppState {
+    /// Registration, sign-in and the user's own account.
     pub accounts: Arc<Accounts>,
+    /// Refresh families, logout and the access-token check.
     pub sessions: Arc<Sessions>,
+    /// The token, revocation and introspection endpoints (RFC 6749, RFC 7009, RFC 7662).
     pub oauth: OAuth,
     pub(crate) authorize: Arc<Authorize>,
     /// The device authorization grant (RFC 8628).
@@ -45,6 +48,7 @@ pub struct AppState {
     pub(crate) browser: BrowserSettings,
     pub(crate) admin: Admin,
     pub(crate) limits: Arc<Limits>,
+    /// The JWKS and discovery documents, served from memory.
     pub published: Published,
     /// Dynamic client registration and management (RFC 7591, RFC 7592).
     pub(crate) registration: Registration,

@@ -117,8 +117,11 @@ impl KeyState {
 /// A key as operators see it (`tokend keys list`). Timestamps are Unix seconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyInfo {
+    /// The RFC 7638 thumbprint.
     pub kid: String,
+    /// The signing algorithm.
     pub alg: Alg,
+    /// Where the key is in its life (docs/keys.md).
     pub state: KeyState,
     pub(crate) created: i64,
     pub(crate) activates: i64,
@@ -151,6 +154,7 @@ pub(crate) struct KeyStats {
 pub struct Verified {
     pub(crate) alg: Alg,
     pub(crate) kid: String,
+    /// The payload, not yet checked.
     pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -212,9 +216,12 @@ pub enum KeyError {
 pub struct StoredKey {
     /// RFC 7638 thumbprint of the public key (base64url, no padding).
     pub kid: String,
+    /// The signing algorithm.
     pub alg: Alg,
     pub(crate) created: i64,
+    /// From when the key signs.
     pub activates: i64,
+    /// From when the key no longer signs (it still verifies until `expires`).
     pub retires: i64,
     pub(crate) expires: i64,
     pub(crate) revoked: bool,
@@ -278,6 +285,7 @@ impl StoredKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StoredKeyset {
     pub(crate) version: u64,
+    /// Every key not yet expired, of every algorithm.
     pub keys: Vec<StoredKey>,
 }
 
@@ -294,10 +302,12 @@ pub(crate) fn is_valid_kid(kid: &str) -> bool {
 /// Where the keyset is remembered.
 #[async_trait]
 pub trait KeyStore: Send + Sync {
+    /// The stored keyset; `None` when nothing is stored yet.
     async fn load(&self) -> Result<Option<StoredKeyset>, KeyError>;
     /// Compare-and-swap: writes only if the stored version equals `expected` (None = nothing stored
     /// yet). Returns Ok(false) on conflict. The saved keyset's version is expected+1 (or 1).
     async fn save(&self, keyset: &StoredKeyset, expected: Option<u64>) -> Result<bool, KeyError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), KeyError>;
 }
 

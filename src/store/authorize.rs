@@ -75,13 +75,16 @@ pub trait AuthorizeStore: Send + Sync {
     async fn add_session_family(&self, id: &str, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
     /// Forgets the browser session and answers the families recorded for it (in any order).
     async fn end_browser_session(&self, id: &str) -> Result<Vec<String>, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// A user's grant of scopes to a client (docs/authorize.md, "Consent").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConsentRecord {
+    /// The user who consented.
     pub user_id: String,
+    /// The client consented to.
     pub client_id: String,
     /// Sorted, without duplicates.
     pub scopes: Vec<String>,
@@ -103,6 +106,7 @@ pub trait ConsentStore: Send + Sync {
         scopes: &[String],
         now_ms: i64,
     ) -> Result<(), StoreError>;
+    /// The user's consent to the client, if any.
     async fn get(
         &self,
         user_id: &str,
@@ -114,5 +118,6 @@ pub trait ConsentStore: Send + Sync {
     async fn withdraw(&self, user_id: &str, client_id: &str) -> Result<bool, StoreError>;
     /// Forgets every consent of the user; answers how many there were.
     async fn forget_user(&self, user_id: &str) -> Result<u64, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

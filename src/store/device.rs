@@ -11,6 +11,7 @@ use super::StoreError;
 /// A new device authorization (RFC 8628 §3.2), as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
+    /// The client that asked.
     pub client_id: String,
     /// The scope that will be granted, space separated.
     pub scope: String,
@@ -65,9 +66,13 @@ impl DeviceStatus {
 pub struct DeviceView {
     /// The hash of its device code: what [`DeviceStore::decide`] takes.
     pub device_hash: String,
+    /// The client that asked.
     pub client_id: String,
+    /// The scope that will be granted, space separated.
     pub scope: String,
+    /// Unix milliseconds.
     pub expires_at_ms: i64,
+    /// Pending, approved or denied.
     pub status: DeviceStatus,
 }
 
@@ -76,6 +81,7 @@ pub struct DeviceView {
 pub enum DeviceDecision {
     /// Approved, with the grant the tokens will be issued from (opaque to the store).
     Approve(String),
+    /// Denied.
     Deny,
 }
 
@@ -101,12 +107,17 @@ pub enum DevicePoll {
     OtherClient,
     /// The device code has expired.
     Expired,
-    /// Still waiting for the user; the poll time is recorded. `interval_secs` is the
-    /// device's interval now.
-    Pending { interval_secs: i64 },
+    /// Still waiting for the user; the poll time is recorded.
+    Pending {
+        /// The device's interval now, seconds.
+        interval_secs: i64,
+    },
     /// Still waiting, and this poll came sooner than the interval after the previous one: the
     /// interval is now 5 s longer, for this and every later poll (RFC 8628 §3.5).
-    SlowDown { interval_secs: i64 },
+    SlowDown {
+        /// The device's interval now, seconds.
+        interval_secs: i64,
+    },
     /// The user denied the request.
     Denied,
     /// The first poll since the approval: the grant to issue tokens from. The authorization is
@@ -149,6 +160,7 @@ pub trait DeviceStore: Send + Sync {
         client_id: &str,
         now_ms: i64,
     ) -> Result<DevicePoll, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

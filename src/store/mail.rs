@@ -19,6 +19,7 @@ pub struct OutgoingMail {
     pub id: String,
     /// The envelope's sender and recipient (RFC 5321 `MAIL FROM`, `RCPT TO`).
     pub from: String,
+    /// The recipient.
     pub to: String,
     /// The message (headers and body), ASCII.
     pub raw: String,
@@ -43,6 +44,7 @@ pub struct MailToken {
     pub hash: String,
     /// What the token is for (`verify_email`).
     pub purpose: String,
+    /// The user the token acts for.
     pub user_id: String,
     /// The address the mail went to.
     pub email: String,
@@ -53,6 +55,7 @@ pub struct MailToken {
 /// A message claimed for delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedMail {
+    /// The message.
     pub mail: OutgoingMail,
     /// Delivery attempts started, this one included.
     pub attempts: u32,
@@ -105,5 +108,6 @@ pub trait MailStore: Send + Sync {
     /// Forgets every token of the user for `purpose` (and any message still carrying one);
     /// answers how many.
     async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<u64, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

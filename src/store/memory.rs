@@ -61,6 +61,7 @@ pub struct MemoryUsers {
 }
 
 impl MemoryUsers {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -222,6 +223,7 @@ pub struct MemoryClients {
 }
 
 impl MemoryClients {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
@@ -414,6 +416,7 @@ pub struct MemorySessions {
 }
 
 impl MemorySessions {
+    /// An empty store reading time from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         let last_sweep = clock.now_ms();
         Self {
@@ -722,6 +725,7 @@ pub struct MemoryLease {
 }
 
 impl MemoryLease {
+    /// An empty store reading time from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock,
@@ -769,6 +773,7 @@ pub struct MemoryLimits {
 }
 
 impl MemoryLimits {
+    /// An empty store reading time from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         Self {
             clock,

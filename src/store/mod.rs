@@ -28,13 +28,17 @@ pub enum StoreError {
     /// The backing server cannot be reached or answered with an error.
     #[error("{store} unavailable: {message}")]
     Unavailable {
+        /// The store: `mongodb` or `redis`.
         store: &'static str,
+        /// The driver's message.
         message: String,
     },
     /// Data in the store could not be understood.
     #[error("corrupt record in {store}: {message}")]
     Corrupt {
+        /// The store: `mongodb` or `redis`.
         store: &'static str,
+        /// What could not be understood.
         message: String,
     },
 }
@@ -57,11 +61,15 @@ impl StoreError {
 /// A stored user. `password_hash` is a PHC string and never leaves the domain layer.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserRecord {
+    /// UUIDv7.
     pub id: String,
+    /// Unique, as given at registration.
     pub username: String,
     /// Lower-cased email.
     pub email: String,
+    /// Argon2id PHC string.
     pub password_hash: String,
+    /// Roles (`admin`); checked against the role list on every write.
     pub roles: Vec<String>,
     /// Whether the owner proved control of `email` (false until confirmed).
     pub email_verified: bool,
@@ -94,6 +102,7 @@ impl std::fmt::Debug for UserRecord {
 pub trait UserStore: Send + Sync {
     /// Inserts a new user; `Duplicate("email")` or `Duplicate("username")` when taken.
     async fn insert(&self, user: &UserRecord) -> Result<(), StoreError>;
+    /// The user with this id.
     async fn by_id(&self, id: &str) -> Result<Option<UserRecord>, StoreError>;
     /// `email` is already lower-cased.
     async fn by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
@@ -139,16 +148,20 @@ pub trait UserStore: Send + Sync {
     async fn delete(&self, id: &str) -> Result<bool, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<UserRecord>, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
 /// An OAuth client (RFC 6749 §2).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientRecord {
+    /// Unique.
     pub client_id: String,
     /// Lower-case hex SHA-256 of the secret; `None` for a public client.
     pub secret_sha256: Option<String>,
+    /// The grants the client may use (RFC 6749 §4).
     pub grant_types: Vec<String>,
+    /// The scopes the client may ask for.
     pub scopes: Vec<String>,
     /// Signing algorithm for this client's tokens (`EdDSA`, `RS256`); default when `None`.
     pub alg: Option<String>,
@@ -226,9 +239,11 @@ impl std::fmt::Debug for ClientRecord {
 /// OAuth clients, unique by `client_id`.
 #[async_trait]
 pub trait ClientStore: Send + Sync {
+    /// The client with this id.
     async fn get(&self, client_id: &str) -> Result<Option<ClientRecord>, StoreError>;
     /// `Duplicate("client_id")` when taken.
     async fn insert(&self, client: &ClientRecord) -> Result<(), StoreError>;
+    /// Every client, ordered by id.
     async fn list(&self) -> Result<Vec<ClientRecord>, StoreError>;
     /// True if a client was deleted.
     async fn delete(&self, client_id: &str) -> Result<bool, StoreError>;
@@ -236,6 +251,7 @@ pub trait ClientStore: Send + Sync {
     /// creates one (so an update racing a delete cannot bring the client back). True if a
     /// client was replaced.
     async fn replace(&self, client: &ClientRecord) -> Result<bool, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 
@@ -246,7 +262,9 @@ pub trait ClientStore: Send + Sync {
 /// change), the newer wins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserClaims {
+    /// The user's username.
     pub username: String,
+    /// The user's roles.
     pub roles: Vec<String>,
     /// `updated_at` (Unix ms) of the user record this copy was taken from.
     pub version: i64,
@@ -278,9 +296,13 @@ impl UserClaims {
 /// A new refresh family (docs/sessions.md), started by a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFamily {
+    /// The family's id (`sid` in its tokens).
     pub sid: String,
+    /// The user signed in.
     pub user_id: String,
+    /// The client the family belongs to.
     pub client_id: String,
+    /// The granted scope, space separated.
     pub scope: String,
     /// Unix seconds of the password authentication.
     pub auth_time: i64,
@@ -308,13 +330,19 @@ pub struct NewFamily {
 /// One refresh exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotateRequest {
+    /// The family.
     pub sid: String,
+    /// `jti` of the refresh token presented.
     pub presented_jti: String,
+    /// `jti` of the refresh token to issue.
     pub new_refresh_jti: String,
+    /// `jti` of the access token to issue.
     pub new_access_jti: String,
     /// Unix seconds the new pair is issued at.
     pub issued_at: i64,
+    /// Unix milliseconds now.
     pub now_ms: i64,
+    /// How long an exchanged token may be presented again as a retry (docs/sessions.md).
     pub leeway_ms: i64,
     /// How long the record lives from now (refresh TTL capped by the family's end).
     pub ttl_ms: i64,
@@ -331,8 +359,11 @@ pub enum RotateOutcome {
     /// The presented token was exchanged within the leeway: the successor it got, to be re-issued
     /// byte for byte.
     Replayed {
+        /// `jti` of the refresh token issued then.
         refresh_jti: String,
+        /// `jti` of the access token issued then.
         access_jti: String,
+        /// Unix seconds it was issued at.
         issued_at: i64,
     },
     /// The presented token was exchanged before, outside the leeway: the family is now revoked.
@@ -346,6 +377,7 @@ pub enum RotateOutcome {
 /// The revocation state an access token is checked against.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccessStatus {
+    /// The token's own `jti` is revoked.
     pub jti_revoked: bool,
     /// The user's session marks (zero when the user has none).
     pub user: UserMarks,
@@ -401,14 +433,23 @@ pub struct FamilyMarks {
 /// A family as introspection and revocation see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyState {
+    /// The user signed in.
     pub user_id: String,
+    /// The client the family belongs to.
     pub client_id: String,
+    /// The granted scope, space separated.
     pub scope: String,
+    /// Unix seconds of the password authentication.
     pub auth_time: i64,
+    /// `jti` of the family's current refresh token.
     pub current_refresh_jti: String,
+    /// `jti` of the access token issued with it.
     pub current_access_jti: String,
+    /// Unix seconds the current pair was issued at.
     pub issued_at: i64,
+    /// Unix milliseconds at which the family ends.
     pub expires_at_ms: i64,
+    /// Whether the family was revoked.
     pub revoked: bool,
     /// The user as the login read them (`None` for a family written before families carried
     /// the user).
@@ -424,6 +465,7 @@ pub trait SessionStore: Send + Sync {
     async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError>;
     /// The atomic exchange of docs/sessions.md: exactly one successor per refresh token.
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
+    /// The family, while its record lives.
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError>;
     /// A refresh exchange together with the family it happens in: `None` when the family is
     /// unknown or its session is over (`now_ms` at or past `expires_at_ms`, in whole seconds);
@@ -488,6 +530,7 @@ pub trait SessionStore: Send + Sync {
         sid: Option<&str>,
         user_id: &str,
     ) -> Result<AccessStatus, StoreError>;
+    /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }
 

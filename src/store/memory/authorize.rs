@@ -84,6 +84,7 @@ pub struct MemoryAuthorize {
 }
 
 impl MemoryAuthorize {
+    /// An empty store reading time from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         let last_sweep = clock.now_ms();
         Self {
@@ -267,6 +268,7 @@ pub struct MemoryConsents {
 }
 
 impl MemoryConsents {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -74,6 +74,7 @@ pub struct MemoryDevices {
 }
 
 impl MemoryDevices {
+    /// An empty store reading time from `clock`.
     pub fn new(clock: SharedClock) -> Self {
         let last_sweep = clock.now_ms();
         Self {

@@ -39,6 +39,7 @@ pub struct MemoryMail {
 }
 
 impl MemoryMail {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
