@@ -95,8 +95,13 @@ fn tools() -> Result<Tools, String> {
     })
 }
 
-/// Runs a relying-party script; answers its JSON summary, or fails with its stderr.
-async fn run_script(program: &Path, script: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+/// A relying-party script as a command with its output piped, killed when dropped.
+fn script_command(
+    program: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(program);
     cmd.arg(repo_path(script))
         .args(args)
@@ -107,20 +112,35 @@ async fn run_script(program: &Path, script: &str, args: &[&str], env: &[(&str, &
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = tokio::time::timeout(SCRIPT_WITHIN, cmd.output())
-        .await
-        .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_WITHIN:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    cmd
+}
+
+/// The JSON summary a script prints last, or a failure with its output.
+fn summary_of(script: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) -> Value {
     assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{stderr}\n{stdout}",
-        out.status
+        status.success(),
+        "{script} failed ({status}):\n{stderr}\n{stdout}"
     );
     let last = stdout.lines().last().unwrap_or_default();
     serde_json::from_str(last)
         .unwrap_or_else(|e| panic!("{script} printed no JSON summary ({e}): {stdout}\n{stderr}"))
+}
+
+/// Runs a relying-party script; answers its JSON summary, or fails with its stderr.
+async fn run_script(program: &Path, script: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+    let out = tokio::time::timeout(
+        SCRIPT_WITHIN,
+        script_command(program, script, args, env).output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_WITHIN:?}"))
+    .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()));
+    summary_of(
+        script,
+        out.status,
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 fn assert_summary(summary: &Value, library: &str, sub: &str) {
@@ -317,16 +337,15 @@ async fn openid_client_completes_the_device_grant(mode: Mode) {
     let sub = user["id"].as_str().unwrap().to_string();
 
     let script = "tests/rp/openid_client_device_flow.mjs";
-    let mut child = tokio::process::Command::new("node")
-        .arg(repo_path(script))
-        .args([issuer.as_str(), "node-cli", "openid profile"])
-        .env("RP_NODE_MODULES", &tools.node_modules)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node runs");
+    let node = PathBuf::from("node");
+    let mut child = script_command(
+        &node,
+        script,
+        &[issuer.as_str(), "node-cli", "openid profile"],
+        &[("RP_NODE_MODULES", &tools.node_modules)],
+    )
+    .spawn()
+    .expect("node runs");
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut stderr = child.stderr.take().unwrap();
     let mut first = String::new();
@@ -355,12 +374,7 @@ async fn openid_client_completes_the_device_grant(mode: Mode) {
     .await;
     let (status, rest, err) =
         finished.unwrap_or_else(|_| panic!("{script} did not finish within {SCRIPT_WITHIN:?}"));
-    assert!(
-        status.success(),
-        "{script} failed ({status}):\n{err}\n{rest}"
-    );
-    let summary: Value = serde_json::from_str(rest.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{script} printed no JSON summary ({e}): {rest}\n{err}"));
+    let summary = summary_of(script, status, &rest, &err);
     assert_eq!(summary["library"], "openid-client", "{summary}");
     assert_eq!(summary["approved"], true, "{summary}");
     assert_eq!(summary["id_token_validated"], true, "{summary}");
