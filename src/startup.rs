@@ -329,6 +329,7 @@ impl Application {
             registration,
             mail,
             verification,
+            resets,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -349,6 +350,7 @@ impl Application {
             registration,
             mail,
             verification,
+            resets,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {
