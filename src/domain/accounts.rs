@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::input::{Email, Password, Username};
 use super::email_change::EmailChange;
+use super::input::{Email, Password, Username};
 use super::limits::Limits;
 use super::passwords::Verdict;
 use super::reset::PasswordReset;

@@ -311,9 +311,7 @@ impl Limits {
         );
         let key = hex::encode(&d.as_ref()[..16]);
         let now = self.clock.now_ms();
-        for (prefix, emission_ms, burst) in
-            [("minute", 60_000, 1), ("hour", 12 * 60_000, 5)]
-        {
+        for (prefix, emission_ms, burst) in [("minute", 60_000, 1), ("hour", 12 * 60_000, 5)] {
             let refused = self
                 .store
                 .rate_check(&format!("{budget}-{prefix}:{key}"), now, emission_ms, burst)

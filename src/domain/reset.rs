@@ -187,11 +187,7 @@ impl PasswordReset {
             return Err(Error::InvalidLink);
         }
         let password_hash = self.passwords.hash(password.expose()).await?;
-        let Some(t) = self
-            .mail
-            .take_token(&hash, PURPOSE_PASSWORD_RESET)
-            .await?
-        else {
+        let Some(t) = self.mail.take_token(&hash, PURPOSE_PASSWORD_RESET).await? else {
             self.count("invalid_link");
             return Err(Error::InvalidLink);
         };

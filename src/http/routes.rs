@@ -12,8 +12,8 @@ use hyper::body::Incoming;
 
 use super::state::AppState;
 use super::{
-    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, reset, users,
-    verify, wellknown, ApiResult,
+    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, reset, users, verify,
+    wellknown, ApiResult,
 };
 
 /// The future of a handler, boxed so that every handler fits one table.
