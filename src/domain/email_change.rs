@@ -23,6 +23,8 @@ use crate::store::{MailToken, StoreError, UserRecord, UserStore};
 pub(crate) const PURPOSE_EMAIL_CHANGE: &str = "email_change";
 /// How long a confirmation link works (SPEC §13: 24 h, as verification).
 const TOKEN_TTL_MS: i64 = 24 * 60 * 60 * 1_000;
+/// The purpose of the deadline a notice carries (see [`EmailChange::notify_old_address`]).
+pub(crate) const PURPOSE_NOTICE: &str = "notice";
 /// What a refusal by the address's mail budget asks the caller to wait.
 const THROTTLE_RETRY_SECS: u64 = 60;
 
@@ -186,7 +188,10 @@ impl EmailChange {
 
     /// Queues the notice to the old address. The change is made by then and stands whatever
     /// happens here: a notice that cannot be queued is logged, not answered as a failure
-    /// (docs/mail.md, "What is atomic").
+    /// (docs/mail.md, "What is atomic"). The notice has no link; its record carries a deadline
+    /// in the outbox's one form, a token (purpose `notice`) whose secret is thrown away at
+    /// once, so that a notice that cannot be delivered within 24 h is dropped as a link mail
+    /// is, never retried for ever.
     async fn notify_old_address(&self, before: &UserRecord, after: &UserRecord) {
         let view = EmailChanged {
             display_name: self.settings.display_name.clone(),
@@ -201,7 +206,14 @@ impl EmailChange {
                 text,
                 html,
             })?;
-            self.mail.queue(&mail, None).await
+            let deadline = MailToken {
+                hash: hashed(&ids::random_secret()?),
+                purpose: PURPOSE_NOTICE.into(),
+                user_id: after.id.clone(),
+                email: before.email.clone(),
+                expires_at_ms: self.mail.now_ms().saturating_add(TOKEN_TTL_MS),
+            };
+            self.mail.queue(&mail, Some(&deadline)).await
         };
         if let Err(e) = queued.await {
             tracing::warn!(user_id = %after.id, error = %e, "the old address's notice of an email change was not queued");
