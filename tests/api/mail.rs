@@ -1158,10 +1158,42 @@ async fn no_log_line_holds_a_verification_token(mode: Mode) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // A password reset, through its page and JSON.
+    let res = http
+        .post(tokend.url("/auth/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let reset = mailbox
+        .wait_for(&email, 2)
+        .await
+        .into_iter()
+        .find(Received::is_reset)
+        .expect("a reset mail")
+        .reset_token();
+    let res = http
+        .get(tokend.url(&format!("/auth/password/reset?token={reset}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let new_password = "the new secret passphrase";
+    let res = http
+        .post(tokend.url("/auth/password/reset"))
+        .json(&json!({ "token": reset, "new_password": new_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let lines = loop {
         let lines = tokend.logs().join("\n");
-        if lines.contains("email verified") && lines.contains("mail delivered") {
+        if lines.contains("email verified")
+            && lines.contains("mail delivered")
+            && lines.contains("password reset; sessions revoked")
+        {
             break lines;
         }
         assert!(
@@ -1171,11 +1203,13 @@ async fn no_log_line_holds_a_verification_token(mode: Mode) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!lines.contains(&token), "a log line holds the token");
+    assert!(!lines.contains(&reset), "a log line holds the reset token");
     assert!(
-        !lines.contains("verify-email?token"),
+        !lines.contains("verify-email?token") && !lines.contains("password/reset?token"),
         "a log line holds a link"
     );
     assert!(!lines.contains(PASSWORD));
+    assert!(!lines.contains(new_password));
 }
 
 /// A person signs up, opens the link of the mail in Chromium and confirms; screenshots of the
