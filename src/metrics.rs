@@ -79,6 +79,11 @@ pub(crate) struct Metrics {
     pub(crate) mail_send_failures: IntCounter,
     /// `tokend_mail_sent_total`: messages the mail server (or the directory) accepted.
     pub(crate) mail_sent: IntCounter,
+    /// `tokend_password_resets_total{result}`: reset requests and redemptions (requested,
+    /// unknown, throttled, unsendable, completed, invalid_link).
+    pub(crate) password_resets: IntCounterVec,
+    /// `tokend_email_changes_total{result}`: email changes (requested, confirmed, taken).
+    pub(crate) email_changes: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -297,6 +302,19 @@ impl Metrics {
                 r,
                 "tokend_mail_sent_total",
                 "Messages handed over to the mail server or written as .eml files.",
+            ),
+            password_resets: counter(
+                r,
+                "tokend_password_resets_total",
+                "Password reset requests and redemptions by result (requested, unknown, \
+                 throttled, unsendable, completed, invalid_link).",
+                &["result"],
+            ),
+            email_changes: counter(
+                r,
+                "tokend_email_changes_total",
+                "Email changes by result (requested, confirmed, taken).",
+                &["result"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -343,6 +343,7 @@ impl Application {
             registration,
             mail,
             verification,
+            resets,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -363,6 +364,7 @@ impl Application {
             registration,
             mail,
             verification,
+            resets,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {

@@ -1,13 +1,16 @@
-//! The `Accounts` service (docs/api.md): register, password login, profile, password change.
+//! The `Accounts` service (docs/api.md): register, password login, profile, password change,
+//! email change (docs/mail.md).
 //! Every place that checks a password draws on the account's one budget (docs/hardening.md).
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::email_change::EmailChange;
 use super::input::{Email, Password, Username};
 use super::limits::Limits;
 use super::passwords::Verdict;
+use super::reset::PasswordReset;
 use super::sessions::Sessions;
 use super::tokens::{AccessClaims, Refusal};
 use super::verification::Verification;
@@ -96,6 +99,10 @@ pub struct Accounts {
     sessions: Arc<Sessions>,
     limits: Arc<Limits>,
     verification: Arc<Verification>,
+    /// Reset links end when the password changes.
+    resets: Arc<PasswordReset>,
+    /// `PUT /users/me/email` mails the new address.
+    email_change: Arc<EmailChange>,
     /// `TOKEND_EMAIL_VERIFICATION`: `required` refuses password sign-in of unverified accounts.
     email_verification: EmailVerification,
     clock: SharedClock,
@@ -110,6 +117,8 @@ impl Accounts {
         sessions: Arc<Sessions>,
         limits: Arc<Limits>,
         verification: Arc<Verification>,
+        resets: Arc<PasswordReset>,
+        email_change: Arc<EmailChange>,
         email_verification: EmailVerification,
         clock: SharedClock,
         metrics: Arc<Metrics>,
@@ -120,6 +129,8 @@ impl Accounts {
             sessions,
             limits,
             verification,
+            resets,
+            email_change,
             email_verification,
             clock,
             metrics,
@@ -331,7 +342,23 @@ impl Accounts {
         self.sessions
             .revoke_all_sessions(&user.id, Some(user.credentials_version))
             .await?;
+        // A reset link mailed before is over (docs/mail.md, "Password reset").
+        self.resets.end_links(&user.id).await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
         Ok(())
+    }
+
+    /// `PUT /users/me/email` (fresh token, `current_password`): mails `new_email` a link; the
+    /// address changes when it is confirmed (docs/mail.md, "Email change").
+    pub(crate) async fn change_email(
+        &self,
+        p: &Principal,
+        current: &str,
+        new_email: &str,
+    ) -> Result<(), Error> {
+        p.require_fresh()?;
+        let user = self.current_user(p).await?;
+        self.check_current_password(&user, current).await?;
+        self.email_change.request(&user, new_email).await
     }
 }

@@ -293,18 +293,28 @@ impl Limits {
     /// budgets, the minute's asked first, so a refusal by it never spends the hour's. Applies
     /// whatever `TOKEND_RATE_LIMIT` says: it protects inboxes, not tokend.
     pub(crate) async fn allow_mail(&self, address: &str) -> Result<bool, Error> {
+        self.allow_mail_in("mail", address).await
+    }
+
+    /// [`Limits::allow_mail`] for password reset mails, on a budget of their own: a
+    /// registration's verification mail does not hold back a reset asked for right after it
+    /// (docs/mail.md, "Password reset").
+    pub(crate) async fn allow_reset_mail(&self, address: &str) -> Result<bool, Error> {
+        self.allow_mail_in("reset", address).await
+    }
+
+    /// One mail budget (`budget`: `mail`, `reset`) of an address.
+    async fn allow_mail_in(&self, budget: &str, address: &str) -> Result<bool, Error> {
         let d = ring::digest::digest(
             &ring::digest::SHA256,
             address.trim().to_lowercase().as_bytes(),
         );
         let key = hex::encode(&d.as_ref()[..16]);
         let now = self.clock.now_ms();
-        for (prefix, emission_ms, burst) in
-            [("mail-minute", 60_000, 1), ("mail-hour", 12 * 60_000, 5)]
-        {
+        for (prefix, emission_ms, burst) in [("minute", 60_000, 1), ("hour", 12 * 60_000, 5)] {
             let refused = self
                 .store
-                .rate_check(&format!("{prefix}:{key}"), now, emission_ms, burst)
+                .rate_check(&format!("{budget}-{prefix}:{key}"), now, emission_ms, burst)
                 .await?;
             if refused.is_some() {
                 self.metrics.rate_limited.with_label_values(&["mail"]).inc();

@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod device;
+pub(crate) mod email_change;
 pub(crate) mod ids;
 pub mod input;
 pub(crate) mod limits;
@@ -14,6 +15,7 @@ pub mod oauth;
 pub(crate) mod passwords;
 pub(crate) mod published;
 pub(crate) mod registration;
+pub(crate) mod reset;
 pub(crate) mod sessions;
 pub mod tokens;
 pub(crate) mod verification;
@@ -130,6 +132,7 @@ pub(crate) struct Services {
     pub(crate) registration: registration::Registration,
     pub(crate) mail: Arc<mail::Mail>,
     pub(crate) verification: Arc<verification::Verification>,
+    pub(crate) resets: Arc<reset::PasswordReset>,
 }
 
 /// What the services are built from.
@@ -189,14 +192,39 @@ impl Services {
             sender,
             id_domain,
         )?);
+        let email_change = Arc::new(email_change::EmailChange::new(
+            p.users.clone(),
+            sessions.clone(),
+            mail.clone(),
+            limits.clone(),
+            p.metrics.clone(),
+            email_change::EmailChangeSettings {
+                admin_emails: p.config.admin_emails.clone(),
+                issuer: p.config.issuer.clone(),
+                display_name: p.config.display_name.clone(),
+            },
+        ));
         let verification = Arc::new(verification::Verification::new(
             p.users.clone(),
             sessions.clone(),
             mail.clone(),
             limits.clone(),
+            email_change.clone(),
             verification::VerificationSettings {
                 mode: p.config.mail.verification,
                 admin_emails: p.config.admin_emails.clone(),
+                issuer: p.config.issuer.clone(),
+                display_name: p.config.display_name.clone(),
+            },
+        ));
+        let resets = Arc::new(reset::PasswordReset::new(
+            p.users.clone(),
+            p.passwords.clone(),
+            sessions.clone(),
+            mail.clone(),
+            limits.clone(),
+            p.metrics.clone(),
+            reset::ResetSettings {
                 issuer: p.config.issuer.clone(),
                 display_name: p.config.display_name.clone(),
             },
@@ -207,6 +235,8 @@ impl Services {
             sessions.clone(),
             limits.clone(),
             verification.clone(),
+            resets.clone(),
+            email_change,
             p.config.mail.verification,
             p.clock.clone(),
             p.metrics.clone(),
@@ -281,6 +311,7 @@ impl Services {
             registration,
             mail,
             verification,
+            resets,
         })
     }
 }

@@ -1,13 +1,15 @@
 //! The `Verification` service (docs/mail.md, "Email verification"): registration mails a link
 //! with a single-use token (256-bit random, kept hashed with its mail, 24 h); confirming it
 //! sets `email_verified` and, for an address in `TOKEND_ADMIN_EMAILS`, grants `admin` in the
-//! same write, once. Resending is throttled per address.
+//! same write, once. Resending is throttled per address. The same link and page confirm an
+//! email change ([`super::email_change`]).
 
 use std::sync::Arc;
 
 use ring::digest;
 
 use super::accounts::ROLE_ADMIN;
+use super::email_change::EmailChange;
 use super::input::Email;
 use super::limits::Limits;
 use super::mail::{Letter, Mail};
@@ -23,13 +25,13 @@ pub(crate) const PURPOSE_VERIFY_EMAIL: &str = "verify_email";
 const TOKEN_TTL_MS: i64 = 24 * 60 * 60 * 1_000;
 
 /// Lower-case hex SHA-256: how tokens are kept.
-fn hashed(token: &str) -> String {
+pub(crate) fn hashed(token: &str) -> String {
     hex::encode(digest::digest(&digest::SHA256, token.as_bytes()))
 }
 
 /// Whether `token` has the shape of one of ours (43 base64url characters): anything else is
 /// refused before a store is asked.
-fn well_formed(token: &str) -> bool {
+pub(crate) fn well_formed(token: &str) -> bool {
     token.len() == 43
         && token
             .bytes()
@@ -64,6 +66,16 @@ impl std::fmt::Debug for VerificationMail {
 #[derive(Debug, Clone)]
 pub(crate) struct Confirmed {
     pub(crate) email: String,
+    /// Whether the link confirmed an email change (else a verification).
+    pub(crate) changed: bool,
+}
+
+/// What a live link would confirm.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    pub(crate) email: String,
+    /// Whether the link confirms an email change (else a verification).
+    pub(crate) change: bool,
 }
 
 /// The `Verification` service.
@@ -72,6 +84,8 @@ pub(crate) struct Verification {
     sessions: Arc<Sessions>,
     mail: Arc<Mail>,
     limits: Arc<Limits>,
+    /// Email change links come back to the same page and endpoint.
+    email_change: Arc<EmailChange>,
     settings: VerificationSettings,
 }
 
@@ -81,6 +95,7 @@ impl Verification {
         sessions: Arc<Sessions>,
         mail: Arc<Mail>,
         limits: Arc<Limits>,
+        email_change: Arc<EmailChange>,
         settings: VerificationSettings,
     ) -> Verification {
         Verification {
@@ -88,6 +103,7 @@ impl Verification {
             sessions,
             mail,
             limits,
+            email_change,
             settings,
         }
     }
@@ -183,33 +199,47 @@ impl Verification {
         })
     }
 
-    /// The address a link would confirm, without spending it (a GET never does: mail scanners
-    /// open links); `None` for a link that is unknown, spent or expired.
-    pub(crate) async fn pending(&self, token: &str) -> Result<Option<String>, Error> {
+    /// The address a link would confirm (a verification or an email change), without spending
+    /// it (a GET never does: mail scanners open links); `None` for a link that is unknown,
+    /// spent or expired.
+    pub(crate) async fn pending(&self, token: &str) -> Result<Option<Pending>, Error> {
         if !well_formed(token) {
             return Ok(None);
         }
+        let hash = hashed(token);
+        if let Some(t) = self.mail.token(&hash, PURPOSE_VERIFY_EMAIL).await? {
+            return Ok(Some(Pending {
+                email: t.email,
+                change: false,
+            }));
+        }
         Ok(self
-            .mail
-            .token(&hashed(token), PURPOSE_VERIFY_EMAIL)
+            .email_change
+            .pending(&hash)
             .await?
-            .map(|t| t.email))
+            .map(|email| Pending {
+                email,
+                change: true,
+            }))
     }
 
     /// Confirms a link: spends the token, marks the address verified and, for an address in
     /// `TOKEND_ADMIN_EMAILS`, adds `admin` in the same write. The flip to verified happens
     /// once per address, so the grant does too: an admin who takes the role away later is not
-    /// overruled. [`Error::InvalidLink`] for a token that is unknown, spent or expired.
+    /// overruled. A link of an email change confirms the change instead
+    /// ([`EmailChange::confirm`]). [`Error::InvalidLink`] for a token that is unknown, spent or
+    /// expired.
     pub(crate) async fn confirm(&self, token: &str) -> Result<Confirmed, Error> {
         if !well_formed(token) {
             return Err(Error::InvalidLink);
         }
-        let Some(t) = self
-            .mail
-            .take_token(&hashed(token), PURPOSE_VERIFY_EMAIL)
-            .await?
-        else {
-            return Err(Error::InvalidLink);
+        let hash = hashed(token);
+        let Some(t) = self.mail.take_token(&hash, PURPOSE_VERIFY_EMAIL).await? else {
+            return self
+                .email_change
+                .confirm(&hash)
+                .await?
+                .ok_or(Error::InvalidLink);
         };
         let grant = self.settings.admin_emails.contains(&t.email);
         let now = self.mail.now_ms();
@@ -228,13 +258,17 @@ impl Verification {
                     .forget_tokens(&user.id, PURPOSE_VERIFY_EMAIL)
                     .await?;
                 tracing::info!(user_id = %user.id, granted_admin, "email verified");
-                Ok(Confirmed { email: user.email })
+                Ok(Confirmed {
+                    email: user.email,
+                    changed: false,
+                })
             }
             None => match self.users.by_id(&t.user_id).await? {
                 // Confirmed by another link at the same moment: done all the same.
-                Some(u) if u.email == t.email && u.email_verified => {
-                    Ok(Confirmed { email: u.email })
-                }
+                Some(u) if u.email == t.email && u.email_verified => Ok(Confirmed {
+                    email: u.email,
+                    changed: false,
+                }),
                 // The account is gone or has another address now.
                 _ => Err(Error::InvalidLink),
             },

@@ -12,6 +12,7 @@ pub(crate) mod openapi;
 pub(crate) mod ops;
 pub mod pages;
 pub(crate) mod registration;
+pub(crate) mod reset;
 pub mod router;
 pub mod routes;
 pub(crate) mod server;

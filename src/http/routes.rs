@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 
 use super::state::AppState;
 use super::{
-    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, users, verify,
+    admin, auth, authorize, device, oauth, openapi, ops, pages, registration, reset, users, verify,
     wellknown, ApiResult,
 };
 
@@ -124,6 +124,7 @@ fn table() -> Vec<Route> {
             .get(handler!(users::me))
             .put(handler!(users::update_me)),
         Route::at("/users/me/password").put(handler!(users::change_password)),
+        Route::at("/users/me/email").put(handler!(users::change_email)),
         Route::at("/.well-known/jwks.json").memory(wellknown::jwks),
         Route::at("/.well-known/oauth-authorization-server")
             .memory(wellknown::authorization_server),
@@ -200,6 +201,18 @@ fn table() -> Vec<Route> {
         Route::at("/auth/verify-email/resend")
             .post(handler!(verify::resend))
             .rate_limited(),
+        Route::at("/auth/password/forgot")
+            .post(handler!(reset::forgot))
+            .rate_limited(),
+        Route::at("/auth/password/reset")
+            .get(handler!(reset::page))
+            .post(handler!(reset::reset_json))
+            .rate_limited()
+            .page(),
+        Route::at("/auth/password/reset/confirm")
+            .post(handler!(reset::reset_form))
+            .rate_limited()
+            .page(),
     ]
 }
 
@@ -515,7 +528,10 @@ mod tests {
                 "/device",
                 "/auth/verify-email",
                 "/auth/verify-email/confirm",
-                "/auth/verify-email/resend"
+                "/auth/verify-email/resend",
+                "/auth/password/forgot",
+                "/auth/password/reset",
+                "/auth/password/reset/confirm"
             ]
         );
         let memory: Vec<_> = routes()

@@ -20,6 +20,7 @@ use crate::domain::mail::Mail;
 use crate::domain::oauth::OAuth;
 use crate::domain::published::Published;
 use crate::domain::registration::Registration;
+use crate::domain::reset::PasswordReset;
 use crate::domain::sessions::Sessions;
 use crate::domain::verification::Verification;
 use crate::metrics::Metrics;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub(crate) mail: Arc<Mail>,
     /// Email verification (docs/mail.md).
     pub(crate) verification: Arc<Verification>,
+    /// Password reset links (docs/mail.md, "Password reset").
+    pub(crate) resets: Arc<PasswordReset>,
     /// The request counters and histograms of the router.
     pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.

@@ -19,6 +19,12 @@ struct ChangePassword {
     new_password: String,
 }
 
+#[derive(Deserialize)]
+struct ChangeEmail {
+    current_password: String,
+    new_email: String,
+}
+
 pub(crate) async fn me(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
     let user = state.accounts.me(&p).await?;
@@ -42,4 +48,17 @@ pub(crate) async fn change_password(state: &AppState, req: Request<Incoming>) ->
         .change_password(&p, &body.current_password, &body.new_password)
         .await?;
     empty(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /users/me/email` (fresh token): 202; the new address gets a confirmation link and the
+/// change happens when it is confirmed (docs/mail.md, "Email change").
+pub(crate) async fn change_email(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let p = principal(state, &req).await?;
+    p.require_fresh()?;
+    let body: ChangeEmail = read_json(req, state.body_limit).await?;
+    state
+        .accounts
+        .change_email(&p, &body.current_password, &body.new_email)
+        .await?;
+    empty(StatusCode::ACCEPTED)
 }

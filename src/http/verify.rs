@@ -1,7 +1,8 @@
 //! Email verification (docs/mail.md): the page a verification link opens
 //! (`GET /auth/verify-email?token=…`, which spends nothing), its CSRF-checked form
 //! (`POST /auth/verify-email/confirm`), and the JSON endpoints for apps
-//! (`POST /auth/verify-email`, `POST /auth/verify-email/resend`).
+//! (`POST /auth/verify-email`, `POST /auth/verify-email/resend`). The same link, page and
+//! endpoint confirm an email change (docs/mail.md, "Email change").
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
@@ -63,8 +64,8 @@ pub(crate) async fn page(state: &AppState, req: Request<Incoming>) -> ApiResult 
         Err(e) => return Ok(error_page(state, e)),
     };
     let token = q.token.unwrap_or_default();
-    let email = match state.verification.pending(&token).await {
-        Ok(Some(email)) => email,
+    let pending = match state.verification.pending(&token).await {
+        Ok(Some(p)) => p,
         Ok(None) => return invalid_link(state),
         Err(e) => return Ok(error_page(state, e.into())),
     };
@@ -73,7 +74,8 @@ pub(crate) async fn page(state: &AppState, req: Request<Incoming>) -> ApiResult 
         &VerifyEmailView {
             csrf_token: csrf.clone(),
             token,
-            email,
+            email: pending.email,
+            change: pending.change,
         },
     );
     Ok(with_csrf(
@@ -103,9 +105,19 @@ pub(crate) async fn confirm_form(state: &AppState, req: Request<Incoming>) -> Ap
             StatusCode::OK,
             pages::message(
                 &state.browser.branding,
-                &MessageView {
-                    title: "Email address confirmed".into(),
-                    message: format!("{} is confirmed. You can close this page.", c.email),
+                &if c.changed {
+                    MessageView {
+                        title: "Email address changed".into(),
+                        message: format!(
+                            "{} is your account's address now. You can close this page.",
+                            c.email
+                        ),
+                    }
+                } else {
+                    MessageView {
+                        title: "Email address confirmed".into(),
+                        message: format!("{} is confirmed. You can close this page.", c.email),
+                    }
                 },
             ),
         )),

@@ -18,7 +18,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
-pub(crate) use templates::VerifyEmail;
+pub(crate) use templates::{ConfirmEmailChange, EmailChanged, ResetPassword, VerifyEmail};
 
 use crate::config::{MailTransport, SmtpSecurity, SmtpSettings};
 use crate::store::OutgoingMail;

@@ -110,6 +110,19 @@ impl UserStore for Instrumented<dyn UserStore> {
         )
         .await
     }
+    async fn change_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        self.time(
+            "user_change_email",
+            self.inner.change_email(id, email, grant_admin, now_ms),
+        )
+        .await
+    }
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         self.time("user_delete", self.inner.delete(id)).await
     }

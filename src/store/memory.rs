@@ -184,6 +184,33 @@ impl UserStore for MemoryUsers {
             }))
     }
 
+    async fn change_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let mut g = lock(&self.inner);
+        let Some(old) = g.by_id.get(id).map(|u| u.email.clone()) else {
+            return Ok(None);
+        };
+        if g.email_to_id.get(email).is_some_and(|holder| holder != id) {
+            return Err(StoreError::Duplicate("email"));
+        }
+        g.email_to_id.remove(&old);
+        g.email_to_id.insert(email.to_string(), id.to_string());
+        Ok(g.by_id.get_mut(id).map(|u| {
+            u.email = email.to_string();
+            u.email_verified = true;
+            if grant_admin && !u.roles.iter().any(|r| r == "admin") {
+                u.roles.push("admin".to_string());
+            }
+            u.updated_at = now_ms;
+            u.clone()
+        }))
+    }
+
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let mut g = lock(&self.inner);
         let Some(user) = g.by_id.remove(id) else {

@@ -143,6 +143,17 @@ pub trait UserStore: Send + Sync {
         grant_admin: bool,
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
+    /// Replaces the user's address by `email` (already lower-cased), marked verified, in one
+    /// atomic step; with `grant_admin`, role `admin` is added in the same write (docs/mail.md,
+    /// "Email change"). `Duplicate("email")` when another user holds the address; `None` if no
+    /// such user.
+    async fn change_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError>;
     /// Removes a user record; true if there was one. Registration takes back an account
     /// whose verification mail could not be queued (docs/mail.md, "What is atomic").
     async fn delete(&self, id: &str) -> Result<bool, StoreError>;

@@ -441,6 +441,33 @@ impl UserStore for MongoStore {
         .await
     }
 
+    async fn change_email(
+        &self,
+        id: &str,
+        email: &str,
+        grant_admin: bool,
+        now_ms: i64,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let users = self.users.clone();
+        let filter = doc! { "_id": id };
+        // The unique index on `email` refuses an address another user holds (E11000).
+        let mut update = doc! {
+            "$set": { "email": email, "email_verified": true, "updated_at": now_ms }
+        };
+        if grant_admin {
+            update.insert("$addToSet", doc! { "roles": "admin" });
+        }
+        detached(async move {
+            users
+                .find_one_and_update(filter, update)
+                .return_document(ReturnDocument::After)
+                .await
+                .map(|d| d.map(UserRecord::from))
+                .map_err(map_user_err)
+        })
+        .await
+    }
+
     async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let users = self.users.clone();
         let filter = doc! { "_id": id };

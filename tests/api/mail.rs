@@ -211,7 +211,7 @@ impl SmtpServer {
 
 /// A directory of messages: a Maildir (`new/`, `cur/`) or a directory of `.eml` files.
 #[derive(Clone, Debug)]
-pub struct Mailbox(PathBuf);
+pub struct Mailbox(pub PathBuf);
 
 /// One message as received.
 #[derive(Clone, Debug)]
@@ -225,10 +225,25 @@ impl Received {
     pub fn token(&self) -> String {
         token_in(&self.raw).unwrap_or_else(|| panic!("no link in {}", self.raw))
     }
+
+    /// The password reset link's token.
+    pub fn reset_token(&self) -> String {
+        link_token_in(&self.raw, "/auth/password/reset")
+            .unwrap_or_else(|| panic!("no reset link in {}", self.raw))
+    }
+
+    /// Whether this is a password reset mail.
+    pub fn is_reset(&self) -> bool {
+        link_token_in(&self.raw, "/auth/password/reset").is_some()
+    }
+
+    pub fn subject(&self) -> String {
+        header_value(&self.raw, "Subject").unwrap_or_default()
+    }
 }
 
 /// The value of header `name` (first occurrence, unfolded), if any.
-fn header_value(raw: &str, name: &str) -> Option<String> {
+pub(crate) fn header_value(raw: &str, name: &str) -> Option<String> {
     let head = raw.split("\r\n\r\n").next().unwrap_or(raw);
     let head = head.split("\n\n").next().unwrap_or(head);
     let prefix = format!("{}:", name.to_ascii_lowercase());
@@ -279,7 +294,7 @@ fn quoted_printable_decoded(body: &str) -> String {
 
 /// The bodies of a message's parts (RFC 2046 §5.1), each decoded from its
 /// `Content-Transfer-Encoding`, one after the other.
-fn decoded_text(raw: &str) -> String {
+pub(crate) fn decoded_text(raw: &str) -> String {
     let boundary = header_value(raw, "Content-Type").and_then(|ct| {
         let start = ct.find("boundary=")? + "boundary=".len();
         Some(
@@ -315,8 +330,14 @@ fn decoded_text(raw: &str) -> String {
 /// The token of the first `/auth/verify-email?token=` link in a message, whatever the
 /// transfer encoding of its parts.
 fn token_in(raw: &str) -> Option<String> {
+    link_token_in(raw, "/auth/verify-email")
+}
+
+/// The token of the first `{path}?token=` link in a message.
+pub(crate) fn link_token_in(raw: &str, path: &str) -> Option<String> {
     let text = decoded_text(raw);
-    let start = text.find("/auth/verify-email?token=")? + "/auth/verify-email?token=".len();
+    let marker = format!("{path}?token=");
+    let start = text.find(&marker)? + marker.len();
     let token: String = text[start..]
         .chars()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -374,7 +395,7 @@ impl Mailbox {
 }
 
 /// The value of a metric without labels in `/metrics`.
-async fn metric(app: &TestApp, name: &str) -> f64 {
+pub(crate) async fn metric(app: &TestApp, name: &str) -> f64 {
     app.metrics_text()
         .await
         .lines()
@@ -385,7 +406,7 @@ async fn metric(app: &TestApp, name: &str) -> f64 {
 
 /// Waits (bounded) until the outbox of `app` is empty, as its depth gauge says after at least
 /// one more pass of the worker.
-async fn wait_outbox_empty(app: &TestApp) {
+pub(crate) async fn wait_outbox_empty(app: &TestApp) {
     let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
     let mut zeros = 0;
     while zeros < 3 {
@@ -402,7 +423,7 @@ async fn wait_outbox_empty(app: &TestApp) {
     }
 }
 
-fn address() -> (String, String) {
+pub(crate) fn address() -> (String, String) {
     let name = unique_name("m").replace('-', "");
     let username = name[..20].to_string();
     (username.clone(), format!("{username}@example.com"))
@@ -417,7 +438,7 @@ async fn register(app: &TestApp) -> (String, String) {
 
 /// An app whose mail goes to a directory (embedded mode's default from the test environment;
 /// set explicitly in production mode): answers it and its mailbox.
-async fn app_with_mail_dir(
+pub(crate) async fn app_with_mail_dir(
     mode: Mode,
     adjust: impl FnOnce(&mut HashMap<String, String>),
 ) -> (TestApp, Mailbox, tempfile::TempDir) {
@@ -535,10 +556,10 @@ async fn total(apps: &[TestApp], name: &str) -> f64 {
     sum
 }
 
-/// The server goes away while users register; nothing is lost and nothing arrives twice once
-/// it is back (on the same port). In production mode two instances share the outbox. The test
-/// holds the clock still, so each message is tried once and then waits for its retry (1 s
-/// later): retries come when time moves, not before.
+/// The server goes away while users register and ask for password resets; nothing is lost and
+/// nothing arrives twice once it is back (on the same port). In production mode two instances
+/// share the outbox. The test holds the clock still, so each message is tried once and then
+/// waits for its retry (1 s later): retries come when time moves, not before.
 async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     let Some(mut smtpd) = Smtpd::start().await else {
         return;
@@ -560,9 +581,17 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
         let (_, email) = register(&apps[i % apps.len()]).await;
         emails.push(email);
     }
+    // Every one of them, and the user from before, forgets the password.
+    for (i, email) in emails.iter().chain([&first]).enumerate() {
+        let res = apps[(i + 1) % apps.len()]
+            .post_json("/auth/password/forgot", &json!({ "email": email }))
+            .await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+    }
+    const WAITING: f64 = 13.0;
     // Every message is tried, and fails, once.
     let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
-    while total(&apps, "tokend_mail_send_failures_total").await < 6.0 {
+    while total(&apps, "tokend_mail_send_failures_total").await < WAITING {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the messages were not tried while the server was away"
@@ -571,10 +600,10 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     }
     // The depth gauge says so (each instance counts the outbox they share).
     for app in &apps {
-        while metric(app, "tokend_mail_outbox_depth").await != 6.0 {
+        while metric(app, "tokend_mail_outbox_depth").await != WAITING {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the outbox depth does not show the six waiting messages"
+                "the outbox depth does not show the thirteen waiting messages"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -584,27 +613,48 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     // instances share it).
     apps[0].clock.advance(Duration::from_secs(2));
 
-    for email in &emails {
-        mailbox.wait_for(email, 1).await;
+    for email in emails.iter().chain([&first]) {
+        mailbox.wait_for(email, 2).await;
     }
     for app in &apps {
         wait_outbox_empty(app).await;
     }
-    // Exactly once: per recipient and per Message-ID.
+    // Exactly once: per recipient (a verification mail and a reset mail each) and per
+    // Message-ID.
     let mut ids: HashMap<String, usize> = HashMap::new();
     for email in emails.iter().chain([&first]) {
         let got = mailbox.to(email);
-        assert_eq!(got.len(), 1, "{email}: {} messages", got.len());
-        *ids.entry(got[0].message_id.clone()).or_default() += 1;
+        assert_eq!(got.len(), 2, "{email}: {} messages", got.len());
+        assert_eq!(
+            got.iter().filter(|m| m.is_reset()).count(),
+            1,
+            "{email}: one reset mail"
+        );
+        for m in &got {
+            *ids.entry(m.message_id.clone()).or_default() += 1;
+        }
     }
-    assert_eq!(ids.len(), 7);
+    assert_eq!(ids.len(), 14);
     assert!(ids.values().all(|n| *n == 1));
     assert_eq!(
         total(&apps, "tokend_mail_send_failures_total").await,
-        6.0,
+        WAITING,
         "one failed attempt per message: none was retried before its time"
     );
-    assert_eq!(total(&apps, "tokend_mail_sent_total").await, 7.0);
+    assert_eq!(total(&apps, "tokend_mail_sent_total").await, 14.0);
+    // The reset links delivered after the outage work.
+    let reset = mailbox
+        .to(&first)
+        .into_iter()
+        .find(Received::is_reset)
+        .unwrap();
+    let res = apps[0]
+        .post_json(
+            "/auth/password/reset",
+            &json!({ "token": reset.reset_token(), "new_password": "after the outage" }),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
 }
 
 /// An outbox whose writes fail while `down` is set (what a MongoDB that stops answering
@@ -754,7 +804,7 @@ async fn two_instances_sharing_the_outbox_send_each_message_once() {
 // Milestone B: verification
 // ---------------------------------------------------------------------------------------------
 
-fn browser() -> reqwest::Client {
+pub(crate) fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
@@ -762,7 +812,7 @@ fn browser() -> reqwest::Client {
         .unwrap()
 }
 
-fn csrf_of(html: &str) -> String {
+pub(crate) fn csrf_of(html: &str) -> String {
     let marker = "name=\"csrf_token\" value=\"";
     let start = html
         .find(marker)
@@ -1108,10 +1158,42 @@ async fn no_log_line_holds_a_verification_token(mode: Mode) {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::ACCEPTED);
+    // A password reset, through its page and JSON.
+    let res = http
+        .post(tokend.url("/auth/password/forgot"))
+        .json(&json!({ "email": email }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let reset = mailbox
+        .wait_for(&email, 2)
+        .await
+        .into_iter()
+        .find(Received::is_reset)
+        .expect("a reset mail")
+        .reset_token();
+    let res = http
+        .get(tokend.url(&format!("/auth/password/reset?token={reset}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let new_password = "the new secret passphrase";
+    let res = http
+        .post(tokend.url("/auth/password/reset"))
+        .json(&json!({ "token": reset, "new_password": new_password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let lines = loop {
         let lines = tokend.logs().join("\n");
-        if lines.contains("email verified") && lines.contains("mail delivered") {
+        if lines.contains("email verified")
+            && lines.contains("mail delivered")
+            && lines.contains("password reset; sessions revoked")
+        {
             break lines;
         }
         assert!(
@@ -1121,11 +1203,13 @@ async fn no_log_line_holds_a_verification_token(mode: Mode) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(!lines.contains(&token), "a log line holds the token");
+    assert!(!lines.contains(&reset), "a log line holds the reset token");
     assert!(
-        !lines.contains("verify-email?token"),
+        !lines.contains("verify-email?token") && !lines.contains("password/reset?token"),
         "a log line holds a link"
     );
     assert!(!lines.contains(PASSWORD));
+    assert!(!lines.contains(new_password));
 }
 
 /// A person signs up, opens the link of the mail in Chromium and confirms; screenshots of the

@@ -244,6 +244,59 @@ async fn a_deleted_user_is_gone_and_frees_its_names(users: &dyn UserStore) {
     assert_eq!(users.by_id("u-2").await.unwrap().unwrap().username, "bob");
 }
 
+async fn an_email_change_moves_the_address_verified_unless_it_is_taken(users: &dyn UserStore) {
+    users
+        .insert(&user("u-1", "alice", "alice@example.com"))
+        .await
+        .unwrap();
+    users
+        .insert(&user("u-2", "bob", "bob@example.com"))
+        .await
+        .unwrap();
+    // Onto an address another user holds: refused, nothing changed.
+    let err = users
+        .change_email("u-1", "bob@example.com", false, 1_800_000_000_000)
+        .await
+        .unwrap_err();
+    assert_eq!(err, StoreError::Duplicate("email"));
+    assert_eq!(
+        users.by_id("u-1").await.unwrap().unwrap().email,
+        "alice@example.com"
+    );
+    assert_eq!(
+        users.by_email("bob@example.com").await.unwrap().unwrap().id,
+        "u-2"
+    );
+    // Onto a free one: moved, verified, admin added when asked; the old address is free.
+    let changed = users
+        .change_email("u-1", "alice@new.example", true, 1_800_000_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(changed.email, "alice@new.example");
+    assert!(changed.email_verified);
+    assert_eq!(changed.roles, ["user", "admin"]);
+    assert_eq!(changed.updated_at, 1_800_000_000_000);
+    assert_eq!(changed.credentials_version, 0, "not a credential change");
+    assert_eq!(
+        users.by_email("alice@new.example").await.unwrap(),
+        Some(changed)
+    );
+    assert_eq!(users.by_email("alice@example.com").await.unwrap(), None);
+    users
+        .insert(&user("u-3", "carol", "alice@example.com"))
+        .await
+        .unwrap();
+    // An unknown user: nothing.
+    assert_eq!(
+        users
+            .change_email("u-9", "nobody@example.com", false, 1)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Clients
 // ---------------------------------------------------------------------------------------------
@@ -1431,6 +1484,9 @@ user_contract!(users_are_listed_by_id_a_page_at_a_time:
 user_contract!(a_deleted_user_is_gone_and_frees_its_names:
     a_deleted_user_is_gone_and_frees_its_names_in_memory,
     a_deleted_user_is_gone_and_frees_its_names_in_mongodb);
+user_contract!(an_email_change_moves_the_address_verified_unless_it_is_taken:
+    an_email_change_moves_the_address_verified_unless_it_is_taken_in_memory,
+    an_email_change_moves_the_address_verified_unless_it_is_taken_in_mongodb);
 
 client_contract!(clients_can_be_inserted_fetched_listed_and_deleted:
     clients_can_be_inserted_fetched_listed_and_deleted_in_memory,

@@ -465,3 +465,44 @@ fn the_readme_tour_runs_top_to_bottom_as_written() {
         ],
     );
 }
+
+#[test]
+fn the_readme_password_reset_and_email_change_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- reset-tour:start", "<!-- reset-tour:end -->");
+    assert_eq!(
+        tour.server_starts, 1,
+        "the reset tour starts the server once"
+    );
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the reset tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    steps.ends_with_lines("Forgot the password", &["202", "202"]);
+    steps.shows("The mail lands in mail/", &["/auth/password/reset?token="]);
+    steps.ends_with_lines("Set the new password", &["204"]);
+    steps.ends_with_lines("The link is spent", &["400", "401"]);
+    steps.ends_with_lines("Change the email address", &["202"]);
+    steps.shows(
+        "The new address gets the confirmation link",
+        &[
+            r#""email":"hedy@lamarr.example""#,
+            r#""email_verified":true"#,
+        ],
+    );
+    steps.shows(
+        "Changed and verified",
+        &[r#""email":"hedy@lamarr.example""#, "To: hedy@example.com"],
+    );
+    assert!(
+        !run.log.contains("token="),
+        "no link reaches the log:\n{}",
+        run.log
+    );
+}

@@ -157,6 +157,23 @@ pub(crate) struct VerifyEmailView {
     pub token: String,
     /// The address the link confirms.
     pub email: String,
+    /// Whether the link confirms an email change (the page says the address replaces the
+    /// account's) rather than a verification.
+    pub change: bool,
+}
+
+/// "Choose a new password": the page a password reset link opens (docs/mail.md, "Password
+/// reset"). Its form posts the token and the new password, twice, to
+/// `/auth/password/reset/confirm`; opening the page spends nothing.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ResetPasswordView {
+    pub csrf_token: String,
+    /// The link's token, the hidden field `token`.
+    pub token: String,
+    /// The account's address, when known.
+    pub email: Option<String>,
+    /// One line saying what went wrong (the password policy, two passwords that differ).
+    pub error: Option<String>,
 }
 
 /// What the base layout (`templates/base.html`) shows around every page.
@@ -247,6 +264,13 @@ struct LogoutConfirmPage<'a> {
 struct VerifyEmailPage<'a> {
     layout: Layout<'a>,
     view: &'a VerifyEmailView,
+}
+
+#[derive(Template)]
+#[template(path = "reset_password.html")]
+struct ResetPasswordPage<'a> {
+    layout: Layout<'a>,
+    view: &'a ResetPasswordView,
 }
 
 #[derive(Template)]
@@ -350,6 +374,14 @@ pub(crate) fn logout_confirm(branding: &Branding, view: &LogoutConfirmView) -> S
 pub(crate) fn verify_email(branding: &Branding, view: &VerifyEmailView) -> String {
     render(&VerifyEmailPage {
         layout: Layout::new("Confirm your email address", branding),
+        view,
+    })
+}
+
+/// The password reset page.
+pub(crate) fn reset_password(branding: &Branding, view: &ResetPasswordView) -> String {
+    render(&ResetPasswordPage {
+        layout: Layout::new("Choose a new password", branding),
         view,
     })
 }

@@ -1,0 +1,859 @@
+//! Password reset and email change (docs/mail.md), in both modes: every link a user gets is
+//! followed through its page (form posts with the CSRF token) and through JSON, and what a
+//! reset or a change ends is shown refused afterwards. Mail goes to a directory of `.eml`
+//! files; deliveries are waited for by polling it with a deadline, nothing is timed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use reqwest::{Response, StatusCode};
+use serde_json::{json, Value};
+
+use crate::authorize::{location, query_of, CHALLENGE, REDIRECT, WEB_SECRET};
+use crate::helpers::*;
+use crate::in_both_modes;
+use crate::mail::{
+    address, app_with_mail_dir, browser, csrf_of, decoded_text, metric, wait_outbox_empty, Mailbox,
+    Received,
+};
+
+const PASSWORD: &str = "correct horse battery";
+const NEW_PASSWORD: &str = "a brand new passphrase";
+
+in_both_modes!(
+    a_reset_link_sets_a_new_password_through_the_page_and_ends_every_session,
+    a_reset_token_is_spent_once_and_concurrent_redemptions_have_one_winner,
+    a_reset_token_dies_when_another_is_issued_or_the_password_changes,
+    dead_and_malformed_reset_links_answer_a_clear_error,
+    forgetting_a_password_answers_alike_for_every_address_and_is_throttled,
+    an_email_change_happens_at_confirmation_and_the_old_address_is_told,
+    an_email_change_confirms_through_json_and_is_refused_if_the_address_was_taken,
+);
+
+/// A first-party web client, so that a browser signs in without a consent page.
+fn clients() -> Value {
+    json!([
+        {"client_id": "web", "client_secret": WEB_SECRET,
+         "grant_types": ["authorization_code", "refresh_token"],
+         "redirect_uris": [REDIRECT], "first_party": true, "client_name": "Example Web App"},
+    ])
+}
+
+/// An app with mail in a directory and the client above.
+async fn spawn(
+    mode: Mode,
+    adjust: impl FnOnce(&mut HashMap<String, String>),
+) -> (TestApp, Mailbox, tempfile::TempDir, tempfile::NamedTempFile) {
+    let file = write_clients_file(&clients());
+    let path = file.path().to_string_lossy().into_owned();
+    let (app, mailbox, dir) = app_with_mail_dir(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        adjust(env);
+    })
+    .await;
+    (app, mailbox, dir, file)
+}
+
+async fn register(app: &TestApp) -> (String, String) {
+    let (username, email) = address();
+    let res = app.register(&username, &email, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    (username, email)
+}
+
+async fn forgot(app: &TestApp, email: &str) -> Response {
+    app.post_json("/auth/password/forgot", &json!({ "email": email }))
+        .await
+}
+
+/// The reset mails to `email`, waiting (bounded) until there are `n`.
+async fn reset_mails(mailbox: &Mailbox, email: &str, n: usize) -> Vec<Received> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let got: Vec<Received> = mailbox
+            .to(email)
+            .into_iter()
+            .filter(Received::is_reset)
+            .collect();
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} reset mails to {email} arrived",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asks for a reset of `email` and answers the token of the mail it brings (the `n`th).
+async fn reset_token(app: &TestApp, mailbox: &Mailbox, email: &str, n: usize) -> String {
+    assert_eq!(forgot(app, email).await.status(), StatusCode::ACCEPTED);
+    let mails = reset_mails(mailbox, email, n).await;
+    assert_eq!(mails.len(), n, "one reset mail per request");
+    // The newest: Message-IDs are UUIDv7, ordered by time.
+    mails
+        .iter()
+        .max_by(|a, b| a.message_id.cmp(&b.message_id))
+        .unwrap()
+        .reset_token()
+}
+
+async fn reset_json(app: &TestApp, token: &str, password: &str) -> Response {
+    app.post_json(
+        "/auth/password/reset",
+        &json!({ "token": token, "new_password": password }),
+    )
+    .await
+}
+
+/// The one secret of a mail is its link's token: every `token=` in it carries that one (or,
+/// for a notice, there is none), and no password is anywhere.
+fn only_secret_is(m: &Received, token: Option<&str>) {
+    let text = decoded_text(&m.raw);
+    let tokens: Vec<&str> = text
+        .split("token=")
+        .skip(1)
+        .map(|rest| rest.get(..43).unwrap_or(rest))
+        .collect();
+    match token {
+        Some(t) => assert!(
+            !tokens.is_empty() && tokens.iter().all(|x| *x == t),
+            "{tokens:?}"
+        ),
+        None => assert!(tokens.is_empty(), "{text}"),
+    }
+    for secret in [PASSWORD, NEW_PASSWORD] {
+        assert!(!text.contains(secret), "a mail holds a password");
+    }
+}
+
+fn authorize_url(app: &TestApp, prompt: Option<&str>) -> String {
+    let mut params = vec![
+        ("response_type", "code"),
+        ("client_id", "web"),
+        ("redirect_uri", REDIRECT),
+        ("scope", "openid email"),
+        ("state", "st"),
+        ("code_challenge", CHALLENGE),
+        ("code_challenge_method", "S256"),
+    ];
+    if let Some(p) = prompt {
+        params.push(("prompt", p));
+    }
+    app.url(&format!(
+        "/oauth/authorize?{}",
+        serde_urlencoded::to_string(&params).unwrap()
+    ))
+}
+
+/// Signs `login` in on the hosted page, in `b`: a browser session.
+async fn browser_sign_in(app: &TestApp, b: &reqwest::Client, login: &str) {
+    let res = b.get(authorize_url(app, None)).send().await.unwrap();
+    let to = location(&res);
+    assert!(to.starts_with("/login?req="), "{to}");
+    let html = b
+        .get(app.url(&to))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let res = b
+        .post(app.url("/login"))
+        .form(&[
+            ("csrf_token", csrf_of(&html).as_str()),
+            ("req", query_of(&to)["req"].as_str()),
+            ("username", login),
+            ("password", PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert!(query_of(&location(&res)).contains_key("code"));
+}
+
+/// Whether the browser session of `b` is alive: `prompt=none` gets a code, else
+/// `login_required`.
+async fn browser_signed_in(app: &TestApp, b: &reqwest::Client) -> bool {
+    let res = b
+        .get(authorize_url(app, Some("none")))
+        .send()
+        .await
+        .unwrap();
+    let q = query_of(&location(&res));
+    match q.get("error").map(String::as_str) {
+        None => {
+            assert!(q.contains_key("code"), "{q:?}");
+            true
+        }
+        Some("login_required") => false,
+        Some(other) => panic!("prompt=none answered {other}"),
+    }
+}
+
+async fn me(app: &TestApp, access: &str) -> Value {
+    let res = app.get_bearer("/users/me", access).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    res.json().await.unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Password reset
+// ---------------------------------------------------------------------------------------------
+
+async fn a_reset_link_sets_a_new_password_through_the_page_and_ends_every_session(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (username, email) = register(&app).await;
+    // What the reset must end: a refresh family and its access token, and a browser session.
+    let (access, refresh) = app.login_pair(&email, PASSWORD).await;
+    let signed_in = browser();
+    browser_sign_in(&app, &signed_in, &username).await;
+    assert!(browser_signed_in(&app, &signed_in).await);
+
+    let token = reset_token(&app, &mailbox, &email, 1).await;
+    let mail = &reset_mails(&mailbox, &email, 1).await[0];
+    assert!(
+        mail.subject().contains("Reset your password"),
+        "{}",
+        mail.subject()
+    );
+    assert!(mail.raw.contains(&format!(
+        "http://tokend.test/auth/password/reset?token={token}"
+    )));
+    only_secret_is(mail, Some(&token));
+
+    let link = app.url(&format!("/auth/password/reset?token={token}"));
+    // A mail scanner opening the link, twice: nothing is spent, nothing changes.
+    for _ in 0..2 {
+        assert_eq!(reqwest::get(&link).await.unwrap().status(), StatusCode::OK);
+    }
+    assert_eq!(me(&app, &access).await["email"], email.as_str());
+
+    let b = browser();
+    let page = b.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert_eq!(page.headers()["cache-control"], "no-store");
+    let html = page.text().await.unwrap();
+    assert!(html.contains(&email), "{html}");
+    assert!(html.contains("action=\"/auth/password/reset/confirm\""));
+    let csrf = csrf_of(&html);
+    let post = |form: Vec<(&'static str, String)>, client: reqwest::Client| {
+        let url = app.url("/auth/password/reset/confirm");
+        async move { client.post(url).form(&form).send().await.unwrap() }
+    };
+    let form = |csrf: &str, a: &str, b: &str| {
+        vec![
+            ("csrf_token", csrf.to_string()),
+            ("token", token.clone()),
+            ("new_password", a.to_string()),
+            ("new_password_confirm", b.to_string()),
+        ]
+    };
+
+    // Without the CSRF token, or with another browser's, the form is refused.
+    let mut no_csrf = form("", NEW_PASSWORD, NEW_PASSWORD);
+    no_csrf.remove(0);
+    assert_eq!(
+        post(no_csrf, b.clone()).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = post(form(&csrf, NEW_PASSWORD, NEW_PASSWORD), browser()).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Two passwords that differ, or one the policy refuses: the form again, with the reason,
+    // and the link still good.
+    let res = post(
+        form(&csrf, NEW_PASSWORD, "something else entirely"),
+        b.clone(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("The two passwords differ."), "{html}");
+    assert!(html.contains("action=\"/auth/password/reset/confirm\""));
+    let res = post(form(&csrf, "short", "short"), b.clone()).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("role=\"alert\""), "{html}");
+    assert!(html.contains("password"), "{html}");
+    assert_eq!(reqwest::get(&link).await.unwrap().status(), StatusCode::OK);
+    // Nothing was changed by any of that.
+    assert_eq!(
+        app.get_bearer("/users/me", &access).await.status(),
+        StatusCode::OK
+    );
+
+    let res = post(form(&csrf, NEW_PASSWORD, NEW_PASSWORD), b.clone()).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("Password changed"));
+
+    // Everything from before is over: the access token, the refresh token, the browser session
+    // and the old password.
+    assert_eq!(
+        app.get_bearer("/users/me", &access).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(!browser_signed_in(&app, &signed_in).await);
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let (fresh, _) = app.login_pair(&email, NEW_PASSWORD).await;
+    assert_eq!(me(&app, &fresh).await["username"], username.as_str());
+
+    // The link is spent: its page and the form say so.
+    let res = b.get(&link).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("This link does not work"));
+    let res = post(
+        form(&csrf, "yet another password", "yet another password"),
+        b,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(res
+        .text()
+        .await
+        .unwrap()
+        .contains("This link does not work"));
+    assert_eq!(
+        app.login(&email, "yet another password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(
+        app.metrics_text()
+            .await
+            .contains("tokend_password_resets_total{result=\"completed\"} 1"),
+        "the reset is counted"
+    );
+}
+
+async fn a_reset_token_is_spent_once_and_concurrent_redemptions_have_one_winner(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, email) = register(&app).await;
+    let token = reset_token(&app, &mailbox, &email, 1).await;
+    // A password the policy refuses spends nothing.
+    let res = reset_json(&app, &token, "short").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "invalid_request");
+
+    let passwords: Vec<String> = (0..8).map(|i| format!("parallel password {i}")).collect();
+    let answers = join_all(passwords.iter().map(|p| reset_json(&app, &token, p))).await;
+    let statuses: Vec<StatusCode> = answers.iter().map(Response::status).collect();
+    let winners: Vec<usize> = statuses
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == StatusCode::NO_CONTENT)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(winners.len(), 1, "one redemption wins: {statuses:?}");
+    for res in answers {
+        if res.status() != StatusCode::NO_CONTENT {
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+            assert_eq!(error_code(res).await, "invalid_grant");
+        }
+    }
+    // The winner's password is the account's; the losers' are not (two of them: more wrong
+    // passwords would put the account into its failed-login back-off).
+    let winner = &passwords[winners[0]];
+    assert_eq!(app.login(&email, winner).await.status(), StatusCode::OK);
+    for p in passwords.iter().filter(|p| *p != winner).take(2) {
+        assert_eq!(
+            app.login(&email, p).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{p}"
+        );
+    }
+    // Spent.
+    let res = reset_json(&app, &token, NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "invalid_grant");
+}
+
+async fn a_reset_token_dies_when_another_is_issued_or_the_password_changes(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, email) = register(&app).await;
+    let first = reset_token(&app, &mailbox, &email, 1).await;
+    // A minute later (the address's budget), a second request: the first link is over.
+    app.clock.advance(Duration::from_secs(61));
+    let second = reset_token(&app, &mailbox, &email, 2).await;
+    assert_ne!(first, second);
+    let page = |t: &str| reqwest::get(app.url(&format!("/auth/password/reset?token={t}")));
+    assert_eq!(
+        page(&first).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    let res = reset_json(&app, &first, NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "invalid_grant");
+    assert_eq!(page(&second).await.unwrap().status(), StatusCode::OK);
+
+    // The password changes by the other path: the second link is over too.
+    let (access, _) = app.login_pair(&email, PASSWORD).await;
+    let res = app
+        .put_bearer(
+            "/users/me/password",
+            &access,
+            &json!({"current_password": PASSWORD, "new_password": NEW_PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        page(&second).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    let res = reset_json(&app, &second, "the attacker's password").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        app.login(&email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+
+    // And a reset ends the links of before it: two links, one used, the other dead.
+    app.clock.advance(Duration::from_secs(61));
+    let third = reset_token(&app, &mailbox, &email, 3).await;
+    assert_eq!(
+        reset_json(&app, &third, "the third password")
+            .await
+            .status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        reset_json(&app, &third, "the fourth password")
+            .await
+            .status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+async fn dead_and_malformed_reset_links_answer_a_clear_error(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, email) = register(&app).await;
+    let token = reset_token(&app, &mailbox, &email, 1).await;
+    // Unknown, malformed and empty tokens: an error page, and 400 invalid_grant in JSON.
+    let unknown = "A".repeat(43);
+    for bad in [
+        "",
+        "short",
+        unknown.as_str(),
+        "../../etc/passwd",
+        &"x".repeat(5000),
+    ] {
+        let res =
+            reqwest::get(app.url(&format!("/auth/password/reset?token={}", urlencoding(bad))))
+                .await
+                .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        assert!(res
+            .text()
+            .await
+            .unwrap()
+            .contains("This link does not work"));
+        let res = reset_json(&app, bad, NEW_PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(res).await, "invalid_grant");
+    }
+    // No token at all on the page, and bodies that are not what the endpoint reads.
+    let res = reqwest::get(app.url("/auth/password/reset")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    for body in [
+        json!({}),
+        json!({"token": token}),
+        json!({"token": 5, "new_password": []}),
+    ] {
+        let res = app.post_json("/auth/password/reset", &body).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(error_code(res).await, "invalid_request");
+    }
+    // Expired: the link works for 30 minutes.
+    app.clock.advance(Duration::from_secs(31 * 60));
+    let res = reqwest::get(app.url(&format!("/auth/password/reset?token={token}")))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = reset_json(&app, &token, NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "invalid_grant");
+    assert_eq!(app.login(&email, PASSWORD).await.status(), StatusCode::OK);
+}
+
+/// Percent-encodes a query value.
+fn urlencoding(v: &str) -> String {
+    url::form_urlencoded::byte_serialize(v.as_bytes()).collect()
+}
+
+/// What a response shows a caller, less what differs between any two responses (the date and
+/// the request id).
+async fn answer(res: Response) -> (StatusCode, Vec<(String, String)>, String) {
+    let status = res.status();
+    let mut headers: Vec<(String, String)> = res
+        .headers()
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "date" | "x-request-id"))
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    headers.sort();
+    (status, headers, res.text().await.unwrap())
+}
+
+async fn forgetting_a_password_answers_alike_for_every_address_and_is_throttled(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, email) = register(&app).await;
+    let (_, nobody) = address();
+    let known = answer(forgot(&app, &email).await).await;
+    let unknown = answer(forgot(&app, &nobody).await).await;
+    let malformed = answer(forgot(&app, "not an address").await).await;
+    assert_eq!(known.0, StatusCode::ACCEPTED);
+    assert_eq!(
+        known, unknown,
+        "an unknown address answers like a known one"
+    );
+    assert_eq!(known, malformed);
+    assert!(known.2.is_empty());
+    reset_mails(&mailbox, &email, 1).await;
+
+    // Within the minute, ten more requests for the address: all 202, no mail.
+    let answers = join_all((0..10).map(|_| forgot(&app, &email))).await;
+    assert!(answers.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+    wait_outbox_empty(&app).await;
+    assert_eq!(
+        mailbox
+            .to(&email)
+            .into_iter()
+            .filter(Received::is_reset)
+            .count(),
+        1
+    );
+    // A minute later, one of ten parallel requests gets a mail: five an hour in all.
+    for expected in 2..=5 {
+        app.clock.advance(Duration::from_secs(61));
+        let answers = join_all((0..10).map(|_| forgot(&app, &email))).await;
+        assert!(answers.iter().all(|r| r.status() == StatusCode::ACCEPTED));
+        reset_mails(&mailbox, &email, expected).await;
+    }
+    app.clock.advance(Duration::from_secs(61));
+    assert_eq!(forgot(&app, &email).await.status(), StatusCode::ACCEPTED);
+    wait_outbox_empty(&app).await;
+    let resets: Vec<Received> = mailbox
+        .to(&email)
+        .into_iter()
+        .filter(Received::is_reset)
+        .collect();
+    assert_eq!(resets.len(), 5, "the sixth within the hour is refused");
+    // Only the newest link works.
+    let newest = resets
+        .iter()
+        .max_by(|a, b| a.message_id.cmp(&b.message_id))
+        .unwrap()
+        .reset_token();
+    for m in &resets {
+        let t = m.reset_token();
+        if t != newest {
+            assert_eq!(
+                reset_json(&app, &t, NEW_PASSWORD).await.status(),
+                StatusCode::BAD_REQUEST
+            );
+        }
+    }
+    // Nothing went to the unknown address; the metrics tell the cases apart for operators.
+    assert!(mailbox.to(&nobody).is_empty());
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("tokend_password_resets_total{result=\"unknown\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("tokend_password_resets_total{result=\"requested\"} 5"));
+    assert!(metric(&app, "tokend_mail_sent_total").await >= 6.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Email change
+// ---------------------------------------------------------------------------------------------
+
+async fn change_email(app: &TestApp, access: &str, password: &str, new_email: &str) -> Response {
+    app.put_bearer(
+        "/users/me/email",
+        access,
+        &json!({"current_password": password, "new_email": new_email}),
+    )
+    .await
+}
+
+/// The newest mail to `to` whose subject contains `subject`, waiting (bounded) for it.
+async fn mail_with_subject(mailbox: &Mailbox, to: &str, subject: &str) -> Received {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Some(m) = mailbox
+            .to(to)
+            .into_iter()
+            .filter(|m| m.subject().contains(subject))
+            .max_by(|a, b| a.message_id.cmp(&b.message_id))
+        {
+            return m;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no mail {subject:?} to {to}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn an_email_change_happens_at_confirmation_and_the_old_address_is_told(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (username, old) = register(&app).await;
+    let (_, other) = register(&app).await;
+    let (_, new) = address();
+    let (access, refresh) = app.login_pair(&old, PASSWORD).await;
+
+    // Refusals: a wrong password, a token that is not fresh, an address another account has,
+    // the account's own address, and something that is not an address.
+    let res = change_email(&app, &access, "not the password", &new).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let (refreshed, refresh) = app.refresh_pair(&refresh).await;
+    let res = change_email(&app, &refreshed, PASSWORD, &new).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(res).await, "fresh_token_required");
+    let res = change_email(&app, &access, PASSWORD, &other).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    let res = change_email(&app, &access, PASSWORD, &old.to_uppercase()).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = change_email(&app, &access, PASSWORD, "not an address").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(mailbox.to(&new).is_empty());
+
+    // A reset link mailed to the old address before the change.
+    let old_reset = reset_token(&app, &mailbox, &old, 1).await;
+
+    let res = change_email(&app, &access, PASSWORD, &new).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let mail = mail_with_subject(&mailbox, &new, "Confirm your new email address").await;
+    let token = mail.token();
+    only_secret_is(&mail, Some(&token));
+    assert!(
+        decoded_text(&mail.raw).contains(&old),
+        "the mail names the address it replaces"
+    );
+    // Nothing changed yet.
+    assert_eq!(me(&app, &access).await["email"], old.as_str());
+    assert_eq!(
+        app.login(&new, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // The link's page (a GET spends nothing), then its form.
+    let link = app.url(&format!("/auth/verify-email?token={token}"));
+    assert_eq!(reqwest::get(&link).await.unwrap().status(), StatusCode::OK);
+    let b = browser();
+    let html = b.get(&link).send().await.unwrap().text().await.unwrap();
+    assert!(html.contains("Confirm your new email address"), "{html}");
+    assert!(html.contains(&new));
+    assert_eq!(me(&app, &access).await["email"], old.as_str());
+    let csrf = csrf_of(&html);
+    let res = browser()
+        .post(app.url("/auth/verify-email/confirm"))
+        .form(&[("csrf_token", csrf.as_str()), ("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::FORBIDDEN,
+        "another browser's form"
+    );
+    let res = b
+        .post(app.url("/auth/verify-email/confirm"))
+        .form(&[("csrf_token", csrf.as_str()), ("token", token.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("Email address changed"));
+
+    // Changed and verified; sign-in goes by the new address. Sessions stay signed in, and what
+    // they read shows the new address.
+    let user = me(&app, &access).await;
+    assert_eq!(user["email"], new.as_str());
+    assert_eq!(user["email_verified"], true);
+    assert_eq!(user["username"], username.as_str());
+    assert_eq!(
+        app.login(&old, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.login(&new, PASSWORD).await.status(), StatusCode::OK);
+    let (after, _) = app.refresh_pair(&refresh).await;
+    assert_eq!(me(&app, &after).await["email"], new.as_str());
+
+    // The old address is told, without any link that holds a secret.
+    let notice = mail_with_subject(&mailbox, &old, "was changed").await;
+    only_secret_is(&notice, None);
+    assert!(decoded_text(&notice.raw).contains(&new));
+    // The reset link mailed to the old address is over; so is the confirmation link.
+    let res = reset_json(&app, &old_reset, NEW_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = b.get(&link).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // A reset now goes to the new address.
+    app.clock.advance(Duration::from_secs(61));
+    assert_eq!(forgot(&app, &old).await.status(), StatusCode::ACCEPTED);
+    let token = reset_token(&app, &mailbox, &new, 1).await;
+    assert_eq!(
+        reset_json(&app, &token, NEW_PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(reset_mails(&mailbox, &old, 1).await.len(), 1);
+}
+
+async fn an_email_change_confirms_through_json_and_is_refused_if_the_address_was_taken(mode: Mode) {
+    let boss = format!("boss-{}@example.com", &address().0[..10]);
+    let admins = boss.clone();
+    let (app, mailbox, _dir, _file) = spawn(mode, move |env| {
+        env.insert("TOKEND_ADMIN_EMAILS".into(), admins);
+    })
+    .await;
+    let (_, a) = register(&app).await;
+    let (_, wanted) = address();
+    let (access, _) = app.login_pair(&a, PASSWORD).await;
+    assert_eq!(
+        change_email(&app, &access, PASSWORD, &wanted)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    let token = mail_with_subject(&mailbox, &wanted, "Confirm your new email address")
+        .await
+        .token();
+    // Someone registers the address before the link is confirmed.
+    let res = app.register(&address().0, &wanted, PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let res = app
+        .post_json("/auth/verify-email", &json!({ "token": token }))
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(me(&app, &access).await["email"], a.as_str());
+    assert!(
+        !mailbox
+            .to(&a)
+            .iter()
+            .any(|m| m.subject().contains("was changed")),
+        "no notice: nothing changed"
+    );
+
+    // A second request ends the first link; the newest confirms through JSON, once, and an
+    // address of TOKEND_ADMIN_EMAILS earns admin at that moment.
+    assert_eq!(
+        change_email(&app, &access, PASSWORD, &address().1)
+            .await
+            .status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(
+        change_email(&app, &access, PASSWORD, &boss).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let token = mail_with_subject(&mailbox, &boss, "Confirm your new email address")
+        .await
+        .token();
+    let body = json!({ "token": token });
+    let answers = join_all((0..6).map(|_| app.post_json("/auth/verify-email", &body))).await;
+    let ok: Vec<&Response> = answers
+        .iter()
+        .filter(|r| r.status() == StatusCode::OK)
+        .collect();
+    assert_eq!(ok.len(), 1, "a token is spent once");
+    assert!(answers
+        .iter()
+        .all(|r| r.status() == StatusCode::OK || r.status() == StatusCode::BAD_REQUEST));
+    let user = me(&app, &access).await;
+    assert_eq!(user["email"], boss.as_str());
+    assert_eq!(user["email_verified"], true);
+    let (fresh, _) = app.login_pair(&boss, PASSWORD).await;
+    assert_eq!(claims(&fresh)["roles"], json!(["user", "admin"]));
+    mail_with_subject(&mailbox, &a, "was changed").await;
+    assert!(app
+        .metrics_text()
+        .await
+        .contains("tokend_email_changes_total{result=\"taken\"} 1"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// In a browser
+// ---------------------------------------------------------------------------------------------
+
+/// A person who forgot the password opens the reset mail's link in Chromium, sets a new
+/// password and signs in with it; screenshots of each page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_opens_the_reset_link_sets_a_password_and_signs_in() {
+    let Some(mut browser) = crate::browser::Browser::start("reset_password_in_a_browser").await
+    else {
+        return;
+    };
+    let port = crate::services::free_port();
+    let (app, mailbox, _dir) = app_with_mail_dir(Mode::Embedded, |env| {
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), format!("http://127.0.0.1:{port}"));
+    })
+    .await;
+    let (username, email) = register(&app).await;
+    let token = reset_token(&app, &mailbox, &email, 1).await;
+    let link = format!("http://127.0.0.1:{port}/auth/password/reset?token={token}");
+    assert!(
+        reset_mails(&mailbox, &email, 1).await[0]
+            .raw
+            .contains(&link),
+        "the mail holds the link"
+    );
+    browser.goto(&link).await;
+    assert!(browser.text("h1").await.contains("Choose a new password"));
+    assert!(browser.text("main").await.contains(&email));
+    browser.screenshot("reset-page").await;
+    // Two passwords that differ: the page says so.
+    browser.fill("New password", NEW_PASSWORD).await;
+    browser
+        .fill("New password, again", "not the same one")
+        .await;
+    browser.expect_status(400);
+    browser.click("Set new password").await;
+    assert!(browser
+        .text("#error")
+        .await
+        .contains("The two passwords differ."));
+    browser.screenshot("passwords-differ").await;
+    browser.fill("New password", NEW_PASSWORD).await;
+    browser.fill("New password, again", NEW_PASSWORD).await;
+    browser.click("Set new password").await;
+    assert!(browser.text("h1").await.contains("Password changed"));
+    browser.screenshot("password-changed").await;
+
+    browser
+        .goto(&format!("http://127.0.0.1:{port}/login"))
+        .await;
+    browser.fill("Username or email", &username).await;
+    browser.fill("Password", NEW_PASSWORD).await;
+    browser.click("Sign in").await;
+    assert!(browser.text("h1").await.contains("You are signed in"));
+    assert!(browser.text("main").await.contains(&username));
+    browser.screenshot("signed-in").await;
+    assert_eq!(
+        app.login(&email, PASSWORD).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    browser.finish().await;
+}
