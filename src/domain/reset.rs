@@ -67,6 +67,20 @@ impl PasswordReset {
             .inc();
     }
 
+    /// Whether reset links can be mailed at all (a mail transport is configured): the sign-in
+    /// page offers "Forgot your password?" only then.
+    pub(crate) fn available(&self) -> bool {
+        self.mail.enabled()
+    }
+
+    /// The hosted page's request (docs/mail.md, "Password reset"): as [`PasswordReset::forgot`],
+    /// but an input that is not an address at all is [`Error::Invalid`], so the page can say
+    /// so. That reveals nothing about accounts: the check is on the shape of what was typed.
+    pub(crate) async fn ask(&self, email: &str) -> Result<(), Error> {
+        Email::parse(email)?;
+        self.forgot(email).await
+    }
+
     /// `POST /auth/password/forgot`: mails a reset link to the account of `email`, if there is
     /// one and its budget allows (one a minute, five an hour per address). The caller learns
     /// nothing: every well-formed address takes the same steps (one user read, one budget

@@ -307,6 +307,7 @@ pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiR
             error: None,
             client_name: context.client_name,
             user_code: user_code.map(|c| c.display()),
+            forgot_password: state.resets.available(),
         },
     );
     Ok(with_csrf(
@@ -351,6 +352,7 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
                 error: Some(error.to_string()),
                 client_name,
                 user_code: user_code.as_ref().map(UserCode::display),
+                forgot_password: state.resets.available(),
             },
         );
         pages::html_response(status, html)

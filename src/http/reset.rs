@@ -8,7 +8,7 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::authorize::{csrf_token, error_page, params, with_csrf, FormHeaders};
-use super::pages::{self, ErrorView, MessageView, ResetPasswordView};
+use super::pages::{self, ErrorView, ForgotPasswordView, MessageView, ResetPasswordView};
 use super::state::AppState;
 use super::{empty, read_json, ApiResult};
 use crate::domain::Error;
@@ -24,6 +24,12 @@ struct ResetForm {
     token: Option<String>,
     new_password: Option<String>,
     new_password_confirm: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+struct ForgotForm {
+    csrf_token: Option<String>,
+    email: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +82,92 @@ pub(crate) async fn forgot(state: &AppState, req: Request<Incoming>) -> ApiResul
     let body: ForgotBody = read_json(req, state.body_limit).await?;
     state.resets.forgot(&body.email).await?;
     empty(StatusCode::ACCEPTED)
+}
+
+/// The page that asks for the address, with a CSRF token.
+fn forgot_form_page(
+    state: &AppState,
+    status: StatusCode,
+    csrf: String,
+    view: ForgotPasswordView,
+) -> ApiResult {
+    let html = pages::forgot_password(
+        &state.browser.branding,
+        &ForgotPasswordView {
+            csrf_token: csrf,
+            ..view
+        },
+    );
+    Ok(pages::html_response(status, html))
+}
+
+/// `GET /auth/password/forgot`: the page that asks for the address of a reset, linked from the
+/// sign-in page. Without a mail transport there is no reset to ask for: an error page.
+pub(crate) async fn forgot_page(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    if !state.resets.available() {
+        return Ok(pages::html_response(
+            StatusCode::NOT_FOUND,
+            pages::error(
+                &state.browser.branding,
+                &ErrorView {
+                    title: "Password reset is not available".into(),
+                    message: "This server sends no mail, so it cannot send a reset link. Ask \
+                              its operator to reset your password."
+                        .into(),
+                    error_code: None,
+                },
+            ),
+        ));
+    }
+    let (csrf, new) = match csrf_token(state, &req) {
+        Ok(t) => t,
+        Err(e) => return Ok(error_page(state, e)),
+    };
+    let res = forgot_form_page(state, StatusCode::OK, csrf.clone(), Default::default())?;
+    Ok(with_csrf(state, res, &csrf, new))
+}
+
+/// `POST /auth/password/forgot/send`: the page's form (CSRF double submit). The answer is the
+/// same page for every address, as the JSON endpoint's is the same 202; only something that is
+/// not an address at all brings the form back.
+pub(crate) async fn forgot_form(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let h = FormHeaders::of(state, &req);
+    let form: ForgotForm = match params(state, req).await {
+        Ok(f) => f,
+        Err(e) => return Ok(error_page(state, e)),
+    };
+    if let Err(e) = h.check_csrf(state, form.csrf_token.as_deref()) {
+        return Ok(error_page(state, e));
+    }
+    let csrf = form.csrf_token.unwrap_or_default();
+    let email = form.email.unwrap_or_default();
+    match state.resets.ask(&email).await {
+        Ok(()) => Ok(pages::html_response(
+            StatusCode::OK,
+            pages::message(
+                &state.browser.branding,
+                &MessageView {
+                    title: "Check your mail".into(),
+                    message: format!(
+                        "If {} belongs to an account, a link to choose a new password is on \
+                         its way. It works for 30 minutes, once.",
+                        email.trim()
+                    ),
+                },
+            ),
+        )),
+        Err(Error::Invalid(_)) => forgot_form_page(
+            state,
+            StatusCode::BAD_REQUEST,
+            csrf,
+            ForgotPasswordView {
+                email,
+                error: Some("Enter an email address, like name@example.com.".into()),
+                ..Default::default()
+            },
+        ),
+        Err(e) => Ok(error_page(state, e.into())),
+    }
 }
 
 /// `GET /auth/password/reset?token=…`: the form for the new password; a GET never spends the

@@ -202,8 +202,14 @@ fn table() -> Vec<Route> {
             .post(handler!(verify::resend))
             .rate_limited(),
         Route::at("/auth/password/forgot")
+            .get(handler!(reset::forgot_page))
             .post(handler!(reset::forgot))
-            .rate_limited(),
+            .rate_limited()
+            .page(),
+        Route::at("/auth/password/forgot/send")
+            .post(handler!(reset::forgot_form))
+            .rate_limited()
+            .page(),
         Route::at("/auth/password/reset")
             .get(handler!(reset::page))
             .post(handler!(reset::reset_json))
@@ -530,6 +536,7 @@ mod tests {
                 "/auth/verify-email/confirm",
                 "/auth/verify-email/resend",
                 "/auth/password/forgot",
+                "/auth/password/forgot/send",
                 "/auth/password/reset",
                 "/auth/password/reset/confirm"
             ]

@@ -26,6 +26,7 @@ in_both_modes!(
     a_reset_token_is_spent_once_and_concurrent_redemptions_have_one_winner,
     a_reset_token_dies_when_another_is_issued_or_the_password_changes,
     dead_and_malformed_reset_links_answer_a_clear_error,
+    the_sign_in_page_leads_to_a_reset_through_pages,
     forgetting_a_password_answers_alike_for_every_address_and_is_throttled,
     an_email_change_happens_at_confirmation_and_the_old_address_is_told,
     an_email_change_confirms_through_json_and_is_refused_if_the_address_was_taken,
@@ -205,6 +206,126 @@ async fn me(app: &TestApp, access: &str) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Password reset
 // ---------------------------------------------------------------------------------------------
+
+/// "Forgot your password?" on the sign-in page leads to a page asking for the address; its
+/// form (CSRF-checked) answers the same page for an address with and without an account, and
+/// the mail's link resets. A server that sends no mail offers no reset.
+async fn the_sign_in_page_leads_to_a_reset_through_pages(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, email) = register(&app).await;
+    let b = browser();
+    let sign_in = b.get(app.url("/login")).send().await.unwrap();
+    assert_eq!(sign_in.status(), StatusCode::OK);
+    let html = sign_in.text().await.unwrap();
+    assert!(
+        html.contains("<a href=\"/auth/password/forgot\">Forgot your password?</a>"),
+        "{html}"
+    );
+    let page = b
+        .get(app.url("/auth/password/forgot"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("<h1>Reset your password</h1>"), "{html}");
+    let csrf = csrf_of(&html);
+    let send = |csrf: Option<String>, address: &str| {
+        let mut form = vec![("email", address.to_string())];
+        if let Some(t) = csrf {
+            form.push(("csrf_token", t));
+        }
+        b.post(app.url("/auth/password/forgot/send"))
+            .form(&form)
+            .send()
+    };
+
+    // Without the CSRF token nothing is asked for.
+    let res = send(None, &email).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    // Not an address: the form again with the reason and what was typed.
+    let res = send(Some(csrf.clone()), "hedy").await.unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Enter an email address"), "{html}");
+    assert!(html.contains("value=\"hedy\""), "{html}");
+
+    // A known and an unknown address: the same page but for the address it repeats.
+    let known = send(Some(csrf.clone()), &email).await.unwrap();
+    assert_eq!(known.status(), StatusCode::OK);
+    let known = known.text().await.unwrap();
+    assert!(known.contains("<h1>Check your mail</h1>"), "{known}");
+    let (_, stranger) = address();
+    let unknown = send(Some(csrf.clone()), &stranger).await.unwrap();
+    assert_eq!(unknown.status(), StatusCode::OK);
+    assert_eq!(
+        unknown.text().await.unwrap().replace(&stranger, "ADDRESS"),
+        known.replace(&email, "ADDRESS")
+    );
+
+    // The mail that the known address got resets through the link's page.
+    let mails = reset_mails(&mailbox, &email, 1).await;
+    assert_eq!(mails.len(), 1);
+    let token = mails[0].reset_token();
+    let page = b
+        .get(app.url(&format!("/auth/password/reset?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let res = b
+        .post(app.url("/auth/password/reset/confirm"))
+        .form(&[
+            ("csrf_token", csrf_of(&html).as_str()),
+            ("token", token.as_str()),
+            ("new_password", NEW_PASSWORD),
+            ("new_password_confirm", NEW_PASSWORD),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(
+        app.login(&email, NEW_PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    assert!(
+        mailbox.to(&stranger).is_empty(),
+        "no mail to an unknown address"
+    );
+    app.stop().await;
+
+    // Production mode without SMTP or a mail directory has no transport: no link, and the
+    // page says there is no reset (embedded mode always mails, into `mail/` by default).
+    if mode == Mode::Production {
+        let app = spawn_app_with(mode, |env| {
+            env.remove("TOKEND_MAIL_DIR");
+            env.remove("TOKEND_SMTP_URL");
+        })
+        .await;
+        let b = browser();
+        let html = b
+            .get(app.url("/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(html.contains("<h1>"), "{html}");
+        assert!(!html.contains("Forgot your password?"), "{html}");
+        let res = b
+            .get(app.url("/auth/password/forgot"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_FOUND);
+        let html = res.text().await.unwrap();
+        assert!(html.contains("Password reset is not available"), "{html}");
+        app.stop().await;
+    }
+}
 
 async fn a_reset_link_sets_a_new_password_through_the_page_and_ends_every_session(mode: Mode) {
     let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
@@ -797,8 +918,9 @@ async fn an_email_change_confirms_through_json_and_is_refused_if_the_address_was
 // In a browser
 // ---------------------------------------------------------------------------------------------
 
-/// A person who forgot the password opens the reset mail's link in Chromium, sets a new
-/// password and signs in with it; screenshots of each page.
+/// A person who forgot the password follows "Forgot your password?" from the sign-in page in
+/// Chromium, asks for a link, opens the reset mail's link, sets a new password and signs in
+/// with it; screenshots of each page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_opens_the_reset_link_sets_a_password_and_signs_in() {
     let Some(mut browser) = crate::browser::Browser::start("reset_password_in_a_browser").await
@@ -812,7 +934,20 @@ async fn a_browser_opens_the_reset_link_sets_a_password_and_signs_in() {
     })
     .await;
     let (username, email) = register(&app).await;
-    let token = reset_token(&app, &mailbox, &email, 1).await;
+    // From the sign-in page: "Forgot your password?", the address, "Check your mail".
+    browser
+        .goto(&format!("http://127.0.0.1:{port}/login"))
+        .await;
+    browser.screenshot("sign-in").await;
+    browser.click("Forgot your password?").await;
+    assert!(browser.text("h1").await.contains("Reset your password"));
+    browser.screenshot("forgot-password").await;
+    browser.fill("Email address", &email).await;
+    browser.click("Send reset link").await;
+    assert!(browser.text("h1").await.contains("Check your mail"));
+    assert!(browser.text("main").await.contains(&email));
+    browser.screenshot("check-your-mail").await;
+    let token = reset_mails(&mailbox, &email, 1).await[0].reset_token();
     let link = format!("http://127.0.0.1:{port}/auth/password/reset?token={token}");
     assert!(
         reset_mails(&mailbox, &email, 1).await[0]

@@ -47,6 +47,8 @@ pub(crate) struct SignInView {
     /// The user code of a device being approved (`XXXX-XXXX`), sent back as the hidden field
     /// `user_code`: after signing in, the browser returns to its device page (docs/device.md).
     pub user_code: Option<String>,
+    /// Whether the page links to "Forgot your password?" (only when reset mails can be sent).
+    pub forgot_password: bool,
 }
 
 /// The device page's code entry form (RFC 8628 §3.3), submitted with `GET /device`: the code
@@ -176,6 +178,18 @@ pub(crate) struct ResetPasswordView {
     pub error: Option<String>,
 }
 
+/// "Reset your password": the page that asks for the address a reset link goes to
+/// (docs/mail.md, "Password reset"), linked from the sign-in page. Its form posts to
+/// `/auth/password/forgot/send`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ForgotPasswordView {
+    pub csrf_token: String,
+    /// The field's value (what was typed before an error).
+    pub email: String,
+    /// One line saying what went wrong.
+    pub error: Option<String>,
+}
+
 /// What the base layout (`templates/base.html`) shows around every page.
 struct Layout<'a> {
     /// The page's part of the title; the layout adds " · {display_name}".
@@ -271,6 +285,13 @@ struct VerifyEmailPage<'a> {
 struct ResetPasswordPage<'a> {
     layout: Layout<'a>,
     view: &'a ResetPasswordView,
+}
+
+#[derive(Template)]
+#[template(path = "forgot_password.html")]
+struct ForgotPasswordPage<'a> {
+    layout: Layout<'a>,
+    view: &'a ForgotPasswordView,
 }
 
 #[derive(Template)]
@@ -382,6 +403,14 @@ pub(crate) fn verify_email(branding: &Branding, view: &VerifyEmailView) -> Strin
 pub(crate) fn reset_password(branding: &Branding, view: &ResetPasswordView) -> String {
     render(&ResetPasswordPage {
         layout: Layout::new("Choose a new password", branding),
+        view,
+    })
+}
+
+/// The page that asks for the address of a password reset.
+pub(crate) fn forgot_password(branding: &Branding, view: &ForgotPasswordView) -> String {
+    render(&ForgotPasswordPage {
+        layout: Layout::new("Reset your password", branding),
         view,
     })
 }

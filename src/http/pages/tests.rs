@@ -44,6 +44,7 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                     error: None,
                     client_name: Some("Billing Portal".into()),
                     user_code: None,
+                    forgot_password: true,
                 },
             ),
         ),
@@ -58,6 +59,7 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                     error: Some("The username or password is not right.".into()),
                     client_name: None,
                     user_code: None,
+                    forgot_password: false,
                 },
             ),
         ),
@@ -193,6 +195,29 @@ fn samples(b: &Branding) -> Vec<(&'static str, String)> {
                     error: None,
                     client_name: None,
                     user_code: Some("BCDF-GHJK".into()),
+                    forgot_password: true,
+                },
+            ),
+        ),
+        (
+            "forgot-password",
+            forgot_password(
+                b,
+                &ForgotPasswordView {
+                    csrf_token: "csrf-1".into(),
+                    email: String::new(),
+                    error: None,
+                },
+            ),
+        ),
+        (
+            "forgot-password-error",
+            forgot_password(
+                b,
+                &ForgotPasswordView {
+                    csrf_token: "csrf-1".into(),
+                    email: "alice".into(),
+                    error: Some("Enter an email address, like name@example.com.".into()),
                 },
             ),
         ),
@@ -296,6 +321,8 @@ fn the_titles_name_the_page_then_the_product() {
             "Device connected · Acme ID",
             "Request denied · Acme ID",
             "Sign in · Acme ID",
+            "Reset your password · Acme ID",
+            "Reset your password · Acme ID",
         ]
     );
 }
@@ -332,6 +359,11 @@ fn the_sign_in_form() {
     assert_eq!(attr(buttons[0], "type"), Some("submit"));
     assert!(body.contains(">Sign in</button>"));
     assert!(!html.contains("role=\"alert\""), "no error, no alert");
+    assert!(
+        html.contains("<a href=\"/auth/password/forgot\">Forgot your password?</a>"),
+        "a way out for a forgotten password, outside the form"
+    );
+    assert!(!body.contains("/auth/password/forgot"));
 
     // After an error: one alert, no `req` without a request, the username kept and the cursor
     // in the password field.
@@ -350,6 +382,45 @@ fn the_sign_in_form() {
         password.and_then(|t| attr(t, "aria-describedby")),
         Some("error")
     );
+    // Without a mail transport there is no reset to offer.
+    assert!(!html.contains("Forgot your password?"));
+}
+
+#[test]
+fn the_forgot_password_form() {
+    let pages = samples(&branding());
+    let page = |name: &str| &pages.iter().find(|(n, _)| *n == name).unwrap().1;
+    let html = page("forgot-password");
+    let [(form, body)] = forms(html)[..] else {
+        panic!("one form: {html}")
+    };
+    assert_eq!(attr(form, "method"), Some("post"));
+    assert_eq!(attr(form, "action"), Some("/auth/password/forgot/send"));
+    let inputs = tags(body, "input");
+    let email = inputs
+        .iter()
+        .find(|t| attr(t, "name") == Some("email"))
+        .expect("an email field");
+    assert_eq!(attr(email, "type"), Some("email"));
+    assert_eq!(attr(email, "autocomplete"), Some("email"));
+    assert!(has_attr(email, "required"));
+    assert!(body.contains(">Send reset link</button>"));
+    assert!(html.contains("<a href=\"/login\">Back to sign in</a>"));
+    assert!(!html.contains("role=\"alert\""));
+
+    let html = page("forgot-password-error");
+    assert_eq!(html.matches("role=\"alert\"").count(), 1);
+    assert!(html.contains("Enter an email address, like name@example.com.</p>"));
+    let email = tags(html, "input")
+        .into_iter()
+        .find(|t| attr(t, "name") == Some("email"))
+        .unwrap();
+    assert_eq!(
+        attr(email, "value"),
+        Some("alice"),
+        "what was typed is kept"
+    );
+    assert_eq!(attr(email, "aria-describedby"), Some("error"));
 }
 
 #[test]
@@ -628,6 +699,7 @@ fn everything_given_is_escaped() {
                 error: Some(n()),
                 client_name: Some(n()),
                 user_code: Some(n()),
+                forgot_password: true,
             },
         ),
         consent(
@@ -703,6 +775,14 @@ fn everything_given_is_escaped() {
                 client_name: n(),
             },
         ),
+        forgot_password(
+            &b,
+            &ForgotPasswordView {
+                csrf_token: n(),
+                email: n(),
+                error: Some(n()),
+            },
+        ),
     ];
     for html in &pages {
         assert!(!html.contains(NASTY), "{html}");
@@ -727,7 +807,8 @@ fn everything_given_is_escaped() {
             3 + 3,
             3 + 2,
             3 + 9,
-            3 + 1
+            3 + 1,
+            3 + 3
         ]
     );
 }
