@@ -79,6 +79,11 @@ pub(crate) struct Metrics {
     pub(crate) mail_send_failures: IntCounter,
     /// `tokend_mail_sent_total`: messages the mail server (or the directory) accepted.
     pub(crate) mail_sent: IntCounter,
+    /// `tokend_events_total{type}`: account events recorded (docs/events.md).
+    pub(crate) events: IntCounterVec,
+    /// `tokend_events_dropped_total`: account events the store did not take (they are still
+    /// in the audit log).
+    pub(crate) events_dropped: IntCounter,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -297,6 +302,17 @@ impl Metrics {
                 r,
                 "tokend_mail_sent_total",
                 "Messages handed over to the mail server or written as .eml files.",
+            ),
+            events: counter(
+                r,
+                "tokend_events_total",
+                "Account events recorded, by type.",
+                &["type"],
+            ),
+            events_dropped: plain_counter(
+                r,
+                "tokend_events_dropped_total",
+                "Account events that could not be stored (they are still in the audit log).",
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

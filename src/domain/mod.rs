@@ -6,8 +6,10 @@ pub(crate) mod admin;
 pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod device;
+pub mod events;
 pub(crate) mod ids;
 pub mod input;
+pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod mail;
 pub mod oauth;
@@ -122,6 +124,8 @@ pub(crate) struct Services {
     pub(crate) registration: registration::Registration,
     pub(crate) mail: Arc<mail::Mail>,
     pub(crate) verification: Arc<verification::Verification>,
+    pub(crate) events: events::Events,
+    pub(crate) lifecycle: Arc<lifecycle::Lifecycle>,
 }
 
 /// What the services are built from.
@@ -138,6 +142,8 @@ pub(crate) struct ServiceParts {
     pub(crate) device: Arc<dyn crate::store::DeviceStore>,
     /// The mail outbox (MongoDB in production).
     pub(crate) mail: Arc<dyn MailStore>,
+    /// Account events (MongoDB in production).
+    pub(crate) events: Arc<dyn crate::store::EventStore>,
     /// Where mail goes (`None`: mail is off).
     pub(crate) transport: Option<Arc<dyn crate::mail::Transport>>,
     pub(crate) keys: Keys,
@@ -158,6 +164,25 @@ impl Services {
             p.metrics.clone(),
             &p.config,
         ));
+        let events = events::Events::new(
+            p.events,
+            p.clock.clone(),
+            p.metrics.clone(),
+            p.config.events_retention,
+        );
+        p.keys.observe(events.key_observer());
+        let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+            p.users.clone(),
+            p.sessions.clone(),
+            p.consents.clone(),
+            p.mail.clone(),
+            events.clone(),
+            p.clock.clone(),
+            lifecycle::LifecycleSettings {
+                session_ttl: p.config.session_ttl,
+                admin_emails: p.config.admin_emails.clone(),
+            },
+        ));
         let sessions = Arc::new(sessions::Sessions::new(
             p.sessions,
             p.users.clone(),
@@ -166,6 +191,7 @@ impl Services {
             p.clock.clone(),
             p.metrics.clone(),
             sessions::SessionSettings::from_config(&p.config),
+            events.clone(),
         ));
         let id_domain = url::Url::parse(&p.config.issuer)
             .ok()
@@ -192,6 +218,7 @@ impl Services {
                 issuer: p.config.issuer.clone(),
                 display_name: p.config.display_name.clone(),
             },
+            events.clone(),
         ));
         let accounts = Arc::new(accounts::Accounts::new(
             p.users.clone(),
@@ -202,6 +229,8 @@ impl Services {
             p.config.mail.verification,
             p.clock.clone(),
             p.metrics.clone(),
+            events.clone(),
+            lifecycle.clone(),
         ));
         let authorize = Arc::new(authorize::Authorize::new(
             p.clients.clone(),
@@ -219,6 +248,7 @@ impl Services {
                 browser_session_ttl: p.config.browser_session_ttl,
                 signing_algs: p.config.signing_algs.clone(),
             },
+            events.clone(),
         ));
         let registration = registration::Registration::new(
             p.clients.clone(),
@@ -231,6 +261,7 @@ impl Services {
                 mode: p.config.client_registration,
                 signing_algs: p.config.signing_algs.clone(),
             },
+            events.clone(),
         );
         let devices = Arc::new(device::Devices::new(
             p.clients.clone(),
@@ -260,6 +291,7 @@ impl Services {
             p.passwords,
             p.clock,
             p.config.bootstrap_admin.clone(),
+            events.clone(),
         );
         Ok(Services {
             accounts,
@@ -273,6 +305,8 @@ impl Services {
             registration,
             mail,
             verification,
+            events,
+            lifecycle,
         })
     }
 }

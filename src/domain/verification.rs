@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ring::digest;
 
 use super::accounts::ROLE_ADMIN;
+use super::events::{EventType, Events, NewEvent};
 use super::input::Email;
 use super::limits::Limits;
 use super::mail::{Letter, Mail};
@@ -73,6 +74,7 @@ pub(crate) struct Verification {
     mail: Arc<Mail>,
     limits: Arc<Limits>,
     settings: VerificationSettings,
+    events: Events,
 }
 
 impl Verification {
@@ -82,6 +84,7 @@ impl Verification {
         mail: Arc<Mail>,
         limits: Arc<Limits>,
         settings: VerificationSettings,
+        events: Events,
     ) -> Verification {
         Verification {
             users,
@@ -89,6 +92,7 @@ impl Verification {
             mail,
             limits,
             settings,
+            events,
         }
     }
 
@@ -228,6 +232,20 @@ impl Verification {
                     .forget_tokens(&user.id, PURPOSE_VERIFY_EMAIL)
                     .await?;
                 tracing::info!(user_id = %user.id, granted_admin, "email verified");
+                self.events.record(
+                    NewEvent::new(EventType::EmailVerified)
+                        .user(&user.id)
+                        .detail("by", "link")
+                        .detail("granted_admin", granted_admin),
+                );
+                if granted_admin {
+                    self.events.record(
+                        NewEvent::new(EventType::RolesChanged)
+                            .user(&user.id)
+                            .detail("by", "verification")
+                            .detail("roles", user.roles.clone()),
+                    );
+                }
                 Ok(Confirmed { email: user.email })
             }
             None => match self.users.by_id(&t.user_id).await? {
