@@ -381,7 +381,7 @@ impl Keys {
     /// successor is brought forward to activate now, otherwise a new key is created that
     /// activates now. This is the one case where a key signs without prepublication: resource
     /// servers refetch JWKS on the unknown `kid`. Returns false if the kid is unknown.
-    pub(crate) async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
+    pub async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
         if !is_valid_kid(kid) {
             return Ok(false);
         }

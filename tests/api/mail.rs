@@ -211,7 +211,7 @@ impl SmtpServer {
 
 /// A directory of messages: a Maildir (`new/`, `cur/`) or a directory of `.eml` files.
 #[derive(Clone, Debug)]
-pub struct Mailbox(PathBuf);
+pub struct Mailbox(pub PathBuf);
 
 /// One message as received.
 #[derive(Clone, Debug)]

@@ -17,6 +17,7 @@ mod helpers;
 mod interop_rp;
 mod keys;
 mod layout;
+mod lifecycle;
 mod mail;
 mod multi_instance;
 mod oauth;
