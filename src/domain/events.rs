@@ -152,7 +152,7 @@ impl NewEvent {
 }
 
 /// Where a request came from, as an event or a new session records it: the client address
-/// (docs/hardening.md, "Client addresses") and the `User-Agent`.
+/// (docs/hardening.md, "Connections and client addresses") and the `User-Agent`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
     pub(crate) ip: Option<IpAddr>,
