@@ -881,7 +881,6 @@ impl SessionStore for RedisStore {
             })
             .await?;
         // Scores are Unix ms, well inside the integers a double holds exactly.
-        #[allow(clippy::cast_possible_truncation)]
         Ok(listed
             .into_iter()
             .map(|(sid, login)| (sid, login as i64))

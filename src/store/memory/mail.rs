@@ -178,7 +178,7 @@ impl MailStore for MemoryMail {
     async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
         let mut g = lock(&self.inner);
         let before = g.len();
-        g.retain(|_, e| !e.token.as_ref().is_some_and(|t| t.user_id == user_id));
+        g.retain(|_, e| e.token.as_ref().is_none_or(|t| t.user_id != user_id));
         Ok((before - g.len()) as u64)
     }
 
