@@ -44,11 +44,9 @@ pub(crate) enum EventType {
     RefreshReuseDetected,
     PasswordChanged,
     /// Recorded by the password reset flow (docs/events.md).
-    #[allow(dead_code)]
     PasswordReset,
     EmailVerified,
     /// Recorded by the email change flow (docs/events.md).
-    #[allow(dead_code)]
     EmailChanged,
     RolesChanged,
     AccountDeleted,
