@@ -492,7 +492,7 @@ mod tests {
     #[test]
     fn methods_and_allow_agree() {
         let me = find("/users/me").unwrap();
-        assert_eq!(me.allow(), "GET, HEAD, PUT");
+        assert_eq!(me.allow(), "GET, HEAD, PUT, DELETE");
         let methods: Vec<_> = me.methods().map(|m| m.to_string()).collect();
         assert_eq!(methods.join(", "), me.allow());
         assert!(me.handler(&Method::HEAD).is_some());
