@@ -253,7 +253,11 @@ async fn an_admin_deletes_a_user_once(mode: Mode) {
     statuses.sort();
     assert_eq!(
         statuses,
-        [StatusCode::NO_CONTENT, StatusCode::NOT_FOUND, StatusCode::NOT_FOUND]
+        [
+            StatusCode::NO_CONTENT,
+            StatusCode::NOT_FOUND,
+            StatusCode::NOT_FOUND
+        ]
     );
     assert_eq!(verify_status(&app, &access).await, StatusCode::UNAUTHORIZED);
     assert_eq!(
