@@ -20,14 +20,15 @@ use hyper_util::rt::TokioIo;
 use tokend::clock::{SharedClock, SystemClock};
 use tokend::config::Config;
 use tokend::domain::clients::hash_secret;
+use tokend::domain::events::Origin;
 use tokend::domain::oauth::{Client, TokenRequest};
 use tokend::http::state::AppState;
 use tokend::http::wellknown::cacheable;
 use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
 use tokend::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemoryMail,
-    MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryEvents, MemoryLimits,
+    MemoryMail, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
 };
 use tokend::store::ClientRecord;
 
@@ -69,6 +70,7 @@ fn app() -> Bench {
         consents: Arc::new(MemoryConsents::new()),
         device: Arc::new(MemoryDevices::new(clock.clone())),
         mail: Arc::new(MemoryMail::new()),
+        events: Arc::new(MemoryEvents::new(EVENTS_CAPACITY)),
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -166,7 +168,9 @@ fn domain(c: &mut Criterion) {
     let rt = &bench.rt;
     rt.block_on(state.accounts.register("bencher", EMAIL, PASSWORD))
         .unwrap();
-    let first = rt.block_on(state.accounts.login(EMAIL, PASSWORD)).unwrap();
+    let first = rt
+        .block_on(state.accounts.login(EMAIL, PASSWORD, &Origin::default()))
+        .unwrap();
     let mut g = c.benchmark_group("domain");
 
     // `/auth/verify`: signature, claims, revocation check.

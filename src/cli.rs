@@ -8,11 +8,14 @@ use clap::{Parser, Subcommand};
 use crate::clock::{Clock, SharedClock, SystemClock};
 use crate::config::vars::{CLIENTS_FILE, MONGODB_URI, REDIS_URL};
 use crate::config::{Config, Mode};
+use crate::domain::accounts::UserView;
 use crate::domain::clients::{hash_secret, load_static_clients, validate_client, Clients};
+use crate::domain::events::{EventType, Events, NewEvent};
 use crate::domain::ids;
+use crate::domain::lifecycle::{Actor, Lifecycle, LifecycleSettings, Verified};
 use crate::keys::{Alg, Keys};
 use crate::startup::{keys_config, Application, Backends, StartupError};
-use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError};
+use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord};
 
 /// The command line: `tokend serve`, `keys`, `clients`, `users` (docs/operations.md).
 #[derive(Debug, Parser)]
@@ -47,6 +50,38 @@ pub(crate) enum Command {
 pub(crate) enum UsersCommand {
     /// Give an existing user the `admin` role (takes effect in their next token).
     GrantAdmin { email: String },
+    /// List users ordered by id, a page at a time.
+    List {
+        /// Start after this user id (the `next` of the page before).
+        #[arg(long, allow_hyphen_values = true)]
+        after: Option<String>,
+        /// Users per page (1 to 1000).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        limit: u16,
+        /// Print `{"users":[…],"next":…}`.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one user, named by id or email.
+    Show {
+        #[arg(allow_hyphen_values = true)]
+        user: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a user, named by id or email, as `DELETE /admin/users/{id}` does: every session,
+    /// browser session, consent and token of theirs ends, then the record goes.
+    Delete {
+        #[arg(allow_hyphen_values = true)]
+        user: String,
+    },
+    /// Mark a user's email address verified, as its link would (an address in
+    /// TOKEND_ADMIN_EMAILS earns `admin` then, once).
+    VerifyEmail {
+        #[arg(allow_hyphen_values = true)]
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,14 +223,23 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
     }
 }
 
-async fn open_keys(config: &Config) -> Result<Keys, String> {
+/// The keyset, and the events its changes are recorded as (docs/events.md).
+async fn open_keys(config: &Config) -> Result<(Keys, Events), String> {
     let clock: SharedClock = Arc::new(SystemClock);
     let b = Backends::connect(config, &clock)
         .await
         .map_err(|e| e.to_string())?;
-    Keys::open(keys_config(config), b.keystore, b.lease, clock)
-        .await
-        .map_err(|e| e.to_string())
+    let events = cli_events(config, &b, &clock);
+    let keys = Keys::open(
+        keys_config(config),
+        b.keystore.clone(),
+        b.lease.clone(),
+        clock,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    keys.observe(events.key_observer());
+    Ok((keys, events))
 }
 
 fn ts(secs: i64) -> String {
@@ -223,7 +267,13 @@ fn print_keys(keys: &[crate::keys::KeyInfo]) {
 }
 
 async fn keys_command(cmd: KeysCommand, config: Config) -> Result<(), String> {
-    let keys = open_keys(&config).await?;
+    let (keys, events) = open_keys(&config).await?;
+    let result = keys_subcommand(cmd, &keys).await;
+    events.flush().await;
+    result
+}
+
+async fn keys_subcommand(cmd: KeysCommand, keys: &Keys) -> Result<(), String> {
     match cmd {
         KeysCommand::List { json } => {
             let list = keys.list();
@@ -270,7 +320,122 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
     let b = Backends::connect(&config, &clock)
         .await
         .map_err(|e| e.to_string())?;
+    let events = cli_events(&config, &b, &clock);
+    let lifecycle = Lifecycle::new(
+        b.users.clone(),
+        b.sessions.clone(),
+        b.consents.clone(),
+        b.mail.clone(),
+        events.clone(),
+        clock.clone(),
+        LifecycleSettings {
+            session_ttl: config.session_ttl,
+            admin_emails: config.admin_emails.clone(),
+        },
+    );
+    let result = users_subcommand(cmd, &config, &b, &clock, &events, &lifecycle).await;
+    events.flush().await;
+    result
+}
+
+/// The events of a command: kept in the mode's store, like the server's (docs/events.md).
+fn cli_events(config: &Config, b: &Backends, clock: &SharedClock) -> Events {
+    Events::new(
+        b.events.clone(),
+        clock.clone(),
+        crate::metrics::Metrics::new(),
+        config.events_retention,
+    )
+}
+
+/// The user a command names, by id or email.
+async fn named_user(lifecycle: &Lifecycle, key: &str) -> Result<UserRecord, String> {
+    lifecycle
+        .find(key)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no user {key:?}"))
+}
+
+async fn users_subcommand(
+    cmd: UsersCommand,
+    config: &Config,
+    b: &Backends,
+    clock: &SharedClock,
+    events: &Events,
+    lifecycle: &Lifecycle,
+) -> Result<(), String> {
     match cmd {
+        UsersCommand::List { after, limit, json } => {
+            let (users, next) = lifecycle
+                .list(after.as_deref(), usize::from(limit))
+                .await
+                .map_err(|e| e.to_string())?;
+            if json {
+                println!("{}", serde_json::json!({ "users": users, "next": next }));
+            } else {
+                println!("{:<38} {:<24} {:<9} ROLES", "ID", "USERNAME", "VERIFIED");
+                for u in &users {
+                    println!(
+                        "{:<38} {:<24} {:<9} {}",
+                        u.id,
+                        u.username,
+                        if u.email_verified { "yes" } else { "no" },
+                        u.roles.join(",")
+                    );
+                }
+                if let Some(next) = next {
+                    println!("more: --after {next}");
+                }
+            }
+        }
+        UsersCommand::Show { user, json } => {
+            let u = UserView::from(&named_user(lifecycle, &user).await?);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&u).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("id:             {}", u.id);
+                println!("username:       {}", u.username);
+                println!("email:          {}", u.email);
+                println!("email_verified: {}", u.email_verified);
+                println!("roles:          {}", u.roles.join(", "));
+                println!("created_at:     {}", u.created_at);
+                println!("updated_at:     {}", u.updated_at);
+            }
+        }
+        UsersCommand::Delete { user } => {
+            let u = named_user(lifecycle, &user).await?;
+            lifecycle
+                .delete(&u.id, Actor::Operator, None)
+                .await
+                .map_err(|e| match e {
+                    crate::domain::Error::NotFound => format!("no user {user:?}"),
+                    other => other.to_string(),
+                })?;
+            println!(
+                "deleted user {}: their sessions, consents and tokens have ended",
+                u.id
+            );
+        }
+        UsersCommand::VerifyEmail { user } => {
+            let u = named_user(lifecycle, &user).await?;
+            match lifecycle
+                .verify_email(&u)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Verified::Already => println!("{} is verified already", u.email),
+                Verified::Now { granted_admin } => {
+                    println!("{} is now verified", u.email);
+                    if granted_admin {
+                        println!("it is in TOKEND_ADMIN_EMAILS: the user is now an admin");
+                    }
+                }
+            }
+        }
         UsersCommand::GrantAdmin { email } => {
             let email = crate::domain::input::Email::parse(&email).map_err(|e| e.to_string())?;
             let user = b
@@ -296,6 +461,12 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
             if already {
                 println!("{} is already an admin", email.as_str());
             } else {
+                events.record(
+                    NewEvent::new(EventType::RolesChanged)
+                        .user(&user.id)
+                        .detail("by", "operator")
+                        .detail("roles", user.roles.clone()),
+                );
                 println!(
                     "{} is now an admin (roles: {}); their next token carries the role",
                     email.as_str(),
@@ -307,8 +478,9 @@ async fn users_command(cmd: UsersCommand, config: Config) -> Result<(), String> 
     Ok(())
 }
 
-/// The client registry of a production-mode configuration.
-async fn open_clients(config: &Config) -> Result<Clients, String> {
+/// The client registry of a production-mode configuration, and the events its changes are
+/// recorded as.
+async fn open_clients(config: &Config) -> Result<(Clients, Events), String> {
     if matches!(config.mode, Mode::Embedded { .. }) {
         return Err(format!(
             "`tokend clients` needs production mode: set {mongodb_uri} and {redis_url}. \
@@ -326,7 +498,8 @@ async fn open_clients(config: &Config) -> Result<Clients, String> {
     let b = Backends::connect(config, &clock)
         .await
         .map_err(|e| e.to_string())?;
-    Ok(Clients::new(statics, b.clients))
+    let events = cli_events(config, &b, &clock);
+    Ok((Clients::new(statics, b.clients), events))
 }
 
 /// One row of `tokend clients list`.
@@ -398,7 +571,7 @@ async fn registration_token(
         .signing_algs
         .first()
         .ok_or("no signing algorithm configured")?;
-    let keys = open_keys(config).await?;
+    let (keys, _) = open_keys(config).await?;
     let (token, expires_at) = crate::domain::registration::issue_initial_access_token(
         &keys,
         alg,
@@ -431,7 +604,18 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
     if let ClientsCommand::RegistrationToken { ttl, scopes, json } = &cmd {
         return registration_token(&config, ttl, scopes, *json).await;
     }
-    let clients = open_clients(&config).await?;
+    let (clients, events) = open_clients(&config).await?;
+    let result = clients_subcommand(cmd, &config, &clients, &events).await;
+    events.flush().await;
+    result
+}
+
+async fn clients_subcommand(
+    cmd: ClientsCommand,
+    config: &Config,
+    clients: &Clients,
+    events: &Events,
+) -> Result<(), String> {
     match cmd {
         ClientsCommand::Create {
             id,
@@ -487,6 +671,12 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                 }
                 Err(e) => return Err(e.to_string()),
             }
+            events.record(
+                NewEvent::new(EventType::ClientCreated)
+                    .client(&record.client_id)
+                    .detail("via", "operator")
+                    .detail("confidential", secret.is_some()),
+            );
             if json {
                 println!(
                     "{}",
@@ -547,6 +737,11 @@ async fn clients_command(cmd: ClientsCommand, config: Config) -> Result<(), Stri
                 ));
             }
             if clients.delete(&id).await.map_err(|e| e.to_string())? {
+                events.record(
+                    NewEvent::new(EventType::ClientDeleted)
+                        .client(&id)
+                        .detail("via", "operator"),
+                );
                 println!("deleted client {id}");
             } else {
                 return Err(format!("no client with id {id:?}"));

@@ -84,6 +84,11 @@ pub(crate) struct Metrics {
     pub(crate) password_resets: IntCounterVec,
     /// `tokend_email_changes_total{result}`: email changes (requested, confirmed, taken).
     pub(crate) email_changes: IntCounterVec,
+    /// `tokend_events_total{type}`: account events recorded (docs/events.md).
+    pub(crate) events: IntCounterVec,
+    /// `tokend_events_dropped_total`: account events the store did not take (they are still
+    /// in the audit log).
+    pub(crate) events_dropped: IntCounter,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -315,6 +320,17 @@ impl Metrics {
                 "tokend_email_changes_total",
                 "Email changes by result (requested, confirmed, taken).",
                 &["result"],
+            ),
+            events: counter(
+                r,
+                "tokend_events_total",
+                "Account events recorded, by type.",
+                &["type"],
+            ),
+            events_dropped: plain_counter(
+                r,
+                "tokend_events_dropped_total",
+                "Account events that could not be stored (they are still in the audit log).",
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

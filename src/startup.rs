@@ -22,14 +22,14 @@ use crate::keys::{DirKeyStore, KeyStore, Keys, KeysConfig, MongoKeyStore, RETENT
 use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemoryMail,
-    MemorySessions, MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryEvents, MemoryLimits,
+    MemoryMail, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
 };
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use crate::store::{
-    AuthorizeStore, ClientStore, ConsentStore, DeviceStore, LeaseStore, LimitStore, MailStore,
-    SessionStore, UserStore,
+    AuthorizeStore, ClientStore, ConsentStore, DeviceStore, EventStore, LeaseStore, LimitStore,
+    MailStore, SessionStore, UserStore,
 };
 
 /// Why the application could not start.
@@ -92,6 +92,8 @@ pub struct Backends {
     pub device: Arc<dyn DeviceStore>,
     /// The mail outbox and the tokens its messages carry (MongoDB in production).
     pub mail: Arc<dyn MailStore>,
+    /// Account events (MongoDB in production, a bounded ring in embedded mode).
+    pub events: Arc<dyn EventStore>,
     /// The signing keyset (MongoDB in production, a directory or memory in embedded mode).
     pub keystore: Arc<dyn KeyStore>,
     /// `None` when this process is the only writer of the keyset (embedded mode).
@@ -114,6 +116,7 @@ impl Backends {
                 consents: Arc::new(MemoryConsents::new()),
                 device: Arc::new(MemoryDevices::new(clock.clone())),
                 mail: Arc::new(MemoryMail::new()),
+                events: Arc::new(MemoryEvents::new(EVENTS_CAPACITY)),
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
@@ -152,6 +155,7 @@ impl Backends {
                     users: mongo.clone(),
                     clients: mongo.clone(),
                     mail: mongo.clone(),
+                    events: mongo.clone(),
                     consents: mongo,
                     sessions: redis.clone(),
                     authorize: redis.clone(),
@@ -178,6 +182,7 @@ impl Backends {
             clients: Arc::new(Instrumented::new(self.clients, doc_store, metrics.clone())),
             consents: Arc::new(Instrumented::new(self.consents, doc_store, metrics.clone())),
             mail: Arc::new(Instrumented::new(self.mail, doc_store, metrics.clone())),
+            events: Arc::new(Instrumented::new(self.events, doc_store, metrics.clone())),
             sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
             authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
             device: Arc::new(Instrumented::new(self.device, kv_store, metrics.clone())),
@@ -311,6 +316,7 @@ impl Application {
             consents: b.consents,
             device: b.device,
             mail: b.mail,
+            events: b.events,
             transport,
             keys,
             passwords,
@@ -344,6 +350,8 @@ impl Application {
             mail,
             verification,
             resets,
+            events,
+            lifecycle,
         } = services;
         let state = Arc::new(AppState {
             accounts,
@@ -365,6 +373,8 @@ impl Application {
             mail,
             verification,
             resets,
+            events,
+            lifecycle,
             metrics,
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {
@@ -488,6 +498,8 @@ impl Application {
         if let Some(worker) = mail_worker {
             let _ = worker.await;
         }
+        // The events of the last requests reach the store before the process ends.
+        self.state.events.flush().await;
     }
 }
 

@@ -1,12 +1,17 @@
-//! Logging: the filter and the line format.
+//! Logging: the filter and the line format, and how long account events are kept (the audit
+//! trail, docs/events.md).
+
+use std::time::Duration;
 
 use super::env::Reader;
+use super::values::parse_duration;
 use super::vars;
 
 /// The settings of this concern, validated.
 pub(super) struct Logging {
     pub(super) log: String,
     pub(super) log_format: LogFormat,
+    pub(super) events_retention: Duration,
 }
 
 pub(super) fn read(r: &mut Reader<'_>) -> Option<Logging> {
@@ -16,10 +21,21 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<Logging> {
             .map_err(|e| e.to_string())
     });
     let log_format = r.value(&vars::LOG_FORMAT, parse_log_format);
+    let events_retention = r.value(&vars::EVENTS_RETENTION, parse_retention);
     Some(Logging {
         log: log?,
         log_format: log_format?,
+        events_retention: events_retention?,
     })
+}
+
+/// A duration of at least one hour (and, like every duration, at most ten years).
+fn parse_retention(v: &str) -> Result<Duration, String> {
+    let d = parse_duration(v)?;
+    if d < Duration::from_secs(3600) {
+        return Err("must be at least 1h".into());
+    }
+    Ok(d)
 }
 
 /// How log lines are written.

@@ -99,6 +99,9 @@ pub struct Config {
     pub log: String,
     /// `TOKEND_LOG_FORMAT`, default text.
     pub log_format: LogFormat,
+    /// `TOKEND_EVENTS_RETENTION`, default 90 days: how long account events are kept
+    /// (docs/events.md).
+    pub(crate) events_retention: Duration,
     /// `TOKEND_CLIENTS_FILE`: static OAuth clients (JSON list), when set.
     pub(crate) clients_file: Option<PathBuf>,
     /// `TOKEND_ADMIN_EMAILS`: lower-cased emails that earn `admin` once their owner proves
@@ -284,7 +287,11 @@ fn assemble(
         display_name,
         logo_url,
     } = browser?;
-    let logging::Logging { log, log_format } = logging?;
+    let logging::Logging {
+        log,
+        log_format,
+        events_retention,
+    } = logging?;
     let registration::Registration {
         client_registration,
         rate_limit_registration,
@@ -310,6 +317,7 @@ fn assemble(
         argon2_nice,
         log,
         log_format,
+        events_retention,
         clients_file,
         admin_emails,
         bootstrap_admin,
@@ -419,6 +427,9 @@ mod tests {
         assert_eq!(c.argon2_nice, 10);
         assert_eq!(c.log, "info");
         assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.events_retention, Duration::from_secs(90 * 86400));
+        let c = parse(&[(&EVENTS_RETENTION, "36h")]).unwrap();
+        assert_eq!(c.events_retention, Duration::from_secs(36 * 3600));
         assert_eq!(c.max_sessions_per_user, 100);
         assert_eq!(c.body_limit, 16 * 1024);
         assert_eq!(c.request_timeout, Duration::from_secs(30));
@@ -479,6 +490,10 @@ mod tests {
             (&ARGON2_NICE, "-1"),
             (&LOG, "info,[[["),
             (&LOG_FORMAT, "xml"),
+            (&EVENTS_RETENTION, "30m"),
+            (&EVENTS_RETENTION, "90"),
+            (&EVENTS_RETENTION, "11y"),
+            (&EVENTS_RETENTION, "always"),
             (&ADMIN_EMAILS, "root"),
             (&BODY_LIMIT, "lots"),
             (&HEADER_READ_TIMEOUT, "0s"),

@@ -128,6 +128,7 @@ pub(crate) static VARS: &[&Var] = &[
     &ARGON2_NICE,
     &LOG,
     &LOG_FORMAT,
+    &EVENTS_RETENTION,
     &CLIENTS_FILE,
     &ADMIN_EMAILS,
     &BOOTSTRAP_ADMIN_EMAIL,
@@ -391,6 +392,15 @@ pub(crate) static LOG_FORMAT: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.log_format.as_str().to_string(),
+};
+
+/// How long account events are kept (logging.rs; docs/events.md).
+pub(crate) static EVENTS_RETENTION: Var = Var {
+    name: "TOKEND_EVENTS_RETENTION",
+    default: DefaultValue::Value("90d"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| show_duration(c.events_retention),
 };
 
 /// A JSON file of static OAuth clients (accounts.rs).

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::email_change::EmailChange;
+use super::events::{EventType, Events, NewEvent, Origin};
 use super::input::{Email, Password, Username};
+use super::lifecycle::{Actor, Lifecycle};
 use super::limits::Limits;
 use super::passwords::Verdict;
 use super::reset::PasswordReset;
@@ -107,6 +109,29 @@ pub struct Accounts {
     email_verification: EmailVerification,
     clock: SharedClock,
     metrics: Arc<Metrics>,
+    events: Events,
+    lifecycle: Arc<Lifecycle>,
+}
+
+/// Which door a sign-in came through, as `login.*` events record it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SignInVia {
+    /// `POST /auth/login`.
+    Api,
+    /// The password grant at `POST /oauth/token`.
+    PasswordGrant,
+    /// The hosted sign-in page.
+    Page,
+}
+
+impl SignInVia {
+    fn label(self) -> &'static str {
+        match self {
+            SignInVia::Api => "api",
+            SignInVia::PasswordGrant => "password_grant",
+            SignInVia::Page => "page",
+        }
+    }
 }
 
 impl Accounts {
@@ -122,6 +147,8 @@ impl Accounts {
         email_verification: EmailVerification,
         clock: SharedClock,
         metrics: Arc<Metrics>,
+        events: Events,
+        lifecycle: Arc<Lifecycle>,
     ) -> Accounts {
         Accounts {
             users,
@@ -134,6 +161,8 @@ impl Accounts {
             email_verification,
             clock,
             metrics,
+            events,
+            lifecycle,
         }
     }
 
@@ -199,11 +228,58 @@ impl Accounts {
     /// here (`/auth/login`, the password grant, the sign-in page): with
     /// `TOKEND_EMAIL_VERIFICATION=required` a right password of an unverified account is
     /// [`Error::EmailNotVerified`], which only the owner of the password learns.
+    ///
+    /// Each outcome is a `login.succeeded` or `login.failed` event (the user named by id when
+    /// the account exists, never by what was typed).
     pub(crate) async fn check_password(
         &self,
         login: &str,
         password: &str,
         allow_username: bool,
+        via: SignInVia,
+        origin: &Origin,
+    ) -> Result<UserRecord, Error> {
+        let mut known_user = None;
+        let result = self
+            .check_password_once(login, password, allow_username, &mut known_user)
+            .await;
+        let ip = origin.ip_text();
+        match &result {
+            Ok(user) => self.events.record(
+                NewEvent::new(EventType::LoginSucceeded)
+                    .user(&user.id)
+                    .ip(ip.as_deref())
+                    .detail("via", via.label()),
+            ),
+            Err(e) => {
+                let reason = match e {
+                    Error::InvalidCredentials => "invalid_credentials",
+                    Error::EmailNotVerified => "email_not_verified",
+                    Error::RateLimited(_) => "rate_limited",
+                    Error::Unavailable(_) => "unavailable",
+                    _ => "error",
+                };
+                let mut event = NewEvent::new(EventType::LoginFailed)
+                    .ip(ip.as_deref())
+                    .detail("via", via.label())
+                    .detail("reason", reason);
+                if let Some(id) = &known_user {
+                    event = event.user(id);
+                }
+                self.events.record(event);
+            }
+        }
+        result
+    }
+
+    /// [`Accounts::check_password`] without its event; `known_user` learns the id of the
+    /// account `login` names, when there is one.
+    async fn check_password_once(
+        &self,
+        login: &str,
+        password: &str,
+        allow_username: bool,
+        known_user: &mut Option<String>,
     ) -> Result<UserRecord, Error> {
         let user = if login.contains('@') || !allow_username {
             match Email::parse(login) {
@@ -213,6 +289,7 @@ impl Accounts {
         } else {
             self.users.by_username(login).await?
         };
+        *known_user = user.as_ref().map(|u| u.id.clone());
         let account = match &user {
             Some(u) => super::limits::user_key(&u.id),
             None => super::limits::account_key(login),
@@ -284,11 +361,40 @@ impl Accounts {
     }
 
     /// `POST /auth/login`: a fresh access token and the first refresh token of a new family.
-    pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, Error> {
-        let user = self.check_password(email, password, false).await?;
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        origin: &Origin,
+    ) -> Result<TokenPair, Error> {
+        let user = self
+            .check_password(email, password, false, SignInVia::Api, origin)
+            .await?;
         let client = super::clients::first_party_client();
         self.sessions
-            .start_session(&user, &client, "", self.sessions.settings().default_alg())
+            .start_session(
+                &user,
+                &client,
+                "",
+                self.sessions.settings().default_alg(),
+                origin,
+            )
+            .await
+    }
+
+    /// `DELETE /users/me` (fresh token, `current_password`): the account ends
+    /// (docs/events.md, "Deleting an account").
+    pub(crate) async fn delete_me(
+        &self,
+        p: &Principal,
+        current: &str,
+        origin: &Origin,
+    ) -> Result<(), Error> {
+        p.require_fresh()?;
+        let user = self.current_user(p).await?;
+        self.check_current_password(&user, current).await?;
+        self.lifecycle
+            .delete(&user.id, Actor::User, origin.ip_text().as_deref())
             .await
     }
 
@@ -345,6 +451,8 @@ impl Accounts {
         // A reset link mailed before is over (docs/mail.md, "Password reset").
         self.resets.end_links(&user.id).await?;
         tracing::info!(user_id = %user.id, "password changed; sessions revoked");
+        self.events
+            .record(NewEvent::new(EventType::PasswordChanged).user(&user.id));
         Ok(())
     }
 

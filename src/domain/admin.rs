@@ -6,6 +6,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::accounts::{Principal, UserView, ROLE_ADMIN, ROLE_USER};
+use super::events::{EventType, Events, NewEvent};
 use super::input::{Email, Password};
 use super::sessions::{publish_user_claims, Sessions};
 use super::{ids, Error, Passwords};
@@ -78,6 +79,7 @@ pub(crate) struct Admin {
     passwords: Passwords,
     clock: SharedClock,
     bootstrap: Option<BootstrapAdmin>,
+    events: Events,
 }
 
 impl Admin {
@@ -87,6 +89,7 @@ impl Admin {
         passwords: Passwords,
         clock: SharedClock,
         bootstrap: Option<BootstrapAdmin>,
+        events: Events,
     ) -> Admin {
         Admin {
             users,
@@ -94,6 +97,7 @@ impl Admin {
             passwords,
             clock,
             bootstrap,
+            events,
         }
     }
 
@@ -207,6 +211,13 @@ impl Admin {
                 .await?;
         }
         tracing::info!(admin = %p.claims.sub, user_id = %id, roles = ?roles, "roles changed");
+        self.events.record(
+            NewEvent::new(EventType::RolesChanged)
+                .user(id)
+                .detail("by", "admin")
+                .detail("admin_id", p.claims.sub.as_str())
+                .detail("roles", roles.clone()),
+        );
         Ok(UserView::from(&user))
     }
 
@@ -216,6 +227,13 @@ impl Admin {
         self.users.by_id(id).await?.ok_or(Error::NotFound)?;
         self.sessions.revoke_all_sessions(id, None).await?;
         tracing::info!(admin = %p.claims.sub, user_id = %id, "sessions revoked by an admin");
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(id)
+                .detail("scope", "all")
+                .detail("by", "admin")
+                .detail("admin_id", p.claims.sub.as_str()),
+        );
         Ok(())
     }
 }

@@ -13,8 +13,9 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::accounts::{Accounts, Principal};
+use super::accounts::{Accounts, Principal, SignInVia};
 use super::clients::{is_loopback, GRANT_AUTHORIZATION_CODE};
+use super::events::{EventType, Events, NewEvent, Origin};
 use super::ids;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
 use super::sessions::{FamilyStart, Sessions};
@@ -382,6 +383,7 @@ pub(crate) struct Authorize {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     settings: AuthorizeSettings,
+    events: Events,
 }
 
 fn invalid(d: impl Into<String>) -> OAuthError {
@@ -466,6 +468,7 @@ impl Authorize {
         clock: SharedClock,
         metrics: Arc<Metrics>,
         settings: AuthorizeSettings,
+        events: Events,
     ) -> Authorize {
         Authorize {
             clients,
@@ -478,6 +481,7 @@ impl Authorize {
             clock,
             metrics,
             settings,
+            events,
         }
     }
 
@@ -1022,6 +1026,7 @@ impl Authorize {
         login: &str,
         password: &str,
         request_id: Option<&str>,
+        origin: &Origin,
     ) -> Result<SignInResult, Error> {
         let pending = match request_id {
             Some(id) => match self.pending(id).await? {
@@ -1036,7 +1041,10 @@ impl Authorize {
             },
             None => None,
         };
-        let result = self.accounts.check_password(login, password, true).await;
+        let result = self
+            .accounts
+            .check_password(login, password, true, SignInVia::Page, origin)
+            .await;
         let label = match &result {
             Ok(_) => "success",
             Err(Error::InvalidCredentials) => "invalid_credentials",
@@ -1185,6 +1193,12 @@ impl Authorize {
             .grant(&s.user.id, &client.client_id, &scopes, self.clock.now_ms())
             .await?;
         tracing::info!(user_id = %s.user.id, client_id = %client.client_id, "consent granted");
+        self.events.record(
+            NewEvent::new(EventType::ConsentGranted)
+                .user(&s.user.id)
+                .client(&client.client_id)
+                .detail("scope", pending.scope.as_str()),
+        );
         self.issue_code(&pending, &client, s).await
     }
 
@@ -1197,6 +1211,7 @@ impl Authorize {
         code: Option<&str>,
         redirect_uri: Option<&str>,
         verifier: Option<&str>,
+        origin: &Origin,
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = code.ok_or_else(|| invalid("missing parameter code"))?;
@@ -1272,6 +1287,7 @@ impl Authorize {
                     auth_time: g.auth_time,
                     grant: GRANT_AUTHORIZATION_CODE,
                     fresh: false,
+                    origin: origin.clone(),
                 },
             )
             .await?;
@@ -1421,6 +1437,12 @@ impl Authorize {
             .revoke_client_families(&p.claims.sub, client_id)
             .await?;
         tracing::info!(user_id = %p.claims.sub, client_id, ended, "consent withdrawn");
+        self.events.record(
+            NewEvent::new(EventType::ConsentWithdrawn)
+                .user(&p.claims.sub)
+                .client(client_id)
+                .detail("sessions_ended", ended),
+        );
         Ok(())
     }
 
@@ -1518,6 +1540,11 @@ impl Authorize {
             self.sessions.revoke_family(sid).await?;
         }
         tracing::info!(user_id = %s.user.id, families = families.len(), "browser session ended");
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(&s.user.id)
+                .detail("scope", "browser"),
+        );
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 
 use super::accounts::ROLE_ADMIN;
+use super::events::{EventType, Events, NewEvent};
 use super::input::Email;
 use super::limits::Limits;
 use super::mail::{Letter, Mail};
@@ -44,6 +45,7 @@ pub(crate) struct EmailChange {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     settings: EmailChangeSettings,
+    events: Events,
 }
 
 impl EmailChange {
@@ -54,6 +56,7 @@ impl EmailChange {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         settings: EmailChangeSettings,
+        events: Events,
     ) -> EmailChange {
         EmailChange {
             users,
@@ -62,6 +65,7 @@ impl EmailChange {
             limits,
             metrics,
             settings,
+            events,
         }
     }
 
@@ -179,6 +183,19 @@ impl EmailChange {
         self.notify_old_address(&before, &user).await;
         let granted_admin = grant && user.roles.iter().any(|r| r == ROLE_ADMIN);
         self.count("confirmed");
+        self.events.record(
+            NewEvent::new(EventType::EmailChanged)
+                .user(&user.id)
+                .detail("granted_admin", granted_admin),
+        );
+        if granted_admin {
+            self.events.record(
+                NewEvent::new(EventType::RolesChanged)
+                    .user(&user.id)
+                    .detail("by", "email_change")
+                    .detail("roles", user.roles.clone()),
+            );
+        }
         tracing::info!(user_id = %user.id, granted_admin, "email changed");
         Ok(Some(Confirmed {
             email: user.email,

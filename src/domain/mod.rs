@@ -7,8 +7,10 @@ pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod device;
 pub(crate) mod email_change;
+pub mod events;
 pub(crate) mod ids;
 pub mod input;
+pub(crate) mod lifecycle;
 pub(crate) mod limits;
 pub(crate) mod mail;
 pub mod oauth;
@@ -133,6 +135,8 @@ pub(crate) struct Services {
     pub(crate) mail: Arc<mail::Mail>,
     pub(crate) verification: Arc<verification::Verification>,
     pub(crate) resets: Arc<reset::PasswordReset>,
+    pub(crate) events: events::Events,
+    pub(crate) lifecycle: Arc<lifecycle::Lifecycle>,
 }
 
 /// What the services are built from.
@@ -149,6 +153,8 @@ pub(crate) struct ServiceParts {
     pub(crate) device: Arc<dyn crate::store::DeviceStore>,
     /// The mail outbox (MongoDB in production).
     pub(crate) mail: Arc<dyn MailStore>,
+    /// Account events (MongoDB in production).
+    pub(crate) events: Arc<dyn crate::store::EventStore>,
     /// Where mail goes (`None`: mail is off).
     pub(crate) transport: Option<Arc<dyn crate::mail::Transport>>,
     pub(crate) keys: Keys,
@@ -169,6 +175,25 @@ impl Services {
             p.metrics.clone(),
             &p.config,
         ));
+        let events = events::Events::new(
+            p.events,
+            p.clock.clone(),
+            p.metrics.clone(),
+            p.config.events_retention,
+        );
+        p.keys.observe(events.key_observer());
+        let lifecycle = Arc::new(lifecycle::Lifecycle::new(
+            p.users.clone(),
+            p.sessions.clone(),
+            p.consents.clone(),
+            p.mail.clone(),
+            events.clone(),
+            p.clock.clone(),
+            lifecycle::LifecycleSettings {
+                session_ttl: p.config.session_ttl,
+                admin_emails: p.config.admin_emails.clone(),
+            },
+        ));
         let sessions = Arc::new(sessions::Sessions::new(
             p.sessions,
             p.users.clone(),
@@ -177,6 +202,7 @@ impl Services {
             p.clock.clone(),
             p.metrics.clone(),
             sessions::SessionSettings::from_config(&p.config),
+            events.clone(),
         ));
         let id_domain = url::Url::parse(&p.config.issuer)
             .ok()
@@ -203,6 +229,7 @@ impl Services {
                 issuer: p.config.issuer.clone(),
                 display_name: p.config.display_name.clone(),
             },
+            events.clone(),
         ));
         let verification = Arc::new(verification::Verification::new(
             p.users.clone(),
@@ -216,6 +243,7 @@ impl Services {
                 issuer: p.config.issuer.clone(),
                 display_name: p.config.display_name.clone(),
             },
+            events.clone(),
         ));
         let resets = Arc::new(reset::PasswordReset::new(
             p.users.clone(),
@@ -228,6 +256,7 @@ impl Services {
                 issuer: p.config.issuer.clone(),
                 display_name: p.config.display_name.clone(),
             },
+            events.clone(),
         ));
         let accounts = Arc::new(accounts::Accounts::new(
             p.users.clone(),
@@ -240,6 +269,8 @@ impl Services {
             p.config.mail.verification,
             p.clock.clone(),
             p.metrics.clone(),
+            events.clone(),
+            lifecycle.clone(),
         ));
         let authorize = Arc::new(authorize::Authorize::new(
             p.clients.clone(),
@@ -257,6 +288,7 @@ impl Services {
                 browser_session_ttl: p.config.browser_session_ttl,
                 signing_algs: p.config.signing_algs.clone(),
             },
+            events.clone(),
         ));
         let registration = registration::Registration::new(
             p.clients.clone(),
@@ -269,6 +301,7 @@ impl Services {
                 mode: p.config.client_registration,
                 signing_algs: p.config.signing_algs.clone(),
             },
+            events.clone(),
         );
         let devices = Arc::new(device::Devices::new(
             p.clients.clone(),
@@ -298,6 +331,7 @@ impl Services {
             p.passwords,
             p.clock,
             p.config.bootstrap_admin.clone(),
+            events.clone(),
         );
         Ok(Services {
             accounts,
@@ -312,6 +346,8 @@ impl Services {
             mail,
             verification,
             resets,
+            events,
+            lifecycle,
         })
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
-use super::accounts::Accounts;
+use super::accounts::{Accounts, SignInVia};
 use super::authorize::Authorize;
 use super::clients::{
     secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE,
@@ -185,6 +185,9 @@ pub struct TokenRequest {
     pub code_verifier: Option<String>,
     /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
     pub device_code: Option<String>,
+    /// The request's address and `User-Agent`: a family started here keeps them for the
+    /// sessions list, and a password sign-in's event the address.
+    pub origin: super::events::Origin,
 }
 
 /// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
@@ -402,12 +405,17 @@ impl OAuth {
                         req.code.as_deref(),
                         req.redirect_uri.as_deref(),
                         req.code_verifier.as_deref(),
+                        &req.origin,
                     )
                     .await
             }
             GRANT_DEVICE_CODE => {
                 self.devices
-                    .redeem(&Client(client.clone()), req.device_code.as_deref())
+                    .redeem(
+                        &Client(client.clone()),
+                        req.device_code.as_deref(),
+                        &req.origin,
+                    )
                     .await
             }
             GRANT_PASSWORD => self.password_grant(client, req).await,
@@ -425,10 +433,19 @@ impl OAuth {
         let login = required(&req.username, "username")?;
         let password = required(&req.password, "password")?;
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
-        let user = self.accounts.check_password(login, password, true).await?;
+        let user = self
+            .accounts
+            .check_password(login, password, true, SignInVia::PasswordGrant, &req.origin)
+            .await?;
         let pair = self
             .sessions
-            .start_session(&user, client, &scope, self.sessions.client_alg(client))
+            .start_session(
+                &user,
+                client,
+                &scope,
+                self.sessions.client_alg(client),
+                &req.origin,
+            )
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
         Ok(TokenResponse {

@@ -19,6 +19,7 @@ use super::clients::{
     AUTH_METHODS, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN, GRANT_TYPES,
 };
+use super::events::{EventType, Events, NewEvent};
 use super::limits::Limits;
 use super::tokens::LEEWAY_SECS;
 use super::{ids, Error};
@@ -410,6 +411,7 @@ pub(crate) struct Registration {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     settings: RegistrationSettings,
+    events: Events,
 }
 
 impl Registration {
@@ -420,6 +422,7 @@ impl Registration {
         clock: SharedClock,
         metrics: Arc<Metrics>,
         settings: RegistrationSettings,
+        events: Events,
     ) -> Registration {
         Registration {
             clients,
@@ -428,6 +431,7 @@ impl Registration {
             clock,
             metrics,
             settings,
+            events,
         }
     }
 
@@ -569,6 +573,12 @@ impl Registration {
             anonymous = permit.anonymous,
             "client registered"
         );
+        self.events.record(
+            NewEvent::new(EventType::ClientCreated)
+                .client(&record.client_id)
+                .detail("via", "registration")
+                .detail("confidential", secret.is_some()),
+        );
         Ok(self.information(&record, secret, access_token))
     }
 
@@ -695,6 +705,11 @@ impl Registration {
         }
         self.count("deleted");
         tracing::info!(client_id = %client_id, "registered client deleted");
+        self.events.record(
+            NewEvent::new(EventType::ClientDeleted)
+                .client(client_id)
+                .detail("via", "registration"),
+        );
         Ok(())
     }
 

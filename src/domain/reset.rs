@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::events::{EventType, Events, NewEvent};
 use super::input::{Email, Password};
 use super::limits::Limits;
 use super::mail::{Letter, Mail};
@@ -36,6 +37,7 @@ pub(crate) struct PasswordReset {
     limits: Arc<Limits>,
     metrics: Arc<Metrics>,
     settings: ResetSettings,
+    events: Events,
 }
 
 impl PasswordReset {
@@ -48,6 +50,7 @@ impl PasswordReset {
         limits: Arc<Limits>,
         metrics: Arc<Metrics>,
         settings: ResetSettings,
+        events: Events,
     ) -> PasswordReset {
         PasswordReset {
             users,
@@ -57,6 +60,7 @@ impl PasswordReset {
             limits,
             metrics,
             settings,
+            events,
         }
     }
 
@@ -223,6 +227,8 @@ impl PasswordReset {
             .await?;
         self.end_links(&user.id).await?;
         self.count("completed");
+        self.events
+            .record(NewEvent::new(EventType::PasswordReset).user(&user.id));
         tracing::info!(user_id = %user.id, "password reset; sessions revoked");
         Ok(user.email)
     }

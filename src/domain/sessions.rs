@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
+use super::events::{EventType, Events, NewEvent, Origin};
 use super::tokens::{AccessClaims, Audience, RefreshClaims, Refusal, LEEWAY_SECS};
 use super::{ids, Error, RefreshError, Tokens};
 use crate::clock::{ms, secs, SharedClock};
@@ -48,6 +49,9 @@ pub(crate) struct FamilyStart {
     pub(crate) grant: &'static str,
     /// Whether the first access token is fresh (a password login just now).
     pub(crate) fresh: bool,
+    /// The request that starts the family: its address and `User-Agent` are kept with it for
+    /// the sessions list (docs/sessions.md).
+    pub(crate) origin: Origin,
 }
 
 /// Session lifetimes and what a family may hold, from the configuration.
@@ -90,9 +94,11 @@ pub struct Sessions {
     clock: SharedClock,
     metrics: Arc<Metrics>,
     settings: SessionSettings,
+    events: Events,
 }
 
 impl Sessions {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<dyn SessionStore>,
         users: Arc<dyn UserStore>,
@@ -101,6 +107,7 @@ impl Sessions {
         clock: SharedClock,
         metrics: Arc<Metrics>,
         settings: SessionSettings,
+        events: Events,
     ) -> Sessions {
         Sessions {
             store,
@@ -110,6 +117,7 @@ impl Sessions {
             clock,
             metrics,
             settings,
+            events,
         }
     }
 
@@ -366,12 +374,14 @@ impl Sessions {
         client: &ClientRecord,
         scope: &str,
         alg: Alg,
+        origin: &Origin,
     ) -> Result<TokenPair, Error> {
         let start = FamilyStart {
             sid: self.new_id()?,
             auth_time: self.clock.now(),
             grant: "password",
             fresh: true,
+            origin: origin.clone(),
         };
         self.start_session_with(user, client, scope, alg, start)
             .await
@@ -422,6 +432,8 @@ impl Sessions {
                 user: UserClaims::of(user),
                 credentials_version: user.credentials_version,
                 max_sessions: self.settings.max_sessions_per_user,
+                user_agent: start.origin.user_agent.clone(),
+                ip: start.origin.ip_text(),
             })
             .await?;
         if ended > 0 {
@@ -535,6 +547,12 @@ impl Sessions {
             } => (access_jti, refresh_jti, issued_at),
             RotateOutcome::Reused => {
                 tracing::warn!(sid = %claims.sid, user_id = %claims.sub, "refresh token reuse detected; family revoked");
+                self.events.record(
+                    NewEvent::new(EventType::RefreshReuseDetected)
+                        .user(&claims.sub)
+                        .client(&claims.client_id)
+                        .detail("sid", claims.sid.as_str()),
+                );
                 self.metrics.refresh_reuse.inc();
                 self.metrics
                     .revocations
@@ -585,6 +603,12 @@ impl Sessions {
                 .with_label_values(&["family"])
                 .inc();
         }
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(&p.claims.sub)
+                .client(&p.claims.client_id)
+                .detail("scope", "session"),
+        );
         Ok(())
     }
 
@@ -601,12 +625,92 @@ impl Sessions {
             .revocations
             .with_label_values(&["family"])
             .inc();
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(&claims.sub)
+                .client(&claims.client_id)
+                .detail("scope", "session"),
+        );
         Ok(())
     }
 
     /// `POST /auth/logout/all`: every session of the user.
     pub(crate) async fn logout_all(&self, p: &Principal) -> Result<(), Error> {
-        self.revoke_all_sessions(&p.claims.sub, None).await
+        self.revoke_all_sessions(&p.claims.sub, None).await?;
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(&p.claims.sub)
+                .client(&p.claims.client_id)
+                .detail("scope", "all"),
+        );
+        Ok(())
+    }
+
+    /// `GET /users/me/sessions`: the caller's live sessions, oldest login first, each with the
+    /// address and user agent of its login; `current` marks the session of the caller's token
+    /// (docs/sessions.md, "The sessions list").
+    pub(crate) async fn list_sessions(&self, p: &Principal) -> Result<Vec<SessionView>, Error> {
+        let user_id = &p.claims.sub;
+        let listed = self.store.user_family_logins(user_id).await?;
+        let marks = self.user_marks(user_id).await?;
+        let families = futures_util::future::try_join_all(
+            listed.iter().map(|(sid, _)| self.store.family(sid)),
+        )
+        .await?;
+        let now_ms = self.clock.now_ms();
+        Ok(listed
+            .into_iter()
+            .zip(families)
+            .filter_map(|((sid, login_ms), family)| {
+                let f = family.filter(|f| &f.user_id == user_id && !f.ended(&marks, now_ms))?;
+                let created_ms = if login_ms > 0 {
+                    login_ms
+                } else {
+                    f.auth_time.saturating_mul(1000)
+                };
+                Some(SessionView {
+                    current: p.claims.sid.as_deref() == Some(sid.as_str()),
+                    sid,
+                    client_id: f.client_id,
+                    created_at: rfc3339_ms(created_ms),
+                    last_refreshed_at: f.last_refreshed_at_ms.map(rfc3339_ms),
+                    user_agent: f.user_agent,
+                    ip: f.ip,
+                })
+            })
+            .collect())
+    }
+
+    /// `DELETE /users/me/sessions/{sid}`: ends one of the caller's sessions (its refresh token
+    /// and every access token of it). A session that is not the caller's, or is over, is
+    /// [`Error::NotFound`]: whose it is stays unsaid.
+    pub(crate) async fn end_session(
+        &self,
+        p: &Principal,
+        sid: &str,
+        origin: &Origin,
+    ) -> Result<(), Error> {
+        let marks = self.user_marks(&p.claims.sub).await?;
+        let family = self
+            .store
+            .family(sid)
+            .await?
+            .filter(|f| f.user_id == p.claims.sub && !f.ended(&marks, self.clock.now_ms()))
+            .ok_or(Error::NotFound)?;
+        self.revoke_family(sid).await?;
+        self.metrics
+            .revocations
+            .with_label_values(&["family"])
+            .inc();
+        self.events.record(
+            NewEvent::new(EventType::Logout)
+                .user(&p.claims.sub)
+                .client(&family.client_id)
+                .ip(origin.ip_text().as_deref())
+                .detail("scope", "session")
+                .detail("sid", sid),
+        );
+        Ok(())
     }
 
     /// Ends every session of a user, and every token of them, in one store step however many
@@ -628,6 +732,29 @@ impl Sessions {
         tracing::info!(user_id = %user_id, families = n, "all sessions revoked");
         Ok(())
     }
+}
+
+/// A session as its user sees it (`GET /users/me/sessions`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct SessionView {
+    pub(crate) sid: String,
+    pub(crate) client_id: String,
+    /// RFC 3339, UTC: the login.
+    pub(crate) created_at: String,
+    /// RFC 3339, UTC: the last refresh; `null` before the first.
+    pub(crate) last_refreshed_at: Option<String>,
+    /// As seen at login; `null` when unknown.
+    pub(crate) user_agent: Option<String>,
+    pub(crate) ip: Option<String>,
+    /// The session of the token that asked.
+    pub(crate) current: bool,
+}
+
+/// Unix ms as RFC 3339, UTC, whole seconds.
+fn rfc3339_ms(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// Tells the session store that the user's claims changed (a role, the username), so

@@ -10,6 +10,7 @@ use ring::digest;
 
 use super::accounts::ROLE_ADMIN;
 use super::email_change::EmailChange;
+use super::events::{EventType, Events, NewEvent};
 use super::input::Email;
 use super::limits::Limits;
 use super::mail::{Letter, Mail};
@@ -87,6 +88,7 @@ pub(crate) struct Verification {
     /// Email change links come back to the same page and endpoint.
     email_change: Arc<EmailChange>,
     settings: VerificationSettings,
+    events: Events,
 }
 
 impl Verification {
@@ -97,6 +99,7 @@ impl Verification {
         limits: Arc<Limits>,
         email_change: Arc<EmailChange>,
         settings: VerificationSettings,
+        events: Events,
     ) -> Verification {
         Verification {
             users,
@@ -105,6 +108,7 @@ impl Verification {
             limits,
             email_change,
             settings,
+            events,
         }
     }
 
@@ -258,6 +262,20 @@ impl Verification {
                     .forget_tokens(&user.id, PURPOSE_VERIFY_EMAIL)
                     .await?;
                 tracing::info!(user_id = %user.id, granted_admin, "email verified");
+                self.events.record(
+                    NewEvent::new(EventType::EmailVerified)
+                        .user(&user.id)
+                        .detail("by", "link")
+                        .detail("granted_admin", granted_admin),
+                );
+                if granted_admin {
+                    self.events.record(
+                        NewEvent::new(EventType::RolesChanged)
+                            .user(&user.id)
+                            .detail("by", "verification")
+                            .detail("roles", user.roles.clone()),
+                    );
+                }
                 Ok(Confirmed {
                     email: user.email,
                     changed: false,

@@ -46,8 +46,12 @@ pub(crate) async fn register(state: &AppState, req: Request<Incoming>) -> ApiRes
 }
 
 pub(crate) async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let origin = super::origin(&req, &state.trusted_proxies);
     let body: LoginBody = read_json(req, state.body_limit).await?;
-    let pair = state.accounts.login(&body.email, &body.password).await?;
+    let pair = state
+        .accounts
+        .login(&body.email, &body.password, &origin)
+        .await?;
     respond_with_pair(state, pair)
 }
 

@@ -330,6 +330,7 @@ struct SignInForm {
 /// `POST /login`: the sign-in form.
 pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let h = FormHeaders::of(state, &req);
+    let origin = super::origin(&req, &state.trusted_proxies);
     let form: SignInForm = match params(state, req).await {
         Ok(f) => f,
         Err(e) => return Ok(error_page(state, e)),
@@ -376,7 +377,7 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
     }
     let result = state
         .authorize
-        .sign_in(username.trim(), &password, request_id.as_deref())
+        .sign_in(username.trim(), &password, request_id.as_deref(), &origin)
         .await;
     let signed = match result {
         Ok(r) => r,

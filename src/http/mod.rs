@@ -193,6 +193,20 @@ pub(crate) fn client_ip<B>(req: &Request<B>, trusted: &[crate::config::IpNet]) -
     Some(leftmost_proxy.unwrap_or(UNKNOWN_CLIENT))
 }
 
+/// Where a request came from, as a new session and an account event record it: the client
+/// address of [`client_ip`] (none when unknown) and the `User-Agent` (docs/sessions.md).
+pub(crate) fn origin<B>(
+    req: &Request<B>,
+    trusted: &[crate::config::IpNet],
+) -> crate::domain::events::Origin {
+    let ip = client_ip(req, trusted).filter(|ip| *ip != UNKNOWN_CLIENT);
+    let user_agent = req
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok());
+    crate::domain::events::Origin::new(ip, user_agent)
+}
+
 /// One `X-Forwarded-For` entry as an address: `192.0.2.1`, `2001:db8::1`, with or without a
 /// port (`192.0.2.1:80`, `[2001:db8::1]:80`, `[2001:db8::1]`); `None` for anything else.
 fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {

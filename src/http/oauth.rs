@@ -242,6 +242,7 @@ pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
 
 /// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6).
 pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let origin = super::origin(&req, &state.trusted_proxies);
     let (client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Allowed).await?;
     let form = form.normalized();
     let request = TokenRequest {
@@ -254,6 +255,7 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         redirect_uri: form.redirect_uri,
         code_verifier: form.code_verifier,
         device_code: form.device_code,
+        origin,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)

@@ -104,7 +104,8 @@ impl std::fmt::Debug for Route {
 }
 
 /// The table. Templates are literal paths except for at most one variable segment, `{id}` (a
-/// user id: 1 to 64 ASCII letters, digits, `-` or `_`) or `{name}` (an asset name, see
+/// user id: 1 to 64 ASCII letters, digits, `-` or `_`), `{sid}` (a session id, the same shape),
+/// `{client_id}` or `{name}` (an asset name, see
 /// [`is_asset_name`]); no two routes match the same path.
 fn table() -> Vec<Route> {
     vec![
@@ -122,9 +123,12 @@ fn table() -> Vec<Route> {
         Route::at("/auth/verify").get(handler!(auth::verify)),
         Route::at("/users/me")
             .get(handler!(users::me))
-            .put(handler!(users::update_me)),
+            .put(handler!(users::update_me))
+            .delete(handler!(users::delete_me)),
         Route::at("/users/me/password").put(handler!(users::change_password)),
         Route::at("/users/me/email").put(handler!(users::change_email)),
+        Route::at("/users/me/sessions").get(handler!(users::sessions)),
+        Route::at("/users/me/sessions/{sid}").delete(handler!(users::end_session)),
         Route::at("/.well-known/jwks.json").memory(wellknown::jwks),
         Route::at("/.well-known/oauth-authorization-server")
             .memory(wellknown::authorization_server),
@@ -150,6 +154,8 @@ fn table() -> Vec<Route> {
         Route::at("/admin/users").get(handler!(admin::list_users)),
         Route::at("/admin/users/{id}/roles").put(handler!(admin::set_roles)),
         Route::at("/admin/users/{id}/revoke-sessions").post(handler!(admin::revoke_sessions)),
+        Route::at("/admin/users/{id}").delete(handler!(admin::delete_user)),
+        Route::at("/admin/events").get(handler!(admin::events)),
         Route::at("/assets/{name}").memory(pages::assets::serve),
         Route::at("/oauth/authorize")
             .get(handler!(authorize::authorize))
@@ -279,8 +285,9 @@ struct Param {
 
 impl Param {
     /// The variables a template may hold, each with its rule.
-    const VARIABLES: [(&'static str, Rule); 3] = [
+    const VARIABLES: [(&'static str, Rule); 4] = [
         ("{id}", is_id),
+        ("{sid}", is_id),
         ("{name}", is_asset_name),
         ("{client_id}", is_client_id_segment),
     ];
@@ -441,10 +448,13 @@ impl Route {
     /// segment, an asset that exists for `{name}` (for tests that walk the table).
     pub fn example_path(&self) -> String {
         let asset = pages::assets::stylesheet_path();
-        self.template.replace("{id}", "0193a1b2-user").replace(
-            "{name}",
-            asset.rsplit_once('/').map_or(asset, |(_, name)| name),
-        )
+        self.template
+            .replace("{id}", "0193a1b2-user")
+            .replace("{sid}", "a-session-id")
+            .replace(
+                "{name}",
+                asset.rsplit_once('/').map_or(asset, |(_, name)| name),
+            )
     }
 }
 
@@ -501,7 +511,7 @@ mod tests {
     #[test]
     fn methods_and_allow_agree() {
         let me = find("/users/me").unwrap();
-        assert_eq!(me.allow(), "GET, HEAD, PUT");
+        assert_eq!(me.allow(), "GET, HEAD, PUT, DELETE");
         let methods: Vec<_> = me.methods().map(|m| m.to_string()).collect();
         assert_eq!(methods.join(", "), me.allow());
         assert!(me.handler(&Method::HEAD).is_some());

@@ -15,6 +15,8 @@ use crate::domain::accounts::Accounts;
 use crate::domain::admin::Admin;
 use crate::domain::authorize::Authorize;
 use crate::domain::device::Devices;
+use crate::domain::events::Events;
+use crate::domain::lifecycle::Lifecycle;
 use crate::domain::limits::Limits;
 use crate::domain::mail::Mail;
 use crate::domain::oauth::OAuth;
@@ -59,6 +61,10 @@ pub struct AppState {
     pub(crate) verification: Arc<Verification>,
     /// Password reset links (docs/mail.md, "Password reset").
     pub(crate) resets: Arc<PasswordReset>,
+    /// Account events (docs/events.md).
+    pub(crate) events: Events,
+    /// Account deletion (docs/events.md, "Deleting an account").
+    pub(crate) lifecycle: Arc<Lifecycle>,
     /// The request counters and histograms of the router.
     pub(crate) metrics: Arc<Metrics>,
     /// `TOKEND_TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed.

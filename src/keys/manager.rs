@@ -52,7 +52,25 @@ struct Inner {
     writer: tokio::sync::Mutex<()>,
     /// Keys this process has created, per algorithm (the rotations metric).
     created: std::sync::Mutex<HashMap<Alg, u64>>,
+    /// Told of each change this process wrote (the account events of docs/events.md).
+    observer: std::sync::OnceLock<KeyObserver>,
 }
+
+/// A change to the keyset that this process made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum KeyChange {
+    /// A successor key was created (a rotation, or the replacement of a revoked key).
+    Created {
+        kid: String,
+        alg: Alg,
+        activates: i64,
+    },
+    /// A key was revoked.
+    Revoked { kid: String },
+}
+
+/// What is told of each [`KeyChange`].
+pub(crate) type KeyObserver = Arc<dyn Fn(KeyChange) + Send + Sync>;
 
 /// An immutable view of the keyset.
 struct Snapshot {
@@ -178,6 +196,7 @@ impl Keys {
                 snapshot: RwLock::new(Arc::new(Snapshot::empty())),
                 writer: tokio::sync::Mutex::new(()),
                 created: std::sync::Mutex::new(HashMap::new()),
+                observer: std::sync::OnceLock::new(),
             }),
         };
         // When another instance holds the lease it is initialising or rotating the keyset:
@@ -362,7 +381,7 @@ impl Keys {
     /// successor is brought forward to activate now, otherwise a new key is created that
     /// activates now. This is the one case where a key signs without prepublication: resource
     /// servers refetch JWKS on the unknown `kid`. Returns false if the kid is unknown.
-    pub(crate) async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
+    pub async fn revoke(&self, kid: &str) -> Result<bool, KeyError> {
         if !is_valid_kid(kid) {
             return Ok(false);
         }
@@ -372,9 +391,24 @@ impl Keys {
             OpResult::Revoked(Revoked::Unknown) => Ok(false),
             OpResult::Revoked(Revoked::Now { replacement }) => {
                 tracing::warn!(kid, replacement = ?replacement, "signing key revoked");
+                self.tell(KeyChange::Revoked {
+                    kid: kid.to_string(),
+                });
                 Ok(true)
             }
             _ => Ok(true),
+        }
+    }
+
+    /// Tells `observer` of every later change this process writes to the keyset (the first
+    /// observer stays).
+    pub(crate) fn observe(&self, observer: KeyObserver) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    fn tell(&self, change: KeyChange) {
+        if let Some(observer) = self.inner.observer.get() {
+            observer(change);
         }
     }
 
@@ -552,6 +586,13 @@ impl Keys {
                 if let Ok(mut created) = self.inner.created.lock() {
                     *created.entry(k.alg).or_insert(0) += 1;
                 }
+            }
+            if k.created == now && !snap.keys.is_empty() {
+                self.tell(KeyChange::Created {
+                    kid: k.kid.clone(),
+                    alg: k.alg,
+                    activates: k.activates,
+                });
             }
             if k.created == now && k.activates == now && snap.keys.is_empty() {
                 tracing::info!(kid = %k.kid, alg = %k.alg, "initial signing key created");

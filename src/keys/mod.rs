@@ -25,6 +25,7 @@ pub(crate) mod ring;
 
 pub use dir::DirKeyStore;
 pub(crate) use jwk::JwksDocument;
+pub(crate) use manager::{KeyChange, KeyObserver};
 pub use manager::{Keys, ROTATION_LEASE};
 pub use memory::MemoryKeyStore;
 pub use mongo::MongoKeyStore;

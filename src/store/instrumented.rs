@@ -180,6 +180,10 @@ impl SessionStore for Instrumented<dyn SessionStore> {
         self.time("user_families", self.inner.user_families(user_id))
             .await
     }
+    async fn user_family_logins(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        self.time("user_families", self.inner.user_family_logins(user_id))
+            .await
+    }
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError> {
         self.time("family_revoke", self.inner.revoke_family(sid, ttl_ms))
             .await
@@ -489,7 +493,24 @@ impl MailStore for Instrumented<dyn MailStore> {
         )
         .await
     }
+    async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        self.time("mail_forget_tokens", self.inner.forget_user_tokens(user_id))
+            .await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.time("mail_ping", self.inner.ping()).await
+    }
+}
+
+#[async_trait]
+impl super::EventStore for Instrumented<dyn super::EventStore> {
+    async fn append(&self, event: &super::EventRecord) -> Result<(), StoreError> {
+        self.time("event_append", self.inner.append(event)).await
+    }
+    async fn query(&self, q: &super::EventQuery) -> Result<Vec<super::EventRecord>, StoreError> {
+        self.time("event_query", self.inner.query(q)).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.time("ping", self.inner.ping()).await
     }
 }

@@ -108,6 +108,9 @@ pub trait MailStore: Send + Sync {
     /// Forgets every token of the user for `purpose` (and any message still carrying one);
     /// answers how many.
     async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<u64, StoreError>;
+    /// Forgets every token of the user whatever its purpose, and any message still carrying
+    /// one (a deleted account, docs/events.md); answers how many.
+    async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError>;
     /// Whether the store answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
 }

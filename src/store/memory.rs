@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
+use super::stored_user_agent;
 use super::{
     AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyState, LeaseStore, NewFamily,
     RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
@@ -20,10 +21,12 @@ use crate::clock::SharedClock;
 
 mod authorize;
 mod device;
+mod events;
 mod mail;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
 pub use device::MemoryDevices;
+pub use events::{MemoryEvents, DEFAULT_CAPACITY as EVENTS_CAPACITY};
 pub use mail::MemoryMail;
 
 /// Sweep every expiring map at least this often (clock time)…
@@ -320,6 +323,9 @@ struct Family {
     generation: i64,
     /// The user record's `credentials_version` the login read.
     credentials_version: i64,
+    /// The login's `User-Agent` (capped) and client address.
+    user_agent: Option<String>,
+    ip: Option<String>,
 }
 
 impl Family {
@@ -340,6 +346,8 @@ impl Family {
             user: None,
             generation: 0,
             credentials_version: 0,
+            user_agent: None,
+            ip: None,
         }
     }
 }
@@ -576,6 +584,8 @@ impl SessionStore for MemorySessions {
                 user: Some(family.user.clone()),
                 generation,
                 credentials_version: family.credentials_version,
+                user_agent: family.user_agent.as_deref().and_then(stored_user_agent),
+                ip: family.ip.clone(),
             },
         );
         Ok(oldest.len() as u64)
@@ -627,6 +637,11 @@ impl SessionStore for MemorySessions {
             expires_at_ms: f.exp_ms,
             revoked: f.revoked,
             user: f.user.clone(),
+            user_agent: f.user_agent.clone(),
+            ip: f.ip.clone(),
+            last_refreshed_at_ms: f.prev.as_ref().map(|(_, at)| *at),
+            generation: f.generation,
+            credentials_version: f.credentials_version,
         }))
     }
 
@@ -668,6 +683,15 @@ impl SessionStore for MemorySessions {
     }
 
     async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .user_family_logins(user_id)
+            .await?
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .collect())
+    }
+
+    async fn user_family_logins(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let now = self.clock.now_ms();
         let g = lock(&self.inner);
         let mut listed: Vec<(i64, String)> = match g.user_families.get(user_id) {
@@ -679,7 +703,10 @@ impl SessionStore for MemorySessions {
             _ => Vec::new(),
         };
         listed.sort();
-        Ok(listed.into_iter().map(|(_, sid)| sid).collect())
+        Ok(listed
+            .into_iter()
+            .map(|(login, sid)| (sid, login))
+            .collect())
     }
 
     async fn revoke_jti(&self, jti: &str, ttl_ms: i64) -> Result<(), StoreError> {

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod authorize;
 pub mod device;
+pub mod events;
 pub(crate) mod instrumented;
 pub mod mail;
 pub mod memory;
@@ -17,6 +18,7 @@ pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
 pub use device::{
     DecideOutcome, DeviceDecision, DevicePoll, DeviceStatus, DeviceStore, DeviceView, NewDevice,
 };
+pub use events::{EventQuery, EventRecord, EventStore};
 pub use mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 
 /// What can go wrong in a store, named for what happened.
@@ -336,6 +338,28 @@ pub struct NewFamily {
     /// At most this many live families per user: starting one more ends the oldest
     /// (`TOKEND_MAX_SESSIONS_PER_USER`).
     pub max_sessions: u32,
+    /// The `User-Agent` of the request that started the family, at most
+    /// [`MAX_STORED_USER_AGENT`] bytes (docs/sessions.md, "What a family remembers of its login").
+    pub user_agent: Option<String>,
+    /// The client address of that request.
+    pub ip: Option<String>,
+}
+
+/// The longest `User-Agent` a family keeps, in bytes (cut at a character boundary): the
+/// family record stays within its byte budget (docs/sessions.md).
+pub const MAX_STORED_USER_AGENT: usize = 128;
+
+/// `ua` cut to at most [`MAX_STORED_USER_AGENT`] bytes at a character boundary, without
+/// control characters; `None` when nothing is left.
+pub fn stored_user_agent(ua: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in ua.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_STORED_USER_AGENT {
+            break;
+        }
+        out.push(c);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// One refresh exchange.
@@ -465,6 +489,28 @@ pub struct FamilyState {
     /// The user as the login read them (`None` for a family written before families carried
     /// the user).
     pub user: Option<UserClaims>,
+    /// The `User-Agent` of the login (`None` for families written before families kept it,
+    /// and where the request had none).
+    pub user_agent: Option<String>,
+    /// The client address of the login (`None` as for `user_agent`).
+    pub ip: Option<String>,
+    /// Unix ms of the last refresh exchange (`None` before the first).
+    pub last_refreshed_at_ms: Option<i64>,
+    /// The user's session generation at the login (0 for families from before the marks):
+    /// with the user's marks, whether the family still lives.
+    pub generation: i64,
+    /// The credentials version the login read (0 for families from before the marks).
+    pub credentials_version: i64,
+}
+
+impl FamilyState {
+    /// Whether the family is over by its own marks or the user's (docs/sessions.md).
+    pub(crate) fn ended(&self, user: &UserMarks, now_ms: i64) -> bool {
+        self.revoked
+            || self.expires_at_ms <= now_ms
+            || self.generation < user.generation
+            || self.credentials_version < user.credentials_version
+    }
 }
 
 /// Refresh families and revocations, each record with a TTL (docs/sessions.md).
@@ -502,6 +548,9 @@ pub trait SessionStore: Send + Sync {
     }
     /// The ids of a user's live families, oldest login first (at most the session cap).
     async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError>;
+    /// [`SessionStore::user_families`] with the time of each family's login (Unix ms; 0 for a
+    /// family listed by a version that did not record it).
+    async fn user_family_logins(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError>;
     /// Marks a family revoked, remembered for `ttl_ms`. Unknown families are remembered too.
     async fn revoke_family(&self, sid: &str, ttl_ms: i64) -> Result<(), StoreError>;
     /// Ends every session of a user in one step, however many there are: raises the user's

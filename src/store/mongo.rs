@@ -7,7 +7,8 @@
 //! - `clients`: `_id` is the `client_id`;
 //! - `consents`: one document per user and client (`user_id`, `client_id`, `scopes`,
 //!   `granted_at`, `updated_at`), unique by an index on `(user_id, client_id)`;
-//! - `mail`: the mail outbox and the hashes of the tokens its messages carry (`mail.rs`).
+//! - `mail`: the mail outbox and the hashes of the tokens its messages carry (`mail.rs`);
+//! - `events`: account events, forgotten by a TTL index (`events.rs`, docs/events.md).
 //!
 //! Timestamps are `i64` Unix milliseconds. A duplicate-key error (11000) becomes
 //! [`StoreError::Duplicate`] naming the field; anything else the server or the network does is
@@ -32,9 +33,11 @@ use super::{
 };
 
 mod consents;
+mod events;
 mod mail;
 
 use consents::ConsentDoc;
+use events::EventDoc;
 use mail::MailDoc;
 
 const STORE: &str = "mongodb";
@@ -208,6 +211,7 @@ pub struct MongoStore {
     clients: Collection<ClientDoc>,
     consents: Collection<ConsentDoc>,
     mail: Collection<MailDoc>,
+    events: Collection<EventDoc>,
 }
 
 impl MongoStore {
@@ -232,6 +236,7 @@ impl MongoStore {
             clients: db.collection(CLIENTS),
             consents: db.collection(consents::CONSENTS),
             mail: db.collection(mail::MAIL),
+            events: db.collection(events::EVENTS),
             db,
         }
     }
@@ -258,7 +263,8 @@ impl MongoStore {
             self.users.create_index(model).await.map_err(map_err)?;
         }
         consents::ensure_index(&self.consents).await?;
-        mail::ensure_indexes(&self.mail).await
+        mail::ensure_indexes(&self.mail).await?;
+        events::ensure_indexes(&self.events).await
     }
 
     async fn ping_db(&self) -> Result<(), StoreError> {

@@ -6,7 +6,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked`, and the user as the login read them: `uname, roles` (a JSON array), `uver` |
+//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked`, the user as the login read them: `uname, roles` (a JSON array), `uver`, and the login's `ua` (at most 128 bytes) and `ip` when known |
 //! | `{prefix}ufam:{<user_id>}` | set | the family ids of a user |
 //! | `{prefix}rjti:{<jti>}` | string | a revoked access-token `jti` |
 //! | `{prefix}unbf:{<user_id>}` | string | the user's not-before mark (Unix seconds) |
@@ -35,6 +35,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
+use super::stored_user_agent;
 use super::{
     AccessStatus, FamilyMarks, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
     SessionStore, StoreError, UserClaims, UserMarks,
@@ -155,11 +156,14 @@ return reply
 ///
 /// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms,
 /// uname, roles, uver, gen (the user's session generation, from [`USER_FAMILY_ADD_LUA`]), cv
-/// (the credentials version the login read).
+/// (the credentials version the login read), ua and ip (the login's user agent and address,
+/// written only when known: '' leaves the field out).
 const START_LUA: &str = r#"
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
   'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8],
   'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12], 'gen', ARGV[13], 'cv', ARGV[14])
+if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'ua', ARGV[15]) end
+if ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'ip', ARGV[16]) end
 redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
 redis.call('HSETNX', KEYS[1], 'revoked', '0')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
@@ -728,8 +732,14 @@ impl SessionStore for RedisStore {
         let generation = parse_i64("gen", reply.first())?;
         let key = self.family_key(&family.sid);
         let roles = roles_json(&family.user.roles);
+        let ua = family
+            .user_agent
+            .as_deref()
+            .and_then(stored_user_agent)
+            .unwrap_or_default();
         self.run(|mut c| {
             let (key, scripts, roles) = (key.clone(), self.scripts.clone(), roles.clone());
+            let ua = ua.clone();
             async move {
                 scripts
                     .start
@@ -748,6 +758,8 @@ impl SessionStore for RedisStore {
                     .arg(family.user.version)
                     .arg(generation)
                     .arg(family.credentials_version)
+                    .arg(&ua)
+                    .arg(family.ip.as_deref().unwrap_or_default())
                     .invoke_async::<i64>(&mut c)
                     .await
             }
@@ -816,6 +828,11 @@ impl SessionStore for RedisStore {
             revoked: reply[8] == "1",
             // Not needed by the exchange (the refresh reads it with the revocation marks).
             user: None,
+            user_agent: None,
+            ip: None,
+            last_refreshed_at_ms: None,
+            generation: 0,
+            credentials_version: 0,
         };
         let outcome = match reply[9].as_str() {
             "rotated" if reply.len() == 10 => RotateOutcome::Rotated,
@@ -847,6 +864,29 @@ impl SessionStore for RedisStore {
         .await
     }
 
+    async fn user_family_logins(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let key = self.user_families_key(user_id);
+        let listed: Vec<(String, f64)> = self
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    redis::cmd("ZRANGE")
+                        .arg(key)
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES")
+                        .query_async(&mut c)
+                        .await
+                }
+            })
+            .await?;
+        // Scores are Unix ms, well inside the integers a double holds exactly.
+        Ok(listed
+            .into_iter()
+            .map(|(sid, login)| (sid, login as i64))
+            .collect())
+    }
+
     /// A family revoked before it was ever seen comes back revoked, with empty fields.
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
         let key = self.family_key(sid);
@@ -876,6 +916,14 @@ impl SessionStore for RedisStore {
                 h.get("uname").cloned(),
                 h.get("roles").cloned(),
             )?,
+            user_agent: h.get("ua").cloned(),
+            ip: h.get("ip").cloned(),
+            last_refreshed_at_ms: h
+                .get("prev_at_ms")
+                .map(|v| parse_i64("prev_at_ms", Some(v)))
+                .transpose()?,
+            generation: parse_i64("gen", h.get("gen"))?,
+            credentials_version: parse_i64("cv", h.get("cv"))?,
         }))
     }
 

@@ -33,7 +33,7 @@ in_both_modes!(
     a_pending_request_yields_one_code,
 );
 
-fn clients() -> Value {
+pub(crate) fn clients() -> Value {
     json!([
         {"client_id": "web", "client_secret": WEB_SECRET,
          "grant_types": ["authorization_code", "refresh_token"], "scopes": ["read"],
@@ -52,7 +52,7 @@ pub(crate) struct App {
     pub(crate) app: TestApp,
     /// A browser: keeps cookies, follows nothing by itself.
     pub(crate) browser: reqwest::Client,
-    _file: tempfile::NamedTempFile,
+    pub(crate) _file: tempfile::NamedTempFile,
 }
 
 impl std::ops::Deref for App {
@@ -116,7 +116,7 @@ pub(crate) fn csrf_of(html: &str) -> String {
     html[start..end].to_string()
 }
 
-fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String {
+pub(crate) fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String {
     let mut params: Vec<(&str, &str)> = vec![
         ("response_type", "code"),
         ("client_id", client),
@@ -202,7 +202,7 @@ impl App {
     }
 
     /// The whole flow for `web` up to the callback; answers the callback's parameters.
-    async fn code_for_web(&self) -> HashMap<String, String> {
+    pub(crate) async fn code_for_web(&self) -> HashMap<String, String> {
         let res = self.get(&authorize_url(self, "web", &[])).await;
         assert_eq!(res.status(), StatusCode::SEE_OTHER);
         let res = self.sign_in(&location(&res), PASSWORD).await;

@@ -1239,6 +1239,8 @@ async fn store_ops(app: &TestApp) -> HashMap<String, f64> {
         .filter(|l| l.starts_with("tokend_store_operation_duration_seconds_count{"))
         // The mail worker delivers the registration's mail in the background, on its own time.
         .filter(|l| !l.contains("op=\"mail_"))
+        // So are account events (docs/events.md, "Where events go").
+        .filter(|l| !l.contains("op=\"event_"))
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
             Some((k.to_string(), v.parse().ok()?))

@@ -30,6 +30,7 @@ in_both_modes!(
     forgetting_a_password_answers_alike_for_every_address_and_is_throttled,
     an_email_change_happens_at_confirmation_and_the_old_address_is_told,
     an_email_change_confirms_through_json_and_is_refused_if_the_address_was_taken,
+    a_reset_and_an_email_change_are_account_events,
 );
 
 /// A first-party web client, so that a browser signs in without a consent page.
@@ -991,4 +992,68 @@ async fn a_browser_opens_the_reset_link_sets_a_password_and_signs_in() {
         StatusCode::UNAUTHORIZED
     );
     browser.finish().await;
+}
+
+/// A reset and a confirmed email change are account events (docs/events.md) that name the user
+/// by id only: neither address, nor the link's token, nor a password is in them.
+async fn a_reset_and_an_email_change_are_account_events(mode: Mode) {
+    const ADMIN_EMAIL: &str = "warden@example.com";
+    const ADMIN_PASSWORD: &str = "the warden's passphrase";
+    let (app, mailbox, _dir, _file) = spawn(mode, |env| {
+        env.insert("TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into());
+        env.insert(
+            "TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(),
+            ADMIN_PASSWORD.into(),
+        );
+    })
+    .await;
+    let (_, old) = register(&app).await;
+    let (_, new) = address();
+    let (access, _) = app.login_pair(&old, PASSWORD).await;
+    let user_id = claims(&access)["sub"].as_str().unwrap().to_string();
+
+    let reset = reset_token(&app, &mailbox, &old, 1).await;
+    assert_eq!(
+        reset_json(&app, &reset, NEW_PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let (access, _) = app.login_pair(&old, NEW_PASSWORD).await;
+    let res = change_email(&app, &access, NEW_PASSWORD, &new).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let change = mail_with_subject(&mailbox, &new, "Confirm your new email address")
+        .await
+        .token();
+    let res = app
+        .post_json("/auth/verify-email", &json!({ "token": change }))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+
+    let (admin, _) = app.login_pair(ADMIN_EMAIL, ADMIN_PASSWORD).await;
+    let events_of = |kind: &'static str| {
+        let url = format!("/admin/events?type={kind}&user_id={user_id}");
+        let (app, admin) = (&app, admin.clone());
+        async move {
+            let res = app.get_bearer(&url, &admin).await;
+            assert_eq!(res.status(), StatusCode::OK);
+            let page: Value = res.json().await.unwrap();
+            page["events"].as_array().unwrap().clone()
+        }
+    };
+    let resets = events_of("password.reset").await;
+    assert_eq!(resets.len(), 1, "{resets:?}");
+    let changes = events_of("email.changed").await;
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    assert_eq!(changes[0]["detail"]["granted_admin"], json!(false));
+    let text = serde_json::to_string(&[resets, changes]).unwrap();
+    for secret in [
+        old.as_str(),
+        new.as_str(),
+        reset.as_str(),
+        change.as_str(),
+        PASSWORD,
+        NEW_PASSWORD,
+    ] {
+        assert!(!text.contains(secret), "an event holds {secret:?}: {text}");
+    }
+    app.stop().await;
 }

@@ -715,6 +715,9 @@ impl MailStore for FailingOutbox {
     async fn forget_tokens(&self, user_id: &str, purpose: &str) -> Result<u64, StoreError> {
         self.inner.forget_tokens(user_id, purpose).await
     }
+    async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        self.inner.forget_user_tokens(user_id).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

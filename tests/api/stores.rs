@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use tokend::clock::{Clock, ManualClock, SharedClock, SystemClock};
 use tokend::store::memory::{
-    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryLease, MemoryMail, MemorySessions,
-    MemoryUsers,
+    MemoryAuthorize, MemoryClients, MemoryConsents, MemoryEvents, MemoryLease, MemoryMail,
+    MemorySessions, MemoryUsers,
 };
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, FamilyMarks, LeaseStore, MailStore, MailToken, NewFamily, OutgoingMail,
-    Redemption, RegistrationRecord, RotateOutcome, RotateRequest, SessionStore, StoreError,
-    UserClaims, UserMarks, UserRecord, UserStore,
+    ConsentStore, EventQuery, EventRecord, EventStore, FamilyMarks, LeaseStore, MailStore,
+    MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord, RotateOutcome,
+    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -382,6 +382,8 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         user: claims_v("alice", &["user"], 1_700_000_000_000),
         credentials_version: 0,
         max_sessions: 100,
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_string()),
+        ip: Some("203.0.113.9".to_string()),
     }
 }
 
@@ -445,6 +447,41 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
         status
     );
     s.ping().await.unwrap();
+}
+
+async fn a_family_keeps_its_login_and_its_last_refresh(s: &dyn SessionStore, now: i64) {
+    let mut f = family("user-ua", now);
+    // Longer than a family keeps: cut at a character boundary.
+    f.user_agent = Some(format!("Agent/1.0 {}", "é".repeat(100)));
+    s.start_family(&f).await.unwrap();
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    let ua = state.user_agent.clone().unwrap();
+    assert!(ua.starts_with("Agent/1.0 é") && ua.len() <= 128, "{ua}");
+    assert_eq!(state.ip.as_deref(), Some("203.0.113.9"));
+    assert_eq!(state.last_refreshed_at_ms, None);
+    assert_eq!(
+        s.user_family_logins("user-ua").await.unwrap(),
+        vec![(f.sid.clone(), now)]
+    );
+    let r = exchange(&f.sid, &f.refresh_jti, now + 5_000, 2000);
+    assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Rotated);
+    let state = s.family(&f.sid).await.unwrap().unwrap();
+    assert_eq!(state.last_refreshed_at_ms, Some(now + 5_000));
+    // A login that knew neither keeps neither.
+    let mut bare = family("user-ua", now + 1);
+    bare.user_agent = None;
+    bare.ip = None;
+    s.start_family(&bare).await.unwrap();
+    let state = s.family(&bare.sid).await.unwrap().unwrap();
+    assert_eq!((state.user_agent, state.ip), (None, None));
+    let listed: Vec<String> = s
+        .user_family_logins("user-ua")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(sid, _)| sid)
+        .collect();
+    assert_eq!(listed, [f.sid.clone(), bare.sid.clone()]);
 }
 
 async fn rotating_the_current_token_makes_the_new_pair_current(s: &dyn SessionStore, now: i64) {
@@ -1356,6 +1393,117 @@ async fn forgetting_a_users_tokens_drops_their_unsent_mail(m: Arc<dyn MailStore>
 }
 
 // ---------------------------------------------------------------------------------------------
+// Account events
+// ---------------------------------------------------------------------------------------------
+
+fn event(
+    id: &str,
+    kind: &str,
+    user: Option<&str>,
+    time_ms: i64,
+    expires_at_ms: i64,
+) -> EventRecord {
+    EventRecord {
+        id: id.to_string(),
+        time_ms,
+        kind: kind.to_string(),
+        user_id: user.map(str::to_string),
+        client_id: Some("web".to_string()),
+        ip: Some("198.51.100.7".to_string()),
+        detail: serde_json::json!({"via": "api", "n": 3}),
+        expires_at_ms,
+    }
+}
+
+async fn events_are_paged_by_id_filtered_and_forgotten_when_expired(e: Arc<dyn EventStore>) {
+    let now = SystemClock.now_ms();
+    let later = now + DAY_MS;
+    // Appended out of order: answered in id order.
+    let all = [
+        event("00000000000a", "login.failed", Some("u-1"), now, later),
+        event("00000000000c", "logout", Some("u-2"), now, later),
+        event("00000000000b", "login.failed", None, now, later),
+        event("00000000000d", "login.failed", Some("u-1"), now, later),
+        event(
+            "000000000001",
+            "login.failed",
+            Some("u-1"),
+            now - DAY_MS,
+            now - 1,
+        ),
+    ];
+    for ev in &all {
+        e.append(ev).await.unwrap();
+    }
+    let q =
+        |after: Option<&str>, kind: Option<&str>, user: Option<&str>, limit: usize| EventQuery {
+            kind: kind.map(str::to_string),
+            user_id: user.map(str::to_string),
+            after: after.map(str::to_string),
+            limit,
+            now_ms: now,
+        };
+    let ids = |v: Vec<EventRecord>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    // The expired one is never answered.
+    assert_eq!(
+        ids(e.query(&q(None, None, None, 10)).await.unwrap()),
+        [
+            "00000000000a",
+            "00000000000b",
+            "00000000000c",
+            "00000000000d"
+        ]
+    );
+    assert_eq!(
+        ids(e.query(&q(None, None, None, 2)).await.unwrap()),
+        ["00000000000a", "00000000000b"]
+    );
+    assert_eq!(
+        ids(e
+            .query(&q(Some("00000000000b"), None, None, 2))
+            .await
+            .unwrap()),
+        ["00000000000c", "00000000000d"]
+    );
+    assert_eq!(
+        ids(e
+            .query(&q(None, Some("login.failed"), Some("u-1"), 10))
+            .await
+            .unwrap()),
+        ["00000000000a", "00000000000d"]
+    );
+    assert_eq!(
+        ids(e.query(&q(None, Some("logout"), None, 10)).await.unwrap()),
+        ["00000000000c"]
+    );
+    // Read back whole.
+    let back = e.query(&q(None, None, Some("u-2"), 10)).await.unwrap();
+    assert_eq!(back, vec![all[1].clone()]);
+    e.ping().await.unwrap();
+}
+
+async fn forgetting_all_of_a_users_tokens_spares_the_others(m: Arc<dyn MailStore>) {
+    let now = SystemClock.now_ms();
+    let mine = [
+        mail_token("u-1", "verify_email", now + DAY_MS),
+        mail_token("u-1", "password_reset", now + DAY_MS),
+    ];
+    let other_user = mail_token("u-2", "verify_email", now + DAY_MS);
+    for t in mine.iter().chain([&other_user]) {
+        m.enqueue(&message(&new_id(), now), Some(t)).await.unwrap();
+    }
+    assert_eq!(m.forget_user_tokens("u-1").await.unwrap(), 2);
+    for t in &mine {
+        assert_eq!(m.token(&t.hash, &t.purpose, now).await.unwrap(), None);
+    }
+    assert!(m
+        .token(&other_user.hash, "verify_email", now)
+        .await
+        .unwrap()
+        .is_some());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Each contract, once per implementation
 // ---------------------------------------------------------------------------------------------
 
@@ -1499,6 +1647,10 @@ client_contract!(clients_are_replaced_only_while_they_exist:
 session_contract!(a_started_family_reads_back:
     a_started_family_reads_back_in_memory,
     a_started_family_reads_back_in_redis
+);
+session_contract!(a_family_keeps_its_login_and_its_last_refresh:
+    a_family_keeps_its_login_and_its_last_refresh_in_memory,
+    a_family_keeps_its_login_and_its_last_refresh_in_redis
 );
 session_contract!(rotating_the_current_token_makes_the_new_pair_current:
     rotating_the_current_token_makes_the_new_pair_current_in_memory,
@@ -2190,3 +2342,24 @@ mail_contract!(an_expired_token_is_neither_sent_nor_taken:
 mail_contract!(forgetting_a_users_tokens_drops_their_unsent_mail:
     forgetting_a_users_tokens_drops_their_unsent_mail_in_memory,
     forgetting_a_users_tokens_drops_their_unsent_mail_in_mongodb);
+
+macro_rules! event_contract {
+    ($contract:ident: $in_memory:ident, $in_mongodb:ident) => {
+        #[tokio::test]
+        async fn $in_memory() {
+            $contract(Arc::new(MemoryEvents::new(100))).await;
+        }
+
+        #[tokio::test]
+        async fn $in_mongodb() {
+            $contract(Arc::new(services::mongo_store().await)).await;
+        }
+    };
+}
+
+event_contract!(events_are_paged_by_id_filtered_and_forgotten_when_expired:
+    events_are_paged_by_id_filtered_and_forgotten_when_expired_in_memory,
+    events_are_paged_by_id_filtered_and_forgotten_when_expired_in_mongodb);
+mail_contract!(forgetting_all_of_a_users_tokens_spares_the_others:
+    forgetting_all_of_a_users_tokens_spares_the_others_in_memory,
+    forgetting_all_of_a_users_tokens_spares_the_others_in_mongodb);

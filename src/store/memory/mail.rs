@@ -176,6 +176,13 @@ impl MailStore for MemoryMail {
         Ok((before - g.len()) as u64)
     }
 
+    async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        let mut g = lock(&self.inner);
+        let before = g.len();
+        g.retain(|_, e| e.token.as_ref().is_none_or(|t| t.user_id != user_id));
+        Ok((before - g.len()) as u64)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }

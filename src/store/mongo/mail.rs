@@ -273,6 +273,18 @@ impl MailStore for MongoStore {
         .await
     }
 
+    async fn forget_user_tokens(&self, user_id: &str) -> Result<u64, StoreError> {
+        let coll = self.mail.clone();
+        let filter = doc! { "token_user_id": user_id };
+        detached(async move {
+            coll.delete_many(filter)
+                .await
+                .map(|r| r.deleted_count)
+                .map_err(map_err)
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.ping_db().await
     }
