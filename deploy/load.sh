@@ -236,7 +236,9 @@ tokend_env() {
       "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \
       "TOKEND_KEY_ENCRYPTION_KEY=$KEK"
   else
-    printf '%s\n' "TOKEND_KEYS_DIR=$KEYS_DIR"
+    # Embedded mode writes mail (the registrations' verification links) to files: not into the
+    # checkout.
+    printf '%s\n' "TOKEND_KEYS_DIR=$KEYS_DIR" "TOKEND_MAIL_DIR=$OUT/mail"
   fi
 }
 
