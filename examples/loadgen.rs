@@ -983,7 +983,9 @@ async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
                         }
                         Err(e) => {
                             first_failure(&failed, &e);
-                            sender = connect(t.addr).await?;
+                            if let Ok(s) = connect(t.addr).await {
+                                sender = s;
+                            }
                         }
                     }
                 }
@@ -996,7 +998,16 @@ async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
                 let measured = from >= measure_from;
                 for (code, verifier) in &codes {
                     let t1 = Instant::now();
-                    let outcome = exchange(&mut sender, &t, &b, code, verifier).await?;
+                    // No early return in a round: every connection must reach the barriers.
+                    let outcome = match exchange(&mut sender, &t, &b, code, verifier).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            if let Ok(s) = connect(t.addr).await {
+                                sender = s;
+                            }
+                            Err(e)
+                        }
+                    };
                     if !measured {
                         continue;
                     }
@@ -1019,7 +1030,9 @@ async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
                         if begun >= measure_from {
                             *total += now - begun;
                         }
-                        let enough = total.as_secs_f64() >= load.duration;
+                        // Enough exchange time, or (when every mint fails) a bounded run.
+                        let enough = total.as_secs_f64() >= load.duration
+                            || now > end + Duration::from_secs_f64(10.0 * load.duration + 60.0);
                         done.store(enough, std::sync::atomic::Ordering::SeqCst);
                     }
                 }
