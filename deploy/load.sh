@@ -51,7 +51,7 @@ KEK=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
 EMAIL=load@example.com
 PASSWORD='correct horse battery'
 LOADGEN="$TARGET_DIR/release/examples/loadgen"
-TOKEND=$(realpath "${TOKEND_LOAD_TOKEND:-$TARGET_DIR/release/tokend}")
+TOKEND=$(realpath -m "${TOKEND_LOAD_TOKEND:-$TARGET_DIR/release/tokend}")
 FAMILY_COUNTS=${TOKEND_LOAD_FAMILIES:-1000 100000 1000000}
 
 ALL_SECTIONS=(embedded production extra code signin device sessions families)
