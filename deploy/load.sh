@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The load scenarios of tokend (BENCHMARKS.md): `bash deploy/load.sh [embedded|production|extra]...`
+# The load scenarios of tokend (BENCHMARKS.md): `bash deploy/load.sh [SECTION]...`
 #
 # Builds the release binary and the load tools (examples/loadgen.rs, examples/bare_jwks.rs),
 # installs wrk (Debian) when missing, starts tokend on 127.0.0.1 in embedded mode and in
@@ -10,8 +10,16 @@
 # reference lines measured in the same run: a bare hyper server serving the same JWKS bytes,
 # signing-only loops, and the Argon2 ceiling. Only loopback addresses are ever loaded.
 #
-# Sections (all by default): `embedded`, `production`, `extra` (login flood, memory with 1,000
-# connections, start-up time).
+# Sections (`all`, the default, runs every one of them in this order):
+#   embedded, production  fixed requests and refresh in each mode
+#   extra      login flood, memory with 1,000 connections, start-up time
+#   code       the authorization-code exchange (EdDSA ID tokens; RS256 ID tokens with 2048- and
+#              3072-bit keys), both modes
+#   signin     the hosted sign-in form post against the Argon2 ceiling, both modes
+#   device     device-grant polling (production), with store operations per poll
+#   sessions   logout-all and password change for a user with 100 families (production)
+#   families   1k, 100k and 1M live refresh families in Redis (production): bytes per family,
+#              refresh and /auth/verify at each size
 #
 # Environment:
 #   TOKEND_LOAD_DURATION     seconds per scenario (default 10)
@@ -21,13 +29,17 @@
 #   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset and TOKEND_RSA_BITS (default 2048)
 #   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built)
 #   TOKEND_LOAD_SKIP_BUILD=1 use the binaries already built
+#   TOKEND_LOAD_FAMILIES     the live-family counts of `families` (default "1000 100000 1000000")
+#   CARGO_TARGET_DIR         where cargo builds (default target/); results go to its load/
 #   TOKEND_TEST_REDIS_SERVER_BIN, TOKEND_TEST_SECANTUSD_BIN   as in deploy/test.sh
 #
-# Results: a table on stdout and in target/load/results.md; raw outputs in target/load/.
+# Results: a table on stdout and in target/load/results.md; raw outputs in target/load/ (under
+# CARGO_TARGET_DIR when it is set).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-OUT="$ROOT/target/load"
+TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-$ROOT/target}")
+OUT="$TARGET_DIR/load"
 DURATION=${TOKEND_LOAD_DURATION:-10}
 CONNS=${TOKEND_LOAD_CONNECTIONS:-64}
 WRK_THREADS=${TOKEND_LOAD_WRK_THREADS:-1}
@@ -38,14 +50,23 @@ VENV="$ROOT/target/test-venv"
 KEK=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
 EMAIL=load@example.com
 PASSWORD='correct horse battery'
-LOADGEN="$ROOT/target/release/examples/loadgen"
-TOKEND=$(realpath "${TOKEND_LOAD_TOKEND:-$ROOT/target/release/tokend}")
+LOADGEN="$TARGET_DIR/release/examples/loadgen"
+TOKEND=$(realpath -m "${TOKEND_LOAD_TOKEND:-$TARGET_DIR/release/tokend}")
+FAMILY_COUNTS=${TOKEND_LOAD_FAMILIES:-1000 100000 1000000}
 
+ALL_SECTIONS=(embedded production extra code signin device sessions families)
 SECTIONS=("$@")
-[ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(embedded production extra)
+[ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(all)
+for s in "${SECTIONS[@]}"; do
+  case " all ${ALL_SECTIONS[*]} " in
+  *" $s "*) ;;
+  *) printf 'deploy/load.sh: unknown section %s (sections: all %s)\n' "$s" "${ALL_SECTIONS[*]}" >&2
+    exit 2 ;;
+  esac
+done
 want() {
   local s
-  for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done
+  for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] || [ "$s" = all ] && return 0; done
   return 1
 }
 
@@ -174,12 +195,23 @@ start_services() {
 # ---- the server under load ---------------------------------------------------------------
 sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
 CLIENT_SECRET=load-secret-0123456789abcdef0123456789abcdef
+# The first-party public clients of the code flow (no consent page; PKCE, no secret) and their
+# one redirect URI (RFC 8252 §7.3: loopback, any port).
+REDIRECT_URI=http://127.0.0.1/callback
 cat >"$OUT/clients.json" <<EOF
 [
   {"client_id": "svc-eddsa", "client_secret_sha256": "$(sha256 "$CLIENT_SECRET")",
    "grant_types": ["client_credentials"], "scopes": ["read", "write"], "alg": "EdDSA"},
   {"client_id": "svc-rs256", "client_secret_sha256": "$(sha256 "$CLIENT_SECRET")",
-   "grant_types": ["client_credentials"], "scopes": ["read", "write"], "alg": "RS256"}
+   "grant_types": ["client_credentials"], "scopes": ["read", "write"], "alg": "RS256"},
+  {"client_id": "app-eddsa", "grant_types": ["authorization_code", "refresh_token"],
+   "scopes": ["read"], "redirect_uris": ["$REDIRECT_URI"], "first_party": true,
+   "alg": "EdDSA", "id_token_signed_response_alg": "EdDSA", "client_name": "Load app (EdDSA)"},
+  {"client_id": "app-rs256-id", "grant_types": ["authorization_code", "refresh_token"],
+   "scopes": ["read"], "redirect_uris": ["$REDIRECT_URI"], "first_party": true,
+   "alg": "EdDSA", "id_token_signed_response_alg": "RS256", "client_name": "Load app (RS256)"},
+  {"client_id": "tv-load", "grant_types": ["urn:ietf:params:oauth:grant-type:device_code"],
+   "scopes": ["read"], "client_name": "Load TV"}
 ]
 EOF
 basic() { printf '%s' "$1:$CLIENT_SECRET" | base64 -w0; }
@@ -187,11 +219,16 @@ basic() { printf '%s' "$1:$CLIENT_SECRET" | base64 -w0; }
 PORT=
 BASE=
 PID=
+# The keyset tokend starts with: embedded mode's key directory, production mode's database,
+# and the RSA modulus of keys it makes (the code section switches to a 3072-bit keyset).
+KEYS_DIR="$OUT/keys"
+DB=
+BITS=$RSA_BITS
 # tokend_env MODE: the environment of tokend in MODE, as KEY=VALUE words.
 tokend_env() {
   local mode=$1
   printf '%s\n' "TOKEND_LISTEN=127.0.0.1:$PORT" "TOKEND_ISSUER=http://127.0.0.1:$PORT" \
-    "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RSA_BITS=$RSA_BITS" "TOKEND_RATE_LIMIT=off" \
+    "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RSA_BITS=$BITS" "TOKEND_RATE_LIMIT=off" \
     "TOKEND_LOG=$SERVER_LOG" \
     "TOKEND_CLIENTS_FILE=$OUT/clients.json"
   if [ "$mode" = production ]; then
@@ -199,7 +236,9 @@ tokend_env() {
       "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \
       "TOKEND_KEY_ENCRYPTION_KEY=$KEK"
   else
-    printf '%s\n' "TOKEND_KEYS_DIR=$OUT/keys"
+    # Embedded mode writes mail (the registrations' verification links) to files: not into the
+    # checkout.
+    printf '%s\n' "TOKEND_KEYS_DIR=$KEYS_DIR" "TOKEND_MAIL_DIR=$OUT/mail"
   fi
 }
 
@@ -377,7 +416,7 @@ run_mode() {
   # The reference: a bare hyper server with the same bytes, same runtime, same load.
   local bare_port bare_pid
   bare_port=$(free_port)
-  "$ROOT/target/release/examples/bare_jwks" --listen "127.0.0.1:$bare_port" \
+  "$TARGET_DIR/release/examples/bare_jwks" --listen "127.0.0.1:$bare_port" \
     --body-file "$OUT/jwks-$mode.json" >"$OUT/bare_jwks.log" 2>&1 &
   bare_pid=$!
   STARTED_PIDS+=("$bare_pid")
@@ -480,6 +519,291 @@ run_extra() {
   echo "start-up (embedded, existing keyset), ms to /readyz 200: $line" | tee -a "$RESULTS"
 }
 
+# ---- the new flows and scale (issues 16 and 20) ------------------------------------------
+
+# Production mode's services and keyset, once per run.
+ensure_production() {
+  if [ -n "$REDIS_URL" ]; then return 0; fi
+  ensure_services
+  start_services
+  DB="tokend_load_$(date +%s)"
+  "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
+    --algs EdDSA,RS256 --rsa-bits "$RSA_BITS" >/dev/null
+}
+
+rcli() {
+  command -v redis-cli >/dev/null 2>&1 || apt_install redis-tools
+  redis-cli -u "$REDIS_URL" "$@"
+}
+used_memory() { rcli INFO memory | tr -d '\r' | sed -n 's/^used_memory://p'; }
+
+# kv KEY: a value of the last result line.
+kv() { sed -nE "s/(^|.* )$1=([^ ]+).*/\\2/p" <<<"$LAST"; }
+
+# note TEXT: a line under the table.
+note() { echo "    $*" | tee -a "$RESULTS"; }
+
+# snapshot FILE: tokend's counters and Redis's per-command call counts, for a delta.
+snapshot() {
+  {
+    curl -fsS "$BASE/metrics" |
+      grep -E '^tokend_(store_operation_duration_seconds_(count|sum)|device_polls_total)\{' || true
+    rcli INFO commandstats | tr -d '\r' |
+      sed -nE 's/^cmdstat_([^:]+):calls=([0-9]+).*/redis_calls{cmd="\1"} \2/p'
+  } >"$1"
+}
+
+# delta BEFORE AFTER [POLLS]: what changed between two snapshots, as KEY=VALUE words:
+# store_ops (tokend's store operations by name, the mail worker's left out), redis (calls by
+# command: a script is one EVALSHA, the commands it runs are listed too), revoke_ms (the
+# time of the one "end every session" store step); with POLLS, per-poll figures.
+delta() {
+  python3 - "$@" <<'PY'
+import re, sys
+def load(path):
+    out = {}
+    for line in open(path):
+        m = re.match(r'^(\S+?)(\{[^}]*\})?\s+(\S+)$', line.strip())
+        if m:
+            out[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return out
+a, b = load(sys.argv[1]), load(sys.argv[2])
+d = {k: b.get(k, 0) - a.get(k, 0) for k in b if b.get(k, 0) != a.get(k, 0)}
+def label(labels, name):
+    m = re.search(name + r'="([^"]*)"', labels)
+    return m.group(1) if m else "?"
+ops = {}
+revoke_s = 0.0
+calls = {}
+polls = 0
+for (name, labels), v in d.items():
+    if name == "tokend_store_operation_duration_seconds_count":
+        op = label(labels, "op")
+        if not op.startswith("mail_"):
+            ops[f"{label(labels, 'store')}:{op}"] = int(v)
+    elif name == "tokend_store_operation_duration_seconds_sum" and label(labels, "op") == "user_sessions_revoke":
+        revoke_s += v
+    elif name == "redis_calls":
+        cmd = label(labels, "cmd")
+        if cmd not in ("info",):
+            calls[cmd] = int(v)
+    elif name == "tokend_device_polls_total":
+        polls += int(v)
+fmt = lambda m: ",".join(f"{k}:{v}" for k, v in sorted(m.items())) or "none"
+words = [f"store_ops={fmt(ops)}", f"redis={fmt(calls)}", f"revoke_ms={revoke_s * 1000:.2f}"]
+if polls:
+    poll_ops = ops.get("redis:device_poll", 0)
+    other = sum(v for k, v in ops.items() if k != "redis:device_poll")
+    words += [f"polls={polls}", f"store_ops_per_poll={poll_ops / polls:.3f}",
+              f"other_store_ops={other}",
+              f"evalsha_per_poll={calls.get('evalsha', 0) / polls:.3f}",
+              f"redis_calls_per_poll={sum(v for k, v in calls.items() if k != 'evalsha') / polls:.3f}",
+              f"mongo_ops={sum(v for k, v in ops.items() if k.startswith('mongodb:'))}"]
+print(" ".join(words))
+PY
+}
+
+# The authorization-code exchange (issue 16): codes minted by /oauth/authorize with one
+# browser session, exchanged at /oauth/token; ID tokens EdDSA, then RS256 at 2048 and 3072
+# bits (access and refresh tokens stay EdDSA: the client's `alg`).
+code_rows() {
+  local mode=$1 bits=$2 which
+  local -a common=(--base "$BASE" --email "code-$mode@example.com" --password "$PASSWORD"
+    --redirect-uri "$REDIRECT_URI" -c 32 -d "$DURATION")
+  if [ "$bits" = "$RSA_BITS" ]; then
+    scenario "$mode" "code exchange alone, EdDSA ID token (rounds of 32 codes a connection)" \
+      "$LOADGEN" code "${common[@]}" --client-id app-eddsa --batch 32
+    note "pair rate $(kv pair_rps)/s over $(kv rounds) rounds; /oauth/authorize p50 $(kv authorize_p50_ms), p99 $(kv authorize_p99_ms) ms"
+    scenario "$mode" "code pairs: /oauth/authorize then the exchange, EdDSA (latency: the exchange)" \
+      "$LOADGEN" code "${common[@]}" --client-id app-eddsa --batch 0
+    note "/oauth/authorize p50 $(kv authorize_p50_ms), p99 $(kv authorize_p99_ms) ms"
+  fi
+  scenario "$mode" "code exchange alone, RS256 ID token ($bits-bit key)" \
+    "$LOADGEN" code "${common[@]}" --client-id app-rs256-id --batch 32
+  note "pair rate $(kv pair_rps)/s over $(kv rounds) rounds; /oauth/authorize p50 $(kv authorize_p50_ms), p99 $(kv authorize_p99_ms) ms"
+}
+
+run_code() {
+  local mode=$1 keys_dir=$KEYS_DIR db=$DB
+  start_tokend "$mode"
+  header
+  code_rows "$mode" "$RSA_BITS"
+  stop_pid "$PID"
+  if [ "$RSA_BITS" != 3072 ]; then
+    # The same with tokend's default key size, 3072 bits: a keyset of its own.
+    BITS=3072
+    if [ "$mode" = production ]; then
+      DB="${db}_rsa3072"
+      "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
+        --algs EdDSA,RS256 --rsa-bits 3072 >/dev/null
+    else
+      KEYS_DIR="$OUT/keys-3072"
+      rm -rf "$KEYS_DIR"
+      "$LOADGEN" keyset --dir "$KEYS_DIR" --algs EdDSA,RS256 --rsa-bits 3072 >/dev/null
+    fi
+    start_tokend "$mode"
+    code_rows "$mode" 3072
+    stop_pid "$PID"
+    BITS=$RSA_BITS KEYS_DIR=$keys_dir DB=$db
+  fi
+}
+
+# The hosted sign-in form (issue 16), against the Argon2 ceiling measured right after it.
+run_signin() {
+  local mode=$1 post_rps
+  start_tokend "$mode"
+  header
+  scenario "$mode" "sign-in form post (POST /login, CSRF, pending request; Argon2 m=19456,t=2,p=1)" \
+    "$LOADGEN" signin --base "$BASE" --email "signin-$mode@example.com" --password "$PASSWORD" \
+    --client-id app-eddsa --redirect-uri "$REDIRECT_URI" -c 8 -d "$DURATION"
+  note "each post preceded by /oauth/authorize without a session (p50 $(kv authorize_p50_ms), p99 $(kv authorize_p99_ms) ms, not counted)"
+  post_rps=$(kv rps)
+  stop_pid "$PID"
+  reference "$mode" "reference: Argon2 ceiling ($(nproc) cores / one hash)" \
+    sh -c "'$LOADGEN' argon2 --cores $(nproc) -d 4 | sed 's/ceiling_rps=/rps=/'"
+  python3 -c "import sys; print(f'sign-in form post / Argon2 ceiling (cores / hash time) = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$post_rps" "$(kv rps)" | tee -a "$RESULTS"
+}
+
+# Device-grant polling (issue 20): each connection polls its own pending device code back to
+# back, so after the first poll every answer is `slow_down` (RFC 8628 §3.5) — the same one
+# store script as `authorization_pending`, plus one field written. Store operations and Redis
+# calls per poll come from tokend's metrics and Redis's command counts around the run.
+run_device() {
+  ensure_production
+  start_tokend production
+  header
+  snapshot "$OUT/device.before"
+  scenario production "device-grant polls (own device code a connection; answers slow_down)" \
+    "$LOADGEN" device --base "$BASE" --client-id tv-load -c "$CONNS" -d "$DURATION"
+  local answers=$LAST
+  snapshot "$OUT/device.after"
+  LAST="$answers $(delta "$OUT/device.before" "$OUT/device.after")"
+  note "answers in the window: $(kv slow_down) slow_down, $(kv authorization_pending) authorization_pending"
+  note "per poll, over all $(kv polls) polls of the run: store operations (device_poll) $(kv store_ops_per_poll), Redis EVALSHA $(kv evalsha_per_poll), other Redis calls $(kv redis_calls_per_poll) (commands run inside the script), MongoDB operations $(kv mongo_ops) in all; other store operations in all: $(kv other_store_ops) (the $CONNS device authorizations)"
+  stop_pid "$PID"
+}
+
+# Logout-all and password change for a user with 100 families (issue 20): one store step
+# however many families there are, shown by the store operations and Redis calls of the
+# request against the same request for a user with one family.
+run_sessions() {
+  ensure_production
+  start_tokend production
+  local email=sessions@example.com current=$PASSWORD next='correct horse battery staple'
+  local rounds=5 fams what r access sub status secs listed after
+  curl -fsS -o /dev/null -H 'Content-Type: application/json' \
+    -d "{\"username\":\"sessions\",\"email\":\"$email\",\"password\":\"$current\"}" \
+    "$BASE/auth/register" || true
+  {
+    echo
+    echo "| mode | request | user's families | latency ms, median of $rounds (min–max) | store operations of the request | Redis calls of the request | the store step |"
+    echo "| --- | --- | ---: | --- | --- | --- | --- |"
+  } | tee -a "$RESULTS"
+  for what in logout-all password-change; do
+    for fams in 100 1; do
+      local -a times=()
+      for r in $(seq 1 "$rounds"); do
+        access=$(curl -fsS -H 'Content-Type: application/json' \
+          -d "{\"email\":\"$email\",\"password\":\"$current\"}" "$BASE/auth/login" |
+          python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+        sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$access")
+        if [ "$fams" -gt 1 ]; then
+          "$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$DB:" --user-id "$sub" \
+            --username sessions -n "$((fams - 1))" --seed "sessions-$what-$r" >/dev/null
+        fi
+        listed=$(rcli ZCARD "$DB:ufam:{$sub}")
+        [ "$listed" = "$fams" ] || die "$what: the user has $listed families, not $fams"
+        snapshot "$OUT/sessions.before"
+        if [ "$what" = logout-all ]; then
+          read -r status secs < <(curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' \
+            -X POST -H "Authorization: Bearer $access" "$BASE/auth/logout/all")
+        else
+          read -r status secs < <(curl -sS -o /dev/null -w '%{http_code} %{time_total}\n' \
+            -X PUT -H "Authorization: Bearer $access" -H 'Content-Type: application/json' \
+            -d "{\"current_password\":\"$current\",\"new_password\":\"$next\"}" \
+            "$BASE/users/me/password")
+          local swap=$current
+          current=$next next=$swap
+        fi
+        snapshot "$OUT/sessions.after"
+        [ "$status" = 204 ] || die "$what answered $status"
+        after=$(rcli ZCARD "$DB:ufam:{$sub}")
+        [ "$after" = 0 ] || die "$what left $after families listed"
+        status=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $access" \
+          "$BASE/auth/verify")
+        [ "$status" = 401 ] || die "after $what the access token answered $status, not 401"
+        times+=("$secs")
+      done
+      LAST=$(delta "$OUT/sessions.before" "$OUT/sessions.after")
+      python3 - "$what" "$fams" "$(kv store_ops)" "$(kv redis)" "$(kv revoke_ms)" "${times[@]}" <<'PY' | tee -a "$RESULTS"
+import statistics, sys
+what, fams, ops, calls, revoke = sys.argv[1:6]
+t = sorted(float(x) * 1000 for x in sys.argv[6:])
+name = "POST /auth/logout/all" if what == "logout-all" else "PUT /users/me/password (two Argon2 hashes)"
+print(f"| production | {name} | {fams} | {statistics.median(t):.2f} ({t[0]:.2f}–{t[-1]:.2f}) | "
+      f"{ops.replace(',', ', ')} | {calls.replace(',', ', ')} | user_sessions_revoke {revoke} ms |")
+PY
+    done
+  done
+  note "Store operations and Redis calls of the last round (each round's are the same); a Lua script is one EVALSHA, and the commands it runs are counted by Redis too."
+  stop_pid "$PID"
+}
+
+# Live refresh families at scale (issue 20, SPEC §16): Redis bytes per family and refresh and
+# /auth/verify at 1k, 100k and 1M live families, written by loadgen through the session store.
+run_families() {
+  ensure_production
+  start_tokend production
+  setup_user
+  local n filled=0 total=0 before after add line first_refresh='' first_verify=''
+  local -a scale_rows=()
+  for n in $FAMILY_COUNTS; do
+    add=$((n - filled))
+    [ "$add" -gt 0 ] || continue
+    log "families: writing $add families (to $n)"
+    before=$(used_memory)
+    line=$("$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$DB:" -n "$add" --seed "fam-$n")
+    after=$(used_memory)
+    total=$((total + after - before))
+    filled=$n
+    scale_rows+=("$(python3 - "$n" "$add" "$((after - before))" "$total" "$line" "$(rcli DBSIZE)" <<'PY'
+import sys
+n, add, step, total, line, keys = sys.argv[1:7]
+kv = dict(p.split("=", 1) for p in line.split() if "=" in p)
+print(f"| {int(n):,} | {int(add):,} | {int(step):,} | {int(step) / int(add):.0f} | "
+      f"{int(total) / int(n):.0f} | {int(keys):,} | {float(kv['secs']):.1f} s ({float(kv['per_sec']):,.0f}/s) |")
+PY
+)")
+    header
+    scenario production "/auth/verify with $n live families" \
+      wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+    [ -n "$first_verify" ] || first_verify=$(kv rps)
+    local verify_rps verify_p99
+    verify_rps=$(kv rps) verify_p99=$(kv p99_ms)
+    scenario production "refresh with $n live families" \
+      "$LOADGEN" refresh --base "$BASE" --email "families-$n@example.com" \
+      --password "$PASSWORD" -c 32 -d "$DURATION"
+    [ -n "$first_refresh" ] || first_refresh=$(kv rps)
+    note "at $n: /auth/verify $(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f}')" "$verify_rps" "$first_verify") % and refresh $(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f}')" "$(kv rps)" "$first_refresh") % of their first-size figures (p99 $verify_p99 / $(kv p99_ms) ms)"
+  done
+  {
+    echo
+    echo "Redis memory of live families (used_memory before and after loadgen wrote them; one family a made-up user, so each login's records are the family hash and the user's family list):"
+    echo
+    echo "| live families | written now | used_memory added | bytes per family, this step | bytes per family, all | Redis keys | writing took |"
+    echo "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    printf '%s\n' "${scale_rows[@]}"
+  } | tee -a "$RESULTS"
+  # One record of each kind, by MEMORY USAGE: a written family and a real login's.
+  local made real loader_sub
+  made=$(rcli SCAN 0 MATCH "$DB:fam:*" COUNT 10000 | sed -n 2p)
+  loader_sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$ACCESS")
+  real=$(rcli ZRANGE "$DB:ufam:{$loader_sub}" 0 0)
+  note "MEMORY USAGE: a written family $(rcli MEMORY USAGE "$made") bytes ($(rcli HLEN "$made") fields), a real login's family $(rcli MEMORY USAGE "$DB:fam:{$real}") bytes ($(rcli HLEN "$DB:fam:{$real}") fields), a one-family user list $(rcli MEMORY USAGE "$(rcli SCAN 0 MATCH "$DB:ufam:*" COUNT 10000 | sed -n 2p)") bytes"
+  stop_pid "$PID"
+}
+
 {
   echo "# deploy/load.sh $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
@@ -496,14 +820,29 @@ if want embedded; then
   run_mode embedded
 fi
 if want production; then
-  ensure_services
-  start_services
-  DB="tokend_load_$(date +%s)"
-  "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
-    --algs EdDSA,RS256 --rsa-bits "$RSA_BITS" >/dev/null
+  ensure_production
   run_mode production
 fi
 if want extra; then
   run_extra
+fi
+if want code; then
+  run_code embedded
+  ensure_production
+  run_code production
+fi
+if want signin; then
+  run_signin embedded
+  ensure_production
+  run_signin production
+fi
+if want device; then
+  run_device
+fi
+if want sessions; then
+  run_sessions
+fi
+if want families; then
+  run_families
 fi
 log "results in ${RESULTS#"$ROOT"/}"

@@ -2,6 +2,12 @@
 //!
 //! ```text
 //! loadgen refresh  --base http://127.0.0.1:5000 --email E --password P -c 32 -d 10 [--rate R]
+//! loadgen code     --base URL --email E --password P --client-id C --redirect-uri R
+//!                  [--scope 'openid profile email'] [--batch 32] -c 32 -d 10
+//! loadgen signin   --base URL --email E --password P --client-id C --redirect-uri R -c 8 -d 10
+//! loadgen device   --base URL --client-id C [--scope read] -c 64 -d 10
+//! loadgen families --redis-url redis://127.0.0.1:6379/ --prefix tokend: -n 100000
+//!                  [--per-user 1] [--user-id ID --username NAME] [--concurrency 256]
 //! loadgen http     --url URL [-X POST] [-H 'k: v'] [--body B] -c 32 -d 10 [--rate R] [--expect 200]
 //! loadgen sign     --alg EdDSA [--rsa-bits 2048] [--verify] --threads 2 -d 5
 //! loadgen argon2   --cost m=19456,t=2,p=1 -d 5
@@ -16,7 +22,23 @@
 //! request `k` of connection `i` is due at `(k·c + i) / rate` seconds and its latency counts from
 //! that instant, so a stalled server cannot hide its queue (no coordinated omission).
 //!
-//! Every load command prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…`.
+//! `code` measures the authorization-code exchange (`POST /oauth/token` with
+//! `grant_type=authorization_code`, RFC 6749 §4.1.3): codes are single use, so the account
+//! signs in once through the hosted sign-in form (one browser session cookie), and every code
+//! is minted by `GET /oauth/authorize` with that cookie and a fresh PKCE S256 pair (RFC 7636)
+//! for a first-party client (no consent page). With `--batch 0` each connection mints a code
+//! and exchanges it, again and again (the pair rate; latency is the exchange request's alone).
+//! With `--batch B` the connections run in rounds: all mint B codes each, then all exchange
+//! them, and only the exchange phases are timed — the rate of exchanges alone. `signin` posts
+//! the hosted sign-in form (`POST /login`, CSRF cookie and field, RFC 6265bis double submit)
+//! for a pending authorization request that a `GET /oauth/authorize` without a session made
+//! just before; the post alone is timed. `device` polls `/oauth/token` with a pending device
+//! code (RFC 8628 §3.4), one device code per connection. `families` writes live refresh
+//! families straight through tokend's `SessionStore::start_family` into Redis (no HTTP, no
+//! Argon2): the records a login writes, for the memory and scale scenarios.
+//!
+//! Every load command prints one line: `rps=… p50_ms=… p99_ms=… ok=… errors=…` (and what else
+//! the mode measured, as more `key=value` pairs).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -59,6 +81,23 @@ struct Load {
     threads: usize,
 }
 
+/// The browser side of the authorization flow: the account and the first-party client.
+#[derive(clap::Args, Clone)]
+struct Browser {
+    #[arg(long)]
+    base: String,
+    #[arg(long)]
+    email: String,
+    #[arg(long)]
+    password: String,
+    #[arg(long)]
+    client_id: String,
+    #[arg(long)]
+    redirect_uri: String,
+    #[arg(long, default_value = "openid profile email")]
+    scope: String,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Chained refresh exchanges over `/auth/token/refresh`.
@@ -71,6 +110,63 @@ enum Cmd {
         password: String,
         #[command(flatten)]
         load: Load,
+    },
+    /// Authorization-code exchanges, each code minted by `/oauth/authorize` just before.
+    Code {
+        #[command(flatten)]
+        browser: Browser,
+        /// Codes each connection mints before an exchange phase; 0: mint one, exchange it.
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Hosted sign-in form posts, each for a pending authorization request.
+    Signin {
+        #[command(flatten)]
+        browser: Browser,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Device-grant polls, one pending device code per connection.
+    Device {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        client_id: String,
+        #[arg(long, default_value = "read")]
+        scope: String,
+        #[command(flatten)]
+        load: Load,
+    },
+    /// Writes live refresh families through `SessionStore::start_family` on a Redis URL.
+    Families {
+        #[arg(long)]
+        redis_url: String,
+        /// tokend's `TOKEND_REDIS_PREFIX`.
+        #[arg(long, default_value = "tokend:")]
+        prefix: String,
+        /// How many families.
+        #[arg(short = 'n', long)]
+        count: u64,
+        /// Families per (made-up) user; each user's family list holds this many.
+        #[arg(long, default_value_t = 1)]
+        per_user: u64,
+        /// Every family for this (real) user instead.
+        #[arg(long)]
+        user_id: Option<String>,
+        /// The username the families carry with `--user-id`.
+        #[arg(long, default_value = "loader")]
+        username: String,
+        /// Distinguishes the ids of one run from another's.
+        #[arg(long, default_value = "loadgen")]
+        seed: String,
+        /// Store operations in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+        /// Worker threads of the client.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// One fixed request, repeated.
     Http {
@@ -151,6 +247,49 @@ fn main() -> ExitCode {
         } => runtime(load.threads).and_then(|rt| {
             rt.block_on(refresh(&base, &email, &password, &load))
                 .map(|r| r.print())
+        }),
+        Cmd::Code {
+            browser,
+            batch,
+            load,
+        } => runtime(load.threads).and_then(|rt| {
+            rt.block_on(code(&browser, batch, &load))
+                .map(|(r, extra)| r.print_with(&extra))
+        }),
+        Cmd::Signin { browser, load } => runtime(load.threads).and_then(|rt| {
+            rt.block_on(signin(&browser, &load))
+                .map(|(r, extra)| r.print_with(&extra))
+        }),
+        Cmd::Device {
+            base,
+            client_id,
+            scope,
+            load,
+        } => runtime(load.threads).and_then(|rt| {
+            rt.block_on(device(&base, &client_id, &scope, &load))
+                .map(|(r, extra)| r.print_with(&extra))
+        }),
+        Cmd::Families {
+            redis_url,
+            prefix,
+            count,
+            per_user,
+            user_id,
+            username,
+            seed,
+            concurrency,
+            threads,
+        } => runtime(threads).and_then(|rt| {
+            rt.block_on(families(FamiliesRun {
+                redis_url,
+                prefix,
+                count,
+                per_user,
+                user_id,
+                username,
+                seed,
+                concurrency,
+            }))
         }),
         Cmd::Http {
             url,
@@ -279,9 +418,19 @@ struct Report {
 
 impl Report {
     fn print(&self) {
+        self.print_with("");
+    }
+
+    /// The line, with more `key=value` pairs after it.
+    fn print_with(&self, extra: &str) {
         println!(
-            "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} errors={}",
-            self.rps, self.p50_ms, self.p99_ms, self.ok, self.errors
+            "rps={:.0} p50_ms={:.3} p99_ms={:.3} ok={} errors={}{}{extra}",
+            self.rps,
+            self.p50_ms,
+            self.p99_ms,
+            self.ok,
+            self.errors,
+            if extra.is_empty() { "" } else { " " }
         );
     }
 }
@@ -499,6 +648,731 @@ async fn refresh(base: &str, email: &str, password: &str, load: &Load) -> Res<Re
         }));
     }
     collect(load, tasks).await
+}
+
+// ---- the browser and device flows ----------------------------------------------------------
+
+/// The cookies of the hosted pages over plain HTTP (docs/authorize.md, "The browser session").
+const SESSION_COOKIE: &str = "tokend_session";
+const FORM_COOKIE: &str = "tokend_form";
+
+/// An answer with its headers (redirects and cookies).
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+async fn send_full(sender: &mut Sender, req: Request<Full<Bytes>>) -> Res<Answer> {
+    sender.ready().await.map_err(err)?;
+    let res = sender.send_request(req).await.map_err(err)?;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.map_err(err)?.to_bytes();
+    Ok(Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+impl Answer {
+    /// The value a `Set-Cookie` of the answer gives `name`.
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_string())
+    }
+
+    fn location(&self) -> Option<&str> {
+        self.headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        text.chars().take(300).collect()
+    }
+}
+
+fn get_with_cookie(t: &Target, path: &str, cookie: Option<&str>) -> Res<Request<Full<Bytes>>> {
+    let mut req = Request::get(path).header(header::HOST, t.authority.as_str());
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    req.body(Full::new(Bytes::new())).map_err(err)
+}
+
+fn form_post(
+    t: &Target,
+    path: &str,
+    fields: &[(&str, &str)],
+    cookie: Option<&str>,
+) -> Res<Request<Full<Bytes>>> {
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(fields)
+        .finish();
+    let mut req = Request::post(path)
+        .header(header::HOST, t.authority.as_str())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(c) = cookie {
+        req = req.header(header::COOKIE, c);
+    }
+    req.body(Full::new(Bytes::from(body))).map_err(err)
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn sha256(data: &[u8]) -> ring::digest::Digest {
+    ring::digest::digest(&ring::digest::SHA256, data)
+}
+
+/// A PKCE pair (RFC 7636 §4.1, §4.2): a 43-character verifier unique to `(conn, k)` in this
+/// run, and its S256 challenge.
+fn pkce(run: u128, conn: usize, k: u64) -> (String, String) {
+    let verifier = b64url(sha256(format!("{run}:{conn}:{k}").as_bytes()).as_ref());
+    let challenge = b64url(sha256(verifier.as_bytes()).as_ref());
+    (verifier, challenge)
+}
+
+/// A number that differs from run to run (the PKCE verifiers' seed; not a secret).
+fn run_seed() -> u128 {
+    let clock: SharedClock = Arc::new(SystemClock);
+    u128::try_from(clock.now_ms()).unwrap_or(0) * 1_000_000 + u128::from(std::process::id())
+}
+
+/// Registers the account (an existing one is fine).
+async fn register(t: &Target, email: &str, password: &str) -> Res<()> {
+    let mut sender = connect(t.addr).await?;
+    let username = email.split('@').next().unwrap_or("loadgen");
+    let register = serde_json::json!({"username": username, "email": email, "password": password});
+    let (status, body) = send(&mut sender, json_request(t, "/auth/register", &register)?).await?;
+    if !(status == StatusCode::CREATED || status == StatusCode::CONFLICT) {
+        return Err(format!("register answered {status}: {body:?}"));
+    }
+    Ok(())
+}
+
+/// The sign-in page's CSRF cookie (double submit: the form's `csrf_token` must equal it).
+async fn csrf_cookie(sender: &mut Sender, t: &Target) -> Res<String> {
+    let page = send_full(sender, get_with_cookie(t, "/login", None)?).await?;
+    if page.status != StatusCode::OK {
+        return Err(format!(
+            "GET /login answered {}: {}",
+            page.status,
+            page.text()
+        ));
+    }
+    page.cookie(FORM_COOKIE)
+        .ok_or_else(|| "GET /login set no CSRF cookie".to_string())
+}
+
+/// Signs in once through the hosted form; the browser session cookie's value.
+async fn browser_session(b: &Browser, t: &Target) -> Res<String> {
+    register(t, &b.email, &b.password).await?;
+    let mut sender = connect(t.addr).await?;
+    let csrf = csrf_cookie(&mut sender, t).await?;
+    let fields = [
+        ("csrf_token", csrf.as_str()),
+        ("username", b.email.as_str()),
+        ("password", b.password.as_str()),
+    ];
+    let cookie = format!("{FORM_COOKIE}={csrf}");
+    let signed = send_full(&mut sender, form_post(t, "/login", &fields, Some(&cookie))?).await?;
+    if signed.status != StatusCode::OK {
+        return Err(format!(
+            "POST /login answered {}: {}",
+            signed.status,
+            signed.text()
+        ));
+    }
+    signed
+        .cookie(SESSION_COOKIE)
+        .ok_or_else(|| "POST /login set no session cookie".to_string())
+}
+
+/// `/oauth/authorize` for the client with a fresh PKCE challenge (RFC 6749 §4.1.1).
+fn authorize_path(b: &Browser, challenge: &str, state: &str) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("response_type", "code")
+        .append_pair("client_id", &b.client_id)
+        .append_pair("redirect_uri", &b.redirect_uri)
+        .append_pair("scope", &b.scope)
+        .append_pair("state", state)
+        .append_pair("nonce", state)
+        .append_pair("code_challenge", challenge)
+        .append_pair("code_challenge_method", "S256")
+        .finish();
+    format!("/oauth/authorize?{query}")
+}
+
+/// The `name` parameter of a redirect's `Location`.
+fn location_param(location: &str, base: &str, name: &str) -> Option<String> {
+    let url = url::Url::parse(base).ok()?.join(location).ok()?;
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A code for the signed-in browser: `303` to the redirect URI with `code` (RFC 6749 §4.1.2).
+async fn mint(
+    sender: &mut Sender,
+    t: &Target,
+    b: &Browser,
+    session: &str,
+    challenge: &str,
+) -> Res<String> {
+    let path = authorize_path(b, challenge, "s");
+    let answer = send_full(sender, get_with_cookie(t, &path, Some(session))?).await?;
+    let location = answer.location().unwrap_or_default();
+    match location_param(location, &b.base, "code") {
+        Some(code) if answer.status == StatusCode::SEE_OTHER => Ok(code),
+        _ => Err(format!(
+            "/oauth/authorize answered {} to {location:?}: {}",
+            answer.status,
+            answer.text()
+        )),
+    }
+}
+
+/// Exchanges a code (RFC 6749 §4.1.3, RFC 7636 §4.5); `Ok(true)` when the answer is 200 with
+/// the tokens (an `id_token` too when `openid` was asked for).
+async fn exchange(
+    sender: &mut Sender,
+    t: &Target,
+    b: &Browser,
+    code: &str,
+    verifier: &str,
+) -> Res<Result<(), String>> {
+    let fields = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", b.redirect_uri.as_str()),
+        ("code_verifier", verifier),
+        ("client_id", b.client_id.as_str()),
+    ];
+    let answer = send_full(sender, form_post(t, "/oauth/token", &fields, None)?).await?;
+    let wants_id = b.scope.split(' ').any(|s| s == "openid");
+    let body = String::from_utf8_lossy(&answer.body);
+    if answer.status == StatusCode::OK
+        && body.contains("\"access_token\"")
+        && (!wants_id || body.contains("\"id_token\""))
+    {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "/oauth/token answered {}: {}",
+            answer.status,
+            answer.text()
+        )))
+    }
+}
+
+/// Prints the first failure of a run (the rest are counted).
+fn first_failure(flag: &std::sync::atomic::AtomicBool, what: &str) {
+    if !flag.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        eprintln!("loadgen: {what}");
+    }
+}
+
+/// Latencies of two kinds of request, inside the measuring window.
+#[derive(Default)]
+struct PairTally {
+    main_us: Vec<u32>,
+    side_us: Vec<u32>,
+    errors: usize,
+    /// The exchange phases of `code --batch`: per round, when this connection started and
+    /// finished its exchanges.
+    phases: Vec<(usize, Instant, Instant)>,
+}
+
+fn us(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort_unstable();
+    v
+}
+
+async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
+    let t = Arc::new(target(&b.base)?);
+    let session = Arc::new(format!(
+        "{SESSION_COOKIE}={}",
+        browser_session(b, &t).await?
+    ));
+    let run = run_seed();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let n = load.connections.max(1);
+    // The rounds of the batched mode: mint, then exchange, then decide together whether to go
+    // on (the leader of the second barrier decides, the third makes everyone see it).
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let phase_start = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let exchange_time = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
+    let measure_from = started + Duration::from_secs_f64(load.warmup);
+    let end = measure_from + Duration::from_secs_f64(load.duration);
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (t, b, session, failed) = (t.clone(), b.clone(), session.clone(), failed.clone());
+        let (barrier, phase_start, exchange_time, done, load) = (
+            barrier.clone(),
+            phase_start.clone(),
+            exchange_time.clone(),
+            done.clone(),
+            load.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await?;
+            let mut tally = PairTally::default();
+            let mut k = 0u64;
+            if batch == 0 {
+                while Instant::now() < end {
+                    let (verifier, challenge) = pkce(run, i, k);
+                    k += 1;
+                    let t0 = Instant::now();
+                    let code = match mint(&mut sender, &t, &b, &session, &challenge).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            first_failure(&failed, &e);
+                            tally.errors += usize::from(t0 >= measure_from);
+                            sender = connect(t.addr).await?;
+                            continue;
+                        }
+                    };
+                    let t1 = Instant::now();
+                    let outcome = exchange(&mut sender, &t, &b, &code, &verifier).await?;
+                    let t2 = Instant::now();
+                    if t0 < measure_from || t2 > end {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(()) => {
+                            tally.main_us.push(us(t2 - t1));
+                            tally.side_us.push(us(t1 - t0));
+                        }
+                        Err(e) => {
+                            first_failure(&failed, &e);
+                            tally.errors += 1;
+                        }
+                    }
+                }
+                return Ok::<_, String>(tally);
+            }
+            let mut round = 0usize;
+            let mut codes = Vec::with_capacity(batch);
+            loop {
+                codes.clear();
+                for _ in 0..batch {
+                    let (verifier, challenge) = pkce(run, i, k);
+                    k += 1;
+                    let t0 = Instant::now();
+                    match mint(&mut sender, &t, &b, &session, &challenge).await {
+                        Ok(code) => {
+                            tally.side_us.push(us(t0.elapsed()));
+                            codes.push((code, verifier));
+                        }
+                        Err(e) => {
+                            first_failure(&failed, &e);
+                            if let Ok(s) = connect(t.addr).await {
+                                sender = s;
+                            }
+                        }
+                    }
+                }
+                if barrier.wait().await.is_leader() {
+                    if let Ok(mut s) = phase_start.lock() {
+                        *s = Some(Instant::now());
+                    }
+                }
+                let from = Instant::now();
+                let measured = from >= measure_from;
+                for (code, verifier) in &codes {
+                    let t1 = Instant::now();
+                    // No early return in a round: every connection must reach the barriers.
+                    let outcome = match exchange(&mut sender, &t, &b, code, verifier).await {
+                        Ok(o) => o,
+                        Err(e) => {
+                            if let Ok(s) = connect(t.addr).await {
+                                sender = s;
+                            }
+                            Err(e)
+                        }
+                    };
+                    if !measured {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(()) => tally.main_us.push(us(t1.elapsed())),
+                        Err(e) => {
+                            first_failure(&failed, &e);
+                            tally.errors += 1;
+                        }
+                    }
+                }
+                if measured {
+                    tally.phases.push((round, from, Instant::now()));
+                }
+                round += 1;
+                if barrier.wait().await.is_leader() {
+                    let now = Instant::now();
+                    let begun = phase_start.lock().ok().and_then(|s| *s).unwrap_or(now);
+                    if let Ok(mut total) = exchange_time.lock() {
+                        if begun >= measure_from {
+                            *total += now - begun;
+                        }
+                        // Enough exchange time, or (when every mint fails) a bounded run.
+                        let enough = total.as_secs_f64() >= load.duration
+                            || now > end + Duration::from_secs_f64(10.0 * load.duration + 60.0);
+                        done.store(enough, std::sync::atomic::Ordering::SeqCst);
+                    }
+                }
+                barrier.wait().await;
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+            }
+            Ok(tally)
+        }));
+    }
+    let mut all = PairTally::default();
+    for task in tasks {
+        let tally = task.await.map_err(err)??;
+        all.main_us.extend(tally.main_us);
+        all.side_us.extend(tally.side_us);
+        all.errors += tally.errors;
+        all.phases.extend(tally.phases);
+    }
+    let wall = started.elapsed().as_secs_f64() - load.warmup;
+    let exchanged = all.main_us.len();
+    let (rps, extra_rate) = if batch == 0 {
+        let rate = exchanged as f64 / load.duration;
+        (rate, format!("pair_rps={rate:.0}"))
+    } else {
+        // Each round's exchange phase runs from its first connection's start to its last
+        // connection's end.
+        let mut spans: std::collections::BTreeMap<usize, (Instant, Instant)> = Default::default();
+        for (round, from, to) in &all.phases {
+            let e = spans.entry(*round).or_insert((*from, *to));
+            e.0 = e.0.min(*from);
+            e.1 = e.1.max(*to);
+        }
+        let secs: f64 = spans.values().map(|(a, b)| (*b - *a).as_secs_f64()).sum();
+        let rate = exchanged as f64 / secs.max(f64::EPSILON);
+        (
+            rate,
+            format!(
+                "pair_rps={:.0} exchange_secs={secs:.2} rounds={}",
+                exchanged as f64 / wall.max(f64::EPSILON),
+                spans.len()
+            ),
+        )
+    };
+    let main = sorted(all.main_us);
+    let side = sorted(all.side_us);
+    let extra = format!(
+        "{extra_rate} authorize_p50_ms={:.3} authorize_p99_ms={:.3}",
+        percentile(&side, 0.50),
+        percentile(&side, 0.99)
+    );
+    Ok((
+        Report {
+            rps,
+            p50_ms: percentile(&main, 0.50),
+            p99_ms: percentile(&main, 0.99),
+            ok: exchanged,
+            errors: all.errors,
+        },
+        extra,
+    ))
+}
+
+async fn signin(b: &Browser, load: &Load) -> Res<(Report, String)> {
+    let t = Arc::new(target(&b.base)?);
+    register(&t, &b.email, &b.password).await?;
+    let run = run_seed();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..load.connections.max(1) {
+        let (t, b, failed, load) = (t.clone(), b.clone(), failed.clone(), load.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await?;
+            let csrf = csrf_cookie(&mut sender, &t).await?;
+            let cookie = format!("{FORM_COOKIE}={csrf}");
+            let sched = Schedule::new(&load, i);
+            let mut tally = PairTally::default();
+            let mut k = 0u64;
+            while Instant::now() < sched.end {
+                let (_, challenge) = pkce(run, i, k);
+                k += 1;
+                // A pending request: no session, so `303` to `/login?req=<id>`.
+                let t0 = Instant::now();
+                let path = authorize_path(&b, &challenge, "s");
+                let pending = send_full(&mut sender, get_with_cookie(&t, &path, None)?).await?;
+                let req = pending
+                    .location()
+                    .and_then(|l| location_param(l, &b.base, "req"));
+                let Some(req) = req.filter(|_| pending.status == StatusCode::SEE_OTHER) else {
+                    first_failure(
+                        &failed,
+                        &format!(
+                            "/oauth/authorize answered {} to {:?}",
+                            pending.status,
+                            pending.location()
+                        ),
+                    );
+                    tally.errors += usize::from(t0 >= sched.measure_from);
+                    continue;
+                };
+                let t1 = Instant::now();
+                let fields = [
+                    ("csrf_token", csrf.as_str()),
+                    ("req", req.as_str()),
+                    ("username", b.email.as_str()),
+                    ("password", b.password.as_str()),
+                ];
+                let signed = send_full(
+                    &mut sender,
+                    form_post(&t, "/login", &fields, Some(&cookie))?,
+                )
+                .await?;
+                let t2 = Instant::now();
+                // Signed in, and the pending request answered: `303` to the client with a code.
+                let ok = signed.status == StatusCode::SEE_OTHER
+                    && signed.cookie(SESSION_COOKIE).is_some()
+                    && signed
+                        .location()
+                        .and_then(|l| location_param(l, &b.base, "code"))
+                        .is_some();
+                if t0 < sched.measure_from || t2 > sched.end {
+                    continue;
+                }
+                if ok {
+                    tally.main_us.push(us(t2 - t1));
+                    tally.side_us.push(us(t1 - t0));
+                } else {
+                    first_failure(
+                        &failed,
+                        &format!("POST /login answered {}: {}", signed.status, signed.text()),
+                    );
+                    tally.errors += 1;
+                }
+            }
+            Ok::<_, String>(tally)
+        }));
+    }
+    let mut all = PairTally::default();
+    for task in tasks {
+        let tally = task.await.map_err(err)??;
+        all.main_us.extend(tally.main_us);
+        all.side_us.extend(tally.side_us);
+        all.errors += tally.errors;
+    }
+    let main = sorted(all.main_us);
+    let side = sorted(all.side_us);
+    let extra = format!(
+        "authorize_p50_ms={:.3} authorize_p99_ms={:.3}",
+        percentile(&side, 0.50),
+        percentile(&side, 0.99)
+    );
+    Ok((
+        Report {
+            rps: main.len() as f64 / load.duration,
+            p50_ms: percentile(&main, 0.50),
+            p99_ms: percentile(&main, 0.99),
+            ok: main.len(),
+            errors: all.errors,
+        },
+        extra,
+    ))
+}
+
+/// The device grant's `grant_type` (RFC 8628 §3.4).
+const DEVICE_GRANT: &str = "urn:ietf:params:oauth:grant-type:device_code";
+
+#[derive(Deserialize)]
+struct DeviceStart {
+    device_code: String,
+}
+
+#[derive(Deserialize)]
+struct OAuthErrorBody {
+    error: String,
+}
+
+async fn device(base: &str, client_id: &str, scope: &str, load: &Load) -> Res<(Report, String)> {
+    let t = Arc::new(target(base)?);
+    let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let slow_down = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for i in 0..load.connections.max(1) {
+        let (t, load, failed) = (t.clone(), load.clone(), failed.clone());
+        let (pending, slow_down) = (pending.clone(), slow_down.clone());
+        let (client_id, scope) = (client_id.to_string(), scope.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut sender = connect(t.addr).await?;
+            let start = [("client_id", client_id.as_str()), ("scope", scope.as_str())];
+            let started = send_full(
+                &mut sender,
+                form_post(&t, "/oauth/device_authorization", &start, None)?,
+            )
+            .await?;
+            if started.status != StatusCode::OK {
+                return Err(format!(
+                    "/oauth/device_authorization answered {}: {}",
+                    started.status,
+                    started.text()
+                ));
+            }
+            let code = serde_json::from_slice::<DeviceStart>(&started.body)
+                .map_err(err)?
+                .device_code;
+            let poll = [
+                ("grant_type", DEVICE_GRANT),
+                ("device_code", code.as_str()),
+                ("client_id", client_id.as_str()),
+            ];
+            let sched = Schedule::new(&load, i);
+            let mut tally = Tally::default();
+            let mut k = 0u64;
+            while Instant::now() < sched.end {
+                let due = sched.due(k).await;
+                k += 1;
+                let answer =
+                    send_full(&mut sender, form_post(&t, "/oauth/token", &poll, None)?).await?;
+                let error = serde_json::from_slice::<OAuthErrorBody>(&answer.body)
+                    .map(|e| e.error)
+                    .unwrap_or_default();
+                let ok = answer.status == StatusCode::BAD_REQUEST
+                    && matches!(error.as_str(), "authorization_pending" | "slow_down");
+                if !ok {
+                    first_failure(
+                        &failed,
+                        &format!("a poll answered {}: {}", answer.status, answer.text()),
+                    );
+                }
+                let counted = due >= sched.measure_from && Instant::now() <= sched.end;
+                if ok && counted {
+                    let which = if error == "slow_down" {
+                        &slow_down
+                    } else {
+                        &pending
+                    };
+                    which.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                sched.record(&mut tally, due, ok);
+            }
+            Ok(tally)
+        }));
+    }
+    let report = collect(load, tasks).await?;
+    let extra = format!(
+        "authorization_pending={} slow_down={}",
+        pending.load(std::sync::atomic::Ordering::Relaxed),
+        slow_down.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok((report, extra))
+}
+
+// ---- live families in Redis -----------------------------------------------------------------
+
+struct FamiliesRun {
+    redis_url: String,
+    prefix: String,
+    count: u64,
+    per_user: u64,
+    user_id: Option<String>,
+    username: String,
+    seed: String,
+    concurrency: usize,
+}
+
+/// 16 bytes from `(seed, what, i)`, base64url: the shape of tokend's random ids (22 characters).
+fn made_id(seed: &str, what: &str, i: u64) -> String {
+    let d = sha256(format!("{seed}:{what}:{i}").as_bytes());
+    b64url(d.as_ref().get(..16).unwrap_or_default())
+}
+
+/// A made-up user id in the shape of tokend's (a UUID, 36 characters).
+fn made_user(seed: &str, u: u64) -> String {
+    let d = sha256(format!("{seed}:user:{u}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(d.as_ref().get(..16).unwrap_or(&[0u8; 16]));
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+/// What a password login writes (`Sessions::start_session_with`), with the server's defaults:
+/// refresh tokens for 14 days, sessions of 30 days, at most 100 per user.
+async fn families(run: FamiliesRun) -> Res<()> {
+    use tokend::store::{NewFamily, SessionStore, UserClaims};
+    const DAY_MS: i64 = 86_400_000;
+    let store = Arc::new(
+        tokend::store::redis::RedisStore::connect(&run.redis_url, &run.prefix)
+            .await
+            .map_err(err)?,
+    );
+    let run = Arc::new(run);
+    let started = Instant::now();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let now_ms = clock.now_ms();
+    let workers = run.concurrency.max(1) as u64;
+    let mut tasks = Vec::new();
+    for w in 0..workers {
+        let (store, run) = (store.clone(), run.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = w;
+            while i < run.count {
+                let u = i / run.per_user.max(1);
+                let (user_id, username) = match &run.user_id {
+                    Some(id) => (id.clone(), run.username.clone()),
+                    None => (made_user(&run.seed, u), format!("user{u:07}")),
+                };
+                let family = NewFamily {
+                    sid: made_id(&run.seed, "sid", i),
+                    user_id,
+                    client_id: "tokend".into(),
+                    scope: String::new(),
+                    auth_time: now_ms / 1000,
+                    refresh_jti: made_id(&run.seed, "rjti", i),
+                    access_jti: made_id(&run.seed, "ajti", i),
+                    issued_at: now_ms / 1000,
+                    expires_at_ms: now_ms + 30 * DAY_MS,
+                    started_at_ms: now_ms,
+                    ttl_ms: 14 * DAY_MS + tokend_token_shape::LEEWAY_SECS * 1000,
+                    user: UserClaims {
+                        username,
+                        roles: vec![],
+                        version: now_ms,
+                    },
+                    credentials_version: 0,
+                    max_sessions: 100,
+                };
+                store.start_family(&family).await.map_err(err)?;
+                i += workers;
+            }
+            Ok::<_, String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(err)??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "families={} secs={secs:.2} per_sec={:.0}",
+        run.count,
+        run.count as f64 / secs.max(f64::EPSILON)
+    );
+    Ok(())
 }
 
 // ---- reference loops ------------------------------------------------------------------------
