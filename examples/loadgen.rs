@@ -1316,6 +1316,9 @@ fn made_user(seed: &str, u: u64) -> String {
 async fn families(run: FamiliesRun) -> Res<()> {
     use tokend::store::{NewFamily, SessionStore, UserClaims};
     const DAY_MS: i64 = 86_400_000;
+    // What a sign-in page login stores (docs/sessions.md): a common desktop browser.
+    const FAMILY_USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 \
+                                     (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
     let store = Arc::new(
         tokend::store::redis::RedisStore::connect(&run.redis_url, &run.prefix)
             .await
@@ -1356,6 +1359,9 @@ async fn families(run: FamiliesRun) -> Res<()> {
                     },
                     credentials_version: 0,
                     max_sessions: 100,
+                    // What a browser login stores: a common desktop user agent and an address.
+                    user_agent: Some(FAMILY_USER_AGENT.into()),
+                    ip: Some("203.0.113.7".into()),
                 };
                 store.start_family(&family).await.map_err(err)?;
                 i += workers;
