@@ -9,12 +9,12 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
 use super::accounts::{Principal, ROLE_ADMIN};
 use super::{ids, Error};
@@ -24,8 +24,8 @@ use crate::store::{EventQuery, EventRecord, EventStore};
 
 /// The log target of the audit lines.
 pub(crate) const AUDIT_TARGET: &str = "tokend::audit";
-/// Store writes in flight beyond which new events are not stored (only logged) and counted
-/// as dropped: a store that hangs cannot make tokend hold events without bound.
+/// Events waiting for the writer beyond which new events are not stored (only logged) and
+/// counted as dropped: a store that hangs cannot make tokend hold events without bound.
 const MAX_PENDING: usize = 10_000;
 /// How long a query waits for writes in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
@@ -286,10 +286,14 @@ struct Inner {
     metrics: Arc<Metrics>,
     retention_ms: i64,
     seq: AtomicU64,
-    /// Store writes started and not yet finished.
+    /// Events recorded and not yet written (queued or being written).
     pending: AtomicUsize,
     /// Told when `pending` falls to zero.
     idle: Notify,
+    /// The queue of the one task that writes events to the store, in order, one at a time:
+    /// recording never waits for the store, and event writes never take more than one of the
+    /// store's connections however many requests record at once. Started by the first event.
+    writer: OnceLock<mpsc::Sender<EventRecord>>,
 }
 
 /// The `Events` service: cheap to clone, shared by every service that records events.
@@ -323,6 +327,7 @@ impl Events {
                 seq: AtomicU64::new(0),
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
+                writer: OnceLock::new(),
             }),
         }
     }
@@ -361,22 +366,44 @@ impl Events {
             .events
             .with_label_values(&[event.kind.as_str()])
             .inc();
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.dropped(&record, "no runtime to store it");
-            return;
-        };
         if self.inner.pending.fetch_add(1, Ordering::SeqCst) >= MAX_PENDING {
             self.finished();
             self.dropped(&record, "too many event writes in flight");
             return;
         }
-        let events = self.clone();
-        runtime.spawn(async move {
-            if let Err(e) = events.inner.store.append(&record).await {
-                events.dropped(&record, &e.to_string());
-            }
-            events.finished();
-        });
+        let Some(writer) = self.writer() else {
+            self.finished();
+            self.dropped(&record, "no runtime to store it");
+            return;
+        };
+        if let Err(e) = writer.try_send(record) {
+            let (mpsc::error::TrySendError::Full(record)
+            | mpsc::error::TrySendError::Closed(record)) = e;
+            self.finished();
+            self.dropped(&record, "the event writer is gone");
+        }
+    }
+
+    /// The writer's queue, starting the writer on the runtime of the first caller; `None`
+    /// outside a runtime.
+    fn writer(&self) -> Option<&mpsc::Sender<EventRecord>> {
+        if let Some(tx) = self.inner.writer.get() {
+            return Some(tx);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.inner.writer.get_or_init(|| {
+            let (tx, mut rx) = mpsc::channel::<EventRecord>(MAX_PENDING);
+            let events = self.clone();
+            runtime.spawn(async move {
+                while let Some(record) = rx.recv().await {
+                    if let Err(e) = events.inner.store.append(&record).await {
+                        events.dropped(&record, &e.to_string());
+                    }
+                    events.finished();
+                }
+            });
+            tx
+        }))
     }
 
     fn finished(&self) {
