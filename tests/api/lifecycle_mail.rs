@@ -71,23 +71,9 @@ async fn forgot(app: &TestApp, email: &str) -> Response {
 
 /// The reset mails to `email`, waiting (bounded) until there are `n`.
 async fn reset_mails(mailbox: &Mailbox, email: &str, n: usize) -> Vec<Received> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let got: Vec<Received> = mailbox
-            .to(email)
-            .into_iter()
-            .filter(Received::is_reset)
-            .collect();
-        if got.len() >= n {
-            return got;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {n} reset mails to {email} arrived",
-            got.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    mailbox
+        .wait_for_matching(email, n, Received::is_reset)
+        .await
 }
 
 /// Asks for a reset of `email` and answers the token of the mail it brings (the `n`th).
@@ -720,22 +706,12 @@ async fn change_email(app: &TestApp, access: &str, password: &str, new_email: &s
 
 /// The newest mail to `to` whose subject contains `subject`, waiting (bounded) for it.
 async fn mail_with_subject(mailbox: &Mailbox, to: &str, subject: &str) -> Received {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        if let Some(m) = mailbox
-            .to(to)
-            .into_iter()
-            .filter(|m| m.subject().contains(subject))
-            .max_by(|a, b| a.message_id.cmp(&b.message_id))
-        {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no mail {subject:?} to {to}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    mailbox
+        .wait_for_matching(to, 1, |m| m.subject().contains(subject))
+        .await
+        .into_iter()
+        .max_by(|a, b| a.message_id.cmp(&b.message_id))
+        .unwrap()
 }
 
 async fn an_email_change_happens_at_confirmation_and_the_old_address_is_told(mode: Mode) {

@@ -378,9 +378,19 @@ impl Mailbox {
 
     /// Waits (bounded) until at least `n` messages to `to` are there; answers them all.
     pub async fn wait_for(&self, to: &str, n: usize) -> Vec<Received> {
+        self.wait_for_matching(to, n, |_| true).await
+    }
+
+    /// The messages to `to` that `wanted` accepts, waiting (bounded) until there are `n`.
+    pub async fn wait_for_matching(
+        &self,
+        to: &str,
+        n: usize,
+        wanted: impl Fn(&Received) -> bool,
+    ) -> Vec<Received> {
         let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
         loop {
-            let got = self.to(to);
+            let got: Vec<Received> = self.to(to).into_iter().filter(|m| wanted(m)).collect();
             if got.len() >= n {
                 return got;
             }
