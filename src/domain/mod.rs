@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod device;
+pub(crate) mod dpop;
 pub(crate) mod email_change;
 pub(crate) mod ids;
 pub mod input;
