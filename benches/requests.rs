@@ -27,7 +27,7 @@ use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
 use tokend::store::memory::{
     MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryLimits, MemoryMail,
-    MemorySessions, MemoryUsers,
+    MemoryReplay, MemorySessions, MemoryUsers,
 };
 use tokend::store::ClientRecord;
 
@@ -72,6 +72,7 @@ fn app() -> Bench {
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),
+        replay: Arc::new(MemoryReplay::new(clock.clone())),
         mode_name: "embedded",
     };
     let app = rt

@@ -84,6 +84,9 @@ pub(crate) struct Metrics {
     pub(crate) password_resets: IntCounterVec,
     /// `tokend_email_changes_total{result}`: email changes (requested, confirmed, taken).
     pub(crate) email_changes: IntCounterVec,
+    /// `tokend_dpop_proofs_total{result,reason}`: DPoP proofs accepted (`reason` `none`) or
+    /// refused, by the reason of the refusal (docs/dpop.md).
+    pub(crate) dpop_proofs: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -315,6 +318,12 @@ impl Metrics {
                 "tokend_email_changes_total",
                 "Email changes by result (requested, confirmed, taken).",
                 &["result"],
+            ),
+            dpop_proofs: counter(
+                r,
+                "tokend_dpop_proofs_total",
+                "DPoP proofs accepted (reason none) or refused, by reason (RFC 9449).",
+                &["result", "reason"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

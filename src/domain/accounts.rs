@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::dpop::{ProofHeader, Target};
 use super::email_change::EmailChange;
 use super::input::{Email, Password, Username};
 use super::limits::Limits;
@@ -52,6 +53,9 @@ impl From<&UserRecord> for UserView {
         }
     }
 }
+
+/// The seed's login route: the `htu` of its proofs is the issuer and this.
+pub(crate) const LOGIN_PATH: &str = "/auth/login";
 
 /// A successful login or refresh: the pair and its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -285,11 +289,46 @@ impl Accounts {
 
     /// `POST /auth/login`: a fresh access token and the first refresh token of a new family.
     pub async fn login(&self, email: &str, password: &str) -> Result<TokenPair, Error> {
+        self.login_with(email, password, &ProofHeader::Absent).await
+    }
+
+    /// `POST /auth/login` with the request's `DPoP` header: a valid proof binds the pair (and,
+    /// the first-party client being public, the family) to its key (docs/dpop.md).
+    pub(crate) async fn login_with(
+        &self,
+        email: &str,
+        password: &str,
+        proof: &ProofHeader,
+    ) -> Result<TokenPair, Error> {
+        let dpop = self.sessions.dpop();
+        let checked = dpop
+            .check(
+                proof,
+                Target {
+                    method: "POST",
+                    path: LOGIN_PATH,
+                },
+                None,
+            )
+            .map_err(Error::DpopProof)?;
+        let proof = dpop.spend_if_any(checked).await?;
+        let bound = proof.is_some();
         let user = self.check_password(email, password, false).await?;
         let client = super::clients::first_party_client();
-        self.sessions
-            .start_session(&user, &client, "", self.sessions.settings().default_alg())
-            .await
+        let pair = self
+            .sessions
+            .start_session(
+                &user,
+                &client,
+                "",
+                self.sessions.settings().default_alg(),
+                proof,
+            )
+            .await?;
+        if bound {
+            dpop.accepted();
+        }
+        Ok(pair)
     }
 
     /// `GET /users/me`: the caller's user object.

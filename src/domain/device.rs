@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::authorize::{hashed, scope_description, Authorize, IdTokenFacts, OIDC_SCOPES};
 use super::clients::GRANT_DEVICE_CODE;
+use super::dpop::Proven;
 use super::ids;
 use super::limits::Limits;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
@@ -487,6 +488,7 @@ impl Devices {
         &self,
         client: &Client,
         device_code: Option<&str>,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = device_code
@@ -547,7 +549,7 @@ impl Devices {
                 ));
             }
         };
-        let response = self.issue(client, &grant).await;
+        let response = self.issue(client, &grant, proof).await;
         let answer = match &response {
             Ok(_) => "tokens",
             Err(OAuthError::AccessDenied(_)) => "access_denied",
@@ -560,7 +562,12 @@ impl Devices {
 
     /// The tokens of an approval: a new refresh family, as the code flow starts one
     /// (docs/authorize.md), and an ID token when `openid` was granted.
-    async fn issue(&self, client: &ClientRecord, grant: &str) -> Result<TokenResponse, OAuthError> {
+    async fn issue(
+        &self,
+        client: &ClientRecord,
+        grant: &str,
+        proof: Option<Proven>,
+    ) -> Result<TokenResponse, OAuthError> {
         let a: Approval = serde_json::from_str(grant).map_err(|e| {
             OAuthError::Other(Error::Internal(format!(
                 "a stored approval does not parse: {e}"
@@ -593,6 +600,7 @@ impl Devices {
                     auth_time: a.auth_time,
                     grant: GRANT_LABEL,
                     fresh: false,
+                    proof,
                 },
             )
             .await?;

@@ -1,476 +1,279 @@
-//! DPoP proofs (RFC 9449 §4): the checks a proof must pass before anything is bound to its key.
-//! This module holds the rules that need nothing but the proof and the request; the replay cache
-//! of `jti` and the server nonces are the service's (docs/dpop.md).
+//! The `Dpop` service (RFC 9449; docs/dpop.md): a proof's checks, its single use and the server
+//! nonces. The checks that need nothing but the proof and the request are shared with the
+//! resource-server verifier (`tokend_token_shape::dpop`); this service adds what needs state:
+//! the replay cache of `jti`s ([`ReplayStore`]), the nonces of RFC 9449 §8 and §9, and the
+//! `tokend_dpop_proofs_total` metric.
+//!
+//! Nonces are stateless: HMAC-SHA256 of a time bucket under a key derived from
+//! `TOKEND_KEY_ENCRYPTION_KEY` (so every instance of a deployment makes and accepts the same
+//! ones), random per process in embedded mode. A nonce is accepted during its bucket and the
+//! next one.
+
+use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use serde_json::{Map, Value};
+use ring::{digest, hmac};
 
-use crate::keys::public::{PublicKey, PublicKeyError, CLIENT_ALGS};
+pub(crate) use tokend_token_shape::dpop::{
+    check_proof, CheckedProof, ProofContext, ProofRefusal, MAX_AGE_SECS, MAX_SKEW_SECS,
+};
+pub(crate) use tokend_token_shape::jwk::CLIENT_ALGS;
 
-/// The JOSE `typ` of a proof (RFC 9449 §4.2).
-pub(crate) const PROOF_TYP: &str = "dpop+jwt";
+use super::Error;
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::store::ReplayStore;
 
-/// How old a proof's `iat` may be, seconds (RFC 9449 §11.1: a short window limits what a
-/// captured proof is worth; the `jti` cache remembers proofs for this long).
-pub(crate) const MAX_AGE_SECS: i64 = 60;
+/// How long one nonce bucket lasts, seconds: a nonce lives between one and two of them.
+pub(crate) const NONCE_BUCKET_SECS: i64 = 300;
 
-/// How far in the future a proof's `iat` may be, seconds: clock skew of the client.
-pub(crate) const MAX_SKEW_SECS: i64 = 5;
+/// How long a proof's `jti` is remembered, milliseconds: as long as its `iat` can pass the
+/// window (at most [`MAX_SKEW_SECS`] ahead, then [`MAX_AGE_SECS`] old), and a second more.
+pub(crate) const REPLAY_TTL_MS: i64 = (MAX_AGE_SECS + MAX_SKEW_SECS + 1) * 1000;
 
-/// The longest proof read (a proof carries one public key; an RSA key of 8192 bits fits).
-const MAX_PROOF_LEN: usize = 4096;
+/// The length of a `jkt` (base64url of a SHA-256 digest), and of `dpop_jkt` (RFC 9449 §10).
+pub(crate) const JKT_LEN: usize = 43;
 
-/// The longest `jti` kept in the replay cache.
-const MAX_JTI_LEN: usize = 128;
-
-/// Why a proof was refused: the `reason` label of `tokend_dpop_proofs_total` and the log field;
-/// the description of the `invalid_dpop_proof` error (RFC 9449 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ProofRefusal {
-    /// Not a JWS in compact form with JSON header and claims.
-    Malformed,
-    /// Several `DPoP` headers (RFC 9449 §4.3 step 1).
-    Multiple,
-    /// `typ` is not `dpop+jwt`.
-    Typ,
-    /// `alg` is not one tokend accepts, or does not fit the key.
-    Alg,
-    /// `jwk` is missing, not a supported public key, or carries private members.
-    Jwk,
-    /// The signature does not verify with `jwk`.
-    Signature,
-    /// `htm` is not the request's method.
-    Htm,
-    /// `htu` is not the request's URI.
-    Htu,
-    /// `iat` is missing, too old or in the future.
-    Iat,
-    /// `jti` is missing or too long.
-    Jti,
-    /// `ath` is missing or is not the hash of the access token presented.
-    Ath,
-    /// The proof's key is not the one the token is bound to.
-    Key,
-    /// The `jti` was seen before.
-    Replay,
-    /// The proof lacks the server's current nonce (answered `use_dpop_nonce`).
-    Nonce,
+/// The `DPoP` header of a request, as the HTTP layer found it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProofHeader {
+    /// No `DPoP` header.
+    #[default]
+    Absent,
+    /// One `DPoP` header: the proof.
+    One(String),
+    /// Several headers, or one that is not text: refused for this reason (RFC 9449 §4.3).
+    Unusable(ProofRefusal),
 }
 
-impl ProofRefusal {
-    /// The metric label and log field.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            ProofRefusal::Malformed => "malformed",
-            ProofRefusal::Multiple => "multiple",
-            ProofRefusal::Typ => "typ",
-            ProofRefusal::Alg => "alg",
-            ProofRefusal::Jwk => "jwk",
-            ProofRefusal::Signature => "signature",
-            ProofRefusal::Htm => "htm",
-            ProofRefusal::Htu => "htu",
-            ProofRefusal::Iat => "iat",
-            ProofRefusal::Jti => "jti",
-            ProofRefusal::Ath => "ath",
-            ProofRefusal::Key => "key",
-            ProofRefusal::Replay => "replay",
-            ProofRefusal::Nonce => "nonce",
-        }
-    }
-
-    /// Every reason, for the metric's series.
-    pub(crate) const ALL: [ProofRefusal; 14] = [
-        ProofRefusal::Malformed,
-        ProofRefusal::Multiple,
-        ProofRefusal::Typ,
-        ProofRefusal::Alg,
-        ProofRefusal::Jwk,
-        ProofRefusal::Signature,
-        ProofRefusal::Htm,
-        ProofRefusal::Htu,
-        ProofRefusal::Iat,
-        ProofRefusal::Jti,
-        ProofRefusal::Ath,
-        ProofRefusal::Key,
-        ProofRefusal::Replay,
-        ProofRefusal::Nonce,
-    ];
-
-    /// What the client is told.
-    pub(crate) fn description(self) -> &'static str {
-        match self {
-            ProofRefusal::Malformed => "the DPoP proof is not a signed JWT",
-            ProofRefusal::Multiple => "send one DPoP proof",
-            ProofRefusal::Typ => "the DPoP proof's typ must be dpop+jwt",
-            ProofRefusal::Alg => {
-                "the DPoP proof's alg must be ES256, EdDSA, RS256 or PS256 and fit its key"
-            }
-            ProofRefusal::Jwk => "the DPoP proof's jwk must be a supported public key",
-            ProofRefusal::Signature => "the DPoP proof's signature does not verify",
-            ProofRefusal::Htm => "the DPoP proof's htm is not this request's method",
-            ProofRefusal::Htu => "the DPoP proof's htu is not this request's URI",
-            ProofRefusal::Iat => "the DPoP proof's iat is missing or outside the accepted window",
-            ProofRefusal::Jti => "the DPoP proof needs a jti of at most 128 characters",
-            ProofRefusal::Ath => "the DPoP proof's ath does not match the access token",
-            ProofRefusal::Key => "the DPoP proof is not signed by the key the token is bound to",
-            ProofRefusal::Replay => "the DPoP proof was used before",
-            ProofRefusal::Nonce => "the DPoP proof must carry the server's nonce",
-        }
-    }
-}
-
-/// The request a proof must fit.
+/// The request a proof must fit: its method and its path on this issuer.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ProofContext<'a> {
-    /// The request's method.
+pub(crate) struct Target<'a> {
     pub(crate) method: &'a str,
-    /// The URI of the request as the client addressed it: the issuer's origin and the path,
-    /// without query or fragment (RFC 9449 §4.3 step 9).
-    pub(crate) uri: &'a str,
-    /// The access token presented with the proof, when there is one (`ath`, RFC 9449 §4.3
-    /// step 11).
-    pub(crate) access_token: Option<&'a str>,
-    /// Unix seconds now.
-    pub(crate) now: i64,
+    /// The route's path (`/oauth/token`); the issuer's origin is put in front (RFC 9449 §4.3
+    /// step 9: the URI the client addressed, which is the issuer's).
+    pub(crate) path: &'a str,
 }
 
-/// A proof that passed the checks of RFC 9449 §4.3 that need no store.
+/// A proof that passed every check and was used for the first time: the key its tokens are
+/// bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CheckedProof {
-    /// RFC 7638 thumbprint of the proof's key: `cnf.jkt` of the tokens bound to it.
+pub(crate) struct Proven {
+    /// The RFC 7638 thumbprint of the proof's key (`cnf.jkt`, RFC 9449 §6.1).
     pub(crate) jkt: String,
-    /// To be accepted once.
-    pub(crate) jti: String,
-    /// Unix seconds.
-    pub(crate) iat: i64,
-    /// The nonce the proof carries, if any.
-    pub(crate) nonce: Option<String>,
 }
 
-fn object(part: &str) -> Result<Map<String, Value>, ProofRefusal> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(part)
-        .map_err(|_| ProofRefusal::Malformed)?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ProofRefusal::Malformed),
-    }
+/// Whether `s` has the shape of a `jkt`: 43 base64url characters.
+pub(crate) fn is_jkt(s: &str) -> bool {
+    s.len() == JKT_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-/// `uri` without query and fragment, its scheme and host lower-cased and a default port left
-/// out (RFC 3986 §6.2.2–§6.2.3, as RFC 9449 §4.3 step 9 asks); `None` if it is not a URI.
-fn normalized(uri: &str) -> Option<String> {
-    let url = url::Url::parse(uri).ok()?;
-    let host = url.host_str()?;
-    let port = match url.port() {
-        Some(p) => format!(":{p}"),
-        None => String::new(),
-    };
-    Some(format!("{}://{host}{port}{}", url.scheme(), url.path()))
+/// The stateless nonces of RFC 9449 §8 and §9.
+struct Nonces {
+    key: hmac::Key,
 }
 
-/// The base64url SHA-256 of an access token: `ath` (RFC 9449 §4.2).
-pub(crate) fn ath_of(access_token: &str) -> String {
-    URL_SAFE_NO_PAD.encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        access_token.as_bytes(),
-    ))
-}
-
-/// Checks one proof against the request (RFC 9449 §4.3 steps 2–11, except the replay and nonce
-/// checks, which need the store).
-pub(crate) fn check_proof(
-    proof: &str,
-    ctx: &ProofContext<'_>,
-) -> Result<CheckedProof, ProofRefusal> {
-    if proof.len() > MAX_PROOF_LEN {
-        return Err(ProofRefusal::Malformed);
-    }
-    let mut parts = proof.split('.');
-    let (Some(h), Some(p), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(ProofRefusal::Malformed);
-    };
-    let header = object(h)?;
-    let claims = object(p)?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| ProofRefusal::Malformed)?;
-
-    if header.get("typ").and_then(Value::as_str) != Some(PROOF_TYP) {
-        return Err(ProofRefusal::Typ);
-    }
-    let alg = header
-        .get("alg")
-        .and_then(Value::as_str)
-        .filter(|a| CLIENT_ALGS.contains(a))
-        .ok_or(ProofRefusal::Alg)?;
-    let jwk = header
-        .get("jwk")
-        .and_then(Value::as_object)
-        .ok_or(ProofRefusal::Jwk)?;
-    let key = PublicKey::from_jwk(jwk).map_err(|_| ProofRefusal::Jwk)?;
-    let signing_input_len = h.len() + 1 + p.len();
-    let signing_input = proof
-        .get(..signing_input_len)
-        .ok_or(ProofRefusal::Malformed)?;
-    key.verify(alg, signing_input.as_bytes(), &signature)
-        .map_err(|e| match e {
-            PublicKeyError::Alg => ProofRefusal::Alg,
-            PublicKeyError::Signature => ProofRefusal::Signature,
-            PublicKeyError::Unsupported | PublicKeyError::Private => ProofRefusal::Jwk,
-        })?;
-
-    if claims.get("htm").and_then(Value::as_str) != Some(ctx.method) {
-        return Err(ProofRefusal::Htm);
-    }
-    let htu = claims
-        .get("htu")
-        .and_then(Value::as_str)
-        .and_then(normalized)
-        .ok_or(ProofRefusal::Htu)?;
-    if Some(htu) != normalized(ctx.uri) {
-        return Err(ProofRefusal::Htu);
-    }
-    let iat = claims
-        .get("iat")
-        .and_then(Value::as_i64)
-        .filter(|iat| *iat >= ctx.now - MAX_AGE_SECS && *iat <= ctx.now + MAX_SKEW_SECS)
-        .ok_or(ProofRefusal::Iat)?;
-    let jti = claims
-        .get("jti")
-        .and_then(Value::as_str)
-        .filter(|j| !j.is_empty() && j.len() <= MAX_JTI_LEN)
-        .ok_or(ProofRefusal::Jti)?;
-    if let Some(token) = ctx.access_token {
-        // `ath` is a hash of what the caller presented, not a secret: a plain comparison.
-        if claims.get("ath").and_then(Value::as_str) != Some(ath_of(token).as_str()) {
-            return Err(ProofRefusal::Ath);
+impl Nonces {
+    /// A nonce key derived from `secret` (the key-encryption key, or random bytes): a separate
+    /// key, so that a nonce says nothing about the secret it comes from.
+    fn new(secret: &[u8]) -> Nonces {
+        let derive = hmac::Key::new(hmac::HMAC_SHA256, secret);
+        let subkey = hmac::sign(&derive, b"tokend dpop nonce v1");
+        Nonces {
+            key: hmac::Key::new(hmac::HMAC_SHA256, subkey.as_ref()),
         }
     }
-    let nonce = claims
-        .get("nonce")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Ok(CheckedProof {
-        jkt: key.thumbprint(),
-        jti: jti.to_string(),
-        iat,
-        nonce,
-    })
+
+    fn bucket(now: i64) -> i64 {
+        now.div_euclid(NONCE_BUCKET_SECS)
+    }
+
+    fn of_bucket(&self, bucket: i64) -> String {
+        URL_SAFE_NO_PAD.encode(hmac::sign(&self.key, &bucket.to_be_bytes()))
+    }
+
+    /// The nonce to hand out at `now` (Unix seconds).
+    fn current(&self, now: i64) -> String {
+        self.of_bucket(Self::bucket(now))
+    }
+
+    /// Whether `nonce` was handed out in this bucket or the one before (checked in constant
+    /// time by ring).
+    fn accepts(&self, nonce: &str, now: i64) -> bool {
+        let Ok(tag) = URL_SAFE_NO_PAD.decode(nonce) else {
+            return false;
+        };
+        let bucket = Self::bucket(now);
+        [bucket, bucket - 1]
+            .iter()
+            .any(|b| hmac::verify(&self.key, &b.to_be_bytes(), &tag).is_ok())
+    }
+}
+
+/// The `Dpop` service: checks proofs, spends their `jti`s, hands out nonces.
+pub(crate) struct Dpop {
+    replay: Arc<dyn ReplayStore>,
+    /// `Some` when `TOKEND_DPOP_NONCE=on`.
+    nonces: Option<Nonces>,
+    issuer: String,
+    clock: SharedClock,
+    metrics: Arc<Metrics>,
+}
+
+impl Dpop {
+    /// The service for `issuer`; with `nonce_secret`, proofs must carry a nonce derived from it.
+    pub(crate) fn new(
+        replay: Arc<dyn ReplayStore>,
+        issuer: String,
+        nonce_secret: Option<&[u8]>,
+        clock: SharedClock,
+        metrics: Arc<Metrics>,
+    ) -> Dpop {
+        // Every series from the start, so that a dashboard's rate of refusals is 0, not absent.
+        metrics
+            .dpop_proofs
+            .with_label_values(&["accepted", "none"])
+            .inc_by(0);
+        for r in ProofRefusal::ALL {
+            metrics
+                .dpop_proofs
+                .with_label_values(&["refused", r.as_str()])
+                .inc_by(0);
+        }
+        Dpop {
+            replay,
+            nonces: nonce_secret.map(Nonces::new),
+            issuer,
+            clock,
+            metrics,
+        }
+    }
+
+    /// The nonce to send in `DPoP-Nonce` now, when nonces are required (RFC 9449 §8.2: a fresh
+    /// one with every answer).
+    pub(crate) fn nonce(&self) -> Option<String> {
+        self.nonces.as_ref().map(|n| n.current(self.clock.now()))
+    }
+
+    /// Counts a refused proof by reason and logs it; gives the refusal back.
+    pub(crate) fn refused(&self, refusal: ProofRefusal) -> ProofRefusal {
+        self.metrics
+            .dpop_proofs
+            .with_label_values(&["refused", refusal.as_str()])
+            .inc();
+        tracing::debug!(reason = refusal.as_str(), "DPoP proof refused");
+        refusal
+    }
+
+    /// The store-free checks of RFC 9449 §4.3 and the nonce of §8/§9, for a request to
+    /// `target`; `access_token` is the token presented with the proof (`ath`). `None` when the
+    /// request carried no proof. Nothing is spent: see [`Dpop::spend`].
+    pub(crate) fn check(
+        &self,
+        header: &ProofHeader,
+        target: Target<'_>,
+        access_token: Option<&str>,
+    ) -> Result<Option<CheckedProof>, ProofRefusal> {
+        let proof = match header {
+            ProofHeader::Absent => return Ok(None),
+            ProofHeader::Unusable(r) => return Err(self.refused(*r)),
+            ProofHeader::One(p) => p,
+        };
+        let uri = format!("{}{}", self.issuer, target.path);
+        let ctx = ProofContext {
+            method: target.method,
+            uri: &uri,
+            access_token,
+            now: self.clock.now(),
+        };
+        let checked = check_proof(proof, &ctx).map_err(|r| self.refused(r))?;
+        if let Some(nonces) = &self.nonces {
+            let fresh = checked
+                .nonce
+                .as_deref()
+                .is_some_and(|n| nonces.accepts(n, ctx.now));
+            if !fresh {
+                return Err(self.refused(ProofRefusal::Nonce));
+            }
+        }
+        Ok(Some(checked))
+    }
+
+    /// Uses a checked proof once (RFC 9449 §11.1): its `jti` is remembered, under a hash of
+    /// its key and `jti`, as long as the proof could pass the `iat` window. A second use, on
+    /// any instance, is refused; a store that cannot answer fails closed.
+    pub(crate) async fn spend(&self, proof: CheckedProof) -> Result<Proven, Error> {
+        let mut material = Vec::with_capacity(proof.jkt.len() + 1 + proof.jti.len());
+        material.extend_from_slice(proof.jkt.as_bytes());
+        material.push(b'\n');
+        material.extend_from_slice(proof.jti.as_bytes());
+        let key = format!(
+            "dpop:{}",
+            URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, &material))
+        );
+        if !self.replay.first_use(&key, REPLAY_TTL_MS).await? {
+            return Err(Error::DpopProof(self.refused(ProofRefusal::Replay)));
+        }
+        Ok(Proven { jkt: proof.jkt })
+    }
+
+    /// Counts a proof that did what it was sent for: every check passed, its `jti` was spent,
+    /// and its key was the one a token or family is bound to (where one is).
+    pub(crate) fn accepted(&self) {
+        self.metrics
+            .dpop_proofs
+            .with_label_values(&["accepted", "none"])
+            .inc();
+    }
+
+    /// [`Dpop::spend`] of a proof when there is one.
+    pub(crate) async fn spend_if_any(
+        &self,
+        proof: Option<CheckedProof>,
+    ) -> Result<Option<Proven>, Error> {
+        match proof {
+            Some(checked) => Ok(Some(self.spend(checked).await?)),
+            None => Ok(None),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ring::rand::SystemRandom;
-    use ring::signature::{Ed25519KeyPair, KeyPair};
-    use serde_json::json;
-
-    const URI: &str = "https://id.example.com/oauth/token";
-    const NOW: i64 = 1_800_000_000;
-
-    struct Client {
-        pair: Ed25519KeyPair,
-    }
-
-    impl Client {
-        fn new() -> Client {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
-            Client {
-                pair: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
-            }
-        }
-
-        fn jwk(&self) -> Value {
-            json!({"kty": "OKP", "crv": "Ed25519",
-                   "x": URL_SAFE_NO_PAD.encode(self.pair.public_key().as_ref())})
-        }
-
-        fn sign(&self, header: Value, claims: Value) -> String {
-            let input = format!(
-                "{}.{}",
-                URL_SAFE_NO_PAD.encode(header.to_string()),
-                URL_SAFE_NO_PAD.encode(claims.to_string())
-            );
-            let sig = self.pair.sign(input.as_bytes());
-            format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
-        }
-
-        fn proof(&self, claims: Value) -> String {
-            self.sign(
-                json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": self.jwk()}),
-                claims,
-            )
-        }
-    }
-
-    fn claims() -> Value {
-        json!({"jti": "j-1", "htm": "POST", "htu": URI, "iat": NOW})
-    }
-
-    fn ctx() -> ProofContext<'static> {
-        ProofContext {
-            method: "POST",
-            uri: URI,
-            access_token: None,
-            now: NOW,
-        }
-    }
-
-    fn with(mut v: Value, k: &str, x: Value) -> Value {
-        v[k] = x;
-        v
-    }
 
     #[test]
-    fn a_good_proof_yields_its_key_thumbprint_and_jti() {
-        let c = Client::new();
-        let checked = check_proof(&c.proof(claims()), &ctx()).unwrap();
-        let key = PublicKey::from_jwk(c.jwk().as_object().unwrap()).unwrap();
-        assert_eq!(checked.jkt, key.thumbprint());
-        assert_eq!(checked.jti, "j-1");
-        assert_eq!(checked.iat, NOW);
-        assert_eq!(checked.nonce, None);
-    }
-
-    #[test]
-    fn htu_compares_normalized_and_ignores_query_and_fragment() {
-        let c = Client::new();
-        for htu in [
-            "https://ID.example.com/oauth/token",
-            "https://id.example.com:443/oauth/token",
-            "https://id.example.com/oauth/token?x=1#f",
-        ] {
-            let proof = c.proof(with(claims(), "htu", json!(htu)));
-            assert!(check_proof(&proof, &ctx()).is_ok(), "{htu}");
-        }
-        for htu in [
-            "http://id.example.com/oauth/token",
-            "https://id.example.com:8443/oauth/token",
-            "https://id.example.com/oauth/token/",
-            "https://other.example.com/oauth/token",
-            "/oauth/token",
-        ] {
-            let proof = c.proof(with(claims(), "htu", json!(htu)));
-            assert_eq!(check_proof(&proof, &ctx()), Err(ProofRefusal::Htu), "{htu}");
-        }
-    }
-
-    #[test]
-    fn each_rule_refuses_with_its_own_reason() {
-        let c = Client::new();
-        let other = Client::new();
-        let cases: Vec<(String, ProofRefusal)> = vec![
-            ("a.b".into(), ProofRefusal::Malformed),
-            ("x".repeat(5000), ProofRefusal::Malformed),
-            (
-                c.sign(
-                    json!({"typ": "JWT", "alg": "EdDSA", "jwk": c.jwk()}),
-                    claims(),
-                ),
-                ProofRefusal::Typ,
-            ),
-            (
-                c.sign(
-                    json!({"typ": "dpop+jwt", "alg": "HS256", "jwk": c.jwk()}),
-                    claims(),
-                ),
-                ProofRefusal::Alg,
-            ),
-            (
-                c.sign(
-                    json!({"typ": "dpop+jwt", "alg": "none", "jwk": c.jwk()}),
-                    claims(),
-                ),
-                ProofRefusal::Alg,
-            ),
-            (
-                c.sign(
-                    json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": c.jwk()}),
-                    claims(),
-                ),
-                ProofRefusal::Alg,
-            ),
-            (
-                c.sign(json!({"typ": "dpop+jwt", "alg": "EdDSA"}), claims()),
-                ProofRefusal::Jwk,
-            ),
-            (
-                c.sign(
-                    json!({"typ": "dpop+jwt", "alg": "EdDSA",
-                           "jwk": with(c.jwk(), "d", json!("AAAA"))}),
-                    claims(),
-                ),
-                ProofRefusal::Jwk,
-            ),
-            (
-                c.sign(
-                    json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": other.jwk()}),
-                    claims(),
-                ),
-                ProofRefusal::Signature,
-            ),
-            (
-                c.proof(with(claims(), "htm", json!("GET"))),
-                ProofRefusal::Htm,
-            ),
-            (
-                c.proof(with(claims(), "iat", json!(NOW - 61))),
-                ProofRefusal::Iat,
-            ),
-            (
-                c.proof(with(claims(), "iat", json!(NOW + 6))),
-                ProofRefusal::Iat,
-            ),
-            (
-                c.proof(with(claims(), "iat", json!("now"))),
-                ProofRefusal::Iat,
-            ),
-            (c.proof(with(claims(), "jti", json!(""))), ProofRefusal::Jti),
-            (
-                c.proof(with(claims(), "jti", json!("j".repeat(129)))),
-                ProofRefusal::Jti,
-            ),
-        ];
-        for (proof, reason) in cases {
-            assert_eq!(
-                check_proof(&proof, &ctx()),
-                Err(reason),
-                "{}",
-                reason.as_str()
-            );
-        }
-    }
-
-    #[test]
-    fn ath_must_be_the_hash_of_the_access_token_presented() {
-        let c = Client::new();
-        let token = "eyJ.access.token";
-        let ctx = ProofContext {
-            method: "GET",
-            uri: "https://id.example.com/auth/verify",
-            access_token: Some(token),
-            now: NOW,
-        };
-        let base = json!({"jti": "j", "htm": "GET", "htu": ctx.uri, "iat": NOW});
-        assert_eq!(
-            check_proof(&c.proof(base.clone()), &ctx),
-            Err(ProofRefusal::Ath)
+    fn a_nonce_lives_through_its_bucket_and_the_next_one_only() {
+        let n = Nonces::new(b"a secret of some length");
+        let t = 1_800_000_000 - 1_800_000_000 % NONCE_BUCKET_SECS;
+        let nonce = n.current(t);
+        assert_eq!(nonce.len(), JKT_LEN);
+        assert!(n.accepts(&nonce, t));
+        assert!(n.accepts(&nonce, t + NONCE_BUCKET_SECS - 1));
+        assert!(n.accepts(&nonce, t + 2 * NONCE_BUCKET_SECS - 1));
+        assert!(!n.accepts(&nonce, t + 2 * NONCE_BUCKET_SECS));
+        assert!(!n.accepts(&nonce, t - 1), "not before it was made");
+        assert!(!n.accepts("not base64!", t));
+        assert!(!n.accepts("", t));
+        let other = Nonces::new(b"another secret");
+        assert!(
+            !other.accepts(&nonce, t),
+            "a nonce is only good where it was made"
         );
-        let wrong = with(base.clone(), "ath", json!(ath_of("another")));
-        assert_eq!(check_proof(&c.proof(wrong), &ctx), Err(ProofRefusal::Ath));
-        let right = with(base, "ath", json!(ath_of(token)));
-        assert!(check_proof(&c.proof(right), &ctx).is_ok());
+        assert_eq!(
+            Nonces::new(b"a secret of some length").current(t),
+            nonce,
+            "instances sharing the secret agree"
+        );
     }
 
     #[test]
-    fn every_reason_has_a_distinct_label() {
-        let mut labels: Vec<_> = ProofRefusal::ALL.iter().map(|r| r.as_str()).collect();
-        labels.sort_unstable();
-        labels.dedup();
-        assert_eq!(labels.len(), ProofRefusal::ALL.len());
+    fn jkt_shapes() {
+        assert!(is_jkt("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"));
+        assert!(!is_jkt("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9X"));
+        assert!(!is_jkt("NzbLsXh8uDCcd+6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"));
     }
 }

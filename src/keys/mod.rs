@@ -21,7 +21,6 @@ pub(crate) mod jwk;
 mod manager;
 pub(crate) mod memory;
 pub(crate) mod mongo;
-pub(crate) mod public;
 pub(crate) mod ring;
 
 pub use dir::DirKeyStore;

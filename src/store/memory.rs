@@ -21,10 +21,12 @@ use crate::clock::SharedClock;
 mod authorize;
 mod device;
 mod mail;
+mod replay;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
 pub use device::MemoryDevices;
 pub use mail::MemoryMail;
+pub use replay::MemoryReplay;
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;
@@ -320,6 +322,8 @@ struct Family {
     generation: i64,
     /// The user record's `credentials_version` the login read.
     credentials_version: i64,
+    /// The DPoP key the family is bound to.
+    jkt: Option<String>,
 }
 
 impl Family {
@@ -340,6 +344,7 @@ impl Family {
             user: None,
             generation: 0,
             credentials_version: 0,
+            jkt: None,
         }
     }
 }
@@ -576,6 +581,7 @@ impl SessionStore for MemorySessions {
                 user: Some(family.user.clone()),
                 generation,
                 credentials_version: family.credentials_version,
+                jkt: family.jkt.clone(),
             },
         );
         Ok(oldest.len() as u64)
@@ -590,6 +596,9 @@ impl SessionStore for MemorySessions {
         };
         if f.revoked {
             return Ok(RotateOutcome::Revoked);
+        }
+        if f.jkt.is_some() && f.jkt != req.jkt {
+            return Ok(RotateOutcome::WrongKey);
         }
         if f.cur == req.presented_jti {
             f.prev = Some((std::mem::take(&mut f.cur), req.now_ms));
@@ -627,6 +636,7 @@ impl SessionStore for MemorySessions {
             expires_at_ms: f.exp_ms,
             revoked: f.revoked,
             user: f.user.clone(),
+            jkt: f.jkt.clone(),
         }))
     }
 

@@ -65,6 +65,7 @@ fn client(id: &str) -> ClientRecord {
             token_endpoint_auth_method: Some("client_secret_basic".into()),
             id_token_signed_response_alg: Some("RS256".into()),
             require_pushed_authorization_requests: true,
+            dpop_bound_access_tokens: true,
         },
         registration: None,
     }
@@ -382,6 +383,7 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         user: claims_v("alice", &["user"], 1_700_000_000_000),
         credentials_version: 0,
         max_sessions: 100,
+        jkt: None,
     }
 }
 
@@ -406,6 +408,7 @@ fn exchange(sid: &str, presented: &str, now_ms: i64, leeway_ms: i64) -> RotateRe
         leeway_ms,
         ttl_ms: 14 * DAY_MS,
         revoked_ttl_ms: 14 * DAY_MS,
+        jkt: None,
     }
 }
 

@@ -2,7 +2,7 @@
 //! (RFC 9449 §4.2) and the keys of a client that authenticates with `private_key_jwt`
 //! (RFC 7523 §2.2). Only public members are accepted; a JWK carrying a private member is
 //! refused, so that a client that leaks its key by mistake learns it at once. Signatures are
-//! checked with `ring` (docs/tokens.md, "Client keys").
+//! checked with `ring` (docs/dpop.md, "Proofs").
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -13,7 +13,7 @@ use ring::signature::{
 use serde_json::{Map, Value};
 
 /// The JWS algorithms a client key may sign with (RFC 7518 §3, RFC 8037 §3.1).
-pub(crate) const CLIENT_ALGS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
+pub const CLIENT_ALGS: [&str; 4] = ["ES256", "EdDSA", "RS256", "PS256"];
 
 /// The smallest RSA modulus accepted, in bits (RFC 7518 §3.3).
 const MIN_RSA_BITS: usize = 2048;
@@ -22,25 +22,34 @@ const MIN_RSA_BITS: usize = 2048;
 const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
 /// Why a client key or its signature was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum PublicKeyError {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublicKeyError {
     /// Not a JWK of a supported type, or a member is missing or malformed.
-    #[error("the key is not a supported public JWK")]
     Unsupported,
     /// The JWK carries private members.
-    #[error("the key has private members")]
     Private,
     /// The algorithm is not one of [`CLIENT_ALGS`] or does not fit the key.
-    #[error("the algorithm does not fit the key")]
     Alg,
     /// The signature does not verify.
-    #[error("the signature does not verify")]
     Signature,
 }
 
+impl std::fmt::Display for PublicKeyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PublicKeyError::Unsupported => "the key is not a supported public JWK",
+            PublicKeyError::Private => "the key has private members",
+            PublicKeyError::Alg => "the algorithm does not fit the key",
+            PublicKeyError::Signature => "the signature does not verify",
+        })
+    }
+}
+
+impl std::error::Error for PublicKeyError {}
+
 /// A client's public key, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum PublicKey {
+pub enum PublicKey {
     /// P-256 (`kty` `EC`): the uncompressed point `04 || x || y`.
     P256 {
         point: Vec<u8>,
@@ -81,7 +90,7 @@ fn unsigned(mut bytes: &[u8]) -> &[u8] {
 
 impl PublicKey {
     /// Reads a public JWK: `EC` on `P-256`, `OKP` on `Ed25519`, or `RSA` of at least 2048 bits.
-    pub(crate) fn from_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, PublicKeyError> {
+    pub fn from_jwk(jwk: &Map<String, Value>) -> Result<PublicKey, PublicKeyError> {
         if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
             return Err(PublicKeyError::Private);
         }
@@ -138,7 +147,7 @@ impl PublicKey {
     }
 
     /// Whether `alg` is one this key signs with.
-    pub(crate) fn fits(&self, alg: &str) -> bool {
+    pub fn fits(&self, alg: &str) -> bool {
         matches!(
             (self, alg),
             (PublicKey::P256 { .. }, "ES256")
@@ -149,7 +158,7 @@ impl PublicKey {
 
     /// The RFC 7638 thumbprint (SHA-256, base64url): `jkt` of RFC 9449 §6.1. The members are
     /// hashed as they were presented, which RFC 7638 §3.2 requires (no re-encoding).
-    pub(crate) fn thumbprint(&self) -> String {
+    pub fn thumbprint(&self) -> String {
         let canonical = match self {
             PublicKey::P256 { x, y, .. } => {
                 format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#)
@@ -166,7 +175,7 @@ impl PublicKey {
     }
 
     /// Checks a JWS signature (RFC 7515 §5.2) made with `alg` over `signing_input`.
-    pub(crate) fn verify(
+    pub fn verify(
         &self,
         alg: &str,
         signing_input: &[u8],
