@@ -11,7 +11,8 @@
 # signing-only loops, and the Argon2 ceiling. Only loopback addresses are ever loaded.
 #
 # Sections (all by default): `embedded`, `production`, `extra` (login flood, memory with 1,000
-# connections, start-up time).
+# connections, start-up time), `dpop` (the DPoP-bound refresh and `/auth/verify` beside their
+# bearer twins, in both modes, alone; `embedded` and `production` run them too).
 #
 # Environment:
 #   TOKEND_LOAD_DURATION     seconds per scenario (default 10)
@@ -43,6 +44,7 @@ TOKEND=$(realpath "${TOKEND_LOAD_TOKEND:-$ROOT/target/release/tokend}")
 
 SECTIONS=("$@")
 [ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(embedded production extra)
+# `embedded` and `production` include the DPoP rows; `dpop` is for running them alone.
 want() {
   local s
   for s in "${SECTIONS[@]}"; do [ "$s" = "$1" ] && return 0; done
@@ -392,11 +394,14 @@ run_mode() {
   header
 
   scenario "$mode" "/auth/verify" wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+  local verify_rps
+  verify_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
   scenario "$mode" "refresh (/auth/token/refresh, chained)" \
     "$LOADGEN" refresh --base "$BASE" --email "refresh-$mode@example.com" --password "$PASSWORD" \
     -c 32 -d "$DURATION"
   local refresh_rps half
   refresh_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  dpop_scenarios "$mode" "$verify_rps" "$refresh_rps"
   half=$(python3 -c "import sys; print(max(100, int(float(sys.argv[1]) / 2)))" "$refresh_rps")
   scenario "$mode" "refresh paced at $half req/s (50 %)" \
     "$LOADGEN" refresh --base "$BASE" --email "paced-$mode@example.com" --password "$PASSWORD" \
@@ -431,6 +436,40 @@ run_mode() {
   done
   reference "$mode" "reference: refresh crypto (verify + 2 signs) EdDSA, 2 threads" \
     sh -c "'$LOADGEN' sign --alg EdDSA --refresh --threads 2 -d 3 | sed 's/ops=/rps=/'"
+}
+
+# dpop_scenarios MODE BEARER-VERIFY-RPS BEARER-REFRESH-RPS: the DPoP twins of /auth/verify and of
+# the chained refresh (docs/dpop.md), each request with a fresh EdDSA proof that loadgen signs
+# before the request's clock starts (the signing still takes client CPU on this machine), and
+# each as a share of its bearer twin (issue 20: at least 60 %).
+dpop_scenarios() {
+  local mode=$1 verify_rps=$2 refresh_rps=$3
+  scenario "$mode" "DPoP /auth/verify (a fresh proof each)" \
+    "$LOADGEN" dpop --what verify --base "$BASE" --email "dpop-verify-$mode@example.com" \
+    --password "$PASSWORD" -c "$CONNS" -d "$DURATION"
+  python3 -c "import sys; print(f'DPoP /auth/verify / bearer = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" "$verify_rps" | tee -a "$RESULTS"
+  scenario "$mode" "DPoP-bound refresh (chained, a fresh proof each)" \
+    "$LOADGEN" dpop --what refresh --base "$BASE" --email "dpop-refresh-$mode@example.com" \
+    --password "$PASSWORD" -c 32 -d "$DURATION"
+  python3 -c "import sys; print(f'DPoP-bound refresh / bearer = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" "$refresh_rps" | tee -a "$RESULTS"
+}
+
+# run_dpop MODE: the bearer /auth/verify and refresh, then their DPoP twins, alone.
+run_dpop() {
+  local mode=$1 verify_rps refresh_rps
+  start_tokend "$mode"
+  setup_user
+  header
+  scenario "$mode" "/auth/verify" wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+  verify_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  scenario "$mode" "refresh (/auth/token/refresh, chained)" \
+    "$LOADGEN" refresh --base "$BASE" --email "refresh-$mode@example.com" --password "$PASSWORD" \
+    -c 32 -d "$DURATION"
+  refresh_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  dpop_scenarios "$mode" "$verify_rps" "$refresh_rps"
+  stop_pid "$PID"
 }
 
 run_extra() {
@@ -505,5 +544,16 @@ if want production; then
 fi
 if want extra; then
   run_extra
+fi
+if want dpop; then
+  run_dpop embedded
+  if [ -z "${MONGO_URI:-}" ]; then
+    ensure_services
+    start_services
+  fi
+  DB="tokend_load_dpop_$(date +%s)"
+  "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
+    --algs EdDSA,RS256 --rsa-bits "$RSA_BITS" >/dev/null
+  run_dpop production
 fi
 log "results in ${RESULTS#"$ROOT"/}"
