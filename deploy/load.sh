@@ -20,7 +20,8 @@
 #   TOKEND_LOAD_WRK_THREADS  wrk threads (default 1)
 #   TOKEND_LOAD_LOG          TOKEND_LOG of the server under load (default info, the product's)
 #   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset and TOKEND_RSA_BITS (default 2048)
-#   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built)
+#   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built; the
+#                            release directory of CARGO_TARGET_DIR when that is set)
 #   TOKEND_LOAD_SKIP_BUILD=1 use the binaries already built
 #   TOKEND_TEST_REDIS_SERVER_BIN, TOKEND_TEST_SECANTUSD_BIN   as in deploy/test.sh
 #
@@ -39,8 +40,10 @@ VENV="$ROOT/target/test-venv"
 KEK=AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
 EMAIL=load@example.com
 PASSWORD='correct horse battery'
-LOADGEN="$ROOT/target/release/examples/loadgen"
-TOKEND=$(realpath "${TOKEND_LOAD_TOKEND:-$ROOT/target/release/tokend}")
+# Where cargo puts release builds (CARGO_TARGET_DIR when set).
+RELEASE="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+LOADGEN="$RELEASE/examples/loadgen"
+TOKEND=$(realpath -m "${TOKEND_LOAD_TOKEND:-$RELEASE/tokend}")
 
 SECTIONS=("$@")
 [ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(embedded production extra)
@@ -379,7 +382,7 @@ run_mode() {
   # The reference: a bare hyper server with the same bytes, same runtime, same load.
   local bare_port bare_pid
   bare_port=$(free_port)
-  "$ROOT/target/release/examples/bare_jwks" --listen "127.0.0.1:$bare_port" \
+  "$RELEASE/examples/bare_jwks" --listen "127.0.0.1:$bare_port" \
     --body-file "$OUT/jwks-$mode.json" >"$OUT/bare_jwks.log" 2>&1 &
   bare_pid=$!
   STARTED_PIDS+=("$bare_pid")
