@@ -568,7 +568,9 @@ impl ProofKey {
         use ring::rand::SecureRandom;
         use tokend::clock::Clock;
         let mut jti = [0u8; 16];
-        ring::rand::SystemRandom::new().fill(&mut jti).map_err(err)?;
+        ring::rand::SystemRandom::new()
+            .fill(&mut jti)
+            .map_err(err)?;
         let mut claims = serde_json::json!({"jti": b64url(&jti), "htm": method, "htu": url,
             "iat": SystemClock.now()});
         if let Some(token) = access_token {
@@ -644,7 +646,10 @@ async fn dpop(
                 let (authorization, proof) = if refresh {
                     (format!("Bearer {token}"), key.proof("POST", &htu, None)?)
                 } else {
-                    (format!("DPoP {access}"), key.proof("GET", &htu, Some(&access))?)
+                    (
+                        format!("DPoP {access}"),
+                        key.proof("GET", &htu, Some(&access))?,
+                    )
                 };
                 let due = sched.due(k).await;
                 k += 1;
