@@ -198,7 +198,7 @@ tokend_env() {
   printf '%s\n' "TOKEND_LISTEN=127.0.0.1:$PORT" "TOKEND_ISSUER=http://127.0.0.1:$PORT" \
     "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RSA_BITS=$RSA_BITS" "TOKEND_RATE_LIMIT=off" \
     "TOKEND_LOG=$SERVER_LOG" \
-    "TOKEND_CLIENTS_FILE=$OUT/clients.json"
+    "TOKEND_CLIENTS_FILE=$OUT/clients.json" "TOKEND_MAIL_DIR=$OUT/mail"
   if [ "$mode" = production ]; then
     printf '%s\n' "TOKEND_MONGODB_URI=$MONGO_URI" "TOKEND_MONGODB_DB=$DB" \
       "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \

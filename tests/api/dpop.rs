@@ -1276,6 +1276,61 @@ async fn discovery_registration_and_metrics_know_dpop(mode: Mode) {
     app.stop().await;
 }
 
+/// `tokend clients create --dpop-bound` stores a client in MongoDB that the token endpoint then
+/// holds to its promise (production mode).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_cli_creates_a_dpop_bound_client() {
+    use crate::oauth::tokend_cli;
+    let (env, _) = test_env(Mode::Production);
+    let out = tokend_cli(
+        &env,
+        &[
+            "clients",
+            "create",
+            "--id",
+            "cli-bound",
+            "--grant",
+            "password",
+            "--public",
+            "--dpop-bound",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokend_cli(&env, &["clients", "list", "--json"]);
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["client_id"] == "cli-bound")
+        .unwrap();
+    assert_eq!(row["dpop_bound_access_tokens"], true, "{row}");
+
+    let app = spawn_env(
+        Mode::Production,
+        env.clone(),
+        None,
+        tokend::clock::ManualClock::starting_now(),
+    )
+    .await;
+    assert_eq!(
+        app.register("ada", "ada@example.com", PASSWORD)
+            .await
+            .status(),
+        StatusCode::CREATED
+    );
+    refused_at_token(app.password_grant("cli-bound", None).await, "required").await;
+    let key = DpopKey::ed25519();
+    let body = tokens_of(app.password_grant("cli-bound", Some(&key)).await).await;
+    assert_bound(&body, &key);
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The stores' part: bound families and single-use keys, against memory and Redis
 // ---------------------------------------------------------------------------------------------
