@@ -69,6 +69,7 @@ fn access_claims(now: i64) -> AccessClaims {
         fresh: false,
         auth_time: Some(now),
         roles: vec!["user".into()],
+        cnf: None,
     }
 }
 

@@ -28,7 +28,7 @@ use tokend::keys::MemoryKeyStore;
 use tokend::startup::{Application, Backends};
 use tokend::store::memory::{
     MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryEvents, MemoryLimits,
-    MemoryMail, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
+    MemoryMail, MemoryReplay, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
 };
 use tokend::store::ClientRecord;
 
@@ -74,6 +74,7 @@ fn app() -> Bench {
         keystore: Arc::new(MemoryKeyStore::new()),
         lease: None,
         limits: Arc::new(MemoryLimits::new(clock.clone())),
+        replay: Arc::new(MemoryReplay::new(clock.clone())),
         mode_name: "embedded",
     };
     let app = rt

@@ -20,6 +20,8 @@
 #   sessions   logout-all and password change for a user with 100 families (production)
 #   families   1k, 100k and 1M live refresh families in Redis (production): bytes per family,
 #              refresh and /auth/verify at each size
+#   dpop       the DPoP-bound refresh and /auth/verify beside their bearer twins, both modes,
+#              alone (`embedded` and `production` run them too)
 #
 # Environment:
 #   TOKEND_LOAD_DURATION     seconds per scenario (default 10)
@@ -27,7 +29,8 @@
 #   TOKEND_LOAD_WRK_THREADS  wrk threads (default 1)
 #   TOKEND_LOAD_LOG          TOKEND_LOG of the server under load (default info, the product's)
 #   TOKEND_LOAD_RSA_BITS     RSA modulus of the pre-made keyset and TOKEND_RSA_BITS (default 2048)
-#   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built)
+#   TOKEND_LOAD_TOKEND       the tokend binary to load (default target/release/tokend, built; the
+#                            release directory of CARGO_TARGET_DIR when that is set)
 #   TOKEND_LOAD_SKIP_BUILD=1 use the binaries already built
 #   TOKEND_LOAD_FAMILIES     the live-family counts of `families` (default "1000 100000 1000000")
 #   CARGO_TARGET_DIR         where cargo builds (default target/); results go to its load/
@@ -54,7 +57,7 @@ LOADGEN="$TARGET_DIR/release/examples/loadgen"
 TOKEND=$(realpath -m "${TOKEND_LOAD_TOKEND:-$TARGET_DIR/release/tokend}")
 FAMILY_COUNTS=${TOKEND_LOAD_FAMILIES:-1000 100000 1000000}
 
-ALL_SECTIONS=(embedded production extra code signin device sessions families)
+ALL_SECTIONS=(embedded production extra code signin device sessions families dpop)
 SECTIONS=("$@")
 [ "${#SECTIONS[@]}" -gt 0 ] || SECTIONS=(all)
 for s in "${SECTIONS[@]}"; do
@@ -230,7 +233,7 @@ tokend_env() {
   printf '%s\n' "TOKEND_LISTEN=127.0.0.1:$PORT" "TOKEND_ISSUER=http://127.0.0.1:$PORT" \
     "TOKEND_SIGNING_ALGS=EdDSA,RS256" "TOKEND_RSA_BITS=$BITS" "TOKEND_RATE_LIMIT=off" \
     "TOKEND_LOG=$SERVER_LOG" \
-    "TOKEND_CLIENTS_FILE=$OUT/clients.json"
+    "TOKEND_CLIENTS_FILE=$OUT/clients.json" "TOKEND_MAIL_DIR=$OUT/mail"
   if [ "$mode" = production ]; then
     printf '%s\n' "TOKEND_MONGODB_URI=$MONGO_URI" "TOKEND_MONGODB_DB=$DB" \
       "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \
@@ -431,11 +434,14 @@ run_mode() {
   header
 
   scenario "$mode" "/auth/verify" wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+  local verify_rps
+  verify_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
   scenario "$mode" "refresh (/auth/token/refresh, chained)" \
     "$LOADGEN" refresh --base "$BASE" --email "refresh-$mode@example.com" --password "$PASSWORD" \
     -c 32 -d "$DURATION"
   local refresh_rps half
   refresh_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  dpop_scenarios "$mode" "$verify_rps" "$refresh_rps"
   half=$(python3 -c "import sys; print(max(100, int(float(sys.argv[1]) / 2)))" "$refresh_rps")
   scenario "$mode" "refresh paced at $half req/s (50 %)" \
     "$LOADGEN" refresh --base "$BASE" --email "paced-$mode@example.com" --password "$PASSWORD" \
@@ -470,6 +476,40 @@ run_mode() {
   done
   reference "$mode" "reference: refresh crypto (verify + 2 signs) EdDSA, 2 threads" \
     sh -c "'$LOADGEN' sign --alg EdDSA --refresh --threads 2 -d 3 | sed 's/ops=/rps=/'"
+}
+
+# dpop_scenarios MODE BEARER-VERIFY-RPS BEARER-REFRESH-RPS: the DPoP twins of /auth/verify and of
+# the chained refresh (docs/dpop.md), each request with a fresh EdDSA proof that loadgen signs
+# before the request's clock starts (the signing still takes client CPU on this machine), and
+# each as a share of its bearer twin (issue 20: at least 60 %).
+dpop_scenarios() {
+  local mode=$1 verify_rps=$2 refresh_rps=$3
+  scenario "$mode" "DPoP /auth/verify (a fresh proof each)" \
+    "$LOADGEN" dpop --what verify --base "$BASE" --email "dpop-verify-$mode@example.com" \
+    --password "$PASSWORD" -c "$CONNS" -d "$DURATION"
+  python3 -c "import sys; print(f'DPoP /auth/verify / bearer = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" "$verify_rps" | tee -a "$RESULTS"
+  scenario "$mode" "DPoP-bound refresh (chained, a fresh proof each)" \
+    "$LOADGEN" dpop --what refresh --base "$BASE" --email "dpop-refresh-$mode@example.com" \
+    --password "$PASSWORD" -c 32 -d "$DURATION"
+  python3 -c "import sys; print(f'DPoP-bound refresh / bearer = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
+    "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" "$refresh_rps" | tee -a "$RESULTS"
+}
+
+# run_dpop MODE: the bearer /auth/verify and refresh, then their DPoP twins, alone.
+run_dpop() {
+  local mode=$1 verify_rps refresh_rps
+  start_tokend "$mode"
+  setup_user
+  header
+  scenario "$mode" "/auth/verify" wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
+  verify_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  scenario "$mode" "refresh (/auth/token/refresh, chained)" \
+    "$LOADGEN" refresh --base "$BASE" --email "refresh-$mode@example.com" --password "$PASSWORD" \
+    -c 32 -d "$DURATION"
+  refresh_rps=$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")
+  dpop_scenarios "$mode" "$verify_rps" "$refresh_rps"
+  stop_pid "$PID"
 }
 
 run_extra() {
@@ -844,5 +884,11 @@ if want sessions; then
 fi
 if want families; then
   run_families
+fi
+# `all` has the DPoP rows already (in `embedded` and `production`).
+if [[ " ${SECTIONS[*]} " == *" dpop "* ]]; then
+  run_dpop embedded
+  ensure_production
+  run_dpop production
 fi
 log "results in ${RESULTS#"$ROOT"/}"

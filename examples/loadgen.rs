@@ -8,6 +8,7 @@
 //! loadgen device   --base URL --client-id C [--scope read] -c 64 -d 10
 //! loadgen families --redis-url redis://127.0.0.1:6379/ --prefix tokend: -n 100000
 //!                  [--per-user 1] [--user-id ID --username NAME] [--concurrency 256]
+//! loadgen dpop     --what refresh|verify --base http://127.0.0.1:5000 --email E --password P -c 32 -d 10
 //! loadgen http     --url URL [-X POST] [-H 'k: v'] [--body B] -c 32 -d 10 [--rate R] [--expect 200]
 //! loadgen sign     --alg EdDSA [--rsa-bits 2048] [--verify] --threads 2 -d 5
 //! loadgen argon2   --cost m=19456,t=2,p=1 -d 5
@@ -17,7 +18,11 @@
 //!
 //! `refresh` keeps one refresh-token chain per connection: it logs in once per connection (one
 //! session each), then every request presents the refresh token the previous answer carried —
-//! refresh tokens are single-use. `http` repeats one fixed request. Both run closed-loop (each
+//! refresh tokens are single-use. `dpop` does what a DPoP client does (RFC 9449, docs/dpop.md):
+//! each connection holds its own Ed25519 key, logs in with a proof (a bound family), and then
+//! either chains refreshes or calls `/auth/verify` with `Authorization: DPoP`, each request with
+//! a fresh proof (a new `jti`; `ath` on `/auth/verify`) made before its clock starts, so the
+//! latency is the server's. `http` repeats one fixed request. Both run closed-loop (each
 //! connection sends its next request when the answer arrives) unless `--rate` paces them: then
 //! request `k` of connection `i` is due at `(k·c + i) / rate` seconds and its latency counts from
 //! that instant, so a stalled server cannot hide its queue (no coordinated omission).
@@ -168,6 +173,24 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// DPoP-bound traffic: chained refreshes of a bound family, or `/auth/verify` with a bound
+    /// token, a fresh proof per request.
+    Dpop {
+        /// `refresh` or `verify`.
+        #[arg(long)]
+        what: String,
+        #[arg(long)]
+        base: String,
+        /// The issuer the proofs name in `htu` (tokend's `TOKEND_ISSUER`); `--base` when unset.
+        #[arg(long)]
+        issuer: Option<String>,
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[command(flatten)]
+        load: Load,
+    },
     /// One fixed request, repeated.
     Http {
         #[arg(long)]
@@ -290,6 +313,18 @@ fn main() -> ExitCode {
                 seed,
                 concurrency,
             }))
+        }),
+        Cmd::Dpop {
+            what,
+            base,
+            issuer,
+            email,
+            password,
+            load,
+        } => runtime(load.threads).and_then(|rt| {
+            let issuer = issuer.unwrap_or_else(|| base.clone());
+            rt.block_on(dpop(&what, &base, &issuer, &email, &password, &load))
+                .map(|r| r.print())
         }),
         Cmd::Http {
             url,
@@ -1362,6 +1397,7 @@ async fn families(run: FamiliesRun) -> Res<()> {
                     // What a browser login stores: a common desktop user agent and an address.
                     user_agent: Some(FAMILY_USER_AGENT.into()),
                     ip: Some("203.0.113.7".into()),
+                    jkt: None,
                 };
                 store.start_family(&family).await.map_err(err)?;
                 i += workers;
@@ -1379,6 +1415,149 @@ async fn families(run: FamiliesRun) -> Res<()> {
         run.count as f64 / secs.max(f64::EPSILON)
     );
     Ok(())
+}
+
+// ---- DPoP-bound traffic --------------------------------------------------------------------
+
+/// A client's DPoP key (Ed25519) and the proofs it signs (RFC 9449 §4.2).
+struct ProofKey {
+    pair: ring::signature::Ed25519KeyPair,
+    /// The base64url JOSE header, the same for every proof.
+    header: String,
+}
+
+impl ProofKey {
+    fn new() -> Res<ProofKey> {
+        use ring::signature::KeyPair;
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&rng).map_err(err)?;
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(err)?;
+        let jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+            "x": b64url(pair.public_key().as_ref())});
+        let header = serde_json::json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": jwk});
+        Ok(ProofKey {
+            pair,
+            header: b64url(header.to_string().as_bytes()),
+        })
+    }
+
+    /// A fresh proof for `method` `url`, with `ath` of `access_token` when given.
+    fn proof(&self, method: &str, url: &str, access_token: Option<&str>) -> Res<String> {
+        use ring::rand::SecureRandom;
+        use tokend::clock::Clock;
+        let mut jti = [0u8; 16];
+        ring::rand::SystemRandom::new()
+            .fill(&mut jti)
+            .map_err(err)?;
+        let mut claims = serde_json::json!({"jti": b64url(&jti), "htm": method, "htu": url,
+            "iat": SystemClock.now()});
+        if let Some(token) = access_token {
+            let ath = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+            claims["ath"] = serde_json::Value::String(b64url(ath.as_ref()));
+        }
+        let input = format!("{}.{}", self.header, b64url(claims.to_string().as_bytes()));
+        let sig = self.pair.sign(input.as_bytes());
+        Ok(format!("{input}.{}", b64url(sig.as_ref())))
+    }
+}
+
+#[derive(Deserialize)]
+struct BoundPair {
+    access_token: String,
+    refresh_token: String,
+    token_type: String,
+}
+
+async fn dpop(
+    what: &str,
+    base: &str,
+    issuer: &str,
+    email: &str,
+    password: &str,
+    load: &Load,
+) -> Res<Report> {
+    if !matches!(what, "refresh" | "verify") {
+        return Err(format!("--what is refresh or verify, not {what:?}"));
+    }
+    let t = Arc::new(target(base)?);
+    let issuer: Arc<str> = Arc::from(issuer.trim_end_matches('/'));
+    let mut sender = connect(t.addr).await?;
+    let username = email.split('@').next().unwrap_or("loadgen");
+    let register = serde_json::json!({"username": username, "email": email, "password": password});
+    let (status, body) = send(&mut sender, json_request(&t, "/auth/register", &register)?).await?;
+    if !(status == StatusCode::CREATED || status == StatusCode::CONFLICT) {
+        return Err(format!("register answered {status}: {body:?}"));
+    }
+    let login = serde_json::json!({"email": email, "password": password});
+    let refresh = what == "refresh";
+    let mut tasks = Vec::new();
+    for i in 0..load.connections {
+        let (t, load, login, issuer) = (t.clone(), load.clone(), login.clone(), issuer.clone());
+        tasks.push(tokio::spawn(async move {
+            let key = ProofKey::new()?;
+            let mut sender = connect(t.addr).await?;
+            // A login with a proof: the pair and (the built-in client being public) the family
+            // are bound to this connection's key.
+            let mut req = json_request(&t, "/auth/login", &login)?;
+            let proof = key.proof("POST", &format!("{issuer}/auth/login"), None)?;
+            req.headers_mut()
+                .insert("dpop", HeaderValue::from_str(&proof).map_err(err)?);
+            let (status, body) = send(&mut sender, req).await?;
+            if status != StatusCode::OK {
+                return Err(format!("login answered {status}: {body:?}"));
+            }
+            let pair = serde_json::from_slice::<BoundPair>(&body).map_err(err)?;
+            if pair.token_type != "DPoP" {
+                return Err(format!("the login was not bound: {}", pair.token_type));
+            }
+            let (access, mut token) = (pair.access_token, pair.refresh_token);
+            let (path, method) = if refresh {
+                ("/auth/token/refresh", Method::POST)
+            } else {
+                ("/auth/verify", Method::GET)
+            };
+            let htu = format!("{issuer}{path}");
+            let sched = Schedule::new(&load, i);
+            let mut tally = Tally::default();
+            let mut k = 0u64;
+            while Instant::now() < sched.end {
+                let (authorization, proof) = if refresh {
+                    (format!("Bearer {token}"), key.proof("POST", &htu, None)?)
+                } else {
+                    (
+                        format!("DPoP {access}"),
+                        key.proof("GET", &htu, Some(&access))?,
+                    )
+                };
+                let due = sched.due(k).await;
+                k += 1;
+                let req = Request::builder()
+                    .method(method.clone())
+                    .uri(path)
+                    .header(header::HOST, t.authority.as_str())
+                    .header(header::AUTHORIZATION, authorization)
+                    .header("dpop", proof)
+                    .body(Full::new(Bytes::new()))
+                    .map_err(err)?;
+                let (status, body) = send(&mut sender, req).await?;
+                if status != StatusCode::OK {
+                    sched.record(&mut tally, due, false);
+                    return Err(format!(
+                        "{path} answered {status}: {}",
+                        String::from_utf8_lossy(&body)
+                    ));
+                }
+                if refresh {
+                    token = serde_json::from_slice::<Pair>(&body)
+                        .map_err(err)?
+                        .refresh_token;
+                }
+                sched.record(&mut tally, due, true);
+            }
+            Ok(tally)
+        }));
+    }
+    collect(load, tasks).await
 }
 
 // ---- reference loops ------------------------------------------------------------------------

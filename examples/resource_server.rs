@@ -1,11 +1,17 @@
 //! A resource server that accepts tokend access tokens: `GET /hello` answers
-//! `{"hello": "<sub>", ...}` for a valid `Authorization: Bearer` token and 401 with
-//! `WWW-Authenticate: Bearer error="invalid_token"` otherwise.
+//! `{"hello": "<sub>", ...}` for a valid `Authorization: Bearer` token, or for a DPoP-bound
+//! token sent as `Authorization: DPoP` with a `DPoP` proof of its key for this request (RFC 9449,
+//! docs/dpop.md), and 401 with a `WWW-Authenticate` challenge otherwise (`Bearer`, or `DPoP`
+//! naming `invalid_token` or `invalid_dpop_proof`).
 //!
 //! ```text
 //! cargo run --example resource_server -- --issuer http://localhost:5000 --listen 127.0.0.1:8080
 //! curl -H "Authorization: Bearer $ACCESS" http://127.0.0.1:8080/hello
+//! curl -H "Authorization: DPoP $ACCESS" -H "DPoP: $PROOF" http://127.0.0.1:8080/hello
 //! ```
+//!
+//! A proof names the URL the client called (`htu`): the server compares it with
+//! `--public-url` and the path, so behind a proxy give the URL clients see.
 //!
 //! The verifier discovers the JWKS from `{issuer}/.well-known/openid-configuration`, caches it for
 //! its `max-age`, and refetches at most once per 30 s when a token names an unknown key. The
@@ -29,7 +35,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokend_verifier::{bearer_token, Verifier, VerifierError, VerifierOptions};
+use tokend_verifier::{presented_scheme, Scheme, Verifier, VerifierError, VerifierOptions};
 use tokio::net::TcpListener;
 
 /// Command line (each flag also read from the environment).
@@ -45,6 +51,17 @@ pub struct Args {
     /// Where to listen.
     #[arg(long, env = "RESOURCE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// The URL clients reach this server at, which their DPoP proofs name (default
+    /// `http://` and the listen address).
+    #[arg(long, env = "RESOURCE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// The verifier and what the handler needs beside it.
+pub struct Resource {
+    pub verifier: Verifier,
+    /// The scheme, host and port clients call, without a trailing slash.
+    pub public_url: String,
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
@@ -57,23 +74,32 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<B
     res
 }
 
-/// 401 with the RFC 6750 §3 challenge.
-fn unauthorized(description: &str) -> Response<Full<Bytes>> {
+/// 401 with the challenge of RFC 6750 §3 or RFC 9449 §7.1 that fits the refusal.
+fn unauthorized(e: &VerifierError, scheme: Option<Scheme>) -> Response<Full<Bytes>> {
+    let error = match e {
+        VerifierError::Proof(_) => "invalid_dpop_proof",
+        _ => "invalid_token",
+    };
+    let description = match e {
+        VerifierError::Expired => "token expired".to_string(),
+        VerifierError::Authorization(_)
+        | VerifierError::DpopBound
+        | VerifierError::NotDpopBound
+        | VerifierError::Proof(_) => e.to_string(),
+        _ => "token not accepted".to_string(),
+    };
     let mut res = json_response(
         StatusCode::UNAUTHORIZED,
-        json!({"error": "invalid_token", "error_description": description}),
+        json!({"error": error, "error_description": description}),
     );
-    let challenge = format!(
-        "Bearer realm=\"resource_server\", error=\"invalid_token\", error_description=\"{description}\""
-    );
-    if let Ok(v) = HeaderValue::from_str(&challenge) {
+    if let Ok(v) = HeaderValue::from_str(&e.challenge(scheme)) {
         res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
     }
     res
 }
 
 /// Answers one request.
-pub async fn handle<B>(verifier: &Verifier, req: Request<B>) -> Response<Full<Bytes>> {
+pub async fn handle<B>(resource: &Resource, req: Request<B>) -> Response<Full<Bytes>> {
     if req.uri().path() != "/hello" {
         return json_response(StatusCode::NOT_FOUND, json!({"error": "not_found"}));
     }
@@ -86,10 +112,13 @@ pub async fn handle<B>(verifier: &Verifier, req: Request<B>) -> Response<Full<By
             .insert(header::ALLOW, HeaderValue::from_static("GET"));
         return res;
     }
-    let Some(token) = bearer_token(req.headers()) else {
-        return unauthorized("missing bearer token");
-    };
-    match verifier.verify(token).await {
+    let scheme = presented_scheme(req.headers());
+    let uri = format!("{}{}", resource.public_url, req.uri().path());
+    match resource
+        .verifier
+        .verify_request(req.headers(), req.method().as_str(), &uri)
+        .await
+    {
         Ok(claims) => json_response(
             StatusCode::OK,
             json!({
@@ -102,10 +131,7 @@ pub async fn handle<B>(verifier: &Verifier, req: Request<B>) -> Response<Full<By
         ),
         Err(e) if e.is_invalid_token() => {
             tracing::info!(reason = e.reason(), "token refused");
-            unauthorized(match e {
-                VerifierError::Expired => "token expired",
-                _ => "token not accepted",
-            })
+            unauthorized(&e, scheme)
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot verify tokens");
@@ -124,7 +150,7 @@ pub async fn handle<B>(verifier: &Verifier, req: Request<B>) -> Response<Full<By
 /// most).
 pub async fn serve(
     listener: TcpListener,
-    verifier: Arc<Verifier>,
+    resource: Arc<Resource>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -145,10 +171,10 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let verifier = verifier.clone();
+                let resource = resource.clone();
                 let service = service_fn(move |req| {
-                    let verifier = verifier.clone();
-                    async move { Ok::<_, Infallible>(handle(&verifier, req).await) }
+                    let resource = resource.clone();
+                    async move { Ok::<_, Infallible>(handle(&resource, req).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn.into_owned());
@@ -174,12 +200,18 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let verifier =
         match Verifier::discover(&args.issuer, &args.audience, VerifierOptions::default()).await {
-            Ok(v) => Arc::new(v),
+            Ok(v) => v,
             Err(e) => {
                 eprintln!("resource_server: {e}");
                 return ExitCode::FAILURE;
             }
         };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen))
+        .trim_end_matches('/')
+        .to_string();
     let listener = match TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -188,7 +220,11 @@ async fn main() -> ExitCode {
         }
     };
     tracing::info!(listen = %args.listen, issuer = %args.issuer, jwks_uri = verifier.jwks_uri(), "resource server ready");
-    serve(listener, verifier, async {
+    let resource = Arc::new(Resource {
+        verifier,
+        public_url,
+    });
+    serve(listener, resource, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;

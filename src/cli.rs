@@ -127,6 +127,10 @@ pub(crate) enum ClientsCommand {
         /// The client must push its authorization requests to /oauth/par first (RFC 9126 §6).
         #[arg(long)]
         require_par: bool,
+        /// The client always sends a DPoP proof to the token endpoint, which refuses a token
+        /// request without one (`dpop_bound_access_tokens`, RFC 9449 §5.2).
+        #[arg(long)]
+        dpop_bound: bool,
         /// Print `{"client_id","client_secret"}` only.
         #[arg(long)]
         json: bool,
@@ -522,6 +526,8 @@ struct ClientRow<'a> {
     client_name: Option<&'a str>,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     require_pushed_authorization_requests: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    dpop_bound_access_tokens: bool,
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -539,6 +545,7 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         first_party: c.meta.first_party,
         client_name: c.meta.client_name.as_deref(),
         require_pushed_authorization_requests: c.meta.require_pushed_authorization_requests,
+        dpop_bound_access_tokens: c.meta.dpop_bound_access_tokens,
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -630,6 +637,7 @@ async fn clients_subcommand(
             auth_method,
             id_token_alg,
             require_par,
+            dpop_bound,
             json,
         } => {
             let client_id = match id {
@@ -660,6 +668,7 @@ async fn clients_subcommand(
                     token_endpoint_auth_method: auth_method,
                     id_token_signed_response_alg: id_token_alg,
                     require_pushed_authorization_requests: require_par,
+                    dpop_bound_access_tokens: dpop_bound,
                 },
                 registration: None,
             };

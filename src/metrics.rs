@@ -89,6 +89,9 @@ pub(crate) struct Metrics {
     /// `tokend_events_dropped_total`: account events the store did not take (they are still
     /// in the audit log).
     pub(crate) events_dropped: IntCounter,
+    /// `tokend_dpop_proofs_total{result,reason}`: DPoP proofs accepted (`reason` `none`) or
+    /// refused, by the reason of the refusal (docs/dpop.md).
+    pub(crate) dpop_proofs: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -331,6 +334,12 @@ impl Metrics {
                 r,
                 "tokend_events_dropped_total",
                 "Account events that could not be stored (they are still in the audit log).",
+            ),
+            dpop_proofs: counter(
+                r,
+                "tokend_dpop_proofs_total",
+                "DPoP proofs accepted (reason none) or refused, by reason (RFC 9449).",
+                &["result", "reason"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

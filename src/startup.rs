@@ -23,13 +23,13 @@ use crate::metrics::Metrics;
 use crate::store::instrumented::Instrumented;
 use crate::store::memory::{
     MemoryAuthorize, MemoryClients, MemoryConsents, MemoryDevices, MemoryEvents, MemoryLimits,
-    MemoryMail, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
+    MemoryMail, MemoryReplay, MemorySessions, MemoryUsers, EVENTS_CAPACITY,
 };
 use crate::store::mongo::MongoStore;
 use crate::store::redis::RedisStore;
 use crate::store::{
     AuthorizeStore, ClientStore, ConsentStore, DeviceStore, EventStore, LeaseStore, LimitStore,
-    MailStore, SessionStore, UserStore,
+    MailStore, ReplayStore, SessionStore, UserStore,
 };
 
 /// Why the application could not start.
@@ -100,6 +100,8 @@ pub struct Backends {
     pub lease: Option<Arc<dyn LeaseStore>>,
     /// Rate limits and login back-off (Redis in production).
     pub limits: Arc<dyn LimitStore>,
+    /// Single-use keys: DPoP proof `jti`s (Redis in production).
+    pub replay: Arc<dyn ReplayStore>,
     /// `embedded` or `production`: the `mode` of `/readyz` and the logs.
     pub mode_name: &'static str,
 }
@@ -120,6 +122,7 @@ impl Backends {
                 keystore: Arc::new(DirKeyStore::new(keys_dir.clone())),
                 lease: None,
                 limits: Arc::new(MemoryLimits::new(clock.clone())),
+                replay: Arc::new(MemoryReplay::new(clock.clone())),
                 mode_name: "embedded",
             }),
             Mode::Production {
@@ -162,6 +165,7 @@ impl Backends {
                     device: redis.clone(),
                     keystore: Arc::new(keystore),
                     limits: redis.clone(),
+                    replay: redis.clone(),
                     lease: Some(redis),
                     mode_name: "production",
                 })
@@ -186,6 +190,7 @@ impl Backends {
             sessions: Arc::new(Instrumented::new(self.sessions, kv_store, metrics.clone())),
             authorize: Arc::new(Instrumented::new(self.authorize, kv_store, metrics.clone())),
             device: Arc::new(Instrumented::new(self.device, kv_store, metrics.clone())),
+            replay: Arc::new(Instrumented::new(self.replay, kv_store, metrics.clone())),
             ..self
         }
     }
@@ -312,6 +317,7 @@ impl Application {
             clients: registry,
             sessions,
             limits: b.limits,
+            replay: b.replay,
             authorize: b.authorize,
             consents: b.consents,
             device: b.device,

@@ -6,7 +6,7 @@
 //!
 //! - `server.rs`: listeners, TLS, connection caps and deadlines, body limit, trusted proxies;
 //! - `browser.rs`: CORS origins and the refresh cookie;
-//! - `tokens.rs`: issuer, audience, token and session lifetimes, the session cap;
+//! - `tokens.rs`: issuer, audience, token and session lifetimes, the session cap, DPoP nonces;
 //! - `signing.rs`: signing algorithms, RSA size, the rotation schedule;
 //! - `stores.rs`: the running mode and its stores;
 //! - `accounts.rs`: Argon2id, admins, the bootstrap admin, static clients;
@@ -169,6 +169,9 @@ pub struct Config {
     pub(crate) rate_limit_registration: Rate,
     /// `TOKEND_SMTP_URL`, `TOKEND_MAIL_DIR`, `TOKEND_MAIL_FROM`, `TOKEND_EMAIL_VERIFICATION`.
     pub(crate) mail: MailSettings,
+    /// `TOKEND_DPOP_NONCE=on`: DPoP proofs at the token endpoint and on protected routes must
+    /// carry a nonce from tokend (RFC 9449 §8, §9; docs/dpop.md).
+    pub(crate) dpop_nonce: bool,
 }
 
 impl Config {
@@ -255,6 +258,7 @@ fn assemble(
         session_ttl,
         refresh_reuse_leeway,
         max_sessions_per_user,
+        dpop_nonce,
     } = tokens?;
     let signing::Signing {
         signing_algs,
@@ -346,6 +350,7 @@ fn assemble(
         client_registration,
         rate_limit_registration,
         mail,
+        dpop_nonce,
     })
 }
 

@@ -1,10 +1,11 @@
 //! Tokens and sessions: the issuer and audience every token names, how long access tokens,
-//! refresh tokens and refresh families live (docs/sessions.md), and the session cap.
+//! refresh tokens and refresh families live (docs/sessions.md), the session cap, and whether
+//! DPoP proofs must carry a server nonce (docs/dpop.md).
 
 use std::time::Duration;
 
 use super::env::Reader;
-use super::values::{parse_duration, parse_duration_allow_zero, parse_in};
+use super::values::{parse_duration, parse_duration_allow_zero, parse_in, parse_switch};
 use super::vars;
 
 /// Largest allowed grace for concurrent refreshes (60 s).
@@ -19,6 +20,7 @@ pub(super) struct Tokens {
     pub(super) session_ttl: Duration,
     pub(super) refresh_reuse_leeway: Duration,
     pub(super) max_sessions_per_user: u32,
+    pub(super) dpop_nonce: bool,
 }
 
 pub(super) fn read(r: &mut Reader<'_>) -> Option<Tokens> {
@@ -31,6 +33,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<Tokens> {
     let max_sessions_per_user = r.value(&vars::MAX_SESSIONS_PER_USER, |v| {
         parse_in(v, 1..=10_000, "expected a number from 1 to 10000")
     });
+    let dpop_nonce = r.value(&vars::DPOP_NONCE, parse_switch);
 
     if let (Some(refresh), Some(session)) = (refresh_ttl, session_ttl) {
         if refresh > session {
@@ -56,6 +59,7 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<Tokens> {
         session_ttl: session_ttl?,
         refresh_reuse_leeway: refresh_reuse_leeway?,
         max_sessions_per_user: max_sessions_per_user?,
+        dpop_nonce: dpop_nonce?,
     })
 }
 

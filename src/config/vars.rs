@@ -162,6 +162,7 @@ pub(crate) static VARS: &[&Var] = &[
     &MAIL_FROM,
     &MAIL_DIR,
     &EMAIL_VERIFICATION,
+    &DPOP_NONCE,
 ];
 
 /// Where `var` stands in [`VARS`] (`None` for a name that is not a variable, such as `.env`).
@@ -703,6 +704,15 @@ pub(crate) static EMAIL_VERIFICATION: Var = Var {
     scope: Scope::All,
     secrecy: Secrecy::Public,
     show: |c| c.mail.verification.as_str().to_string(),
+};
+
+/// Whether DPoP proofs must carry a nonce from tokend (dpop.rs).
+pub(crate) static DPOP_NONCE: Var = Var {
+    name: "TOKEND_DPOP_NONCE",
+    default: DefaultValue::Value("off"),
+    scope: Scope::All,
+    secrecy: Secrecy::Public,
+    show: |c| show_switch(c.dpop_nonce),
 };
 
 #[cfg(test)]

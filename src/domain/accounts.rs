@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::dpop::{ProofHeader, Target};
 use super::email_change::EmailChange;
 use super::events::{EventType, Events, NewEvent, Origin};
 use super::input::{Email, Password, Username};
@@ -54,6 +55,9 @@ impl From<&UserRecord> for UserView {
         }
     }
 }
+
+/// The seed's login route: the `htu` of its proofs is the issuer and this.
+pub(crate) const LOGIN_PATH: &str = "/auth/login";
 
 /// A successful login or refresh: the pair and its lifetime.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -366,20 +370,40 @@ impl Accounts {
         email: &str,
         password: &str,
         origin: &Origin,
+        proof: &ProofHeader,
     ) -> Result<TokenPair, Error> {
+        let dpop = self.sessions.dpop();
+        let checked = dpop
+            .check(
+                proof,
+                Target {
+                    method: "POST",
+                    path: LOGIN_PATH,
+                },
+                None,
+            )
+            .map_err(Error::DpopProof)?;
+        let proof = dpop.spend_if_any(checked).await?;
+        let bound = proof.is_some();
         let user = self
             .check_password(email, password, false, SignInVia::Api, origin)
             .await?;
         let client = super::clients::first_party_client();
-        self.sessions
+        let pair = self
+            .sessions
             .start_session(
                 &user,
                 &client,
                 "",
                 self.sessions.settings().default_alg(),
                 origin,
+                proof,
             )
-            .await
+            .await?;
+        if bound {
+            dpop.accepted();
+        }
+        Ok(pair)
     }
 
     /// `DELETE /users/me` (fresh token, `current_password`): the account ends

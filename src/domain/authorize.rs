@@ -1,7 +1,8 @@
 //! The `Authorize` service: the authorization code flow with PKCE (RFC 6749 §4.1, RFC 7636,
 //! OAuth 2.1 rules), pushed authorization requests (RFC 9126), OpenID Connect (ID tokens,
-//! userinfo, RP-initiated logout), the browser session and consents (docs/authorize.md). No
-//! HTTP here: handlers turn an [`Outcome`] into a redirect, a form post or a page.
+//! userinfo, RP-initiated logout), the browser session and consents (docs/authorize.md), and
+//! codes bound to a DPoP key (RFC 9449 §10, docs/dpop.md). No HTTP here: handlers turn an
+//! [`Outcome`] into a redirect, a form post or a page.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use serde_json::{json, Map, Value};
 use super::accounts::{Accounts, Principal, SignInVia};
 use super::clients::{is_loopback, GRANT_AUTHORIZATION_CODE};
 use super::events::{EventType, Events, NewEvent, Origin};
+use super::dpop::{is_jkt, ProofHeader, ProofRefusal, Proven, Target};
 use super::ids;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
 use super::sessions::{FamilyStart, Sessions};
@@ -43,6 +45,9 @@ const PUSHED_REQUEST_TTL_MS: i64 = 60_000;
 /// The form of the request URIs tokend hands out (RFC 9126 §2.2), followed by 256 random bits,
 /// base64url.
 const REQUEST_URI_PREFIX: &str = "urn:ietf:params:oauth:request_uri:";
+/// The pushed authorization request endpoint's path: the `htu` of its proofs is the issuer
+/// and this (RFC 9449 §10.1).
+pub(crate) const PAR_PATH: &str = "/oauth/par";
 /// Longest `state`, `nonce` and `login_hint` accepted.
 const MAX_PARAM_LEN: usize = 2048;
 
@@ -74,6 +79,8 @@ pub(crate) struct AuthorizeParams {
     pub(crate) login_hint: Option<String>,
     pub(crate) request_uri: Option<String>,
     pub(crate) request: Option<String>,
+    /// RFC 9449 §10: the thumbprint of the DPoP key the code is to be bound to.
+    pub(crate) dpop_jkt: Option<String>,
 }
 
 /// How the answer reaches the client (OAuth 2.0 Multiple Response Types §2.1, Form Post
@@ -110,6 +117,10 @@ struct PendingRequest {
     /// With `force_login`, the browser session (hashed id) the request found: the sign-in must
     /// be a new one (every sign-in creates a new session).
     stale_session: Option<String>,
+    /// The DPoP key the code is bound to (RFC 9449 §10): `dpop_jkt`, or the key of the proof
+    /// that came with a pushed request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_jkt: Option<String>,
 }
 
 /// A pushed authorization request (RFC 9126 §2), validated when it was pushed and kept until
@@ -241,6 +252,10 @@ struct CodeGrant {
     sid: String,
     /// The browser session (hashed id) that signed the user in.
     browser_session: Option<String>,
+    /// The DPoP key the code is bound to (RFC 9449 §10): only a token request proving it may
+    /// redeem the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dpop_jkt: Option<String>,
 }
 
 /// A browser session (docs/authorize.md, "Browser session").
@@ -615,6 +630,7 @@ impl Authorize {
         &self,
         client: &Client,
         p: &AuthorizeParams,
+        proof: &ProofHeader,
     ) -> Result<PushedAuthorization, OAuthError> {
         let client = client.record();
         if nonempty(&p.request_uri).is_some() {
@@ -638,12 +654,37 @@ impl Authorize {
         let redirect_uri = redirect_uri_for(client, nonempty(&p.redirect_uri))
             .map_err(|problem| OAuthError::InvalidRequest(problem.description().into()))?;
         let mode = response_mode_of(p).map_err(|d| OAuthError::InvalidRequest(d.into()))?;
-        let request =
+        let mut request =
             self.validate(p, client, redirect_uri, mode)
                 .map_err(|(error, description)| {
                     self.count("refused", client);
                     pushed_refusal(error, description)
                 })?;
+        // RFC 9449 §10.1: a proof with the push binds the code to its key, as `dpop_jkt` would;
+        // when both are sent they must name the same key.
+        let dpop = self.sessions.dpop();
+        let checked = dpop
+            .check(
+                proof,
+                Target {
+                    method: "POST",
+                    path: PAR_PATH,
+                },
+                None,
+            )
+            .map_err(OAuthError::DpopProof)?;
+        if let Some(proven) = dpop.spend_if_any(checked).await? {
+            match &request.dpop_jkt {
+                Some(jkt) if *jkt != proven.jkt => {
+                    self.count("refused", client);
+                    return Err(OAuthError::InvalidRequest(
+                        "dpop_jkt does not match the key of the DPoP proof (RFC 9449 §10.1)".into(),
+                    ));
+                }
+                _ => request.dpop_jkt = Some(proven.jkt),
+            }
+            dpop.accepted();
+        }
         let reference = ids::random_secret()?;
         let pushed = PushedRequest {
             client_id: client.client_id.clone(),
@@ -806,6 +847,13 @@ impl Authorize {
         if prompt_none && prompts.len() > 1 {
             return Err(bad("prompt=none cannot be combined with other values"));
         }
+        let dpop_jkt = nonempty(&p.dpop_jkt).map(String::from);
+        if dpop_jkt.as_deref().is_some_and(|j| !is_jkt(j)) {
+            return Err(bad(
+                "dpop_jkt must be the 43-character base64url SHA-256 JWK thumbprint of the \
+                 DPoP key (RFC 9449 §10)",
+            ));
+        }
         Ok(PendingRequest {
             client_id: client.client_id.clone(),
             redirect_uri,
@@ -821,6 +869,7 @@ impl Authorize {
             prompt_consent: prompts.contains("consent"),
             force_login: prompts.contains("login") || prompts.contains("select_account"),
             stale_session: None,
+            dpop_jkt,
         })
     }
 
@@ -959,6 +1008,7 @@ impl Authorize {
             amr: s.session.amr.clone(),
             sid: self.sessions.new_id()?,
             browser_session: Some(s.id.clone()),
+            dpop_jkt: pending.dpop_jkt.clone(),
         };
         let json = serde_json::to_string(&grant)
             .map_err(|e| Error::Internal(format!("serialising a code: {e}")))?;
@@ -1203,8 +1253,9 @@ impl Authorize {
     }
 
     /// `grant_type=authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.6): a single-use code,
-    /// bound to the client, the redirect URI and the PKCE challenge. A replayed code revokes
-    /// the family its first use started (RFC 6749 §4.1.2).
+    /// bound to the client, the redirect URI and the PKCE challenge, and to a DPoP key when
+    /// the request named one (RFC 9449 §10). A replayed code revokes the family its first use
+    /// started (RFC 6749 §4.1.2). `proof` is the token request's, already spent.
     pub(crate) async fn redeem(
         &self,
         client: &Client,
@@ -1212,6 +1263,7 @@ impl Authorize {
         redirect_uri: Option<&str>,
         verifier: Option<&str>,
         origin: &Origin,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = code.ok_or_else(|| invalid("missing parameter code"))?;
@@ -1271,6 +1323,19 @@ impl Authorize {
         if !ids::constant_time_eq(computed.as_bytes(), g.code_challenge.as_bytes()) {
             return Err(bad_grant("code_verifier does not match the code_challenge"));
         }
+        if let Some(jkt) = &g.dpop_jkt {
+            let dpop = self.sessions.dpop();
+            match &proof {
+                None => return Err(OAuthError::DpopProof(dpop.refused(ProofRefusal::Missing))),
+                Some(p) if p.jkt != *jkt => {
+                    dpop.refused(ProofRefusal::Key);
+                    return Err(bad_grant(
+                        "the authorization code is bound to another DPoP key (dpop_jkt)",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
         let Some(user) = self.users.by_id(&g.user_id).await.map_err(Error::from)? else {
             return Err(bad_grant("the user no longer exists"));
         };
@@ -1288,6 +1353,7 @@ impl Authorize {
                     grant: GRANT_AUTHORIZATION_CODE,
                     fresh: false,
                     origin: origin.clone(),
+                    proof,
                 },
             )
             .await?;

@@ -262,6 +262,8 @@ struct StaticClient {
     id_token_signed_response_alg: Option<String>,
     #[serde(default)]
     require_pushed_authorization_requests: bool,
+    #[serde(default)]
+    dpop_bound_access_tokens: bool,
 }
 
 /// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
@@ -320,6 +322,7 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
                 token_endpoint_auth_method: c.token_endpoint_auth_method,
                 id_token_signed_response_alg: c.id_token_signed_response_alg,
                 require_pushed_authorization_requests: c.require_pushed_authorization_requests,
+                dpop_bound_access_tokens: c.dpop_bound_access_tokens,
             },
             registration: None,
         };
@@ -530,6 +533,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("TOKEND_SIGNING_ALGS"), "{e}");
+    }
+
+    #[test]
+    fn dpop_bound_access_tokens_is_read_from_the_static_file() {
+        let json = br#"[{"client_id":"app","grant_types":["password","refresh_token"],
+                         "dpop_bound_access_tokens":true},
+                        {"client_id":"svc","client_secret":"s","grant_types":["client_credentials"]}]"#;
+        let list = parse_static_clients(json, ALGS).unwrap();
+        assert!(list[0].meta.dpop_bound_access_tokens);
+        assert!(!list[1].meta.dpop_bound_access_tokens, "off unless set");
+        let bad = br#"[{"client_id":"app","grant_types":["password"],
+                        "dpop_bound_access_tokens":"yes"}]"#;
+        assert!(parse_static_clients(bad, ALGS).is_err(), "a boolean only");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::authorize::{hashed, scope_description, Authorize, IdTokenFacts, OIDC_SCOPES};
 use super::clients::GRANT_DEVICE_CODE;
 use super::events::Origin;
+use super::dpop::Proven;
 use super::ids;
 use super::limits::Limits;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
@@ -489,6 +490,7 @@ impl Devices {
         client: &Client,
         device_code: Option<&str>,
         origin: &Origin,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = device_code
@@ -549,7 +551,7 @@ impl Devices {
                 ));
             }
         };
-        let response = self.issue(client, &grant, origin).await;
+        let response = self.issue(client, &grant, origin, proof).await;
         let answer = match &response {
             Ok(_) => "tokens",
             Err(OAuthError::AccessDenied(_)) => "access_denied",
@@ -567,6 +569,7 @@ impl Devices {
         client: &ClientRecord,
         grant: &str,
         origin: &Origin,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         let a: Approval = serde_json::from_str(grant).map_err(|e| {
             OAuthError::Other(Error::Internal(format!(
@@ -601,6 +604,7 @@ impl Devices {
                     grant: GRANT_LABEL,
                     fresh: false,
                     origin: origin.clone(),
+                    proof,
                 },
             )
             .await?;

@@ -6,6 +6,7 @@ pub(crate) mod admin;
 pub(crate) mod authorize;
 pub mod clients;
 pub(crate) mod device;
+pub(crate) mod dpop;
 pub(crate) mod email_change;
 pub mod events;
 pub(crate) mod ids;
@@ -47,6 +48,14 @@ pub enum Error {
     /// A bearer token was refused; the reason's description is safe to show.
     #[error("{0}")]
     TokenRejected(Refusal),
+    /// An access token presented with the `DPoP` scheme was refused (RFC 9449 §7.1: the
+    /// challenge is `DPoP`).
+    #[error("{0}")]
+    DpopTokenRejected(Refusal),
+    /// A DPoP proof was refused (RFC 9449 §4.3, §7.1); [`ProofRefusal::Nonce`] asks for the
+    /// server's nonce (`use_dpop_nonce`, §8, §9).
+    #[error("{0}")]
+    DpopProof(dpop::ProofRefusal),
     /// The action needs a token minted by a password login.
     #[error("fresh token required")]
     FreshTokenRequired,
@@ -148,6 +157,8 @@ pub(crate) struct ServiceParts {
     pub(crate) clients: Arc<dyn ClientStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) limits: Arc<dyn crate::store::LimitStore>,
+    /// Single-use keys (DPoP proof `jti`s).
+    pub(crate) replay: Arc<dyn crate::store::ReplayStore>,
     pub(crate) authorize: Arc<dyn crate::store::AuthorizeStore>,
     pub(crate) consents: Arc<dyn crate::store::ConsentStore>,
     pub(crate) device: Arc<dyn crate::store::DeviceStore>,
@@ -194,6 +205,25 @@ impl Services {
                 admin_emails: p.config.admin_emails.clone(),
             },
         ));
+        // Nonces (docs/dpop.md) from the key-encryption key, so every instance of a deployment
+        // agrees; embedded mode has one instance and a random key.
+        let nonce_secret: Option<Vec<u8>> = if p.config.dpop_nonce {
+            Some(match &p.config.mode {
+                crate::config::Mode::Production {
+                    key_encryption_key, ..
+                } => key_encryption_key.0.to_vec(),
+                crate::config::Mode::Embedded { .. } => ids::random_bytes::<32>()?.to_vec(),
+            })
+        } else {
+            None
+        };
+        let dpop = Arc::new(dpop::Dpop::new(
+            p.replay,
+            p.config.issuer.clone(),
+            nonce_secret.as_deref(),
+            p.clock.clone(),
+            p.metrics.clone(),
+        ));
         let sessions = Arc::new(sessions::Sessions::new(
             p.sessions,
             p.users.clone(),
@@ -203,6 +233,7 @@ impl Services {
             p.metrics.clone(),
             sessions::SessionSettings::from_config(&p.config),
             events.clone(),
+            dpop,
         ));
         let id_domain = url::Url::parse(&p.config.issuer)
             .ok()

@@ -13,9 +13,10 @@ use super::clients::{
     GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
 };
 use super::device::Devices;
+use super::dpop::{ProofHeader, ProofRefusal, Proven, Target};
 use super::limits::Limits;
-use super::sessions::Sessions;
-use super::tokens::Audience;
+use super::sessions::{token_type, Sessions};
+use super::tokens::{Audience, Confirmation};
 use super::Error;
 use crate::clock::SharedClock;
 use crate::store::{ClientRecord, ClientStore, UserClaims, UserStore};
@@ -98,6 +99,10 @@ pub enum OAuthError {
     /// RFC 8628 §3.5: the device code expired.
     #[error("{0}")]
     ExpiredToken(String),
+    /// RFC 9449 §5, §8: the DPoP proof was refused (`invalid_dpop_proof`), or lacks the
+    /// server's nonce (`use_dpop_nonce`, [`ProofRefusal::Nonce`]).
+    #[error("{0}")]
+    DpopProof(ProofRefusal),
     /// Not an RFC 6749 error: a store down (503) or a fault of the server's own (500).
     #[error(transparent)]
     Other(Error),
@@ -110,6 +115,7 @@ impl From<Error> for OAuthError {
                 OAuthError::InvalidGrant("invalid username or password".into())
             }
             Error::Refresh(r) => OAuthError::InvalidGrant(r.to_string()),
+            Error::DpopProof(r) => OAuthError::DpopProof(r),
             other => OAuthError::Other(other),
         }
     }
@@ -188,7 +194,13 @@ pub struct TokenRequest {
     /// The request's address and `User-Agent`: a family started here keeps them for the
     /// sessions list, and a password sign-in's event the address.
     pub origin: super::events::Origin,
+    /// The request's `DPoP` header (RFC 9449 §5): with a valid proof the access token is bound
+    /// to its key.
+    pub dpop: ProofHeader,
 }
+
+/// The token endpoint's path: the `htu` of its proofs is the issuer and this.
+pub(crate) const TOKEN_PATH: &str = "/oauth/token";
 
 /// An introspection answer (RFC 7662 §2.2). Inactive tokens are `{"active":false}` only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -216,7 +228,8 @@ pub(crate) struct TokenDetails {
     pub(crate) client_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) username: Option<String>,
-    /// Always `Bearer` (the RFC 6749 §5.1 type the token is used with).
+    /// `Bearer`, or `DPoP` for a token bound to a key (the RFC 6749 §5.1 type the token is
+    /// used with; RFC 9449 §6.2).
     pub(crate) token_type: &'static str,
     /// `access_token` or `refresh_token`.
     pub(crate) token_use: &'static str,
@@ -230,6 +243,9 @@ pub(crate) struct TokenDetails {
     pub(crate) jti: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) sid: Option<String>,
+    /// The DPoP key a bound token is bound to (RFC 9449 §6.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) cnf: Option<Confirmation>,
 }
 
 /// Which kind of token a revocation or introspection request says it holds (RFC 7009 §2.1).
@@ -397,7 +413,26 @@ impl OAuth {
                 "this client may not use grant_type {grant}"
             )));
         }
-        match grant {
+        // RFC 9449 §5: the proof is checked before the grant; every grant binds the access
+        // token it issues to the proof's key.
+        let dpop = self.sessions.dpop();
+        let target = Target {
+            method: "POST",
+            path: TOKEN_PATH,
+        };
+        let checked = dpop
+            .check(&req.dpop, target, None)
+            .map_err(OAuthError::DpopProof)?;
+        if checked.is_none() && client.meta.dpop_bound_access_tokens {
+            return Err(OAuthError::DpopProof(dpop.refused(ProofRefusal::Missing)));
+        }
+        if grant == GRANT_REFRESH_TOKEN {
+            // Spent in the refresh's own round trip; counted there.
+            return self.refresh_grant(client, req, checked).await;
+        }
+        let proof = dpop.spend_if_any(checked).await?;
+        let bound = proof.is_some();
+        let response = match grant {
             GRANT_AUTHORIZATION_CODE => {
                 self.authorize
                     .redeem(
@@ -406,6 +441,7 @@ impl OAuth {
                         req.redirect_uri.as_deref(),
                         req.code_verifier.as_deref(),
                         &req.origin,
+                        proof,
                     )
                     .await
             }
@@ -415,13 +451,17 @@ impl OAuth {
                         &Client(client.clone()),
                         req.device_code.as_deref(),
                         &req.origin,
+                        proof,
                     )
                     .await
             }
-            GRANT_PASSWORD => self.password_grant(client, req).await,
-            GRANT_REFRESH_TOKEN => self.refresh_grant(client, req).await,
-            _ => self.client_credentials_grant(client, req),
+            GRANT_PASSWORD => self.password_grant(client, req, proof).await,
+            _ => self.client_credentials_grant(client, req, proof),
+        };
+        if bound && response.is_ok() {
+            dpop.accepted();
         }
+        response
     }
 
     /// RFC 6749 §4.3: username (or email) and password; starts a refresh family.
@@ -429,6 +469,7 @@ impl OAuth {
         &self,
         client: &ClientRecord,
         req: &TokenRequest,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         let login = required(&req.username, "username")?;
         let password = required(&req.password, "password")?;
@@ -445,6 +486,7 @@ impl OAuth {
                 &scope,
                 self.sessions.client_alg(client),
                 &req.origin,
+                proof,
             )
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
@@ -465,6 +507,7 @@ impl OAuth {
         &self,
         client: &ClientRecord,
         req: &TokenRequest,
+        proof: Option<super::dpop::CheckedProof>,
     ) -> Result<TokenResponse, OAuthError> {
         let token = required(&req.refresh_token, "refresh_token")?;
         if let Some(requested) = req.scope.as_deref() {
@@ -476,7 +519,10 @@ impl OAuth {
                 grant_scope(Some(requested), &original)?;
             }
         }
-        let pair = self.sessions.refresh(token, Some(client)).await?;
+        let pair = self
+            .sessions
+            .refresh_with(token, Some(client), proof)
+            .await?;
         Ok(TokenResponse {
             access_token: pair.access_token,
             token_type: pair.token_type,
@@ -493,6 +539,7 @@ impl OAuth {
         &self,
         client: &ClientRecord,
         req: &TokenRequest,
+        proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
         if client.secret_sha256.is_none() {
             return Err(OAuthError::UnauthorizedClient(
@@ -500,11 +547,12 @@ impl OAuth {
             ));
         }
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
-        let (access_token, ttl) = self.sessions.sign_client_access(client, &scope)?;
+        let jkt = proof.as_ref().map(|p| p.jkt.as_str());
+        let (access_token, ttl) = self.sessions.sign_client_access(client, &scope, jkt)?;
         tracing::debug!(client_id = %client.client_id, "client_credentials grant");
         Ok(TokenResponse {
             access_token,
-            token_type: "Bearer",
+            token_type: token_type(jkt.is_some()),
             expires_in: ttl,
             refresh_token: None,
             scope,
@@ -594,7 +642,7 @@ impl OAuth {
                 scope: claims.scope,
                 client_id: claims.client_id,
                 username,
-                token_type: "Bearer",
+                token_type: token_type(claims.cnf.is_some()),
                 token_use: "access_token",
                 exp: claims.exp,
                 iat: claims.iat,
@@ -604,6 +652,7 @@ impl OAuth {
                 iss: claims.iss,
                 jti: claims.jti,
                 sid: claims.sid,
+                cnf: claims.cnf,
             }),
         }))
     }
@@ -645,7 +694,7 @@ impl OAuth {
                 scope: claims.scope,
                 client_id: claims.client_id,
                 username: Some(username),
-                token_type: "Bearer",
+                token_type: token_type(family.jkt.is_some()),
                 token_use: "refresh_token",
                 exp: claims.exp,
                 iat: claims.iat,
@@ -655,6 +704,7 @@ impl OAuth {
                 iss: claims.iss,
                 jti: claims.jti,
                 sid: Some(claims.sid),
+                cnf: family.jkt.map(|jkt| Confirmation { jkt }),
             }),
         }))
     }

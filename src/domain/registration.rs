@@ -104,6 +104,8 @@ pub(crate) struct ClientMetadataRequest {
     id_token_signed_response_alg: Option<String>,
     /// RFC 9126 §6: this client's authorization requests must be pushed.
     require_pushed_authorization_requests: Option<bool>,
+    /// RFC 9449 §5.2: this client always sends DPoP proofs to the token endpoint.
+    dpop_bound_access_tokens: Option<bool>,
     /// Only in an update, where it must be the client's own id (RFC 7592 §2.2).
     client_id: Option<String>,
     /// Only in an update, where it must be the client's current secret (RFC 7592 §2.2).
@@ -151,6 +153,8 @@ pub(crate) struct ClientInformation {
     id_token_signed_response_alg: Option<String>,
     /// RFC 9126 §6.
     require_pushed_authorization_requests: bool,
+    /// RFC 9449 §5.2.
+    dpop_bound_access_tokens: bool,
 }
 
 impl ClientInformation {
@@ -374,6 +378,7 @@ fn validate_metadata(
             require_pushed_authorization_requests: req
                 .require_pushed_authorization_requests
                 .unwrap_or(false),
+            dpop_bound_access_tokens: req.dpop_bound_access_tokens.unwrap_or(false),
         },
         confidential,
     })
@@ -761,6 +766,7 @@ impl Registration {
             require_pushed_authorization_requests: client
                 .meta
                 .require_pushed_authorization_requests,
+            dpop_bound_access_tokens: client.meta.dpop_bound_access_tokens,
         }
     }
 }

@@ -1,13 +1,16 @@
-//! The `Sessions` service (docs/sessions.md): the access-token check, refresh families (a
-//! login starts one, each refresh exchanges its current token atomically, reuse revokes it),
-//! logout, and ending all of a user's sessions.
+//! The `Sessions` service (docs/sessions.md): the access-token check (bearer or DPoP-bound,
+//! docs/dpop.md), refresh families (a login starts one, each refresh exchanges its current token
+//! atomically, reuse revokes it), logout, and ending all of a user's sessions.
 
 use std::sync::Arc;
 
+use tokend_token_shape::Scheme;
+
 use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
+use super::dpop::{CheckedProof, Dpop, ProofHeader, ProofRefusal, Proven, Target};
 use super::events::{EventType, Events, NewEvent, Origin};
-use super::tokens::{AccessClaims, Audience, RefreshClaims, Refusal, LEEWAY_SECS};
+use super::tokens::{AccessClaims, Audience, Confirmation, RefreshClaims, Refusal, LEEWAY_SECS};
 use super::{ids, Error, RefreshError, Tokens};
 use crate::clock::{ms, secs, SharedClock};
 use crate::config::Config;
@@ -37,6 +40,29 @@ struct PairSpec<'a> {
     /// Whether the client may have a refresh token (its `refresh_token` grant); without it
     /// the pair's refresh token is left empty.
     with_refresh: bool,
+    /// The DPoP key the access token is bound to (`cnf.jkt`, RFC 9449 §6.1).
+    jkt: Option<&'a str>,
+}
+
+/// The `token_type` of a token response (RFC 6749 §5.1, RFC 9449 §5): `DPoP` for an access
+/// token bound to a key.
+pub(crate) fn token_type(bound: bool) -> &'static str {
+    if bound {
+        "DPoP"
+    } else {
+        "Bearer"
+    }
+}
+
+/// How a request presented its access token (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Presented<'a> {
+    pub(crate) scheme: Scheme,
+    pub(crate) token: &'a str,
+    /// The request's `DPoP` header.
+    pub(crate) proof: &'a ProofHeader,
+    /// The route it was sent to (a proof's `htm` and `htu`).
+    pub(crate) target: Target<'a>,
 }
 
 /// How a new family starts.
@@ -52,6 +78,9 @@ pub(crate) struct FamilyStart {
     /// The request that starts the family: its address and `User-Agent` are kept with it for
     /// the sessions list (docs/sessions.md).
     pub(crate) origin: Origin,
+    /// The DPoP proof of the token request (docs/dpop.md): its key binds the access token, and
+    /// the family too when the client is public (RFC 9449 §5).
+    pub(crate) proof: Option<Proven>,
 }
 
 /// Session lifetimes and what a family may hold, from the configuration.
@@ -95,6 +124,7 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     settings: SessionSettings,
     events: Events,
+    dpop: Arc<Dpop>,
 }
 
 impl Sessions {
@@ -108,6 +138,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
         settings: SessionSettings,
         events: Events,
+        dpop: Arc<Dpop>,
     ) -> Sessions {
         Sessions {
             store,
@@ -118,7 +149,13 @@ impl Sessions {
             metrics,
             settings,
             events,
+            dpop,
         }
+    }
+
+    /// The DPoP service the checks of this service use.
+    pub(crate) fn dpop(&self) -> &Dpop {
+        &self.dpop
     }
 
     /// The session settings (lifetimes, algorithms).
@@ -127,14 +164,56 @@ impl Sessions {
     }
 
     /// Validates a bearer access token: signature, header, times, then revocation (fails closed
-    /// when the session store is down).
+    /// when the session store is down). A DPoP-bound token is refused (RFC 9449 §7.2).
     pub async fn authenticate(&self, token: &str) -> Result<Principal, Error> {
         let now = self.clock.now();
         let claims = self
             .tokens
             .decode_access(token, now)
             .map_err(|r| self.rejected(r))?;
+        if claims.cnf.is_some() {
+            return Err(self.rejected(Refusal::DpopBound));
+        }
         self.check_revocation(claims).await
+    }
+
+    /// Validates the access token of a request to a protected route, as it was presented:
+    /// a bearer token as [`Sessions::authenticate`]; a token under the `DPoP` scheme must be
+    /// bound (`cnf.jkt`) and come with a proof of that key for this request, carrying `ath`,
+    /// used once (RFC 9449 §7.1, §4.3). The proof's single use and the revocation check are
+    /// one round trip each, made at once.
+    pub(crate) async fn authenticate_request(&self, p: &Presented<'_>) -> Result<Principal, Error> {
+        if p.scheme == Scheme::Bearer {
+            return self.authenticate(p.token).await;
+        }
+        let dpop_rejected = |r: Refusal| Error::DpopTokenRejected(self.refused(r));
+        let claims = self
+            .tokens
+            .decode_access(p.token, self.clock.now())
+            .map_err(dpop_rejected)?;
+        let Some(cnf) = claims.cnf.as_ref() else {
+            return Err(dpop_rejected(Refusal::NotDpopBound));
+        };
+        let checked = self
+            .dpop
+            .check(p.proof, p.target, Some(p.token))
+            .map_err(Error::DpopProof)?
+            .ok_or_else(|| Error::DpopProof(self.dpop.refused(ProofRefusal::Missing)))?;
+        if checked.jkt != cnf.jkt {
+            return Err(Error::DpopProof(self.dpop.refused(ProofRefusal::Key)));
+        }
+        let (spent, status) = tokio::join!(
+            self.dpop.spend(checked),
+            self.store
+                .access_status(&claims.jti, claims.sid.as_deref(), &claims.sub)
+        );
+        spent?;
+        self.dpop.accepted();
+        self.judge_revocation(claims, &status?)
+            .map_err(|e| match e {
+                Error::TokenRejected(r) => Error::DpopTokenRejected(r),
+                other => other,
+            })
     }
 
     /// The revocation checks of an access token whose signature and claims passed (fails closed
@@ -280,6 +359,7 @@ impl Sessions {
         &self,
         client: &ClientRecord,
         scope: &str,
+        jkt: Option<&str>,
     ) -> Result<(String, i64), Error> {
         let now = self.clock.now();
         let ttl = secs(self.settings.access_ttl);
@@ -297,6 +377,9 @@ impl Sessions {
             fresh: false,
             auth_time: None,
             roles: vec![],
+            cnf: jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_string(),
+            }),
         };
         let alg = self.client_alg(client);
         let token = self.tokens.sign_access(alg, &claims)?;
@@ -338,6 +421,9 @@ impl Sessions {
             fresh: spec.fresh,
             auth_time: Some(spec.auth_time),
             roles: spec.roles.to_vec(),
+            cnf: spec.jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_string(),
+            }),
         };
         let refresh = RefreshClaims {
             iss: self.tokens.issuer.clone(),
@@ -359,7 +445,7 @@ impl Sessions {
         let pair = TokenPair {
             access_token: self.tokens.sign_access(alg, &access)?,
             refresh_token,
-            token_type: "Bearer",
+            token_type: token_type(spec.jkt.is_some()),
             expires_in: access_ttl,
             scope: spec.scope.to_string(),
         };
@@ -367,7 +453,8 @@ impl Sessions {
         Ok(pair)
     }
 
-    /// Starts a family for a password login and issues its first (fresh) pair.
+    /// Starts a family for a password login and issues its first (fresh) pair, bound to the
+    /// key of `proof` when there is one.
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
@@ -375,6 +462,7 @@ impl Sessions {
         scope: &str,
         alg: Alg,
         origin: &Origin,
+        proof: Option<Proven>,
     ) -> Result<TokenPair, Error> {
         let start = FamilyStart {
             sid: self.new_id()?,
@@ -382,6 +470,7 @@ impl Sessions {
             grant: "password",
             fresh: true,
             origin: origin.clone(),
+            proof,
         };
         self.start_session_with(user, client, scope, alg, start)
             .await
@@ -400,6 +489,7 @@ impl Sessions {
         let now = now_ms.div_euclid(1000);
         let sid = start.sid;
         let session_ends = now + secs(self.settings.session_ttl);
+        let jkt = start.proof.as_ref().map(|p| p.jkt.as_str());
         let spec = PairSpec {
             user_id: &user.id,
             roles: &user.roles,
@@ -414,6 +504,7 @@ impl Sessions {
             session_ends,
             grant: start.grant,
             with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
+            jkt,
         };
         let ended = self
             .store
@@ -434,6 +525,11 @@ impl Sessions {
                 max_sessions: self.settings.max_sessions_per_user,
                 user_agent: start.origin.user_agent.clone(),
                 ip: start.origin.ip_text(),
+                // RFC 9449 §5: a public client's refresh tokens are bound to its key; a
+                // confidential client's are bound to its authentication already.
+                jkt: jkt
+                    .filter(|_| client.secret_sha256.is_none())
+                    .map(str::to_string),
             })
             .await?;
         if ended > 0 {
@@ -447,17 +543,41 @@ impl Sessions {
     }
 
     /// `POST /auth/token/refresh`: the seed route, which authenticates no client (only public
-    /// clients' tokens are exchanged there; docs/hardening.md).
-    pub(crate) async fn refresh_seed(&self, refresh_token: &str) -> Result<TokenPair, Error> {
-        self.refresh(refresh_token, None).await
+    /// clients' tokens are exchanged there; docs/hardening.md). A DPoP proof, when sent, binds
+    /// the new access token; a bound family needs one (docs/dpop.md).
+    pub(crate) async fn refresh_seed(
+        &self,
+        refresh_token: &str,
+        proof: &ProofHeader,
+        target: Target<'_>,
+    ) -> Result<TokenPair, Error> {
+        let checked = self
+            .dpop
+            .check(proof, target, None)
+            .map_err(Error::DpopProof)?;
+        self.refresh_with(refresh_token, None, checked).await
     }
 
-    /// Exchanges a refresh token (docs/sessions.md). `expected_client`, when given, must be the
-    /// client the token was issued to.
+    /// Exchanges a refresh token (docs/sessions.md) without a DPoP proof. `expected_client`,
+    /// when given, must be the client the token was issued to.
     pub async fn refresh(
         &self,
         refresh_token: &str,
         expected_client: Option<&ClientRecord>,
+    ) -> Result<TokenPair, Error> {
+        self.refresh_with(refresh_token, expected_client, None)
+            .await
+    }
+
+    /// Exchanges a refresh token with the DPoP proof of the request, checked but not yet
+    /// spent: it is spent in the same round trip as the revocation marks are read. A bound
+    /// family (a public client's, RFC 9449 §5) is refreshed only with a proof of its key, and
+    /// the new access token is bound to the proof's key.
+    pub(crate) async fn refresh_with(
+        &self,
+        refresh_token: &str,
+        expected_client: Option<&ClientRecord>,
+        proof: Option<CheckedProof>,
     ) -> Result<TokenPair, Error> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
@@ -498,11 +618,14 @@ impl Sessions {
         }
         // The revocation marks come with the newest copy of the user's roles (the family's,
         // taken at login, or the user's mark, written at every change), so a role change
-        // shows at the next refresh without a user-store read.
-        let status = self
-            .store
-            .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
-            .await?;
+        // shows at the next refresh without a user-store read. A proof is spent meanwhile.
+        let (proven, status) = tokio::join!(
+            self.dpop.spend_if_any(proof),
+            self.store
+                .access_status_with_user(&claims.jti, Some(&claims.sid), &claims.sub)
+        );
+        let (proven, status) = (proven?, status?);
+        let jkt = proven.as_ref().map(|p| p.jkt.clone());
         if status.revoked(Some(&claims.sid)) {
             return Err(RefreshError::Revoked.into());
         }
@@ -534,6 +657,7 @@ impl Sessions {
                 leeway_ms: ms(self.settings.refresh_reuse_leeway),
                 ttl_ms: ms(self.settings.refresh_ttl) + LEEWAY_SECS * 1000,
                 revoked_ttl_ms: self.revocation_ttl_ms(),
+                jkt: jkt.clone(),
             })
             .await?
             .ok_or(RefreshError::Unknown)?;
@@ -562,7 +686,20 @@ impl Sessions {
             }
             RotateOutcome::Revoked => return Err(RefreshError::Revoked.into()),
             RotateOutcome::Unknown => return Err(RefreshError::Unknown.into()),
+            RotateOutcome::WrongKey => {
+                let refusal = if jkt.is_some() {
+                    ProofRefusal::Key
+                } else {
+                    ProofRefusal::Missing
+                };
+                tracing::info!(sid = %claims.sid, reason = refusal.as_str(),
+                    "refresh of a DPoP-bound family refused");
+                return Err(Error::DpopProof(self.dpop.refused(refusal)));
+            }
         };
+        if jkt.is_some() {
+            self.dpop.accepted();
+        }
         self.sign_pair(
             alg,
             &PairSpec {
@@ -579,6 +716,7 @@ impl Sessions {
                 session_ends,
                 grant: "refresh_token",
                 with_refresh: true,
+                jkt: jkt.as_deref(),
             },
         )
     }

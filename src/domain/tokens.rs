@@ -70,6 +70,17 @@ pub struct AccessClaims {
     /// The user's roles; absent for client_credentials tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The key the token is bound to (RFC 9449 §6.1; RFC 7800 §3.1); absent for a bearer
+    /// token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The confirmation claim of a DPoP-bound access token (RFC 9449 §6.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// The RFC 7638 thumbprint (SHA-256, base64url) of the client's DPoP key.
+    pub jkt: String,
 }
 
 /// Claims of a refresh token; its audience is the issuer itself. An empty `scope` is left out,
@@ -152,6 +163,10 @@ pub enum Refusal {
     UnknownUser,
     /// A refresh token presented by another client than the one it was issued to.
     OtherClient,
+    /// A DPoP-bound access token presented as a bearer token (RFC 9449 §7.2).
+    DpopBound,
+    /// A bearer (unbound) access token presented with the `DPoP` scheme (RFC 9449 §7.1).
+    NotDpopBound,
 }
 
 impl Refusal {
@@ -175,6 +190,8 @@ impl Refusal {
             Refusal::Missing => "missing",
             Refusal::UnknownUser => "unknown_user",
             Refusal::OtherClient => "other_client",
+            Refusal::DpopBound => "dpop_bound",
+            Refusal::NotDpopBound => "not_dpop_bound",
         }
     }
 
@@ -196,6 +213,10 @@ impl Refusal {
             Refusal::Missing => "missing bearer token",
             Refusal::UnknownUser => "user no longer exists",
             Refusal::OtherClient => "issued to another client",
+            Refusal::DpopBound => {
+                "this token is DPoP-bound: send it as Authorization: DPoP with a DPoP proof"
+            }
+            Refusal::NotDpopBound => "this token is not DPoP-bound: send it as a Bearer token",
             Refusal::KeyRevoked | Refusal::Claims | Refusal::Malformed => "malformed token",
         }
     }
@@ -318,6 +339,7 @@ mod tests {
             fresh: false,
             auth_time: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            cnf: None,
         }
     }
 
@@ -371,6 +393,8 @@ mod tests {
             Refusal::Missing,
             Refusal::UnknownUser,
             Refusal::OtherClient,
+            Refusal::DpopBound,
+            Refusal::NotDpopBound,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(|r| r.as_label()).collect();
         assert_eq!(labels.len(), all.len());

@@ -5,9 +5,11 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 
 use super::state::AppState;
-use super::{bearer, empty, json, json_no_store, read_json, ApiError, ApiResult};
+use super::{empty, json, json_no_store, proof_header, read_json, ApiError, ApiResult};
 use crate::domain::accounts::{Principal, TokenPair};
+use crate::domain::dpop::Target;
 use crate::domain::ids;
+use crate::domain::sessions::Presented;
 
 /// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`).
 pub(crate) const REFRESH_COOKIE: &str = "tokend_refresh";
@@ -27,13 +29,25 @@ struct LoginBody {
     password: String,
 }
 
-/// Authenticates the request's bearer access token.
+/// Authenticates the request's access token: `Authorization: Bearer <token>`, or
+/// `Authorization: DPoP <token>` with a `DPoP` proof for this request (RFC 9449 §7.1).
 pub(crate) async fn principal<B>(
     state: &AppState,
     req: &Request<B>,
 ) -> Result<Principal, ApiError> {
-    let token = bearer(req)?;
-    Ok(state.sessions.authenticate(&token).await?)
+    let (scheme, token) = tokend_token_shape::bearer::scheme_from_headers(req.headers())
+        .map_err(|e| ApiError::InvalidToken(e.to_string()))?;
+    let proof = proof_header(req);
+    let presented = Presented {
+        scheme,
+        token,
+        proof: &proof,
+        target: Target {
+            method: req.method().as_str(),
+            path: req.uri().path(),
+        },
+    };
+    Ok(state.sessions.authenticate_request(&presented).await?)
 }
 
 pub(crate) async fn register(state: &AppState, req: Request<Incoming>) -> ApiResult {
@@ -45,12 +59,14 @@ pub(crate) async fn register(state: &AppState, req: Request<Incoming>) -> ApiRes
     json(StatusCode::CREATED, &user)
 }
 
+/// `POST /auth/login`; a `DPoP` proof binds the pair to its key (docs/dpop.md).
 pub(crate) async fn login(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let origin = super::origin(&req, &state.trusted_proxies);
+    let proof = proof_header(&req);
     let body: LoginBody = read_json(req, state.body_limit).await?;
     let pair = state
         .accounts
-        .login(&body.email, &body.password, &origin)
+        .login(&body.email, &body.password, &origin, &proof)
         .await?;
     respond_with_pair(state, pair)
 }
@@ -133,11 +149,13 @@ fn check_csrf<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
     }
 }
 
-/// The refresh token of a request: the Bearer header, or in cookie mode the cookie (after the
-/// CSRF check).
+/// The refresh token of a request: the Bearer header (or `DPoP`, the scheme of a bound
+/// family's token), or in cookie mode the cookie (after the CSRF check).
 fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, ApiError> {
     if req.headers().contains_key(header::AUTHORIZATION) || !state.cookies.enabled {
-        return bearer(req);
+        return tokend_token_shape::bearer::scheme_from_headers(req.headers())
+            .map(|(_, token)| token.to_string())
+            .map_err(|e| ApiError::InvalidToken(e.to_string()));
     }
     let token = cookie(req, REFRESH_COOKIE)
         .ok_or_else(|| ApiError::InvalidToken("missing refresh token".into()))?;
@@ -145,9 +163,16 @@ fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, Api
     Ok(token)
 }
 
+/// `POST /auth/token/refresh`; a `DPoP` proof binds the new access token, and a bound family
+/// needs one (docs/dpop.md).
 pub(crate) async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let token = refresh_token_of(state, &req)?;
-    let pair = state.sessions.refresh_seed(&token).await?;
+    let proof = proof_header(&req);
+    let target = Target {
+        method: req.method().as_str(),
+        path: req.uri().path(),
+    };
+    let pair = state.sessions.refresh_seed(&token, &proof, target).await?;
     respond_with_pair(state, pair)
 }
 

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::domain::dpop::{ProofRefusal, CLIENT_ALGS};
 use crate::domain::Error as DomainError;
 use crate::domain::RefreshError;
 
@@ -13,8 +14,20 @@ use crate::domain::RefreshError;
 pub enum ApiError {
     /// 400 `invalid_request`: malformed or invalid input.
     InvalidRequest(String),
-    /// 401 `invalid_token` with `WWW-Authenticate: Bearer` (RFC 6750 §3.1).
+    /// 401 `invalid_token` with `WWW-Authenticate: Bearer` (RFC 6750 §3.1), and a `DPoP`
+    /// challenge beside it (RFC 9449 §7.1: tokend takes either scheme).
     InvalidToken(String),
+    /// 401 `invalid_token` with `WWW-Authenticate: DPoP`: a token presented with the `DPoP`
+    /// scheme was refused (RFC 9449 §7.1).
+    DpopInvalidToken(String),
+    /// A DPoP proof refused: `invalid_dpop_proof`, or `use_dpop_nonce` for
+    /// [`ProofRefusal::Nonce`] (RFC 9449 §5, §8, §9). At the token endpoint 400 (RFC 6749
+    /// §5.2); on a protected route (`resource`) 401 with a `WWW-Authenticate: DPoP` challenge
+    /// naming the error (RFC 9449 §7.1, §9).
+    DpopProof {
+        refusal: ProofRefusal,
+        resource: bool,
+    },
     /// 401 `invalid_grant`: wrong email or password on `/auth/login`.
     InvalidCredentials,
     /// 400 `invalid_grant` (RFC 6749 §5.2).
@@ -75,7 +88,22 @@ impl ApiError {
     pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            ApiError::InvalidToken(_) | ApiError::DpopInvalidToken(_) => {
+                (StatusCode::UNAUTHORIZED, "invalid_token")
+            }
+            ApiError::DpopProof { refusal, resource } => {
+                let status = if *resource {
+                    StatusCode::UNAUTHORIZED
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                let code = if *refusal == ProofRefusal::Nonce {
+                    "use_dpop_nonce"
+                } else {
+                    "invalid_dpop_proof"
+                };
+                (status, code)
+            }
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             ApiError::InvalidGrant(_) => (StatusCode::BAD_REQUEST, "invalid_grant"),
             ApiError::BearerInvalidGrant(_) => (StatusCode::UNAUTHORIZED, "invalid_grant"),
@@ -118,6 +146,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest(d)
             | ApiError::InvalidToken(d)
+            | ApiError::DpopInvalidToken(d)
             | ApiError::InvalidGrant(d)
             | ApiError::BearerInvalidGrant(d)
             | ApiError::InvalidClient(d)
@@ -130,6 +159,7 @@ impl ApiError {
             ApiError::Forbidden { description, .. }
             | ApiError::AuthorizationRefused { description, .. }
             | ApiError::DeviceGrant { description, .. } => description.clone(),
+            ApiError::DpopProof { refusal, .. } => refusal.description().into(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
@@ -181,6 +211,26 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
+                if matches!(self, ApiError::InvalidToken(_)) {
+                    if let Ok(v) = HeaderValue::from_str(&dpop_challenge(None)) {
+                        h.append(header::WWW_AUTHENTICATE, v);
+                    }
+                }
+            }
+            ApiError::DpopInvalidToken(d) => {
+                let v = dpop_challenge(Some(("invalid_token", d)));
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::DpopProof {
+                refusal,
+                resource: true,
+            } => {
+                let v = dpop_challenge(Some((code, refusal.description())));
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
             }
             ApiError::Forbidden {
                 code: "insufficient_scope",
@@ -215,6 +265,19 @@ impl ApiError {
     }
 }
 
+/// The `DPoP` challenge of RFC 9449 §7.1: the algorithms tokend accepts in proofs, and the
+/// error when there is one.
+fn dpop_challenge(error: Option<(&str, &str)>) -> String {
+    let algs = CLIENT_ALGS.join(" ");
+    match error {
+        None => format!("DPoP algs=\"{algs}\""),
+        Some((code, description)) => format!(
+            "DPoP error=\"{code}\", error_description=\"{}\", algs=\"{algs}\"",
+            description.replace(['"', '\\'], "'")
+        ),
+    }
+}
+
 impl From<DomainError> for ApiError {
     fn from(e: DomainError) -> Self {
         match e {
@@ -226,6 +289,13 @@ impl From<DomainError> for ApiError {
             DomainError::TokenRejected(refusal) => {
                 ApiError::InvalidToken(refusal.description().into())
             }
+            DomainError::DpopTokenRejected(refusal) => {
+                ApiError::DpopInvalidToken(refusal.description().into())
+            }
+            DomainError::DpopProof(refusal) => ApiError::DpopProof {
+                refusal,
+                resource: true,
+            },
             DomainError::FreshTokenRequired => ApiError::Forbidden {
                 code: "fresh_token_required",
                 description: "this action needs a token from a password login".into(),
@@ -271,6 +341,39 @@ mod tests {
         let cases: Vec<(ApiError, u16, &str)> = vec![
             (ApiError::InvalidRequest("x".into()), 400, "invalid_request"),
             (ApiError::InvalidToken("x".into()), 401, "invalid_token"),
+            (ApiError::DpopInvalidToken("x".into()), 401, "invalid_token"),
+            (
+                ApiError::DpopProof {
+                    refusal: ProofRefusal::Ath,
+                    resource: false,
+                },
+                400,
+                "invalid_dpop_proof",
+            ),
+            (
+                ApiError::DpopProof {
+                    refusal: ProofRefusal::Nonce,
+                    resource: false,
+                },
+                400,
+                "use_dpop_nonce",
+            ),
+            (
+                ApiError::DpopProof {
+                    refusal: ProofRefusal::Replay,
+                    resource: true,
+                },
+                401,
+                "invalid_dpop_proof",
+            ),
+            (
+                ApiError::DpopProof {
+                    refusal: ProofRefusal::Nonce,
+                    resource: true,
+                },
+                401,
+                "use_dpop_nonce",
+            ),
             (ApiError::InvalidCredentials, 401, "invalid_grant"),
             (ApiError::InvalidGrant("x".into()), 400, "invalid_grant"),
             (
@@ -373,6 +476,36 @@ mod tests {
         let r = ApiError::InvalidToken("expired".into()).into_response();
         let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(v.starts_with("Bearer ") && v.contains("error=\"invalid_token\""));
+        let challenges: Vec<_> = r
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            challenges[1], "DPoP algs=\"ES256 EdDSA RS256 PS256\"",
+            "RFC 9449 §7.1: the DPoP scheme is offered beside Bearer"
+        );
+        let r = ApiError::DpopProof {
+            refusal: ProofRefusal::Nonce,
+            resource: true,
+        }
+        .into_response();
+        let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(v.starts_with("DPoP error=\"use_dpop_nonce\""), "{v}");
+        assert!(v.ends_with("algs=\"ES256 EdDSA RS256 PS256\""), "{v}");
+        let r = ApiError::DpopProof {
+            refusal: ProofRefusal::Htu,
+            resource: false,
+        }
+        .into_response();
+        assert!(
+            r.headers().get(header::WWW_AUTHENTICATE).is_none(),
+            "the token endpoint answers 400 without a challenge"
+        );
+        let r = ApiError::DpopInvalidToken("expired".into()).into_response();
+        let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(v.starts_with("DPoP error=\"invalid_token\""), "{v}");
         let r = ApiError::InvalidClient("bad".into()).into_response();
         assert!(r.headers()[header::WWW_AUTHENTICATE]
             .to_str()

@@ -122,6 +122,17 @@ pub(crate) fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
         .map_err(|e| ApiError::InvalidToken(e.to_string()))
 }
 
+/// The request's `DPoP` header (RFC 9449 §4.1), parsed by the rules the resource-server
+/// verifier shares (`tokend_token_shape::dpop`).
+pub(crate) fn proof_header<B>(req: &Request<B>) -> crate::domain::dpop::ProofHeader {
+    use crate::domain::dpop::ProofHeader;
+    match tokend_token_shape::dpop::proof_header(req.headers()) {
+        Ok(None) => ProofHeader::Absent,
+        Ok(Some(p)) => ProofHeader::One(p.to_string()),
+        Err(r) => ProofHeader::Unusable(r),
+    }
+}
+
 /// A JSON response.
 pub(crate) fn json<T: Serialize>(status: StatusCode, body: &T) -> ApiResult {
     let bytes = serde_json::to_vec(body)

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::state::AppState;
-use super::{empty, json_no_store, read_form, ApiError, ApiResult};
+use super::{empty, json_no_store, proof_header, read_form, ApiError, ApiResult};
 use crate::domain::authorize::AuthorizeParams;
 use crate::domain::oauth::{
     Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
@@ -130,6 +130,10 @@ impl From<OAuthError> for ApiError {
                 description,
                 interval: None,
             },
+            OAuthError::DpopProof(refusal) => ApiError::DpopProof {
+                refusal,
+                resource: false,
+            },
             OAuthError::Other(e) => e.into(),
         }
     }
@@ -240,9 +244,11 @@ pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
     Ok((client, form))
 }
 
-/// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6).
+/// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6), with a `DPoP` proof when the client binds
+/// its tokens (RFC 9449 §5).
 pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let origin = super::origin(&req, &state.trusted_proxies);
+    let dpop = proof_header(&req);
     let (client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Allowed).await?;
     let form = form.normalized();
     let request = TokenRequest {
@@ -256,6 +262,7 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         code_verifier: form.code_verifier,
         device_code: form.device_code,
         origin,
+        dpop,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)
@@ -288,8 +295,9 @@ pub(crate) async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiR
 /// `POST /oauth/par` (RFC 9126 §2): a client, authenticated as at the token endpoint, pushes
 /// an authorization request; 201 with the `request_uri` to send the browser with.
 pub(crate) async fn par(state: &AppState, req: Request<Incoming>) -> ApiResult {
+    let proof = proof_header(&req);
     let (client, form) = authenticated::<ParForm>(state, req, PublicClients::Allowed).await?;
-    let pushed = state.authorize.push(&client, &form.params).await?;
+    let pushed = state.authorize.push(&client, &form.params, &proof).await?;
     json_no_store(StatusCode::CREATED, &pushed)
 }
 

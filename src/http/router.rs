@@ -132,7 +132,23 @@ async fn run(
             }
         }
     }
-    handler(state, req).await
+    // RFC 9449 §8.2, §9: while nonces are required, every answer to a request with a proof
+    // carries a fresh one, errors included (a `use_dpop_nonce` refusal above all).
+    let nonce = req
+        .headers()
+        .contains_key(tokend_token_shape::dpop::DPOP_HEADER)
+        .then(|| state.sessions.dpop().nonce())
+        .flatten();
+    let outcome = handler(state, req).await;
+    match nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        None => outcome,
+        Some(nonce) => {
+            let mut res = outcome.unwrap_or_else(ApiError::into_response);
+            res.headers_mut()
+                .insert(tokend_token_shape::dpop::NONCE_HEADER, nonce);
+            Ok(res)
+        }
+    }
 }
 
 /// What every answer gets: errors rendered, the common headers, no body for `HEAD`.

@@ -117,6 +117,13 @@ fn cors_layer(origins: Vec<String>) -> Option<CorsLayer> {
                 http::header::AUTHORIZATION,
                 http::header::CONTENT_TYPE,
                 HeaderName::from_static("x-csrf-token"),
+                // RFC 9449 §4.1: a browser app's proof.
+                HeaderName::from_static("dpop"),
+            ])
+            // RFC 9449 §8.1, §7.1: what a browser app must read to follow a nonce request.
+            .expose_headers([
+                HeaderName::from_static("dpop-nonce"),
+                http::header::WWW_AUTHENTICATE,
             ])
             .allow_credentials(true)
             .max_age(Duration::from_secs(600)),

@@ -192,6 +192,8 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
             ["client_secret_basic", "client_secret_post"],
         "scopes_supported": scopes,
         "token_signing_alg_values_supported": algs,
+        // RFC 9449 §5.1: the algorithms of the proofs tokend checks (docs/dpop.md).
+        "dpop_signing_alg_values_supported": crate::domain::dpop::CLIENT_ALGS,
     });
     // RFC 8414 §2 / RFC 7591 §3: only while registration is on (docs/registration.md).
     if config.client_registration != RegistrationMode::Off {

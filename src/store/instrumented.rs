@@ -11,8 +11,8 @@ use super::mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 use super::{
     AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
     DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyState, NewDevice,
-    NewFamily, Redemption, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims,
-    UserRecord, UserStore,
+    NewFamily, Redemption, ReplayStore, RotateOutcome, RotateRequest, SessionStore, StoreError,
+    UserClaims, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -46,6 +46,14 @@ impl<S: ?Sized> Instrumented<S> {
         );
         self.metrics.store_op(self.store, op, start.elapsed(), ok);
         r
+    }
+}
+
+#[async_trait]
+impl ReplayStore for Instrumented<dyn ReplayStore> {
+    async fn first_use(&self, key: &str, ttl_ms: i64) -> Result<bool, StoreError> {
+        self.time("replay_first_use", self.inner.first_use(key, ttl_ms))
+            .await
     }
 }
 

@@ -23,11 +23,13 @@ mod authorize;
 mod device;
 mod events;
 mod mail;
+mod replay;
 
 pub use authorize::{MemoryAuthorize, MemoryConsents};
 pub use device::MemoryDevices;
 pub use events::{MemoryEvents, DEFAULT_CAPACITY as EVENTS_CAPACITY};
 pub use mail::MemoryMail;
+pub use replay::MemoryReplay;
 
 /// Sweep every expiring map at least this often (clock time)…
 const SWEEP_INTERVAL_MS: i64 = 30_000;
@@ -326,6 +328,8 @@ struct Family {
     /// The login's `User-Agent` (capped) and client address.
     user_agent: Option<String>,
     ip: Option<String>,
+    /// The DPoP key the family is bound to.
+    jkt: Option<String>,
 }
 
 impl Family {
@@ -348,6 +352,7 @@ impl Family {
             credentials_version: 0,
             user_agent: None,
             ip: None,
+            jkt: None,
         }
     }
 }
@@ -586,6 +591,7 @@ impl SessionStore for MemorySessions {
                 credentials_version: family.credentials_version,
                 user_agent: family.user_agent.as_deref().and_then(stored_user_agent),
                 ip: family.ip.clone(),
+                jkt: family.jkt.clone(),
             },
         );
         Ok(oldest.len() as u64)
@@ -600,6 +606,9 @@ impl SessionStore for MemorySessions {
         };
         if f.revoked {
             return Ok(RotateOutcome::Revoked);
+        }
+        if f.jkt.is_some() && f.jkt != req.jkt {
+            return Ok(RotateOutcome::WrongKey);
         }
         if f.cur == req.presented_jti {
             f.prev = Some((std::mem::take(&mut f.cur), req.now_ms));
@@ -642,6 +651,7 @@ impl SessionStore for MemorySessions {
             last_refreshed_at_ms: f.prev.as_ref().map(|(_, at)| *at),
             generation: f.generation,
             credentials_version: f.credentials_version,
+            jkt: f.jkt.clone(),
         }))
     }
 

@@ -13,6 +13,7 @@ pub mod mail;
 pub mod memory;
 pub mod mongo;
 pub mod redis;
+pub mod replay;
 
 pub use authorize::{AuthorizeStore, ConsentRecord, ConsentStore, Redemption};
 pub use device::{
@@ -20,6 +21,7 @@ pub use device::{
 };
 pub use events::{EventQuery, EventRecord, EventStore};
 pub use mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
+pub use replay::ReplayStore;
 
 /// What can go wrong in a store, named for what happened.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,6 +235,9 @@ pub struct ClientMetadata {
     /// The client must push its authorization requests (RFC 9126 §6): a plain request to the
     /// authorization endpoint is refused.
     pub require_pushed_authorization_requests: bool,
+    /// The client always uses DPoP at the token endpoint (RFC 9449 §5.2): a token request
+    /// without a proof is refused.
+    pub dpop_bound_access_tokens: bool,
 }
 
 impl std::fmt::Debug for ClientRecord {
@@ -338,6 +343,9 @@ pub struct NewFamily {
     /// At most this many live families per user: starting one more ends the oldest
     /// (`TOKEND_MAX_SESSIONS_PER_USER`).
     pub max_sessions: u32,
+    /// The DPoP key (RFC 7638 thumbprint, 43 characters) the family's refresh tokens are bound
+    /// to; `None` for an unbound family (docs/dpop.md).
+    pub jkt: Option<String>,
     /// The `User-Agent` of the request that started the family, at most
     /// [`MAX_STORED_USER_AGENT`] bytes (docs/sessions.md, "What a family remembers of its login").
     pub user_agent: Option<String>,
@@ -384,6 +392,9 @@ pub struct RotateRequest {
     /// How long a revoked family is remembered when reuse is detected (the longest remaining
     /// lifetime of any token of it).
     pub revoked_ttl_ms: i64,
+    /// The key of the request's DPoP proof, if it carried one: a bound family is exchanged only
+    /// with a proof of its own key.
+    pub jkt: Option<String>,
 }
 
 /// What a refresh exchange did.
@@ -407,6 +418,9 @@ pub enum RotateOutcome {
     Revoked,
     /// No such family (expired or never existed).
     Unknown,
+    /// The family is bound to a DPoP key and the request proved another key, or none: nothing
+    /// changed (docs/dpop.md).
+    WrongKey,
 }
 
 /// The revocation state an access token is checked against.
@@ -489,6 +503,9 @@ pub struct FamilyState {
     /// The user as the login read them (`None` for a family written before families carried
     /// the user).
     pub user: Option<UserClaims>,
+    /// The DPoP key the family is bound to (`None`: unbound, or written before families could
+    /// be bound).
+    pub jkt: Option<String>,
     /// The `User-Agent` of the login (`None` for families written before families kept it,
     /// and where the request had none).
     pub user_agent: Option<String>,

@@ -6,7 +6,7 @@
 //!
 //! | key | type | what |
 //! | --- | --- | --- |
-//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked`, the user as the login read them: `uname, roles` (a JSON array), `uver`, and the login's `ua` (at most 128 bytes) and `ip` when known |
+//! | `{prefix}fam:{<sid>}` | hash | a refresh family: `user, client, scope, auth_time, cur, cur_at, iat, prev, prev_at_ms, exp_ms, revoked`, the user as the login read them: `uname, roles` (a JSON array), `uver`, the login's `ua` (at most 128 bytes) and `ip` when known, and `jkt` (the 43-character DPoP key thumbprint) only when the family is bound |
 //! | `{prefix}ufam:{<user_id>}` | set | the family ids of a user |
 //! | `{prefix}rjti:{<jti>}` | string | a revoked access-token `jti` |
 //! | `{prefix}unbf:{<user_id>}` | string | the user's not-before mark (Unix seconds) |
@@ -19,6 +19,7 @@
 //! | `{prefix}bsfam:{<id>}` | set | the refresh families started through the browser session (same slot as it) |
 //! | `{prefix}dev:{<device code hash>}` | hash | a device authorization (RFC 8628): `client, scope, exp, interval, state` (`pending`, `approved`, `denied`, `redeemed`), `last` (the last poll, Unix ms), `grant` (from approval to redemption) |
 //! | `{prefix}ucode:{<user code hash>}` | string | the device-code hash a user code names, while the user code is taken |
+//! | `{prefix}once:{<key>}` | string | a single-use key (`dpop:` and a hash of a DPoP proof's key and `jti`), while it could still be replayed |
 //!
 //! Each multi-step change is a Lua script, so it is atomic; a script that touches two keys
 //! touches two of one hash tag (a user's families and marks, a browser session and its
@@ -43,6 +44,7 @@ use super::{
 
 mod authorize;
 mod device;
+mod replay;
 
 const STORE: &str = "redis";
 
@@ -92,14 +94,18 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// The refresh exchange of docs/sessions.md on one family hash.
+/// The refresh exchange of docs/sessions.md on one family hash. A family bound to a DPoP key
+/// (`jkt`) is exchanged only when the request proved that key; otherwise nothing changes
+/// (docs/dpop.md).
 ///
 /// KEYS[1] family; ARGV: presented jti, new refresh jti, new access jti, issued_at, now_ms,
-/// leeway_ms, ttl_ms, revoked_ttl_ms.
+/// leeway_ms, ttl_ms, revoked_ttl_ms, the proof's jkt ('' for none).
 const ROTATE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
-local f = redis.call('HMGET', KEYS[1], 'revoked', 'cur', 'prev', 'prev_at_ms', 'cur_at', 'iat')
+local f = redis.call('HMGET', KEYS[1], 'revoked', 'cur', 'prev', 'prev_at_ms', 'cur_at', 'iat',
+  'jkt')
 if f[1] == '1' then return {'revoked'} end
+if f[7] and f[7] ~= '' and f[7] ~= ARGV[9] then return {'wrong_key'} end
 if f[2] == ARGV[1] then
   redis.call('HSET', KEYS[1], 'prev', ARGV[1], 'prev_at_ms', ARGV[5],
     'cur', ARGV[2], 'cur_at', ARGV[3], 'iat', ARGV[4])
@@ -124,7 +130,7 @@ return {'reused'}
 const EXCHANGE_LUA: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'unknown'} end
 local f = redis.call('HMGET', KEYS[1], 'revoked', 'cur', 'prev', 'prev_at_ms', 'cur_at', 'iat',
-  'user', 'client', 'scope', 'auth_time', 'exp_ms')
+  'user', 'client', 'scope', 'auth_time', 'exp_ms', 'jkt')
 local now = tonumber(ARGV[5])
 local exp = tonumber(f[11]) or 0
 if math.floor(now / 1000) >= math.floor(exp / 1000) then return {'unknown'} end
@@ -132,6 +138,8 @@ local reply = {f[7] or '', f[8] or '', f[9] or '', f[10] or '', f[2] or '', f[5]
   f[6] or '', f[11] or '', f[1] or ''}
 if f[1] == '1' then
   reply[10] = 'revoked'
+elseif f[12] and f[12] ~= '' and f[12] ~= ARGV[9] then
+  reply[10] = 'wrong_key'
 elseif f[2] == ARGV[1] then
   local ttl = math.max(math.min(tonumber(ARGV[7]), exp - now), 1)
   redis.call('HSET', KEYS[1], 'prev', ARGV[1], 'prev_at_ms', ARGV[5],
@@ -152,18 +160,20 @@ end
 return reply
 "#;
 
-/// Writes a new family; a family id revoked before it started stays revoked.
+/// Writes a new family; a family id revoked before it started stays revoked. The DPoP key is
+/// written only for a bound family, so an unbound one spends no byte on it.
 ///
 /// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms,
 /// uname, roles, uver, gen (the user's session generation, from [`USER_FAMILY_ADD_LUA`]), cv
 /// (the credentials version the login read), ua and ip (the login's user agent and address,
-/// written only when known: '' leaves the field out).
+/// written only when known: '' leaves the field out), jkt ('' for an unbound family).
 const START_LUA: &str = r#"
 redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
   'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8],
   'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12], 'gen', ARGV[13], 'cv', ARGV[14])
 if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'ua', ARGV[15]) end
 if ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'ip', ARGV[16]) end
+if ARGV[17] ~= '' then redis.call('HSET', KEYS[1], 'jkt', ARGV[17]) end
 redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
 redis.call('HSETNX', KEYS[1], 'revoked', '0')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
@@ -514,6 +524,7 @@ impl RedisStore {
                     .arg(req.leeway_ms)
                     .arg(ttl_arg(req.ttl_ms))
                     .arg(ttl_arg(req.revoked_ttl_ms))
+                    .arg(req.jkt.as_deref().unwrap_or(""))
                     .invoke_async(&mut c)
                     .await
             }
@@ -760,6 +771,7 @@ impl SessionStore for RedisStore {
                     .arg(family.credentials_version)
                     .arg(&ua)
                     .arg(family.ip.as_deref().unwrap_or_default())
+                    .arg(family.jkt.as_deref().unwrap_or(""))
                     .invoke_async::<i64>(&mut c)
                     .await
             }
@@ -783,6 +795,7 @@ impl SessionStore for RedisStore {
             Some("revoked") => Ok(RotateOutcome::Revoked),
             Some("unknown") => Ok(RotateOutcome::Unknown),
             Some("reused") => Ok(RotateOutcome::Reused),
+            Some("wrong_key") => Ok(RotateOutcome::WrongKey),
             Some("replayed") if reply.len() == 4 => Ok(RotateOutcome::Replayed {
                 refresh_jti: reply[1].clone(),
                 access_jti: reply[2].clone(),
@@ -833,11 +846,14 @@ impl SessionStore for RedisStore {
             last_refreshed_at_ms: None,
             generation: 0,
             credentials_version: 0,
+            // Checked inside the exchange itself.
+            jkt: None,
         };
         let outcome = match reply[9].as_str() {
             "rotated" if reply.len() == 10 => RotateOutcome::Rotated,
             "revoked" if reply.len() == 10 => RotateOutcome::Revoked,
             "reused" if reply.len() == 10 => RotateOutcome::Reused,
+            "wrong_key" if reply.len() == 10 => RotateOutcome::WrongKey,
             "replayed" if reply.len() == 13 => RotateOutcome::Replayed {
                 refresh_jti: reply[10].clone(),
                 access_jti: reply[11].clone(),
@@ -924,6 +940,7 @@ impl SessionStore for RedisStore {
                 .transpose()?,
             generation: parse_i64("gen", h.get("gen"))?,
             credentials_version: parse_i64("cv", h.get("cv"))?,
+            jkt: h.get("jkt").filter(|j| !j.is_empty()).cloned(),
         }))
     }
 

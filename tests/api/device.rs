@@ -1777,6 +1777,8 @@ async fn a_browser_approves_a_device_while_it_polls() {
     browser.fill("Code", "BCDF-GHJK-XX").await;
     browser.expect_status(400);
     browser.click("Continue").await;
+    // The answer is a new page: wait for it rather than read the one the click left.
+    browser.wait_for("[role=alert]").await;
     assert!(browser.text("[role=alert]").await.contains("8 letters"));
     browser.screenshot("code-entry-error").await;
     // Typed as a person might: lower case, a space instead of the dash.

@@ -87,6 +87,7 @@ fn signed() -> &'static Signed {
                 fresh: true,
                 auth_time: Some(now),
                 roles: vec!["user".into()],
+                cnf: None,
             };
             let t = tokens.sign_access(alg, &access).unwrap();
             genuine.push((t, "at+jwt", to_map(&access)));

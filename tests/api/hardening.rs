@@ -667,6 +667,7 @@ async fn a_family_list_from_before_the_cap_is_converted_in_place() {
         max_sessions: 100,
         user_agent: None,
         ip: None,
+        jkt: None,
     };
     assert_eq!(store.start_family(&family).await.unwrap(), 0);
     let kind: String = redis::cmd("TYPE")

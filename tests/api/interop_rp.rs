@@ -3,8 +3,9 @@
 //! public one, each from discovery through PKCE S256, state and nonce, the hosted sign-in and
 //! consent pages, the code exchange, the library's own ID token validation (signature from the
 //! JWKS, iss, aud, nonce; at_hash with Authlib), userinfo and a refresh; and openid-client
-//! again through a pushed authorization request (RFC 9126) for a client that must push. The
-//! scripts are in `tests/rp/`; `deploy/test.sh` installs the pinned libraries and exports where
+//! again through a pushed authorization request (RFC 9126) for a client that must push, and with
+//! DPoP (RFC 9449: bound tokens, a bound code, a bound refresh, userinfo with a proof, a nonce
+//! asked for and retried). The scripts are in `tests/rp/`; `deploy/test.sh` installs the pinned libraries and exports where
 //! they are.
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ in_both_modes!(
     authlib_and_openid_client_complete_the_code_flow,
     openid_client_signs_in_with_a_pushed_authorization_request,
     openid_client_completes_the_device_grant,
+    openid_client_gets_dpop_bound_tokens_and_follows_a_nonce,
 );
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -383,5 +385,81 @@ async fn openid_client_completes_the_device_grant(mode: Mode) {
     assert_eq!(summary["preferred_username"], "ada", "{summary}");
     assert_eq!(summary["refreshed"], true, "{summary}");
     assert_eq!(summary["scope"], "openid profile", "{summary}");
+    app.stop().await;
+}
+
+/// openid-client's DPoP handle (RFC 9449) for a public client, against tokend with
+/// `TOKEND_DPOP_NONCE=on`: the code flow with `dpop_jkt`, the token request answered
+/// `use_dpop_nonce` and retried by the library with the nonce, DPoP-bound tokens (`token_type`
+/// `DPoP`, `cnf.jkt` the library's key thumbprint), userinfo with a proof, a refresh with a
+/// proof; a refresh without the key and a bearer use of the bound token are refused.
+async fn openid_client_gets_dpop_bound_tokens_and_follows_a_nonce(mode: Mode) {
+    let Some(tools) = tools_or_skip() else {
+        return;
+    };
+    let file = write_clients_file(&json!([
+        {"client_id": "node-dpop", "grant_types": ["authorization_code", "refresh_token"],
+         "redirect_uris": [REDIRECT], "client_name": "openid-client DPoP Example",
+         "dpop_bound_access_tokens": true},
+    ]));
+    let port = crate::services::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+        env.insert("TOKEND_DPOP_NONCE".into(), "on".into());
+    })
+    .await;
+    let res = app.register("ada", "ada@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let user: Value = res.json().await.unwrap();
+    let sub = user["id"].as_str().unwrap().to_string();
+
+    let summary = run_script(
+        &PathBuf::from("node"),
+        "tests/rp/openid_client_dpop_flow.mjs",
+        &[&issuer, "node-dpop", "", REDIRECT, "ada", PASSWORD],
+        &[("RP_NODE_MODULES", &tools.node_modules)],
+    )
+    .await;
+    assert_eq!(summary["library"], "openid-client", "{summary}");
+    assert_eq!(summary["flow"], "dpop", "{summary}");
+    for field in ["token_type", "refreshed_token_type"] {
+        assert!(
+            summary[field]
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("dpop")),
+            "{field}: {summary}"
+        );
+    }
+    let jkt = summary["jkt"].as_str().unwrap();
+    assert_eq!(jkt.len(), 43, "{summary}");
+    assert_eq!(summary["cnf_jkt"], jkt, "{summary}");
+    assert_eq!(summary["refreshed_cnf_jkt"], jkt, "{summary}");
+    assert_eq!(summary["nonce_asked_and_retried"], true, "{summary}");
+    assert_eq!(summary["sub"], sub.as_str(), "{summary}");
+    assert_eq!(summary["userinfo_sub"], sub.as_str(), "{summary}");
+    assert_eq!(
+        summary["userinfo_after_refresh_sub"],
+        sub.as_str(),
+        "{summary}"
+    );
+    assert_eq!(summary["refresh_without_key_refused"], true, "{summary}");
+    assert_eq!(summary["bearer_use_refused"], true, "{summary}");
+    let m = app.metrics_text().await;
+    let accepted = m
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tokend_dpop_proofs_total{reason=\"none\",result=\"accepted\"} ")
+        })
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        accepted >= 4,
+        "code, userinfo, refresh, userinfo: {accepted}"
+    );
     app.stop().await;
 }

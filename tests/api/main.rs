@@ -9,6 +9,7 @@ mod connections;
 mod deploy;
 mod device;
 mod device_cli;
+mod dpop;
 mod events;
 mod faults;
 mod foundation;

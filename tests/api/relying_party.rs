@@ -67,11 +67,15 @@ async fn the_example_relying_party_signs_in_calls_the_api_and_signs_out() {
         .await
         .unwrap();
     let api_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let api = format!("http://{}/hello", api_listener.local_addr().unwrap());
+    let api_origin = format!("http://{}", api_listener.local_addr().unwrap());
+    let api = format!("{api_origin}/hello");
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let api_task = tokio::spawn(resource_server::serve(
         api_listener,
-        Arc::new(verifier),
+        Arc::new(resource_server::Resource {
+            verifier,
+            public_url: api_origin,
+        }),
         async move {
             let _ = api_stopped.await;
         },

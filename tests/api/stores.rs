@@ -65,6 +65,7 @@ fn client(id: &str) -> ClientRecord {
             token_endpoint_auth_method: Some("client_secret_basic".into()),
             id_token_signed_response_alg: Some("RS256".into()),
             require_pushed_authorization_requests: true,
+            dpop_bound_access_tokens: true,
         },
         registration: None,
     }
@@ -384,6 +385,7 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         max_sessions: 100,
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_string()),
         ip: Some("203.0.113.9".to_string()),
+        jkt: None,
     }
 }
 
@@ -408,6 +410,7 @@ fn exchange(sid: &str, presented: &str, now_ms: i64, leeway_ms: i64) -> RotateRe
         leeway_ms,
         ttl_ms: 14 * DAY_MS,
         revoked_ttl_ms: 14 * DAY_MS,
+        jkt: None,
     }
 }
 

@@ -506,3 +506,60 @@ fn the_readme_password_reset_and_email_change_tour_runs_as_written() {
         run.log
     );
 }
+
+#[test]
+fn the_readme_dpop_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- dpop-tour:start", "<!-- dpop-tour:end -->");
+    assert_eq!(
+        tour.server_starts, 1,
+        "the DPoP tour starts the server once"
+    );
+    for curl in &tour.curls {
+        assert!(
+            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
+            "a tour curl that can fail silently: {curl}"
+        );
+    }
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the DPoP tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    let thumbprint = steps.of("The app's key");
+    let jkt = thumbprint.lines().last().unwrap_or_default().trim();
+    assert_eq!(
+        jkt.len(),
+        43,
+        "a SHA-256 thumbprint, base64url: {thumbprint}"
+    );
+    let granted = steps.of("A password grant with a proof");
+    assert!(granted.contains("\"token_type\":\"DPoP\""), "{granted}");
+    let body: serde_json::Value =
+        serde_json::from_str(granted.lines().last().unwrap_or_default()).unwrap();
+    let access = body["access_token"].as_str().unwrap();
+    assert_eq!(
+        crate::helpers::claims(access)["cnf"]["jkt"],
+        jkt,
+        "the token is bound to the key the tour made"
+    );
+    steps.shows(
+        "Call an API with the DPoP scheme",
+        &["\"username\":\"ada\""],
+    );
+    steps.shows("Sent as a bearer token", &["invalid_token", " 401"]);
+    steps.shows(
+        "A proof is good once",
+        &["200", "invalid_dpop_proof", " 401"],
+    );
+    steps.shows("my-app is public", &["invalid_dpop_proof", " 400"]);
+    steps.shows(
+        "With a proof of the same key",
+        &["\"token_type\":\"DPoP\"", "\"refresh_token\""],
+    );
+}

@@ -16,6 +16,7 @@ use tokend_verifier::{
     FetchError, Fetcher, HyperFetcher, Verifier, VerifierError, VerifierOptions,
 };
 
+use crate::dpop::{ath, DpopKey};
 use crate::helpers::{claims, header, spawn_app_with, Mode, TestApp};
 use crate::in_both_modes;
 
@@ -88,6 +89,7 @@ fn tamper(token: &str) -> String {
 in_both_modes!(
     tokens_from_a_login_verify_and_nothing_else_does,
     verification_holds_across_a_key_rotation,
+    dpop_bound_tokens_verify_only_with_a_fresh_proof_of_their_key,
 );
 
 async fn tokens_from_a_login_verify_and_nothing_else_does(mode: Mode) {
@@ -115,6 +117,141 @@ async fn tokens_from_a_login_verify_and_nothing_else_does(mode: Mode) {
     app.clock.advance(Duration::from_secs(15 * 60 + 31));
     let expired = verifier.verify(&access).await.unwrap_err();
     assert!(matches!(expired, VerifierError::Expired), "{expired}");
+    app.stop().await;
+}
+
+/// A login bound to `key` (the seed's `/auth/login` with a proof): the access token.
+async fn dpop_login(app: &TestApp, key: &DpopKey) -> String {
+    let s = app.new_session().await;
+    let proof = key.proof_at(
+        "POST",
+        &format!("{ISSUER}/auth/login"),
+        tokend::clock::Clock::now(&*app.clock),
+        &serde_json::json!({}),
+    );
+    let res = app
+        .http
+        .post(app.url("/auth/login"))
+        .header("DPoP", proof)
+        .json(&serde_json::json!({"email": s.email, "password": s.password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["token_type"], "DPoP");
+    body["access_token"].as_str().unwrap().to_string()
+}
+
+/// The headers of a request with `Authorization: <scheme> <token>` and a proof when given.
+fn request_headers(scheme: &str, token: &str, proof: Option<&str>) -> http::HeaderMap {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        http::header::AUTHORIZATION,
+        format!("{scheme} {token}").parse().unwrap(),
+    );
+    if let Some(p) = proof {
+        h.append("dpop", p.parse().unwrap());
+    }
+    h
+}
+
+const API: &str = "https://api.example/orders";
+
+async fn dpop_bound_tokens_verify_only_with_a_fresh_proof_of_their_key(mode: Mode) {
+    let app = spawn_app_with(mode, |_| {}).await;
+    let (verifier, _) = verifier_for(&app).await;
+    let key = DpopKey::p256();
+    let token = dpop_login(&app, &key).await;
+    let now = || tokend::clock::Clock::now(&*app.clock);
+    let proof = |k: &DpopKey, method: &str, url: &str, token: &str| {
+        k.proof_at(method, url, now(), &serde_json::json!({"ath": ath(token)}))
+    };
+
+    let good = proof(&key, "GET", API, &token);
+    let c = verifier
+        .verify_request(&request_headers("DPoP", &token, Some(&good)), "GET", API)
+        .await
+        .unwrap();
+    assert_eq!(c.all["cnf"]["jkt"], key.jkt());
+    // The same proof again: a replay.
+    let again = verifier
+        .verify_request(&request_headers("DPoP", &token, Some(&good)), "GET", API)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            again,
+            VerifierError::Proof(tokend_verifier::ProofRefusal::Replay)
+        ),
+        "{again}"
+    );
+    let refusals = [
+        (request_headers("Bearer", &token, None), "dpop_bound"),
+        (request_headers("DPoP", &token, None), "dpop_proof"),
+        (
+            request_headers(
+                "DPoP",
+                &token,
+                Some(&proof(&DpopKey::ed25519(), "GET", API, &token)),
+            ),
+            "dpop_proof",
+        ),
+        (
+            request_headers("DPoP", &token, Some(&proof(&key, "POST", API, &token))),
+            "dpop_proof",
+        ),
+        (
+            request_headers(
+                "DPoP",
+                &token,
+                Some(&proof(&key, "GET", "https://api.example/other", &token)),
+            ),
+            "dpop_proof",
+        ),
+        (
+            request_headers(
+                "DPoP",
+                &token,
+                Some(&proof(&key, "GET", API, "another token")),
+            ),
+            "dpop_proof",
+        ),
+    ];
+    for (headers, reason) in refusals {
+        let e = verifier
+            .verify_request(&headers, "GET", API)
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), reason, "{e}");
+        assert!(e.is_invalid_token());
+    }
+    // A bearer token under the DPoP scheme, and as itself.
+    let s = app.new_session().await;
+    let e = verifier
+        .verify_request(
+            &request_headers("DPoP", &s.access, Some(&proof(&key, "GET", API, &s.access))),
+            "GET",
+            API,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, VerifierError::NotDpopBound), "{e}");
+    verifier
+        .verify_request(&request_headers("Bearer", &s.access, None), "GET", API)
+        .await
+        .unwrap();
+    // A proof older than the window is refused.
+    let old = proof(&key, "GET", API, &token);
+    app.clock.advance(Duration::from_secs(61));
+    let e = verifier
+        .verify_request(&request_headers("DPoP", &token, Some(&old)), "GET", API)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, VerifierError::Proof(tokend_verifier::ProofRefusal::Iat)),
+        "{e}"
+    );
     app.stop().await;
 }
 
@@ -182,14 +319,17 @@ async fn the_example_resource_server_protects_hello() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let hello = format!("http://{addr}/hello");
     let server = tokio::spawn(resource_server::serve(
         listener,
-        Arc::new(verifier),
+        Arc::new(resource_server::Resource {
+            verifier,
+            public_url: format!("http://{addr}"),
+        }),
         async move {
             let _ = stopped.await;
         },
     ));
-    let hello = format!("http://{addr}/hello");
     let s = app.new_session().await;
 
     let res = app.http.get(&hello).send().await.unwrap();
@@ -228,6 +368,43 @@ async fn the_example_resource_server_protects_hello() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+
+    // A DPoP-bound token: with a proof of its key for GET /hello, and refused otherwise with
+    // the DPoP challenge.
+    let key = DpopKey::ed25519();
+    let bound = dpop_login(&app, &key).await;
+    let now = tokend::clock::Clock::now(&*app.clock);
+    let dpop_get = |proof: String| {
+        app.http
+            .get(&hello)
+            .header("authorization", format!("DPoP {bound}"))
+            .header("DPoP", proof)
+            .send()
+    };
+    let extra = serde_json::json!({"ath": ath(&bound)});
+    let res = dpop_get(key.proof_at("GET", &hello, now, &extra))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = dpop_get(key.proof_at("GET", &format!("{hello}x"), now, &extra))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenge = res.headers()["www-authenticate"].to_str().unwrap();
+    assert!(
+        challenge.starts_with("DPoP error=\"invalid_dpop_proof\""),
+        "{challenge}"
+    );
+    let res = app
+        .http
+        .get(&hello)
+        .bearer_auth(&bound)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_token");
 
     let _ = stop.send(());
     server.await.unwrap();

@@ -5,7 +5,9 @@
 //! b64token    = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 //! ```
 //!
-//! The scheme is case-insensitive (RFC 9110 §11.1); exactly one token follows it.
+//! The scheme is case-insensitive (RFC 9110 §11.1); exactly one token follows it. A DPoP-bound
+//! token travels the same way under the `DPoP` scheme (RFC 9449 §7.1), read by
+//! [`parse_scheme`].
 
 use http::{header, HeaderMap};
 
@@ -33,21 +35,62 @@ impl std::fmt::Display for BearerError {
 
 impl std::error::Error for BearerError {}
 
+/// The scheme an access token was presented with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// `Bearer` (RFC 6750 §2.1).
+    Bearer,
+    /// `DPoP` (RFC 9449 §7.1): the request must carry a proof of the token's key.
+    DPoP,
+}
+
+impl Scheme {
+    /// The scheme's name as written in `Authorization` and `WWW-Authenticate`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Bearer => "Bearer",
+            Scheme::DPoP => "DPoP",
+        }
+    }
+}
+
+/// The scheme and token of an `Authorization` header value `Bearer <token>` or
+/// `DPoP <token>` (RFC 9449 §7.1: the same `token68` syntax).
+pub fn parse_scheme(value: &str) -> Result<(Scheme, &str), BearerError> {
+    let value = value.trim_matches([' ', '\t']);
+    let (name, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
+    let scheme = if name.eq_ignore_ascii_case("Bearer") {
+        Scheme::Bearer
+    } else if name.eq_ignore_ascii_case("DPoP") {
+        Scheme::DPoP
+    } else {
+        return Err(BearerError::Malformed);
+    };
+    let token = token.trim_start_matches(' ');
+    if is_b64token(token) {
+        Ok((scheme, token))
+    } else {
+        Err(BearerError::Malformed)
+    }
+}
+
+/// The scheme and token of the request's (first) `Authorization` header.
+pub fn scheme_from_headers(headers: &HeaderMap) -> Result<(Scheme, &str), BearerError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or(BearerError::Missing)?;
+    let value = value.to_str().map_err(|_| BearerError::NotText)?;
+    parse_scheme(value)
+}
+
 /// The token of an `Authorization` header value `Bearer <token>`.
 ///
 /// Whitespace around the value is not part of it (RFC 9110 §5.5); one or more spaces separate
 /// the scheme from the token.
 pub fn parse(value: &str) -> Result<&str, BearerError> {
-    let value = value.trim_matches([' ', '\t']);
-    let (scheme, token) = value.split_once(' ').ok_or(BearerError::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("Bearer") {
-        return Err(BearerError::Malformed);
-    }
-    let token = token.trim_start_matches(' ');
-    if is_b64token(token) {
-        Ok(token)
-    } else {
-        Err(BearerError::Malformed)
+    match parse_scheme(value)? {
+        (Scheme::Bearer, token) => Ok(token),
+        (Scheme::DPoP, _) => Err(BearerError::Malformed),
     }
 }
 
@@ -105,6 +148,21 @@ mod tests {
             "Token abc",
         ] {
             assert_eq!(parse(value), Err(BearerError::Malformed), "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_dpop_scheme_carries_a_token_the_same_way() {
+        assert_eq!(parse_scheme("DPoP a.b.c"), Ok((Scheme::DPoP, "a.b.c")));
+        assert_eq!(parse_scheme("dpop  a.b.c "), Ok((Scheme::DPoP, "a.b.c")));
+        assert_eq!(parse_scheme("Bearer x"), Ok((Scheme::Bearer, "x")));
+        assert_eq!(parse("DPoP a.b.c"), Err(BearerError::Malformed));
+        for value in ["DPoP", "DPoP ", "DPoP a b", "DPoPa", "PoP x"] {
+            assert_eq!(
+                parse_scheme(value),
+                Err(BearerError::Malformed),
+                "{value:?}"
+            );
         }
     }
 

@@ -1,9 +1,12 @@
 //! Access-token verification for Rust resource servers: discovery of the issuer's `jwks_uri`, a
 //! JWKS cache that honours `Cache-Control: max-age` within bounds, one rate-limited refetch on an
 //! unknown `kid`, and the RFC 9068 checks (`alg` allow-list, `typ` `at+jwt`, signature, `iss`,
-//! `aud`, `exp`, `nbf`), the same ones tokend makes (`docs/tokens.md`, "Validation"). The token
-//! shapes both sides check (`typ`, bearer header, leeway, algorithm names) come from the shared
-//! `tokend-token-shape` crate; this crate does not depend on the server.
+//! `aud`, `exp`, `nbf`), the same ones tokend makes (`docs/tokens.md`, "Validation"); and for
+//! DPoP-bound tokens (RFC 9449, docs/dpop.md) the proof of each request, its `ath`, the key the
+//! token is bound to and a single use of each proof ([`Verifier::verify_request`]). The token
+//! shapes both sides check (`typ`, the `Authorization` header, leeway, algorithm names, DPoP
+//! proofs) come from the shared `tokend-token-shape` crate; this crate does not depend on the
+//! server.
 //!
 //! ```no_run
 //! # async fn demo(token: &str) -> Result<(), tokend_verifier::VerifierError> {
@@ -22,7 +25,7 @@
 //! `hyper-rustls`), or implement [`Fetcher`] over the HTTP client the service already uses.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,10 +40,15 @@ use josekit::jws::{EdDSA, JwsVerifier, RS256};
 use serde_json::{Map, Value};
 
 use tokend_token_shape::clock::{self, SystemClock};
+use tokend_token_shape::dpop::{check_proof, proof_header, ProofContext};
 use tokend_token_shape::{bearer, time};
 
 pub use tokend_token_shape::clock::{Clock, ManualClock, SharedClock};
-pub use tokend_token_shape::Alg;
+pub use tokend_token_shape::dpop::ProofRefusal;
+pub use tokend_token_shape::{Alg, BearerError, Scheme};
+
+/// The JWS algorithms a DPoP proof may be signed with (RFC 9449 §7.1 `algs`).
+pub const DPOP_ALGS: [&str; 4] = tokend_token_shape::jwk::CLIENT_ALGS;
 
 /// `typ` of access tokens (RFC 9068 §2.1).
 pub const ACCESS_TOKEN_TYP: &str = tokend_token_shape::ACCESS_TYP;
@@ -100,6 +108,19 @@ pub enum VerifierError {
     /// A required claim is missing or has the wrong type.
     #[error("claim {0} missing or invalid")]
     Claim(&'static str),
+    /// No usable `Authorization` header (`Bearer <token>` or `DPoP <token>`).
+    #[error("{0}")]
+    Authorization(BearerError),
+    /// A DPoP-bound token presented as a bearer token (RFC 9449 §7.2).
+    #[error("the token is DPoP-bound: present it with the DPoP scheme and a proof")]
+    DpopBound,
+    /// A bearer (unbound) token presented with the `DPoP` scheme.
+    #[error("the token is not DPoP-bound: present it as a Bearer token")]
+    NotDpopBound,
+    /// The request's DPoP proof was refused (RFC 9449 §4.3): missing, malformed, for another
+    /// request, of another key than the token's, or used before.
+    #[error("{0}")]
+    Proof(ProofRefusal),
     /// The discovery document or the JWKS could not be fetched.
     #[error("cannot fetch {url}: {message}")]
     Fetch { url: String, message: String },
@@ -141,10 +162,75 @@ impl VerifierError {
             VerifierError::Expired => "expired",
             VerifierError::NotYetValid => "not_yet_valid",
             VerifierError::Claim(_) => "claims",
+            VerifierError::Authorization(_) => "authorization",
+            VerifierError::DpopBound => "dpop_bound",
+            VerifierError::NotDpopBound => "not_dpop_bound",
+            VerifierError::Proof(_) => "dpop_proof",
             VerifierError::Fetch { .. } => "fetch",
             VerifierError::Discovery { .. } => "discovery",
             VerifierError::Jwks { .. } => "jwks",
             VerifierError::Config(_) => "config",
+        }
+    }
+}
+
+impl VerifierError {
+    /// The `WWW-Authenticate` value a resource server answers this refusal with: `DPoP` with
+    /// `invalid_dpop_proof` for a refused proof, `DPoP` with `invalid_token` for a token
+    /// presented with the `DPoP` scheme, else `Bearer` with `invalid_token` (RFC 6750 §3,
+    /// RFC 9449 §7.1). `scheme` is how the token was presented, when it was.
+    pub fn challenge(&self, scheme: Option<Scheme>) -> String {
+        let algs = DPOP_ALGS.join(" ");
+        let (dpop, error) = match (self, scheme) {
+            (VerifierError::Proof(_), _) => (true, "invalid_dpop_proof"),
+            (VerifierError::NotDpopBound, _) | (_, Some(Scheme::DPoP)) => (true, "invalid_token"),
+            _ => (false, "invalid_token"),
+        };
+        let description = self.to_string().replace(['"', '\\'], "'");
+        if dpop {
+            format!("DPoP error=\"{error}\", error_description=\"{description}\", algs=\"{algs}\"")
+        } else {
+            format!("Bearer error=\"{error}\", error_description=\"{description}\"")
+        }
+    }
+}
+
+/// The proofs a verifier has accepted, each remembered as long as it could pass the `iat`
+/// window (RFC 9449 §11.1), swept as the map is written.
+#[derive(Debug, Default)]
+struct ReplayCache {
+    /// SHA-256 of the key thumbprint and the `jti` -> Unix ms it is forgotten.
+    seen: HashMap<[u8; 32], i64>,
+    last_sweep_ms: i64,
+    writes_since_sweep: u32,
+}
+
+impl ReplayCache {
+    /// How long a proof is remembered.
+    const TTL_MS: i64 =
+        (tokend_token_shape::dpop::MAX_AGE_SECS + tokend_token_shape::dpop::MAX_SKEW_SECS + 1)
+            * 1000;
+
+    /// Records the proof; `false` if it was seen and still could be replayed.
+    fn first_use(&mut self, jkt: &str, jti: &str, now_ms: i64) -> bool {
+        self.writes_since_sweep += 1;
+        if self.writes_since_sweep >= 4096 || now_ms - self.last_sweep_ms >= 30_000 {
+            self.seen.retain(|_, until| *until > now_ms);
+            self.writes_since_sweep = 0;
+            self.last_sweep_ms = now_ms;
+        }
+        let mut material = Vec::with_capacity(jkt.len() + 1 + jti.len());
+        material.extend_from_slice(jkt.as_bytes());
+        material.push(b'\n');
+        material.extend_from_slice(jti.as_bytes());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &material).as_ref());
+        match self.seen.get(&key) {
+            Some(until) if *until > now_ms => false,
+            _ => {
+                self.seen.insert(key, now_ms + Self::TTL_MS);
+                true
+            }
         }
     }
 }
@@ -403,6 +489,12 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     bearer::from_headers(headers).ok()
 }
 
+/// The scheme of a well-formed `Authorization: Bearer <token>` or `DPoP <token>` header, if
+/// any: what a refusal's challenge should answer ([`VerifierError::challenge`]).
+pub fn presented_scheme(headers: &HeaderMap) -> Option<Scheme> {
+    bearer::scheme_from_headers(headers).ok().map(|(s, _)| s)
+}
+
 /// One key of the cached JWKS.
 #[derive(Debug)]
 struct CachedKey {
@@ -448,6 +540,7 @@ pub struct Verifier {
     options: VerifierOptions,
     cache: RwLock<Option<Arc<KeyCache>>>,
     fetch: tokio::sync::Mutex<FetchState>,
+    replay: Mutex<ReplayCache>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -678,6 +771,7 @@ impl Verifier {
             options,
             cache: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(FetchState::default()),
+            replay: Mutex::new(ReplayCache::default()),
         })
     }
 
@@ -883,6 +977,65 @@ impl Verifier {
             })?;
         let claims = Claims::from_map(payload.into())?;
         self.check_claims(&claims)?;
+        Ok(claims)
+    }
+
+    /// Verifies the access token of a request to a protected resource, as it was presented
+    /// (RFC 9449 §7): `Authorization: Bearer <token>` for an unbound token, or
+    /// `Authorization: DPoP <token>` with a `DPoP` proof for a token bound to a key (`cnf.jkt`).
+    /// The proof must be signed by that key, be made for this request (`method`, and `uri`:
+    /// the URL the client addressed, as this resource is known outside, without query), carry
+    /// `ath` of the token, be recent, and not have been used before here (proofs are
+    /// remembered in memory for as long as they could pass the `iat` window). A bound token
+    /// presented as a bearer token is refused, and so is an unbound one under `DPoP`.
+    pub async fn verify_request(
+        &self,
+        headers: &HeaderMap,
+        method: &str,
+        uri: &str,
+    ) -> Result<Claims, VerifierError> {
+        let (scheme, token) =
+            bearer::scheme_from_headers(headers).map_err(VerifierError::Authorization)?;
+        let claims = self.verify(token).await?;
+        let jkt = match claims.all.get("cnf") {
+            None => None,
+            Some(cnf) => Some(
+                cnf.get("jkt")
+                    .and_then(Value::as_str)
+                    .ok_or(VerifierError::Claim("cnf"))?,
+            ),
+        };
+        let jkt = match (scheme, jkt) {
+            (Scheme::Bearer, None) => return Ok(claims),
+            (Scheme::Bearer, Some(_)) => return Err(VerifierError::DpopBound),
+            (Scheme::DPoP, None) => return Err(VerifierError::NotDpopBound),
+            (Scheme::DPoP, Some(jkt)) => jkt,
+        };
+        let proof = proof_header(headers)
+            .map_err(VerifierError::Proof)?
+            .ok_or(VerifierError::Proof(ProofRefusal::Missing))?;
+        let now_ms = self.options.clock.now_ms();
+        let checked = check_proof(
+            proof,
+            &ProofContext {
+                method,
+                uri,
+                access_token: Some(token),
+                now: now_ms.div_euclid(1000),
+            },
+        )
+        .map_err(VerifierError::Proof)?;
+        if checked.jkt != jkt {
+            return Err(VerifierError::Proof(ProofRefusal::Key));
+        }
+        let first = self
+            .replay
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .first_use(&checked.jkt, &checked.jti, now_ms);
+        if !first {
+            return Err(VerifierError::Proof(ProofRefusal::Replay));
+        }
         Ok(claims)
     }
 
@@ -1435,6 +1588,35 @@ mod tests {
             Verifier::with_jwks_uri(ISSUER, AUDIENCE, "https://issuer.test/jwks", options),
             Err(VerifierError::Config(_))
         ));
+    }
+
+    #[test]
+    fn a_proof_is_remembered_while_it_could_be_replayed_then_forgotten() {
+        let mut cache = ReplayCache::default();
+        let t = 1_800_000_000_000;
+        assert!(cache.first_use("jkt", "a", t));
+        assert!(!cache.first_use("jkt", "a", t + ReplayCache::TTL_MS - 1));
+        assert!(cache.first_use("jkt", "b", t), "another jti");
+        assert!(cache.first_use("other", "a", t), "another key");
+        assert!(cache.first_use("jkt", "a", t + ReplayCache::TTL_MS));
+        // Swept: what expired is gone from the map.
+        assert!(cache.first_use("jkt", "c", t + 10 * ReplayCache::TTL_MS));
+        assert_eq!(cache.seen.len(), 1);
+    }
+
+    #[test]
+    fn refusals_answer_the_challenge_of_their_scheme() {
+        let c = VerifierError::Proof(ProofRefusal::Ath).challenge(Some(Scheme::DPoP));
+        assert!(c.starts_with("DPoP error=\"invalid_dpop_proof\""), "{c}");
+        assert!(c.ends_with("algs=\"ES256 EdDSA RS256 PS256\""), "{c}");
+        let c = VerifierError::Expired.challenge(Some(Scheme::DPoP));
+        assert!(c.starts_with("DPoP error=\"invalid_token\""), "{c}");
+        let c = VerifierError::NotDpopBound.challenge(Some(Scheme::DPoP));
+        assert!(c.starts_with("DPoP error=\"invalid_token\""), "{c}");
+        let c = VerifierError::DpopBound.challenge(Some(Scheme::Bearer));
+        assert!(c.starts_with("Bearer error=\"invalid_token\""), "{c}");
+        let c = VerifierError::Expired.challenge(None);
+        assert!(c.starts_with("Bearer "), "{c}");
     }
 
     #[test]
