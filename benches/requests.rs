@@ -170,7 +170,11 @@ fn domain(c: &mut Criterion) {
     rt.block_on(state.accounts.register("bencher", EMAIL, PASSWORD))
         .unwrap();
     let first = rt
-        .block_on(state.accounts.login(EMAIL, PASSWORD, &Origin::default()))
+        .block_on(
+            state
+                .accounts
+                .login(EMAIL, PASSWORD, &Origin::default(), &Default::default()),
+        )
         .unwrap();
     let mut g = c.benchmark_group("domain");
 

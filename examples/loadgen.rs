@@ -1603,6 +1603,7 @@ fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64
         fresh: false,
         auth_time: None,
         roles: vec![],
+        cnf: None,
     };
     let refresh_claims = RefreshClaims {
         iss: issuer.clone(),

@@ -16,8 +16,8 @@ use serde_json::{json, Map, Value};
 
 use super::accounts::{Accounts, Principal, SignInVia};
 use super::clients::{is_loopback, GRANT_AUTHORIZATION_CODE};
-use super::events::{EventType, Events, NewEvent, Origin};
 use super::dpop::{is_jkt, ProofHeader, ProofRefusal, Proven, Target};
+use super::events::{EventType, Events, NewEvent, Origin};
 use super::ids;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
 use super::sessions::{FamilyStart, Sessions};

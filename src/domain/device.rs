@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::authorize::{hashed, scope_description, Authorize, IdTokenFacts, OIDC_SCOPES};
 use super::clients::GRANT_DEVICE_CODE;
-use super::events::Origin;
 use super::dpop::Proven;
+use super::events::Origin;
 use super::ids;
 use super::limits::Limits;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};

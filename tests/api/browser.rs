@@ -184,6 +184,46 @@ fn xpath_literal(s: &str) -> String {
     }
 }
 
+/// Whether clicking `element` loads another document: a submit button or input (forms here
+/// post without scripts), or a link with an address.
+async fn starts_navigation(element: &Element) -> bool {
+    let tag = element
+        .tag_name()
+        .await
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let attr = |name: &'static str| async move { element.attr(name).await.ok().flatten() };
+    match tag.as_str() {
+        "a" => attr("href")
+            .await
+            .is_some_and(|h| !h.is_empty() && !h.starts_with('#')),
+        "button" => {
+            let kind = attr("type").await.unwrap_or_else(|| "submit".into());
+            // A button submits the form it sits in or names.
+            kind.eq_ignore_ascii_case("submit")
+                && (attr("form").await.is_some()
+                    || element.find(Locator::XPath("ancestor::form")).await.is_ok())
+        }
+        "input" => attr("type")
+            .await
+            .is_some_and(|t| t.eq_ignore_ascii_case("submit")),
+        _ => false,
+    }
+}
+
+/// Waits (at most [`READY_WITHIN`]) until `root`, the `<html>` of the page a click left, is no
+/// longer in the document: the new page has replaced it. A click whose navigation the page
+/// refused (a form the browser will not submit) leaves it, and the caller's next check says so.
+async fn wait_until_stale(root: &Element) {
+    let deadline = std::time::Instant::now() + READY_WITHIN;
+    while std::time::Instant::now() < deadline {
+        match root.tag_name().await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            Err(_) => return,
+        }
+    }
+}
+
 /// A chromedriver process started for one browser, killed with its process group (Chromium
 /// included) when dropped.
 struct Driver {
@@ -378,10 +418,21 @@ impl Browser {
                     panic!("nothing to click: no button or link {target:?}, no element {target:?} ({e})")
                 }),
         };
+        let navigates = starts_navigation(&element).await;
+        let root = if navigates {
+            self.client.find(Locator::Css("html")).await.ok()
+        } else {
+            None
+        };
         element
             .click()
             .await
             .unwrap_or_else(|e| panic!("click {target:?}: {e}"));
+        if let Some(root) = root {
+            // The driver may answer the click before the navigation it starts has replaced the
+            // document; the next read must see the new page, so wait for the old root to go.
+            wait_until_stale(&root).await;
+        }
         self.check().await;
     }
 

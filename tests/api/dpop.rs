@@ -1376,6 +1376,8 @@ mod stores {
             credentials_version: 0,
             max_sessions: 100,
             jkt: jkt.map(String::from),
+            user_agent: None,
+            ip: None,
         }
     }
 
