@@ -15,7 +15,9 @@ use crate::domain::ids;
 use crate::domain::lifecycle::{Actor, Lifecycle, LifecycleSettings, Verified};
 use crate::keys::{Alg, Keys};
 use crate::startup::{keys_config, Application, Backends, StartupError};
-use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord};
+use crate::store::{
+    ClientMetadata, ClientRecord, ClientStore, StoreError, UserRecord, PRIVATE_KEY_JWT,
+};
 
 /// The command line: `tokend serve`, `keys`, `clients`, `users` (docs/operations.md).
 #[derive(Debug, Parser)]
@@ -29,6 +31,8 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+// Parsed once per process: the size of the largest variant (`clients create`) costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server.
@@ -84,6 +88,7 @@ pub(crate) enum UsersCommand {
     },
 }
 
+#[allow(clippy::large_enum_variant)] // parsed once per process, as `Command`
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientsCommand {
     /// Create a client. A confidential client's secret is printed once and stored only as its
@@ -118,9 +123,22 @@ pub(crate) enum ClientsCommand {
         /// The name shown on the sign-in and consent pages.
         #[arg(long)]
         name: Option<String>,
-        /// client_secret_basic, client_secret_post or none (default: any that fits).
+        /// client_secret_basic, client_secret_post, none or private_key_jwt (default: any that
+        /// fits; private_key_jwt with --jwks or --jwks-uri).
         #[arg(long)]
         auth_method: Option<String>,
+        /// private_key_jwt: a file holding the client's public keys, a JWK Set
+        /// ({"keys":[…]}; RFC 7517 §5). The client gets no secret.
+        #[arg(long, conflicts_with_all = ["jwks_uri", "public"])]
+        jwks: Option<std::path::PathBuf>,
+        /// private_key_jwt: where the client publishes its JWK Set (https, or http on a
+        /// loopback address); tokend fetches and caches it. The client gets no secret.
+        #[arg(long, conflicts_with = "public")]
+        jwks_uri: Option<String>,
+        /// private_key_jwt: the one algorithm the client's assertions may use (ES256, EdDSA,
+        /// RS256 or PS256; default: any that fits the key).
+        #[arg(long)]
+        auth_signing_alg: Option<String>,
         /// Signing algorithm of this client's ID tokens (default: RS256 when configured).
         #[arg(long)]
         id_token_alg: Option<String>,
@@ -528,6 +546,11 @@ struct ClientRow<'a> {
     require_pushed_authorization_requests: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dpop_bound_access_tokens: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_endpoint_auth_method: Option<&'a str>,
+    /// `private_key_jwt` clients: where their keys are published (inline keys are not shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks_uri: Option<&'a str>,
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -537,7 +560,7 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         client_id: &c.client_id,
         source,
         registered: c.registration.is_some(),
-        confidential: c.secret_sha256.is_some(),
+        confidential: c.is_confidential(),
         grant_types: &c.grant_types,
         scopes: &c.scopes,
         alg: c.alg.as_deref(),
@@ -546,6 +569,8 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         client_name: c.meta.client_name.as_deref(),
         require_pushed_authorization_requests: c.meta.require_pushed_authorization_requests,
         dpop_bound_access_tokens: c.meta.dpop_bound_access_tokens,
+        token_endpoint_auth_method: c.meta.token_endpoint_auth_method.as_deref(),
+        jwks_uri: c.meta.jwks_uri.as_deref(),
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -635,6 +660,9 @@ async fn clients_subcommand(
             first_party,
             name,
             auth_method,
+            jwks,
+            jwks_uri,
+            auth_signing_alg,
             id_token_alg,
             require_par,
             dpop_bound,
@@ -644,7 +672,23 @@ async fn clients_subcommand(
                 Some(id) => id,
                 None => ids::random_id().map_err(|e| e.to_string())?,
             };
-            let secret = if public {
+            // Keys given: the client authenticates with them (private_key_jwt), not a secret.
+            let keys_given = jwks.is_some() || jwks_uri.is_some();
+            let auth_method =
+                auth_method.or_else(|| keys_given.then(|| PRIVATE_KEY_JWT.to_string()));
+            let key_client = auth_method.as_deref() == Some(PRIVATE_KEY_JWT);
+            let jwks = match jwks {
+                None => None,
+                Some(path) => {
+                    let bytes = std::fs::read(&path)
+                        .map_err(|e| format!("--jwks {}: {e}", path.display()))?;
+                    Some(
+                        serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .map_err(|e| format!("--jwks {}: not JSON: {e}", path.display()))?,
+                    )
+                }
+            };
+            let secret = if public || key_client {
                 None
             } else {
                 Some(ids::random_secret().map_err(|e| e.to_string())?)
@@ -669,6 +713,9 @@ async fn clients_subcommand(
                     id_token_signed_response_alg: id_token_alg,
                     require_pushed_authorization_requests: require_par,
                     dpop_bound_access_tokens: dpop_bound,
+                    jwks,
+                    jwks_uri,
+                    token_endpoint_auth_signing_alg: auth_signing_alg,
                 },
                 registration: None,
             };
@@ -684,7 +731,7 @@ async fn clients_subcommand(
                 NewEvent::new(EventType::ClientCreated)
                     .client(&record.client_id)
                     .detail("via", "operator")
-                    .detail("confidential", secret.is_some()),
+                    .detail("confidential", record.is_confidential()),
             );
             if json {
                 println!(
@@ -698,6 +745,10 @@ async fn clients_subcommand(
                         println!("client_secret: {s}");
                         println!("Store the secret now: it is not shown again.");
                     }
+                    None if key_client => println!(
+                        "private_key_jwt client: no secret; it signs its client assertions with \
+                         its own key"
+                    ),
                     None => println!("public client: no secret"),
                 }
             }

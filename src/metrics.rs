@@ -92,6 +92,10 @@ pub(crate) struct Metrics {
     /// `tokend_dpop_proofs_total{result,reason}`: DPoP proofs accepted (`reason` `none`) or
     /// refused, by the reason of the refusal (docs/dpop.md).
     pub(crate) dpop_proofs: IntCounterVec,
+    /// `tokend_client_assertions_total{result,reason}`: `private_key_jwt` client assertions
+    /// accepted (`reason` `none`) or refused, by the reason of the refusal
+    /// (docs/private_key_jwt.md).
+    pub(crate) client_assertions: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -339,6 +343,13 @@ impl Metrics {
                 r,
                 "tokend_dpop_proofs_total",
                 "DPoP proofs accepted (reason none) or refused, by reason (RFC 9449).",
+                &["result", "reason"],
+            ),
+            client_assertions: counter(
+                r,
+                "tokend_client_assertions_total",
+                "private_key_jwt client assertions accepted (reason none) or refused, by reason \
+                 (RFC 7523).",
                 &["result", "reason"],
             ),
             registry,

@@ -100,7 +100,7 @@ pub struct Backends {
     pub lease: Option<Arc<dyn LeaseStore>>,
     /// Rate limits and login back-off (Redis in production).
     pub limits: Arc<dyn LimitStore>,
-    /// Single-use keys: DPoP proof `jti`s (Redis in production).
+    /// Single-use keys: DPoP proof and client assertion `jti`s (Redis in production).
     pub replay: Arc<dyn ReplayStore>,
     /// `embedded` or `production`: the `mode` of `/readyz` and the logs.
     pub mode_name: &'static str,
@@ -310,6 +310,8 @@ impl Application {
             .unwrap_or_else(|| "localhost".into());
         let transport = crate::mail::transport(&config.mail.transport, &hello_name)
             .map_err(StartupError::Config)?;
+        let jwks_fetch =
+            Arc::new(crate::http::fetch::JwksFetcher::new().map_err(StartupError::Other)?);
         let services = Services::build(ServiceParts {
             config: config.clone(),
             clock,
@@ -318,6 +320,7 @@ impl Application {
             sessions,
             limits: b.limits,
             replay: b.replay,
+            jwks_fetch,
             authorize: b.authorize,
             consents: b.consents,
             device: b.device,

@@ -511,7 +511,7 @@ impl Authorize {
     }
 
     fn client_type(client: &ClientRecord) -> &'static str {
-        if client.secret_sha256.is_some() {
+        if client.is_confidential() {
             "confidential"
         } else {
             "public"

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use super::{ids, FIRST_PARTY_CLIENT};
 use crate::config::vars::CLIENTS_FILE;
 use crate::keys::Alg;
-use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError};
+use crate::store::{ClientMetadata, ClientRecord, ClientStore, StoreError, PRIVATE_KEY_JWT};
 
 /// `grant_type=password` (RFC 6749 §4.3).
 pub(crate) const GRANT_PASSWORD: &str = "password";
@@ -35,8 +35,14 @@ pub(crate) const GRANT_TYPES: [&str; 5] = [
     GRANT_AUTHORIZATION_CODE,
     GRANT_DEVICE_CODE,
 ];
-/// The client authentication methods at the token endpoint (RFC 7591 §2).
-pub(crate) const AUTH_METHODS: [&str; 3] = ["client_secret_basic", "client_secret_post", "none"];
+/// The client authentication methods at the token endpoint (RFC 7591 §2; `private_key_jwt`,
+/// RFC 7523 §2.2, docs/private_key_jwt.md).
+pub(crate) const AUTH_METHODS: [&str; 4] = [
+    "client_secret_basic",
+    "client_secret_post",
+    "none",
+    PRIVATE_KEY_JWT,
+];
 
 /// What is wrong with a redirect URI (RFC 6749 §3.1.2, RFC 8252 §7, OAuth 2.1 §2.3.1):
 /// absolute, no fragment, and `https`, or `http` on a loopback address, or a private-use
@@ -130,9 +136,10 @@ pub(crate) fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), Stri
             ));
         }
     }
-    if c.secret_sha256.is_none() && c.grant_types.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
+    if !c.is_confidential() && c.grant_types.iter().any(|g| g == GRANT_CLIENT_CREDENTIALS) {
         return Err(format!(
-            "client {id:?}: a public client (no secret) cannot use client_credentials"
+            "client {id:?}: a public client (no secret, no private_key_jwt) cannot use \
+             client_credentials"
         ));
     }
     for s in &c.scopes {
@@ -205,13 +212,21 @@ fn validate_metadata(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
                 AUTH_METHODS.join(", ")
             ));
         }
-        if (method == "none") != c.secret_sha256.is_none() {
+        // `none` is a public client's, the secret methods need a secret, and a
+        // `private_key_jwt` client has its keys instead (validate_key_metadata).
+        let fits = match method.as_str() {
+            "none" => c.secret_sha256.is_none(),
+            PRIVATE_KEY_JWT => true,
+            _ => c.secret_sha256.is_some(),
+        };
+        if !fits {
             return Err(format!(
                 "client {id:?}: token_endpoint_auth_method \"none\" is for public clients only, \
-                 and a public client must use it"
+                 and a public client must use it (or {PRIVATE_KEY_JWT} with its keys)"
             ));
         }
     }
+    validate_key_metadata(c)?;
     if m.require_pushed_authorization_requests && !code {
         return Err(format!(
             "client {id:?}: require_pushed_authorization_requests is for clients with the \
@@ -229,6 +244,71 @@ fn validate_metadata(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
                     listed.join(",")
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// What is wrong with a client's `private_key_jwt` metadata (docs/private_key_jwt.md,
+/// "Registering a client"): such a client has no secret and exactly one of `jwks` (public
+/// signing keys of supported types, unique `kid`s) and `jwks_uri` (https, or http on loopback);
+/// `token_endpoint_auth_signing_alg` is one tokend accepts and, with `jwks`, fits a key. Other
+/// clients have none of the three.
+fn validate_key_metadata(c: &ClientRecord) -> Result<(), String> {
+    let id = &c.client_id;
+    let m = &c.meta;
+    if !c.uses_private_key_jwt() {
+        if m.jwks.is_some() || m.jwks_uri.is_some() || m.token_endpoint_auth_signing_alg.is_some() {
+            return Err(format!(
+                "client {id:?}: jwks, jwks_uri and token_endpoint_auth_signing_alg are for \
+                 clients with token_endpoint_auth_method \"{PRIVATE_KEY_JWT}\""
+            ));
+        }
+        return Ok(());
+    }
+    if c.secret_sha256.is_some() {
+        return Err(format!(
+            "client {id:?}: a {PRIVATE_KEY_JWT} client has no secret: it signs its assertions \
+             with its own keys"
+        ));
+    }
+    let keys = match (&m.jwks, &m.jwks_uri) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "client {id:?}: give jwks or jwks_uri, not both (RFC 7591 §2)"
+            ))
+        }
+        (None, None) => {
+            return Err(format!(
+                "client {id:?}: token_endpoint_auth_method \"{PRIVATE_KEY_JWT}\" needs the \
+                 client's public keys: jwks (a JWK Set) or jwks_uri"
+            ))
+        }
+        (Some(jwks), None) => Some(
+            super::client_keys::registered_keys(jwks)
+                .map_err(|e| format!("client {id:?}: jwks: {e}"))?,
+        ),
+        (None, Some(uri)) => {
+            if let Some(problem) = super::client_keys::jwks_uri_problem(uri) {
+                return Err(format!("client {id:?}: jwks_uri {uri:?} {problem}"));
+            }
+            None
+        }
+    };
+    if let Some(alg) = &m.token_endpoint_auth_signing_alg {
+        if !super::dpop::CLIENT_ALGS.contains(&alg.as_str()) {
+            return Err(format!(
+                "client {id:?}: token_endpoint_auth_signing_alg {alg:?} is not one of {}",
+                super::dpop::CLIENT_ALGS.join(", ")
+            ));
+        }
+        if keys
+            .as_deref()
+            .is_some_and(|k| !super::client_keys::any_fits(k, alg))
+        {
+            return Err(format!(
+                "client {id:?}: token_endpoint_auth_signing_alg {alg:?} fits none of its jwks"
+            ));
         }
     }
     Ok(())
@@ -264,6 +344,12 @@ struct StaticClient {
     require_pushed_authorization_requests: bool,
     #[serde(default)]
     dpop_bound_access_tokens: bool,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_signing_alg: Option<String>,
 }
 
 /// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
@@ -323,6 +409,9 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
                 id_token_signed_response_alg: c.id_token_signed_response_alg,
                 require_pushed_authorization_requests: c.require_pushed_authorization_requests,
                 dpop_bound_access_tokens: c.dpop_bound_access_tokens,
+                jwks: c.jwks,
+                jwks_uri: c.jwks_uri,
+                token_endpoint_auth_signing_alg: c.token_endpoint_auth_signing_alg,
             },
             registration: None,
         };
@@ -546,6 +635,96 @@ mod tests {
         let bad = br#"[{"client_id":"app","grant_types":["password"],
                         "dpop_bound_access_tokens":"yes"}]"#;
         assert!(parse_static_clients(bad, ALGS).is_err(), "a boolean only");
+    }
+
+    #[test]
+    fn private_key_jwt_clients_are_read_from_the_static_file_and_checked() {
+        let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+        let json = serde_json::json!([
+            {"client_id": "inline", "grant_types": ["client_credentials"],
+             "token_endpoint_auth_method": "private_key_jwt",
+             "jwks": {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1"}]},
+             "token_endpoint_auth_signing_alg": "EdDSA"},
+            {"client_id": "remote", "grant_types": ["client_credentials", "authorization_code"],
+             "redirect_uris": ["https://svc.example/cb"],
+             "token_endpoint_auth_method": "private_key_jwt",
+             "jwks_uri": "https://svc.example/jwks.json"}
+        ]);
+        let list = parse_static_clients(json.to_string().as_bytes(), ALGS).unwrap();
+        assert!(list
+            .iter()
+            .all(|c| c.is_confidential() && c.secret_sha256.is_none()));
+        assert!(list[0].meta.jwks.is_some());
+        assert_eq!(
+            list[1].meta.jwks_uri.as_deref(),
+            Some("https://svc.example/jwks.json")
+        );
+        let key = serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x});
+        let base = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"client_id": "svc", "grant_types": ["client_credentials"],
+                                           "token_endpoint_auth_method": "private_key_jwt"});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            serde_json::json!([c]).to_string()
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                base(serde_json::json!({})),
+                "needs the client's public keys",
+            ),
+            (
+                base(
+                    serde_json::json!({"jwks": {"keys": [key]}, "jwks_uri": "https://a.example/j"}),
+                ),
+                "not both",
+            ),
+            (
+                base(serde_json::json!({"jwks": {"keys": [key], "x": 1}, "client_secret": "s"})),
+                "no secret",
+            ),
+            (
+                base(serde_json::json!({"jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}})),
+                "symmetric",
+            ),
+            (
+                base(serde_json::json!({"jwks": {"keys": [
+                    {"kty": "OKP", "crv": "Ed25519", "x": x, "d": x}]}})),
+                "private members",
+            ),
+            (
+                base(
+                    serde_json::json!({"jwks": {"keys": [{"kty": "RSA", "n": "AQAB", "e": "AQAB"}]}}),
+                ),
+                "not a supported public key",
+            ),
+            (
+                base(serde_json::json!({"jwks_uri": "http://svc.example/jwks"})),
+                "loopback",
+            ),
+            (
+                base(serde_json::json!({"jwks": {"keys": [key]},
+                                        "token_endpoint_auth_signing_alg": "HS256"})),
+                "token_endpoint_auth_signing_alg",
+            ),
+            (
+                base(serde_json::json!({"jwks": {"keys": [key]},
+                                        "token_endpoint_auth_signing_alg": "ES256"})),
+                "fits none",
+            ),
+            (
+                serde_json::json!([{"client_id": "svc", "client_secret": "s",
+                                     "grant_types": ["client_credentials"],
+                                     "jwks": {"keys": [key]}}])
+                .to_string(),
+                "are for clients with token_endpoint_auth_method",
+            ),
+        ];
+        for (json, needle) in cases {
+            let e = parse_static_clients(json.as_bytes(), ALGS).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
+            assert!(e.contains("\"svc\""), "names the client: {e}");
+        }
     }
 
     #[test]

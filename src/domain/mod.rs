@@ -3,7 +3,9 @@
 
 pub(crate) mod accounts;
 pub(crate) mod admin;
+pub(crate) mod assertion;
 pub(crate) mod authorize;
+pub(crate) mod client_keys;
 pub mod clients;
 pub(crate) mod device;
 pub(crate) mod dpop;
@@ -157,8 +159,10 @@ pub(crate) struct ServiceParts {
     pub(crate) clients: Arc<dyn ClientStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     pub(crate) limits: Arc<dyn crate::store::LimitStore>,
-    /// Single-use keys (DPoP proof `jti`s).
+    /// Single-use keys (DPoP proof and client assertion `jti`s).
     pub(crate) replay: Arc<dyn crate::store::ReplayStore>,
+    /// Fetches the `jwks_uri` of `private_key_jwt` clients (docs/private_key_jwt.md).
+    pub(crate) jwks_fetch: Arc<dyn client_keys::JwksFetch>,
     pub(crate) authorize: Arc<dyn crate::store::AuthorizeStore>,
     pub(crate) consents: Arc<dyn crate::store::ConsentStore>,
     pub(crate) device: Arc<dyn crate::store::DeviceStore>,
@@ -217,6 +221,13 @@ impl Services {
         } else {
             None
         };
+        let assertions = Arc::new(assertion::ClientAssertions::new(
+            client_keys::ClientKeys::new(p.jwks_fetch, p.clock.clone()),
+            p.replay.clone(),
+            p.config.issuer.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+        ));
         let dpop = Arc::new(dpop::Dpop::new(
             p.replay,
             p.config.issuer.clone(),
@@ -354,6 +365,7 @@ impl Services {
             limits.clone(),
             authorize.clone(),
             devices.clone(),
+            assertions,
             p.clock.clone(),
         );
         let admin = admin::Admin::new(

@@ -1,4 +1,5 @@
-//! The OAuth2 rules (docs/api.md): client authentication (RFC 6749 §2.3), the token endpoint's
+//! The OAuth2 rules (docs/api.md): client authentication (RFC 6749 §2.3; `private_key_jwt`,
+//! RFC 7523 §2.2, in `assertion`), the token endpoint's
 //! grants (RFC 6749 §4.3, §4.4, §6), revocation (RFC 7009) and introspection (RFC 7662). No
 //! HTTP here: `http/oauth.rs` parses the request and renders what these functions decide.
 
@@ -7,6 +8,7 @@ use serde::Serialize;
 use std::sync::Arc;
 
 use super::accounts::{Accounts, SignInVia};
+use super::assertion::{AssertionRefusal, ClientAssertions, PresentedAssertion};
 use super::authorize::Authorize;
 use super::clients::{
     secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE,
@@ -47,6 +49,8 @@ pub struct OAuth {
     limits: Arc<Limits>,
     authorize: Arc<Authorize>,
     devices: Arc<Devices>,
+    /// `private_key_jwt` client authentication (docs/private_key_jwt.md).
+    assertions: Arc<ClientAssertions>,
     clock: SharedClock,
 }
 
@@ -319,6 +323,7 @@ impl OAuth {
         limits: Arc<Limits>,
         authorize: Arc<Authorize>,
         devices: Arc<Devices>,
+        assertions: Arc<ClientAssertions>,
         clock: SharedClock,
     ) -> OAuth {
         OAuth {
@@ -329,8 +334,45 @@ impl OAuth {
             limits,
             authorize,
             devices,
+            assertions,
             clock,
         }
+    }
+
+    /// Authenticates a client by a JWT assertion signed with one of its keys
+    /// (`private_key_jwt`, RFC 7523 §2.2; docs/private_key_jwt.md) sent to the endpoint
+    /// `endpoint_path`. Every refusal is `invalid_client`, counted by reason.
+    pub(crate) async fn authenticate_assertion(
+        &self,
+        presented: &PresentedAssertion,
+        endpoint_path: &str,
+    ) -> Result<Client, OAuthError> {
+        let parsed = self.assertions.parse(presented)?;
+        let Some(client) = self.clients.get(&parsed.client_id).await? else {
+            return Err(self
+                .assertions
+                .refuse(AssertionRefusal::Client, "unknown client"));
+        };
+        if !client.uses_private_key_jwt() {
+            let how = match (
+                client.meta.token_endpoint_auth_method.as_deref(),
+                client.secret_sha256.is_some(),
+            ) {
+                (Some(method), _) => format!("with {method}"),
+                (None, true) => {
+                    "with its secret (client_secret_basic or client_secret_post)".into()
+                }
+                (None, false) => "with client_id alone (a public client)".into(),
+            };
+            return Err(self.assertions.refuse(
+                AssertionRefusal::Method,
+                format!("this client does not use private_key_jwt: it authenticates {how}"),
+            ));
+        }
+        self.assertions
+            .verify(&client, &parsed, endpoint_path)
+            .await?;
+        Ok(Client(client))
     }
 
     /// Authenticates a client (RFC 6749 §2.3): a confidential client by its secret, a public
@@ -346,6 +388,13 @@ impl OAuth {
             .get(&creds.client_id)
             .await?
             .ok_or_else(|| OAuthError::InvalidClient("unknown client or bad secret".into()))?;
+        if client.uses_private_key_jwt() {
+            return Err(self.assertions.refuse(
+                AssertionRefusal::Method,
+                "this client authenticates with private_key_jwt: send client_assertion_type and \
+                 client_assertion, signed with its key (never a secret)",
+            ));
+        }
         // A registered method is the only one the client may use (RFC 7591 §2).
         let used = match (&creds.secret, creds.basic) {
             (None, _) => "none",
@@ -541,7 +590,7 @@ impl OAuth {
         req: &TokenRequest,
         proof: Option<Proven>,
     ) -> Result<TokenResponse, OAuthError> {
-        if client.secret_sha256.is_none() {
+        if !client.is_confidential() {
             return Err(OAuthError::UnauthorizedClient(
                 "client_credentials needs a confidential client".into(),
             ));

@@ -27,7 +27,9 @@ use crate::clock::SharedClock;
 use crate::config::RegistrationMode;
 use crate::keys::{Alg, Keys};
 use crate::metrics::Metrics;
-use crate::store::{ClientMetadata, ClientRecord, ClientStore, RegistrationRecord, StoreError};
+use crate::store::{
+    ClientMetadata, ClientRecord, ClientStore, RegistrationRecord, StoreError, PRIVATE_KEY_JWT,
+};
 
 /// The JOSE `typ` of an initial access token (RFC 7591 §3, docs/registration.md). No other
 /// token tokend issues has it, and nothing that expects an access (`at+jwt`), refresh
@@ -106,6 +108,12 @@ pub(crate) struct ClientMetadataRequest {
     require_pushed_authorization_requests: Option<bool>,
     /// RFC 9449 §5.2: this client always sends DPoP proofs to the token endpoint.
     dpop_bound_access_tokens: Option<bool>,
+    /// `private_key_jwt` (RFC 7591 §2, RFC 7523 §2.2): the client's public keys, inline.
+    jwks: Option<Value>,
+    /// `private_key_jwt`: where the client publishes its public keys.
+    jwks_uri: Option<String>,
+    /// `private_key_jwt`: the algorithm of the client's assertions.
+    token_endpoint_auth_signing_alg: Option<String>,
     /// Only in an update, where it must be the client's own id (RFC 7592 §2.2).
     client_id: Option<String>,
     /// Only in an update, where it must be the client's current secret (RFC 7592 §2.2).
@@ -155,6 +163,13 @@ pub(crate) struct ClientInformation {
     require_pushed_authorization_requests: bool,
     /// RFC 9449 §5.2.
     dpop_bound_access_tokens: bool,
+    /// `private_key_jwt` clients: their keys, as registered (public keys only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jwks_uri: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_endpoint_auth_signing_alg: Option<String>,
 }
 
 impl ClientInformation {
@@ -191,7 +206,20 @@ struct Metadata {
     grant_types: Vec<String>,
     scopes: Vec<String>,
     meta: ClientMetadata,
+    /// Not a public client: it authenticates with a secret or with its keys.
     confidential: bool,
+    /// It authenticates with a secret, which registration generates.
+    secret: bool,
+}
+
+/// What a client authenticates with, which an update cannot change: nothing (`none`), a
+/// secret, or its keys (`private_key_jwt`).
+fn credential_kind(method: &str) -> &'static str {
+    match method {
+        "none" => "none",
+        PRIVATE_KEY_JWT => PRIVATE_KEY_JWT,
+        _ => "secret",
+    }
 }
 
 /// The registration endpoint's URL for `issuer` (the `aud` of initial access tokens).
@@ -325,6 +353,20 @@ fn validate_metadata(
         )));
     }
     let confidential = method != "none";
+    let secret = confidential && method != PRIVATE_KEY_JWT;
+    let keys_given = req.jwks.is_some() || req.jwks_uri.is_some();
+    if method == PRIVATE_KEY_JWT && !keys_given {
+        return Err(metadata_error(
+            "token_endpoint_auth_method \"private_key_jwt\" needs the client's public keys: \
+             jwks (a JWK Set) or jwks_uri (RFC 7591 §2)",
+        ));
+    }
+    if method != PRIVATE_KEY_JWT && (keys_given || req.token_endpoint_auth_signing_alg.is_some()) {
+        return Err(metadata_error(
+            "jwks, jwks_uri and token_endpoint_auth_signing_alg go with \
+             token_endpoint_auth_method \"private_key_jwt\"",
+        ));
+    }
     let redirect_uris = unique(req.redirect_uris.clone().unwrap_or_default());
     check_uris(&redirect_uris, "redirect URI", uri_error)?;
     if code && redirect_uris.is_empty() {
@@ -379,7 +421,11 @@ fn validate_metadata(
                 .require_pushed_authorization_requests
                 .unwrap_or(false),
             dpop_bound_access_tokens: req.dpop_bound_access_tokens.unwrap_or(false),
+            jwks: req.jwks.clone(),
+            jwks_uri: req.jwks_uri.clone(),
+            token_endpoint_auth_signing_alg: req.token_endpoint_auth_signing_alg.clone(),
         },
+        secret,
         confidential,
     })
 }
@@ -541,7 +587,7 @@ impl Registration {
                  RFC 7591 §2), or register with an initial access token",
             ));
         }
-        let secret = if m.confidential {
+        let secret = if m.secret {
             Some(ids::random_secret()?)
         } else {
             None
@@ -574,7 +620,7 @@ impl Registration {
         self.count("registered");
         tracing::info!(
             client_id = %record.client_id,
-            confidential = secret.is_some(),
+            confidential = record.is_confidential(),
             anonymous = permit.anonymous,
             "client registered"
         );
@@ -582,7 +628,7 @@ impl Registration {
             NewEvent::new(EventType::ClientCreated)
                 .client(&record.client_id)
                 .detail("via", "registration")
-                .detail("confidential", secret.is_some()),
+                .detail("confidential", record.is_confidential()),
         );
         Ok(self.information(&record, secret, access_token))
     }
@@ -660,10 +706,16 @@ impl Registration {
             }
         }
         let m = validate_metadata(&req, &registration.allowed_scopes)?;
-        if m.confidential != current.secret_sha256.is_some() {
+        let before = match current.meta.token_endpoint_auth_method.as_deref() {
+            Some(method) => credential_kind(method),
+            None if current.secret_sha256.is_some() => "secret",
+            None => "none",
+        };
+        let after = credential_kind(m.meta.token_endpoint_auth_method.as_deref().unwrap_or(""));
+        if before != after {
             return Err(metadata_error(
-                "token_endpoint_auth_method cannot change between \"none\" and a method with a \
-                 secret; register a new client instead",
+                "token_endpoint_auth_method cannot change between \"none\", a method with a \
+                 secret and \"private_key_jwt\"; register a new client instead",
             ));
         }
         let record = ClientRecord {
@@ -767,6 +819,9 @@ impl Registration {
                 .meta
                 .require_pushed_authorization_requests,
             dpop_bound_access_tokens: client.meta.dpop_bound_access_tokens,
+            jwks: client.meta.jwks.clone(),
+            jwks_uri: client.meta.jwks_uri.clone(),
+            token_endpoint_auth_signing_alg: client.meta.token_endpoint_auth_signing_alg.clone(),
         }
     }
 }

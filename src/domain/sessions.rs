@@ -528,7 +528,7 @@ impl Sessions {
                 // RFC 9449 §5: a public client's refresh tokens are bound to its key; a
                 // confidential client's are bound to its authentication already.
                 jkt: jkt
-                    .filter(|_| client.secret_sha256.is_none())
+                    .filter(|_| !client.is_confidential())
                     .map(str::to_string),
             })
             .await?;
@@ -603,7 +603,7 @@ impl Sessions {
                     .ok_or(RefreshError::Unknown)?;
                 // The seed route authenticates no client: only public clients' tokens are
                 // exchanged there (docs/hardening.md).
-                if client.secret_sha256.is_some() {
+                if client.is_confidential() {
                     return Err(RefreshError::NotAllowed(
                         "this refresh token belongs to a confidential client: exchange it at \
                          /oauth/token with the client's credentials",

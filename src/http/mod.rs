@@ -1,5 +1,6 @@
 //! The only place that knows HTTP: the server, the layer stack, the route table, the router,
-//! the error mapping and one thin handler file per surface.
+//! the error mapping, one thin handler file per surface, and the one outbound fetch (a
+//! `private_key_jwt` client's `jwks_uri`, `fetch.rs`).
 
 pub(crate) mod admin;
 pub(crate) mod auth;
@@ -7,6 +8,7 @@ pub(crate) mod authorize;
 mod conn;
 pub(crate) mod device;
 pub(crate) mod error;
+pub(crate) mod fetch;
 pub(crate) mod oauth;
 pub(crate) mod openapi;
 pub(crate) mod ops;

@@ -2,7 +2,9 @@
 //! RFC 8628 too), `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662) and
 //! `POST /oauth/par` (RFC 9126, docs/authorize.md). Form-encoded bodies only; clients
 //! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
-//! the body (`client_secret_post`), or, when public, with `client_id` alone.
+//! the body (`client_secret_post`), with a JWT signed by their key (`client_assertion_type` +
+//! `client_assertion`, `private_key_jwt`: RFC 7523 §2.2, docs/private_key_jwt.md), or, when
+//! public, with `client_id` alone.
 
 use base64::Engine;
 use http::{header, HeaderValue, Request, StatusCode};
@@ -13,6 +15,7 @@ use serde::de::DeserializeOwned;
 
 use super::state::AppState;
 use super::{empty, json_no_store, proof_header, read_form, ApiError, ApiResult};
+use crate::domain::assertion::PresentedAssertion;
 use crate::domain::authorize::AuthorizeParams;
 use crate::domain::oauth::{
     Client, ClientCredentials, OAuthError, PublicClients, TokenHint, TokenRequest,
@@ -36,6 +39,8 @@ pub(super) struct OAuthForm {
     redirect_uri: Option<String>,
     code_verifier: Option<String>,
     device_code: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
 }
 
 impl OAuthForm {
@@ -55,6 +60,8 @@ impl OAuthForm {
             redirect_uri: f(self.redirect_uri),
             code_verifier: f(self.code_verifier),
             device_code: f(self.device_code),
+            client_assertion_type: f(self.client_assertion_type),
+            client_assertion: f(self.client_assertion),
         }
     }
 }
@@ -66,29 +73,50 @@ struct ParForm {
     #[serde(flatten)]
     params: AuthorizeParams,
     client_secret: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
 }
 
-/// Where a form carries the client's credentials (RFC 6749 §2.3.1); empty counts as omitted.
+/// Where a form carries the client's credentials (RFC 6749 §2.3.1; RFC 7521 §4.2 for
+/// assertions); empty counts as omitted.
 pub(super) trait ClientFields {
     fn client_id(&self) -> Option<&str>;
     fn client_secret(&self) -> Option<&str>;
+    fn client_assertion_type(&self) -> Option<&str>;
+    fn client_assertion(&self) -> Option<&str>;
+}
+
+fn given(v: &Option<String>) -> Option<&str> {
+    v.as_deref().filter(|s| !s.is_empty())
 }
 
 impl ClientFields for OAuthForm {
     fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref().filter(|s| !s.is_empty())
+        given(&self.client_id)
     }
     fn client_secret(&self) -> Option<&str> {
-        self.client_secret.as_deref().filter(|s| !s.is_empty())
+        given(&self.client_secret)
+    }
+    fn client_assertion_type(&self) -> Option<&str> {
+        given(&self.client_assertion_type)
+    }
+    fn client_assertion(&self) -> Option<&str> {
+        given(&self.client_assertion)
     }
 }
 
 impl ClientFields for ParForm {
     fn client_id(&self) -> Option<&str> {
-        self.params.client_id.as_deref().filter(|s| !s.is_empty())
+        given(&self.params.client_id)
     }
     fn client_secret(&self) -> Option<&str> {
-        self.client_secret.as_deref().filter(|s| !s.is_empty())
+        given(&self.client_secret)
+    }
+    fn client_assertion_type(&self) -> Option<&str> {
+        given(&self.client_assertion_type)
+    }
+    fn client_assertion(&self) -> Option<&str> {
+        given(&self.client_assertion)
     }
 }
 
@@ -227,7 +255,31 @@ fn presented_client(
     }
 }
 
-/// Reads the form and authenticates the client.
+/// A client assertion, when the request carries one (RFC 7521 §4.2): it is then the only
+/// credential (RFC 6749 §2.3: one method per request).
+fn presented_assertion(
+    authorization: Option<&HeaderValue>,
+    form: &impl ClientFields,
+) -> Result<Option<PresentedAssertion>, OAuthError> {
+    if form.client_assertion().is_none() && form.client_assertion_type().is_none() {
+        return Ok(None);
+    }
+    if authorization.is_some() || form.client_secret().is_some() {
+        return Err(OAuthError::InvalidRequest(
+            "use one client authentication method: a client assertion, Basic or client_secret, \
+             not several"
+                .into(),
+        ));
+    }
+    Ok(Some(PresentedAssertion {
+        client_id: form.client_id().map(String::from),
+        assertion_type: form.client_assertion_type().map(String::from),
+        assertion: form.client_assertion().map(String::from),
+    }))
+}
+
+/// Reads the form and authenticates the client. An assertion may name the endpoint it is
+/// sent to as its audience (docs/private_key_jwt.md, "aud"): that is this request's path.
 pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
     state: &AppState,
     req: Request<Incoming>,
@@ -235,12 +287,23 @@ pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
 ) -> Result<(Client, F), ApiError> {
     let authorization = req.headers().get(header::AUTHORIZATION).cloned();
     let source = super::client_ip(&req, &state.trusted_proxies);
+    let endpoint = req.uri().path().to_string();
     let form: F = read_form(req, state.body_limit).await?;
-    let creds = presented_client(authorization.as_ref(), &form)?;
-    let client = state
-        .oauth
-        .authenticate_client(&creds, public, source)
-        .await?;
+    let client = match presented_assertion(authorization.as_ref(), &form)? {
+        Some(assertion) => {
+            state
+                .oauth
+                .authenticate_assertion(&assertion, &endpoint)
+                .await?
+        }
+        None => {
+            let creds = presented_client(authorization.as_ref(), &form)?;
+            state
+                .oauth
+                .authenticate_client(&creds, public, source)
+                .await?
+        }
+    };
     Ok((client, form))
 }
 
@@ -357,6 +420,41 @@ mod tests {
             presented_client(None, &OAuthForm::default()),
             Err(OAuthError::InvalidClient(_))
         ));
+    }
+
+    #[test]
+    fn an_assertion_is_the_only_credential_of_its_request() {
+        let form: OAuthForm = serde_urlencoded::from_str(
+            "client_id=svc&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=a.b.c",
+        )
+        .unwrap();
+        let p = presented_assertion(None, &form).unwrap().unwrap();
+        assert_eq!(p.client_id.as_deref(), Some("svc"));
+        assert_eq!(p.assertion.as_deref(), Some("a.b.c"));
+        assert!(matches!(
+            presented_assertion(Some(&basic("svc:x")), &form),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        let with_secret = OAuthForm {
+            client_secret: Some("x".into()),
+            ..form
+        };
+        assert!(matches!(
+            presented_assertion(None, &with_secret),
+            Err(OAuthError::InvalidRequest(_))
+        ));
+        // Without either parameter (or with empty ones) the other methods apply.
+        let plain: OAuthForm =
+            serde_urlencoded::from_str("client_id=svc&client_assertion=&client_assertion_type=")
+                .unwrap();
+        assert!(presented_assertion(None, &plain).unwrap().is_none());
+        let par: ParForm = serde_urlencoded::from_str(
+            "client_id=web&response_type=code&client_assertion_type=t&client_assertion=a.b.c",
+        )
+        .unwrap();
+        let p = presented_assertion(None, &par).unwrap().unwrap();
+        assert_eq!(p.assertion_type.as_deref(), Some("t"));
+        assert_eq!(p.client_id.as_deref(), Some("web"));
     }
 
     #[test]

@@ -185,11 +185,16 @@ fn discovery(config: &Config, static_scopes: Vec<String>) -> Value {
         "authorization_response_iss_parameter_supported": true,
         "prompt_values_supported": ["none", "login", "consent", "select_account"],
         "token_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "none"],
+            ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "revocation_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post", "none"],
+            ["client_secret_basic", "client_secret_post", "private_key_jwt", "none"],
         "introspection_endpoint_auth_methods_supported":
-            ["client_secret_basic", "client_secret_post"],
+            ["client_secret_basic", "client_secret_post", "private_key_jwt"],
+        // RFC 8414 §2: the algorithms of private_key_jwt assertions (docs/private_key_jwt.md).
+        "token_endpoint_auth_signing_alg_values_supported": crate::domain::dpop::CLIENT_ALGS,
+        "revocation_endpoint_auth_signing_alg_values_supported": crate::domain::dpop::CLIENT_ALGS,
+        "introspection_endpoint_auth_signing_alg_values_supported":
+            crate::domain::dpop::CLIENT_ALGS,
         "scopes_supported": scopes,
         "token_signing_alg_values_supported": algs,
         // RFC 9449 §5.1: the algorithms of the proofs tokend checks (docs/dpop.md).

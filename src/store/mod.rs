@@ -238,13 +238,40 @@ pub struct ClientMetadata {
     /// The client always uses DPoP at the token endpoint (RFC 9449 §5.2): a token request
     /// without a proof is refused.
     pub dpop_bound_access_tokens: bool,
+    /// `private_key_jwt` (RFC 7523 §2.2, RFC 7591 §2): the client's public keys, a JWK Set
+    /// (RFC 7517 §5) held here. Exactly one of this and `jwks_uri` for such a client, neither
+    /// for any other (docs/private_key_jwt.md).
+    pub jwks: Option<serde_json::Value>,
+    /// `private_key_jwt`: where the client publishes its JWK Set (https, or http on a loopback
+    /// address), fetched and cached by tokend.
+    pub jwks_uri: Option<String>,
+    /// `private_key_jwt`: the one JWS algorithm the client's assertions may use (RFC 7591 §2);
+    /// any of ES256, EdDSA, RS256, PS256 that fits the key when unset.
+    pub token_endpoint_auth_signing_alg: Option<String>,
+}
+
+/// The `token_endpoint_auth_method` of clients that authenticate with a signed JWT (RFC 7523
+/// §2.2, OpenID Connect Core §9).
+pub const PRIVATE_KEY_JWT: &str = "private_key_jwt";
+
+impl ClientRecord {
+    /// Whether the client authenticates at the token endpoint (RFC 6749 §2.1 "confidential"):
+    /// with a secret, or with assertions signed by its keys (`private_key_jwt`).
+    pub fn is_confidential(&self) -> bool {
+        self.secret_sha256.is_some() || self.uses_private_key_jwt()
+    }
+
+    /// Whether the client authenticates with `private_key_jwt` (and has no secret).
+    pub fn uses_private_key_jwt(&self) -> bool {
+        self.meta.token_endpoint_auth_method.as_deref() == Some(PRIVATE_KEY_JWT)
+    }
 }
 
 impl std::fmt::Debug for ClientRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientRecord")
             .field("client_id", &self.client_id)
-            .field("confidential", &self.secret_sha256.is_some())
+            .field("confidential", &self.is_confidential())
             .field("grant_types", &self.grant_types)
             .field("scopes", &self.scopes)
             .field("alg", &self.alg)

@@ -73,9 +73,9 @@ fn configured(var: &str, default: &str) -> Result<PathBuf, String> {
     }
 }
 
-struct Tools {
-    python: PathBuf,
-    node_modules: PathBuf,
+pub(crate) struct Tools {
+    pub(crate) python: PathBuf,
+    pub(crate) node_modules: PathBuf,
 }
 
 fn tools() -> Result<Tools, String> {
@@ -98,7 +98,7 @@ fn tools() -> Result<Tools, String> {
 }
 
 /// A relying-party script as a command with its output piped, killed when dropped.
-fn script_command(
+pub(crate) fn script_command(
     program: &Path,
     script: &str,
     args: &[&str],
@@ -118,7 +118,12 @@ fn script_command(
 }
 
 /// The JSON summary a script prints last, or a failure with its output.
-fn summary_of(script: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) -> Value {
+pub(crate) fn summary_of(
+    script: &str,
+    status: std::process::ExitStatus,
+    stdout: &str,
+    stderr: &str,
+) -> Value {
     assert!(
         status.success(),
         "{script} failed ({status}):\n{stderr}\n{stdout}"
@@ -129,7 +134,12 @@ fn summary_of(script: &str, status: std::process::ExitStatus, stdout: &str, stde
 }
 
 /// Runs a relying-party script; answers its JSON summary, or fails with its stderr.
-async fn run_script(program: &Path, script: &str, args: &[&str], env: &[(&str, &Path)]) -> Value {
+pub(crate) async fn run_script(
+    program: &Path,
+    script: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Value {
     let out = tokio::time::timeout(
         SCRIPT_WITHIN,
         script_command(program, script, args, env).output(),
@@ -160,7 +170,7 @@ fn assert_summary(summary: &Value, library: &str, sub: &str) {
 
 /// The relying-party libraries, or `None` (the test is skipped) when they are missing and not
 /// required.
-fn tools_or_skip() -> Option<Tools> {
+pub(crate) fn tools_or_skip() -> Option<Tools> {
     match tools() {
         Ok(t) => Some(t),
         Err(why) if required() => {

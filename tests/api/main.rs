@@ -28,6 +28,7 @@ mod openapi;
 mod ops;
 mod pages;
 mod par;
+mod private_key_jwt;
 mod races;
 mod registration;
 mod relying_party;

@@ -1018,12 +1018,21 @@ async fn discovery_documents_list_the_endpoints_and_are_cacheable(mode: Mode) {
         );
         assert_eq!(
             d["token_endpoint_auth_methods_supported"],
-            json!(["client_secret_basic", "client_secret_post", "none"])
+            json!([
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt",
+                "none"
+            ])
         );
         assert!(d["revocation_endpoint_auth_methods_supported"].is_array());
         assert_eq!(
             d["introspection_endpoint_auth_methods_supported"],
-            json!(["client_secret_basic", "client_secret_post"])
+            json!([
+                "client_secret_basic",
+                "client_secret_post",
+                "private_key_jwt"
+            ])
         );
         assert_eq!(
             d["scopes_supported"],

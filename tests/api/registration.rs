@@ -51,7 +51,7 @@ async fn cli(env: &HashMap<String, String>, args: &[&str]) -> Output {
 }
 
 /// An initial access token from `tokend clients registration-token` with `args`.
-async fn initial_token(app: &TestApp, args: &[&str]) -> String {
+pub(crate) async fn initial_token(app: &TestApp, args: &[&str]) -> String {
     let mut all = vec!["clients", "registration-token", "--json"];
     all.extend_from_slice(args);
     let out = cli(&app.env, &all).await;
@@ -64,7 +64,7 @@ async fn initial_token(app: &TestApp, args: &[&str]) -> String {
     v["token"].as_str().unwrap().to_string()
 }
 
-async fn spawn_reg(mode: Mode, registration: &str) -> TestApp {
+pub(crate) async fn spawn_reg(mode: Mode, registration: &str) -> TestApp {
     let registration = registration.to_string();
     spawn_app_with(mode, move |env| {
         env.insert("TOKEND_CLIENT_REGISTRATION".into(), registration);
@@ -72,7 +72,7 @@ async fn spawn_reg(mode: Mode, registration: &str) -> TestApp {
     .await
 }
 
-async fn register(app: &TestApp, token: Option<&str>, body: &Value) -> Response {
+pub(crate) async fn register(app: &TestApp, token: Option<&str>, body: &Value) -> Response {
     let mut req = app.http.post(app.url("/oauth/register")).json(body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -81,7 +81,7 @@ async fn register(app: &TestApp, token: Option<&str>, body: &Value) -> Response 
 }
 
 /// Registers and answers the client information, asserting 201.
-async fn register_ok(app: &TestApp, token: Option<&str>, body: &Value) -> Value {
+pub(crate) async fn register_ok(app: &TestApp, token: Option<&str>, body: &Value) -> Value {
     let res = register(app, token, body).await;
     let status = res.status();
     let info: Value = res.json().await.unwrap();

@@ -66,6 +66,9 @@ fn client(id: &str) -> ClientRecord {
             id_token_signed_response_alg: Some("RS256".into()),
             require_pushed_authorization_requests: true,
             dpop_bound_access_tokens: true,
+            jwks: None,
+            jwks_uri: None,
+            token_endpoint_auth_signing_alg: None,
         },
         registration: None,
     }
@@ -354,6 +357,59 @@ async fn clients_are_replaced_only_while_they_exist(clients: &dyn ClientStore) {
     assert_eq!(clients.get("reg-1").await.unwrap(), None);
     assert!(!clients.replace(&client("never-there")).await.unwrap());
     assert_eq!(clients.get("never-there").await.unwrap(), None);
+}
+
+/// A `private_key_jwt` client keeps its keys as given: an inline JWK Set (a JSON document, in
+/// MongoDB a sub-document) with every member, or its `jwks_uri`, and its signing algorithm
+/// (docs/private_key_jwt.md).
+async fn a_private_key_jwt_client_keeps_its_keys(clients: &dyn ClientStore) {
+    let inline = ClientRecord {
+        secret_sha256: None,
+        meta: ClientMetadata {
+            token_endpoint_auth_method: Some("private_key_jwt".into()),
+            jwks: Some(serde_json::json!({"keys": [
+                {"kty": "OKP", "crv": "Ed25519", "kid": "k-1", "use": "sig",
+                 "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"},
+                {"kty": "EC", "crv": "P-256", "kid": "k-2", "alg": "ES256",
+                 "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+                 "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+            ]})),
+            token_endpoint_auth_signing_alg: Some("EdDSA".into()),
+            ..client("pkjwt-inline").meta
+        },
+        ..client("pkjwt-inline")
+    };
+    let remote = ClientRecord {
+        secret_sha256: None,
+        meta: ClientMetadata {
+            token_endpoint_auth_method: Some("private_key_jwt".into()),
+            jwks_uri: Some("https://svc.example/.well-known/jwks.json".into()),
+            ..client("pkjwt-remote").meta
+        },
+        ..client("pkjwt-remote")
+    };
+    clients.insert(&inline).await.unwrap();
+    clients.insert(&remote).await.unwrap();
+    let read = clients.get("pkjwt-inline").await.unwrap().unwrap();
+    assert_eq!(read, inline);
+    assert!(read.is_confidential() && read.uses_private_key_jwt());
+    assert_eq!(
+        clients.get("pkjwt-remote").await.unwrap(),
+        Some(remote.clone())
+    );
+    // A rotation through an update replaces the set.
+    let rotated = ClientRecord {
+        meta: ClientMetadata {
+            jwks: Some(serde_json::json!({"keys": [
+                {"kty": "OKP", "crv": "Ed25519", "kid": "k-3",
+                 "x": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"}
+            ]})),
+            ..inline.meta.clone()
+        },
+        ..inline.clone()
+    };
+    assert!(clients.replace(&rotated).await.unwrap());
+    assert_eq!(clients.get("pkjwt-inline").await.unwrap(), Some(rotated));
 }
 
 async fn client_ids_are_unique(clients: &dyn ClientStore) {
@@ -1643,6 +1699,9 @@ client_contract!(clients_can_be_inserted_fetched_listed_and_deleted:
     clients_can_be_inserted_fetched_listed_and_deleted_in_memory,
     clients_can_be_inserted_fetched_listed_and_deleted_in_mongodb);
 client_contract!(client_ids_are_unique: client_ids_are_unique_in_memory, client_ids_are_unique_in_mongodb);
+client_contract!(a_private_key_jwt_client_keeps_its_keys:
+    a_private_key_jwt_client_keeps_its_keys_in_memory,
+    a_private_key_jwt_client_keeps_its_keys_in_mongodb);
 client_contract!(clients_are_replaced_only_while_they_exist:
     clients_are_replaced_only_while_they_exist_in_memory,
     clients_are_replaced_only_while_they_exist_in_mongodb);

@@ -563,3 +563,54 @@ fn the_readme_dpop_tour_runs_as_written() {
         &["\"token_type\":\"DPoP\"", "\"refresh_token\""],
     );
 }
+
+#[test]
+fn the_readme_private_key_jwt_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- pkjwt-tour:start", "<!-- pkjwt-tour:end -->");
+    assert_eq!(
+        tour.server_starts, 1,
+        "the private_key_jwt tour starts the server once"
+    );
+    for curl in &tour.curls {
+        assert!(
+            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
+            "a tour curl that can fail silently: {curl}"
+        );
+    }
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the private_key_jwt tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    let issued = steps.of("A token for the service");
+    let body: serde_json::Value =
+        serde_json::from_str(issued.lines().last().unwrap_or_default()).unwrap();
+    let access = body["access_token"].as_str().unwrap();
+    let claims = crate::helpers::claims(access);
+    assert_eq!(claims["sub"], "reports", "{claims}");
+    assert_eq!(claims["client_id"], "reports", "{claims}");
+    assert_eq!(body["scope"], "invoices:read", "{body}");
+    steps.shows(
+        "An assertion is good once",
+        &["invalid_client", "used before", " 401"],
+    );
+    steps.shows(
+        "Introspection takes a fresh assertion",
+        &["\"active\":true", "\"client_id\":\"reports\""],
+    );
+    steps.shows(
+        "The service has no secret",
+        &["invalid_client", "private_key_jwt", " 401"],
+    );
+    assert!(
+        !run.log.contains(access),
+        "no token reaches the log:\n{}",
+        run.log
+    );
+}
