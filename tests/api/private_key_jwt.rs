@@ -65,7 +65,7 @@ pub(crate) struct ClientKey {
     signer: Box<dyn JwsSigner>,
     /// The public JWK (with `kid` when there is one, no `alg`).
     public: Value,
-    /// The private key as a JWK (openid-client imports it).
+    /// The key pair as a JWK, private members included (openid-client imports it).
     pub(crate) private_jwk: Value,
     /// The private key as PKCS#8 PEM (Authlib reads it).
     pub(crate) pem: Vec<u8>,
@@ -93,7 +93,7 @@ impl ClientKey {
             kid: kid.map(String::from),
             signer,
             public: jwk_value(pair.to_jwk_public_key(), kid),
-            private_jwk: jwk_value(pair.to_jwk_private_key(), kid),
+            private_jwk: jwk_value(pair.to_jwk_key_pair(), kid),
             pem: pair.to_pem_private_key(),
         }
     }
