@@ -41,6 +41,7 @@ in_both_modes!(
     an_unusable_jwks_uri_is_invalid_client_never_a_500,
     a_registered_client_authenticates_with_its_keys_and_rotates_them,
     discovery_and_metrics_know_private_key_jwt,
+    an_assertion_is_never_accepted_unrecorded,
     authlib_gets_a_token_with_private_key_jwt,
     openid_client_gets_a_token_with_private_key_jwt,
 );
@@ -1309,6 +1310,61 @@ async fn a_registered_client_authenticates_with_its_keys_and_rotates_them(mode: 
     .await;
     let answer = json_of(res, StatusCode::BAD_REQUEST).await;
     assert_eq!(answer["error"], "invalid_client_metadata", "{answer}");
+    app.stop().await;
+}
+
+/// The replay store, switchable off: while it cannot answer, every use of it fails.
+struct Switchable {
+    inner: Arc<dyn tokend::store::ReplayStore>,
+    down: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait::async_trait]
+impl tokend::store::ReplayStore for Switchable {
+    async fn first_use(&self, key: &str, ttl_ms: i64) -> Result<bool, tokend::store::StoreError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(tokend::store::StoreError::Unavailable {
+                store: "replay",
+                message: "down".into(),
+            });
+        }
+        self.inner.first_use(key, ttl_ms).await
+    }
+}
+
+/// A replay store that cannot answer fails closed: the request is 503, no token is issued, and
+/// the assertion, never recorded, still works once the store is back (once).
+async fn an_assertion_is_never_accepted_unrecorded(mode: Mode) {
+    let keys = Keys::new();
+    let file = write_clients_file(&clients(&keys, &[]));
+    let (mut env, dir) = test_env(mode);
+    env.insert(
+        "TOKEND_CLIENTS_FILE".into(),
+        file.path().to_string_lossy().into_owned(),
+    );
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let switch = down.clone();
+    let app = spawn_env_with_backends(
+        mode,
+        env,
+        dir,
+        tokend::clock::ManualClock::starting_now(),
+        move |mut b| {
+            b.replay = Arc::new(Switchable {
+                inner: b.replay,
+                down: switch,
+            });
+            b
+        },
+    )
+    .await;
+    let a = keys.ed.assertion("svc-ed", json!(ISSUER), app.clock.now());
+    let res = client_credentials(&app, &a).await;
+    let body = json_of(res, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert!(body.get("access_token").is_none(), "{body}");
+    down.store(false, Ordering::SeqCst);
+    token_ok(&app, &a).await;
+    refused(client_credentials(&app, &a).await, "used before", &a).await;
     app.stop().await;
 }
 
