@@ -7,6 +7,7 @@ pub(crate) mod authorize;
 mod conn;
 pub(crate) mod device;
 pub(crate) mod error;
+mod link;
 pub(crate) mod oauth;
 pub(crate) mod openapi;
 pub(crate) mod ops;
