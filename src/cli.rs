@@ -29,6 +29,8 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server.
@@ -84,6 +86,8 @@ pub(crate) enum UsersCommand {
     },
 }
 
+// Parsed once per process, like `Command`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientsCommand {
     /// Create a client. A confidential client's secret is printed once and stored only as its

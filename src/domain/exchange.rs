@@ -421,7 +421,7 @@ impl TokenExchange {
         let held = scope_tokens(&subject.scope);
         let allowed = |s: &str| held.contains(&s) && client_scopes.iter().any(|c| c == s);
         let Some(requested) = requested else {
-            let kept: Vec<&str> = held.iter().copied().filter(|s| allowed(*s)).collect();
+            let kept: Vec<&str> = held.iter().copied().filter(|s| allowed(s)).collect();
             return Ok(dedup(kept).join(" "));
         };
         let mut out: Vec<&str> = Vec::new();
