@@ -35,11 +35,13 @@ in_both_modes!(
     resources_flow_from_authorize_to_the_code_and_the_family,
     an_unregistered_resource_is_refused_on_authorize_and_par,
     resources_on_client_credentials_and_password_grants,
+    resources_on_the_device_grant,
     registration_grants_neither_exchange_nor_resources,
 );
 
 const SECRET: &str = "exchange-secret-0123456789abcdef";
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const DEVICE: &str = "urn:ietf:params:oauth:grant-type:device_code";
 const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
 const ORDERS: &str = "https://orders.example/";
@@ -75,6 +77,9 @@ fn clients() -> Value {
          "scopes": ["orders:read"]},
         {"client_id": "svc", "client_secret": SECRET, "grant_types": ["client_credentials"],
          "scopes": ["orders:read"], "resources": [ORDERS]},
+        // A TV of the device grant.
+        {"client_id": "tv", "grant_types": [DEVICE, "refresh_token"], "scopes": ["orders:read"],
+         "resources": [ORDERS], "client_name": "Example TV"},
     ])
 }
 
@@ -1157,6 +1162,43 @@ async fn resources_on_client_credentials_and_password_grants(mode: Mode) {
     )
     .await;
     refused(res, StatusCode::BAD_REQUEST, "invalid_target").await;
+}
+
+/// A poll of the device grant by `tv`, asking for `resource`.
+async fn device_poll(app: &TestApp, device_code: &str, resource: &str) -> Response {
+    let form = [
+        ("grant_type", DEVICE),
+        ("client_id", "tv"),
+        ("device_code", device_code),
+        ("resource", resource),
+    ];
+    token_request(app, None, &form, None).await
+}
+
+async fn resources_on_the_device_grant(mode: Mode) {
+    let app = spawn(mode).await;
+    let res = app
+        .http
+        .post(app.url("/oauth/device_authorization"))
+        .form(&[("client_id", "tv"), ("scope", "orders:read")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let d: Value = res.json().await.unwrap();
+    crate::device::approve_as(&app, &d, "ada", PASSWORD).await;
+    let device_code = d["device_code"].as_str().unwrap();
+    // Refused before the poll: the approval is still there to redeem.
+    refused(
+        device_poll(&app, device_code, OTHER).await,
+        StatusCode::BAD_REQUEST,
+        "invalid_target",
+    )
+    .await;
+    let body = ok(device_poll(&app, device_code, ORDERS).await).await;
+    assert_eq!(aud_of(&body), ORDERS);
+    let body = ok(refresh(&app, "tv", body["refresh_token"].as_str().unwrap(), &[]).await).await;
+    assert_eq!(aud_of(&body), ORDERS, "the family keeps the resource");
 }
 
 async fn registration_grants_neither_exchange_nor_resources(mode: Mode) {
