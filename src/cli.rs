@@ -29,6 +29,8 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
+// Parsed once per process: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run the server.
@@ -84,6 +86,8 @@ pub(crate) enum UsersCommand {
     },
 }
 
+// Parsed once per process, like `Command`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientsCommand {
     /// Create a client. A confidential client's secret is printed once and stored only as its
@@ -93,8 +97,9 @@ pub(crate) enum ClientsCommand {
         #[arg(long)]
         id: Option<String>,
         /// An allowed grant type: password, refresh_token, client_credentials,
-        /// authorization_code, urn:ietf:params:oauth:grant-type:device_code (repeat the flag
-        /// or separate with commas).
+        /// authorization_code, urn:ietf:params:oauth:grant-type:device_code,
+        /// urn:ietf:params:oauth:grant-type:token-exchange (repeat the flag or separate with
+        /// commas).
         #[arg(long = "grant", required = true, value_delimiter = ',')]
         grants: Vec<String>,
         /// An allowed scope (repeat the flag, or separate with spaces).
@@ -131,6 +136,14 @@ pub(crate) enum ClientsCommand {
         /// request without one (`dpop_bound_access_tokens`, RFC 9449 §5.2).
         #[arg(long)]
         dpop_bound: bool,
+        /// An audience this client may exchange tokens for with the token-exchange grant
+        /// (`token_exchange_audiences`, RFC 8693; repeat the flag).
+        #[arg(long = "token-exchange-audience")]
+        token_exchange_audiences: Vec<String>,
+        /// A resource this client may ask tokens for (`resources`, RFC 8707: an absolute URI
+        /// without a fragment; repeat the flag).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
         /// Print `{"client_id","client_secret"}` only.
         #[arg(long)]
         json: bool,
@@ -528,6 +541,10 @@ struct ClientRow<'a> {
     require_pushed_authorization_requests: bool,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     dpop_bound_access_tokens: bool,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    token_exchange_audiences: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    resources: &'a [String],
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -546,6 +563,8 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         client_name: c.meta.client_name.as_deref(),
         require_pushed_authorization_requests: c.meta.require_pushed_authorization_requests,
         dpop_bound_access_tokens: c.meta.dpop_bound_access_tokens,
+        token_exchange_audiences: &c.meta.token_exchange_audiences,
+        resources: &c.meta.resources,
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -638,6 +657,8 @@ async fn clients_subcommand(
             id_token_alg,
             require_par,
             dpop_bound,
+            token_exchange_audiences,
+            resources,
             json,
         } => {
             let client_id = match id {
@@ -669,6 +690,8 @@ async fn clients_subcommand(
                     id_token_signed_response_alg: id_token_alg,
                     require_pushed_authorization_requests: require_par,
                     dpop_bound_access_tokens: dpop_bound,
+                    token_exchange_audiences,
+                    resources,
                 },
                 registration: None,
             };

@@ -92,6 +92,9 @@ pub(crate) struct Metrics {
     /// `tokend_dpop_proofs_total{result,reason}`: DPoP proofs accepted (`reason` `none`) or
     /// refused, by the reason of the refusal (docs/dpop.md).
     pub(crate) dpop_proofs: IntCounterVec,
+    /// `tokend_token_exchanges_total{result}`: token exchanges (RFC 8693) issued, or refused
+    /// by reason (docs/token_exchange.md).
+    pub(crate) token_exchanges: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -340,6 +343,12 @@ impl Metrics {
                 "tokend_dpop_proofs_total",
                 "DPoP proofs accepted (reason none) or refused, by reason (RFC 9449).",
                 &["result", "reason"],
+            ),
+            token_exchanges: counter(
+                r,
+                "tokend_token_exchanges_total",
+                "Token exchanges (RFC 8693): issued, or refused by reason.",
+                &["result"],
             ),
             registry,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),

@@ -9,6 +9,7 @@ pub(crate) mod device;
 pub(crate) mod dpop;
 pub(crate) mod email_change;
 pub mod events;
+pub(crate) mod exchange;
 pub(crate) mod ids;
 pub mod input;
 pub(crate) mod lifecycle;
@@ -19,6 +20,7 @@ pub(crate) mod passwords;
 pub(crate) mod published;
 pub(crate) mod registration;
 pub(crate) mod reset;
+pub(crate) mod resources;
 pub(crate) mod sessions;
 pub mod tokens;
 pub(crate) mod verification;
@@ -72,6 +74,10 @@ pub enum Error {
     /// The token lacks a scope the resource needs (RFC 6750 §3.1).
     #[error("the access token needs scope {0}")]
     InsufficientScope(&'static str),
+    /// A resource or audience the request may not name (RFC 8707 §2, RFC 8693 §2.2.2:
+    /// `invalid_target`); the message says which.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// A refresh token was refused (docs/sessions.md).
     #[error(transparent)]
     Refresh(#[from] RefreshError),
@@ -346,6 +352,11 @@ impl Services {
             p.metrics.clone(),
             p.config.issuer.clone(),
         ));
+        let exchange = Arc::new(exchange::TokenExchange::new(
+            sessions.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+        ));
         let oauth = oauth::OAuth::new(
             p.clients,
             p.users.clone(),
@@ -354,6 +365,7 @@ impl Services {
             limits.clone(),
             authorize.clone(),
             devices.clone(),
+            exchange,
             p.clock.clone(),
         );
         let admin = admin::Admin::new(

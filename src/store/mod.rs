@@ -238,6 +238,12 @@ pub struct ClientMetadata {
     /// The client always uses DPoP at the token endpoint (RFC 9449 §5.2): a token request
     /// without a proof is refused.
     pub dpop_bound_access_tokens: bool,
+    /// The audiences this client may exchange tokens for (RFC 8693 §2.1, `audience` and
+    /// `resource`; exact match). Empty: it may exchange none (docs/token_exchange.md).
+    pub token_exchange_audiences: Vec<String>,
+    /// The resources this client may name in authorization and token requests (RFC 8707 §2;
+    /// exact match). Empty: none.
+    pub resources: Vec<String>,
 }
 
 impl std::fmt::Debug for ClientRecord {

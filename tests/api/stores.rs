@@ -66,6 +66,8 @@ fn client(id: &str) -> ClientRecord {
             id_token_signed_response_alg: Some("RS256".into()),
             require_pushed_authorization_requests: true,
             dpop_bound_access_tokens: true,
+            token_exchange_audiences: vec!["orders-api".into(), "https://orders.example/".into()],
+            resources: vec!["https://api.example/".into()],
         },
         registration: None,
     }
