@@ -70,6 +70,7 @@ fn access_claims(now: i64) -> AccessClaims {
         auth_time: Some(now),
         roles: vec!["user".into()],
         cnf: None,
+        act: None,
     }
 }
 

@@ -1604,6 +1604,7 @@ fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64
         auth_time: None,
         roles: vec![],
         cnf: None,
+        act: None,
     };
     let refresh_claims = RefreshClaims {
         iss: issuer.clone(),
@@ -1615,6 +1616,7 @@ fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64
         sid: "b8Yt1c0qL2mN4pR6sT8uVw".into(),
         client_id: "tokend".into(),
         scope: String::new(),
+        resources: vec![],
     };
     let presented = tokens
         .sign_refresh(alg, &refresh_claims)

@@ -31,7 +31,7 @@ pub struct Cli {
     pub(crate) command: Command,
 }
 
-// Parsed once per process: the size of the largest variant (`clients create`) costs nothing.
+// Parsed once per process: the size of the largest variant costs nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
@@ -88,7 +88,8 @@ pub(crate) enum UsersCommand {
     },
 }
 
-#[allow(clippy::large_enum_variant)] // parsed once per process, as `Command`
+// Parsed once per process, like `Command`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub(crate) enum ClientsCommand {
     /// Create a client. A confidential client's secret is printed once and stored only as its
@@ -98,8 +99,9 @@ pub(crate) enum ClientsCommand {
         #[arg(long)]
         id: Option<String>,
         /// An allowed grant type: password, refresh_token, client_credentials,
-        /// authorization_code, urn:ietf:params:oauth:grant-type:device_code (repeat the flag
-        /// or separate with commas).
+        /// authorization_code, urn:ietf:params:oauth:grant-type:device_code,
+        /// urn:ietf:params:oauth:grant-type:token-exchange (repeat the flag or separate with
+        /// commas).
         #[arg(long = "grant", required = true, value_delimiter = ',')]
         grants: Vec<String>,
         /// An allowed scope (repeat the flag, or separate with spaces).
@@ -149,6 +151,14 @@ pub(crate) enum ClientsCommand {
         /// request without one (`dpop_bound_access_tokens`, RFC 9449 §5.2).
         #[arg(long)]
         dpop_bound: bool,
+        /// An audience this client may exchange tokens for with the token-exchange grant
+        /// (`token_exchange_audiences`, RFC 8693; repeat the flag).
+        #[arg(long = "token-exchange-audience")]
+        token_exchange_audiences: Vec<String>,
+        /// A resource this client may ask tokens for (`resources`, RFC 8707: an absolute URI
+        /// without a fragment; repeat the flag).
+        #[arg(long = "resource")]
+        resources: Vec<String>,
         /// Print `{"client_id","client_secret"}` only.
         #[arg(long)]
         json: bool,
@@ -551,6 +561,10 @@ struct ClientRow<'a> {
     /// `private_key_jwt` clients: where their keys are published (inline keys are not shown).
     #[serde(skip_serializing_if = "Option::is_none")]
     jwks_uri: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    token_exchange_audiences: &'a [String],
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    resources: &'a [String],
     /// RFC 3339; `None` for file clients.
     created_at: Option<String>,
 }
@@ -571,6 +585,8 @@ fn client_row<'a>(c: &'a ClientRecord, source: &'static str) -> ClientRow<'a> {
         dpop_bound_access_tokens: c.meta.dpop_bound_access_tokens,
         token_endpoint_auth_method: c.meta.token_endpoint_auth_method.as_deref(),
         jwks_uri: c.meta.jwks_uri.as_deref(),
+        token_exchange_audiences: &c.meta.token_exchange_audiences,
+        resources: &c.meta.resources,
         created_at: (source == "mongodb").then(|| ts(c.created_at.div_euclid(1000))),
     }
 }
@@ -666,6 +682,8 @@ async fn clients_subcommand(
             id_token_alg,
             require_par,
             dpop_bound,
+            token_exchange_audiences,
+            resources,
             json,
         } => {
             let client_id = match id {
@@ -716,6 +734,8 @@ async fn clients_subcommand(
                     jwks,
                     jwks_uri,
                     token_endpoint_auth_signing_alg: auth_signing_alg,
+                    token_exchange_audiences,
+                    resources,
                 },
                 registration: None,
             };

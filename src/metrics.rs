@@ -96,6 +96,9 @@ pub(crate) struct Metrics {
     /// accepted (`reason` `none`) or refused, by the reason of the refusal
     /// (docs/private_key_jwt.md).
     pub(crate) client_assertions: IntCounterVec,
+    /// `tokend_token_exchanges_total{result}`: token exchanges (RFC 8693) issued, or refused
+    /// by reason (docs/token_exchange.md).
+    pub(crate) token_exchanges: IntCounterVec,
 }
 
 fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -344,6 +347,12 @@ impl Metrics {
                 "tokend_dpop_proofs_total",
                 "DPoP proofs accepted (reason none) or refused, by reason (RFC 9449).",
                 &["result", "reason"],
+            ),
+            token_exchanges: counter(
+                r,
+                "tokend_token_exchanges_total",
+                "Token exchanges (RFC 8693): issued, or refused by reason.",
+                &["result"],
             ),
             client_assertions: counter(
                 r,

@@ -398,6 +398,7 @@ impl Accounts {
                 self.sessions.settings().default_alg(),
                 origin,
                 proof,
+                super::resources::Targets::default(),
             )
             .await?;
         if bound {

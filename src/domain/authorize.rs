@@ -20,6 +20,7 @@ use super::dpop::{is_jkt, ProofHeader, ProofRefusal, Proven, Target};
 use super::events::{EventType, Events, NewEvent, Origin};
 use super::ids;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
+use super::resources::Targets;
 use super::sessions::{FamilyStart, Sessions};
 use super::Error;
 use crate::clock::SharedClock;
@@ -81,6 +82,11 @@ pub(crate) struct AuthorizeParams {
     pub(crate) request: Option<String>,
     /// RFC 9449 §10: the thumbprint of the DPoP key the code is to be bound to.
     pub(crate) dpop_jkt: Option<String>,
+    /// RFC 8707 §2: the resources the tokens are for, as often as `resource` was sent. Not
+    /// read by the form decoder (which takes each parameter once): the HTTP layer collects
+    /// every value.
+    #[serde(skip)]
+    pub(crate) resource: Vec<String>,
 }
 
 /// How the answer reaches the client (OAuth 2.0 Multiple Response Types §2.1, Form Post
@@ -121,6 +127,9 @@ struct PendingRequest {
     /// that came with a pushed request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_jkt: Option<String>,
+    /// The resources asked for (RFC 8707 §2), each one of the client's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    resources: Vec<String>,
 }
 
 /// A pushed authorization request (RFC 9126 §2), validated when it was pushed and kept until
@@ -256,6 +265,10 @@ struct CodeGrant {
     /// redeem the code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     dpop_jkt: Option<String>,
+    /// The resources the code is granted for (RFC 8707 §2.1): the token request may ask for
+    /// these or some of them, and the family keeps them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    resources: Vec<String>,
 }
 
 /// A browser session (docs/authorize.md, "Browser session").
@@ -854,6 +867,10 @@ impl Authorize {
                  DPoP key (RFC 9449 §10)",
             ));
         }
+        // RFC 8707 §2: each resource one the client registered, else invalid_target.
+        let resources = Targets::requested(&p.resource, &client.meta.resources)
+            .map_err(|d| ("invalid_target", d))?
+            .granted;
         Ok(PendingRequest {
             client_id: client.client_id.clone(),
             redirect_uri,
@@ -870,6 +887,7 @@ impl Authorize {
             force_login: prompts.contains("login") || prompts.contains("select_account"),
             stale_session: None,
             dpop_jkt,
+            resources,
         })
     }
 
@@ -1009,6 +1027,7 @@ impl Authorize {
             sid: self.sessions.new_id()?,
             browser_session: Some(s.id.clone()),
             dpop_jkt: pending.dpop_jkt.clone(),
+            resources: pending.resources.clone(),
         };
         let json = serde_json::to_string(&grant)
             .map_err(|e| Error::Internal(format!("serialising a code: {e}")))?;
@@ -1255,7 +1274,10 @@ impl Authorize {
     /// `grant_type=authorization_code` (RFC 6749 §4.1.3, RFC 7636 §4.6): a single-use code,
     /// bound to the client, the redirect URI and the PKCE challenge, and to a DPoP key when
     /// the request named one (RFC 9449 §10). A replayed code revokes the family its first use
-    /// started (RFC 6749 §4.1.2). `proof` is the token request's, already spent.
+    /// started (RFC 6749 §4.1.2). `proof` is the token request's, already spent. `resource`
+    /// names what the access token is for: some of the code's resources, all when empty
+    /// (RFC 8707 §2.2).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn redeem(
         &self,
         client: &Client,
@@ -1264,12 +1286,15 @@ impl Authorize {
         verifier: Option<&str>,
         origin: &Origin,
         proof: Option<Proven>,
+        resource: &[String],
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = code.ok_or_else(|| invalid("missing parameter code"))?;
         let verifier = verifier.ok_or_else(|| {
             invalid("missing parameter code_verifier (PKCE is required, RFC 7636)")
         })?;
+        // A resource the client may never ask for is refused before the code is spent.
+        Targets::requested(resource, &client.meta.resources).map_err(OAuthError::InvalidTarget)?;
         let bad_grant = |d: &str| OAuthError::InvalidGrant(d.to_string());
         if code.len() > 256 {
             return Err(bad_grant("invalid authorization code"));
@@ -1336,6 +1361,8 @@ impl Authorize {
                 Some(_) => {}
             }
         }
+        let targets =
+            Targets::narrowed(resource, &g.resources).map_err(OAuthError::InvalidTarget)?;
         let Some(user) = self.users.by_id(&g.user_id).await.map_err(Error::from)? else {
             return Err(bad_grant("the user no longer exists"));
         };
@@ -1354,6 +1381,7 @@ impl Authorize {
                     fresh: false,
                     origin: origin.clone(),
                     proof,
+                    targets,
                 },
             )
             .await?;
@@ -1384,6 +1412,7 @@ impl Authorize {
             refresh_token: Some(pair.refresh_token).filter(|t| !t.is_empty()),
             scope: pair.scope,
             id_token,
+            issued_token_type: None,
         })
     }
 

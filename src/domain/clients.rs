@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use ring::{digest, hmac};
 use serde::Deserialize;
 
+use super::resources::{audience_problem, resource_problem, MAX_RESOURCES};
 use super::{ids, FIRST_PARTY_CLIENT};
 use crate::config::vars::CLIENTS_FILE;
 use crate::keys::Alg;
@@ -27,13 +28,16 @@ pub(crate) const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub(crate) const GRANT_AUTHORIZATION_CODE: &str = "authorization_code";
 /// `grant_type=urn:ietf:params:oauth:grant-type:device_code` (RFC 8628 §3.4).
 pub(crate) const GRANT_DEVICE_CODE: &str = "urn:ietf:params:oauth:grant-type:device_code";
+/// `grant_type=urn:ietf:params:oauth:grant-type:token-exchange` (RFC 8693 §2.1).
+pub(crate) const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// Every grant type tokend implements.
-pub(crate) const GRANT_TYPES: [&str; 5] = [
+pub(crate) const GRANT_TYPES: [&str; 6] = [
     GRANT_PASSWORD,
     GRANT_REFRESH_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
     GRANT_AUTHORIZATION_CODE,
     GRANT_DEVICE_CODE,
+    GRANT_TOKEN_EXCHANGE,
 ];
 /// The client authentication methods at the token endpoint (RFC 7591 §2; `private_key_jwt`,
 /// RFC 7523 §2.2, docs/private_key_jwt.md).
@@ -142,6 +146,12 @@ pub(crate) fn validate_client(c: &ClientRecord, algs: &[Alg]) -> Result<(), Stri
              client_credentials"
         ));
     }
+    if !c.is_confidential() && c.grant_types.iter().any(|g| g == GRANT_TOKEN_EXCHANGE) {
+        return Err(format!(
+            "client {id:?}: a public client (no secret, no private_key_jwt) cannot use token exchange \
+             ({GRANT_TOKEN_EXCHANGE}; docs/token_exchange.md)"
+        ));
+    }
     for s in &c.scopes {
         if !is_scope_token(s) {
             return Err(format!("client {id:?}: invalid scope {s:?}"));
@@ -227,6 +237,7 @@ fn validate_metadata(c: &ClientRecord, algs: &[Alg]) -> Result<(), String> {
         }
     }
     validate_key_metadata(c)?;
+    validate_targets(c)?;
     if m.require_pushed_authorization_requests && !code {
         return Err(format!(
             "client {id:?}: require_pushed_authorization_requests is for clients with the \
@@ -314,6 +325,46 @@ fn validate_key_metadata(c: &ClientRecord) -> Result<(), String> {
     Ok(())
 }
 
+/// What is wrong with a client's resources (RFC 8707) and exchange audiences (RFC 8693;
+/// docs/token_exchange.md, "Clients").
+fn validate_targets(c: &ClientRecord) -> Result<(), String> {
+    let id = &c.client_id;
+    let m = &c.meta;
+    for (what, list, problem) in [
+        (
+            "resource",
+            &m.resources,
+            resource_problem as fn(&str) -> Option<&'static str>,
+        ),
+        (
+            "token exchange audience",
+            &m.token_exchange_audiences,
+            audience_problem as fn(&str) -> Option<&'static str>,
+        ),
+    ] {
+        if list.len() > MAX_RESOURCES {
+            return Err(format!("client {id:?}: more than {MAX_RESOURCES} {what}s"));
+        }
+        for (i, v) in list.iter().enumerate() {
+            if let Some(p) = problem(v.as_str()) {
+                return Err(format!("client {id:?}: {what} {v:?} {p}"));
+            }
+            if list.iter().take(i).any(|x| x == v) {
+                return Err(format!("client {id:?}: {what} {v:?} is listed twice"));
+            }
+        }
+    }
+    if !m.token_exchange_audiences.is_empty()
+        && !c.grant_types.iter().any(|g| g == GRANT_TOKEN_EXCHANGE)
+    {
+        return Err(format!(
+            "client {id:?}: token_exchange_audiences is for clients with the \
+             {GRANT_TOKEN_EXCHANGE} grant"
+        ));
+    }
+    Ok(())
+}
+
 /// One entry of `TOKEND_CLIENTS_FILE`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,6 +401,10 @@ struct StaticClient {
     jwks_uri: Option<String>,
     #[serde(default)]
     token_endpoint_auth_signing_alg: Option<String>,
+    #[serde(default)]
+    token_exchange_audiences: Vec<String>,
+    #[serde(default)]
+    resources: Vec<String>,
 }
 
 /// Whether a secret reads the same whether or not a client form-encodes it for HTTP Basic.
@@ -412,6 +467,8 @@ pub(crate) fn parse_static_clients(json: &[u8], algs: &[Alg]) -> Result<Vec<Clie
                 jwks: c.jwks,
                 jwks_uri: c.jwks_uri,
                 token_endpoint_auth_signing_alg: c.token_endpoint_auth_signing_alg,
+                token_exchange_audiences: c.token_exchange_audiences,
+                resources: c.resources,
             },
             registration: None,
         };
@@ -724,6 +781,58 @@ mod tests {
             let e = parse_static_clients(json.as_bytes(), ALGS).unwrap_err();
             assert!(e.contains(needle), "{json}: {e}");
             assert!(e.contains("\"svc\""), "names the client: {e}");
+        }
+    }
+
+    #[test]
+    fn resources_and_exchange_audiences_are_read_from_the_static_file_and_checked() {
+        let json = br#"[{"client_id":"gw","client_secret":"s",
+                         "grant_types":["client_credentials",
+                                        "urn:ietf:params:oauth:grant-type:token-exchange"],
+                         "token_exchange_audiences":["orders-api","https://orders.example"],
+                         "resources":["https://api.example/"]}]"#;
+        let list = parse_static_clients(json, ALGS).unwrap();
+        assert_eq!(
+            list[0].meta.token_exchange_audiences,
+            ["orders-api", "https://orders.example"]
+        );
+        assert_eq!(list[0].meta.resources, ["https://api.example/"]);
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"[{"client_id":"a","grant_types":["password"],"resources":["api"]}]"#,
+                "absolute URI",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["password"],
+                     "resources":["https://api.example/#frag"]}]"#,
+                "fragment",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":["password"],
+                     "resources":["https://a.example","https://a.example"]}]"#,
+                "twice",
+            ),
+            (
+                r#"[{"client_id":"a","client_secret":"s","grant_types":["client_credentials"],
+                     "token_exchange_audiences":["orders"]}]"#,
+                "token_exchange_audiences is for clients with the",
+            ),
+            (
+                r#"[{"client_id":"a","grant_types":
+                     ["urn:ietf:params:oauth:grant-type:token-exchange"],
+                     "token_exchange_audiences":["orders"]}]"#,
+                "public client (no secret, no private_key_jwt) cannot use token exchange",
+            ),
+            (
+                r#"[{"client_id":"a","client_secret":"s","grant_types":
+                     ["urn:ietf:params:oauth:grant-type:token-exchange"],
+                     "token_exchange_audiences":["two words"]}]"#,
+                "printable",
+            ),
+        ];
+        for (json, needle) in cases {
+            let e = parse_static_clients(json.as_bytes(), ALGS).unwrap_err();
+            assert!(e.contains(needle), "{json}: {e}");
         }
     }
 

@@ -17,6 +17,7 @@ use super::events::Origin;
 use super::ids;
 use super::limits::Limits;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
+use super::resources::Targets;
 use super::sessions::{FamilyStart, Sessions};
 use super::Error;
 use crate::clock::SharedClock;
@@ -491,10 +492,15 @@ impl Devices {
         device_code: Option<&str>,
         origin: &Origin,
         proof: Option<Proven>,
+        resource: &[String],
     ) -> Result<TokenResponse, OAuthError> {
         let client = client.record();
         let code = device_code
             .ok_or_else(|| OAuthError::InvalidRequest("missing parameter device_code".into()))?;
+        // RFC 8707 §2: the device authorization names no resource, so the token request names
+        // them, each one of the client's; checked before the poll, which spends an approval.
+        let targets = Targets::requested(resource, &client.meta.resources)
+            .map_err(OAuthError::InvalidTarget)?;
         if !is_device_code(code) {
             self.answered("invalid_grant");
             return Err(OAuthError::InvalidGrant("invalid device code".into()));
@@ -551,7 +557,7 @@ impl Devices {
                 ));
             }
         };
-        let response = self.issue(client, &grant, origin, proof).await;
+        let response = self.issue(client, &grant, origin, proof, targets).await;
         let answer = match &response {
             Ok(_) => "tokens",
             Err(OAuthError::AccessDenied(_)) => "access_denied",
@@ -570,6 +576,7 @@ impl Devices {
         grant: &str,
         origin: &Origin,
         proof: Option<Proven>,
+        targets: Targets,
     ) -> Result<TokenResponse, OAuthError> {
         let a: Approval = serde_json::from_str(grant).map_err(|e| {
             OAuthError::Other(Error::Internal(format!(
@@ -605,6 +612,7 @@ impl Devices {
                     fresh: false,
                     origin: origin.clone(),
                     proof,
+                    targets,
                 },
             )
             .await?;
@@ -640,6 +648,7 @@ impl Devices {
             refresh_token: Some(pair.refresh_token).filter(|t| !t.is_empty()),
             scope: pair.scope,
             id_token,
+            issued_token_type: None,
         })
     }
 }

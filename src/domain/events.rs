@@ -161,7 +161,7 @@ impl Origin {
     pub(crate) fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> Origin {
         Origin {
             ip,
-            user_agent: user_agent.and_then(crate::store::stored_user_agent),
+            user_agent: user_agent.and_then(crate::store::family_user_agent),
         }
     }
 
@@ -542,7 +542,7 @@ mod tests {
     fn a_user_agent_is_kept_short_and_clean() {
         let long = "é".repeat(100);
         let kept = Origin::new(None, Some(&long)).user_agent.unwrap();
-        assert!(kept.len() <= crate::store::MAX_STORED_USER_AGENT);
+        assert!(kept.len() <= crate::store::MAX_FAMILY_USER_AGENT);
         assert!(kept.chars().all(|c| c == 'é'));
         assert_eq!(Origin::new(None, Some(" \n ")).user_agent, None);
         assert_eq!(

@@ -11,6 +11,7 @@ pub(crate) mod device;
 pub(crate) mod dpop;
 pub(crate) mod email_change;
 pub mod events;
+pub(crate) mod exchange;
 pub(crate) mod ids;
 pub mod input;
 pub(crate) mod lifecycle;
@@ -21,6 +22,7 @@ pub(crate) mod passwords;
 pub(crate) mod published;
 pub(crate) mod registration;
 pub(crate) mod reset;
+pub(crate) mod resources;
 pub(crate) mod sessions;
 pub mod tokens;
 pub(crate) mod verification;
@@ -74,6 +76,10 @@ pub enum Error {
     /// The token lacks a scope the resource needs (RFC 6750 §3.1).
     #[error("the access token needs scope {0}")]
     InsufficientScope(&'static str),
+    /// A resource or audience the request may not name (RFC 8707 §2, RFC 8693 §2.2.2:
+    /// `invalid_target`); the message says which.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// A refresh token was refused (docs/sessions.md).
     #[error(transparent)]
     Refresh(#[from] RefreshError),
@@ -357,6 +363,11 @@ impl Services {
             p.metrics.clone(),
             p.config.issuer.clone(),
         ));
+        let exchange = Arc::new(exchange::TokenExchange::new(
+            sessions.clone(),
+            p.clock.clone(),
+            p.metrics.clone(),
+        ));
         let oauth = oauth::OAuth::new(
             p.clients,
             p.users.clone(),
@@ -366,6 +377,7 @@ impl Services {
             authorize.clone(),
             devices.clone(),
             assertions,
+            exchange,
             p.clock.clone(),
         );
         let admin = admin::Admin::new(

@@ -1,7 +1,8 @@
 //! The OAuth2 rules (docs/api.md): client authentication (RFC 6749 §2.3; `private_key_jwt`,
-//! RFC 7523 §2.2, in `assertion`), the token endpoint's
-//! grants (RFC 6749 §4.3, §4.4, §6), revocation (RFC 7009) and introspection (RFC 7662). No
-//! HTTP here: `http/oauth.rs` parses the request and renders what these functions decide.
+//! RFC 7523 §2.2, in `assertion.rs`), the token endpoint's grants (RFC 6749 §4.3, §4.4, §6;
+//! token exchange, RFC 8693, in `exchange.rs`) with resource indicators (RFC 8707,
+//! `resources.rs`), revocation (RFC 7009) and introspection (RFC 7662). No HTTP here:
+//! `http/oauth.rs` parses the request and renders what these functions decide.
 
 use serde::Serialize;
 
@@ -12,13 +13,15 @@ use super::assertion::{AssertionRefusal, ClientAssertions, PresentedAssertion};
 use super::authorize::Authorize;
 use super::clients::{
     secret_matches, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_DEVICE_CODE,
-    GRANT_PASSWORD, GRANT_REFRESH_TOKEN,
+    GRANT_PASSWORD, GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE,
 };
 use super::device::Devices;
 use super::dpop::{ProofHeader, ProofRefusal, Proven, Target};
+use super::exchange::{ExchangeRefusal, TokenExchange};
 use super::limits::Limits;
+use super::resources::Targets;
 use super::sessions::{token_type, Sessions};
-use super::tokens::{Audience, Confirmation};
+use super::tokens::{Actor, Audience, Confirmation};
 use super::Error;
 use crate::clock::SharedClock;
 use crate::store::{ClientRecord, ClientStore, UserClaims, UserStore};
@@ -51,6 +54,7 @@ pub struct OAuth {
     devices: Arc<Devices>,
     /// `private_key_jwt` client authentication (docs/private_key_jwt.md).
     assertions: Arc<ClientAssertions>,
+    exchange: Arc<TokenExchange>,
     clock: SharedClock,
 }
 
@@ -75,6 +79,10 @@ pub enum OAuthError {
     /// `invalid_scope` (RFC 6749 §5.2).
     #[error("{0}")]
     InvalidScope(String),
+    /// `invalid_target` (RFC 8707 §2, RFC 8693 §2.2.2): a resource or audience the client may
+    /// not ask for.
+    #[error("{0}")]
+    InvalidTarget(String),
     /// An authorization request refused with another code of RFC 6749 §4.1.2.1 or of an
     /// extension (`unsupported_response_type`, `request_not_supported`), where it is answered
     /// to the client directly (RFC 9126 §2.3).
@@ -120,6 +128,7 @@ impl From<Error> for OAuthError {
             }
             Error::Refresh(r) => OAuthError::InvalidGrant(r.to_string()),
             Error::DpopProof(r) => OAuthError::DpopProof(r),
+            Error::InvalidTarget(d) => OAuthError::InvalidTarget(d),
             other => OAuthError::Other(other),
         }
     }
@@ -172,6 +181,9 @@ pub struct TokenResponse {
     /// OpenID Connect Core §3.1.3.3, when `openid` was granted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) id_token: Option<String>,
+    /// RFC 8693 §2.2.1: the type of the token a token exchange issued (only there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) issued_token_type: Option<&'static str>,
 }
 
 /// The parameters of `POST /oauth/token` that the grants read.
@@ -201,6 +213,20 @@ pub struct TokenRequest {
     /// The request's `DPoP` header (RFC 9449 §5): with a valid proof the access token is bound
     /// to its key.
     pub dpop: ProofHeader,
+    /// `resource`, as often as it was sent (RFC 8707 §2): what the access token is for.
+    pub resource: Vec<String>,
+    /// `audience`, as often as it was sent (RFC 8693 §2.1): token exchange only.
+    pub audience: Vec<String>,
+    /// The token exchanged (RFC 8693 §2.1).
+    pub subject_token: Option<String>,
+    /// Its type (RFC 8693 §3).
+    pub subject_token_type: Option<String>,
+    /// The acting party's own token (RFC 8693 §2.1).
+    pub actor_token: Option<String>,
+    /// Its type (RFC 8693 §3).
+    pub actor_token_type: Option<String>,
+    /// The type of token asked for (RFC 8693 §2.1).
+    pub requested_token_type: Option<String>,
 }
 
 /// The token endpoint's path: the `htu` of its proofs is the issuer and this.
@@ -250,6 +276,9 @@ pub(crate) struct TokenDetails {
     /// The DPoP key a bound token is bound to (RFC 9449 §6.2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) cnf: Option<Confirmation>,
+    /// Who acts for the subject, for a token issued by token exchange (RFC 8693 §4.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) act: Option<Actor>,
 }
 
 /// Which kind of token a revocation or introspection request says it holds (RFC 7009 §2.1).
@@ -324,6 +353,7 @@ impl OAuth {
         authorize: Arc<Authorize>,
         devices: Arc<Devices>,
         assertions: Arc<ClientAssertions>,
+        exchange: Arc<TokenExchange>,
         clock: SharedClock,
     ) -> OAuth {
         OAuth {
@@ -335,6 +365,7 @@ impl OAuth {
             authorize,
             devices,
             assertions,
+            exchange,
             clock,
         }
     }
@@ -452,12 +483,22 @@ impl OAuth {
                 | GRANT_CLIENT_CREDENTIALS
                 | GRANT_AUTHORIZATION_CODE
                 | GRANT_DEVICE_CODE
+                | GRANT_TOKEN_EXCHANGE
         ) {
             return Err(OAuthError::UnsupportedGrantType(format!(
                 "grant_type {grant:?} is not supported"
             )));
         }
+        if grant == GRANT_TOKEN_EXCHANGE && !client.is_confidential() {
+            self.exchange.count(ExchangeRefusal::UnauthorizedClient);
+            return Err(OAuthError::UnauthorizedClient(
+                "token exchange needs a confidential client (docs/token_exchange.md)".into(),
+            ));
+        }
         if !client.grant_types.iter().any(|g| g == grant) {
+            if grant == GRANT_TOKEN_EXCHANGE {
+                self.exchange.count(ExchangeRefusal::UnauthorizedClient);
+            }
             return Err(OAuthError::UnauthorizedClient(format!(
                 "this client may not use grant_type {grant}"
             )));
@@ -491,6 +532,7 @@ impl OAuth {
                         req.code_verifier.as_deref(),
                         &req.origin,
                         proof,
+                        &req.resource,
                     )
                     .await
             }
@@ -501,9 +543,11 @@ impl OAuth {
                         req.device_code.as_deref(),
                         &req.origin,
                         proof,
+                        &req.resource,
                     )
                     .await
             }
+            GRANT_TOKEN_EXCHANGE => self.exchange.exchange(client, req, proof).await,
             GRANT_PASSWORD => self.password_grant(client, req, proof).await,
             _ => self.client_credentials_grant(client, req, proof),
         };
@@ -523,6 +567,8 @@ impl OAuth {
         let login = required(&req.username, "username")?;
         let password = required(&req.password, "password")?;
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
+        let targets = Targets::requested(&req.resource, &client.meta.resources)
+            .map_err(OAuthError::InvalidTarget)?;
         let user = self
             .accounts
             .check_password(login, password, true, SignInVia::PasswordGrant, &req.origin)
@@ -536,6 +582,7 @@ impl OAuth {
                 self.sessions.client_alg(client),
                 &req.origin,
                 proof,
+                targets,
             )
             .await?;
         tracing::info!(user_id = %user.id, client_id = %client.client_id, "password grant");
@@ -547,11 +594,13 @@ impl OAuth {
             refresh_token: Some(pair.refresh_token).filter(|t| !t.is_empty()),
             scope: pair.scope,
             id_token: None,
+            issued_token_type: None,
         })
     }
 
     /// RFC 6749 §6: the family rules of docs/sessions.md. A requested scope must be within the one
-    /// originally granted; the family keeps its scope.
+    /// originally granted; the family keeps its scope. A requested resource must be one the
+    /// family was granted (RFC 8707 §2.2); the family keeps them all.
     async fn refresh_grant(
         &self,
         client: &ClientRecord,
@@ -570,7 +619,7 @@ impl OAuth {
         }
         let pair = self
             .sessions
-            .refresh_with(token, Some(client), proof)
+            .refresh_with(token, Some(client), proof, &req.resource)
             .await?;
         Ok(TokenResponse {
             access_token: pair.access_token,
@@ -579,11 +628,12 @@ impl OAuth {
             refresh_token: Some(pair.refresh_token),
             scope: pair.scope,
             id_token: None,
+            issued_token_type: None,
         })
     }
 
     /// RFC 6749 §4.4: an access token for the client itself (`sub` = client id, no `sid`, no
-    /// refresh token, no roles).
+    /// refresh token, no roles), for the resources named (RFC 8707 §2), each one of the client's.
     fn client_credentials_grant(
         &self,
         client: &ClientRecord,
@@ -596,8 +646,12 @@ impl OAuth {
             ));
         }
         let scope = grant_scope(req.scope.as_deref(), &client.scopes)?;
+        let targets = Targets::requested(&req.resource, &client.meta.resources)
+            .map_err(OAuthError::InvalidTarget)?;
         let jkt = proof.as_ref().map(|p| p.jkt.as_str());
-        let (access_token, ttl) = self.sessions.sign_client_access(client, &scope, jkt)?;
+        let (access_token, ttl) =
+            self.sessions
+                .sign_client_access(client, &scope, jkt, &targets.audience)?;
         tracing::debug!(client_id = %client.client_id, "client_credentials grant");
         Ok(TokenResponse {
             access_token,
@@ -606,6 +660,7 @@ impl OAuth {
             refresh_token: None,
             scope,
             id_token: None,
+            issued_token_type: None,
         })
     }
 
@@ -702,6 +757,7 @@ impl OAuth {
                 jti: claims.jti,
                 sid: claims.sid,
                 cnf: claims.cnf,
+                act: claims.act,
             }),
         }))
     }
@@ -754,6 +810,7 @@ impl OAuth {
                 jti: claims.jti,
                 sid: Some(claims.sid),
                 cnf: family.jkt.map(|jkt| Confirmation { jkt }),
+                act: None,
             }),
         }))
     }

@@ -17,7 +17,7 @@ use super::authorize::OIDC_SCOPES;
 use super::clients::{
     hash_secret, is_scope_token, redirect_uri_problem, secret_matches, validate_client,
     AUTH_METHODS, GRANT_AUTHORIZATION_CODE, GRANT_CLIENT_CREDENTIALS, GRANT_PASSWORD,
-    GRANT_REFRESH_TOKEN, GRANT_TYPES,
+    GRANT_REFRESH_TOKEN, GRANT_TOKEN_EXCHANGE, GRANT_TYPES,
 };
 use super::events::{EventType, Events, NewEvent};
 use super::limits::Limits;
@@ -114,6 +114,11 @@ pub(crate) struct ClientMetadataRequest {
     jwks_uri: Option<String>,
     /// `private_key_jwt`: the algorithm of the client's assertions.
     token_endpoint_auth_signing_alg: Option<String>,
+    /// Never granted by registration (docs/token_exchange.md, "Clients"): read only to refuse
+    /// it plainly rather than ignore it.
+    token_exchange_audiences: Option<Value>,
+    /// Never granted by registration, as `token_exchange_audiences`.
+    resources: Option<Value>,
     /// Only in an update, where it must be the client's own id (RFC 7592 §2.2).
     client_id: Option<String>,
     /// Only in an update, where it must be the client's current secret (RFC 7592 §2.2).
@@ -272,12 +277,13 @@ fn unique(list: Vec<String>) -> Vec<String> {
         .collect()
 }
 
-/// The grant types a registered client may have: every one tokend implements but `password`.
+/// The grant types a registered client may have: every one tokend implements but `password`
+/// and token exchange.
 fn registrable_grants() -> Vec<&'static str> {
     GRANT_TYPES
         .iter()
         .copied()
-        .filter(|g| *g != GRANT_PASSWORD)
+        .filter(|g| *g != GRANT_PASSWORD && *g != GRANT_TOKEN_EXCHANGE)
         .collect()
 }
 
@@ -304,10 +310,30 @@ fn validate_metadata(
                  must never collect passwords; sign users in with authorization_code",
             ));
         }
+        if g == GRANT_TOKEN_EXCHANGE {
+            return Err(metadata_error(
+                "a registered client may not use token exchange: which audiences a client may \
+                 exchange tokens for is the operator's to grant (token_exchange_audiences in the \
+                 clients file or tokend clients create)",
+            ));
+        }
         if !GRANT_TYPES.contains(&g.as_str()) {
             return Err(metadata_error(format!(
                 "unsupported grant type {g:?} (supported: {})",
                 registrable_grants().join(", ")
+            )));
+        }
+    }
+    // A client never grants itself audiences (docs/token_exchange.md, "Clients").
+    for (member, value) in [
+        ("token_exchange_audiences", &req.token_exchange_audiences),
+        ("resources", &req.resources),
+    ] {
+        if value.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(metadata_error(format!(
+                "{member} cannot be registered: the resources and audiences a client may ask \
+                 tokens for are granted by the operator (the clients file or tokend clients \
+                 create)"
             )));
         }
     }
@@ -424,6 +450,9 @@ fn validate_metadata(
             jwks: req.jwks.clone(),
             jwks_uri: req.jwks_uri.clone(),
             token_endpoint_auth_signing_alg: req.token_endpoint_auth_signing_alg.clone(),
+            // Never from a registration (above).
+            token_exchange_audiences: Vec::new(),
+            resources: Vec::new(),
         },
         secret,
         confidential,
@@ -918,6 +947,31 @@ mod tests {
             r#"{"redirect_uris":["https://a.example/cb"],"post_logout_redirect_uris":["http://x.example/"]}"#
         ));
         assert!(meta(r#"{"grant_types":[]}"#));
+    }
+
+    #[test]
+    fn a_registration_grants_itself_no_exchange_and_no_resources() {
+        let meta = |json| matches!(err(json), RegistrationError::InvalidClientMetadata(d) if d.contains("operator"));
+        assert!(meta(
+            r#"{"grant_types":["client_credentials","urn:ietf:params:oauth:grant-type:token-exchange"]}"#
+        ));
+        assert!(meta(
+            r#"{"grant_types":["client_credentials"],"token_exchange_audiences":["orders"]}"#
+        ));
+        assert!(meta(
+            r#"{"redirect_uris":["https://a.example/cb"],"resources":["https://api.example/"]}"#
+        ));
+        assert!(meta(
+            r#"{"redirect_uris":["https://a.example/cb"],"resources":[]}"#
+        ));
+        // Sent as null, the members count as omitted.
+        let m = validate_metadata(
+            &req(r#"{"redirect_uris":["https://a.example/cb"],"resources":null}"#),
+            &[],
+        )
+        .unwrap();
+        assert!(m.meta.resources.is_empty() && m.meta.token_exchange_audiences.is_empty());
+        assert!(!registrable_grants().contains(&GRANT_TOKEN_EXCHANGE));
     }
 
     #[test]

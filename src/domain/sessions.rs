@@ -10,7 +10,10 @@ use super::accounts::{Principal, TokenPair};
 use super::clients::GRANT_REFRESH_TOKEN;
 use super::dpop::{CheckedProof, Dpop, ProofHeader, ProofRefusal, Proven, Target};
 use super::events::{EventType, Events, NewEvent, Origin};
-use super::tokens::{AccessClaims, Audience, Confirmation, RefreshClaims, Refusal, LEEWAY_SECS};
+use super::resources::Targets;
+use super::tokens::{
+    AccessClaims, Actor, Audience, Confirmation, RefreshClaims, Refusal, LEEWAY_SECS,
+};
 use super::{ids, Error, RefreshError, Tokens};
 use crate::clock::{ms, secs, SharedClock};
 use crate::config::Config;
@@ -42,6 +45,9 @@ struct PairSpec<'a> {
     with_refresh: bool,
     /// The DPoP key the access token is bound to (`cnf.jkt`, RFC 9449 §6.1).
     jkt: Option<&'a str>,
+    /// The resources the family is granted (kept in its refresh tokens) and those the access
+    /// token is for (its `aud`; RFC 8707).
+    targets: &'a Targets,
 }
 
 /// The `token_type` of a token response (RFC 6749 §5.1, RFC 9449 §5): `DPoP` for an access
@@ -81,6 +87,24 @@ pub(crate) struct FamilyStart {
     /// The DPoP proof of the token request (docs/dpop.md): its key binds the access token, and
     /// the family too when the client is public (RFC 9449 §5).
     pub(crate) proof: Option<Proven>,
+    /// The resources the family is granted and its first access token is for (RFC 8707;
+    /// docs/token_exchange.md); empty for the configured audience.
+    pub(crate) targets: Targets,
+}
+
+/// An access token issued by token exchange (RFC 8693; docs/token_exchange.md).
+#[derive(Debug, Clone)]
+pub(crate) struct Exchanged<'a> {
+    /// The subject token's claims, checked: its `sub`, `sid`, roles and `auth_time` carry
+    /// over, and the new token never outlives it.
+    pub(crate) subject: &'a AccessClaims,
+    /// The new token's audiences.
+    pub(crate) aud: Audience,
+    pub(crate) scope: &'a str,
+    /// Who acts (the outermost `act`).
+    pub(crate) act: Actor,
+    /// The key of the request's DPoP proof, if any.
+    pub(crate) jkt: Option<&'a str>,
 }
 
 /// Session lifetimes and what a family may hold, from the configuration.
@@ -349,24 +373,30 @@ impl Sessions {
         self.tokens.decode_refresh(token, self.clock.now()).ok()
     }
 
-    /// Decodes an access token (no revocation checks).
+    /// Decodes an access token tokend issued, for any audience (no revocation checks): what
+    /// revocation and introspection are asked about, a token for another resource
+    /// (RFC 8707) included.
     pub(crate) fn decode_access(&self, token: &str) -> Option<AccessClaims> {
-        self.tokens.decode_access(token, self.clock.now()).ok()
+        self.tokens
+            .decode_access_any_audience(token, self.clock.now())
+            .ok()
     }
 
-    /// Signs an access token for a client itself (`client_credentials`).
+    /// Signs an access token for a client itself (`client_credentials`), for `resources`
+    /// (its `aud`, RFC 8707) or, when there are none, the configured audience.
     pub(crate) fn sign_client_access(
         &self,
         client: &ClientRecord,
         scope: &str,
         jkt: Option<&str>,
+        resources: &[String],
     ) -> Result<(String, i64), Error> {
         let now = self.clock.now();
         let ttl = secs(self.settings.access_ttl);
         let claims = AccessClaims {
             iss: self.tokens.issuer.clone(),
             sub: client.client_id.clone(),
-            aud: Audience::One(self.tokens.audience.clone()),
+            aud: Audience::for_resources(resources, &self.tokens.audience),
             exp: now + ttl,
             iat: now,
             nbf: now,
@@ -380,12 +410,64 @@ impl Sessions {
             cnf: jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_string(),
             }),
+            act: None,
         };
         let alg = self.client_alg(client);
         let token = self.tokens.sign_access(alg, &claims)?;
         self.metrics
             .issued("client_credentials", "access", alg.as_str());
         Ok((token, ttl))
+    }
+
+    /// Validates an access token tokend issued, for any audience: the signature, header and
+    /// time checks, then the revocation checks of [`Sessions::authenticate`] (its `jti`, its
+    /// family, the user's session marks; fails closed when the store is down). A DPoP-bound
+    /// token is not refused here: the caller decides what its binding asks for. For tokens
+    /// tokend is asked about rather than called with (the subject and actor of a token
+    /// exchange, docs/token_exchange.md).
+    pub(crate) async fn check_issued_access(&self, token: &str) -> Result<Principal, Error> {
+        let claims = self
+            .tokens
+            .decode_access_any_audience(token, self.clock.now())
+            .map_err(|r| self.rejected(r))?;
+        self.check_revocation(claims).await
+    }
+
+    /// Signs the access token of a token exchange (RFC 8693 §2.2.1; docs/token_exchange.md)
+    /// for `client`: the subject's `sub`, `sid`, roles and `auth_time`, never fresh, with
+    /// `act`, and no later expiry than the subject token's. Answers the token and its
+    /// lifetime in seconds.
+    pub(crate) fn sign_exchanged_access(
+        &self,
+        client: &ClientRecord,
+        e: Exchanged<'_>,
+    ) -> Result<(String, i64), Error> {
+        let now = self.clock.now();
+        let exp = (now + secs(self.settings.access_ttl)).min(e.subject.exp);
+        let claims = AccessClaims {
+            iss: self.tokens.issuer.clone(),
+            sub: e.subject.sub.clone(),
+            aud: e.aud,
+            exp,
+            iat: now,
+            nbf: now,
+            jti: self.new_id()?,
+            client_id: client.client_id.clone(),
+            scope: e.scope.to_string(),
+            sid: e.subject.sid.clone(),
+            fresh: false,
+            auth_time: e.subject.auth_time,
+            roles: e.subject.roles.clone(),
+            cnf: e.jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_string(),
+            }),
+            act: Some(e.act),
+        };
+        let alg = self.client_alg(client);
+        let token = self.tokens.sign_access(alg, &claims)?;
+        self.metrics
+            .issued("token_exchange", "access", alg.as_str());
+        Ok((token, exp - now))
     }
 
     /// The signing algorithm of a client (its own, else the default).
@@ -410,7 +492,7 @@ impl Sessions {
         let access = AccessClaims {
             iss: self.tokens.issuer.clone(),
             sub: spec.user_id.to_string(),
-            aud: Audience::One(self.tokens.audience.clone()),
+            aud: Audience::for_resources(&spec.targets.audience, &self.tokens.audience),
             exp: spec.issued_at + access_ttl,
             iat: spec.issued_at,
             nbf: spec.issued_at,
@@ -424,6 +506,7 @@ impl Sessions {
             cnf: spec.jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_string(),
             }),
+            act: None,
         };
         let refresh = RefreshClaims {
             iss: self.tokens.issuer.clone(),
@@ -435,6 +518,7 @@ impl Sessions {
             sid: spec.sid.to_string(),
             client_id: spec.client_id.to_string(),
             scope: spec.scope.to_string(),
+            resources: spec.targets.granted.clone(),
         };
         let refresh_token = if spec.with_refresh {
             self.metrics.issued(spec.grant, "refresh", alg.as_str());
@@ -454,7 +538,8 @@ impl Sessions {
     }
 
     /// Starts a family for a password login and issues its first (fresh) pair, bound to the
-    /// key of `proof` when there is one.
+    /// key of `proof` when there is one, for `targets` (RFC 8707).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn start_session(
         &self,
         user: &UserRecord,
@@ -463,6 +548,7 @@ impl Sessions {
         alg: Alg,
         origin: &Origin,
         proof: Option<Proven>,
+        targets: Targets,
     ) -> Result<TokenPair, Error> {
         let start = FamilyStart {
             sid: self.new_id()?,
@@ -471,6 +557,7 @@ impl Sessions {
             fresh: true,
             origin: origin.clone(),
             proof,
+            targets,
         };
         self.start_session_with(user, client, scope, alg, start)
             .await
@@ -505,6 +592,7 @@ impl Sessions {
             grant: start.grant,
             with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
             jkt,
+            targets: &start.targets,
         };
         let ended = self
             .store
@@ -555,7 +643,7 @@ impl Sessions {
             .dpop
             .check(proof, target, None)
             .map_err(Error::DpopProof)?;
-        self.refresh_with(refresh_token, None, checked).await
+        self.refresh_with(refresh_token, None, checked, &[]).await
     }
 
     /// Exchanges a refresh token (docs/sessions.md) without a DPoP proof. `expected_client`,
@@ -565,19 +653,22 @@ impl Sessions {
         refresh_token: &str,
         expected_client: Option<&ClientRecord>,
     ) -> Result<TokenPair, Error> {
-        self.refresh_with(refresh_token, expected_client, None)
+        self.refresh_with(refresh_token, expected_client, None, &[])
             .await
     }
 
     /// Exchanges a refresh token with the DPoP proof of the request, checked but not yet
     /// spent: it is spent in the same round trip as the revocation marks are read. A bound
     /// family (a public client's, RFC 9449 §5) is refreshed only with a proof of its key, and
-    /// the new access token is bound to the proof's key.
+    /// the new access token is bound to the proof's key. `resource` names what the new access
+    /// token is for: some of the resources the family was granted (RFC 8707 §2.2), all of them
+    /// when empty; anything else is refused before the family moves.
     pub(crate) async fn refresh_with(
         &self,
         refresh_token: &str,
         expected_client: Option<&ClientRecord>,
         proof: Option<CheckedProof>,
+        resource: &[String],
     ) -> Result<TokenPair, Error> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
@@ -590,6 +681,8 @@ impl Sessions {
                 return Err(RefreshError::InvalidToken(Refusal::OtherClient).into());
             }
         }
+        let targets =
+            Targets::narrowed(resource, &claims.resources).map_err(Error::InvalidTarget)?;
         let client = match expected_client {
             Some(c) => c.clone(),
             None if claims.client_id == super::FIRST_PARTY_CLIENT => {
@@ -717,6 +810,7 @@ impl Sessions {
                 grant: "refresh_token",
                 with_refresh: true,
                 jkt: jkt.as_deref(),
+                targets: &targets,
             },
         )
     }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use tokend_token_shape::time;
+pub use tokend_token_shape::Actor;
 
 use super::Error;
 use crate::keys::{Alg, Keys, TokenError};
@@ -74,6 +75,10 @@ pub struct AccessClaims {
     /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Who acts for the subject (RFC 8693 §4.1): only in a token issued by token exchange
+    /// (docs/token_exchange.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
 }
 
 /// The confirmation claim of a DPoP-bound access token (RFC 9449 §6.1).
@@ -106,6 +111,30 @@ pub struct RefreshClaims {
     /// Space-separated scope tokens; absent when none were granted.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub scope: String,
+    /// The resources the family was granted (RFC 8707 §2.2; docs/token_exchange.md): a
+    /// refresh may ask for access tokens for these or some of them. Absent when none were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+}
+
+impl Audience {
+    /// The `aud` of an access token for `resources` (RFC 8707 §2): exactly those, or
+    /// `default` (`TOKEND_AUDIENCE`) when the request named none.
+    pub(crate) fn for_resources(resources: &[String], default: &str) -> Audience {
+        match resources {
+            [] => Audience::One(default.to_string()),
+            [one] => Audience::One(one.clone()),
+            many => Audience::Many(many.to_vec()),
+        }
+    }
+
+    /// Every audience, in order.
+    pub(crate) fn values(&self) -> Vec<&str> {
+        match self {
+            Audience::One(a) => vec![a.as_str()],
+            Audience::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
 }
 
 /// Signs and checks tokens for one issuer.
@@ -267,20 +296,33 @@ impl Tokens {
             .sign(alg, REFRESH_TYP, &to_map(claims)?, claims.iat)?)
     }
 
-    /// Signature, header and time checks of an access token; revocation is checked by the caller.
+    /// Signature, header and time checks of an access token meant for tokend itself (its `aud`
+    /// names `TOKEND_AUDIENCE`); revocation is checked by the caller.
     pub fn decode_access(&self, token: &str, now: i64) -> Result<AccessClaims, Refusal> {
+        self.decode_access_for(token, now, Some(&self.audience))
+    }
+
+    /// The checks of [`Tokens::decode_access`] whatever the token's audience: for a token
+    /// tokend issued for another resource (RFC 8707), where tokend is asked about it rather
+    /// than called with it (introspection, revocation, the subject of a token exchange).
+    pub fn decode_access_any_audience(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<AccessClaims, Refusal> {
+        self.decode_access_for(token, now, None)
+    }
+
+    fn decode_access_for(
+        &self,
+        token: &str,
+        now: i64,
+        audience: Option<&str>,
+    ) -> Result<AccessClaims, Refusal> {
         let v = self.keys.verify(token, ACCESS_TYP, now)?;
         let c: AccessClaims =
             serde_json::from_value(Value::Object(v.claims)).map_err(|_| Refusal::Claims)?;
-        self.check_times(
-            &c.iss,
-            &c.aud,
-            &self.audience,
-            c.exp,
-            Some(c.nbf),
-            c.iat,
-            now,
-        )?;
+        self.check_times(&c.iss, &c.aud, audience, c.exp, Some(c.nbf), c.iat, now)?;
         Ok(c)
     }
 
@@ -289,16 +331,17 @@ impl Tokens {
         let v = self.keys.verify(token, REFRESH_TYP, now)?;
         let c: RefreshClaims =
             serde_json::from_value(Value::Object(v.claims)).map_err(|_| Refusal::Claims)?;
-        self.check_times(&c.iss, &c.aud, &self.issuer, c.exp, None, c.iat, now)?;
+        self.check_times(&c.iss, &c.aud, Some(&self.issuer), c.exp, None, c.iat, now)?;
         Ok(c)
     }
 
+    /// `expected_aud`: the audience the token must name; `None` takes any.
     #[allow(clippy::too_many_arguments)]
     fn check_times(
         &self,
         iss: &str,
         aud: &Audience,
-        expected_aud: &str,
+        expected_aud: Option<&str>,
         exp: i64,
         nbf: Option<i64>,
         iat: i64,
@@ -307,7 +350,7 @@ impl Tokens {
         if iss != self.issuer {
             return Err(Refusal::Issuer);
         }
-        if !aud.contains(expected_aud) {
+        if expected_aud.is_some_and(|expected| !aud.contains(expected)) {
             return Err(Refusal::Audience);
         }
         if time::is_expired(exp, now, LEEWAY_SECS) {
@@ -340,6 +383,7 @@ mod tests {
             auth_time: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             cnf: None,
+            act: None,
         }
     }
 
@@ -354,6 +398,7 @@ mod tests {
             sid: "sid-1".into(),
             client_id: "tokend".into(),
             scope: scope.into(),
+            resources: vec![],
         }
     }
 
@@ -418,6 +463,45 @@ mod tests {
         assert_eq!(m["scope"], "read write");
         assert_eq!(m["roles"], serde_json::json!(["user"]));
         assert_eq!(to_map(&refresh("read")).unwrap()["scope"], "read");
+    }
+
+    #[test]
+    fn the_audience_is_exactly_the_resources_or_the_default() {
+        assert_eq!(
+            Audience::for_resources(&[], "tokend"),
+            Audience::One("tokend".into())
+        );
+        let one = vec!["https://a.example".to_string()];
+        assert_eq!(
+            Audience::for_resources(&one, "tokend"),
+            Audience::One("https://a.example".into())
+        );
+        let two = vec!["https://a.example".to_string(), "https://b.example".into()];
+        let aud = Audience::for_resources(&two, "tokend");
+        assert_eq!(aud, Audience::Many(two.clone()));
+        assert_eq!(aud.values(), ["https://a.example", "https://b.example"]);
+        assert!(!aud.contains("tokend"));
+    }
+
+    #[test]
+    fn act_and_resources_are_sent_only_when_there_are_some() {
+        let mut a = access("read", &["user"]);
+        assert!(!to_map(&a).unwrap().contains_key("act"));
+        a.act = Some(Actor::new("gw", Some("gw".into())).after(Some(Actor::new("edge", None))));
+        let m = to_map(&a).unwrap();
+        assert_eq!(
+            m["act"],
+            serde_json::json!({"sub": "gw", "client_id": "gw", "act": {"sub": "edge"}})
+        );
+        let back: AccessClaims = serde_json::from_value(Value::Object(m)).unwrap();
+        assert_eq!(back, a);
+        let mut r = refresh("read");
+        assert!(!to_map(&r).unwrap().contains_key("resources"));
+        r.resources = vec!["https://a.example".into()];
+        assert_eq!(
+            to_map(&r).unwrap()["resources"],
+            serde_json::json!(["https://a.example"])
+        );
     }
 
     #[test]

@@ -260,8 +260,12 @@ impl FormHeaders {
 /// `GET|POST /oauth/authorize` (RFC 6749 §4.1.1).
 pub(crate) async fn authorize(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let session = cookie(&req, session_cookie_name(state));
-    let p: AuthorizeParams = match params(state, req).await {
-        Ok(p) => p,
+    // `resource` may be sent more than once (RFC 8707 §2).
+    let p: AuthorizeParams = match params::<super::WithLists<AuthorizeParams>>(state, req).await {
+        Ok(lists) => AuthorizeParams {
+            resource: lists.resource,
+            ..lists.form
+        },
         Err(e) => return Ok(error_page(state, e)),
     };
     match state.authorize.authorize(&p, session.as_deref()).await {

@@ -43,6 +43,8 @@ pub enum ApiError {
     UnsupportedGrantType(String),
     /// 400 `invalid_scope`.
     InvalidScope(String),
+    /// 400 `invalid_target` (RFC 8707 §2, RFC 8693 §2.2.2).
+    InvalidTarget(String),
     /// 400 `invalid_redirect_uri` (RFC 7591 §3.2.2).
     InvalidRedirectUri(String),
     /// 400 `invalid_client_metadata` (RFC 7591 §3.2.2).
@@ -113,6 +115,7 @@ impl ApiError {
                 (StatusCode::BAD_REQUEST, "unsupported_grant_type")
             }
             ApiError::InvalidScope(_) => (StatusCode::BAD_REQUEST, "invalid_scope"),
+            ApiError::InvalidTarget(_) => (StatusCode::BAD_REQUEST, "invalid_target"),
             ApiError::InvalidRedirectUri(_) => (StatusCode::BAD_REQUEST, "invalid_redirect_uri"),
             ApiError::InvalidClientMetadata(_) => {
                 (StatusCode::BAD_REQUEST, "invalid_client_metadata")
@@ -153,6 +156,7 @@ impl ApiError {
             | ApiError::UnauthorizedClient(d)
             | ApiError::UnsupportedGrantType(d)
             | ApiError::InvalidScope(d)
+            | ApiError::InvalidTarget(d)
             | ApiError::InvalidRedirectUri(d)
             | ApiError::InvalidClientMetadata(d)
             | ApiError::Conflict(d) => d.clone(),
@@ -317,6 +321,7 @@ impl From<DomainError> for ApiError {
                 code: "insufficient_scope",
                 description: format!("the access token needs scope {scope}"),
             },
+            DomainError::InvalidTarget(d) => ApiError::InvalidTarget(d),
             DomainError::Refresh(r) => ApiError::BearerInvalidGrant(r.to_string()),
             DomainError::NotFound => ApiError::NotFound,
             DomainError::RateLimited(retry_after) => ApiError::TooManyRequests { retry_after },
@@ -393,6 +398,7 @@ mod tests {
                 "unsupported_grant_type",
             ),
             (ApiError::InvalidScope("x".into()), 400, "invalid_scope"),
+            (ApiError::InvalidTarget("x".into()), 400, "invalid_target"),
             (
                 ApiError::InvalidRedirectUri("x".into()),
                 400,

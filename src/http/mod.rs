@@ -9,6 +9,7 @@ mod conn;
 pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod fetch;
+mod link;
 pub(crate) mod oauth;
 pub(crate) mod openapi;
 pub(crate) mod ops;
@@ -114,6 +115,46 @@ pub(crate) async fn read_form<T: DeserializeOwned>(
     let body = read_body(req, limit).await?;
     serde_urlencoded::from_bytes(&body)
         .map_err(|e| ApiError::InvalidRequest(format!("invalid form body: {e}")))
+}
+
+/// A form (`F`) with the parameters that may be sent more than once: `resource` (RFC 8707
+/// §2) and `audience` (RFC 8693 §2.1). The form decoder reads each other parameter once and
+/// refuses one sent twice (RFC 6749 §3.2); these two are collected in order, empty values
+/// dropped (RFC 6749 §3.1: a parameter without a value counts as omitted).
+#[derive(Debug, Default)]
+pub(crate) struct WithLists<F> {
+    pub(crate) form: F,
+    pub(crate) resource: Vec<String>,
+    pub(crate) audience: Vec<String>,
+}
+
+/// The parameters [`WithLists`] collects.
+const LIST_PARAMS: [&str; 2] = ["resource", "audience"];
+
+impl<'de, F: DeserializeOwned> serde::Deserialize<'de> for WithLists<F> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let pairs = <Vec<(String, String)> as serde::Deserialize>::deserialize(d)?;
+        let mut resource = Vec::new();
+        let mut audience = Vec::new();
+        let mut rest: Vec<&(String, String)> = Vec::with_capacity(pairs.len());
+        for pair in &pairs {
+            match pair.0.as_str() {
+                "resource" if !pair.1.is_empty() => resource.push(pair.1.clone()),
+                "audience" if !pair.1.is_empty() => audience.push(pair.1.clone()),
+                k if LIST_PARAMS.contains(&k) => {}
+                _ => rest.push(pair),
+            }
+        }
+        // The other parameters, decoded as the form always was.
+        let encoded = serde_urlencoded::to_string(&rest).map_err(D::Error::custom)?;
+        let form = serde_urlencoded::from_str(&encoded).map_err(D::Error::custom)?;
+        Ok(WithLists {
+            form,
+            resource,
+            audience,
+        })
+    }
 }
 
 /// The bearer token of the `Authorization` header (RFC 6750 §2.1), parsed by the rules the
@@ -264,6 +305,29 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct Form {
+        scope: Option<String>,
+        grant_type: Option<String>,
+    }
+
+    #[test]
+    fn resource_and_audience_may_repeat_and_everything_else_decodes_as_before() {
+        let f: WithLists<Form> = serde_urlencoded::from_str(
+            "grant_type=x&resource=https%3A%2F%2Fa.example&audience=orders&resource=\
+             https%3A%2F%2Fb.example&resource=&scope=read+write&other=1&other=2",
+        )
+        .unwrap();
+        assert_eq!(f.form.grant_type.as_deref(), Some("x"));
+        assert_eq!(f.form.scope.as_deref(), Some("read write"));
+        assert_eq!(f.resource, ["https://a.example", "https://b.example"]);
+        assert_eq!(f.audience, ["orders"]);
+        // A parameter of the form sent twice is still refused (RFC 6749 §3.2).
+        assert!(serde_urlencoded::from_str::<WithLists<Form>>("scope=a&scope=b").is_err());
+        let empty: WithLists<Form> = serde_urlencoded::from_str("").unwrap();
+        assert!(empty.resource.is_empty() && empty.form.scope.is_none());
     }
 
     #[test]

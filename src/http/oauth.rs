@@ -1,5 +1,5 @@
 //! The OAuth2 surface (docs/api.md): `POST /oauth/token` (RFC 6749; the device grant of
-//! RFC 8628 too), `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662) and
+//! RFC 8628, token exchange of RFC 8693 and the resource indicators of RFC 8707 too), `POST /oauth/revoke` (RFC 7009), `POST /oauth/introspect` (RFC 7662) and
 //! `POST /oauth/par` (RFC 9126, docs/authorize.md). Form-encoded bodies only; clients
 //! authenticate with HTTP Basic (`client_secret_basic`), with `client_id` + `client_secret` in
 //! the body (`client_secret_post`), with a JWT signed by their key (`client_assertion_type` +
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use super::state::AppState;
-use super::{empty, json_no_store, proof_header, read_form, ApiError, ApiResult};
+use super::{empty, json_no_store, proof_header, read_form, ApiError, ApiResult, WithLists};
 use crate::domain::assertion::PresentedAssertion;
 use crate::domain::authorize::AuthorizeParams;
 use crate::domain::oauth::{
@@ -41,6 +41,11 @@ pub(super) struct OAuthForm {
     device_code: Option<String>,
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    actor_token: Option<String>,
+    actor_token_type: Option<String>,
+    requested_token_type: Option<String>,
 }
 
 impl OAuthForm {
@@ -62,6 +67,11 @@ impl OAuthForm {
             device_code: f(self.device_code),
             client_assertion_type: f(self.client_assertion_type),
             client_assertion: f(self.client_assertion),
+            subject_token: f(self.subject_token),
+            subject_token_type: f(self.subject_token_type),
+            actor_token: f(self.actor_token),
+            actor_token_type: f(self.actor_token_type),
+            requested_token_type: f(self.requested_token_type),
         }
     }
 }
@@ -120,6 +130,21 @@ impl ClientFields for ParForm {
     }
 }
 
+impl<F: ClientFields> ClientFields for WithLists<F> {
+    fn client_id(&self) -> Option<&str> {
+        self.form.client_id()
+    }
+    fn client_secret(&self) -> Option<&str> {
+        self.form.client_secret()
+    }
+    fn client_assertion_type(&self) -> Option<&str> {
+        self.form.client_assertion_type()
+    }
+    fn client_assertion(&self) -> Option<&str> {
+        self.form.client_assertion()
+    }
+}
+
 impl From<OAuthError> for ApiError {
     fn from(e: OAuthError) -> Self {
         match e {
@@ -129,6 +154,7 @@ impl From<OAuthError> for ApiError {
             OAuthError::UnauthorizedClient(d) => ApiError::UnauthorizedClient(d),
             OAuthError::UnsupportedGrantType(d) => ApiError::UnsupportedGrantType(d),
             OAuthError::InvalidScope(d) => ApiError::InvalidScope(d),
+            OAuthError::InvalidTarget(d) => ApiError::InvalidTarget(d),
             OAuthError::AuthorizationRefused { error, description } => {
                 ApiError::AuthorizationRefused {
                     code: error,
@@ -307,13 +333,14 @@ pub(super) async fn authenticated<F: DeserializeOwned + ClientFields>(
     Ok((client, form))
 }
 
-/// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6), with a `DPoP` proof when the client binds
-/// its tokens (RFC 9449 §5).
+/// `POST /oauth/token` (RFC 6749 §4.3, §4.4, §6; RFC 8693 §2; `resource`, RFC 8707 §2), with a
+/// `DPoP` proof when the client binds its tokens (RFC 9449 §5).
 pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let origin = super::origin(&req, &state.trusted_proxies);
     let dpop = proof_header(&req);
-    let (client, form) = authenticated::<OAuthForm>(state, req, PublicClients::Allowed).await?;
-    let form = form.normalized();
+    let (client, lists) =
+        authenticated::<WithLists<OAuthForm>>(state, req, PublicClients::Allowed).await?;
+    let form = lists.form.normalized();
     let request = TokenRequest {
         grant_type: form.grant_type,
         username: form.username,
@@ -326,6 +353,13 @@ pub(crate) async fn token(state: &AppState, req: Request<Incoming>) -> ApiResult
         device_code: form.device_code,
         origin,
         dpop,
+        resource: lists.resource,
+        audience: lists.audience,
+        subject_token: form.subject_token,
+        subject_token_type: form.subject_token_type,
+        actor_token: form.actor_token,
+        actor_token_type: form.actor_token_type,
+        requested_token_type: form.requested_token_type,
     };
     let response = state.oauth.token_grant(&client, &request).await?;
     json_no_store(StatusCode::OK, &response)
@@ -359,8 +393,11 @@ pub(crate) async fn introspect(state: &AppState, req: Request<Incoming>) -> ApiR
 /// an authorization request; 201 with the `request_uri` to send the browser with.
 pub(crate) async fn par(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let proof = proof_header(&req);
-    let (client, form) = authenticated::<ParForm>(state, req, PublicClients::Allowed).await?;
-    let pushed = state.authorize.push(&client, &form.params, &proof).await?;
+    let (client, lists) =
+        authenticated::<WithLists<ParForm>>(state, req, PublicClients::Allowed).await?;
+    let mut params = lists.form.params;
+    params.resource = lists.resource;
+    let pushed = state.authorize.push(&client, &params, &proof).await?;
     json_no_store(StatusCode::CREATED, &pushed)
 }
 

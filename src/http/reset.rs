@@ -13,11 +13,6 @@ use super::state::AppState;
 use super::{empty, read_json, ApiResult};
 use crate::domain::Error;
 
-#[derive(Debug, Default, Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
-
 #[derive(Default, Deserialize)]
 struct ResetForm {
     csrf_token: Option<String>,
@@ -43,21 +38,12 @@ struct ResetBody {
     new_password: String,
 }
 
+/// What the invalid-link page tells the reader to do.
+const INVALID_LINK: &str = "Ask the application for a new password reset mail.";
+
 /// The page of a link that is unknown, spent or expired.
 fn invalid_link(state: &AppState) -> ApiResult {
-    Ok(pages::html_response(
-        StatusCode::BAD_REQUEST,
-        pages::error(
-            &state.browser.branding,
-            &ErrorView {
-                title: "This link does not work".into(),
-                message: "It is invalid, expired or already used. Ask the application for a new \
-                          password reset mail."
-                    .into(),
-                error_code: Some("invalid_grant".into()),
-            },
-        ),
-    ))
+    super::link::invalid(state, INVALID_LINK)
 }
 
 /// The form again, with one line saying what went wrong; the link is still good.
@@ -173,35 +159,24 @@ pub(crate) async fn forgot_form(state: &AppState, req: Request<Incoming>) -> Api
 /// `GET /auth/password/reset?token=…`: the form for the new password; a GET never spends the
 /// token, so a mail scanner that opens the link changes nothing.
 pub(crate) async fn page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let (csrf, new) = match csrf_token(state, &req) {
-        Ok(t) => t,
-        Err(e) => return Ok(error_page(state, e)),
-    };
-    let q: TokenQuery = match params(state, req).await {
-        Ok(q) => q,
-        Err(e) => return Ok(error_page(state, e)),
-    };
-    let token = q.token.unwrap_or_default();
-    let email = match state.resets.pending(&token).await {
-        Ok(Some(email)) => email,
-        Ok(None) => return invalid_link(state),
-        Err(e) => return Ok(error_page(state, e.into())),
-    };
-    let html = pages::reset_password(
-        &state.browser.branding,
-        &ResetPasswordView {
-            csrf_token: csrf.clone(),
-            token,
-            email: Some(email),
-            error: None,
-        },
-    );
-    Ok(with_csrf(
+    super::link::page(
         state,
-        pages::html_response(StatusCode::OK, html),
-        &csrf,
-        new,
-    ))
+        req,
+        async |token| state.resets.pending(token).await,
+        |csrf_token, token, email| {
+            pages::reset_password(
+                &state.browser.branding,
+                &ResetPasswordView {
+                    csrf_token,
+                    token,
+                    email: Some(email),
+                    error: None,
+                },
+            )
+        },
+        INVALID_LINK,
+    )
+    .await
 }
 
 /// `POST /auth/password/reset/confirm`: the page's form (CSRF double submit, as every form).

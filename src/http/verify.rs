@@ -8,16 +8,11 @@ use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::authorize::{csrf_token, error_page, params, with_csrf, FormHeaders};
-use super::pages::{self, ErrorView, MessageView, VerifyEmailView};
+use super::authorize::{error_page, params, FormHeaders};
+use super::pages::{self, MessageView, VerifyEmailView};
 use super::state::AppState;
 use super::{empty, json_no_store, read_json, ApiResult};
 use crate::domain::Error;
-
-#[derive(Debug, Default, Deserialize)]
-struct TokenQuery {
-    token: Option<String>,
-}
 
 #[derive(Debug, Default, Deserialize)]
 struct ConfirmForm {
@@ -35,55 +30,35 @@ struct ResendBody {
     email: String,
 }
 
+/// What the invalid-link page tells the reader to do.
+const INVALID_LINK: &str = "Sign in or ask the application for a new confirmation mail.";
+
 /// The page of a link that is unknown, spent or expired.
 fn invalid_link(state: &AppState) -> ApiResult {
-    Ok(pages::html_response(
-        StatusCode::BAD_REQUEST,
-        pages::error(
-            &state.browser.branding,
-            &ErrorView {
-                title: "This link does not work".into(),
-                message: "It is invalid, expired or already used. Sign in or ask the \
-                          application for a new confirmation mail."
-                    .into(),
-                error_code: Some("invalid_grant".into()),
-            },
-        ),
-    ))
+    super::link::invalid(state, INVALID_LINK)
 }
 
 /// `GET /auth/verify-email?token=…`: asks to confirm; a GET never spends the token, so a mail
 /// scanner that opens the link confirms nothing.
 pub(crate) async fn page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let (csrf, new) = match csrf_token(state, &req) {
-        Ok(t) => t,
-        Err(e) => return Ok(error_page(state, e)),
-    };
-    let q: TokenQuery = match params(state, req).await {
-        Ok(q) => q,
-        Err(e) => return Ok(error_page(state, e)),
-    };
-    let token = q.token.unwrap_or_default();
-    let pending = match state.verification.pending(&token).await {
-        Ok(Some(p)) => p,
-        Ok(None) => return invalid_link(state),
-        Err(e) => return Ok(error_page(state, e.into())),
-    };
-    let html = pages::verify_email(
-        &state.browser.branding,
-        &VerifyEmailView {
-            csrf_token: csrf.clone(),
-            token,
-            email: pending.email,
-            change: pending.change,
-        },
-    );
-    Ok(with_csrf(
+    super::link::page(
         state,
-        pages::html_response(StatusCode::OK, html),
-        &csrf,
-        new,
-    ))
+        req,
+        async |token| state.verification.pending(token).await,
+        |csrf_token, token, pending| {
+            pages::verify_email(
+                &state.browser.branding,
+                &VerifyEmailView {
+                    csrf_token,
+                    token,
+                    email: pending.email,
+                    change: pending.change,
+                },
+            )
+        },
+        INVALID_LINK,
+    )
+    .await
 }
 
 /// `POST /auth/verify-email/confirm`: the page's form (CSRF double submit, as every form).

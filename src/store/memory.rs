@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::stored_user_agent;
+use super::family_user_agent;
 use super::{
     AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyState, LeaseStore, NewFamily,
     RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
@@ -589,7 +589,7 @@ impl SessionStore for MemorySessions {
                 user: Some(family.user.clone()),
                 generation,
                 credentials_version: family.credentials_version,
-                user_agent: family.user_agent.as_deref().and_then(stored_user_agent),
+                user_agent: family.user_agent.as_deref().and_then(family_user_agent),
                 ip: family.ip.clone(),
                 jkt: family.jkt.clone(),
             },

@@ -248,6 +248,12 @@ pub struct ClientMetadata {
     /// `private_key_jwt`: the one JWS algorithm the client's assertions may use (RFC 7591 §2);
     /// any of ES256, EdDSA, RS256, PS256 that fits the key when unset.
     pub token_endpoint_auth_signing_alg: Option<String>,
+    /// The audiences this client may exchange tokens for (RFC 8693 §2.1, `audience` and
+    /// `resource`; exact match). Empty: it may exchange none (docs/token_exchange.md).
+    pub token_exchange_audiences: Vec<String>,
+    /// The resources this client may name in authorization and token requests (RFC 8707 §2;
+    /// exact match). Empty: none.
+    pub resources: Vec<String>,
 }
 
 /// The `token_endpoint_auth_method` of clients that authenticate with a signed JWT (RFC 7523
@@ -373,28 +379,104 @@ pub struct NewFamily {
     /// The DPoP key (RFC 7638 thumbprint, 43 characters) the family's refresh tokens are bound
     /// to; `None` for an unbound family (docs/dpop.md).
     pub jkt: Option<String>,
-    /// The `User-Agent` of the request that started the family, at most
-    /// [`MAX_STORED_USER_AGENT`] bytes (docs/sessions.md, "What a family remembers of its login").
+    /// What the family keeps of the `User-Agent` of the request that started it
+    /// ([`family_user_agent`]; docs/sessions.md, "What a family remembers of its login").
     pub user_agent: Option<String>,
     /// The client address of that request.
     pub ip: Option<String>,
 }
 
-/// The longest `User-Agent` a family keeps, in bytes (cut at a character boundary): the
-/// family record stays within its byte budget (docs/sessions.md).
-pub const MAX_STORED_USER_AGENT: usize = 128;
+/// The longest user agent a refresh family keeps, in bytes: below Redis's default
+/// `hash-max-listpack-value` (64), so a family hash stays a listpack — one value longer than
+/// that turns the whole hash into a hash table of about three times the bytes
+/// (docs/sessions.md, "What a family remembers of its login").
+pub const MAX_FAMILY_USER_AGENT: usize = 60;
 
-/// `ua` cut to at most [`MAX_STORED_USER_AGENT`] bytes at a character boundary, without
-/// control characters; `None` when nothing is left.
-pub fn stored_user_agent(ua: &str) -> Option<String> {
+/// What a family keeps of a login's `User-Agent`: the browser, its major version and the
+/// system (`Chrome 131 on Linux`) when the agent names a browser it knows, otherwise the agent
+/// itself cut to [`MAX_FAMILY_USER_AGENT`] bytes at a character boundary; control characters
+/// dropped, `None` when nothing is left.
+pub fn family_user_agent(ua: &str) -> Option<String> {
+    let clean: String = ua.trim().chars().filter(|c| !c.is_control()).collect();
+    if clean.is_empty() {
+        return None;
+    }
+    if let Some(summary) = browser_summary(&clean) {
+        return Some(summary);
+    }
     let mut out = String::new();
-    for c in ua.trim().chars().filter(|c| !c.is_control()) {
-        if out.len() + c.len_utf8() > MAX_STORED_USER_AGENT {
+    for c in clean.chars() {
+        if out.len() + c.len_utf8() > MAX_FAMILY_USER_AGENT {
             break;
         }
         out.push(c);
     }
-    (!out.is_empty()).then_some(out)
+    Some(out.trim_end().to_string())
+}
+
+/// `Browser 131 on System` for the agents of the common browsers (their products and
+/// comments, RFC 9110 §10.1.5); `None` for anything else.
+fn browser_summary(ua: &str) -> Option<String> {
+    // The product token that names the browser, checked in this order: many agents name
+    // several (Edge says Chrome and Safari too, Chrome says Safari).
+    const BROWSERS: [(&str, &str); 9] = [
+        ("Edg/", "Edge"),
+        ("EdgA/", "Edge"),
+        ("EdgiOS/", "Edge"),
+        ("OPR/", "Opera"),
+        ("SamsungBrowser/", "Samsung Internet"),
+        ("FxiOS/", "Firefox"),
+        ("Firefox/", "Firefox"),
+        ("CriOS/", "Chrome"),
+        ("Chrome/", "Chrome"),
+    ];
+    let major = |after: &str| -> String {
+        after
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .take(6)
+            .collect()
+    };
+    let found = BROWSERS.iter().find_map(|(token, name)| {
+        ua.find(token)
+            .map(|at| (*name, major(ua.get(at + token.len()..).unwrap_or_default())))
+    });
+    let (name, version) = match found {
+        Some(f) => f,
+        None if ua.contains("Safari/") => {
+            let version = ua
+                .find("Version/")
+                .map(|at| major(ua.get(at + "Version/".len()..).unwrap_or_default()))
+                .unwrap_or_default();
+            ("Safari", version)
+        }
+        None => return None,
+    };
+    // The system, from the comment of the `Mozilla/5.0 (…)` product.
+    const SYSTEMS: [(&str, &str); 8] = [
+        ("Windows", "Windows"),
+        ("Android", "Android"),
+        ("iPhone", "iOS"),
+        ("iPad", "iPadOS"),
+        ("CrOS", "ChromeOS"),
+        ("Macintosh", "macOS"),
+        ("Mac OS X", "macOS"),
+        ("Linux", "Linux"),
+    ];
+    let system = SYSTEMS
+        .iter()
+        .find(|(token, _)| ua.contains(token))
+        .map(|(_, name)| *name);
+    let mut out = name.to_string();
+    if !version.is_empty() {
+        out.push(' ');
+        out.push_str(&version);
+    }
+    if let Some(system) = system {
+        out.push_str(" on ");
+        out.push_str(system);
+    }
+    Some(out)
 }
 
 /// One refresh exchange.
@@ -709,5 +791,60 @@ impl BackoffPolicy {
         }
         let exp = (failures - self.free - 1).min(40);
         self.base_ms.saturating_mul(1i64 << exp).min(self.cap_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_keeps_a_browser_by_name_version_and_system() {
+        for (ua, kept) in [
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+                 Chrome/131.0.0.0 Safari/537.36",
+                "Chrome 131 on Linux",
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
+                 Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70",
+                "Edge 131 on Windows",
+            ),
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.7; rv:133.0) Gecko/20100101 \
+                 Firefox/133.0",
+                "Firefox 133 on macOS",
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 \
+                 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
+                "Safari 18 on iOS",
+            ),
+            (
+                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like \
+                 Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36",
+                "Chrome 131 on Android",
+            ),
+        ] {
+            assert_eq!(family_user_agent(ua).as_deref(), Some(kept), "{ua}");
+        }
+    }
+
+    #[test]
+    fn any_other_agent_is_kept_as_sent_within_the_listpack_limit() {
+        assert_eq!(
+            family_user_agent("Phone/2.1 (Mobile)").as_deref(),
+            Some("Phone/2.1 (Mobile)")
+        );
+        assert_eq!(
+            family_user_agent("curl/8.11.1").as_deref(),
+            Some("curl/8.11.1")
+        );
+        let long = format!("Agent/1.0 {}", "é".repeat(100));
+        let kept = family_user_agent(&long).unwrap();
+        assert!(kept.len() <= MAX_FAMILY_USER_AGENT, "{kept}");
+        assert!(kept.starts_with("Agent/1.0 é"), "{kept}");
+        assert_eq!(family_user_agent(" \n "), None);
     }
 }

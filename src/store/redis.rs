@@ -36,7 +36,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
-use super::stored_user_agent;
+use super::family_user_agent;
 use super::{
     AccessStatus, FamilyMarks, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
     SessionStore, StoreError, UserClaims, UserMarks,
@@ -746,7 +746,7 @@ impl SessionStore for RedisStore {
         let ua = family
             .user_agent
             .as_deref()
-            .and_then(stored_user_agent)
+            .and_then(family_user_agent)
             .unwrap_or_default();
         self.run(|mut c| {
             let (key, scripts, roles) = (key.clone(), self.scripts.clone(), roles.clone());

@@ -9,6 +9,8 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
+// The page helpers live in helpers.rs; other test files name them through this module too.
+pub(crate) use crate::helpers::{csrf_of, location, new_browser, query_of};
 use crate::in_both_modes;
 
 pub(crate) const PASSWORD: &str = "correct horse battery";
@@ -81,39 +83,6 @@ pub(crate) async fn spawn_with_clients(mode: Mode, clients: &Value) -> App {
         browser: new_browser(),
         _file: file,
     }
-}
-
-pub(crate) fn new_browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .expect("client")
-}
-
-pub(crate) fn location(res: &Response) -> String {
-    res.headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location on {}", res.status()))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-pub(crate) fn query_of(url: &str) -> HashMap<String, String> {
-    let u = url::Url::parse(url)
-        .unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
-    u.query_pairs().into_owned().collect()
-}
-
-/// The value of the hidden `csrf_token` field of a page.
-pub(crate) fn csrf_of(html: &str) -> String {
-    let start = html
-        .find("name=\"csrf_token\" value=\"")
-        .unwrap_or_else(|| panic!("no csrf_token in {html}"))
-        + "name=\"csrf_token\" value=\"".len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
 }
 
 pub(crate) fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String {

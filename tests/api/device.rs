@@ -88,35 +88,6 @@ async fn spawn(mode: Mode) -> App {
     spawn_with(mode, |_| {}).await
 }
 
-/// A browser: keeps cookies, follows nothing by itself.
-fn new_browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
-
-fn location(res: &Response) -> String {
-    res.headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location on {}", res.status()))
-        .to_str()
-        .unwrap()
-        .to_string()
-}
-
-/// The value of the hidden `csrf_token` field of a page.
-fn csrf_of(html: &str) -> String {
-    let key = "name=\"csrf_token\" value=\"";
-    let start = html
-        .find(key)
-        .unwrap_or_else(|| panic!("no csrf_token in {html}"))
-        + key.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
-}
-
 /// The path and query of an absolute URL of the test issuer.
 fn path_of(url: &str) -> String {
     let u = url::Url::parse(url).unwrap();

@@ -88,6 +88,7 @@ fn signed() -> &'static Signed {
                 auth_time: Some(now),
                 roles: vec!["user".into()],
                 cnf: None,
+                act: None,
             };
             let t = tokens.sign_access(alg, &access).unwrap();
             genuine.push((t, "at+jwt", to_map(&access)));
@@ -101,6 +102,7 @@ fn signed() -> &'static Signed {
                 sid: "sid-1".into(),
                 client_id: "tokend".into(),
                 scope: "read".into(),
+                resources: vec![],
             };
             let t = tokens.sign_refresh(alg, &refresh).unwrap();
             genuine.push((t, "rt+jwt", to_map(&refresh)));

@@ -685,3 +685,61 @@ async fn a_family_list_from_before_the_cap_is_converted_in_place() {
         3
     );
 }
+
+/// A browser login's family hash stays a listpack (docs/sessions.md, "What a family remembers
+/// of its login"): every value is within Redis's default `hash-max-listpack-value`, the user
+/// agent included, and the whole record stays within a few hundred bytes.
+#[tokio::test]
+async fn a_browser_login_family_stays_a_small_listpack_in_redis() {
+    use tokend::store::SessionStore;
+    let store = services::redis_store().await;
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
+    let sid = uuid::Uuid::now_v7().to_string();
+    let family = tokend::store::NewFamily {
+        sid: sid.clone(),
+        user_id: uuid::Uuid::now_v7().to_string(),
+        client_id: "web".into(),
+        scope: "openid profile email offline_access".into(),
+        auth_time: now / 1000,
+        refresh_jti: "q3bN0xw1l8mJ4Cj2YbKp9A".into(),
+        access_jti: "x7bN0xw1l8mJ4Cj2YbKp9B".into(),
+        issued_at: now / 1000,
+        expires_at_ms: now + 60_000,
+        started_at_ms: now,
+        ttl_ms: 60_000,
+        user: tokend::store::UserClaims {
+            username: "ada".into(),
+            roles: vec!["user".into()],
+            version: now,
+        },
+        credentials_version: 1,
+        max_sessions: 100,
+        user_agent: Some(
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
+             Chrome/131.0.0.0 Safari/537.36"
+                .into(),
+        ),
+        ip: Some("2001:db8:85a3::8a2e:370:7334".into()),
+        jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
+    };
+    store.start_family(&family).await.unwrap();
+    let key = format!("{}fam:{{{sid}}}", store.prefix());
+    let encoding: String = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(encoding, "listpack");
+    let bytes: i64 = redis::cmd("MEMORY")
+        .arg("USAGE")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // The same fields as a hash table take about three times as much.
+    assert!(bytes < 700, "{bytes} bytes");
+    let state = store.family(&sid).await.unwrap().unwrap();
+    assert_eq!(state.user_agent.as_deref(), Some("Chrome 131 on Linux"));
+}

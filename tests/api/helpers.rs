@@ -340,3 +340,42 @@ pub fn header(token: &str) -> Value {
         .expect("base64url");
     serde_json::from_slice(&bytes).expect("json header")
 }
+
+// ---- browser-style requests (the hosted pages without a real browser) -----------------------
+
+/// A browser: keeps cookies, follows no redirect by itself (the tests read each `Location`).
+pub fn new_browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .expect("client")
+}
+
+/// The `Location` of an answer (a redirect); panics naming the status when there is none.
+pub fn location(res: &Response) -> String {
+    res.headers()
+        .get("location")
+        .unwrap_or_else(|| panic!("no Location on {}", res.status()))
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The query parameters of an absolute URL or of a path with a query.
+pub fn query_of(url: &str) -> HashMap<String, String> {
+    let u = url::Url::parse(url)
+        .unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
+    u.query_pairs().into_owned().collect()
+}
+
+/// The value of the hidden `csrf_token` field of a page.
+pub fn csrf_of(html: &str) -> String {
+    let marker = "name=\"csrf_token\" value=\"";
+    let start = html
+        .find(marker)
+        .unwrap_or_else(|| panic!("no csrf_token in {html}"))
+        + marker.len();
+    let end = html[start..].find('"').unwrap() + start;
+    html[start..end].to_string()
+}

@@ -397,7 +397,7 @@ async fn the_sessions_list_shows_each_login_and_ends_one_alone(mode: Mode) {
     assert_eq!(l["last_refreshed_at"], Value::Null);
     let kept = l["user_agent"].as_str().unwrap();
     assert!(
-        kept.starts_with("LongAgent/1.0 xxx") && kept.len() == 128,
+        kept.starts_with("LongAgent/1.0 xxx") && kept.len() == tokend::store::MAX_FAMILY_USER_AGENT,
         "{kept}"
     );
     for s in &listed {

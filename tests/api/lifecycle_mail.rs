@@ -10,12 +10,11 @@ use futures_util::future::join_all;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 
-use crate::authorize::{location, query_of, CHALLENGE, REDIRECT, WEB_SECRET};
+use crate::authorize::{CHALLENGE, REDIRECT, WEB_SECRET};
 use crate::helpers::*;
 use crate::in_both_modes;
 use crate::mail::{
-    address, app_with_mail_dir, browser, csrf_of, decoded_text, metric, wait_outbox_empty, Mailbox,
-    Received,
+    address, app_with_mail_dir, decoded_text, metric, wait_outbox_empty, Mailbox, Received,
 };
 
 const PASSWORD: &str = "correct horse battery";
@@ -200,7 +199,7 @@ async fn me(app: &TestApp, access: &str) -> Value {
 async fn the_sign_in_page_leads_to_a_reset_through_pages(mode: Mode) {
     let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
     let (_, email) = register(&app).await;
-    let b = browser();
+    let b = new_browser();
     let sign_in = b.get(app.url("/login")).send().await.unwrap();
     assert_eq!(sign_in.status(), StatusCode::OK);
     let html = sign_in.text().await.unwrap();
@@ -291,7 +290,7 @@ async fn the_sign_in_page_leads_to_a_reset_through_pages(mode: Mode) {
             env.remove("TOKEND_SMTP_URL");
         })
         .await;
-        let b = browser();
+        let b = new_browser();
         let html = b
             .get(app.url("/login"))
             .send()
@@ -319,7 +318,7 @@ async fn a_reset_link_sets_a_new_password_through_the_page_and_ends_every_sessio
     let (username, email) = register(&app).await;
     // What the reset must end: a refresh family and its access token, and a browser session.
     let (access, refresh) = app.login_pair(&email, PASSWORD).await;
-    let signed_in = browser();
+    let signed_in = new_browser();
     browser_sign_in(&app, &signed_in, &username).await;
     assert!(browser_signed_in(&app, &signed_in).await);
 
@@ -342,7 +341,7 @@ async fn a_reset_link_sets_a_new_password_through_the_page_and_ends_every_sessio
     }
     assert_eq!(me(&app, &access).await["email"], email.as_str());
 
-    let b = browser();
+    let b = new_browser();
     let page = b.get(&link).send().await.unwrap();
     assert_eq!(page.status(), StatusCode::OK);
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
@@ -371,7 +370,7 @@ async fn a_reset_link_sets_a_new_password_through_the_page_and_ends_every_sessio
         post(no_csrf, b.clone()).await.status(),
         StatusCode::FORBIDDEN
     );
-    let res = post(form(&csrf, NEW_PASSWORD, NEW_PASSWORD), browser()).await;
+    let res = post(form(&csrf, NEW_PASSWORD, NEW_PASSWORD), new_browser()).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     // Two passwords that differ, or one the policy refuses: the form again, with the reason,
     // and the link still good.
@@ -759,13 +758,13 @@ async fn an_email_change_happens_at_confirmation_and_the_old_address_is_told(mod
     // The link's page (a GET spends nothing), then its form.
     let link = app.url(&format!("/auth/verify-email?token={token}"));
     assert_eq!(reqwest::get(&link).await.unwrap().status(), StatusCode::OK);
-    let b = browser();
+    let b = new_browser();
     let html = b.get(&link).send().await.unwrap().text().await.unwrap();
     assert!(html.contains("Confirm your new email address"), "{html}");
     assert!(html.contains(&new));
     assert_eq!(me(&app, &access).await["email"], old.as_str());
     let csrf = csrf_of(&html);
-    let res = browser()
+    let res = new_browser()
         .post(app.url("/auth/verify-email/confirm"))
         .form(&[("csrf_token", csrf.as_str()), ("token", token.as_str())])
         .send()

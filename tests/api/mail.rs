@@ -817,24 +817,6 @@ async fn two_instances_sharing_the_outbox_send_each_message_once() {
 // Milestone B: verification
 // ---------------------------------------------------------------------------------------------
 
-pub(crate) fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
-
-pub(crate) fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf_token\" value=\"";
-    let start = html
-        .find(marker)
-        .unwrap_or_else(|| panic!("no csrf in {html}"))
-        + marker.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
-}
-
 async fn me(app: &TestApp, email: &str) -> Value {
     let (access, _) = app.login_pair(email, PASSWORD).await;
     app.get_bearer("/users/me", &access)
@@ -850,7 +832,7 @@ async fn a_verification_link_confirms_through_the_page_and_a_get_spends_nothing(
     assert_eq!(me(&app, &email).await["email_verified"], false);
     let token = mailbox.wait_for(&email, 1).await[0].token();
     let link = app.url(&format!("/auth/verify-email?token={token}"));
-    let b = browser();
+    let b = new_browser();
     // A scanner opening the link, twice: nothing is spent.
     for _ in 0..2 {
         let res = reqwest::get(&link).await.unwrap();
@@ -873,7 +855,7 @@ async fn a_verification_link_confirms_through_the_page_and_a_get_spends_nothing(
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = browser()
+    let res = new_browser()
         .post(app.url("/auth/verify-email/confirm"))
         .form(&[("csrf_token", csrf.as_str()), ("token", token.as_str())])
         .send()
@@ -1020,7 +1002,7 @@ async fn required_verification_refuses_sign_in_until_the_address_is_confirmed(mo
     let res = app.login(&email, "wrong password!").await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     // The hosted sign-in page.
-    let b = browser();
+    let b = new_browser();
     let page = b.get(app.url("/login")).send().await.unwrap();
     let csrf = csrf_of(&page.text().await.unwrap());
     let res = b

@@ -36,5 +36,6 @@ mod services;
 mod sessions;
 mod soak;
 mod stores;
+mod token_exchange;
 mod tour;
 mod verifier;

@@ -1008,7 +1008,8 @@ async fn discovery_documents_list_the_endpoints_and_are_cacheable(mode: Mode) {
                 "refresh_token",
                 "client_credentials",
                 "authorization_code",
-                "urn:ietf:params:oauth:grant-type:device_code"
+                "urn:ietf:params:oauth:grant-type:device_code",
+                "urn:ietf:params:oauth:grant-type:token-exchange"
             ])
         );
         // RFC 8628 §4.

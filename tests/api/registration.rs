@@ -748,7 +748,7 @@ async fn a_registered_client_may_require_pushed_authorization_requests(mode: Mod
         ("code_challenge", CHALLENGE),
         ("code_challenge_method", "S256"),
     ];
-    let b = browser();
+    let b = new_browser();
     let q = serde_urlencoded::to_string(params).unwrap();
     let res = b
         .get(app.url(&format!("/oauth/authorize?{q}")))
@@ -801,31 +801,6 @@ async fn a_registered_client_may_require_pushed_authorization_requests(mode: Mod
     );
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
-
-fn location(res: &Response) -> String {
-    res.headers()["location"].to_str().unwrap().to_string()
-}
-
-fn query_of(url: &str) -> HashMap<String, String> {
-    let u = url::Url::parse(url)
-        .unwrap_or_else(|_| url::Url::parse("http://x").unwrap().join(url).unwrap());
-    u.query_pairs().into_owned().collect()
-}
-
-fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf_token\" value=\"";
-    let start = html.find(marker).unwrap() + marker.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
-}
-
 async fn a_registered_client_signs_users_in_with_consent_and_is_gone_once_deleted(mode: Mode) {
     let app = spawn_reg(mode, "token").await;
     assert_eq!(
@@ -838,7 +813,7 @@ async fn a_registered_client_signs_users_in_with_consent_and_is_gone_once_delete
     let info = register_ok(&app, Some(&token), &web_client()).await;
     let id = info["client_id"].as_str().unwrap().to_string();
     let secret = info["client_secret"].as_str().unwrap().to_string();
-    let b = browser();
+    let b = new_browser();
     let q = serde_urlencoded::to_string([
         ("response_type", "code"),
         ("client_id", id.as_str()),

@@ -8,7 +8,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokend_verifier::{Verifier, VerifierOptions};
 
-use crate::helpers::{spawn_app_with, write_clients_file, Mode};
+use crate::helpers::{csrf_of, new_browser, spawn_app_with, write_clients_file, Mode};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/relying_party.rs"]
@@ -19,25 +19,12 @@ use crate::verifier::resource_server;
 const PASSWORD: &str = "correct horse battery";
 
 fn location(res: &Response, base: &str) -> String {
-    let loc = res
-        .headers()
-        .get("location")
-        .unwrap_or_else(|| panic!("no Location on {}", res.status()))
-        .to_str()
-        .unwrap();
+    let loc = crate::helpers::location(res);
     url::Url::parse(base)
         .unwrap()
-        .join(loc)
+        .join(&loc)
         .unwrap()
         .to_string()
-}
-
-/// The value of the hidden `csrf_token` field of a page.
-fn csrf_of(html: &str) -> String {
-    let marker = "name=\"csrf_token\" value=\"";
-    let start = html.find(marker).expect("a csrf_token field") + marker.len();
-    let end = html[start..].find('"').unwrap() + start;
-    html[start..end].to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,11 +84,7 @@ async fn the_example_relying_party_signs_in_calls_the_api_and_signs_out() {
         let _ = rp_stopped.await;
     }));
 
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .cookie_store(true)
-        .build()
-        .unwrap();
+    let browser = new_browser();
     let get = |url: String| {
         let browser = browser.clone();
         async move { browser.get(url).send().await.unwrap() }

@@ -69,6 +69,8 @@ fn client(id: &str) -> ClientRecord {
             jwks: None,
             jwks_uri: None,
             token_endpoint_auth_signing_alg: None,
+            token_exchange_audiences: vec!["orders-api".into(), "https://orders.example/".into()],
+            resources: vec!["https://api.example/".into()],
         },
         registration: None,
     }
@@ -515,7 +517,10 @@ async fn a_family_keeps_its_login_and_its_last_refresh(s: &dyn SessionStore, now
     s.start_family(&f).await.unwrap();
     let state = s.family(&f.sid).await.unwrap().unwrap();
     let ua = state.user_agent.clone().unwrap();
-    assert!(ua.starts_with("Agent/1.0 é") && ua.len() <= 128, "{ua}");
+    assert!(
+        ua.starts_with("Agent/1.0 é") && ua.len() <= tokend::store::MAX_FAMILY_USER_AGENT,
+        "{ua}"
+    );
     assert_eq!(state.ip.as_deref(), Some("203.0.113.9"));
     assert_eq!(state.last_refreshed_at_ms, None);
     assert_eq!(

@@ -564,6 +564,83 @@ fn the_readme_dpop_tour_runs_as_written() {
     );
 }
 
+/// The last line of a step's output as JSON (a token's claims, an answer).
+fn last_json(out: &str) -> serde_json::Value {
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+#[test]
+fn the_readme_token_exchange_tour_runs_as_written() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(&readme, "<!-- tx-tour:start", "<!-- tx-tour:end -->");
+    assert_eq!(
+        tour.server_starts, 1,
+        "the token exchange tour starts the server once"
+    );
+    for curl in &tour.curls {
+        assert!(
+            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
+            "a tour curl that can fail silently: {curl}"
+        );
+    }
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the token exchange tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    let steps = Steps::parse(&run.stdout);
+    let user = last_json(steps.of("A user signs in to my-app"));
+    assert_eq!(user["aud"], "tokend", "{user}");
+    assert!(user.get("act").is_none(), "{user}");
+
+    let exchanged = steps.of("The gateway exchanges");
+    assert!(
+        exchanged
+            .contains(r#""issued_token_type":"urn:ietf:params:oauth:token-type:access_token""#),
+        "{exchanged}"
+    );
+    assert!(!exchanged.contains("refresh_token"), "{exchanged}");
+    let c = last_json(steps.of("The same user"));
+    assert_eq!(c["sub"], user["sub"], "{c}");
+    assert_eq!(c["sid"], user["sid"], "{c}");
+    assert_eq!(c["aud"], "https://orders.example/", "{c}");
+    assert_eq!(c["client_id"], "gateway", "{c}");
+    assert_eq!(
+        c["act"],
+        serde_json::json!({"sub": "gateway", "client_id": "gateway"}),
+        "{c}"
+    );
+    assert_eq!(c["scope"], "orders:read", "{c}");
+    assert!(c["exp"].as_i64() <= user["exp"].as_i64(), "{c}");
+
+    let introspected = steps.of("Introspection shows who acts");
+    assert!(introspected.contains(r#""active":true"#), "{introspected}");
+    assert!(
+        introspected.contains(r#""act":{"sub":"gateway","client_id":"gateway"}"#),
+        "{introspected}"
+    );
+    steps.shows(
+        "An audience the gateway may not",
+        &["invalid_target", " 400"],
+    );
+    steps.shows("A scope wider", &["invalid_scope", " 400"]);
+    let app = last_json(steps.of("my-app asks for a token meant for the orders API"));
+    assert_eq!(app["aud"], "https://orders.example/", "{app}");
+    let refreshed = last_json(steps.of("The family keeps the resource"));
+    assert_eq!(refreshed["aud"], "https://orders.example/", "{refreshed}");
+    assert_ne!(refreshed["jti"], app["jti"], "a new token");
+    steps.shows(
+        "A resource my-app did not register",
+        &["invalid_target", " 400"],
+    );
+    steps.shows("Signing the user out everywhere", &[r#"{"active":false}"#]);
+}
+
 #[test]
 fn the_readme_private_key_jwt_tour_runs_as_written() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -29,7 +29,7 @@ const ISSUER: &str = "http://tokend.test";
 
 /// The production [`HyperFetcher`], with `http://tokend.test` resolved to the test app's
 /// address (the stand-in for DNS), counting JWKS fetches.
-struct TestNetwork {
+pub(crate) struct TestNetwork {
     base: String,
     inner: HyperFetcher,
     jwks_fetches: AtomicUsize,
@@ -58,6 +58,15 @@ impl Fetcher for TestNetwork {
 
 /// A verifier of the app's tokens on the app's clock.
 async fn verifier_for(app: &TestApp) -> (Verifier, Arc<TestNetwork>) {
+    verifier_for_audience(app, "tokend").await
+}
+
+/// A verifier of the app's tokens meant for `audience` (a resource server of its own), on the
+/// app's clock.
+pub(crate) async fn verifier_for_audience(
+    app: &TestApp,
+    audience: &str,
+) -> (Verifier, Arc<TestNetwork>) {
     let network = Arc::new(TestNetwork {
         base: app.base.clone(),
         inner: HyperFetcher::new(),
@@ -66,7 +75,7 @@ async fn verifier_for(app: &TestApp) -> (Verifier, Arc<TestNetwork>) {
     let options = VerifierOptions::default()
         .with_clock(app.clock.clone())
         .with_fetcher(network.clone());
-    let verifier = Verifier::discover(ISSUER, "tokend", options)
+    let verifier = Verifier::discover(ISSUER, audience, options)
         .await
         .expect("discovery succeeds");
     assert_eq!(

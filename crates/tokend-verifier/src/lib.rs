@@ -45,7 +45,7 @@ use tokend_token_shape::{bearer, time};
 
 pub use tokend_token_shape::clock::{Clock, ManualClock, SharedClock};
 pub use tokend_token_shape::dpop::ProofRefusal;
-pub use tokend_token_shape::{Alg, BearerError, Scheme};
+pub use tokend_token_shape::{Actor, Alg, BearerError, Scheme};
 
 /// The JWS algorithms a DPoP proof may be signed with (RFC 9449 §7.1 `algs`).
 pub const DPOP_ALGS: [&str; 4] = tokend_token_shape::jwk::CLIENT_ALGS;
@@ -433,6 +433,9 @@ pub struct Claims {
     pub scope: String,
     /// tokend's `roles` claim; empty when absent.
     pub roles: Vec<String>,
+    /// Who acts for the subject (RFC 8693 §4.1): present on a token issued by token exchange,
+    /// where the outermost actor is the one calling now and any nested one acted before.
+    pub act: Option<Actor>,
     /// Every claim of the token.
     pub all: Map<String, Value>,
 }
@@ -457,6 +460,13 @@ impl Claims {
                 .ok_or(VerifierError::Claim("roles"))?,
             Some(_) => return Err(VerifierError::Claim("roles")),
         };
+        let act = match all.get("act") {
+            None => None,
+            Some(v) => Some(
+                serde_json::from_value::<Actor>(v.clone())
+                    .map_err(|_| VerifierError::Claim("act"))?,
+            ),
+        };
         Ok(Claims {
             iss: string("iss")?.ok_or(VerifierError::Claim("iss"))?,
             sub: string("sub")?.ok_or(VerifierError::Claim("sub"))?,
@@ -468,6 +478,7 @@ impl Claims {
             client_id: string("client_id")?,
             scope: string("scope")?.unwrap_or_default(),
             roles,
+            act,
             all,
         })
     }
@@ -480,6 +491,12 @@ impl Claims {
     /// Whether the token carries `role`.
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.iter().any(|r| r == role)
+    }
+
+    /// The party acting for the subject now (the outermost `act`, RFC 8693 §4.1), if the
+    /// token was issued by token exchange.
+    pub fn actor(&self) -> Option<&Actor> {
+        self.act.as_ref()
     }
 }
 
@@ -1564,6 +1581,37 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, VerifierError::Discovery { .. }), "{err}");
         assert!(!err.is_invalid_token());
+    }
+
+    #[test]
+    fn the_act_claim_of_an_exchanged_token_is_read_with_its_chain() {
+        let mut map = claims_at(1_800_000_000);
+        assert_eq!(Claims::from_map(map.clone()).unwrap().act, None);
+        map.insert(
+            "act".into(),
+            json!({"sub": "gateway", "client_id": "gateway",
+                   "act": {"sub": "edge", "client_id": "edge"}}),
+        );
+        let claims = Claims::from_map(map.clone()).unwrap();
+        let actor = claims.actor().unwrap();
+        assert_eq!(actor.sub, "gateway");
+        assert_eq!(actor.client_id.as_deref(), Some("gateway"));
+        let chain: Vec<&str> = actor.chain().map(|a| a.sub.as_str()).collect();
+        assert_eq!(chain, ["gateway", "edge"]);
+        for bad in [
+            json!("gateway"),
+            json!({"client_id": "x"}),
+            json!({"sub": 7}),
+        ] {
+            map.insert("act".into(), bad.clone());
+            assert!(
+                matches!(
+                    Claims::from_map(map.clone()),
+                    Err(VerifierError::Claim("act"))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
