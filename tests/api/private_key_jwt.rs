@@ -42,6 +42,7 @@ in_both_modes!(
     a_registered_client_authenticates_with_its_keys_and_rotates_them,
     discovery_and_metrics_know_private_key_jwt,
     an_assertion_is_never_accepted_unrecorded,
+    a_private_key_jwt_client_may_exchange_tokens,
     authlib_gets_a_token_with_private_key_jwt,
     openid_client_gets_a_token_with_private_key_jwt,
 );
@@ -1311,6 +1312,72 @@ async fn a_registered_client_authenticates_with_its_keys_and_rotates_them(mode: 
     let answer = json_of(res, StatusCode::BAD_REQUEST).await;
     assert_eq!(answer["error"], "invalid_client_metadata", "{answer}");
     app.stop().await;
+}
+
+/// A private_key_jwt client is confidential, so it may use token exchange (RFC 8693) as a
+/// client with a secret may: the exchanged token names it in `act`.
+async fn a_private_key_jwt_client_may_exchange_tokens(mode: Mode) {
+    let keys = Keys::new();
+    let gateway = ClientKey::p256(Some("gw-1"));
+    let app = spawn_with_clients(
+        mode,
+        &clients(
+            &keys,
+            &[pk_client(
+                "gateway",
+                &gateway,
+                json!({"grant_types": ["client_credentials",
+                                       "urn:ietf:params:oauth:grant-type:token-exchange"],
+                       "scopes": ["read"],
+                       "token_exchange_audiences": ["https://orders.example/"]}),
+            )],
+        ),
+    )
+    .await;
+    let res = post_form(
+        &app,
+        "/oauth/token",
+        &[
+            ("grant_type", "password"),
+            ("client_id", "public-app"),
+            ("username", "ada"),
+            ("password", PASSWORD),
+        ],
+    )
+    .await;
+    let user = json_of(res, StatusCode::OK).await;
+    let subject = user["access_token"].as_str().unwrap();
+    let a = gateway.assertion("gateway", json!(ISSUER), app.clock.now());
+    let res = post_form(
+        &app,
+        "/oauth/token",
+        &with_assertion(
+            &a,
+            &[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("subject_token", subject),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("audience", "https://orders.example/"),
+            ],
+        ),
+    )
+    .await;
+    let exchanged = json_of(res, StatusCode::OK).await;
+    let c = claims(exchanged["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], claims(subject)["sub"], "{c}");
+    assert_eq!(c["aud"], "https://orders.example/", "{c}");
+    assert_eq!(
+        c["act"],
+        json!({"sub": "gateway", "client_id": "gateway"}),
+        "{c}"
+    );
+    app.app.stop().await;
 }
 
 /// The replay store, switchable off: while it cannot answer, every use of it fails.
