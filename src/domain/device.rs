@@ -27,7 +27,7 @@ use crate::store::{
     DeviceStatus, DeviceStore, DeviceView, NewDevice, UserStore,
 };
 
-/// How long a device code and its user code live: `expires_in` (RFC 8628 §3.2; SPEC §12).
+/// How long a device code and its user code live: `expires_in` (RFC 8628 §3.2; docs/device.md).
 pub(crate) const DEVICE_CODE_TTL_SECS: i64 = 600;
 /// The polling interval a device starts with: `interval` (RFC 8628 §3.2).
 pub(crate) const INTERVAL_SECS: i64 = 5;

@@ -22,7 +22,7 @@ use crate::store::{MailToken, StoreError, UserRecord, UserStore};
 
 /// The purpose of email change tokens in the outbox.
 pub(crate) const PURPOSE_EMAIL_CHANGE: &str = "email_change";
-/// How long a confirmation link works (SPEC §13: 24 h, as verification).
+/// How long a confirmation link works (docs/mail.md, "Email change": 24 h, as verification).
 const TOKEN_TTL_MS: i64 = 24 * 60 * 60 * 1_000;
 /// The purpose of the deadline a notice carries (see [`EmailChange::notify_old_address`]).
 pub(crate) const PURPOSE_NOTICE: &str = "notice";

@@ -19,7 +19,7 @@ use crate::store::{MailToken, OutgoingMail, UserStore};
 
 /// The purpose of reset tokens in the outbox.
 pub(crate) const PURPOSE_PASSWORD_RESET: &str = "password_reset";
-/// How long a reset link works (SPEC §13: 30 min).
+/// How long a reset link works (docs/mail.md, "Password reset": 30 min).
 const TOKEN_TTL_MS: i64 = 30 * 60 * 1_000;
 
 /// What settings the service needs.

@@ -1,4 +1,4 @@
-//! Account events (SPEC §13, docs/events.md): every type recorded where it happens, users named
+//! Account events (docs/events.md): every type recorded where it happens, users named
 //! by id only and nothing secret in any event or audit line, the admin query (filters, paging,
 //! checks), retention, and a failing event store that fails no request.
 

@@ -1,4 +1,4 @@
-//! The end of an account and the sessions list (SPEC §13, docs/events.md, docs/sessions.md):
+//! The end of an account and the sessions list (docs/events.md, docs/sessions.md):
 //! deletion by the user, by an admin and by the operator kills exactly what it must; a login
 //! racing a deletion leaves nothing alive; each session is listed with the agent and address of
 //! its login and can be ended alone; `tokend users` against the real stores.
