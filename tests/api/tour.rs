@@ -236,6 +236,41 @@ fn run_tour(tour: &Tour) -> TourRun {
     }
 }
 
+/// Runs the README tour between `<!-- {marker}-tour:start` and `<!-- {marker}-tour:end -->`
+/// (the `what` tour): it starts the server once and succeeds; the tour and its run.
+fn readme_tour(marker: &str, what: &str) -> (Tour, TourRun) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let tour = Tour::between(
+        &readme,
+        &format!("<!-- {marker}-tour:start"),
+        &format!("<!-- {marker}-tour:end -->"),
+    );
+    assert_eq!(
+        tour.server_starts, 1,
+        "the {what} tour starts the server once"
+    );
+    let run = run_tour(&tour);
+    assert!(
+        run.status.success(),
+        "the {what} tour failed:\n{}\n{}\n{}",
+        run.stdout,
+        run.stderr,
+        run.log
+    );
+    (tour, run)
+}
+
+/// Every curl of the tour makes a failure visible (`--fail-with-body`, or prints the status).
+fn no_silent_curls(tour: &Tour) {
+    for curl in &tour.curls {
+        assert!(
+            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
+            "a tour curl that can fail silently: {curl}"
+        );
+    }
+}
+
 /// What one run of a tour printed.
 struct TourRun {
     stdout: String,
@@ -247,21 +282,7 @@ struct TourRun {
 
 #[test]
 fn the_readme_code_flow_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- code-tour:start", "<!-- code-tour:end -->");
-    assert_eq!(
-        tour.server_starts, 1,
-        "the code-flow tour starts the server once"
-    );
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the code-flow tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (_, run) = readme_tour("code", "code-flow");
     let steps = Steps::parse(&run.stdout);
     steps.shows(
         "Redeem the code with the verifier",
@@ -279,18 +300,7 @@ fn the_readme_code_flow_tour_runs_as_written() {
 
 #[test]
 fn the_readme_pushed_authorization_request_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- par-tour:start", "<!-- par-tour:end -->");
-    assert_eq!(tour.server_starts, 1, "the PAR tour starts the server once");
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the PAR tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (_, run) = readme_tour("par", "PAR");
     let steps = Steps::parse(&run.stdout);
     steps.shows(
         "Push the request",
@@ -320,25 +330,7 @@ fn the_readme_pushed_authorization_request_tour_runs_as_written() {
 
 #[test]
 fn the_readme_device_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(
-        &readme,
-        "<!-- device-tour:start",
-        "<!-- device-tour:end -->",
-    );
-    assert_eq!(
-        tour.server_starts, 1,
-        "the device tour starts the server once"
-    );
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the device tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (_, run) = readme_tour("device", "device");
     let steps = Steps::parse(&run.stdout);
     steps.shows(
         "The device asks for a pair of codes",
@@ -468,21 +460,7 @@ fn the_readme_tour_runs_top_to_bottom_as_written() {
 
 #[test]
 fn the_readme_password_reset_and_email_change_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- reset-tour:start", "<!-- reset-tour:end -->");
-    assert_eq!(
-        tour.server_starts, 1,
-        "the reset tour starts the server once"
-    );
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the reset tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (_, run) = readme_tour("reset", "reset");
     let steps = Steps::parse(&run.stdout);
     steps.ends_with_lines("Forgot the password", &["202", "202"]);
     steps.shows("The mail lands in mail/", &["/auth/password/reset?token="]);
@@ -509,27 +487,8 @@ fn the_readme_password_reset_and_email_change_tour_runs_as_written() {
 
 #[test]
 fn the_readme_dpop_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- dpop-tour:start", "<!-- dpop-tour:end -->");
-    assert_eq!(
-        tour.server_starts, 1,
-        "the DPoP tour starts the server once"
-    );
-    for curl in &tour.curls {
-        assert!(
-            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
-            "a tour curl that can fail silently: {curl}"
-        );
-    }
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the DPoP tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (tour, run) = readme_tour("dpop", "DPoP");
+    no_silent_curls(&tour);
     let steps = Steps::parse(&run.stdout);
     let thumbprint = steps.of("The app's key");
     let jkt = thumbprint.lines().last().unwrap_or_default().trim();
@@ -572,27 +531,8 @@ fn last_json(out: &str) -> serde_json::Value {
 
 #[test]
 fn the_readme_token_exchange_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- tx-tour:start", "<!-- tx-tour:end -->");
-    assert_eq!(
-        tour.server_starts, 1,
-        "the token exchange tour starts the server once"
-    );
-    for curl in &tour.curls {
-        assert!(
-            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
-            "a tour curl that can fail silently: {curl}"
-        );
-    }
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the token exchange tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (tour, run) = readme_tour("tx", "token exchange");
+    no_silent_curls(&tour);
     let steps = Steps::parse(&run.stdout);
     let user = last_json(steps.of("A user signs in to my-app"));
     assert_eq!(user["aud"], "tokend", "{user}");
@@ -643,27 +583,8 @@ fn the_readme_token_exchange_tour_runs_as_written() {
 
 #[test]
 fn the_readme_private_key_jwt_tour_runs_as_written() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let tour = Tour::between(&readme, "<!-- pkjwt-tour:start", "<!-- pkjwt-tour:end -->");
-    assert_eq!(
-        tour.server_starts, 1,
-        "the private_key_jwt tour starts the server once"
-    );
-    for curl in &tour.curls {
-        assert!(
-            curl.contains("--fail-with-body") || curl.contains("%{http_code}"),
-            "a tour curl that can fail silently: {curl}"
-        );
-    }
-    let run = run_tour(&tour);
-    assert!(
-        run.status.success(),
-        "the private_key_jwt tour failed:\n{}\n{}\n{}",
-        run.stdout,
-        run.stderr,
-        run.log
-    );
+    let (tour, run) = readme_tour("pkjwt", "private_key_jwt");
+    no_silent_curls(&tour);
     let steps = Steps::parse(&run.stdout);
     let issued = steps.of("A token for the service");
     let body: serde_json::Value =
