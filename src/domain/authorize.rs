@@ -27,8 +27,8 @@ use crate::clock::SharedClock;
 use crate::keys::{Alg, Keys};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption, UserRecord,
-    UserStore,
+    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption, UserClaims,
+    UserRecord, UserStore,
 };
 
 /// The scopes of OpenID Connect Core §5.4 that every client with the authorization code grant
@@ -269,6 +269,64 @@ struct CodeGrant {
     /// these or some of them, and the family keeps them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     resources: Vec<String>,
+    /// The user as the authorization read them, with the session marks of the sign-in: the
+    /// redemption checks the marks against the user's and needs no user-store read. A code
+    /// written before codes carried it is redeemed by reading the user (docs/authorize.md,
+    /// "The code").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<UserSnapshot>,
+}
+
+/// What a code keeps of its user: what the tokens and the ID token say of them, and the marks
+/// a later "end all sessions" or credential change raises (docs/sessions.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UserSnapshot {
+    username: String,
+    email: String,
+    email_verified: bool,
+    roles: Vec<String>,
+    credentials_version: i64,
+    updated_at: i64,
+    /// The user's session generation at sign-in.
+    gen: i64,
+}
+
+impl UserSnapshot {
+    fn of(s: &SignedIn) -> Self {
+        let u = &s.user;
+        UserSnapshot {
+            username: u.username.clone(),
+            email: u.email.clone(),
+            email_verified: u.email_verified,
+            roles: u.roles.clone(),
+            credentials_version: u.credentials_version,
+            updated_at: u.updated_at,
+            gen: s.session.gen,
+        }
+    }
+
+    /// The user for the tokens: as the snapshot has them, with the username and roles of a
+    /// newer change (`claims`, the user's claims mark) when there is one. The record carries
+    /// no password hash; nothing downstream of a redemption reads it.
+    fn record(&self, user_id: &str, claims: Option<UserClaims>) -> UserRecord {
+        let mut user = UserRecord {
+            id: user_id.to_string(),
+            username: self.username.clone(),
+            email: self.email.clone(),
+            password_hash: String::new(),
+            roles: self.roles.clone(),
+            email_verified: self.email_verified,
+            credentials_version: self.credentials_version,
+            created_at: 0,
+            updated_at: self.updated_at,
+        };
+        if let Some(c) = claims.filter(|c| c.version > self.updated_at) {
+            user.username = c.username;
+            user.roles = c.roles;
+            user.updated_at = c.version;
+        }
+        user
+    }
 }
 
 /// A browser session (docs/authorize.md, "Browser session").
@@ -1028,6 +1086,7 @@ impl Authorize {
             browser_session: Some(s.id.clone()),
             dpop_jkt: pending.dpop_jkt.clone(),
             resources: pending.resources.clone(),
+            user: Some(UserSnapshot::of(s)),
         };
         let json = serde_json::to_string(&grant)
             .map_err(|e| Error::Internal(format!("serialising a code: {e}")))?;
@@ -1363,8 +1422,23 @@ impl Authorize {
         }
         let targets =
             Targets::narrowed(resource, &g.resources).map_err(OAuthError::InvalidTarget)?;
-        let Some(user) = self.users.by_id(&g.user_id).await.map_err(Error::from)? else {
-            return Err(bad_grant("the user no longer exists"));
+        let user = match &g.user {
+            Some(snapshot) => {
+                let status = self.sessions.user_status(&g.user_id).await?;
+                let marks = status.user;
+                if snapshot.gen < marks.generation
+                    || snapshot.credentials_version < marks.credentials_version
+                {
+                    return Err(bad_grant(
+                        "the user's sessions ended after the code was issued",
+                    ));
+                }
+                snapshot.record(&g.user_id, status.claims)
+            }
+            None => match self.users.by_id(&g.user_id).await.map_err(Error::from)? {
+                Some(user) => user,
+                None => return Err(bad_grant("the user no longer exists")),
+            },
         };
         let alg = self.sessions.client_alg(client);
         let pair = self

@@ -29,6 +29,8 @@ pub(crate) const AUDIT_TARGET: &str = "tokend::audit";
 const MAX_PENDING: usize = 10_000;
 /// How long a query waits for writes in flight.
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
+/// The most events one store write carries.
+const WRITE_BATCH: usize = 64;
 /// Page sizes of `GET /admin/events`.
 pub(crate) const DEFAULT_PAGE: usize = 100;
 pub(crate) const MAX_PAGE: usize = 1_000;
@@ -395,11 +397,18 @@ impl Events {
             let (tx, mut rx) = mpsc::channel::<EventRecord>(MAX_PENDING);
             let events = self.clone();
             runtime.spawn(async move {
-                while let Some(record) = rx.recv().await {
-                    if let Err(e) = events.inner.store.append(&record).await {
-                        events.dropped(&record, &e.to_string());
+                // What queued while the last write was out goes in one write: under a login
+                // flood that is one insert per batch instead of one per login.
+                let mut batch = Vec::with_capacity(WRITE_BATCH);
+                while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+                    if let Err(e) = events.inner.store.append_many(&batch).await {
+                        for record in &batch {
+                            events.dropped(record, &e.to_string());
+                        }
                     }
-                    events.finished();
+                    for _ in batch.drain(..) {
+                        events.finished();
+                    }
                 }
             });
             tx

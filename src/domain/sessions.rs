@@ -335,6 +335,14 @@ impl Sessions {
         Ok(self.store.access_status("", None, user_id).await?.user)
     }
 
+    /// The user's session marks and the newest claims mark (`claims`), in one store read.
+    pub(crate) async fn user_status(&self, user_id: &str) -> Result<AccessStatus, Error> {
+        Ok(self
+            .store
+            .access_status_with_user("", None, user_id)
+            .await?)
+    }
+
     /// Revokes the user's families of one client (a withdrawn consent); answers how many.
     pub(crate) async fn revoke_client_families(
         &self,

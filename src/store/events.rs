@@ -64,6 +64,14 @@ impl EventQuery {
 pub trait EventStore: Send + Sync {
     /// Keeps one event.
     async fn append(&self, event: &EventRecord) -> Result<(), StoreError>;
+    /// Keeps several events, in one write where the store allows (the event writer hands over
+    /// what queued while the last write was out). The default appends them one by one.
+    async fn append_many(&self, events: &[EventRecord]) -> Result<(), StoreError> {
+        for e in events {
+            self.append(e).await?;
+        }
+        Ok(())
+    }
     /// The events the query asks for, in id order.
     async fn query(&self, q: &EventQuery) -> Result<Vec<EventRecord>, StoreError>;
     /// Whether the store answers (readiness).

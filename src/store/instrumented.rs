@@ -515,6 +515,10 @@ impl super::EventStore for Instrumented<dyn super::EventStore> {
     async fn append(&self, event: &super::EventRecord) -> Result<(), StoreError> {
         self.time("event_append", self.inner.append(event)).await
     }
+    async fn append_many(&self, events: &[super::EventRecord]) -> Result<(), StoreError> {
+        self.time("event_append", self.inner.append_many(events))
+            .await
+    }
     async fn query(&self, q: &super::EventQuery) -> Result<Vec<super::EventRecord>, StoreError> {
         self.time("event_query", self.inner.query(q)).await
     }

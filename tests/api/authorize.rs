@@ -33,6 +33,7 @@ in_both_modes!(
     ending_all_sessions_ends_the_browser_session,
     a_registered_authentication_method_is_the_only_one_accepted,
     a_pending_request_yields_one_code,
+    a_code_carries_its_user_and_dies_with_the_users_sessions,
 );
 
 pub(crate) fn clients() -> Value {
@@ -827,6 +828,68 @@ async fn ending_all_sessions_ends_the_browser_session(mode: Mode) {
         .get(&authorize_url(&app, "web", &[("prompt", "none")]))
         .await;
     assert_eq!(query_of(&location(&res))["error"], "login_required");
+}
+
+/// How many user-store reads by id the app has made.
+async fn user_reads(app: &TestApp) -> f64 {
+    app.metrics_text()
+        .await
+        .lines()
+        .filter(|l| {
+            l.starts_with("tokend_store_operation_duration_seconds_count{")
+                && l.contains("op=\"user_by_id\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn a_code_carries_its_user_and_dies_with_the_users_sessions(mode: Mode) {
+    let app = spawn(mode).await;
+    // The redemption takes the user from the code: no user-store read.
+    let cb = app.code_for_web().await;
+    let before = user_reads(&app).await;
+    let tokens = app.redeem_ok(&cb["code"]).await;
+    assert_eq!(user_reads(&app).await, before);
+    let id = claims(tokens["id_token"].as_str().unwrap());
+    assert_eq!(id["preferred_username"], "ada");
+    assert_eq!(id["email"], "ada@example.com");
+    let access = tokens["access_token"].as_str().unwrap();
+    assert_eq!(
+        app.get_bearer("/auth/verify", access).await.status(),
+        StatusCode::OK
+    );
+
+    // A code issued before "log out everywhere" is refused, and so is one issued before a
+    // password change: the code's sessions ended with the user's.
+    for end in ["logout-all", "password"] {
+        let res = app
+            .get(&authorize_url(&app, "web", &[("prompt", "none")]))
+            .await;
+        let code = query_of(&location(&res))
+            .remove("code")
+            .unwrap_or_else(|| panic!("{end}: a code without a prompt"));
+        let (access, _) = app.login_pair("ada@example.com", PASSWORD).await;
+        let res = if end == "logout-all" {
+            app.post_bearer("/auth/logout/all", &access).await
+        } else {
+            app.put_bearer(
+                "/users/me/password",
+                &access,
+                &json!({"current_password": PASSWORD, "new_password": "another good password"}),
+            )
+            .await
+        };
+        assert_eq!(res.status(), StatusCode::NO_CONTENT, "{end}");
+        let res = app.redeem(&code, VERIFIER).await;
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{end}");
+        assert_eq!(error_code(res).await, "invalid_grant", "{end}");
+        if end == "logout-all" {
+            // Signed in again for the next round.
+            let res = app.get(&authorize_url(&app, "web", &[])).await;
+            let res = app.sign_in(&location(&res), PASSWORD).await;
+            assert_eq!(res.status(), StatusCode::SEE_OTHER, "{end}");
+        }
+    }
 }
 
 async fn a_registered_authentication_method_is_the_only_one_accepted(mode: Mode) {

@@ -39,6 +39,7 @@ in_both_modes!(
     events_are_forgotten_after_the_retention,
     a_failing_event_store_fails_no_request,
     audit_lines_name_users_by_id_and_hold_no_secret,
+    a_burst_of_sign_ins_is_recorded_whole,
 );
 
 const ADMIN_EMAIL: &str = "overseer@example.com";
@@ -500,6 +501,35 @@ impl EventStore for Unreachable {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
+
+async fn a_burst_of_sign_ins_is_recorded_whole(mode: Mode) {
+    let (app, _mailbox, _dir) = spawn(
+        mode,
+        |env| {
+            env.insert("TOKEND_RATE_LIMIT".into(), "off".into());
+        },
+        |b| b,
+    )
+    .await;
+    // Sign-ins in parallel: their events queue while a write is out and go in batches; each
+    // is stored once, none is dropped.
+    const BURST: usize = 24;
+    let logins = (0..BURST).map(|_| app.login_pair(EMAIL, PASSWORD));
+    let pairs = futures_util::future::join_all(logins).await;
+    let user_id = claims(&pairs[0].0)["sub"].as_str().unwrap().to_string();
+    let admin = admin_token(&app).await;
+    let mine = all_events(
+        &app,
+        &admin,
+        &format!("&type=login.succeeded&user_id={user_id}"),
+        10,
+    )
+    .await;
+    assert_eq!(mine.len(), BURST);
+    let ids: BTreeSet<&str> = mine.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), BURST, "each event once");
+    assert_eq!(dropped(&app).await, 0.0);
 }
 
 async fn dropped(app: &TestApp) -> f64 {

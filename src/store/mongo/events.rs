@@ -100,6 +100,23 @@ impl EventStore for MongoStore {
         detached(async move { events.insert_one(doc).await.map(|_| ()).map_err(map_err) }).await
     }
 
+    async fn append_many(&self, batch: &[EventRecord]) -> Result<(), StoreError> {
+        if let [one] = batch {
+            return self.append(one).await;
+        }
+        let events = self.events.clone();
+        let docs: Vec<EventDoc> = batch.iter().map(EventDoc::from).collect();
+        detached(async move {
+            events
+                .insert_many(docs)
+                .ordered(false)
+                .await
+                .map(|_| ())
+                .map_err(map_err)
+        })
+        .await
+    }
+
     async fn query(&self, q: &EventQuery) -> Result<Vec<EventRecord>, StoreError> {
         let events = self.events.clone();
         let mut filter = Document::new();
