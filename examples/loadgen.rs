@@ -188,6 +188,11 @@ enum Cmd {
         email: String,
         #[arg(long)]
         password: String,
+        /// Proofs signed before the run starts, over all connections (each used once, then
+        /// signed on the fly): the client's signing off the measured window, as a fleet of
+        /// clients signs on its own machines. 0 signs every proof in the loop.
+        #[arg(long, default_value_t = 0)]
+        presign: usize,
         #[command(flatten)]
         load: Load,
     },
@@ -320,11 +325,19 @@ fn main() -> ExitCode {
             issuer,
             email,
             password,
+            presign,
             load,
         } => runtime(load.threads).and_then(|rt| {
             let issuer = issuer.unwrap_or_else(|| base.clone());
-            rt.block_on(dpop(&what, &base, &issuer, &email, &password, &load))
-                .map(|r| r.print())
+            let run = DpopRun {
+                what: &what,
+                base: &base,
+                issuer: &issuer,
+                email: &email,
+                password: &password,
+                presign,
+            };
+            rt.block_on(dpop(run, &load)).map(|r| r.print())
         }),
         Cmd::Http {
             url,
@@ -1468,14 +1481,25 @@ struct BoundPair {
     token_type: String,
 }
 
-async fn dpop(
-    what: &str,
-    base: &str,
-    issuer: &str,
-    email: &str,
-    password: &str,
-    load: &Load,
-) -> Res<Report> {
+/// What `loadgen dpop` runs.
+struct DpopRun<'a> {
+    what: &'a str,
+    base: &'a str,
+    issuer: &'a str,
+    email: &'a str,
+    password: &'a str,
+    presign: usize,
+}
+
+async fn dpop(run: DpopRun<'_>, load: &Load) -> Res<Report> {
+    let DpopRun {
+        what,
+        base,
+        issuer,
+        email,
+        password,
+        presign,
+    } = run;
     if !matches!(what, "refresh" | "verify") {
         return Err(format!("--what is refresh or verify, not {what:?}"));
     }
@@ -1490,9 +1514,12 @@ async fn dpop(
     }
     let login = serde_json::json!({"email": email, "password": password});
     let refresh = what == "refresh";
+    let per_connection = presign.div_ceil(load.connections.max(1));
+    let ready = Arc::new(tokio::sync::Barrier::new(load.connections));
     let mut tasks = Vec::new();
     for i in 0..load.connections {
         let (t, load, login, issuer) = (t.clone(), load.clone(), login.clone(), issuer.clone());
+        let ready = ready.clone();
         tasks.push(tokio::spawn(async move {
             let key = ProofKey::new()?;
             let mut sender = connect(t.addr).await?;
@@ -1517,17 +1544,30 @@ async fn dpop(
                 ("/auth/verify", Method::GET)
             };
             let htu = format!("{issuer}{path}");
+            let (htm, ath) = if refresh {
+                ("POST", None)
+            } else {
+                ("GET", Some(access.as_str()))
+            };
+            let mut signed = (0..per_connection)
+                .map(|_| key.proof(htm, &htu, ath))
+                .collect::<Res<Vec<String>>>()?;
+            // Every connection starts at once; one that failed to log in stops the rest.
+            tokio::time::timeout(Duration::from_secs(120), ready.wait())
+                .await
+                .map_err(|_| "another connection did not get ready".to_string())?;
             let sched = Schedule::new(&load, i);
             let mut tally = Tally::default();
             let mut k = 0u64;
             while Instant::now() < sched.end {
-                let (authorization, proof) = if refresh {
-                    (format!("Bearer {token}"), key.proof("POST", &htu, None)?)
+                let proof = match signed.pop() {
+                    Some(p) => p,
+                    None => key.proof(htm, &htu, ath)?,
+                };
+                let authorization = if refresh {
+                    format!("Bearer {token}")
                 } else {
-                    (
-                        format!("DPoP {access}"),
-                        key.proof("GET", &htu, Some(&access))?,
-                    )
+                    format!("DPoP {access}")
                 };
                 let due = sched.due(k).await;
                 k += 1;

@@ -1459,19 +1459,24 @@ impl Authorize {
                 },
             )
             .await?;
-        // A replay that raced this redemption marked the code before the family existed.
-        if self.store.code_replayed(&key).await.map_err(Error::from)? {
+        // A replay that raced this redemption marked the code before the family existed. The
+        // family joins its browser session meanwhile (two keys, two slots: sent together).
+        let listed = async {
+            match &g.browser_session {
+                Some(bs) => {
+                    let ttl = i64::try_from(self.settings.browser_session_ttl.as_millis())
+                        .unwrap_or(i64::MAX);
+                    self.store.add_session_family(bs, &g.sid, ttl).await
+                }
+                None => Ok(()),
+            }
+        };
+        let (replayed, listed) = tokio::join!(self.store.code_replayed(&key), listed);
+        if replayed.map_err(Error::from)? {
             self.sessions.revoke_family(&g.sid).await?;
             return Err(bad_grant("authorization code already used"));
         }
-        if let Some(bs) = &g.browser_session {
-            let ttl =
-                i64::try_from(self.settings.browser_session_ttl.as_millis()).unwrap_or(i64::MAX);
-            self.store
-                .add_session_family(bs, &g.sid, ttl)
-                .await
-                .map_err(Error::from)?;
-        }
+        listed.map_err(Error::from)?;
         self.metrics.codes.with_label_values(&["redeemed"]).inc();
         let id_token = if scope_tokens(&g.scope).contains(&"openid") {
             Some(self.id_token(client, &user, &g, &pair.access_token)?)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# What one Redis key costs, by type and value size (BENCHMARKS.md, "What a key costs"):
+# `bash deploy/redis-key-cost.sh [REDIS-SERVER]`
+#
+# Starts its own redis-server (Debian's by default) on a free loopback port with no
+# persistence, and for each layout writes 100,000 keys named like tokend's refresh families
+# (`tokend:fam:{<22 characters>}`), each with a TTL, in one EVAL into the emptied server; prints
+# used_memory after minus before, divided by the number of keys. Stops the server afterwards.
+set -euo pipefail
+
+SERVER=${1:-$(command -v redis-server)}
+CLI=$(command -v redis-cli)
+N=100000
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SERVER" --port "$PORT" --bind 127.0.0.1 --save "" --appendonly no >/dev/null &
+PID=$!
+trap 'kill "$PID" 2>/dev/null || true' EXIT
+for _ in $(seq 100); do
+  "$CLI" -p "$PORT" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+used() { "$CLI" -p "$PORT" info memory | awk -F: '$1 == "used_memory" {print $2}' | tr -d '\r'; }
+
+# cost LABEL LUA-BODY: the body writes key i (1..N); `sid` is a 22-character family id and
+# `user` a 24-character user id.
+cost() {
+  "$CLI" -p "$PORT" flushall >/dev/null
+  local before after
+  before=$(used)
+  "$CLI" -p "$PORT" eval "for i = 1, $N do
+    local sid = string.format('%022d', i * 7919)
+    local user = string.format('%024x', i)
+    $2
+  end
+  return 1" 0 >/dev/null
+  after=$(used)
+  echo "| $1 | $(((after - before) / N)) |"
+}
+
+TTL=86400000
+echo "$("$SERVER" --version | cut -d' ' -f1-3), $N keys a row"
+echo
+echo "| one key holding | bytes per key |"
+echo "| --- | ---: |"
+for v in 40 64 100 140; do
+  cost "a $v-byte string" \
+    "redis.call('SET', 'tokend:fam:{' .. sid .. '}', string.rep('x', $v), 'PX', $TTL)"
+done
+for v in 40 60 100; do
+  cost "a hash of one field (22-byte name) with a $v-byte value" \
+    "local k = 'tokend:ufam:{' .. user .. '}'
+    redis.call('HSET', k, sid, string.rep('x', $v))
+    redis.call('PEXPIRE', k, $TTL)"
+done
+cost "a sorted set of one member (a one-family user's list)" \
+  "local k = 'tokend:ufam:{' .. user .. '}'
+  redis.call('ZADD', k, 1700000000000, sid)
+  redis.call('PEXPIRE', k, $TTL)"
