@@ -942,6 +942,41 @@ struct PairTally {
     phases: Vec<(usize, Instant, Instant)>,
 }
 
+impl PairTally {
+    /// The tallies of every connection in one.
+    async fn join(tasks: Vec<tokio::task::JoinHandle<Res<PairTally>>>) -> Res<PairTally> {
+        let mut all = PairTally::default();
+        for task in tasks {
+            let tally = task.await.map_err(err)??;
+            all.main_us.extend(tally.main_us);
+            all.side_us.extend(tally.side_us);
+            all.errors += tally.errors;
+            all.phases.extend(tally.phases);
+        }
+        Ok(all)
+    }
+
+    /// The report of the main requests at `rps`, and `extra` followed by the side requests'
+    /// (`/oauth/authorize`) percentiles.
+    fn report(self, rps: f64, extra: &str) -> (Report, String) {
+        let main = sorted(self.main_us);
+        let side = sorted(self.side_us);
+        let extra = format!(
+            "{extra}authorize_p50_ms={:.3} authorize_p99_ms={:.3}",
+            percentile(&side, 0.50),
+            percentile(&side, 0.99)
+        );
+        let report = Report {
+            rps,
+            p50_ms: percentile(&main, 0.50),
+            p99_ms: percentile(&main, 0.99),
+            ok: main.len(),
+            errors: self.errors,
+        };
+        (report, extra)
+    }
+}
+
 fn us(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
@@ -1092,14 +1127,7 @@ async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
             Ok(tally)
         }));
     }
-    let mut all = PairTally::default();
-    for task in tasks {
-        let tally = task.await.map_err(err)??;
-        all.main_us.extend(tally.main_us);
-        all.side_us.extend(tally.side_us);
-        all.errors += tally.errors;
-        all.phases.extend(tally.phases);
-    }
+    let all = PairTally::join(tasks).await?;
     let wall = started.elapsed().as_secs_f64() - load.warmup;
     let exchanged = all.main_us.len();
     let (rps, extra_rate) = if batch == 0 {
@@ -1125,23 +1153,7 @@ async fn code(b: &Browser, batch: usize, load: &Load) -> Res<(Report, String)> {
             ),
         )
     };
-    let main = sorted(all.main_us);
-    let side = sorted(all.side_us);
-    let extra = format!(
-        "{extra_rate} authorize_p50_ms={:.3} authorize_p99_ms={:.3}",
-        percentile(&side, 0.50),
-        percentile(&side, 0.99)
-    );
-    Ok((
-        Report {
-            rps,
-            p50_ms: percentile(&main, 0.50),
-            p99_ms: percentile(&main, 0.99),
-            ok: exchanged,
-            errors: all.errors,
-        },
-        extra,
-    ))
+    Ok(all.report(rps, &format!("{extra_rate} ")))
 }
 
 async fn signin(b: &Browser, load: &Load) -> Res<(Report, String)> {
@@ -1218,30 +1230,9 @@ async fn signin(b: &Browser, load: &Load) -> Res<(Report, String)> {
             Ok::<_, String>(tally)
         }));
     }
-    let mut all = PairTally::default();
-    for task in tasks {
-        let tally = task.await.map_err(err)??;
-        all.main_us.extend(tally.main_us);
-        all.side_us.extend(tally.side_us);
-        all.errors += tally.errors;
-    }
-    let main = sorted(all.main_us);
-    let side = sorted(all.side_us);
-    let extra = format!(
-        "authorize_p50_ms={:.3} authorize_p99_ms={:.3}",
-        percentile(&side, 0.50),
-        percentile(&side, 0.99)
-    );
-    Ok((
-        Report {
-            rps: main.len() as f64 / load.duration,
-            p50_ms: percentile(&main, 0.50),
-            p99_ms: percentile(&main, 0.99),
-            ok: main.len(),
-            errors: all.errors,
-        },
-        extra,
-    ))
+    let all = PairTally::join(tasks).await?;
+    let rps = all.main_us.len() as f64 / load.duration;
+    Ok(all.report(rps, ""))
 }
 
 /// The device grant's `grant_type` (RFC 8628 §3.4).
