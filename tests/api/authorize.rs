@@ -7,6 +7,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
+use tokend::clock::ManualClock;
 
 use crate::helpers::*;
 // The page helpers live in helpers.rs; other test files name them through this module too.
@@ -84,6 +85,42 @@ pub(crate) async fn spawn_with_clients(mode: Mode, clients: &Value) -> App {
         browser: new_browser(),
         _file: file,
     }
+}
+
+/// An app with these clients of the code flow, mail written as files under a new directory, the
+/// bootstrap admin `admin` (email, password) and the user `ada`, and a browser: what the
+/// account-event and lifecycle tests start. `adjust` may change the environment, `wrap` the
+/// stores.
+pub(crate) async fn spawn_with_admin(
+    mode: Mode,
+    admin: (&str, &str),
+    adjust: impl FnOnce(&mut HashMap<String, String>),
+    wrap: impl FnOnce(tokend::startup::Backends) -> tokend::startup::Backends,
+) -> (App, crate::mail::Mailbox, tempfile::TempDir) {
+    let file = write_clients_file(&clients());
+    let (mut env, keys) = test_env(mode);
+    let dir = tempfile::tempdir().unwrap();
+    let mail = dir.path().join("mail");
+    env.insert(
+        "TOKEND_CLIENTS_FILE".into(),
+        file.path().to_string_lossy().into_owned(),
+    );
+    env.insert(
+        "TOKEND_MAIL_DIR".into(),
+        mail.to_string_lossy().into_owned(),
+    );
+    env.insert("TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(), admin.0.into());
+    env.insert("TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(), admin.1.into());
+    adjust(&mut env);
+    let app = spawn_env_with_backends(mode, env, keys, ManualClock::starting_now(), wrap).await;
+    let res = app.register("ada", "ada@example.com", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let app = App {
+        app,
+        browser: new_browser(),
+        _file: file,
+    };
+    (app, crate::mail::Mailbox(mail), dir)
 }
 
 pub(crate) fn authorize_url(app: &TestApp, client: &str, extra: &[(&str, &str)]) -> String {

@@ -9,13 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokend::clock::ManualClock;
 use tokend::store::{EventQuery, EventRecord, EventStore, StoreError};
 
 use crate::authorize::{self, App, PASSWORD};
-use crate::helpers::{
-    claims, error_code, spawn_env_with_backends, test_env, write_clients_file, Mode, TestApp,
-};
+use crate::helpers::{claims, error_code, test_env, Mode, TestApp};
 use crate::mail::Mailbox;
 
 macro_rules! in_both_modes {
@@ -59,37 +56,11 @@ async fn spawn(
     adjust: impl FnOnce(&mut HashMap<String, String>),
     wrap: impl FnOnce(tokend::startup::Backends) -> tokend::startup::Backends,
 ) -> (App, Mailbox, tempfile::TempDir) {
-    let file = write_clients_file(&authorize::clients());
-    let (mut env, keys) = test_env(mode);
-    let dir = tempfile::tempdir().unwrap();
-    let mail = dir.path().join("mail");
-    env.insert(
-        "TOKEND_CLIENTS_FILE".into(),
-        file.path().to_string_lossy().into_owned(),
-    );
-    env.insert(
-        "TOKEND_MAIL_DIR".into(),
-        mail.to_string_lossy().into_owned(),
-    );
-    env.insert("TOKEND_CLIENT_REGISTRATION".into(), "open".into());
-    env.insert("TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into());
-    env.insert(
-        "TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(),
-        ADMIN_PASSWORD.into(),
-    );
-    adjust(&mut env);
-    let app = spawn_env_with_backends(mode, env, keys, ManualClock::starting_now(), wrap).await;
-    let res = app.register(USERNAME, EMAIL, PASSWORD).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    (
-        App {
-            app,
-            browser: authorize::new_browser(),
-            _file: file,
-        },
-        Mailbox(mail),
-        dir,
-    )
+    let open = |env: &mut HashMap<String, String>| {
+        env.insert("TOKEND_CLIENT_REGISTRATION".into(), "open".into());
+        adjust(env);
+    };
+    authorize::spawn_with_admin(mode, (ADMIN_EMAIL, ADMIN_PASSWORD), open, wrap).await
 }
 
 async fn admin_token(app: &TestApp) -> String {

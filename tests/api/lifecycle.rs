@@ -10,14 +10,11 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tokend::clock::{Clock, ManualClock};
+use tokend::clock::Clock;
 use tokend::store::{ConsentStore, MailStore};
 
 use crate::authorize::{self, App, PASSWORD, WEB_SECRET};
-use crate::helpers::{
-    claims, error_code, spawn_app_with, spawn_env_with_backends, test_env, write_clients_file,
-    Mode, TestApp,
-};
+use crate::helpers::{claims, error_code, spawn_app_with, test_env, Mode, TestApp};
 use crate::mail::Mailbox;
 
 macro_rules! in_both_modes {
@@ -55,42 +52,23 @@ struct Stores {
 /// The code-flow app of `authorize.rs` (user `ada`, client `web`) with a bootstrap admin, mail
 /// as `.eml` files, and handles on the consent and mail stores.
 async fn spawn(mode: Mode) -> (App, Stores, Mailbox, tempfile::TempDir) {
-    let file = write_clients_file(&authorize::clients());
-    let (mut env, keys) = test_env(mode);
-    let dir = tempfile::tempdir().unwrap();
-    let mail = dir.path().join("mail");
-    env.insert(
-        "TOKEND_CLIENTS_FILE".into(),
-        file.path().to_string_lossy().into_owned(),
-    );
-    env.insert(
-        "TOKEND_MAIL_DIR".into(),
-        mail.to_string_lossy().into_owned(),
-    );
-    env.insert("TOKEND_BOOTSTRAP_ADMIN_EMAIL".into(), ADMIN_EMAIL.into());
-    env.insert(
-        "TOKEND_BOOTSTRAP_ADMIN_PASSWORD".into(),
-        ADMIN_PASSWORD.into(),
-    );
     let held: Arc<Mutex<Option<Stores>>> = Arc::new(Mutex::new(None));
     let h = held.clone();
-    let app = spawn_env_with_backends(mode, env, keys, ManualClock::starting_now(), move |b| {
-        *h.lock().unwrap() = Some(Stores {
-            consents: b.consents.clone(),
-            mail: b.mail.clone(),
-        });
-        b
-    })
+    let (app, mailbox, dir) = authorize::spawn_with_admin(
+        mode,
+        (ADMIN_EMAIL, ADMIN_PASSWORD),
+        |_| {},
+        move |b| {
+            *h.lock().unwrap() = Some(Stores {
+                consents: b.consents.clone(),
+                mail: b.mail.clone(),
+            });
+            b
+        },
+    )
     .await;
     let stores = held.lock().unwrap().take().unwrap();
-    let res = app.register("ada", "ada@example.com", PASSWORD).await;
-    assert_eq!(res.status(), StatusCode::CREATED);
-    let app = App {
-        app,
-        browser: authorize::new_browser(),
-        _file: file,
-    };
-    (app, stores, Mailbox(mail), dir)
+    (app, stores, mailbox, dir)
 }
 
 async fn admin_token(app: &TestApp) -> String {
