@@ -67,6 +67,30 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// What `loadgen dpop` runs.
+#[derive(clap::Args)]
+struct DpopRun {
+    /// `refresh` or `verify`.
+    #[arg(long)]
+    what: String,
+    #[arg(long)]
+    base: String,
+    /// The issuer the proofs name in `htu` (tokend's `TOKEND_ISSUER`); `--base` when unset.
+    #[arg(long)]
+    issuer: Option<String>,
+    #[arg(long)]
+    email: String,
+    #[arg(long)]
+    password: String,
+    /// Proofs signed before the run starts, over all connections (each used once, then
+    /// signed on the fly): the client's signing off the measured window, as a fleet of
+    /// clients signs on its own machines. 0 signs every proof in the loop.
+    #[arg(long, default_value_t = 0)]
+    presign: usize,
+    #[command(flatten)]
+    load: Load,
+}
+
 #[derive(clap::Args, Clone)]
 struct Load {
     /// Connections (one task each).
@@ -175,27 +199,7 @@ enum Cmd {
     },
     /// DPoP-bound traffic: chained refreshes of a bound family, or `/auth/verify` with a bound
     /// token, a fresh proof per request.
-    Dpop {
-        /// `refresh` or `verify`.
-        #[arg(long)]
-        what: String,
-        #[arg(long)]
-        base: String,
-        /// The issuer the proofs name in `htu` (tokend's `TOKEND_ISSUER`); `--base` when unset.
-        #[arg(long)]
-        issuer: Option<String>,
-        #[arg(long)]
-        email: String,
-        #[arg(long)]
-        password: String,
-        /// Proofs signed before the run starts, over all connections (each used once, then
-        /// signed on the fly): the client's signing off the measured window, as a fleet of
-        /// clients signs on its own machines. 0 signs every proof in the loop.
-        #[arg(long, default_value_t = 0)]
-        presign: usize,
-        #[command(flatten)]
-        load: Load,
-    },
+    Dpop(DpopRun),
     /// One fixed request, repeated.
     Http {
         #[arg(long)]
@@ -319,26 +323,9 @@ fn main() -> ExitCode {
                 concurrency,
             }))
         }),
-        Cmd::Dpop {
-            what,
-            base,
-            issuer,
-            email,
-            password,
-            presign,
-            load,
-        } => runtime(load.threads).and_then(|rt| {
-            let issuer = issuer.unwrap_or_else(|| base.clone());
-            let run = DpopRun {
-                what: &what,
-                base: &base,
-                issuer: &issuer,
-                email: &email,
-                password: &password,
-                presign,
-            };
-            rt.block_on(dpop(run, &load)).map(|r| r.print())
-        }),
+        Cmd::Dpop(run) => {
+            runtime(run.load.threads).and_then(|rt| rt.block_on(dpop(&run)).map(|r| r.print()))
+        }
         Cmd::Http {
             url,
             method,
@@ -1472,29 +1459,13 @@ struct BoundPair {
     token_type: String,
 }
 
-/// What `loadgen dpop` runs.
-struct DpopRun<'a> {
-    what: &'a str,
-    base: &'a str,
-    issuer: &'a str,
-    email: &'a str,
-    password: &'a str,
-    presign: usize,
-}
-
-async fn dpop(run: DpopRun<'_>, load: &Load) -> Res<Report> {
-    let DpopRun {
-        what,
-        base,
-        issuer,
-        email,
-        password,
-        presign,
-    } = run;
+async fn dpop(run: &DpopRun) -> Res<Report> {
+    let (what, load, email, password) = (run.what.as_str(), &run.load, &run.email, &run.password);
+    let issuer = run.issuer.as_deref().unwrap_or(&run.base);
     if !matches!(what, "refresh" | "verify") {
         return Err(format!("--what is refresh or verify, not {what:?}"));
     }
-    let t = Arc::new(target(base)?);
+    let t = Arc::new(target(&run.base)?);
     let issuer: Arc<str> = Arc::from(issuer.trim_end_matches('/'));
     let mut sender = connect(t.addr).await?;
     let username = email.split('@').next().unwrap_or("loadgen");
@@ -1505,7 +1476,7 @@ async fn dpop(run: DpopRun<'_>, load: &Load) -> Res<Report> {
     }
     let login = serde_json::json!({"email": email, "password": password});
     let refresh = what == "refresh";
-    let per_connection = presign.div_ceil(load.connections.max(1));
+    let per_connection = run.presign.div_ceil(load.connections.max(1));
     let ready = Arc::new(tokio::sync::Barrier::new(load.connections));
     let mut tasks = Vec::new();
     for i in 0..load.connections {
