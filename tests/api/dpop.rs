@@ -1280,7 +1280,7 @@ async fn discovery_registration_and_metrics_know_dpop(mode: Mode) {
 /// holds to its promise (production mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_a_dpop_bound_client() {
-    use crate::oauth::tokend_cli;
+    use crate::oauth::{listed_client, tokend_cli};
     let (env, _) = test_env(Mode::Production);
     let out = tokend_cli(
         &env,
@@ -1301,14 +1301,7 @@ async fn the_clients_cli_creates_a_dpop_bound_client() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokend_cli(&env, &["clients", "list", "--json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["client_id"] == "cli-bound")
-        .unwrap();
+    let (row, _) = listed_client(&env, "cli-bound");
     assert_eq!(row["dpop_bound_access_tokens"], true, "{row}");
 
     let app = spawn_env(

@@ -1185,6 +1185,25 @@ pub(crate) fn tokend_cli(env: &HashMap<String, String>, args: &[&str]) -> Output
         .unwrap()
 }
 
+/// The row of `tokend clients list --json` for `client_id`, and the whole list.
+pub(crate) fn listed_client(env: &HashMap<String, String>, client_id: &str) -> (Value, Value) {
+    let out = tokend_cli(env, &["clients", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["client_id"] == client_id)
+        .unwrap_or_else(|| panic!("{client_id} is not listed: {list}"))
+        .clone();
+    (row, list)
+}
+
 #[test]
 fn the_clients_cli_refuses_plainly_in_embedded_mode() {
     let (env, _dir) = test_env(Mode::Embedded);
@@ -1275,17 +1294,9 @@ async fn the_clients_cli_creates_lists_and_deletes_mongodb_clients() {
     );
     assert!(!bad.status.success());
 
-    let out = tokend_cli(&env, &["clients", "list", "--json"]);
-    assert!(out.status.success());
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (row, list) = listed_client(&env, &id);
     let text = list.to_string();
     assert!(!text.contains(&secret), "list never shows a secret");
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["client_id"] == id.as_str())
-        .unwrap();
     assert_eq!(row["confidential"], true);
     assert_eq!(row["scopes"], json!(["read", "write"]));
     assert_eq!(row["source"], "mongodb");

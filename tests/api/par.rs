@@ -584,7 +584,7 @@ async fn discovery_names_the_endpoint(mode: Mode) {
 /// `tokend clients create --require-par` stores a client that must push (production mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_a_client_that_must_push() {
-    use crate::oauth::tokend_cli;
+    use crate::oauth::{listed_client, tokend_cli};
     let (env, _) = test_env(Mode::Production);
     let out = tokend_cli(
         &env,
@@ -627,14 +627,7 @@ async fn the_clients_cli_creates_a_client_that_must_push() {
         err.contains("require_pushed_authorization_requests"),
         "{err}"
     );
-    let out = tokend_cli(&env, &["clients", "list", "--json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["client_id"] == "cli-par")
-        .unwrap();
+    let (row, _) = listed_client(&env, "cli-par");
     assert_eq!(row["require_pushed_authorization_requests"], true, "{row}");
 
     let app = spawn_env(

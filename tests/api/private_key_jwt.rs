@@ -1483,7 +1483,7 @@ async fn discovery_and_metrics_know_private_key_jwt(mode: Mode) {
 /// (production mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_a_private_key_jwt_client() {
-    use crate::oauth::tokend_cli;
+    use crate::oauth::{listed_client, tokend_cli};
     let (env, _) = test_env(Mode::Production);
     let key = ClientKey::ed25519(Some("cli-1"));
     let dir = tempfile::tempdir().unwrap();
@@ -1515,14 +1515,7 @@ async fn the_clients_cli_creates_a_private_key_jwt_client() {
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(created["client_id"], "cli-signed");
     assert!(created["client_secret"].is_null(), "{created}");
-    let out = tokend_cli(&env, &["clients", "list", "--json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["client_id"] == "cli-signed")
-        .unwrap();
+    let (row, _) = listed_client(&env, "cli-signed");
     assert_eq!(
         row["token_endpoint_auth_method"], "private_key_jwt",
         "{row}"

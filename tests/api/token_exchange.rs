@@ -1227,7 +1227,7 @@ async fn registration_grants_neither_exchange_nor_resources(mode: Mode) {
 /// the server holds the client to them (production mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_exchange_and_resource_metadata() {
-    use crate::oauth::tokend_cli;
+    use crate::oauth::{listed_client, tokend_cli};
     let (env, _) = test_env(Mode::Production);
     let grants = format!("client_credentials,{TE}");
     let out = tokend_cli(
@@ -1255,14 +1255,7 @@ async fn the_clients_cli_creates_exchange_and_resource_metadata() {
     );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let secret = created["client_secret"].as_str().unwrap().to_string();
-    let out = tokend_cli(&env, &["clients", "list", "--json"]);
-    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let row = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["client_id"] == "cli-gateway")
-        .unwrap();
+    let (row, _) = listed_client(&env, "cli-gateway");
     assert_eq!(row["token_exchange_audiences"], json!([ORDERS]), "{row}");
     assert_eq!(row["resources"], json!([ORDERS]), "{row}");
     // Validated like the file: a resource with a fragment, audiences without the grant.
