@@ -129,12 +129,22 @@ pub async fn redis_pttl(url: &str, key: &str) -> i64 {
         .expect("PTTL")
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, below the range the kernel hands to outgoing
+/// connections (`/proc/sys/net/ipv4/ip_local_port_range`): a port from that range could be
+/// given to a client socket between this call and the bind of the server it is for.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    free_ports(1)[0]
+}
+
+/// The lowest port [`free_ports`] hands out.
+const LOWEST_PORT: u16 = 10_000;
+
+/// The first port of the kernel's range for outgoing connections.
+fn outgoing_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Where test servers write their logs: `target/test-services/`.
@@ -595,13 +605,27 @@ pub struct RedisCluster {
     _dir: tempfile::TempDir,
 }
 
-/// `n` distinct loopback ports nobody listens on right now.
+/// `n` distinct loopback ports nobody listens on right now, chosen at random below the
+/// kernel's range for outgoing connections (see [`free_port`]).
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
-        .collect();
-    listeners
-        .iter()
+    use std::hash::{BuildHasher, Hasher};
+    let top = outgoing_ports_start().max(LOWEST_PORT + 1_000);
+    let mut held: Vec<TcpListener> = Vec::with_capacity(n);
+    for _ in 0..10_000 {
+        if held.len() == n {
+            break;
+        }
+        // A new RandomState has new random keys: its hash of nothing is a random number.
+        let r = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        let offset = u16::try_from(r % u64::from(top - LOWEST_PORT)).expect("below top");
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", LOWEST_PORT + offset)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "free loopback ports below {top}");
+    held.iter()
         .map(|l| l.local_addr().unwrap().port())
         .collect()
 }
