@@ -292,6 +292,18 @@ impl TestApp {
     }
 
     /// The Prometheus text of `/metrics` on this listener.
+    /// The JSON document at `path` (a plain `GET`).
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.http
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics_text(&self) -> String {
         self.http
             .get(self.url("/metrics"))
@@ -316,6 +328,13 @@ impl TestApp {
 }
 
 /// The `error` member of an error body.
+/// The two discovery documents, which list the same metadata (RFC 8414, OpenID Connect
+/// Discovery).
+pub const DISCOVERY_DOCUMENTS: [&str; 2] = [
+    "/.well-known/oauth-authorization-server",
+    "/.well-known/openid-configuration",
+];
+
 pub async fn error_code(res: Response) -> String {
     let body: Value = res.json().await.expect("json error body");
     body["error"].as_str().unwrap_or_default().to_string()

@@ -1185,14 +1185,20 @@ pub(crate) fn tokend_cli(env: &HashMap<String, String>, args: &[&str]) -> Output
         .unwrap()
 }
 
-/// The row of `tokend clients list --json` for `client_id`, and the whole list.
-pub(crate) fn listed_client(env: &HashMap<String, String>, client_id: &str) -> (Value, Value) {
-    let out = tokend_cli(env, &["clients", "list", "--json"]);
+/// [`tokend_cli`], which must succeed (its stderr is the failure message).
+pub(crate) fn tokend_cli_ok(env: &HashMap<String, String>, args: &[&str]) -> Output {
+    let out = tokend_cli(env, args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+/// The row of `tokend clients list --json` for `client_id`, and the whole list.
+pub(crate) fn listed_client(env: &HashMap<String, String>, client_id: &str) -> (Value, Value) {
+    let out = tokend_cli_ok(env, &["clients", "list", "--json"]);
     let list: Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = list
         .as_array()
@@ -1228,7 +1234,7 @@ fn the_clients_cli_refuses_plainly_in_embedded_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_lists_and_deletes_mongodb_clients() {
     let (env, _) = test_env(Mode::Production);
-    let out = tokend_cli(
+    let out = tokend_cli_ok(
         &env,
         &[
             "clients",
@@ -1239,11 +1245,6 @@ async fn the_clients_cli_creates_lists_and_deletes_mongodb_clients() {
             "read write",
             "--json",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys: Vec<&String> = created.as_object().unwrap().keys().collect();
@@ -1325,12 +1326,7 @@ async fn the_clients_cli_creates_lists_and_deletes_mongodb_clients() {
     )
     .await;
 
-    let out = tokend_cli(&env, &["clients", "delete", &id]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tokend_cli_ok(&env, &["clients", "delete", &id]);
     let out = tokend_cli(&env, &["clients", "delete", &id]);
     assert!(!out.status.success());
     expect_invalid_client(

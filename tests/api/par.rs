@@ -557,19 +557,8 @@ async fn invalid_authorization_parameters_are_refused_as_json(mode: Mode) {
 
 async fn discovery_names_the_endpoint(mode: Mode) {
     let app = spawn(mode).await;
-    for path in [
-        "/.well-known/oauth-authorization-server",
-        "/.well-known/openid-configuration",
-    ] {
-        let doc: Value = app
-            .http
-            .get(app.url(path))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    for path in DISCOVERY_DOCUMENTS {
+        let doc = app.get_json(path).await;
         assert_eq!(
             doc["pushed_authorization_request_endpoint"], "http://tokend.test/oauth/par",
             "{path}"
@@ -584,9 +573,9 @@ async fn discovery_names_the_endpoint(mode: Mode) {
 /// `tokend clients create --require-par` stores a client that must push (production mode).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clients_cli_creates_a_client_that_must_push() {
-    use crate::oauth::{listed_client, tokend_cli};
+    use crate::oauth::{listed_client, tokend_cli, tokend_cli_ok};
     let (env, _) = test_env(Mode::Production);
-    let out = tokend_cli(
+    tokend_cli_ok(
         &env,
         &[
             "clients",
@@ -604,11 +593,6 @@ async fn the_clients_cli_creates_a_client_that_must_push() {
             "--require-par",
             "--json",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     // Only a client with the authorization_code grant can be required to push.
     let bad = tokend_cli(
