@@ -1389,6 +1389,7 @@ async fn families(run: FamiliesRun) -> Res<()> {
                     user_agent: Some(FAMILY_USER_AGENT.into()),
                     ip: Some("203.0.113.7".into()),
                     jkt: None,
+                    expect: None,
                 };
                 store.start_family(&family).await.map_err(err)?;
                 i += workers;

@@ -14,7 +14,7 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::accounts::{Accounts, Principal, SignInVia};
+use super::accounts::{Accounts, Principal, SignInVia, TokenPair};
 use super::clients::{is_loopback, GRANT_AUTHORIZATION_CODE};
 use super::dpop::{is_jkt, ProofHeader, ProofRefusal, Proven, Target};
 use super::events::{EventType, Events, NewEvent, Origin};
@@ -27,7 +27,7 @@ use crate::clock::SharedClock;
 use crate::keys::{Alg, Keys};
 use crate::metrics::Metrics;
 use crate::store::{
-    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption, UserClaims,
+    AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore, Redemption, UserMarks,
     UserRecord, UserStore,
 };
 
@@ -305,11 +305,11 @@ impl UserSnapshot {
         }
     }
 
-    /// The user for the tokens: as the snapshot has them, with the username and roles of a
-    /// newer change (`claims`, the user's claims mark) when there is one. The record carries
-    /// no password hash; nothing downstream of a redemption reads it.
-    fn record(&self, user_id: &str, claims: Option<UserClaims>) -> UserRecord {
-        let mut user = UserRecord {
+    /// The user as the snapshot has them (the family start adds a newer change of username
+    /// and roles, `Sessions::start_session_since`). The record carries no password hash;
+    /// nothing downstream of a redemption reads it.
+    fn record(&self, user_id: &str) -> UserRecord {
+        UserRecord {
             id: user_id.to_string(),
             username: self.username.clone(),
             email: self.email.clone(),
@@ -319,13 +319,7 @@ impl UserSnapshot {
             credentials_version: self.credentials_version,
             created_at: 0,
             updated_at: self.updated_at,
-        };
-        if let Some(c) = claims.filter(|c| c.version > self.updated_at) {
-            user.username = c.username;
-            user.roles = c.roles;
-            user.updated_at = c.version;
         }
-        user
     }
 }
 
@@ -1422,45 +1416,47 @@ impl Authorize {
         }
         let targets =
             Targets::narrowed(resource, &g.resources).map_err(OAuthError::InvalidTarget)?;
-        let user = match &g.user {
-            Some(snapshot) => {
-                let status = self.sessions.user_status(&g.user_id).await?;
-                let marks = status.user;
-                if snapshot.gen < marks.generation
-                    || snapshot.credentials_version < marks.credentials_version
-                {
-                    return Err(bad_grant(
-                        "the user's sessions ended after the code was issued",
-                    ));
-                }
-                snapshot.record(&g.user_id, status.claims)
-            }
-            None => match self.users.by_id(&g.user_id).await.map_err(Error::from)? {
-                Some(user) => user,
-                None => return Err(bad_grant("the user no longer exists")),
-            },
-        };
         let alg = self.sessions.client_alg(client);
-        let pair = self
-            .sessions
-            .start_session_with(
-                &user,
-                client,
-                &g.scope,
-                alg,
-                FamilyStart {
-                    sid: g.sid.clone(),
-                    auth_time: g.auth_time,
-                    grant: GRANT_AUTHORIZATION_CODE,
-                    fresh: false,
-                    origin: origin.clone(),
-                    proof,
-                    targets,
+        let start = FamilyStart {
+            sid: g.sid.clone(),
+            auth_time: g.auth_time,
+            grant: GRANT_AUTHORIZATION_CODE,
+            fresh: false,
+            origin: origin.clone(),
+            proof,
+            targets,
+        };
+        // The family starts under the sign-in's session marks: refused, in the step that adds
+        // it, if the user's sessions ended after the code was issued (docs/sessions.md).
+        let begin = async {
+            match &g.user {
+                Some(snapshot) => {
+                    let since = UserMarks {
+                        generation: snapshot.gen,
+                        credentials_version: snapshot.credentials_version,
+                    };
+                    let user = snapshot.record(&g.user_id);
+                    Ok(self
+                        .sessions
+                        .start_session_since(user, since, client, &g.scope, alg, start)
+                        .await?)
+                }
+                // A code from before codes carried their user.
+                None => match self.users.by_id(&g.user_id).await.map_err(Error::from)? {
+                    Some(user) => {
+                        let pair = self
+                            .sessions
+                            .start_session_with(&user, client, &g.scope, alg, start)
+                            .await?;
+                        Ok(Some((pair, user)))
+                    }
+                    None => Err(bad_grant("the user no longer exists")),
                 },
-            )
-            .await?;
-        // A replay that raced this redemption marked the code before the family existed. The
-        // family joins its browser session meanwhile (two keys, two slots: sent together).
+            }
+        };
+        // A replay racing this redemption revokes the family whether it lands before the
+        // family is written (a revoked stub it starts from) or after; the family joins its
+        // browser session meanwhile. Three keys, three slots: sent together.
         let listed = async {
             match &g.browser_session {
                 Some(bs) => {
@@ -1471,12 +1467,20 @@ impl Authorize {
                 None => Ok(()),
             }
         };
-        let (replayed, listed) = tokio::join!(self.store.code_replayed(&key), listed);
+        let (begun, replayed, listed) = tokio::join!(begin, self.store.code_replayed(&key), listed);
+        let begun: Option<(TokenPair, UserRecord)> = begun?;
         if replayed.map_err(Error::from)? {
-            self.sessions.revoke_family(&g.sid).await?;
+            if begun.is_some() {
+                self.sessions.revoke_family(&g.sid).await?;
+            }
             return Err(bad_grant("authorization code already used"));
         }
         listed.map_err(Error::from)?;
+        let Some((pair, user)) = begun else {
+            return Err(bad_grant(
+                "the user's sessions ended after the code was issued",
+            ));
+        };
         self.metrics.codes.with_label_values(&["redeemed"]).inc();
         let id_token = if scope_tokens(&g.scope).contains(&"openid") {
             Some(self.id_token(client, &user, &g, &pair.access_token)?)

@@ -24,7 +24,7 @@ use crate::clock::SharedClock;
 use crate::metrics::Metrics;
 use crate::store::{
     ClientRecord, ClientStore, ConsentStore, DecideOutcome, DeviceDecision, DevicePoll,
-    DeviceStatus, DeviceStore, DeviceView, NewDevice, UserStore,
+    DeviceStatus, DeviceStore, DeviceView, NewDevice, UserMarks, UserStore,
 };
 
 /// How long a device code and its user code live: `expires_in` (RFC 8628 §3.2; docs/device.md).
@@ -598,10 +598,17 @@ impl Devices {
         }
         let sid = self.sessions.new_id()?;
         let alg = self.sessions.client_alg(client);
-        let pair = self
+        // Refused in the step that adds the family if an "end all sessions" or a credential
+        // change came after the approval (docs/sessions.md).
+        let since = UserMarks {
+            generation: a.gen,
+            credentials_version: a.cv,
+        };
+        let Some((pair, user)) = self
             .sessions
-            .start_session_with(
-                &user,
+            .start_session_since(
+                user,
+                since,
                 client,
                 &a.scope,
                 alg,
@@ -615,14 +622,10 @@ impl Devices {
                     targets,
                 },
             )
-            .await?;
-        // Checked after the family exists (docs/sessions.md): an "end all sessions" or a
-        // credential change since the approval ends this family too, whenever it happened.
-        let marks = self.sessions.user_marks(&user.id).await?;
-        if marks.generation > a.gen || marks.credentials_version > a.cv {
-            self.sessions.revoke_family(&sid).await?;
+            .await?
+        else {
             return Err(withdrawn());
-        }
+        };
         let id_token = if scope_tokens(&a.scope).contains(&"openid") {
             let facts = IdTokenFacts {
                 scope: &a.scope,

@@ -20,8 +20,8 @@ use crate::config::Config;
 use crate::keys::Alg;
 use crate::metrics::Metrics;
 use crate::store::{
-    AccessStatus, ClientRecord, ClientStore, NewFamily, RotateOutcome, RotateRequest, SessionStore,
-    UserClaims, UserMarks, UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, FamilyStarted, NewFamily, RotateOutcome,
+    RotateRequest, SessionStore, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
 /// The claims of one pair, derived only from the family and the issue instant, so that a replay
@@ -90,6 +90,16 @@ pub(crate) struct FamilyStart {
     /// The resources the family is granted and its first access token is for (RFC 8707;
     /// docs/token_exchange.md); empty for the configured audience.
     pub(crate) targets: Targets,
+}
+
+/// The ids and times of a family's first pair, drawn before the family is written.
+struct FirstIds {
+    access_jti: String,
+    refresh_jti: String,
+    /// Unix ms of the start.
+    now_ms: i64,
+    /// Unix seconds at which the family ends whatever happens.
+    session_ends: i64,
 }
 
 /// An access token issued by token exchange (RFC 8693; docs/token_exchange.md).
@@ -335,14 +345,6 @@ impl Sessions {
         Ok(self.store.access_status("", None, user_id).await?.user)
     }
 
-    /// The user's session marks and the newest claims mark (`claims`), in one store read.
-    pub(crate) async fn user_status(&self, user_id: &str) -> Result<AccessStatus, Error> {
-        Ok(self
-            .store
-            .access_status_with_user("", None, user_id)
-            .await?)
-    }
-
     /// Revokes the user's families of one client (a withdrawn consent); answers how many.
     pub(crate) async fn revoke_client_families(
         &self,
@@ -580,41 +582,75 @@ impl Sessions {
         alg: Alg,
         start: FamilyStart,
     ) -> Result<TokenPair, Error> {
+        let first = self.first_ids()?;
+        self.write_family(user, client, scope, &start, &first, None)
+            .await?;
+        self.sign_first(user, client, scope, alg, &start, &first)
+    }
+
+    /// Starts a family resting on an earlier sign-in (an authorization code, a device
+    /// approval) that was made under the user's session marks `since`: in the same store step
+    /// that adds it, the family is refused if an "end all sessions" or a credential change
+    /// came after that sign-in (`None`; docs/sessions.md, "Families started from an earlier
+    /// sign-in"). Otherwise its first pair, and `user` as the tokens carry them: with the
+    /// username and roles of a newer change, read in the same step.
+    pub(crate) async fn start_session_since(
+        &self,
+        user: UserRecord,
+        since: UserMarks,
+        client: &ClientRecord,
+        scope: &str,
+        alg: Alg,
+        start: FamilyStart,
+    ) -> Result<Option<(TokenPair, UserRecord)>, Error> {
+        let first = self.first_ids()?;
+        let started = self
+            .write_family(&user, client, scope, &start, &first, Some(since))
+            .await?;
+        let FamilyStarted::Started { claims, .. } = started else {
+            return Ok(None);
+        };
+        let user = UserClaims::applied(claims, user);
+        let pair = self.sign_first(&user, client, scope, alg, &start, &first)?;
+        Ok(Some((pair, user)))
+    }
+
+    /// The ids and times of a family's first pair.
+    fn first_ids(&self) -> Result<FirstIds, Error> {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
-        let sid = start.sid;
-        let session_ends = now + secs(self.settings.session_ttl);
-        let jkt = start.proof.as_ref().map(|p| p.jkt.as_str());
-        let spec = PairSpec {
-            user_id: &user.id,
-            roles: &user.roles,
-            client_id: &client.client_id,
-            scope,
-            sid: &sid,
-            auth_time: start.auth_time,
-            fresh: start.fresh,
+        Ok(FirstIds {
             access_jti: self.new_id()?,
             refresh_jti: self.new_id()?,
-            issued_at: now,
-            session_ends,
-            grant: start.grant,
-            with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
-            jkt,
-            targets: &start.targets,
-        };
-        let ended = self
+            now_ms,
+            session_ends: now + secs(self.settings.session_ttl),
+        })
+    }
+
+    /// Writes the family of `start` (see [`SessionStore::start_family`]).
+    async fn write_family(
+        &self,
+        user: &UserRecord,
+        client: &ClientRecord,
+        scope: &str,
+        start: &FamilyStart,
+        first: &FirstIds,
+        expect: Option<UserMarks>,
+    ) -> Result<FamilyStarted, Error> {
+        let jkt = start.proof.as_ref().map(|p| p.jkt.as_str());
+        let started = self
             .store
             .start_family(&NewFamily {
-                sid: sid.clone(),
+                sid: start.sid.clone(),
                 user_id: user.id.clone(),
                 client_id: client.client_id.clone(),
                 scope: scope.to_string(),
                 auth_time: start.auth_time,
-                refresh_jti: spec.refresh_jti.clone(),
-                access_jti: spec.access_jti.clone(),
-                issued_at: now,
-                expires_at_ms: session_ends * 1000,
-                started_at_ms: now_ms,
+                refresh_jti: first.refresh_jti.clone(),
+                access_jti: first.access_jti.clone(),
+                issued_at: first.now_ms.div_euclid(1000),
+                expires_at_ms: first.session_ends * 1000,
+                started_at_ms: first.now_ms,
                 ttl_ms: ms(self.settings.refresh_ttl) + LEEWAY_SECS * 1000,
                 user: UserClaims::of(user),
                 credentials_version: user.credentials_version,
@@ -626,8 +662,10 @@ impl Sessions {
                 jkt: jkt
                     .filter(|_| !client.is_confidential())
                     .map(str::to_string),
+                expect,
             })
             .await?;
+        let ended = started.evicted();
         if ended > 0 {
             self.metrics
                 .revocations
@@ -635,6 +673,36 @@ impl Sessions {
                 .inc_by(ended);
             tracing::info!(user_id = %user.id, ended, "oldest sessions ended: too many live sessions");
         }
+        Ok(started)
+    }
+
+    /// The first pair of a family written by [`Sessions::write_family`].
+    fn sign_first(
+        &self,
+        user: &UserRecord,
+        client: &ClientRecord,
+        scope: &str,
+        alg: Alg,
+        start: &FamilyStart,
+        first: &FirstIds,
+    ) -> Result<TokenPair, Error> {
+        let spec = PairSpec {
+            user_id: &user.id,
+            roles: &user.roles,
+            client_id: &client.client_id,
+            scope,
+            sid: &start.sid,
+            auth_time: start.auth_time,
+            fresh: start.fresh,
+            access_jti: first.access_jti.clone(),
+            refresh_jti: first.refresh_jti.clone(),
+            issued_at: first.now_ms.div_euclid(1000),
+            session_ends: first.session_ends,
+            grant: start.grant,
+            with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
+            jkt: start.proof.as_ref().map(|p| p.jkt.as_str()),
+            targets: &start.targets,
+        };
         self.sign_pair(alg, &spec)
     }
 

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use super::mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 use super::{
     AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
-    DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyState, NewDevice,
-    NewFamily, Redemption, ReplayStore, RotateOutcome, RotateRequest, SessionStore, StoreError,
-    UserClaims, UserRecord, UserStore,
+    DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyStarted, FamilyState,
+    NewDevice, NewFamily, Redemption, ReplayStore, RotateOutcome, RotateRequest, SessionStore,
+    StoreError, UserClaims, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -168,7 +168,7 @@ impl ClientStore for Instrumented<dyn ClientStore> {
 
 #[async_trait]
 impl SessionStore for Instrumented<dyn SessionStore> {
-    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
+    async fn start_family(&self, family: &NewFamily) -> Result<FamilyStarted, StoreError> {
         self.time("family_start", self.inner.start_family(family))
             .await
     }

@@ -13,9 +13,9 @@ use async_trait::async_trait;
 
 use super::family_user_agent;
 use super::{
-    AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyState, LeaseStore, NewFamily,
-    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
-    UserStore,
+    AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyStarted, FamilyState, LeaseStore,
+    NewFamily, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks,
+    UserRecord, UserStore,
 };
 use crate::clock::SharedClock;
 
@@ -521,10 +521,32 @@ impl MemorySessions {
 
 #[async_trait]
 impl SessionStore for MemorySessions {
-    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
+    async fn start_family(&self, family: &NewFamily) -> Result<FamilyStarted, StoreError> {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         g.maybe_sweep(now);
+        // A family resting on an earlier sign-in: refused, under the same lock as the start,
+        // if the user's sessions ended since.
+        let mut claims = None;
+        if let Some(expect) = family.expect {
+            let live = |exp: &i64| *exp > now;
+            let marks = g
+                .user_marks
+                .get(&family.user_id)
+                .filter(|(_, exp)| live(exp))
+                .map(|(m, _)| *m)
+                .unwrap_or_default();
+            if marks.generation > expect.generation
+                || marks.credentials_version > expect.credentials_version
+            {
+                return Ok(FamilyStarted::Ended);
+            }
+            claims = g
+                .user_claims
+                .get(&family.user_id)
+                .filter(|(_, exp)| live(exp))
+                .map(|(c, _)| c.clone());
+        }
         let expires = now.saturating_add(family.ttl_ms.max(1));
         // The user's list, and the generation the family starts under (one lock: a "log out
         // everywhere" comes wholly before or after).
@@ -594,7 +616,10 @@ impl SessionStore for MemorySessions {
                 jkt: family.jkt.clone(),
             },
         );
-        Ok(oldest.len() as u64)
+        Ok(FamilyStarted::Started {
+            evicted: oldest.len() as u64,
+            claims,
+        })
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {

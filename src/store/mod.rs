@@ -330,6 +330,17 @@ impl UserClaims {
         }
     }
 
+    /// `user` with the username and roles of `claims` when they are newer than the record
+    /// (a change written after the record was read).
+    pub(crate) fn applied(claims: Option<UserClaims>, mut user: UserRecord) -> UserRecord {
+        if let Some(c) = claims.filter(|c| c.version > user.updated_at) {
+            user.username = c.username;
+            user.roles = c.roles;
+            user.updated_at = c.version;
+        }
+        user
+    }
+
     /// The newer of two copies; on a tie, `mark` (written at a change, never older than a
     /// family started from the same record).
     pub(crate) fn newest(
@@ -384,6 +395,39 @@ pub struct NewFamily {
     pub user_agent: Option<String>,
     /// The client address of that request.
     pub ip: Option<String>,
+    /// For a family that rests on an earlier sign-in (an authorization code, a device
+    /// approval): the user's session marks at that sign-in. The family starts only if no "end
+    /// all sessions" or credential change came since — checked in the same atomic step that
+    /// adds it (docs/sessions.md, "Families started from an earlier sign-in"); `None` starts it
+    /// under whatever the marks are.
+    pub expect: Option<UserMarks>,
+}
+
+/// What [`SessionStore::start_family`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FamilyStarted {
+    /// The family was written.
+    Started {
+        /// How many of the user's older families were ended to keep the cap.
+        evicted: u64,
+        /// For a start with [`NewFamily::expect`]: the user's claims mark (the username and
+        /// roles of the user's last change, [`SessionStore::set_user_claims`]), when there is
+        /// one, read in the same step. `None` otherwise.
+        claims: Option<UserClaims>,
+    },
+    /// The user's sessions ended after the sign-in named by [`NewFamily::expect`]: nothing
+    /// was written.
+    Ended,
+}
+
+impl FamilyStarted {
+    /// How many older families the start ended (0 when it wrote nothing).
+    pub fn evicted(&self) -> u64 {
+        match self {
+            FamilyStarted::Started { evicted, .. } => *evicted,
+            FamilyStarted::Ended => 0,
+        }
+    }
 }
 
 /// The longest user agent a refresh family keeps, in bytes: below Redis's default
@@ -643,9 +687,10 @@ impl FamilyState {
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// Starts a family: adds it to the user's families (ending the oldest beyond
-    /// `max_sessions`), then writes it under the user's current session generation. Returns
-    /// how many older families it ended.
-    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError>;
+    /// `max_sessions`), then writes it under the user's current session generation — unless
+    /// `family.expect` is set and the user's marks have passed it, which writes nothing and
+    /// answers [`FamilyStarted::Ended`].
+    async fn start_family(&self, family: &NewFamily) -> Result<FamilyStarted, StoreError>;
     /// The atomic exchange of docs/sessions.md: exactly one successor per refresh token.
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError>;
     /// The family, while its record lives.

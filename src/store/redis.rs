@@ -38,8 +38,8 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
 use super::family_user_agent;
 use super::{
-    AccessStatus, FamilyMarks, FamilyState, LeaseStore, NewFamily, RotateOutcome, RotateRequest,
-    SessionStore, StoreError, UserClaims, UserMarks,
+    AccessStatus, FamilyMarks, FamilyStarted, FamilyState, LeaseStore, NewFamily, RotateOutcome,
+    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks,
 };
 
 mod authorize;
@@ -183,12 +183,27 @@ return 1
 /// Adds a family to its user's families (a sorted set: family id -> login time, Unix ms),
 /// drops the ones whose session is over, and ends the oldest beyond the cap. The list and the
 /// user's session marks then live until the family's end at least. Returns the user's session
-/// generation followed by the ids of the families it pushed out. A list from before (a plain
-/// set) is converted in place; its members, of unknown age, count as the oldest.
+/// generation, the user's claims mark (version, username, roles; empty unless the start is
+/// conditional), then the ids of the families it pushed out. A list from before (a plain set)
+/// is converted in place; its members, of unknown age, count as the oldest.
 ///
-/// KEYS[1] user's families, KEYS[2] user's session marks; ARGV: sid, family end (Unix ms),
-/// ttl_ms, max families, login time (Unix ms).
+/// A conditional start (a family resting on an earlier sign-in, `NewFamily::expect`) first
+/// checks the user's marks against the sign-in's and, if either was raised since, answers
+/// `{'ended'}` and writes nothing.
+///
+/// KEYS[1] user's families, KEYS[2] user's session marks, KEYS[3] user's claims mark (one
+/// slot: the user's); ARGV: sid, family end (Unix ms), ttl_ms, max families, login time (Unix
+/// ms), the sign-in's generation and credentials version ('' and '' for an unconditional start).
 const USER_FAMILY_ADD_LUA: &str = r#"
+local claims = {'', '', ''}
+if ARGV[6] ~= '' then
+  local m = redis.call('HMGET', KEYS[2], 'gen', 'cv')
+  if tonumber(m[1] or '0') > tonumber(ARGV[6]) or tonumber(m[2] or '0') > tonumber(ARGV[7]) then
+    return {'ended'}
+  end
+  local c = redis.call('HMGET', KEYS[3], 'v', 'u', 'r')
+  claims = {c[1] or '', c[2] or '', c[3] or ''}
+end
 if redis.call('TYPE', KEYS[1]).ok == 'set' then
   local old = redis.call('SMEMBERS', KEYS[1])
   redis.call('DEL', KEYS[1])
@@ -200,14 +215,15 @@ local started = tonumber(ARGV[5])
 local length = tonumber(ARGV[2]) - started
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '1', string.format('(%d', now - length))
 redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-local reply = {redis.call('HGET', KEYS[2], 'gen') or '0'}
+local reply = {redis.call('HGET', KEYS[2], 'gen') or '0', claims[1], claims[2], claims[3]}
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
 if over > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], over)
   for i = 1, #popped, 2 do reply[#reply + 1] = popped[i] end
 end
 local ttl = math.max(tonumber(ARGV[3]), tonumber(ARGV[2]) - now)
-for _, k in ipairs(KEYS) do
+for i = 1, 2 do
+  local k = KEYS[i]
   if redis.call('EXISTS', k) == 1 and redis.call('PTTL', k) < ttl then
     redis.call('PEXPIRE', k, string.format('%d', ttl))
   end
@@ -715,31 +731,53 @@ fn parse_i64(field: &str, v: Option<&String>) -> Result<i64, StoreError> {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn start_family(&self, family: &NewFamily) -> Result<u64, StoreError> {
+    async fn start_family(&self, family: &NewFamily) -> Result<FamilyStarted, StoreError> {
         // The user's list first, which also gives the generation the family starts under: a
         // "log out everywhere" after this step raises the generation and so ends the family
-        // written below, and one before it is already counted in the generation read here.
+        // written below, and one before it is already counted in the generation read here (or,
+        // for a start resting on an earlier sign-in, refuses it).
         let ufam = self.user_families_key(&family.user_id);
         let marks = self.user_marks_key(&family.user_id);
+        let claims = self.user_claims_key(&family.user_id);
         let ttl = ttl_arg(family.ttl_ms);
+        let (expect_gen, expect_cv) = match family.expect {
+            Some(m) => (m.generation.to_string(), m.credentials_version.to_string()),
+            None => (String::new(), String::new()),
+        };
         let reply: Vec<String> = self
             .run(|mut c| {
-                let (ufam, marks, scripts) = (ufam.clone(), marks.clone(), self.scripts.clone());
+                let (ufam, marks, claims) = (ufam.clone(), marks.clone(), claims.clone());
+                let scripts = self.scripts.clone();
+                let (expect_gen, expect_cv) = (expect_gen.clone(), expect_cv.clone());
                 async move {
                     scripts
                         .user_family_add
                         .key(ufam)
                         .key(marks)
+                        .key(claims)
                         .arg(&family.sid)
                         .arg(family.expires_at_ms)
                         .arg(ttl)
                         .arg(family.max_sessions.max(1))
                         .arg(family.started_at_ms)
+                        .arg(expect_gen)
+                        .arg(expect_cv)
                         .invoke_async(&mut c)
                         .await
                 }
             })
             .await?;
+        if reply.len() == 1 && reply[0] == "ended" {
+            return Ok(FamilyStarted::Ended);
+        }
+        if reply.len() < 4 {
+            return Err(StoreError::corrupt(
+                STORE,
+                format!("unexpected family start reply {reply:?}"),
+            ));
+        }
+        let mark = |i: usize| Some(reply[i].clone()).filter(|v| !v.is_empty());
+        let claims = user_claims("the user's", mark(1), mark(2), mark(3))?;
         let generation = parse_i64("gen", reply.first())?;
         let key = self.family_key(&family.sid);
         let roles = roles_json(&family.user.roles);
@@ -778,14 +816,17 @@ impl SessionStore for RedisStore {
         })
         .await?;
         // Families pushed out by the cap: each its own slot, revoked together.
-        let evicted = reply.get(1..).unwrap_or_default();
+        let evicted = reply.get(4..).unwrap_or_default();
         futures_util::future::try_join_all(
             evicted
                 .iter()
                 .map(|sid| self.revoke_one(sid, family.ttl_ms, false)),
         )
         .await?;
-        Ok(evicted.len() as u64)
+        Ok(FamilyStarted::Started {
+            evicted: evicted.len() as u64,
+            claims,
+        })
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {

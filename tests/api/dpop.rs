@@ -1355,6 +1355,7 @@ mod stores {
             jkt: jkt.map(String::from),
             user_agent: None,
             ip: None,
+            expect: None,
         }
     }
 

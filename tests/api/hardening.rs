@@ -668,8 +668,9 @@ async fn a_family_list_from_before_the_cap_is_converted_in_place() {
         user_agent: None,
         ip: None,
         jkt: None,
+        expect: None,
     };
-    assert_eq!(store.start_family(&family).await.unwrap(), 0);
+    assert_eq!(store.start_family(&family).await.unwrap().evicted(), 0);
     let kind: String = redis::cmd("TYPE")
         .arg(&key)
         .query_async(&mut conn)
@@ -722,6 +723,7 @@ async fn a_browser_login_family_stays_a_small_listpack_in_redis() {
         ),
         ip: Some("2001:db8:85a3::8a2e:370:7334".into()),
         jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
+        expect: None,
     };
     store.start_family(&family).await.unwrap();
     let key = format!("{}fam:{{{sid}}}", store.prefix());

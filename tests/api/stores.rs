@@ -17,8 +17,8 @@ use tokend::store::memory::{
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, EventQuery, EventRecord, EventStore, FamilyMarks, LeaseStore, MailStore,
-    MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord, RotateOutcome,
+    ConsentStore, EventQuery, EventRecord, EventStore, FamilyMarks, FamilyStarted, LeaseStore,
+    MailStore, MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord, RotateOutcome,
     RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
 };
 
@@ -444,6 +444,7 @@ fn family(user_id: &str, now_ms: i64) -> NewFamily {
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_string()),
         ip: Some("203.0.113.9".to_string()),
         jkt: None,
+        expect: None,
     }
 }
 
@@ -853,6 +854,129 @@ async fn ending_a_users_sessions_ends_each_of_them_in_one_step(s: &dyn SessionSt
     );
 }
 
+/// A family resting on an earlier sign-in (a code, a device approval) starts only if no "end
+/// all sessions" or credential change came since, and then reads the user's newest claims
+/// mark in the same step (docs/sessions.md, "Families started from an earlier sign-in").
+async fn a_family_from_an_earlier_sign_in_starts_only_if_the_sessions_did_not_end(
+    s: &dyn SessionStore,
+    now: i64,
+) {
+    let user = new_id();
+    let since = |generation, credentials_version| {
+        Some(UserMarks {
+            generation,
+            credentials_version,
+        })
+    };
+    let started = |f: &NewFamily| {
+        let f = f.clone();
+        async move { s.start_family(&f).await.unwrap() }
+    };
+    // No mark yet: the sign-in's marks are the user's.
+    let first = NewFamily {
+        expect: since(0, 0),
+        ..family(&user, now)
+    };
+    assert_eq!(
+        started(&first).await,
+        FamilyStarted::Started {
+            evicted: 0,
+            claims: None
+        }
+    );
+    s.revoke_user_sessions(&user, None, DAY_MS).await.unwrap();
+    // Signed in before the "log out everywhere": nothing is written, nor listed.
+    let late = NewFamily {
+        expect: since(0, 0),
+        ..family(&user, now)
+    };
+    assert_eq!(started(&late).await, FamilyStarted::Ended);
+    assert_eq!(s.family(&late.sid).await.unwrap(), None);
+    assert!(!s.user_families(&user).await.unwrap().contains(&late.sid));
+    // Signed in after it: starts, with the user's newest claims.
+    let renamed = claims_v("alicia", &["user", "admin"], 1_800_000_000_000);
+    s.set_user_claims(&user, &renamed, DAY_MS).await.unwrap();
+    let after = NewFamily {
+        expect: since(1, 0),
+        ..family(&user, now)
+    };
+    assert_eq!(
+        started(&after).await,
+        FamilyStarted::Started {
+            evicted: 0,
+            claims: Some(renamed.clone())
+        }
+    );
+    assert!(s.user_families(&user).await.unwrap().contains(&after.sid));
+    // A credential change ends sign-ins that read the older record.
+    s.revoke_user_sessions(&user, Some(5), DAY_MS)
+        .await
+        .unwrap();
+    for (generation, cv) in [(1, 5), (2, 4)] {
+        let old = NewFamily {
+            expect: since(generation, cv),
+            ..family(&user, now)
+        };
+        assert_eq!(
+            started(&old).await,
+            FamilyStarted::Ended,
+            "{generation}/{cv}"
+        );
+    }
+    let current = NewFamily {
+        expect: since(2, 5),
+        credentials_version: 5,
+        ..family(&user, now)
+    };
+    assert!(matches!(
+        started(&current).await,
+        FamilyStarted::Started { .. }
+    ));
+    // An unconditional start never reads the claims mark.
+    assert_eq!(
+        started(&family(&user, now)).await,
+        FamilyStarted::Started {
+            evicted: 0,
+            claims: None
+        }
+    );
+}
+
+/// Starts resting on one sign-in, racing the user's "log out everywhere": whatever the order,
+/// once the logout has happened no family from before it is live — each start was either
+/// refused or wrote a family the logout ends.
+async fn no_family_from_before_a_logout_everywhere_outlives_it(s: &dyn SessionStore, now: i64) {
+    let user = new_id();
+    let families: Vec<NewFamily> = (0..24)
+        .map(|_| NewFamily {
+            expect: Some(UserMarks::default()),
+            ..family(&user, now)
+        })
+        .collect();
+    // Sent together, the logout between two halves of the starts.
+    let (before, after) = families.split_at(families.len() / 2);
+    let (first, logout, second) = tokio::join!(
+        futures_util::future::join_all(before.iter().map(|f| s.start_family(f))),
+        s.revoke_user_sessions(&user, None, DAY_MS),
+        futures_util::future::join_all(after.iter().map(|f| s.start_family(f)))
+    );
+    logout.unwrap();
+    let outcomes = first.into_iter().chain(second);
+    for (i, (f, outcome)) in families.iter().zip(outcomes).enumerate() {
+        if outcome.unwrap() == FamilyStarted::Ended {
+            continue;
+        }
+        let status = s
+            .access_status(&f.access_jti, Some(&f.sid), &user)
+            .await
+            .unwrap();
+        assert!(
+            status.revoked(Some(&f.sid)),
+            "family {i} outlived the logout"
+        );
+    }
+}
+
 async fn a_credential_change_ends_families_that_read_the_older_record(
     s: &dyn SessionStore,
     now: i64,
@@ -897,7 +1021,7 @@ async fn a_login_beyond_the_cap_ends_the_oldest_family(s: &dyn SessionStore, now
             ..family(&user, now)
         };
         let ended = s.start_family(&f).await.unwrap();
-        assert_eq!(ended, u64::from(i == 3));
+        assert_eq!(ended.evicted(), u64::from(i == 3));
         started.push(f);
     }
     assert!(s.family(&started[0].sid).await.unwrap().unwrap().revoked);
@@ -1766,6 +1890,14 @@ session_contract!(a_credential_change_ends_families_that_read_the_older_record:
     a_credential_change_ends_families_that_read_the_older_record_in_memory,
     a_credential_change_ends_families_that_read_the_older_record_in_redis
 );
+session_contract!(a_family_from_an_earlier_sign_in_starts_only_if_the_sessions_did_not_end:
+    a_family_from_an_earlier_sign_in_starts_only_if_the_sessions_did_not_end_in_memory,
+    a_family_from_an_earlier_sign_in_starts_only_if_the_sessions_did_not_end_in_redis
+);
+session_contract!(no_family_from_before_a_logout_everywhere_outlives_it:
+    no_family_from_before_a_logout_everywhere_outlives_it_in_memory,
+    no_family_from_before_a_logout_everywhere_outlives_it_in_redis
+);
 session_contract!(a_login_beyond_the_cap_ends_the_oldest_family:
     a_login_beyond_the_cap_ends_the_oldest_family_in_memory,
     a_login_beyond_the_cap_ends_the_oldest_family_in_redis
@@ -1843,6 +1975,8 @@ async fn the_session_lease_and_authorize_contracts_hold_in_a_redis_cluster() {
     ending_a_users_sessions_ends_each_of_them_in_one_step(&store, now).await;
     a_credential_change_ends_families_that_read_the_older_record(&store, now).await;
     a_login_beyond_the_cap_ends_the_oldest_family(&store, now).await;
+    a_family_from_an_earlier_sign_in_starts_only_if_the_sessions_did_not_end(&store, now).await;
+    no_family_from_before_a_logout_everywhere_outlives_it(&store, now).await;
     a_lease_has_one_holder_until_released(&store).await;
     let authorize: Arc<dyn AuthorizeStore> = Arc::new(store.clone());
     authorization_requests_are_kept_read_and_taken_once(authorize.clone()).await;
