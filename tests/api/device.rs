@@ -1688,13 +1688,7 @@ async fn a_browser_approves_a_device_while_it_polls() {
     let Some(mut browser) = crate::browser::Browser::start("device_flow_in_a_browser").await else {
         return;
     };
-    let file = write_clients_file(&clients());
-    let port = services::free_port();
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(Mode::Embedded, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), format!("http://127.0.0.1:{port}"));
+    let (app, issuer, _file) = spawn_at_own_address(Mode::Embedded, &clients(), |env| {
         env.insert("TOKEND_DISPLAY_NAME".into(), "Example Corp".into());
     })
     .await;
@@ -1705,10 +1699,7 @@ async fn a_browser_approves_a_device_while_it_polls() {
         StatusCode::CREATED
     );
     let d = start(&app).await;
-    assert_eq!(
-        d["verification_uri"],
-        format!("http://127.0.0.1:{port}/device")
-    );
+    assert_eq!(d["verification_uri"], format!("{issuer}/device"));
     let user_code = d["user_code"].as_str().unwrap().to_string();
 
     // The device polls at its interval (the test's clock moves by it before each poll) until

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app_with, write_clients_file, Mode, TestApp};
+use crate::helpers::{spawn_at_own_address, Mode, TestApp};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/device_cli.rs"]
@@ -19,19 +19,15 @@ use example::{CliError, DeviceCli, Prompt};
 const PASSWORD: &str = "correct horse battery";
 
 async fn spawn() -> (TestApp, String, tempfile::NamedTempFile) {
-    let file = write_clients_file(&json!([
-        {"client_id": "my-cli",
-         "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
-         "client_name": "My CLI"}
-    ]));
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(Mode::Embedded, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-    })
+    let (app, issuer, file) = spawn_at_own_address(
+        Mode::Embedded,
+        &json!([
+            {"client_id": "my-cli",
+             "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+             "client_name": "My CLI"}
+        ]),
+        |_| {},
+    )
     .await;
     let res = app.register("ada", "ada@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);

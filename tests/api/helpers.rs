@@ -178,6 +178,29 @@ pub fn write_clients_file(clients: &Value) -> tempfile::NamedTempFile {
     f
 }
 
+/// An app with `clients` as its clients file, listening on a port of its own whose address is
+/// also its issuer: what client libraries check `iss` and the discovery URL against, and where
+/// the links of its pages and mail point. `adjust` sets the rest of the environment. Returns
+/// the app, the issuer and the clients file, which must live as long as the app.
+pub async fn spawn_at_own_address(
+    mode: Mode,
+    clients: &Value,
+    adjust: impl FnOnce(&mut HashMap<String, String>),
+) -> (TestApp, String, tempfile::NamedTempFile) {
+    let file = write_clients_file(clients);
+    let port = services::free_port();
+    let issuer = format!("http://127.0.0.1:{port}");
+    let path = file.path().to_string_lossy().into_owned();
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_CLIENTS_FILE".into(), path);
+        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
+        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+        adjust(env);
+    })
+    .await;
+    (app, issuer, file)
+}
+
 /// A registered user with a password login.
 pub struct Session {
     pub user: Value,

@@ -191,21 +191,15 @@ async fn authlib_and_openid_client_complete_the_code_flow(mode: Mode) {
     let Some(tools) = tools_or_skip() else {
         return;
     };
-    let file = write_clients_file(&json!([
+    // The libraries check `iss` against the discovery URL: the issuer is the listening address.
+    let clients = json!([
         {"client_id": "authlib-web", "client_secret": AUTHLIB_SECRET,
          "grant_types": ["authorization_code", "refresh_token"],
          "redirect_uris": [REDIRECT], "client_name": "Authlib Example"},
         {"client_id": "node-public", "grant_types": ["authorization_code", "refresh_token"],
          "redirect_uris": [REDIRECT], "client_name": "openid-client Example"},
-    ]));
-    // The libraries check `iss` against the discovery URL: the issuer is the listening address.
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
+    ]);
+    let (app, issuer, _file) = spawn_at_own_address(mode, &clients, |env| {
         env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
     })
     .await;
@@ -257,21 +251,18 @@ async fn openid_client_signs_in_with_a_pushed_authorization_request(mode: Mode) 
     let Some(tools) = tools_or_skip() else {
         return;
     };
-    let file = write_clients_file(&json!([
-        {"client_id": "node-par", "client_secret": NODE_PAR_SECRET,
-         "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT],
-         "client_name": "openid-client PAR Example",
-         "require_pushed_authorization_requests": true},
-    ]));
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
-    })
+    let (app, issuer, _file) = spawn_at_own_address(
+        mode,
+        &json!([
+            {"client_id": "node-par", "client_secret": NODE_PAR_SECRET,
+             "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT],
+             "client_name": "openid-client PAR Example",
+             "require_pushed_authorization_requests": true},
+        ]),
+        |env| {
+            env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+        },
+    )
     .await;
     let res = app.register("ada", "ada@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -328,20 +319,17 @@ async fn openid_client_completes_the_device_grant(mode: Mode) {
     let Some(tools) = tools_or_skip() else {
         return;
     };
-    let file = write_clients_file(&json!([
-        {"client_id": "node-cli",
-         "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
-         "client_name": "openid-client CLI"},
-    ]));
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
-    })
+    let (app, issuer, _file) = spawn_at_own_address(
+        mode,
+        &json!([
+            {"client_id": "node-cli",
+             "grant_types": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"],
+             "client_name": "openid-client CLI"},
+        ]),
+        |env| {
+            env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+        },
+    )
     .await;
     let res = app.register("ada", "ada@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);
@@ -407,21 +395,18 @@ async fn openid_client_gets_dpop_bound_tokens_and_follows_a_nonce(mode: Mode) {
     let Some(tools) = tools_or_skip() else {
         return;
     };
-    let file = write_clients_file(&json!([
-        {"client_id": "node-dpop", "grant_types": ["authorization_code", "refresh_token"],
-         "redirect_uris": [REDIRECT], "client_name": "openid-client DPoP Example",
-         "dpop_bound_access_tokens": true},
-    ]));
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-        env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
-        env.insert("TOKEND_DPOP_NONCE".into(), "on".into());
-    })
+    let (app, issuer, _file) = spawn_at_own_address(
+        mode,
+        &json!([
+            {"client_id": "node-dpop", "grant_types": ["authorization_code", "refresh_token"],
+             "redirect_uris": [REDIRECT], "client_name": "openid-client DPoP Example",
+             "dpop_bound_access_tokens": true},
+        ]),
+        |env| {
+            env.insert("TOKEND_SIGNING_ALGS".into(), "RS256,EdDSA".into());
+            env.insert("TOKEND_DPOP_NONCE".into(), "on".into());
+        },
+    )
     .await;
     let res = app.register("ada", "ada@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);

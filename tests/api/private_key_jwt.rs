@@ -1567,25 +1567,6 @@ async fn the_clients_cli_creates_a_private_key_jwt_client() {
 // Real client libraries
 // ---------------------------------------------------------------------------------------------
 
-/// An app listening where its issuer says, for the libraries (they check `iss` against the
-/// discovery URL), with `clients`.
-async fn spawn_for_library(
-    mode: Mode,
-    clients: &Value,
-) -> (TestApp, String, tempfile::NamedTempFile) {
-    let file = write_clients_file(clients);
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(mode, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-    })
-    .await;
-    (app, issuer, file)
-}
-
 /// Authlib's `PrivateKeyJWT` (RS256, its default; `aud` the token endpoint) with
 /// `OAuth2Session` gets a client_credentials token, introspects and revokes it; the client's
 /// keys are published at a `jwks_uri`.
@@ -1597,8 +1578,12 @@ async fn authlib_gets_a_token_with_private_key_jwt(mode: Mode) {
     let key = ClientKey::rsa("RS256", Some("authlib-1"));
     let server = JwksServer::start().await;
     server.serve(&[&key], 300);
-    let (app, issuer, _file) =
-        spawn_for_library(mode, &json!([remote_client("authlib-svc", &server.uri())])).await;
+    let (app, issuer, _file) = spawn_at_own_address(
+        mode,
+        &json!([remote_client("authlib-svc", &server.uri())]),
+        |_| {},
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let pem = dir.path().join("key.pem");
     std::fs::write(&pem, &key.pem).unwrap();
@@ -1646,11 +1631,12 @@ async fn openid_client_gets_a_token_with_private_key_jwt(mode: Mode) {
         return;
     };
     let key = ClientKey::p256(Some("node-1"));
-    let (app, issuer, _file) = spawn_for_library(
+    let (app, issuer, _file) = spawn_at_own_address(
         mode,
         &json!([{"client_id": "node-svc", "grant_types": ["client_credentials"],
                  "scopes": ["read", "write"], "token_endpoint_auth_method": "private_key_jwt",
                  "jwks": key.set(), "token_endpoint_auth_signing_alg": "ES256"}]),
+        |_| {},
     )
     .await;
     let dir = tempfile::tempdir().unwrap();

@@ -8,7 +8,7 @@ use reqwest::{Response, StatusCode};
 use serde_json::{json, Value};
 use tokend_verifier::{Verifier, VerifierOptions};
 
-use crate::helpers::{csrf_of, new_browser, spawn_app_with, write_clients_file, Mode};
+use crate::helpers::{csrf_of, new_browser, spawn_at_own_address, Mode};
 
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../examples/relying_party.rs"]
@@ -29,22 +29,14 @@ fn location(res: &Response, base: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_example_relying_party_signs_in_calls_the_api_and_signs_out() {
-    let port = crate::services::free_port();
-    let issuer = format!("http://127.0.0.1:{port}");
     let rp_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rp = format!("http://{}", rp_listener.local_addr().unwrap());
-    let file = write_clients_file(&json!([
+    let clients = json!([
         {"client_id": "demo-rp", "grant_types": ["authorization_code"],
          "redirect_uris": [format!("{rp}/callback")], "post_logout_redirect_uris": [format!("{rp}/")],
          "client_name": "Demo relying party", "first_party": true}
-    ]));
-    let path = file.path().to_string_lossy().into_owned();
-    let app = spawn_app_with(Mode::Embedded, |env| {
-        env.insert("TOKEND_CLIENTS_FILE".into(), path);
-        env.insert("TOKEND_LISTEN".into(), format!("127.0.0.1:{port}"));
-        env.insert("TOKEND_ISSUER".into(), issuer.clone());
-    })
-    .await;
+    ]);
+    let (app, issuer, _file) = spawn_at_own_address(Mode::Embedded, &clients, |_| {}).await;
     let res = app.register("ada", "ada@example.com", PASSWORD).await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let user: Value = res.json().await.unwrap();
