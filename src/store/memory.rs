@@ -420,6 +420,23 @@ impl SessionsInner {
         });
     }
 
+    /// The user's session marks while they live (none: all zero).
+    fn marks_of(&self, user_id: &str, now: i64) -> UserMarks {
+        self.user_marks
+            .get(user_id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(m, _)| *m)
+            .unwrap_or_default()
+    }
+
+    /// The user's claims mark while it lives.
+    fn claims_mark_of(&self, user_id: &str, now: i64) -> Option<UserClaims> {
+        self.user_claims
+            .get(user_id)
+            .filter(|(_, exp)| *exp > now)
+            .map(|(c, _)| c.clone())
+    }
+
     /// The live family `sid`, dropping it if it has expired.
     fn live_family(&mut self, sid: &str, now: i64) -> Option<&mut Family> {
         if self.families.get(sid).is_some_and(|f| f.expires <= now) {
@@ -499,17 +516,12 @@ impl MemorySessions {
             ),
             None => (None, None),
         };
-        let user = g
-            .user_marks
-            .get(user_id)
-            .filter(|(_, exp)| *exp > now)
-            .map(|(m, _)| *m)
-            .unwrap_or_default();
-        let mark = g
-            .user_claims
-            .get(user_id)
-            .filter(|(_, exp)| with_user && *exp > now)
-            .map(|(c, _)| c.clone());
+        let user = g.marks_of(user_id, now);
+        let mark = if with_user {
+            g.claims_mark_of(user_id, now)
+        } else {
+            None
+        };
         AccessStatus {
             jti_revoked,
             user,
@@ -529,23 +541,11 @@ impl SessionStore for MemorySessions {
         // if the user's sessions ended since.
         let mut claims = None;
         if let Some(expect) = family.expect {
-            let live = |exp: &i64| *exp > now;
-            let marks = g
-                .user_marks
-                .get(&family.user_id)
-                .filter(|(_, exp)| live(exp))
-                .map(|(m, _)| *m)
-                .unwrap_or_default();
-            if marks.generation > expect.generation
-                || marks.credentials_version > expect.credentials_version
-            {
+            let marks = g.marks_of(&family.user_id, now);
+            if marks.end(expect.generation, expect.credentials_version) {
                 return Ok(FamilyStarted::Ended);
             }
-            claims = g
-                .user_claims
-                .get(&family.user_id)
-                .filter(|(_, exp)| live(exp))
-                .map(|(c, _)| c.clone());
+            claims = g.claims_mark_of(&family.user_id, now);
         }
         let expires = now.saturating_add(family.ttl_ms.max(1));
         // The user's list, and the generation the family starts under (one lock: a "log out

@@ -603,9 +603,7 @@ impl AccessStatus {
             return false;
         }
         let family = self.family.unwrap_or_default();
-        family.revoked
-            || family.generation < self.user.generation
-            || family.credentials_version < self.user.credentials_version
+        family.revoked || self.user.end(family.generation, family.credentials_version)
     }
 }
 
@@ -619,6 +617,15 @@ pub struct UserMarks {
     /// (password, roles taken away); a family whose login read an older record is over, even
     /// if it was started after the change (a login in flight while the change happened).
     pub credentials_version: i64,
+}
+
+impl UserMarks {
+    /// Whether these marks end what started under `generation` and read the record of
+    /// `credentials_version`: a family, or a sign-in a family is yet to start from
+    /// (docs/sessions.md).
+    pub(crate) fn end(&self, generation: i64, credentials_version: i64) -> bool {
+        generation < self.generation || credentials_version < self.credentials_version
+    }
 }
 
 /// The marks of one family that the access check reads.
@@ -678,8 +685,7 @@ impl FamilyState {
     pub(crate) fn ended(&self, user: &UserMarks, now_ms: i64) -> bool {
         self.revoked
             || self.expires_at_ms <= now_ms
-            || self.generation < user.generation
-            || self.credentials_version < user.credentials_version
+            || user.end(self.generation, self.credentials_version)
     }
 }
 

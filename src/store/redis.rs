@@ -195,10 +195,11 @@ return 1
 /// slot: the user's); ARGV: sid, family end (Unix ms), ttl_ms, max families, login time (Unix
 /// ms), the sign-in's generation and credentials version ('' and '' for an unconditional start).
 const USER_FAMILY_ADD_LUA: &str = r#"
+local marks = redis.call('HMGET', KEYS[2], 'gen', 'cv')
+local gen = marks[1] or '0'
 local claims = {'', '', ''}
 if ARGV[6] ~= '' then
-  local m = redis.call('HMGET', KEYS[2], 'gen', 'cv')
-  if tonumber(m[1] or '0') > tonumber(ARGV[6]) or tonumber(m[2] or '0') > tonumber(ARGV[7]) then
+  if tonumber(gen) > tonumber(ARGV[6]) or tonumber(marks[2] or '0') > tonumber(ARGV[7]) then
     return {'ended'}
   end
   local c = redis.call('HMGET', KEYS[3], 'v', 'u', 'r')
@@ -215,7 +216,7 @@ local started = tonumber(ARGV[5])
 local length = tonumber(ARGV[2]) - started
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '1', string.format('(%d', now - length))
 redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-local reply = {redis.call('HGET', KEYS[2], 'gen') or '0', claims[1], claims[2], claims[3]}
+local reply = {gen, claims[1], claims[2], claims[3]}
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
 if over > 0 then
   local popped = redis.call('ZPOPMIN', KEYS[1], over)

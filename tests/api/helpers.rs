@@ -314,7 +314,6 @@ impl TestApp {
         )
     }
 
-    /// The Prometheus text of `/metrics` on this listener.
     /// The JSON document at `path` (a plain `GET`).
     pub async fn get_json(&self, path: &str) -> Value {
         self.http
@@ -327,6 +326,7 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The Prometheus text of `/metrics` on this listener.
     pub async fn metrics_text(&self) -> String {
         self.http
             .get(self.url("/metrics"))
@@ -350,7 +350,6 @@ impl TestApp {
     }
 }
 
-/// The `error` member of an error body.
 /// The two discovery documents, which list the same metadata (RFC 8414, OpenID Connect
 /// Discovery).
 pub const DISCOVERY_DOCUMENTS: [&str; 2] = [
@@ -358,6 +357,7 @@ pub const DISCOVERY_DOCUMENTS: [&str; 2] = [
     "/.well-known/openid-configuration",
 ];
 
+/// The `error` member of an error body.
 pub async fn error_code(res: Response) -> String {
     let body: Value = res.json().await.expect("json error body");
     body["error"].as_str().unwrap_or_default().to_string()
