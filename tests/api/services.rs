@@ -222,10 +222,18 @@ fn kill(child: &mut Option<Child>) {
 pub struct OwnedRedis {
     port: u16,
     child: Option<Child>,
-    /// Set for a one-node Redis Cluster: where its `nodes.conf` lives.
-    cluster_dir: Option<tempfile::TempDir>,
+    /// Set for a one-node Redis Cluster: where its `nodes.conf` lives and its bus port.
+    cluster: Option<ClusterNode>,
     /// Set for a server with an append-only file (`appendfsync always`): where it lives.
     aof_dir: Option<tempfile::TempDir>,
+}
+
+/// What a one-node cluster needs besides its port: a bus port of its own (the default, port +
+/// 10000, may fall in the kernel's range for outgoing connections or on another test's port)
+/// and a directory for `nodes.conf`.
+struct ClusterNode {
+    dir: tempfile::TempDir,
+    bus: u16,
 }
 
 impl OwnedRedis {
@@ -234,7 +242,7 @@ impl OwnedRedis {
         let mut r = OwnedRedis {
             port: free_port(),
             child: None,
-            cluster_dir: None,
+            cluster: None,
             aof_dir: None,
         };
         r.start_again().await;
@@ -247,7 +255,7 @@ impl OwnedRedis {
         let mut r = OwnedRedis {
             port: free_port(),
             child: None,
-            cluster_dir: None,
+            cluster: None,
             aof_dir: Some(tempfile::tempdir().expect("temp dir for the append-only file")),
         };
         r.start_again().await;
@@ -258,10 +266,14 @@ impl OwnedRedis {
     /// script across slots) apply as on a real one. [`url`](Self::url) is then a
     /// `redis+cluster://` URL.
     pub async fn start_cluster() -> Self {
+        let ports = free_ports(2);
         let mut r = OwnedRedis {
-            port: free_port(),
+            port: ports[0],
             child: None,
-            cluster_dir: Some(tempfile::tempdir().expect("temp dir for nodes.conf")),
+            cluster: Some(ClusterNode {
+                dir: tempfile::tempdir().expect("temp dir for nodes.conf"),
+                bus: ports[1],
+            }),
             aof_dir: None,
         };
         r.start_again().await;
@@ -292,7 +304,7 @@ impl OwnedRedis {
     }
 
     pub fn url(&self) -> String {
-        match self.cluster_dir {
+        match self.cluster {
             Some(_) => format!("redis+cluster://127.0.0.1:{}", self.port),
             None => format!("redis://127.0.0.1:{}/", self.port),
         }
@@ -349,9 +361,11 @@ impl OwnedRedis {
                     .arg(dir.path());
             }
         }
-        if let Some(dir) = &self.cluster_dir {
-            cmd.args(["--cluster-enabled", "yes", "--cluster-config-file"])
-                .arg(dir.path().join("nodes.conf"));
+        if let Some(node) = &self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-port"])
+                .arg(node.bus.to_string())
+                .arg("--cluster-config-file")
+                .arg(node.dir.path().join("nodes.conf"));
         }
         let mut child = cmd
             .stdin(Stdio::null())
