@@ -114,8 +114,27 @@ apt_install() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
+# A loopback port nobody listens on, below the kernel's range for outgoing connections (a port
+# from that range can be handed to a client socket before the server it is for binds it); the
+# test binary picks its own ports the same way (tests/api/services.rs, free_ports).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+top = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+for _ in range(10000):
+    port = random.randrange(10000, max(top, 11000))
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(port)
+    break
+else:
+    raise SystemExit("no free loopback port below the outgoing range")
+PY
 }
 
 # True when something accepts TCP connections on 127.0.0.1:$1.
