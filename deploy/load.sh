@@ -819,13 +819,27 @@ PY
   stop_pid "$PID"
 }
 
+# percent A B [C D]: A / B in percent, rounded; with C and D, (A / C) / (B / D): A against B
+# with each first divided by its own reference.
+percent() {
+  python3 -c "import sys; a, b, c, d = (list(map(float, sys.argv[1:])) + [1, 1])[:4]; print(f'{a / c / (b / d) * 100:.0f}')" "$@"
+}
+
+# host_reference WHEN: the refresh's cryptography alone on both cores (tokend idle), a measure
+# of what the host does at this moment, as a row of the current table.
+host_reference() {
+  reference production "reference: refresh crypto (verify + 2 signs) EdDSA, 2 threads, $1" \
+    sh -c "'$LOADGEN' sign --alg EdDSA --refresh --threads 2 -d 3 | sed 's/ops=/rps=/'"
+}
+
 # Live refresh families at scale (issue 20, SPEC §16): Redis bytes per family and refresh and
 # /auth/verify at 1k, 100k and 1M live families, written by loadgen through the session store.
 run_families() {
   ensure_production
   start_tokend production
   setup_user
-  local n filled=0 total=0 before after add line first_refresh='' first_verify=''
+  local n filled=0 total=0 before after add line first_refresh='' first_verify='' first_host=''
+  local host_before host_rps
   local -a scale_rows=()
   # Warm-up, not recorded: the first requests after a start read low, and the first size is
   # the reference of every later one.
@@ -852,6 +866,10 @@ print(f"| {int(n):,} | {int(add):,} | {int(step):,} | {int(step) / int(add):.0f}
 PY
 )")
     header
+    # What the host itself does at this step, before and after the two measurements: this host
+    # moves by tens of percent over minutes (BENCHMARKS.md), and the steps are minutes apart.
+    host_reference "before"
+    host_before=$(kv rps)
     scenario production "/auth/verify with $n live families" \
       wrk_get -H "Authorization: Bearer $ACCESS" "$BASE/auth/verify"
     [ -n "$first_verify" ] || first_verify=$(kv rps)
@@ -861,7 +879,12 @@ PY
       "$LOADGEN" refresh --base "$BASE" --email "families-$n@example.com" \
       --password "$PASSWORD" -c 32 -d "$DURATION"
     [ -n "$first_refresh" ] || first_refresh=$(kv rps)
-    note "at $n: /auth/verify $(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f}')" "$verify_rps" "$first_verify") % and refresh $(python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f}')" "$(kv rps)" "$first_refresh") % of their first-size figures (p99 $verify_p99 / $(kv p99_ms) ms)"
+    local refresh_rps refresh_p99
+    refresh_rps=$(kv rps) refresh_p99=$(kv p99_ms)
+    host_reference "after"
+    host_rps=$(python3 -c "import sys; print((float(sys.argv[1]) + float(sys.argv[2])) / 2)" "$host_before" "$(kv rps)")
+    [ -n "$first_host" ] || first_host=$host_rps
+    note "at $n: /auth/verify $(percent "$verify_rps" "$first_verify") % and refresh $(percent "$refresh_rps" "$first_refresh") % of their first-size figures (p99 $verify_p99 / $refresh_p99 ms); the host's crypto reference (mean of before and after) $(percent "$host_rps" "$first_host") % of the first size's, so against the host: /auth/verify $(percent "$verify_rps" "$first_verify" "$host_rps" "$first_host") % and refresh $(percent "$refresh_rps" "$first_refresh" "$host_rps" "$first_host") %"
   done
   {
     echo
