@@ -491,15 +491,20 @@ run_mode() {
 # dpop_scenarios MODE BEARER-VERIFY-RPS BEARER-REFRESH-RPS: the DPoP twins of /auth/verify and of
 # the chained refresh (docs/dpop.md), each request with a fresh EdDSA proof, and each as a share
 # of its bearer twin (issue 20: at least 60 %). loadgen signs the proofs before the measured
-# window (as many as the twin's rate would use, plus a quarter; past those it signs in the
-# loop), so the client's signing does not take the two cores the server runs on, as wrk, which
-# drives the twin, signs nothing.
+# window (as many as the twin's rate would use, plus a quarter; past those the refresh signs in
+# the loop and wrk sends proofs again, which tokend refuses), so the client's signing does not
+# take the two cores the server runs on, as wrk, which drives the twin, signs nothing.
 dpop_scenarios() {
   local mode=$1 verify_rps=$2 refresh_rps=$3
   presign() { python3 -c "import sys; print(int(float(sys.argv[1]) * (float(sys.argv[2]) + 1) * 1.25))" "$1" "$DURATION"; }
+  # /auth/verify with wrk, like its twin: loadgen logs in with a proof and signs the proofs
+  # into a file, and deploy/dpop-verify.lua sends one per request.
+  local proofs="$OUT/dpop-proofs-$mode.txt"
+  "$LOADGEN" dpop --what verify --base "$BASE" --email "dpop-verify-$mode@example.com" \
+    --password "$PASSWORD" --presign "$(presign "$verify_rps")" --proofs-out "$proofs" >/dev/null
   scenario "$mode" "DPoP /auth/verify (a fresh proof each)" \
-    "$LOADGEN" dpop --what verify --base "$BASE" --email "dpop-verify-$mode@example.com" \
-    --password "$PASSWORD" -c "$CONNS" -d "$DURATION" --presign "$(presign "$verify_rps")"
+    wrk_get -t 1 -s "$ROOT/deploy/dpop-verify.lua" "$BASE/auth/verify" -- "$proofs"
+  rm -f "$proofs"
   python3 -c "import sys; print(f'DPoP /auth/verify / bearer = {float(sys.argv[1]) / float(sys.argv[2]) * 100:.0f} %')" \
     "$(sed -E 's/.*rps=([0-9.]+).*/\1/' <<<"$LAST")" "$verify_rps" | tee -a "$RESULTS"
   scenario "$mode" "DPoP-bound refresh (chained, a fresh proof each)" \

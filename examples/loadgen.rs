@@ -87,6 +87,11 @@ struct DpopRun {
     /// clients signs on its own machines. 0 signs every proof in the loop.
     #[arg(long, default_value_t = 0)]
     presign: usize,
+    /// With `--what verify`: log in once with a proof, write the bound access token and
+    /// `--presign` proofs for `/auth/verify` to this file (one a line, the token first) and stop,
+    /// for `deploy/dpop-verify.lua` to send with wrk, the tool that drives the bearer twin.
+    #[arg(long)]
+    proofs_out: Option<std::path::PathBuf>,
     #[command(flatten)]
     load: Load,
 }
@@ -323,9 +328,10 @@ fn main() -> ExitCode {
                 concurrency,
             }))
         }),
-        Cmd::Dpop(run) => {
-            runtime(run.load.threads).and_then(|rt| rt.block_on(dpop(&run)).map(|r| r.print()))
-        }
+        Cmd::Dpop(run) => runtime(run.load.threads).and_then(|rt| match &run.proofs_out {
+            Some(file) => rt.block_on(write_proofs(&run, file)),
+            None => rt.block_on(dpop(&run)).map(|r| r.print()),
+        }),
         Cmd::Http {
             url,
             method,
@@ -1460,6 +1466,59 @@ struct BoundPair {
     token_type: String,
 }
 
+/// Logs in (`login` is the JSON body) with a proof of `key` (`issuer` is what `htu` names)
+/// and answers the pair, which must be bound to the key.
+async fn bound_login(
+    t: &Target,
+    sender: &mut Sender,
+    login: &serde_json::Value,
+    issuer: &str,
+    key: &ProofKey,
+) -> Res<BoundPair> {
+    let mut req = json_request(t, "/auth/login", login)?;
+    let proof = key.proof("POST", &format!("{issuer}/auth/login"), None)?;
+    req.headers_mut()
+        .insert("dpop", HeaderValue::from_str(&proof).map_err(err)?);
+    let (status, body) = send(sender, req).await?;
+    if status != StatusCode::OK {
+        return Err(format!("login answered {status}: {body:?}"));
+    }
+    let pair = serde_json::from_slice::<BoundPair>(&body).map_err(err)?;
+    if pair.token_type != "DPoP" {
+        return Err(format!("the login was not bound: {}", pair.token_type));
+    }
+    Ok(pair)
+}
+
+/// `dpop --what verify --proofs-out FILE`: one bound login, then the access token and
+/// `--presign` fresh `/auth/verify` proofs for it, one a line.
+async fn write_proofs(run: &DpopRun, file: &std::path::Path) -> Res<()> {
+    use std::io::Write;
+    if run.what != "verify" {
+        return Err("--proofs-out goes with --what verify".into());
+    }
+    let t = target(&run.base)?;
+    let mut sender = connect(t.addr).await?;
+    register(&t, &run.email, &run.password).await?;
+    let key = ProofKey::new()?;
+    let issuer = run
+        .issuer
+        .as_deref()
+        .unwrap_or(&run.base)
+        .trim_end_matches('/');
+    let login = serde_json::json!({"email": run.email, "password": run.password});
+    let pair = bound_login(&t, &mut sender, &login, issuer, &key).await?;
+    let htu = format!("{issuer}/auth/verify");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(file).map_err(err)?);
+    writeln!(out, "{}", pair.access_token).map_err(err)?;
+    for _ in 0..run.presign {
+        writeln!(out, "{}", key.proof("GET", &htu, Some(&pair.access_token))?).map_err(err)?;
+    }
+    out.flush().map_err(err)?;
+    println!("proofs={}", run.presign);
+    Ok(())
+}
+
 async fn dpop(run: &DpopRun) -> Res<Report> {
     let (what, load, email, password) = (run.what.as_str(), &run.load, &run.email, &run.password);
     let issuer = run.issuer.as_deref().unwrap_or(&run.base);
@@ -1468,13 +1527,7 @@ async fn dpop(run: &DpopRun) -> Res<Report> {
     }
     let t = Arc::new(target(&run.base)?);
     let issuer: Arc<str> = Arc::from(issuer.trim_end_matches('/'));
-    let mut sender = connect(t.addr).await?;
-    let username = email.split('@').next().unwrap_or("loadgen");
-    let register = serde_json::json!({"username": username, "email": email, "password": password});
-    let (status, body) = send(&mut sender, json_request(&t, "/auth/register", &register)?).await?;
-    if !(status == StatusCode::CREATED || status == StatusCode::CONFLICT) {
-        return Err(format!("register answered {status}: {body:?}"));
-    }
+    register(&t, email, password).await?;
     let login = serde_json::json!({"email": email, "password": password});
     let refresh = what == "refresh";
     let per_connection = run.presign.div_ceil(load.connections.max(1));
@@ -1488,18 +1541,7 @@ async fn dpop(run: &DpopRun) -> Res<Report> {
             let mut sender = connect(t.addr).await?;
             // A login with a proof: the pair and (the built-in client being public) the family
             // are bound to this connection's key.
-            let mut req = json_request(&t, "/auth/login", &login)?;
-            let proof = key.proof("POST", &format!("{issuer}/auth/login"), None)?;
-            req.headers_mut()
-                .insert("dpop", HeaderValue::from_str(&proof).map_err(err)?);
-            let (status, body) = send(&mut sender, req).await?;
-            if status != StatusCode::OK {
-                return Err(format!("login answered {status}: {body:?}"));
-            }
-            let pair = serde_json::from_slice::<BoundPair>(&body).map_err(err)?;
-            if pair.token_type != "DPoP" {
-                return Err(format!("the login was not bound: {}", pair.token_type));
-            }
+            let pair = bound_login(&t, &mut sender, &login, &issuer, &key).await?;
             let (access, mut token) = (pair.access_token, pair.refresh_token);
             let (path, method) = if refresh {
                 ("/auth/token/refresh", Method::POST)
