@@ -581,9 +581,20 @@ async fn an_smtp_outage_delays_mail_and_loses_none(mode: Mode) {
     })
     .await;
     let mailbox = smtpd.mailbox();
-    // One delivered before the outage.
+    // One delivered before the outage. The server writes a message to the mailbox before it
+    // answers the transfer, so the file alone does not mean tokend has its answer: killing the
+    // server in between fails the send of a message that arrived, which is then retried (and
+    // arrives twice). Wait until tokend has counted it sent.
     let (_, first) = register(&apps[0]).await;
     mailbox.wait_for(&first, 1).await;
+    let deadline = tokio::time::Instant::now() + DELIVERY_DEADLINE;
+    while total(&apps, "tokend_mail_sent_total").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first message arrived but was not counted sent"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     smtpd.stop().await;
     let mut emails = Vec::new();
