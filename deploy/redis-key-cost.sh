@@ -5,7 +5,10 @@
 # Starts its own redis-server (Debian's by default) on a free loopback port with no
 # persistence, and for each layout writes 100,000 keys named like tokend's refresh families
 # (`tokend:fam:{<22 characters>}`), each with a TTL, in one EVAL into the emptied server; prints
-# used_memory after minus before, divided by the number of keys. Stops the server afterwards.
+# used_memory after minus before, divided by the number of keys. The last rows write the layout
+# that one key per login would take (each user's families as fields of one hash, a family's
+# record one packed value under its 22-character id): per family, for users with one, two, four
+# and ten families. Stops the server afterwards.
 set -euo pipefail
 
 SERVER=${1:-$(command -v redis-server)}
@@ -41,7 +44,7 @@ cost() {
 TTL=86400000
 echo "$("$SERVER" --version | cut -d' ' -f1-3), $N keys a row"
 echo
-echo "| one key holding | bytes per key |"
+echo "| one key holding | bytes per key (per family in the last rows) |"
 echo "| --- | ---: |"
 for v in 40 64 100 140; do
   cost "a $v-byte string" \
@@ -57,3 +60,19 @@ cost "a sorted set of one member (a one-family user's list)" \
   "local k = 'tokend:ufam:{' .. user .. '}'
   redis.call('ZADD', k, 1700000000000, sid)
   redis.call('PEXPIRE', k, $TTL)"
+for v in 40 56 60 64; do
+  cost "a user's hash holding one family: a $v-byte value under its 22-byte id" \
+    "local k = 'tokend:u:{' .. user .. '}'
+    redis.call('HSET', k, sid, string.rep('x', $v))
+    redis.call('PEXPIRE', k, $TTL)"
+done
+for n in 2 4 10; do
+  cost "a user's hash holding $n families of 56 bytes each (per family)" \
+    "if i % $n == 0 then
+      local k = 'tokend:u:{' .. user .. '}'
+      for j = 0, $n - 1 do
+        redis.call('HSET', k, string.format('%022d', (i + j) * 7919), string.rep('x', 56))
+      end
+      redis.call('PEXPIRE', k, $TTL)
+    end"
+done
