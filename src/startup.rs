@@ -388,6 +388,7 @@ impl Application {
             trusted_proxies: config.trusted_proxies.clone(),
             cookies: CookieSettings {
                 enabled: config.refresh_cookie,
+                host_prefix: config.issuer.starts_with("https://"),
                 max_age_secs: config.refresh_ttl.as_secs(),
                 issuer_origin,
                 allowed_origins: config.cors_origins.clone(),

@@ -21,7 +21,7 @@ use super::{Error, Passwords};
 use crate::clock::SharedClock;
 use crate::config::EmailVerification;
 use crate::metrics::Metrics;
-use crate::store::{UserRecord, UserStore};
+use crate::store::{Expected, UserRecord, UserStore};
 
 /// The user object clients see: never a hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -307,12 +307,20 @@ impl Accounts {
         if let Verdict::RightRehashed(new_hash) = verdict {
             if let Some(updated) = self
                 .users
-                .update_password_hash(&user.id, &new_hash, self.clock.now_ms())
+                .update_password_hash(
+                    &user.id,
+                    &new_hash,
+                    self.clock.now_ms(),
+                    &Expected {
+                        credentials_version: Some(user.credentials_version),
+                        email: None,
+                    },
+                )
                 .await?
             {
                 user = updated;
+                tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
             }
-            tracing::info!(user_id = %user.id, "password hash upgraded to the configured cost");
         }
         if self.email_verification == EmailVerification::Required && !user.email_verified {
             tracing::info!(user_id = %user.id, "sign-in refused: email not verified");
@@ -463,11 +471,26 @@ impl Accounts {
         let user = self.current_user(p).await?;
         self.check_current_password(&user, current).await?;
         let hash = self.passwords.hash(new.expose()).await?;
-        let user = self
+        // Only over the record the current password was checked against: of concurrent
+        // changes, the first ends the session that allowed the others (docs/sessions.md).
+        let Some(user) = self
             .users
-            .update_password_hash(&user.id, &hash, self.clock.now_ms())
+            .update_password_hash(
+                &user.id,
+                &hash,
+                self.clock.now_ms(),
+                &Expected {
+                    credentials_version: Some(user.credentials_version),
+                    email: None,
+                },
+            )
             .await?
-            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
+        else {
+            return Err(match self.users.by_id(&user.id).await? {
+                Some(_) => Error::TokenRejected(Refusal::SessionRevoked),
+                None => Error::TokenRejected(Refusal::UnknownUser),
+            });
+        };
         // Every family whose login read the record before this write is over, logins in flight
         // included (docs/sessions.md).
         self.sessions

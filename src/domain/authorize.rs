@@ -22,6 +22,7 @@ use super::ids;
 use super::oauth::{scope_tokens, Client, OAuthError, TokenResponse};
 use super::resources::Targets;
 use super::sessions::{FamilyStart, Sessions};
+use super::tokens::Refusal;
 use super::Error;
 use crate::clock::SharedClock;
 use crate::keys::{Alg, Keys};
@@ -1584,11 +1585,13 @@ impl Authorize {
         if !scopes.contains(&"openid") {
             return Err(Error::InsufficientScope("openid"));
         }
+        // A token without a user behind it (a client's own, or one whose account is gone) is
+        // refused as `/users/me` refuses it: 401 `invalid_token` (OpenID Connect Core §5.3.3).
         let user = self
             .users
             .by_id(&p.claims.sub)
             .await?
-            .ok_or(Error::NotFound)?;
+            .ok_or(Error::TokenRejected(Refusal::UnknownUser))?;
         let mut claims = Map::new();
         claims.insert("sub".into(), json!(user.id));
         Self::profile_claims(&mut claims, &user, &scopes);

@@ -18,7 +18,7 @@ use super::verification::{hashed, Confirmed, PURPOSE_VERIFY_EMAIL};
 use super::{ids, Error};
 use crate::mail::{ConfirmEmailChange, EmailChanged};
 use crate::metrics::Metrics;
-use crate::store::{MailToken, StoreError, UserRecord, UserStore};
+use crate::store::{Expected, MailToken, StoreError, UserRecord, UserStore};
 
 /// The purpose of email change tokens in the outbox.
 pub(crate) const PURPOSE_EMAIL_CHANGE: &str = "email_change";
@@ -104,6 +104,7 @@ impl EmailChange {
             user_id: user.id.clone(),
             email: email.as_str().to_string(),
             expires_at_ms: self.mail.now_ms().saturating_add(TOKEN_TTL_MS),
+            credentials_version: Some(user.credentials_version),
         };
         let view = ConfirmEmailChange {
             display_name: self.settings.display_name.clone(),
@@ -152,15 +153,35 @@ impl EmailChange {
         let Some(before) = self.users.by_id(&t.user_id).await? else {
             return Err(Error::InvalidLink);
         };
+        // A password change or reset since the link was mailed ends it: whoever asked for the
+        // change held the password of then (docs/mail.md, "Email change"). The write below is
+        // conditional on the same version, so a reset that lands meanwhile wins too.
+        let version = t.credentials_version.unwrap_or(before.credentials_version);
+        if version != before.credentials_version {
+            self.count("credentials_changed");
+            return Err(Error::InvalidLink);
+        }
         let grant = self.settings.admin_emails.contains(&t.email);
         let now = self.mail.now_ms();
         let user = match self
             .users
-            .change_email(&t.user_id, &t.email, grant, now)
+            .change_email(
+                &t.user_id,
+                &t.email,
+                grant,
+                now,
+                &Expected {
+                    credentials_version: Some(version),
+                    email: None,
+                },
+            )
             .await
         {
             Ok(Some(user)) => user,
-            Ok(None) => return Err(Error::InvalidLink),
+            Ok(None) => {
+                self.count("credentials_changed");
+                return Err(Error::InvalidLink);
+            }
             Err(StoreError::Duplicate(_)) => {
                 self.count("taken");
                 tracing::info!(user_id = %t.user_id, "email change refused: the address was taken meanwhile");
@@ -229,6 +250,7 @@ impl EmailChange {
                 user_id: after.id.clone(),
                 email: before.email.clone(),
                 expires_at_ms: self.mail.now_ms().saturating_add(TOKEN_TTL_MS),
+                credentials_version: None,
             };
             self.mail.queue(&mail, Some(&deadline)).await
         };

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use super::email_change::PURPOSE_EMAIL_CHANGE;
 use super::events::{EventType, Events, NewEvent};
 use super::input::{Email, Password};
 use super::limits::Limits;
@@ -15,7 +16,7 @@ use super::verification::{hashed, well_formed};
 use super::{ids, Error, Passwords};
 use crate::mail::ResetPassword;
 use crate::metrics::Metrics;
-use crate::store::{MailToken, OutgoingMail, UserStore};
+use crate::store::{Expected, MailToken, OutgoingMail, UserStore};
 
 /// The purpose of reset tokens in the outbox.
 pub(crate) const PURPOSE_PASSWORD_RESET: &str = "password_reset";
@@ -154,6 +155,7 @@ impl PasswordReset {
             user_id: user_id.to_string(),
             email: email.to_string(),
             expires_at_ms: self.mail.now_ms().saturating_add(TOKEN_TTL_MS),
+            credentials_version: None,
         };
         let view = ResetPassword {
             display_name: self.settings.display_name.clone(),
@@ -214,7 +216,17 @@ impl PasswordReset {
         };
         let Some(user) = self
             .users
-            .update_password_hash(&t.user_id, &password_hash, self.mail.now_ms())
+            .update_password_hash(
+                &t.user_id,
+                &password_hash,
+                self.mail.now_ms(),
+                // Only while the address is the one the link went to: an email change that
+                // landed first ended the link (docs/mail.md, "What is atomic").
+                &Expected {
+                    credentials_version: None,
+                    email: Some(t.email.clone()),
+                },
+            )
             .await?
         else {
             self.count("invalid_link");
@@ -233,11 +245,14 @@ impl PasswordReset {
         Ok(user.email)
     }
 
-    /// Ends every reset link of the user: called whenever the password changes, by a reset or
-    /// by `PUT /users/me/password`, and when the address changes.
+    /// Ends every reset link of the user, and a pending email change's link: called whenever
+    /// the password changes, by a reset or by `PUT /users/me/password` (an email change asked
+    /// for with the old password is not the new password holder's), and when the address
+    /// changes.
     pub(crate) async fn end_links(&self, user_id: &str) -> Result<(), Error> {
-        self.mail
-            .forget_tokens(user_id, PURPOSE_PASSWORD_RESET)
-            .await
+        for purpose in [PURPOSE_PASSWORD_RESET, PURPOSE_EMAIL_CHANGE] {
+            self.mail.forget_tokens(user_id, purpose).await?;
+        }
+        Ok(())
     }
 }

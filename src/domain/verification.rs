@@ -183,6 +183,7 @@ impl Verification {
             user_id: user.id.clone(),
             email: user.email.clone(),
             expires_at_ms: self.mail.now_ms().saturating_add(TOKEN_TTL_MS),
+            credentials_version: None,
         };
         let view = VerifyEmail {
             display_name: self.settings.display_name.clone(),

@@ -11,10 +11,117 @@ use crate::domain::dpop::Target;
 use crate::domain::ids;
 use crate::domain::sessions::Presented;
 
-/// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`).
+/// The refresh-token cookie of browser mode (`TOKEND_REFRESH_COOKIE=on`) when the issuer is
+/// `http`; `Path=/auth`.
 pub(crate) const REFRESH_COOKIE: &str = "tokend_refresh";
-/// The double-submit CSRF cookie of browser mode, echoed in `X-CSRF-Token`.
+/// The double-submit CSRF cookie of browser mode, echoed in `X-CSRF-Token`, when the issuer
+/// is `http`.
 pub(crate) const CSRF_COOKIE: &str = "tokend_csrf";
+/// The same two when the issuer is `https`: the `__Host-` prefix holds the browser to a
+/// cookie set by this host itself, over HTTPS, for `Path=/` (RFC 6265bis §4.1.3.2), so a
+/// sibling host cannot plant or shadow one.
+const REFRESH_COOKIE_HOST: &str = "__Host-tokend_refresh";
+const CSRF_COOKIE_HOST: &str = "__Host-tokend_csrf";
+
+/// The browser-mode cookies of this server: names and path by the issuer's scheme.
+struct Cookies {
+    refresh: &'static str,
+    csrf: &'static str,
+    refresh_path: &'static str,
+}
+
+impl Cookies {
+    fn of(state: &AppState) -> Cookies {
+        if state.cookies.host_prefix {
+            Cookies {
+                refresh: REFRESH_COOKIE_HOST,
+                csrf: CSRF_COOKIE_HOST,
+                refresh_path: "/",
+            }
+        } else {
+            Cookies {
+                refresh: REFRESH_COOKIE,
+                csrf: CSRF_COOKIE,
+                refresh_path: "/auth",
+            }
+        }
+    }
+
+    /// The request's refresh cookie; behind an `https` issuer, one set before cookies had the
+    /// prefix is still read (it is replaced at its next refresh).
+    fn refresh_of<B>(&self, req: &Request<B>) -> Option<String> {
+        cookie(req, self.refresh).or_else(|| {
+            (self.refresh != REFRESH_COOKIE)
+                .then(|| cookie(req, REFRESH_COOKIE))
+                .flatten()
+        })
+    }
+
+    /// The request's CSRF cookie, with the same fallback.
+    fn csrf_of<B>(&self, req: &Request<B>) -> Option<String> {
+        cookie(req, self.csrf).or_else(|| {
+            (self.csrf != CSRF_COOKIE)
+                .then(|| cookie(req, CSRF_COOKIE))
+                .flatten()
+        })
+    }
+
+    /// Sets the pair's cookies, and behind an `https` issuer ends the unprefixed ones.
+    fn set(
+        &self,
+        res: &mut http::Response<http_body_util::Full<bytes::Bytes>>,
+        refresh: &str,
+        csrf: &str,
+        max_age: u64,
+    ) {
+        set_cookie(
+            res,
+            &format!(
+                "{}={refresh}; Path={}; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
+                self.refresh, self.refresh_path
+            ),
+        );
+        set_cookie(
+            res,
+            &format!(
+                "{}={csrf}; Path=/; Max-Age={max_age}; Secure; SameSite=Strict",
+                self.csrf
+            ),
+        );
+        if self.refresh != REFRESH_COOKIE {
+            Cookies::clear_plain(res);
+        }
+    }
+
+    /// Ends the pair's cookies (and the unprefixed ones behind an `https` issuer).
+    fn clear(&self, res: &mut http::Response<http_body_util::Full<bytes::Bytes>>) {
+        set_cookie(
+            res,
+            &format!(
+                "{}=; Path={}; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
+                self.refresh, self.refresh_path
+            ),
+        );
+        set_cookie(
+            res,
+            &format!("{}=; Path=/; Max-Age=0; Secure; SameSite=Strict", self.csrf),
+        );
+        if self.refresh != REFRESH_COOKIE {
+            Cookies::clear_plain(res);
+        }
+    }
+
+    fn clear_plain(res: &mut http::Response<http_body_util::Full<bytes::Bytes>>) {
+        set_cookie(
+            res,
+            &format!("{REFRESH_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
+        );
+        set_cookie(
+            res,
+            &format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
+        );
+    }
+}
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -36,7 +143,7 @@ pub(crate) async fn principal<B>(
     req: &Request<B>,
 ) -> Result<Principal, ApiError> {
     let (scheme, token) = tokend_token_shape::bearer::scheme_from_headers(req.headers())
-        .map_err(|e| ApiError::InvalidToken(e.to_string()))?;
+        .map_err(super::error::bearer_refusal)?;
     let proof = proof_header(req);
     let presented = Presented {
         scheme,
@@ -79,6 +186,7 @@ fn respond_with_pair(state: &AppState, pair: TokenPair) -> ApiResult {
     }
     let csrf = ids::random_id()?;
     let max_age = state.cookies.max_age_secs;
+    let cookies = Cookies::of(state);
     let mut res = json_no_store(
         StatusCode::OK,
         &serde_json::json!({
@@ -88,17 +196,7 @@ fn respond_with_pair(state: &AppState, pair: TokenPair) -> ApiResult {
             "csrf_token": csrf,
         }),
     )?;
-    set_cookie(
-        &mut res,
-        &format!(
-            "{REFRESH_COOKIE}={}; Path=/auth; Max-Age={max_age}; Secure; HttpOnly; SameSite=Strict",
-            pair.refresh_token
-        ),
-    );
-    set_cookie(
-        &mut res,
-        &format!("{CSRF_COOKIE}={csrf}; Path=/; Max-Age={max_age}; Secure; SameSite=Strict"),
-    );
+    cookies.set(&mut res, &pair.refresh_token, &csrf, max_age);
     Ok(res)
 }
 
@@ -136,11 +234,17 @@ fn check_csrf<B>(state: &AppState, req: &Request<B>) -> Result<(), ApiError> {
             return Err(forbidden("cross-site request refused"));
         }
     }
-    let cookie = cookie(req, CSRF_COOKIE).ok_or_else(|| forbidden("missing CSRF cookie"))?;
+    // An empty value is a missing one: a cookie planted empty (from a sibling host) and an
+    // empty header must not pass as a match.
+    let cookie = Cookies::of(state)
+        .csrf_of(req)
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| forbidden("missing CSRF cookie"))?;
     let header = req
         .headers()
         .get("x-csrf-token")
         .and_then(|v| v.to_str().ok())
+        .filter(|h| !h.is_empty())
         .ok_or_else(|| forbidden("missing X-CSRF-Token header"))?;
     if ids::constant_time_eq(cookie.as_bytes(), header.as_bytes()) {
         Ok(())
@@ -155,9 +259,10 @@ fn refresh_token_of<B>(state: &AppState, req: &Request<B>) -> Result<String, Api
     if req.headers().contains_key(header::AUTHORIZATION) || !state.cookies.enabled {
         return tokend_token_shape::bearer::scheme_from_headers(req.headers())
             .map(|(_, token)| token.to_string())
-            .map_err(|e| ApiError::InvalidToken(e.to_string()));
+            .map_err(super::error::bearer_refusal);
     }
-    let token = cookie(req, REFRESH_COOKIE)
+    let token = Cookies::of(state)
+        .refresh_of(req)
         .ok_or_else(|| ApiError::InvalidToken("missing refresh token".into()))?;
     check_csrf(state, req)?;
     Ok(token)
@@ -179,7 +284,7 @@ pub(crate) async fn refresh(state: &AppState, req: Request<Incoming>) -> ApiResu
 pub(crate) async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let cookie_logout = state.cookies.enabled
         && !req.headers().contains_key(header::AUTHORIZATION)
-        && cookie(&req, REFRESH_COOKIE).is_some();
+        && Cookies::of(state).refresh_of(&req).is_some();
     if cookie_logout {
         let token = refresh_token_of(state, &req)?;
         state.sessions.revoke_refresh_token(&token).await?;
@@ -189,14 +294,7 @@ pub(crate) async fn logout(state: &AppState, req: Request<Incoming>) -> ApiResul
     }
     let mut res = empty(StatusCode::NO_CONTENT)?;
     if state.cookies.enabled {
-        set_cookie(
-            &mut res,
-            &format!("{REFRESH_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
-        );
-        set_cookie(
-            &mut res,
-            &format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
-        );
+        Cookies::of(state).clear(&mut res);
     }
     Ok(res)
 }

@@ -19,6 +19,7 @@ use crate::domain::authorize::{
 };
 use crate::domain::device::UserCode;
 use crate::domain::ids;
+use crate::domain::Error as DomainError;
 
 /// The browser session's cookie over HTTPS (RFC 6265bis §4.1.3.2: `Secure`, `Path=/`, no
 /// `Domain`) and over plain HTTP (local use).
@@ -80,7 +81,7 @@ pub(crate) fn error_page(state: &AppState, e: ApiError) -> Response<Full<Bytes>>
         ),
         ApiError::Unavailable(_) => (
             "Temporarily unavailable".to_string(),
-            "Sign-in is unavailable for a moment. Please try again shortly.".to_string(),
+            "This page is unavailable for a moment. Please try again shortly.".to_string(),
         ),
         ApiError::Internal(cause) => {
             tracing::error!(cause = %cause, "internal error on a page");
@@ -287,10 +288,22 @@ fn device_page_of(user_code: &UserCode) -> String {
     format!("/device?user_code={}", user_code.display())
 }
 
+/// The query of a page. One that does not parse (a parameter given twice, say) is refused, and
+/// the page answers the error page saying so, never a page that quietly lost where the
+/// sign-in was going.
+pub(crate) fn page_query<T: serde::de::DeserializeOwned, B>(
+    req: &Request<B>,
+) -> Result<T, ApiError> {
+    serde_urlencoded::from_str(req.uri().query().unwrap_or(""))
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid query: {e}")))
+}
+
 /// `GET /login`: the sign-in page.
 pub(crate) async fn login_page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let q: PageQuery =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let q: PageQuery = match page_query(&req) {
+        Ok(q) => q,
+        Err(e) => return Ok(error_page(state, e)),
+    };
     let request_id = q.req.filter(|r| !r.is_empty());
     let user_code = q.user_code.as_deref().and_then(UserCode::parse);
     let (token, new) = match csrf_token(state, &req) {
@@ -445,8 +458,10 @@ pub(crate) async fn login_submit(state: &AppState, req: Request<Incoming>) -> Ap
 
 /// `GET /consent`: what the client asks for, for the signed-in user.
 pub(crate) async fn consent_page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    let q: PageQuery =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let q: PageQuery = match page_query(&req) {
+        Ok(q) => q,
+        Err(e) => return Ok(error_page(state, e)),
+    };
     let Some(request_id) = q.req.filter(|r| !r.is_empty()) else {
         return Ok(render(state, Authorize::expired_request()));
     };
@@ -541,7 +556,16 @@ pub(crate) async fn consent_submit(state: &AppState, req: Request<Incoming>) -> 
 /// `GET|POST /oauth/userinfo` (OpenID Connect Core §5.3).
 pub(crate) async fn userinfo(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
-    let claims = state.authorize.userinfo(&p).await?;
+    let claims = match state.authorize.userinfo(&p).await {
+        Ok(claims) => claims,
+        // A bound token's refusal names the scheme it came with (RFC 9449 §7.1).
+        Err(DomainError::InsufficientScope(scope)) if p.claims.cnf.is_some() => {
+            return Err(ApiError::DpopInsufficientScope(format!(
+                "the access token needs scope {scope}"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut res = json(StatusCode::OK, &claims)?;
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -138,9 +138,10 @@ fn done(state: &AppState, approved: bool, client_name: String) -> Response<Full<
 /// `GET /device`: the code entry form; with `user_code` (typed, or from
 /// `verification_uri_complete`), the approval page once the browser is signed in.
 pub(crate) async fn device_page(state: &AppState, req: Request<Incoming>) -> ApiResult {
-    // A query that does not parse is a page without a code, like an empty one.
-    let q: DeviceQuery =
-        serde_urlencoded::from_str(req.uri().query().unwrap_or("")).unwrap_or_default();
+    let q: DeviceQuery = match super::authorize::page_query(&req) {
+        Ok(q) => q,
+        Err(e) => return Ok(error_page(state, e)),
+    };
     let source = super::client_ip(&req, &state.trusted_proxies);
     let session = cookie(&req, session_cookie_name(state));
     let (token, new) = match csrf_token(state, &req) {

@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
+use tokend_token_shape::bearer::BearerError;
 
 use crate::domain::dpop::{ProofRefusal, CLIENT_ALGS};
 use crate::domain::Error as DomainError;
@@ -17,9 +18,16 @@ pub enum ApiError {
     /// 401 `invalid_token` with `WWW-Authenticate: Bearer` (RFC 6750 §3.1), and a `DPoP`
     /// challenge beside it (RFC 9449 §7.1: tokend takes either scheme).
     InvalidToken(String),
+    /// 401 `invalid_token` in the body for a request without any token; its challenges name
+    /// no error (RFC 6750 §3.1: a request without authentication gets none): `Bearer
+    /// realm="tokend"` and the `DPoP` challenge beside it.
+    MissingToken,
     /// 401 `invalid_token` with `WWW-Authenticate: DPoP`: a token presented with the `DPoP`
     /// scheme was refused (RFC 9449 §7.1).
     DpopInvalidToken(String),
+    /// 403 `insufficient_scope` for a DPoP-bound token, with the error in a `DPoP` challenge
+    /// (RFC 9449 §7.1: the refusal of a bound token names the scheme it was presented with).
+    DpopInsufficientScope(String),
     /// A DPoP proof refused: `invalid_dpop_proof`, or `use_dpop_nonce` for
     /// [`ProofRefusal::Nonce`] (RFC 9449 §5, §8, §9). At the token endpoint 400 (RFC 6749
     /// §5.2); on a protected route (`resource`) 401 with a `WWW-Authenticate: DPoP` challenge
@@ -90,9 +98,10 @@ impl ApiError {
     pub(crate) fn parts(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::InvalidToken(_) | ApiError::DpopInvalidToken(_) => {
+            ApiError::InvalidToken(_) | ApiError::MissingToken | ApiError::DpopInvalidToken(_) => {
                 (StatusCode::UNAUTHORIZED, "invalid_token")
             }
+            ApiError::DpopInsufficientScope(_) => (StatusCode::FORBIDDEN, "insufficient_scope"),
             ApiError::DpopProof { refusal, resource } => {
                 let status = if *resource {
                     StatusCode::UNAUTHORIZED
@@ -150,6 +159,7 @@ impl ApiError {
             ApiError::InvalidRequest(d)
             | ApiError::InvalidToken(d)
             | ApiError::DpopInvalidToken(d)
+            | ApiError::DpopInsufficientScope(d)
             | ApiError::InvalidGrant(d)
             | ApiError::BearerInvalidGrant(d)
             | ApiError::InvalidClient(d)
@@ -165,6 +175,7 @@ impl ApiError {
             | ApiError::DeviceGrant { description, .. } => description.clone(),
             ApiError::DpopProof { refusal, .. } => refusal.description().into(),
             ApiError::InvalidCredentials => "invalid email or password".into(),
+            ApiError::MissingToken => "missing bearer token".into(),
             ApiError::NotFound => "no such resource".into(),
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; allowed: {allow}"),
             ApiError::PayloadTooLarge { limit } => {
@@ -221,8 +232,23 @@ impl ApiError {
                     }
                 }
             }
+            ApiError::MissingToken => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"tokend\""),
+                );
+                if let Ok(v) = HeaderValue::from_str(&dpop_challenge(None)) {
+                    h.append(header::WWW_AUTHENTICATE, v);
+                }
+            }
             ApiError::DpopInvalidToken(d) => {
                 let v = dpop_challenge(Some(("invalid_token", d)));
+                if let Ok(v) = HeaderValue::from_str(&v) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            ApiError::DpopInsufficientScope(d) => {
+                let v = dpop_challenge(Some(("insufficient_scope", d)));
                 if let Ok(v) = HeaderValue::from_str(&v) {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
@@ -279,6 +305,15 @@ fn dpop_challenge(error: Option<(&str, &str)>) -> String {
             "DPoP error=\"{code}\", error_description=\"{}\", algs=\"{algs}\"",
             description.replace(['"', '\\'], "'")
         ),
+    }
+}
+
+/// The refusal of a request whose `Authorization` header holds no usable token: without one
+/// at all, [`ApiError::MissingToken`]; otherwise `invalid_token` saying what is wrong.
+pub(crate) fn bearer_refusal(e: BearerError) -> ApiError {
+    match e {
+        BearerError::Missing => ApiError::MissingToken,
+        e => ApiError::InvalidToken(e.to_string()),
     }
 }
 
@@ -512,6 +547,26 @@ mod tests {
         let r = ApiError::DpopInvalidToken("expired".into()).into_response();
         let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(v.starts_with("DPoP error=\"invalid_token\""), "{v}");
+        let r = ApiError::DpopInsufficientScope("needs openid".into()).into_response();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
+        assert!(v.starts_with("DPoP error=\"insufficient_scope\""), "{v}");
+        let r = ApiError::MissingToken.into_response();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let challenges: Vec<_> = r
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            challenges,
+            [
+                "Bearer realm=\"tokend\"",
+                "DPoP algs=\"ES256 EdDSA RS256 PS256\""
+            ],
+            "RFC 6750 §3.1: no error code for a request without a token"
+        );
         let r = ApiError::InvalidClient("bad".into()).into_response();
         assert!(r.headers()[header::WWW_AUTHENTICATE]
             .to_str()

@@ -162,7 +162,7 @@ impl<'de, F: DeserializeOwned> serde::Deserialize<'de> for WithLists<F> {
 pub(crate) fn bearer<B>(req: &Request<B>) -> Result<String, ApiError> {
     tokend_token_shape::bearer::from_headers(req.headers())
         .map(str::to_string)
-        .map_err(|e| ApiError::InvalidToken(e.to_string()))
+        .map_err(error::bearer_refusal)
 }
 
 /// The request's `DPoP` header (RFC 9449 §4.1), parsed by the rules the resource-server

@@ -263,5 +263,16 @@ async fn connection<S, B>(
         _ = stop.changed() => return,
     };
     let io = Watched::new(stream, activity.clone());
+    let service = tower::ServiceExt::map_response(service, strict_transport::<B>);
     conn::drive(io, peer, &builder, service, activity, stop).await;
+}
+
+/// What every answer over tokend's own TLS carries: `Strict-Transport-Security` (RFC 6797
+/// §6.1), one year, this host only. Behind a proxy that terminates TLS, the proxy sets it.
+fn strict_transport<B>(mut res: http::Response<B>) -> http::Response<B> {
+    res.headers_mut().insert(
+        http::header::STRICT_TRANSPORT_SECURITY,
+        http::HeaderValue::from_static("max-age=31536000"),
+    );
+    res
 }

@@ -101,6 +101,8 @@ pub(crate) struct CookieSettings {
     pub(crate) issuer_origin: String,
     /// `TOKEND_CORS_ORIGINS`.
     pub(crate) allowed_origins: Vec<String>,
+    /// Whether the issuer is `https`: the cookies then carry the `__Host-` prefix.
+    pub(crate) host_prefix: bool,
 }
 
 /// What `/readyz` reports.

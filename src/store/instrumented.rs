@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use super::mail::{ClaimedMail, MailStore, MailToken, OutgoingMail};
 use super::{
     AccessStatus, AuthorizeStore, ClientRecord, ClientStore, ConsentRecord, ConsentStore,
-    DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, FamilyStarted, FamilyState,
-    NewDevice, NewFamily, Redemption, ReplayStore, RotateOutcome, RotateRequest, SessionStore,
-    StoreError, UserClaims, UserRecord, UserStore,
+    DecideOutcome, DeviceDecision, DevicePoll, DeviceStore, DeviceView, Expected, FamilyStarted,
+    FamilyState, NewDevice, NewFamily, Redemption, ReplayStore, RotateOutcome, RotateRequest,
+    SessionStore, StoreError, UserClaims, UserRecord, UserStore,
 };
 use crate::metrics::Metrics;
 
@@ -89,10 +89,11 @@ impl UserStore for Instrumented<dyn UserStore> {
         id: &str,
         hash: &str,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
         self.time(
             "user_update_password",
-            self.inner.update_password_hash(id, hash, now_ms),
+            self.inner.update_password_hash(id, hash, now_ms, expected),
         )
         .await
     }
@@ -124,10 +125,12 @@ impl UserStore for Instrumented<dyn UserStore> {
         email: &str,
         grant_admin: bool,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
         self.time(
             "user_change_email",
-            self.inner.change_email(id, email, grant_admin, now_ms),
+            self.inner
+                .change_email(id, email, grant_admin, now_ms, expected),
         )
         .await
     }

@@ -50,6 +50,10 @@ pub struct MailToken {
     pub email: String,
     /// Unix milliseconds.
     pub expires_at_ms: i64,
+    /// The user's `credentials_version` when the link was mailed, for a link that is over once
+    /// the credentials change (an email change); `None` for the others, and for links mailed
+    /// before links carried it.
+    pub credentials_version: Option<i64>,
 }
 
 /// A message claimed for delivery.

@@ -13,9 +13,9 @@ use async_trait::async_trait;
 
 use super::family_user_agent;
 use super::{
-    AccessStatus, ClientRecord, ClientStore, FamilyMarks, FamilyStarted, FamilyState, LeaseStore,
-    NewFamily, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks,
-    UserRecord, UserStore,
+    AccessStatus, ClientRecord, ClientStore, Expected, FamilyMarks, FamilyStarted, FamilyState,
+    LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims,
+    UserMarks, UserRecord, UserStore,
 };
 use crate::clock::SharedClock;
 
@@ -143,9 +143,11 @@ impl UserStore for MemoryUsers {
         id: &str,
         hash: &str,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
         let mut g = lock(&self.inner);
-        Ok(g.by_id.get_mut(id).map(|u| {
+        let user = g.by_id.get_mut(id).filter(|u| expected.holds(u));
+        Ok(user.map(|u| {
             u.password_hash = hash.to_string();
             u.credentials_version += 1;
             u.updated_at = now_ms;
@@ -195,9 +197,15 @@ impl UserStore for MemoryUsers {
         email: &str,
         grant_admin: bool,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
         let mut g = lock(&self.inner);
-        let Some(old) = g.by_id.get(id).map(|u| u.email.clone()) else {
+        let Some(old) = g
+            .by_id
+            .get(id)
+            .filter(|u| expected.holds(u))
+            .map(|u| u.email.clone())
+        else {
             return Ok(None);
         };
         if g.email_to_id.get(email).is_some_and(|holder| holder != id) {

@@ -87,6 +87,26 @@ pub struct UserRecord {
     pub updated_at: i64,
 }
 
+/// What a conditional write of a user record expects the record to be; `Default` expects
+/// nothing. A credential write decided on one state of the record lands only on that state
+/// (docs/mail.md, "What is atomic").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expected {
+    /// The record's `credentials_version` (0 for records from before it existed).
+    pub credentials_version: Option<i64>,
+    /// The record's address.
+    pub email: Option<String>,
+}
+
+impl Expected {
+    /// Whether `user` is what this expects.
+    pub fn holds(&self, user: &UserRecord) -> bool {
+        self.credentials_version
+            .is_none_or(|v| v == user.credentials_version)
+            && self.email.as_deref().is_none_or(|e| e == user.email)
+    }
+}
+
 impl std::fmt::Debug for UserRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserRecord")
@@ -121,12 +141,14 @@ pub trait UserStore: Send + Sync {
         now_ms: i64,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// Replaces the password hash and raises `credentials_version` by one, atomically; the
-    /// record as written, `None` if no such user.
+    /// record as written, `None` if no such user or if the record is not what `expected` says
+    /// (a change decided on a record that another change has since replaced does not land).
     async fn update_password_hash(
         &self,
         id: &str,
         hash: &str,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// Replaces the roles and raises `credentials_version` by one, atomically; `None` if no
     /// such user.
@@ -150,13 +172,15 @@ pub trait UserStore: Send + Sync {
     /// Replaces the user's address by `email` (already lower-cased), marked verified, in one
     /// atomic step; with `grant_admin`, role `admin` is added in the same write (docs/mail.md,
     /// "Email change"). `Duplicate("email")` when another user holds the address; `None` if no
-    /// such user.
+    /// such user, or if the record is not what `expected` says (a password change or reset
+    /// since the change was asked for ends it).
     async fn change_email(
         &self,
         id: &str,
         email: &str,
         grant_admin: bool,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError>;
     /// Removes a user record; true if there was one. Registration takes back an account
     /// whose verification mail could not be queued (docs/mail.md, "What is atomic").

@@ -28,8 +28,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ClientMetadata, ClientRecord, ClientStore, RegistrationRecord, StoreError, UserRecord,
-    UserStore,
+    ClientMetadata, ClientRecord, ClientStore, Expected, RegistrationRecord, StoreError,
+    UserRecord, UserStore,
 };
 
 mod consents;
@@ -285,7 +285,19 @@ impl MongoStore {
         set: Document,
         credentials: bool,
     ) -> Result<Option<UserRecord>, StoreError> {
-        let (users, filter) = (self.users.clone(), doc! { "_id": id });
+        self.update_user_if(id, set, credentials, &Expected::default())
+            .await
+    }
+
+    /// [`MongoStore::update_user`] only while the record is what `expected` says.
+    async fn update_user_if(
+        &self,
+        id: &str,
+        set: Document,
+        credentials: bool,
+        expected: &Expected,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        let (users, filter) = (self.users.clone(), user_filter(id, expected));
         let mut update = doc! { "$set": set };
         if credentials {
             update.insert("$inc", doc! { "credentials_version": 1_i64 });
@@ -304,6 +316,21 @@ impl MongoStore {
     async fn find_user(&self, filter: Document) -> Result<Option<UserRecord>, StoreError> {
         Ok(find_doc(&self.users, filter).await?.map(UserRecord::from))
     }
+}
+
+/// The user `id`, and only while it is what `expected` says. Records from before
+/// `credentials_version` was written count as version 0.
+fn user_filter(id: &str, expected: &Expected) -> Document {
+    let mut filter = doc! { "_id": id };
+    match expected.credentials_version {
+        Some(0) => filter.insert("credentials_version", doc! { "$in": [0_i64, null] }),
+        Some(v) => filter.insert("credentials_version", v),
+        None => None,
+    };
+    if let Some(email) = &expected.email {
+        filter.insert("email", email.as_str());
+    }
+    filter
 }
 
 /// Runs a driver operation to its end in a task of its own, whatever happens to the caller.
@@ -404,11 +431,13 @@ impl UserStore for MongoStore {
         id: &str,
         hash: &str,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
-        self.update_user(
+        self.update_user_if(
             id,
             doc! { "password_hash": hash, "updated_at": now_ms },
             true,
+            expected,
         )
         .await
     }
@@ -453,9 +482,10 @@ impl UserStore for MongoStore {
         email: &str,
         grant_admin: bool,
         now_ms: i64,
+        expected: &Expected,
     ) -> Result<Option<UserRecord>, StoreError> {
         let users = self.users.clone();
-        let filter = doc! { "_id": id };
+        let filter = user_filter(id, expected);
         // The unique index on `email` refuses an address another user holds (E11000).
         let mut update = doc! {
             "$set": { "email": email, "email_verified": true, "updated_at": now_ms }

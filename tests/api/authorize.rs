@@ -35,6 +35,8 @@ in_both_modes!(
     a_registered_authentication_method_is_the_only_one_accepted,
     a_pending_request_yields_one_code,
     a_code_carries_its_user_and_dies_with_the_users_sessions,
+    userinfo_refuses_a_token_without_a_user_as_invalid_token,
+    a_page_whose_query_repeats_a_parameter_answers_a_clear_error,
 );
 
 pub(crate) fn clients() -> Value {
@@ -49,6 +51,8 @@ pub(crate) fn clients() -> Value {
         {"client_id": "post-only", "client_secret": WEB_SECRET,
          "grant_types": ["authorization_code"], "redirect_uris": [REDIRECT],
          "token_endpoint_auth_method": "client_secret_post"},
+        {"client_id": "svc", "client_secret": WEB_SECRET,
+         "grant_types": ["client_credentials"], "scopes": ["openid", "read"]},
     ])
 }
 
@@ -1047,4 +1051,66 @@ async fn a_pending_request_yields_one_code(mode: Mode) {
     let res = app.get(&again).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(res.headers().get("location").is_none());
+}
+
+/// A client's own token carries no user: userinfo refuses it as `/users/me` does, 401
+/// `invalid_token` with its challenge (OpenID Connect Core §5.3.3, RFC 6750 §3.1); a request
+/// without any token gets challenges that name no error.
+async fn userinfo_refuses_a_token_without_a_user_as_invalid_token(mode: Mode) {
+    let app = spawn(mode).await;
+    let res = app
+        .http
+        .post(app.url("/oauth/token"))
+        .basic_auth("svc", Some(WEB_SECRET))
+        .form(&[("grant_type", "client_credentials"), ("scope", "openid")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let body: Value = res.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap();
+    let res = app.get_bearer("/oauth/userinfo", token).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenge = res.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer ") && challenge.contains("error=\"invalid_token\""),
+        "{challenge}"
+    );
+    assert_eq!(error_code(res).await, "invalid_token");
+
+    let res = app
+        .http
+        .get(app.url("/oauth/userinfo"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let challenges: Vec<&str> = res
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(challenges[0], "Bearer realm=\"tokend\"", "{challenges:?}");
+    assert!(challenges[1].starts_with("DPoP algs="), "{challenges:?}");
+}
+
+/// A parameter given twice is an error page that says so, not a page that quietly lost
+/// where the sign-in was going.
+async fn a_page_whose_query_repeats_a_parameter_answers_a_clear_error(mode: Mode) {
+    let app = spawn(mode).await;
+    for path in [
+        "/login?req=abc&req=abc",
+        "/consent?req=abc&req=abc",
+        "/device?user_code=BCDF-GHJK&user_code=BCDF-GHJK",
+    ] {
+        let res = app.browser.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path}");
+        let html = res.text().await.unwrap();
+        assert!(html.contains("invalid query"), "{path}: {html}");
+        assert!(html.contains("duplicate field"), "{path}: {html}");
+    }
 }

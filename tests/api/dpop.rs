@@ -474,6 +474,14 @@ async fn a_bound_token_is_accepted_only_with_a_proof_of_its_key(mode: Mode) {
     let res = app.get_dpop("/auth/verify", &token, &key).await;
     let verified: Value = res.json().await.unwrap();
     assert_eq!(verified["claims"]["cnf"]["jkt"], key.jkt());
+    // Short of a scope, the refusal names the scheme the token came with (RFC 9449 §7.1).
+    let res = app.get_dpop("/oauth/userinfo", &token, &key).await;
+    let (_, challenges) = refused(res, StatusCode::FORBIDDEN, "insufficient_scope").await;
+    assert_eq!(challenges.len(), 1, "{challenges:?}");
+    assert!(
+        challenges[0].starts_with("DPoP error=\"insufficient_scope\""),
+        "{challenges:?}"
+    );
 
     // As a bearer token it is refused (RFC 9449 §7.2).
     let res = app.get_with("/users/me", "Bearer", &token, None).await;

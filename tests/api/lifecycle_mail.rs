@@ -30,6 +30,9 @@ in_both_modes!(
     an_email_change_happens_at_confirmation_and_the_old_address_is_told,
     an_email_change_confirms_through_json_and_is_refused_if_the_address_was_taken,
     a_reset_and_an_email_change_are_account_events,
+    a_password_change_or_reset_ends_a_pending_email_change,
+    an_email_change_and_a_reset_in_a_race_never_both_land,
+    of_concurrent_password_changes_one_lands_and_the_others_are_refused,
 );
 
 /// A first-party web client, so that a browser signs in without a consent page.
@@ -888,6 +891,148 @@ async fn an_email_change_confirms_through_json_and_is_refused_if_the_address_was
         .metrics_text()
         .await
         .contains("tokend_email_changes_total{result=\"taken\"} 1"));
+}
+
+/// Whoever asked for an email change held the password of then: the owner who takes the
+/// account back by a reset, or changes the password, ends the link (docs/mail.md, "Email
+/// change").
+async fn a_password_change_or_reset_ends_a_pending_email_change(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, a) = register(&app).await;
+
+    // A reset by the owner.
+    let (access, _) = app.login_pair(&a, PASSWORD).await;
+    let (_, taker) = address();
+    let res = change_email(&app, &access, PASSWORD, &taker).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
+        .await
+        .token();
+    let reset = reset_token(&app, &mailbox, &a, 1).await;
+    assert_eq!(
+        reset_json(&app, &reset, NEW_PASSWORD).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let res = app
+        .post_json("/auth/verify-email", &json!({ "token": link }))
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "invalid_grant");
+    let (access, _) = app.login_pair(&a, NEW_PASSWORD).await;
+    assert_eq!(me(&app, &access).await["email"], a.as_str());
+
+    // A password change by the owner.
+    let (_, taker) = address();
+    let res = change_email(&app, &access, NEW_PASSWORD, &taker).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
+        .await
+        .token();
+    let res = app
+        .put_bearer(
+            "/users/me/password",
+            &access,
+            &json!({"current_password": NEW_PASSWORD, "new_password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = app
+        .post_json("/auth/verify-email", &json!({ "token": link }))
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let (access, _) = app.login_pair(&a, PASSWORD).await;
+    assert_eq!(me(&app, &access).await["email"], a.as_str());
+    assert_eq!(
+        mailbox
+            .to(&a)
+            .iter()
+            .filter(|m| m.subject().contains("was changed"))
+            .count(),
+        0,
+        "nothing changed, nothing to tell"
+    );
+}
+
+/// A confirmation and a reset sent at the same moment, for several accounts: for each, one
+/// of the two lands and the other is refused — never an address moved after the owner's
+/// reset, never a reset after the address moved (its link went to the old address).
+async fn an_email_change_and_a_reset_in_a_race_never_both_land(mode: Mode) {
+    let (app, mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let mut races = Vec::new();
+    for _ in 0..6 {
+        let (_, a) = register(&app).await;
+        let (access, _) = app.login_pair(&a, PASSWORD).await;
+        let (_, taker) = address();
+        let res = change_email(&app, &access, PASSWORD, &taker).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
+            .await
+            .token();
+        let reset = reset_token(&app, &mailbox, &a, 1).await;
+        races.push((a, taker, link, reset));
+    }
+    let answers = join_all(races.iter().map(|(_, _, link, reset)| {
+        let app = &app;
+        async move {
+            let body = json!({ "token": link });
+            let confirm = app.post_json("/auth/verify-email", &body);
+            let reset = reset_json(app, reset, NEW_PASSWORD);
+            let (c, r) = futures_util::join!(confirm, reset);
+            (c.status(), r.status())
+        }
+    }))
+    .await;
+    for ((a, taker, _, _), (confirmed, reset)) in races.iter().zip(answers) {
+        match (confirmed, reset) {
+            // The change first: the address is the taker's, the password the old one.
+            (StatusCode::OK, StatusCode::BAD_REQUEST) => {
+                let (access, _) = app.login_pair(taker, PASSWORD).await;
+                assert_eq!(me(&app, &access).await["email"], taker.as_str());
+            }
+            // The reset first: the address stays, the password is the new one.
+            (StatusCode::BAD_REQUEST, StatusCode::NO_CONTENT) => {
+                let (access, _) = app.login_pair(a, NEW_PASSWORD).await;
+                assert_eq!(me(&app, &access).await["email"], a.as_str());
+            }
+            other => panic!("both or neither landed: {other:?}"),
+        }
+    }
+}
+
+/// Three password changes at once with one fresh token: the first ends the session that
+/// allowed the others, which are refused; the password is the one whose change was answered
+/// 204.
+async fn of_concurrent_password_changes_one_lands_and_the_others_are_refused(mode: Mode) {
+    let (app, _mailbox, _dir, _file) = spawn(mode, |_| {}).await;
+    let (_, a) = register(&app).await;
+    let (access, _) = app.login_pair(&a, PASSWORD).await;
+    let passwords: Vec<String> = (0..3).map(|i| format!("{NEW_PASSWORD} {i}")).collect();
+    let answers = join_all(passwords.iter().map(|new| {
+        let (app, access) = (&app, &access);
+        async move {
+            let body = json!({"current_password": PASSWORD, "new_password": new});
+            app.put_bearer("/users/me/password", access, &body).await
+        }
+    }))
+    .await;
+    let statuses: Vec<StatusCode> = answers.iter().map(Response::status).collect();
+    let landed: Vec<&String> = passwords
+        .iter()
+        .zip(&statuses)
+        .filter(|(_, s)| **s == StatusCode::NO_CONTENT)
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(landed.len(), 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::NO_CONTENT || *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    for p in &passwords {
+        let works = app.login(&a, p).await.status() == StatusCode::OK;
+        assert_eq!(works, p == landed[0], "{p}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -533,7 +533,112 @@ fn cookie_value(cookies: &[String], name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} cookie in {cookies:?}"))
 }
 
-in_both_modes!(cookie_mode_refreshes_same_site_and_rejects_cross_site);
+in_both_modes!(
+    cookie_mode_refreshes_same_site_and_rejects_cross_site,
+    behind_an_https_issuer_the_cookies_carry_the_host_prefix,
+);
+
+/// RFC 6265bis §4.1.3.2: behind an `https` issuer the refresh and CSRF cookies are
+/// `__Host-` cookies (`Secure`, `Path=/`, no `Domain`); a refresh cookie set before they had
+/// the prefix still refreshes once, and is replaced.
+async fn behind_an_https_issuer_the_cookies_carry_the_host_prefix(mode: Mode) {
+    let app = spawn_app_with(mode, |env| {
+        env.insert("TOKEND_REFRESH_COOKIE".into(), "on".into());
+        env.insert("TOKEND_ISSUER".into(), "https://tokend.test".into());
+    })
+    .await;
+    app.register("hosted", "hosted@example.com", "securepass")
+        .await;
+    let res = app.login("hosted@example.com", "securepass").await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let cookies = set_cookies(&res);
+    for name in ["__Host-tokend_refresh", "__Host-tokend_csrf"] {
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {cookies:?}"));
+        assert!(c.contains("; Path=/;") && c.contains("Secure"), "{c}");
+        assert!(!c.contains("Domain"), "{c}");
+    }
+    let refresh = cookie_value(&cookies, "__Host-tokend_refresh");
+    let csrf = cookie_value(&cookies, "__Host-tokend_csrf");
+    let res = app
+        .http
+        .post(app.url("/auth/token/refresh"))
+        .header(
+            "cookie",
+            format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
+        )
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let next = set_cookies(&res);
+    let refresh = cookie_value(&next, "__Host-tokend_refresh");
+    let csrf = cookie_value(&next, "__Host-tokend_csrf");
+
+    // The unprefixed pair of before: refreshes, and the answer ends it for the new one.
+    let res = app
+        .http
+        .post(app.url("/auth/token/refresh"))
+        .header(
+            "cookie",
+            format!("tokend_refresh={refresh}; tokend_csrf={csrf}"),
+        )
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let next = set_cookies(&res);
+    assert!(
+        next.iter()
+            .any(|c| c.starts_with("tokend_refresh=;") && c.contains("Max-Age=0")),
+        "{next:?}"
+    );
+    let refresh = cookie_value(&next, "__Host-tokend_refresh");
+    let csrf = cookie_value(&next, "__Host-tokend_csrf");
+    // A cookie planted by a sibling host without the prefix does not shadow the real one:
+    // the prefixed cookie is read first.
+    let res = app
+        .http
+        .post(app.url("/auth/logout"))
+        .header(
+            "cookie",
+            format!(
+                "tokend_csrf=planted; __Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"
+            ),
+        )
+        .header("x-csrf-token", "planted")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let res = app
+        .http
+        .post(app.url("/auth/logout"))
+        .header(
+            "cookie",
+            format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
+        )
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let cleared = set_cookies(&res);
+    assert!(
+        cleared
+            .iter()
+            .any(|c| c.starts_with("__Host-tokend_refresh=;") && c.contains("Max-Age=0")),
+        "{cleared:?}"
+    );
+    assert_eq!(
+        app.refresh(&refresh).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
 
 async fn cookie_mode_refreshes_same_site_and_rejects_cross_site(mode: Mode) {
     let app = spawn_app_with(mode, |env| {
@@ -582,6 +687,18 @@ async fn cookie_mode_refreshes_same_site_and_rejects_cross_site(mode: Mode) {
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin:?} {token:?}");
         assert_eq!(error_code(res).await, "csrf_failed");
     }
+    // An empty CSRF cookie (one planted by a sibling host, say) and an empty header are
+    // missing ones, not a match.
+    let res = app
+        .http
+        .post(app.url("/auth/token/refresh"))
+        .header("cookie", format!("tokend_refresh={refresh}; tokend_csrf="))
+        .header("x-csrf-token", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(res).await, "csrf_failed");
     // Same site with the CSRF header: a new pair, the new refresh token in a new cookie.
     let res = app
         .http

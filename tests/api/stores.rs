@@ -17,9 +17,10 @@ use tokend::store::memory::{
 use tokend::store::redis::RedisStore;
 use tokend::store::{
     AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, EventQuery, EventRecord, EventStore, FamilyMarks, FamilyStarted, LeaseStore,
-    MailStore, MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord, UserStore,
+    ConsentStore, EventQuery, EventRecord, EventStore, Expected, FamilyMarks, FamilyStarted,
+    LeaseStore, MailStore, MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord,
+    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
+    UserStore,
 };
 
 use crate::services;
@@ -172,13 +173,33 @@ async fn password_hashes_and_roles_can_be_replaced(users: &dyn UserStore) {
         .await
         .unwrap();
     let written = users
-        .update_password_hash("u-1", "$argon2id$new", 11)
+        .update_password_hash("u-1", "$argon2id$new", 11, &version(0))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(
         users
-            .update_password_hash("nobody", "$argon2id$new", 11)
+            .update_password_hash("nobody", "$argon2id$new", 11, &Expected::default())
+            .await
+            .unwrap(),
+        None
+    );
+    // Decided on version 0, which the write above replaced: does not land.
+    assert_eq!(
+        users
+            .update_password_hash("u-1", "$argon2id$stale", 11, &version(0))
+            .await
+            .unwrap(),
+        None
+    );
+    // Decided for another address: does not land either.
+    let elsewhere = Expected {
+        credentials_version: None,
+        email: Some("alice@elsewhere.example".into()),
+    };
+    assert_eq!(
+        users
+            .update_password_hash("u-1", "$argon2id$stale", 11, &elsewhere)
             .await
             .unwrap(),
         None
@@ -261,7 +282,13 @@ async fn an_email_change_moves_the_address_verified_unless_it_is_taken(users: &d
         .unwrap();
     // Onto an address another user holds: refused, nothing changed.
     let err = users
-        .change_email("u-1", "bob@example.com", false, 1_800_000_000_000)
+        .change_email(
+            "u-1",
+            "bob@example.com",
+            false,
+            1_800_000_000_000,
+            &Expected::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err, StoreError::Duplicate("email"));
@@ -273,9 +300,27 @@ async fn an_email_change_moves_the_address_verified_unless_it_is_taken(users: &d
         users.by_email("bob@example.com").await.unwrap().unwrap().id,
         "u-2"
     );
+    // Asked for under another credentials version: nothing changes.
+    assert_eq!(
+        users
+            .change_email("u-1", "alice@new.example", true, 1, &version(3))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        users.by_id("u-1").await.unwrap().unwrap().email,
+        "alice@example.com"
+    );
     // Onto a free one: moved, verified, admin added when asked; the old address is free.
     let changed = users
-        .change_email("u-1", "alice@new.example", true, 1_800_000_000_000)
+        .change_email(
+            "u-1",
+            "alice@new.example",
+            true,
+            1_800_000_000_000,
+            &version(0),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -296,7 +341,7 @@ async fn an_email_change_moves_the_address_verified_unless_it_is_taken(users: &d
     // An unknown user: nothing.
     assert_eq!(
         users
-            .change_email("u-9", "nobody@example.com", false, 1)
+            .change_email("u-9", "nobody@example.com", false, 1, &Expected::default())
             .await
             .unwrap(),
         None
@@ -1404,6 +1449,14 @@ fn message(id: &str, now_ms: i64) -> OutgoingMail {
     }
 }
 
+/// Expects the record at credentials version `v`.
+fn version(v: i64) -> Expected {
+    Expected {
+        credentials_version: Some(v),
+        email: None,
+    }
+}
+
 fn mail_token(user_id: &str, purpose: &str, expires_at_ms: i64) -> MailToken {
     MailToken {
         hash: hex_of(&new_id()),
@@ -1411,6 +1464,7 @@ fn mail_token(user_id: &str, purpose: &str, expires_at_ms: i64) -> MailToken {
         user_id: user_id.into(),
         email: "ada@example.com".into(),
         expires_at_ms,
+        credentials_version: Some(7),
     }
 }
 

@@ -46,6 +46,8 @@ pub(super) struct MailDoc {
     token_email: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     token_expires_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_credentials_version: Option<i64>,
     /// When the TTL index removes the document: the token's expiry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     expire_at: Option<DateTime>,
@@ -59,6 +61,7 @@ impl MailDoc {
             user_id: self.token_user_id.clone()?,
             email: self.token_email.clone()?,
             expires_at_ms: self.token_expires_at?,
+            credentials_version: self.token_credentials_version,
         })
     }
 }
@@ -132,6 +135,7 @@ impl MailStore for MongoStore {
             token_user_id: token.map(|t| t.user_id.clone()),
             token_email: token.map(|t| t.email.clone()),
             token_expires_at: token.map(|t| t.expires_at_ms),
+            token_credentials_version: token.and_then(|t| t.credentials_version),
             expire_at: token.map(|t| DateTime::from_millis(t.expires_at_ms)),
         };
         let coll = self.mail.clone();
