@@ -577,8 +577,10 @@ async fn a_registered_client_is_read_updated_and_deleted_with_its_registration_a
         assert_invalid_token(manage(&app, reqwest::Method::GET, p, t, None).await).await;
         assert_invalid_token(manage(&app, reqwest::Method::DELETE, p, t, None).await).await;
     }
+    // Without any token: 401, and a challenge that names no error (RFC 6750 §3.1).
     let res = app.http.get(app.url(&path)).send().await.unwrap();
-    assert_invalid_token(res).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"tokend\"");
 
     // Update: replaces the metadata; id, secret and token stay.
     let mut update = web_client();
