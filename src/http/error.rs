@@ -512,17 +512,21 @@ mod tests {
         }
     }
 
+    /// The `WWW-Authenticate` values of an answer, in order.
+    fn challenges_of(r: &Response<Full<Bytes>>) -> Vec<String> {
+        r.headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
     #[test]
     fn headers_required_by_the_rfcs() {
         let r = ApiError::InvalidToken("expired".into()).into_response();
         let v = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
         assert!(v.starts_with("Bearer ") && v.contains("error=\"invalid_token\""));
-        let challenges: Vec<_> = r
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect();
+        let challenges = challenges_of(&r);
         assert_eq!(
             challenges[1], "DPoP algs=\"ES256 EdDSA RS256 PS256\"",
             "RFC 9449 §7.1: the DPoP scheme is offered beside Bearer"
@@ -553,12 +557,7 @@ mod tests {
         assert!(v.starts_with("DPoP error=\"insufficient_scope\""), "{v}");
         let r = ApiError::MissingToken.into_response();
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-        let challenges: Vec<_> = r
-            .headers()
-            .get_all(header::WWW_AUTHENTICATE)
-            .iter()
-            .map(|v| v.to_str().unwrap().to_string())
-            .collect();
+        let challenges = challenges_of(&r);
         assert_eq!(
             challenges,
             [

@@ -99,21 +99,25 @@ async fn a_partial_http2_preface_is_closed_within_the_header_read_timeout() {
     assert!(closed_by_server(&mut s).await.is_empty());
 }
 
-/// What tokend answers over its own TLS carries `Strict-Transport-Security` (RFC 6797
-/// §6.1); over plain HTTP it does not (RFC 6797 §7.2).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_over_its_own_tls_carry_strict_transport_security() {
+/// An app serving TLS with a new self-signed certificate for `localhost` (and `settings`), and
+/// a client connection to it past the handshake; the directory holds the certificate.
+async fn over_tls(
+    settings: &[(&str, &str)],
+) -> (
+    TestApp,
+    tokio_rustls::client::TlsStream<TcpStream>,
+    tempfile::TempDir,
+) {
+    use tokio_rustls::rustls;
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let app = spawn(&[
-        ("TOKEND_TLS_CERT", cert_path.to_str().unwrap()),
-        ("TOKEND_TLS_KEY", key_path.to_str().unwrap()),
-    ])
-    .await;
-    use tokio_rustls::rustls;
+    let mut settings = settings.to_vec();
+    settings.push(("TOKEND_TLS_CERT", cert_path.to_str().unwrap()));
+    settings.push(("TOKEND_TLS_KEY", key_path.to_str().unwrap()));
+    let app = spawn(&settings).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -126,7 +130,15 @@ async fn answers_over_its_own_tls_carry_strict_transport_security() {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(app.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let tls = connector.connect(name, tcp).await.expect("handshake");
+    (app, tls, dir)
+}
+
+/// What tokend answers over its own TLS carries `Strict-Transport-Security` (RFC 6797
+/// §6.1); over plain HTTP it does not (RFC 6797 §7.2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_its_own_tls_carry_strict_transport_security() {
+    let (_app, mut tls, _dir) = over_tls(&[]).await;
     tls.write_all(
         b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
@@ -152,31 +164,7 @@ async fn answers_over_its_own_tls_carry_strict_transport_security() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_connection_silent_after_the_handshake_is_closed() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let app = spawn(&[
-        ("TOKEND_HEADER_READ_TIMEOUT", "1s"),
-        ("TOKEND_TLS_CERT", cert_path.to_str().unwrap()),
-        ("TOKEND_TLS_KEY", key_path.to_str().unwrap()),
-    ])
-    .await;
-    use tokio_rustls::rustls;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = TcpStream::connect(app.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let (_app, mut tls, _dir) = over_tls(&[("TOKEND_HEADER_READ_TIMEOUT", "1s")]).await;
     assert!(closed_by_server(&mut tls).await.is_empty());
 }
 

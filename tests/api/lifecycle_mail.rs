@@ -706,6 +706,23 @@ async fn change_email(app: &TestApp, access: &str, password: &str, new_email: &s
     .await
 }
 
+/// Asks for a change of the address to a new one, with the fresh `access` token and
+/// `password`; answers the new address and the token of the link mailed to it.
+async fn pending_change(
+    app: &TestApp,
+    mailbox: &Mailbox,
+    access: &str,
+    password: &str,
+) -> (String, String) {
+    let (_, taker) = address();
+    let res = change_email(app, access, password, &taker).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let link = mail_with_subject(mailbox, &taker, "Confirm your new email address")
+        .await
+        .token();
+    (taker, link)
+}
+
 /// The newest mail to `to` whose subject contains `subject`, waiting (bounded) for it.
 async fn mail_with_subject(mailbox: &Mailbox, to: &str, subject: &str) -> Received {
     mailbox
@@ -902,12 +919,7 @@ async fn a_password_change_or_reset_ends_a_pending_email_change(mode: Mode) {
 
     // A reset by the owner.
     let (access, _) = app.login_pair(&a, PASSWORD).await;
-    let (_, taker) = address();
-    let res = change_email(&app, &access, PASSWORD, &taker).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
-        .await
-        .token();
+    let (_, link) = pending_change(&app, &mailbox, &access, PASSWORD).await;
     let reset = reset_token(&app, &mailbox, &a, 1).await;
     assert_eq!(
         reset_json(&app, &reset, NEW_PASSWORD).await.status(),
@@ -922,12 +934,7 @@ async fn a_password_change_or_reset_ends_a_pending_email_change(mode: Mode) {
     assert_eq!(me(&app, &access).await["email"], a.as_str());
 
     // A password change by the owner.
-    let (_, taker) = address();
-    let res = change_email(&app, &access, NEW_PASSWORD, &taker).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
-        .await
-        .token();
+    let (_, link) = pending_change(&app, &mailbox, &access, NEW_PASSWORD).await;
     let res = app
         .put_bearer(
             "/users/me/password",
@@ -962,12 +969,7 @@ async fn an_email_change_and_a_reset_in_a_race_never_both_land(mode: Mode) {
     for _ in 0..6 {
         let (_, a) = register(&app).await;
         let (access, _) = app.login_pair(&a, PASSWORD).await;
-        let (_, taker) = address();
-        let res = change_email(&app, &access, PASSWORD, &taker).await;
-        assert_eq!(res.status(), StatusCode::ACCEPTED);
-        let link = mail_with_subject(&mailbox, &taker, "Confirm your new email address")
-            .await
-            .token();
+        let (taker, link) = pending_change(&app, &mailbox, &access, PASSWORD).await;
         let reset = reset_token(&app, &mailbox, &a, 1).await;
         races.push((a, taker, link, reset));
     }

@@ -525,6 +525,25 @@ fn set_cookies(res: &reqwest::Response) -> Vec<String> {
         .collect()
 }
 
+/// A cookie-authenticated POST to `path`: the `Cookie` header, and `X-CSRF-Token` and `Origin`
+/// when given.
+async fn cookie_post(
+    app: &TestApp,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    origin: Option<&str>,
+) -> reqwest::Response {
+    let mut req = app.http.post(app.url(path)).header("cookie", cookie);
+    if let Some(csrf) = csrf {
+        req = req.header("x-csrf-token", csrf);
+    }
+    if let Some(origin) = origin {
+        req = req.header("origin", origin);
+    }
+    req.send().await.unwrap()
+}
+
 fn cookie_value(cookies: &[String], name: &str) -> String {
     cookies
         .iter()
@@ -562,34 +581,28 @@ async fn behind_an_https_issuer_the_cookies_carry_the_host_prefix(mode: Mode) {
     }
     let refresh = cookie_value(&cookies, "__Host-tokend_refresh");
     let csrf = cookie_value(&cookies, "__Host-tokend_csrf");
-    let res = app
-        .http
-        .post(app.url("/auth/token/refresh"))
-        .header(
-            "cookie",
-            format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
-        )
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/token/refresh",
+        &format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
+        Some(csrf.as_str()),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     let next = set_cookies(&res);
     let refresh = cookie_value(&next, "__Host-tokend_refresh");
     let csrf = cookie_value(&next, "__Host-tokend_csrf");
 
     // The unprefixed pair of before: refreshes, and the answer ends it for the new one.
-    let res = app
-        .http
-        .post(app.url("/auth/token/refresh"))
-        .header(
-            "cookie",
-            format!("tokend_refresh={refresh}; tokend_csrf={csrf}"),
-        )
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/token/refresh",
+        &format!("tokend_refresh={refresh}; tokend_csrf={csrf}"),
+        Some(csrf.as_str()),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     let next = set_cookies(&res);
     assert!(
@@ -601,31 +614,23 @@ async fn behind_an_https_issuer_the_cookies_carry_the_host_prefix(mode: Mode) {
     let csrf = cookie_value(&next, "__Host-tokend_csrf");
     // A cookie planted by a sibling host without the prefix does not shadow the real one:
     // the prefixed cookie is read first.
-    let res = app
-        .http
-        .post(app.url("/auth/logout"))
-        .header(
-            "cookie",
-            format!(
-                "tokend_csrf=planted; __Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"
-            ),
-        )
-        .header("x-csrf-token", "planted")
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/logout",
+        &format!("tokend_csrf=planted; __Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
+        Some("planted"),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = app
-        .http
-        .post(app.url("/auth/logout"))
-        .header(
-            "cookie",
-            format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
-        )
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/logout",
+        &format!("__Host-tokend_refresh={refresh}; __Host-tokend_csrf={csrf}"),
+        Some(csrf.as_str()),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     let cleared = set_cookies(&res);
     assert!(
@@ -673,72 +678,54 @@ async fn cookie_mode_refreshes_same_site_and_rejects_cross_site(mode: Mode) {
         (None, None),
         (Some("http://tokend.test"), Some("forged")),
     ] {
-        let mut req = app
-            .http
-            .post(app.url("/auth/token/refresh"))
-            .header("cookie", &cookie_header);
-        if let Some(o) = origin {
-            req = req.header("origin", o);
-        }
-        if let Some(t) = token {
-            req = req.header("x-csrf-token", t);
-        }
-        let res = req.send().await.unwrap();
+        let res = cookie_post(&app, "/auth/token/refresh", &cookie_header, token, origin).await;
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin:?} {token:?}");
         assert_eq!(error_code(res).await, "csrf_failed");
     }
     // An empty CSRF cookie (one planted by a sibling host, say) and an empty header are
     // missing ones, not a match.
-    let res = app
-        .http
-        .post(app.url("/auth/token/refresh"))
-        .header("cookie", format!("tokend_refresh={refresh}; tokend_csrf="))
-        .header("x-csrf-token", "")
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/token/refresh",
+        &format!("tokend_refresh={refresh}; tokend_csrf="),
+        Some(""),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert_eq!(error_code(res).await, "csrf_failed");
     // Same site with the CSRF header: a new pair, the new refresh token in a new cookie.
-    let res = app
-        .http
-        .post(app.url("/auth/token/refresh"))
-        .header("cookie", &cookie_header)
-        .header("origin", "http://tokend.test")
-        .header("x-csrf-token", &csrf)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/token/refresh",
+        &cookie_header,
+        Some(csrf.as_str()),
+        Some("http://tokend.test"),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::OK);
     let next = set_cookies(&res);
     let refresh2 = cookie_value(&next, "tokend_refresh");
     let csrf2 = cookie_value(&next, "tokend_csrf");
     assert_ne!(refresh2, refresh);
     // Cookie logout, with the same defence; it revokes the family.
-    let res = app
-        .http
-        .post(app.url("/auth/logout"))
-        .header(
-            "cookie",
-            format!("tokend_refresh={refresh2}; tokend_csrf={csrf2}"),
-        )
-        .header("origin", "https://evil.example")
-        .header("x-csrf-token", &csrf2)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/logout",
+        &format!("tokend_refresh={refresh2}; tokend_csrf={csrf2}"),
+        Some(csrf2.as_str()),
+        Some("https://evil.example"),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
-    let res = app
-        .http
-        .post(app.url("/auth/logout"))
-        .header(
-            "cookie",
-            format!("tokend_refresh={refresh2}; tokend_csrf={csrf2}"),
-        )
-        .header("x-csrf-token", &csrf2)
-        .send()
-        .await
-        .unwrap();
+    let res = cookie_post(
+        &app,
+        "/auth/logout",
+        &format!("tokend_refresh={refresh2}; tokend_csrf={csrf2}"),
+        Some(csrf2.as_str()),
+        None,
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
     assert!(set_cookies(&res).iter().any(|c| c.contains("Max-Age=0")));
     assert_eq!(
