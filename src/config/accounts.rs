@@ -41,12 +41,17 @@ pub(super) fn read(r: &mut Reader<'_>) -> Option<Accounts> {
     })
 }
 
-/// A comma list of email addresses, lower-cased; blank items are skipped.
+/// A comma list of email addresses, lower-cased, and normalised as accounts' addresses are
+/// where they have that shape (the domain in ASCII); blank items are skipped.
 fn parse_admin_emails(v: &str) -> Result<Vec<String>, String> {
     let emails: Vec<String> = v
         .split(',')
-        .map(|e| e.trim().to_lowercase())
+        .map(str::trim)
         .filter(|e| !e.is_empty())
+        .map(|e| match crate::domain::input::Email::parse(e) {
+            Ok(email) => email.as_str().to_string(),
+            Err(_) => e.to_lowercase(),
+        })
         .collect();
     match emails.iter().find(|e| !e.contains('@')) {
         Some(bad) => Err(format!("{bad:?} is not an email address")),

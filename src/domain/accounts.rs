@@ -180,6 +180,13 @@ impl Accounts {
         let username = Username::parse(username)?;
         let email = Email::parse(email)?;
         let password = Password::parse(password)?;
+        // An account made before domains were normalised may hold the address in its Unicode
+        // form, which the unique index does not see as this one.
+        if let Some(unicode) = email.unicode_form() {
+            if self.users.by_email(&unicode).await?.is_some() {
+                return Err(Error::Duplicate("email"));
+            }
+        }
         let now = self.clock.now_ms();
         // An address in TOKEND_ADMIN_EMAILS earns nothing here: registering an address proves
         // nothing about who owns it (docs/hardening.md, "Admins").
@@ -287,7 +294,7 @@ impl Accounts {
     ) -> Result<UserRecord, Error> {
         let user = if login.contains('@') || !allow_username {
             match Email::parse(login) {
-                Ok(email) => self.users.by_email(email.as_str()).await?,
+                Ok(email) => user_by_email(self.users.as_ref(), &email).await?,
                 Err(_) => None,
             }
         } else {
@@ -516,5 +523,67 @@ impl Accounts {
         let user = self.current_user(p).await?;
         self.check_current_password(&user, current).await?;
         self.email_change.request(&user, new_email).await
+    }
+}
+
+/// The account of `email`: under its normalised form, else (an account made before domains
+/// were normalised) under the Unicode form of its domain.
+pub(crate) async fn user_by_email(
+    users: &dyn UserStore,
+    email: &Email,
+) -> Result<Option<UserRecord>, crate::store::StoreError> {
+    if let Some(user) = users.by_email(email.as_str()).await? {
+        return Ok(Some(user));
+    }
+    match email.unicode_form() {
+        Some(unicode) => users.by_email(&unicode).await,
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryUsers;
+
+    fn user(id: &str, email: &str) -> UserRecord {
+        UserRecord {
+            id: id.into(),
+            username: id.into(),
+            email: email.into(),
+            password_hash: String::new(),
+            roles: vec![ROLE_USER.into()],
+            email_verified: false,
+            credentials_version: 0,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// An account stored before domains were normalised, under the Unicode form, is found by
+    /// either form; one stored in the normalised form too.
+    #[tokio::test]
+    async fn an_address_is_found_under_its_normalised_or_its_unicode_form() {
+        let users = MemoryUsers::new();
+        users
+            .insert(&user("u-1", "zed@bücher.example"))
+            .await
+            .unwrap();
+        users
+            .insert(&user("u-2", "ann@xn--e1afmkfd.com"))
+            .await
+            .unwrap();
+        for (typed, id) in [
+            ("zed@bücher.example", "u-1"),
+            ("Zed@XN--BCHER-KVA.example", "u-1"),
+            ("ann@пример.com", "u-2"),
+            ("ann@xn--e1afmkfd.com", "u-2"),
+        ] {
+            let email = Email::parse(typed).unwrap();
+            let found = user_by_email(&users, &email).await.unwrap();
+            assert_eq!(found.map(|u| u.id).as_deref(), Some(id), "{typed}");
+        }
+        let nobody = Email::parse("nobody@bücher.example").unwrap();
+        assert!(user_by_email(&users, &nobody).await.unwrap().is_none());
     }
 }

@@ -109,7 +109,10 @@ impl Admin {
             return Ok(false);
         };
         let email = Email::parse(&b.email)?;
-        if self.users.by_email(email.as_str()).await?.is_some() {
+        if super::accounts::user_by_email(self.users.as_ref(), &email)
+            .await?
+            .is_some()
+        {
             tracing::info!("bootstrap admin: an account with that email exists; left as it is");
             return Ok(false);
         }

@@ -94,7 +94,10 @@ impl EmailChange {
                 "email changes are confirmed by mail, and this server sends none".into(),
             ));
         }
-        if self.users.by_email(email.as_str()).await?.is_some() {
+        if super::accounts::user_by_email(self.users.as_ref(), &email)
+            .await?
+            .is_some()
+        {
             return Err(Error::Duplicate("email"));
         }
         let token = ids::random_secret()?;

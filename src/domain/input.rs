@@ -2,12 +2,15 @@
 
 use super::Error;
 
-/// A lower-cased email address that looks like one.
+/// A lower-cased email address that looks like one, its domain in ASCII.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
-    /// Trims, lower-cases and checks the shape of an address (docs/api.md, "Input rules").
+    /// Trims, lower-cases and checks the shape of an address (docs/api.md, "Input rules"). An
+    /// internationalised domain is kept in its one ASCII form (IDNA, UTS #46: `bücher.example`
+    /// and `xn--bcher-kva.example` are one domain, stored as the second), so that one mailbox
+    /// is one address.
     pub fn parse(raw: &str) -> Result<Email, Error> {
         let e = raw.trim().to_lowercase();
         let bad = || Error::Invalid("email must look like name@example.com".into());
@@ -27,12 +30,27 @@ impl Email {
         {
             return Err(bad());
         }
-        Ok(Email(e))
+        if domain.is_ascii() && !domain.split('.').any(|l| l.starts_with("xn--")) {
+            return Ok(Email(e));
+        }
+        let ascii = idna::domain_to_ascii(domain).map_err(|_| bad())?;
+        if ascii.is_empty() || local.len() + 1 + ascii.len() > 254 {
+            return Err(bad());
+        }
+        Ok(Email(format!("{local}@{ascii}")))
     }
 
     /// The normalised address.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The address with its domain in Unicode, when that differs from [`Email::as_str`]: the
+    /// form an account made before domains were normalised may be stored under.
+    pub fn unicode_form(&self) -> Option<String> {
+        let (local, domain) = self.0.rsplit_once('@')?;
+        let (unicode, result) = idna::domain_to_unicode(domain);
+        (result.is_ok() && unicode != domain).then(|| format!("{local}@{unicode}"))
     }
 }
 
@@ -101,6 +119,24 @@ mod tests {
             Email::parse(" Ezra@Example.COM ").unwrap().as_str(),
             "ezra@example.com"
         );
+        assert_eq!(
+            Email::parse("ezra@example.com").unwrap().unicode_form(),
+            None
+        );
+        // One mailbox, one address: an internationalised domain in its ASCII form.
+        for same in [
+            "Zed@Bücher.Example",
+            "zed@xn--bcher-kva.example",
+            "ZED@XN--BCHER-KVA.EXAMPLE",
+        ] {
+            let e = Email::parse(same).unwrap();
+            assert_eq!(e.as_str(), "zed@xn--bcher-kva.example", "{same}");
+            assert_eq!(e.unicode_form().as_deref(), Some("zed@bücher.example"));
+        }
+        assert_eq!(
+            Email::parse("u@пример.com").unwrap().as_str(),
+            Email::parse("u@xn--e1afmkfd.com").unwrap().as_str()
+        );
         for bad in [
             "",
             "ezra",
@@ -111,6 +147,7 @@ mod tests {
             "ezra@@example.com",
             "ezra@.example.com",
             "ezra@example..com",
+            "ezra@xn--.example",
         ] {
             assert!(Email::parse(bad).is_err(), "{bad}");
         }

@@ -143,7 +143,7 @@ impl Lifecycle {
     pub(crate) async fn find(&self, key: &str) -> Result<Option<UserRecord>, Error> {
         if key.contains('@') {
             let email = Email::parse(key)?;
-            Ok(self.users.by_email(email.as_str()).await?)
+            Ok(super::accounts::user_by_email(self.users.as_ref(), &email).await?)
         } else {
             Ok(self.users.by_id(key).await?)
         }

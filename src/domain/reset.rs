@@ -95,7 +95,7 @@ impl PasswordReset {
         let Ok(email) = Email::parse(email) else {
             return Ok(());
         };
-        let user = self.users.by_email(email.as_str()).await?;
+        let user = super::accounts::user_by_email(self.users.as_ref(), &email).await?;
         let allowed = self.limits.allow_reset_mail(email.as_str()).await?;
         let (username, user_id) = match &user {
             Some(u) => (u.username.clone(), Some(u.id.clone())),

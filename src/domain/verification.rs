@@ -154,7 +154,7 @@ impl Verification {
         if !self.sends() {
             return Ok(());
         }
-        let Some(user) = self.users.by_email(email.as_str()).await? else {
+        let Some(user) = super::accounts::user_by_email(self.users.as_ref(), &email).await? else {
             return Ok(());
         };
         if user.email_verified || !self.limits.allow_mail(&user.email).await? {

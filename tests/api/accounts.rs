@@ -26,6 +26,7 @@ in_both_modes!(
     the_seed_flow_works_verbatim,
     every_validation_rule_answers_400,
     duplicate_email_or_username_answers_409_ignoring_case,
+    an_internationalised_domain_is_one_address_in_either_form,
     racing_registrations_of_one_name_give_one_201,
     wrong_password_and_unknown_email_answer_alike,
     a_refreshed_token_cannot_rename_or_change_the_password,
@@ -155,6 +156,29 @@ async fn every_validation_rule_answers_400(mode: Mode) {
         .put_bearer("/users/me", &s.0, &json!({"username": "no spaces allowed"}))
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+/// `bücher.example` and `xn--bcher-kva.example` are one domain: one account, kept under the
+/// ASCII form, signs in by either (docs/api.md, "Input rules").
+async fn an_internationalised_domain_is_one_address_in_either_form(mode: Mode) {
+    let app = spawn_app(mode).await;
+    let res = app
+        .register("zedidn", "Zed@Bücher.Example", "securepass")
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(user["email"], "zed@xn--bcher-kva.example");
+    let res = app
+        .register("zedtwice", "zed@xn--bcher-kva.example", "securepass")
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    for typed in ["zed@bücher.example", "ZED@XN--BCHER-KVA.EXAMPLE"] {
+        assert_eq!(
+            app.login(typed, "securepass").await.status(),
+            StatusCode::OK,
+            "{typed}"
+        );
+    }
 }
 
 async fn duplicate_email_or_username_answers_409_ignoring_case(mode: Mode) {
