@@ -1583,7 +1583,10 @@ impl Authorize {
     pub(crate) async fn userinfo(&self, p: &Principal) -> Result<Value, Error> {
         let scopes = scope_tokens(&p.claims.scope);
         if !scopes.contains(&"openid") {
-            return Err(Error::InsufficientScope("openid"));
+            return Err(Error::InsufficientScope {
+                scope: "openid",
+                dpop: p.claims.cnf.is_some(),
+            });
         }
         // A token without a user behind it (a client's own, or one whose account is gone) is
         // refused as `/users/me` refuses it: 401 `invalid_token` (OpenID Connect Core §5.3.3).

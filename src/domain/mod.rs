@@ -74,8 +74,13 @@ pub enum Error {
     #[error("requires role {0}")]
     InsufficientRole(&'static str),
     /// The token lacks a scope the resource needs (RFC 6750 §3.1).
-    #[error("the access token needs scope {0}")]
-    InsufficientScope(&'static str),
+    #[error("the access token needs scope {scope}")]
+    InsufficientScope {
+        /// The scope it needs.
+        scope: &'static str,
+        /// Whether the token is DPoP-bound: its refusal then names that scheme (RFC 9449 §7.1).
+        dpop: bool,
+    },
     /// A resource or audience the request may not name (RFC 8707 §2, RFC 8693 §2.2.2:
     /// `invalid_target`); the message says which.
     #[error("{0}")]

@@ -30,50 +30,49 @@ struct Cookies {
     refresh_path: &'static str,
 }
 
+/// Behind an `http` issuer (local use).
+const PLAIN: Cookies = Cookies {
+    refresh: REFRESH_COOKIE,
+    csrf: CSRF_COOKIE,
+    refresh_path: "/auth",
+};
+/// Behind an `https` issuer.
+const HOST: Cookies = Cookies {
+    refresh: REFRESH_COOKIE_HOST,
+    csrf: CSRF_COOKIE_HOST,
+    refresh_path: "/",
+};
+
 impl Cookies {
-    fn of(state: &AppState) -> Cookies {
+    fn of(state: &AppState) -> &'static Cookies {
         if state.cookies.host_prefix {
-            Cookies {
-                refresh: REFRESH_COOKIE_HOST,
-                csrf: CSRF_COOKIE_HOST,
-                refresh_path: "/",
-            }
+            &HOST
         } else {
-            Cookies {
-                refresh: REFRESH_COOKIE,
-                csrf: CSRF_COOKIE,
-                refresh_path: "/auth",
-            }
+            &PLAIN
         }
     }
 
-    /// The request's refresh cookie; behind an `https` issuer, one set before cookies had the
-    /// prefix is still read (it is replaced at its next refresh).
+    /// The request's cookie `name` picks; behind an `https` issuer, one set before cookies had
+    /// the prefix is still read (it is replaced at its next refresh).
+    fn read<B>(&self, req: &Request<B>, name: fn(&Cookies) -> &'static str) -> Option<String> {
+        cookie(req, name(self)).or_else(|| {
+            (name(self) != name(&PLAIN))
+                .then(|| cookie(req, name(&PLAIN)))
+                .flatten()
+        })
+    }
+
     fn refresh_of<B>(&self, req: &Request<B>) -> Option<String> {
-        cookie(req, self.refresh).or_else(|| {
-            (self.refresh != REFRESH_COOKIE)
-                .then(|| cookie(req, REFRESH_COOKIE))
-                .flatten()
-        })
+        self.read(req, |c| c.refresh)
     }
 
-    /// The request's CSRF cookie, with the same fallback.
     fn csrf_of<B>(&self, req: &Request<B>) -> Option<String> {
-        cookie(req, self.csrf).or_else(|| {
-            (self.csrf != CSRF_COOKIE)
-                .then(|| cookie(req, CSRF_COOKIE))
-                .flatten()
-        })
+        self.read(req, |c| c.csrf)
     }
 
-    /// Sets the pair's cookies, and behind an `https` issuer ends the unprefixed ones.
-    fn set(
-        &self,
-        res: &mut http::Response<http_body_util::Full<bytes::Bytes>>,
-        refresh: &str,
-        csrf: &str,
-        max_age: u64,
-    ) {
+    /// Sets the pair's cookies (empty values with `Max-Age=0` end them), and behind an `https`
+    /// issuer ends the unprefixed ones.
+    fn set(&self, res: &mut Response, refresh: &str, csrf: &str, max_age: u64) {
         set_cookie(
             res,
             &format!(
@@ -88,40 +87,18 @@ impl Cookies {
                 self.csrf
             ),
         );
-        if self.refresh != REFRESH_COOKIE {
-            Cookies::clear_plain(res);
+        if self.refresh != PLAIN.refresh {
+            PLAIN.set(res, "", "", 0);
         }
     }
 
-    /// Ends the pair's cookies (and the unprefixed ones behind an `https` issuer).
-    fn clear(&self, res: &mut http::Response<http_body_util::Full<bytes::Bytes>>) {
-        set_cookie(
-            res,
-            &format!(
-                "{}=; Path={}; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
-                self.refresh, self.refresh_path
-            ),
-        );
-        set_cookie(
-            res,
-            &format!("{}=; Path=/; Max-Age=0; Secure; SameSite=Strict", self.csrf),
-        );
-        if self.refresh != REFRESH_COOKIE {
-            Cookies::clear_plain(res);
-        }
-    }
-
-    fn clear_plain(res: &mut http::Response<http_body_util::Full<bytes::Bytes>>) {
-        set_cookie(
-            res,
-            &format!("{REFRESH_COOKIE}=; Path=/auth; Max-Age=0; Secure; HttpOnly; SameSite=Strict"),
-        );
-        set_cookie(
-            res,
-            &format!("{CSRF_COOKIE}=; Path=/; Max-Age=0; Secure; SameSite=Strict"),
-        );
+    /// Ends the pair's cookies.
+    fn clear(&self, res: &mut Response) {
+        self.set(res, "", "", 0);
     }
 }
+
+type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -200,7 +177,7 @@ fn respond_with_pair(state: &AppState, pair: TokenPair) -> ApiResult {
     Ok(res)
 }
 
-fn set_cookie(res: &mut http::Response<http_body_util::Full<bytes::Bytes>>, value: &str) {
+fn set_cookie(res: &mut Response, value: &str) {
     if let Ok(v) = HeaderValue::from_str(value) {
         res.headers_mut().append(header::SET_COOKIE, v);
     }

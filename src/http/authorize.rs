@@ -19,7 +19,6 @@ use crate::domain::authorize::{
 };
 use crate::domain::device::UserCode;
 use crate::domain::ids;
-use crate::domain::Error as DomainError;
 
 /// The browser session's cookie over HTTPS (RFC 6265bis §4.1.3.2: `Secure`, `Path=/`, no
 /// `Domain`) and over plain HTTP (local use).
@@ -556,16 +555,7 @@ pub(crate) async fn consent_submit(state: &AppState, req: Request<Incoming>) -> 
 /// `GET|POST /oauth/userinfo` (OpenID Connect Core §5.3).
 pub(crate) async fn userinfo(state: &AppState, req: Request<Incoming>) -> ApiResult {
     let p = principal(state, &req).await?;
-    let claims = match state.authorize.userinfo(&p).await {
-        Ok(claims) => claims,
-        // A bound token's refusal names the scheme it came with (RFC 9449 §7.1).
-        Err(DomainError::InsufficientScope(scope)) if p.claims.cnf.is_some() => {
-            return Err(ApiError::DpopInsufficientScope(format!(
-                "the access token needs scope {scope}"
-            )))
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let claims = state.authorize.userinfo(&p).await?;
     let mut res = json(StatusCode::OK, &claims)?;
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

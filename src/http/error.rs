@@ -352,7 +352,10 @@ impl From<DomainError> for ApiError {
                 code: "insufficient_role",
                 description: format!("requires role {role}"),
             },
-            DomainError::InsufficientScope(scope) => ApiError::Forbidden {
+            DomainError::InsufficientScope { scope, dpop: true } => {
+                ApiError::DpopInsufficientScope(format!("the access token needs scope {scope}"))
+            }
+            DomainError::InsufficientScope { scope, dpop: false } => ApiError::Forbidden {
                 code: "insufficient_scope",
                 description: format!("the access token needs scope {scope}"),
             },
