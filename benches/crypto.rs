@@ -65,10 +65,11 @@ fn access_claims(now: i64) -> AccessClaims {
         jti: "q3bN0xw1l8mJ4Cj2YbKp9A".into(),
         client_id: "tokend".into(),
         scope: String::new(),
-        sid: Some("Zk2x7pQ1rT9vW3yB5nM8cA".into()),
+        sid: Some("Zk2x7pQ1.0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into()),
         fresh: false,
         auth_time: Some(now),
         roles: vec!["user".into()],
+        username: Some("ada_lovelace".into()),
         cnf: None,
         act: None,
     }

@@ -784,9 +784,9 @@ run_sessions() {
         sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$access")
         if [ "$fams" -gt 1 ]; then
           "$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$DB:" --user-id "$sub" \
-            --username sessions -n "$((fams - 1))" --seed "sessions-$what-$r" >/dev/null
+            -n "$((fams - 1))" --seed "sessions-$what-$r" >/dev/null
         fi
-        listed=$(rcli ZCARD "$DB:ufam:{$sub}")
+        listed=$(rcli HLEN "$DB:sfam:{$sub}")
         [ "$listed" = "$fams" ] || die "$what: the user has $listed families, not $fams"
         snapshot "$OUT/sessions.before"
         if [ "$what" = logout-all ]; then
@@ -802,7 +802,7 @@ run_sessions() {
         fi
         snapshot "$OUT/sessions.after"
         [ "$status" = 204 ] || die "$what answered $status"
-        after=$(rcli ZCARD "$DB:ufam:{$sub}")
+        after=$(rcli HLEN "$DB:sfam:{$sub}")
         [ "$after" = 0 ] || die "$what left $after families listed"
         status=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $access" \
           "$BASE/auth/verify")
@@ -893,18 +893,18 @@ PY
   done
   {
     echo
-    echo "Redis memory of live families (used_memory before and after loadgen wrote them; one family a made-up user, so each login's records are the family hash and the user's family list):"
+    echo "Redis memory of live families (used_memory before and after loadgen wrote them; one family a made-up user, so each login's record is its user's hash holding that one family):"
     echo
     echo "| live families | written now | used_memory added | bytes per family, this step | bytes per family, all | Redis keys | writing took |"
     echo "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     printf '%s\n' "${scale_rows[@]}"
   } | tee -a "$RESULTS"
-  # One record of each kind, by MEMORY USAGE: a written family and a real login's.
-  local made real loader_sub
-  made=$(rcli SCAN 0 MATCH "$DB:fam:*" COUNT 10000 | sed -n 2p)
+  # One record of each kind, by MEMORY USAGE: a written one-family user, and the loader's
+  # hash (the user of the verify token, with the families of its logins).
+  local made loader_sub
+  made=$(rcli SCAN 0 MATCH "$DB:sfam:*" COUNT 10000 | sed -n 2p)
   loader_sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$ACCESS")
-  real=$(rcli ZRANGE "$DB:ufam:{$loader_sub}" 0 0)
-  note "MEMORY USAGE: a written family $(rcli MEMORY USAGE "$made") bytes ($(rcli HLEN "$made") fields), a real login's family $(rcli MEMORY USAGE "$DB:fam:{$real}") bytes ($(rcli HLEN "$DB:fam:{$real}") fields), a one-family user list $(rcli MEMORY USAGE "$(rcli SCAN 0 MATCH "$DB:ufam:*" COUNT 10000 | sed -n 2p)") bytes"
+  note "MEMORY USAGE: a written one-family user's hash $(rcli MEMORY USAGE "$made") bytes ($(rcli OBJECT ENCODING "$made")), the loader's hash $(rcli MEMORY USAGE "$DB:sfam:{$loader_sub}") bytes for $(rcli HLEN "$DB:sfam:{$loader_sub}") families; keys named fam:/ufam: (the layout from before) $(rcli EVAL "return #redis.call('KEYS', ARGV[1]) + #redis.call('KEYS', ARGV[2])" 0 "$DB:fam:*" "$DB:ufam:*")"
   stop_pid "$PID"
 }
 

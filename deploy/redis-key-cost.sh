@@ -8,7 +8,7 @@
 # used_memory after minus before, divided by the number of keys. The last rows write the layout
 # that one key per login would take (each user's families as fields of one hash, a family's
 # record one packed value under its 22-character id): per family, for users with one, two, four
-# and ten families. Stops the server afterwards.
+# and ten families; and last the layout tokend writes. Stops the server afterwards.
 set -euo pipefail
 
 SERVER=${1:-$(command -v redis-server)}
@@ -75,4 +75,13 @@ for n in 2 4 10; do
       end
       redis.call('PEXPIRE', k, $TTL)
     end"
+done
+# The layout tokend writes (docs/sessions.md, "The records"): the user's hash named by a
+# 36-character user id, each family under its 8-character id, a 53-byte value (no address), 57
+# (IPv4) or 61 (an IPv6 /64).
+for v in 53 57 61; do
+  cost "tokend's layout: \`tokend:sfam:{<user id>}\`, one family of $v bytes under an 8-byte id" \
+    "local k = 'tokend:sfam:{' .. string.format('%036x', i) .. '}'
+    redis.call('HSET', k, 'f' .. string.sub(sid, 16), string.rep('x', $v))
+    redis.call('PEXPIRE', k, $TTL)"
 done

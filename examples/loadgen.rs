@@ -7,7 +7,7 @@
 //! loadgen signin   --base URL --email E --password P --client-id C --redirect-uri R -c 8 -d 10
 //! loadgen device   --base URL --client-id C [--scope read] -c 64 -d 10
 //! loadgen families --redis-url redis://127.0.0.1:6379/ --prefix tokend: -n 100000
-//!                  [--per-user 1] [--user-id ID --username NAME] [--concurrency 256]
+//!                  [--per-user 1] [--user-id ID] [--concurrency 256]
 //! loadgen dpop     --what refresh|verify --base http://127.0.0.1:5000 --email E --password P -c 32 -d 10
 //! loadgen http     --url URL [-X POST] [-H 'k: v'] [--body B] -c 32 -d 10 [--rate R] [--expect 200]
 //! loadgen sign     --alg EdDSA [--rsa-bits 2048] [--verify] --threads 2 -d 5
@@ -189,9 +189,6 @@ enum Cmd {
         /// Every family for this (real) user instead.
         #[arg(long)]
         user_id: Option<String>,
-        /// The username the families carry with `--user-id`.
-        #[arg(long, default_value = "loader")]
-        username: String,
         /// Distinguishes the ids of one run from another's.
         #[arg(long, default_value = "loadgen")]
         seed: String,
@@ -312,7 +309,6 @@ fn main() -> ExitCode {
             count,
             per_user,
             user_id,
-            username,
             seed,
             concurrency,
             threads,
@@ -323,7 +319,6 @@ fn main() -> ExitCode {
                 count,
                 per_user,
                 user_id,
-                username,
                 seed,
                 concurrency,
             }))
@@ -1324,7 +1319,6 @@ struct FamiliesRun {
     count: u64,
     per_user: u64,
     user_id: Option<String>,
-    username: String,
     seed: String,
     concurrency: usize,
 }
@@ -1346,7 +1340,7 @@ fn made_user(seed: &str, u: u64) -> String {
 /// What a password login writes (`Sessions::start_session_with`), with the server's defaults:
 /// refresh tokens for 14 days, sessions of 30 days, at most 100 per user.
 async fn families(run: FamiliesRun) -> Res<()> {
-    use tokend::store::{NewFamily, SessionStore, UserClaims};
+    use tokend::store::{family_sid, NewFamily, SessionStore};
     const DAY_MS: i64 = 86_400_000;
     // What a sign-in page login stores (docs/sessions.md): a common desktop browser.
     const FAMILY_USER_AGENT: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 \
@@ -1368,33 +1362,27 @@ async fn families(run: FamiliesRun) -> Res<()> {
             let mut i = w;
             while i < run.count {
                 let u = i / run.per_user.max(1);
-                let (user_id, username) = match &run.user_id {
-                    Some(id) => (id.clone(), run.username.clone()),
-                    None => (made_user(&run.seed, u), format!("user{u:07}")),
+                let user_id = match &run.user_id {
+                    Some(id) => id.clone(),
+                    None => made_user(&run.seed, u),
                 };
+                // A family id as tokend makes them: 8 characters and the user's id.
+                let sid = family_sid(&made_id(&run.seed, "sid", i)[..8], &user_id);
                 let family = NewFamily {
-                    sid: made_id(&run.seed, "sid", i),
+                    sid,
                     user_id,
                     client_id: "tokend".into(),
-                    scope: String::new(),
-                    auth_time: now_ms / 1000,
                     refresh_jti: made_id(&run.seed, "rjti", i),
-                    access_jti: made_id(&run.seed, "ajti", i),
                     issued_at: now_ms / 1000,
                     expires_at_ms: now_ms + 30 * DAY_MS,
                     started_at_ms: now_ms,
                     ttl_ms: 14 * DAY_MS + tokend_token_shape::LEEWAY_SECS * 1000,
-                    user: UserClaims {
-                        username,
-                        roles: vec![],
-                        version: now_ms,
-                    },
+                    revoked_ttl_ms: 14 * DAY_MS + tokend_token_shape::LEEWAY_SECS * 1000,
                     credentials_version: 0,
                     max_sessions: 100,
                     // What a browser login stores: a common desktop user agent and an address.
                     user_agent: Some(FAMILY_USER_AGENT.into()),
                     ip: Some("203.0.113.7".into()),
-                    jkt: None,
                     expect: None,
                 };
                 store.start_family(&family).await.map_err(err)?;
@@ -1648,6 +1636,7 @@ fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64
         fresh: false,
         auth_time: None,
         roles: vec![],
+        username: None,
         cnf: None,
         act: None,
     };
@@ -1662,6 +1651,12 @@ fn sign(alg: &str, rsa_bits: usize, refresh: bool, threads: usize, duration: f64
         client_id: "tokend".into(),
         scope: String::new(),
         resources: vec![],
+        // What a login's refresh token carries (docs/sessions.md, "The records").
+        auth_time: Some(now),
+        username: Some("loader".into()),
+        roles: Some(vec![]),
+        user_version: Some(now * 1000),
+        cnf: None,
     };
     let presented = tokens
         .sign_refresh(alg, &refresh_claims)

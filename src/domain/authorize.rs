@@ -1077,7 +1077,7 @@ impl Authorize {
             user_id: s.user.id.clone(),
             auth_time: s.session.auth_time,
             amr: s.session.amr.clone(),
-            sid: self.sessions.new_id()?,
+            sid: self.sessions.new_sid(&s.user.id)?,
             browser_session: Some(s.id.clone()),
             dpop_jkt: pending.dpop_jkt.clone(),
             resources: pending.resources.clone(),
@@ -1379,6 +1379,11 @@ impl Authorize {
         })?;
         if g.client_id != client.client_id {
             return Err(bad_grant("the code was issued to another client"));
+        }
+        // A code issued before a family's sid named its user (an upgrade within the code's
+        // minute) cannot start a family: the user signs in again.
+        if crate::store::split_sid(&g.sid).map(|(_, user)| user) != Some(g.user_id.as_str()) {
+            return Err(bad_grant("invalid or expired authorization code"));
         }
         match redirect_uri {
             Some(r) if r != g.redirect_uri => {

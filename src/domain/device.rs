@@ -596,7 +596,7 @@ impl Devices {
         if user.credentials_version > a.cv {
             return Err(withdrawn());
         }
-        let sid = self.sessions.new_id()?;
+        let sid = self.sessions.new_sid(&user.id)?;
         let alg = self.sessions.client_alg(client);
         // Refused in the step that adds the family if an "end all sessions" or a credential
         // change came after the approval (docs/sessions.md).

@@ -163,7 +163,7 @@ impl Origin {
     pub(crate) fn new(ip: Option<IpAddr>, user_agent: Option<&str>) -> Origin {
         Origin {
             ip,
-            user_agent: user_agent.and_then(crate::store::family_user_agent),
+            user_agent: user_agent.and_then(kept_user_agent),
         }
     }
 
@@ -171,6 +171,23 @@ impl Origin {
     pub(crate) fn ip_text(&self) -> Option<String> {
         self.ip.map(|ip| ip.to_string())
     }
+}
+
+/// The most of a `User-Agent` a request carries further: enough for any agent a family can
+/// tell (store::agent), bounded whatever the header's size.
+const MAX_USER_AGENT: usize = 512;
+
+/// A `User-Agent` without control characters, cut to [`MAX_USER_AGENT`] bytes at a character
+/// boundary; `None` when nothing is left.
+fn kept_user_agent(ua: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in ua.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > MAX_USER_AGENT {
+            break;
+        }
+        out.push(c);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// An event as admins and the audit log see it.
@@ -549,9 +566,9 @@ mod tests {
 
     #[test]
     fn a_user_agent_is_kept_short_and_clean() {
-        let long = "é".repeat(100);
+        let long = "é".repeat(1000);
         let kept = Origin::new(None, Some(&long)).user_agent.unwrap();
-        assert!(kept.len() <= crate::store::MAX_FAMILY_USER_AGENT);
+        assert!(kept.len() <= super::MAX_USER_AGENT);
         assert!(kept.chars().all(|c| c == 'é'));
         assert_eq!(Origin::new(None, Some(" \n ")).user_agent, None);
         assert_eq!(

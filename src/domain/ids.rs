@@ -17,6 +17,13 @@ pub(crate) fn random_id() -> Result<String, super::Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<16>()?))
 }
 
+/// A refresh family's `sid`: a 48-bit random id (8 characters), which tells the user's
+/// families apart, and the user's id ([`crate::store::family_sid`]).
+pub(crate) fn random_sid(user_id: &str) -> Result<String, super::Error> {
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<6>()?);
+    Ok(crate::store::family_sid(&id, user_id))
+}
+
 /// A 256-bit random secret, base64url without padding (43 characters).
 pub(crate) fn random_secret() -> Result<String, super::Error> {
     Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?))

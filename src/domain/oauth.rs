@@ -730,12 +730,13 @@ impl OAuth {
             Err(e) => return Err(e.into()),
         };
         // A user's token (client_credentials tokens have no `sid` and no user): the username
-        // comes with the revocation marks, from the user store only for a family written
-        // before families carried the user.
-        let username = match (&claims.sid, user) {
-            (None, _) => None,
-            (Some(_), Some(user)) => Some(user.username),
-            (Some(_), None) => match self.users.by_id(&claims.sub).await? {
+        // of the user's last change, read with the revocation marks, else the token's own;
+        // from the user store only for a token from before tokens carried it.
+        let username = match (&claims.sid, user, &claims.username) {
+            (None, _, _) => None,
+            (Some(_), Some(user), _) => Some(user.username),
+            (Some(_), None, Some(name)) => Some(name.clone()),
+            (Some(_), None, None) => match self.users.by_id(&claims.sub).await? {
                 Some(u) => Some(u.username),
                 None => return Ok(Some(Introspection::inactive())),
             },
@@ -785,9 +786,9 @@ impl OAuth {
         {
             return inactive;
         }
-        let username = match UserClaims::newest(status.claims, family.user) {
+        let username = match UserClaims::newest(status.claims, claims.user().or(family.user)) {
             Some(user) => user.username,
-            // A family written before families carried the user.
+            // A token and family from before either carried the user.
             None => match self.users.by_id(&claims.sub).await? {
                 Some(u) => u.username,
                 None => return inactive,
@@ -799,7 +800,7 @@ impl OAuth {
                 scope: claims.scope,
                 client_id: claims.client_id,
                 username: Some(username),
-                token_type: token_type(family.jkt.is_some()),
+                token_type: token_type(claims.cnf.is_some()),
                 token_use: "refresh_token",
                 exp: claims.exp,
                 iat: claims.iat,
@@ -809,7 +810,7 @@ impl OAuth {
                 iss: claims.iss,
                 jti: claims.jti,
                 sid: Some(claims.sid),
-                cnf: family.jkt.map(|jkt| Confirmation { jkt }),
+                cnf: claims.cnf,
                 act: None,
             }),
         }))

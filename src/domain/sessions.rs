@@ -28,13 +28,15 @@ use crate::store::{
 /// inside the leeway re-signs byte-identical tokens.
 struct PairSpec<'a> {
     user_id: &'a str,
-    roles: &'a [String],
+    /// The user's username, roles and record version, carried in both tokens.
+    user: &'a UserClaims,
     client_id: &'a str,
     scope: &'a str,
     sid: &'a str,
     auth_time: i64,
     fresh: bool,
-    access_jti: String,
+    /// The refresh token's `jti`; the access token's is derived from it
+    /// ([`crate::store::access_jti_of`]).
     refresh_jti: String,
     issued_at: i64,
     session_ends: i64,
@@ -45,6 +47,8 @@ struct PairSpec<'a> {
     with_refresh: bool,
     /// The DPoP key the access token is bound to (`cnf.jkt`, RFC 9449 §6.1).
     jkt: Option<&'a str>,
+    /// The DPoP key the family is bound to, carried in its refresh tokens (RFC 9449 §5).
+    family_jkt: Option<&'a str>,
     /// The resources the family is granted (kept in its refresh tokens) and those the access
     /// token is for (its `aud`; RFC 8707).
     targets: &'a Targets,
@@ -94,7 +98,6 @@ pub(crate) struct FamilyStart {
 
 /// The ids and times of a family's first pair, drawn before the family is written.
 struct FirstIds {
-    access_jti: String,
     refresh_jti: String,
     /// Unix ms of the start.
     now_ms: i64,
@@ -304,9 +307,14 @@ impl Sessions {
         refusal
     }
 
-    /// A fresh `jti`/`sid`.
+    /// A fresh `jti`.
     pub(crate) fn new_id(&self) -> Result<String, Error> {
         ids::random_id()
+    }
+
+    /// A fresh `sid` for a family of `user_id` (it names the user: docs/sessions.md).
+    pub(crate) fn new_sid(&self, user_id: &str) -> Result<String, Error> {
+        ids::random_sid(user_id)
     }
 
     /// A family as it stands (for introspection of refresh tokens).
@@ -417,6 +425,7 @@ impl Sessions {
             fresh: false,
             auth_time: None,
             roles: vec![],
+            username: None,
             cnf: jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_string(),
             }),
@@ -468,6 +477,7 @@ impl Sessions {
             fresh: false,
             auth_time: e.subject.auth_time,
             roles: e.subject.roles.clone(),
+            username: e.subject.username.clone(),
             cnf: e.jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_string(),
             }),
@@ -506,13 +516,14 @@ impl Sessions {
             exp: spec.issued_at + access_ttl,
             iat: spec.issued_at,
             nbf: spec.issued_at,
-            jti: spec.access_jti.clone(),
+            jti: crate::store::access_jti_of(&spec.refresh_jti),
             client_id: spec.client_id.to_string(),
             scope: spec.scope.to_string(),
             sid: Some(spec.sid.to_string()),
             fresh: spec.fresh,
             auth_time: Some(spec.auth_time),
-            roles: spec.roles.to_vec(),
+            roles: spec.user.roles.clone(),
+            username: Some(spec.user.username.clone()),
             cnf: spec.jkt.map(|jkt| Confirmation {
                 jkt: jkt.to_string(),
             }),
@@ -529,6 +540,13 @@ impl Sessions {
             client_id: spec.client_id.to_string(),
             scope: spec.scope.to_string(),
             resources: spec.targets.granted.clone(),
+            auth_time: Some(spec.auth_time),
+            username: Some(spec.user.username.clone()),
+            roles: Some(spec.user.roles.clone()),
+            user_version: Some(spec.user.version),
+            cnf: spec.family_jkt.map(|jkt| Confirmation {
+                jkt: jkt.to_string(),
+            }),
         };
         let refresh_token = if spec.with_refresh {
             self.metrics.issued(spec.grant, "refresh", alg.as_str());
@@ -561,7 +579,7 @@ impl Sessions {
         targets: Targets,
     ) -> Result<TokenPair, Error> {
         let start = FamilyStart {
-            sid: self.new_id()?,
+            sid: self.new_sid(&user.id)?,
             auth_time: self.clock.now(),
             grant: "password",
             fresh: true,
@@ -583,7 +601,7 @@ impl Sessions {
         start: FamilyStart,
     ) -> Result<TokenPair, Error> {
         let first = self.first_ids()?;
-        self.write_family(user, client, scope, &start, &first, None)
+        self.write_family(user, client, &start, &first, None)
             .await?;
         self.sign_first(user, client, scope, alg, &start, &first)
     }
@@ -605,7 +623,7 @@ impl Sessions {
     ) -> Result<Option<(TokenPair, UserRecord)>, Error> {
         let first = self.first_ids()?;
         let started = self
-            .write_family(&user, client, scope, &start, &first, Some(since))
+            .write_family(&user, client, &start, &first, Some(since))
             .await?;
         let FamilyStarted::Started { claims, .. } = started else {
             return Ok(None);
@@ -620,7 +638,6 @@ impl Sessions {
         let now_ms = self.clock.now_ms();
         let now = now_ms.div_euclid(1000);
         Ok(FirstIds {
-            access_jti: self.new_id()?,
             refresh_jti: self.new_id()?,
             now_ms,
             session_ends: now + secs(self.settings.session_ttl),
@@ -632,36 +649,26 @@ impl Sessions {
         &self,
         user: &UserRecord,
         client: &ClientRecord,
-        scope: &str,
         start: &FamilyStart,
         first: &FirstIds,
         expect: Option<UserMarks>,
     ) -> Result<FamilyStarted, Error> {
-        let jkt = start.proof.as_ref().map(|p| p.jkt.as_str());
         let started = self
             .store
             .start_family(&NewFamily {
                 sid: start.sid.clone(),
                 user_id: user.id.clone(),
                 client_id: client.client_id.clone(),
-                scope: scope.to_string(),
-                auth_time: start.auth_time,
                 refresh_jti: first.refresh_jti.clone(),
-                access_jti: first.access_jti.clone(),
                 issued_at: first.now_ms.div_euclid(1000),
                 expires_at_ms: first.session_ends * 1000,
                 started_at_ms: first.now_ms,
                 ttl_ms: ms(self.settings.refresh_ttl) + LEEWAY_SECS * 1000,
-                user: UserClaims::of(user),
+                revoked_ttl_ms: self.revocation_ttl_ms(),
                 credentials_version: user.credentials_version,
                 max_sessions: self.settings.max_sessions_per_user,
                 user_agent: start.origin.user_agent.clone(),
                 ip: start.origin.ip_text(),
-                // RFC 9449 §5: a public client's refresh tokens are bound to its key; a
-                // confidential client's are bound to its authentication already.
-                jkt: jkt
-                    .filter(|_| !client.is_confidential())
-                    .map(str::to_string),
                 expect,
             })
             .await?;
@@ -686,21 +693,24 @@ impl Sessions {
         start: &FamilyStart,
         first: &FirstIds,
     ) -> Result<TokenPair, Error> {
+        let jkt = start.proof.as_ref().map(|p| p.jkt.as_str());
         let spec = PairSpec {
             user_id: &user.id,
-            roles: &user.roles,
+            user: &UserClaims::of(user),
             client_id: &client.client_id,
             scope,
             sid: &start.sid,
             auth_time: start.auth_time,
             fresh: start.fresh,
-            access_jti: first.access_jti.clone(),
             refresh_jti: first.refresh_jti.clone(),
             issued_at: first.now_ms.div_euclid(1000),
             session_ends: first.session_ends,
             grant: start.grant,
             with_refresh: client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN),
-            jkt: start.proof.as_ref().map(|p| p.jkt.as_str()),
+            jkt,
+            // RFC 9449 §5: a public client's refresh tokens are bound to its key; a
+            // confidential client's are bound to its authentication already.
+            family_jkt: jkt.filter(|_| !client.is_confidential()),
             targets: &start.targets,
         };
         self.sign_pair(alg, &spec)
@@ -785,9 +795,26 @@ impl Sessions {
         if !client.grant_types.iter().any(|g| g == GRANT_REFRESH_TOKEN) {
             return Err(RefreshError::NotAllowed("this client may not use refresh tokens").into());
         }
-        // The revocation marks come with the newest copy of the user's roles (the family's,
-        // taken at login, or the user's mark, written at every change), so a role change
-        // shows at the next refresh without a user-store read. A proof is spent meanwhile.
+        // A family's binding travels in its refresh tokens (RFC 9449 §5): a bound family is
+        // refreshed only with a proof of its key, and nothing moves otherwise. (A family from
+        // before keeps the key in its record, and the store checks it.)
+        let proven_key = proof.as_ref().map(|p| p.jkt.as_str());
+        if let Some(cnf) = &claims.cnf {
+            if proven_key != Some(cnf.jkt.as_str()) {
+                let refusal = if proven_key.is_some() {
+                    ProofRefusal::Key
+                } else {
+                    ProofRefusal::Missing
+                };
+                tracing::info!(sid = %claims.sid, reason = refusal.as_str(),
+                    "refresh of a DPoP-bound family refused");
+                return Err(Error::DpopProof(self.dpop.refused(refusal)));
+            }
+        }
+        // The revocation marks come with the user's claims as last changed, so a role change
+        // shows at the next refresh without a user-store read; the token's own copy (taken
+        // at login, carried from token to token) counts when no change came since. A proof is
+        // spent meanwhile.
         let (proven, status) = tokio::join!(
             self.dpop.spend_if_any(proof),
             self.store
@@ -798,19 +825,18 @@ impl Sessions {
         if status.revoked(Some(&claims.sid)) {
             return Err(RefreshError::Revoked.into());
         }
-        let roles = match status.claims {
-            Some(user) => user.roles,
-            // A family written before families carried the user.
-            None => {
-                self.users
+        let user = match UserClaims::newest(status.claims, claims.user()) {
+            Some(user) => user,
+            // A token and family from before either carried the user.
+            None => UserClaims::of(
+                &self
+                    .users
                     .by_id(&claims.sub)
                     .await?
-                    .ok_or(RefreshError::Unknown)?
-                    .roles
-            }
+                    .ok_or(RefreshError::Unknown)?,
+            ),
         };
         let alg = self.client_alg(&client);
-        let new_access_jti = self.new_id()?;
         let new_refresh_jti = self.new_id()?;
         // One store step reads the family, checks its session is not over, and exchanges the
         // token; the record lives the refresh TTL, capped at the family's end.
@@ -820,7 +846,6 @@ impl Sessions {
                 sid: claims.sid.clone(),
                 presented_jti: claims.jti.clone(),
                 new_refresh_jti: new_refresh_jti.clone(),
-                new_access_jti: new_access_jti.clone(),
                 issued_at: now,
                 now_ms,
                 leeway_ms: ms(self.settings.refresh_reuse_leeway),
@@ -831,13 +856,12 @@ impl Sessions {
             .await?
             .ok_or(RefreshError::Unknown)?;
         let session_ends = family.expires_at_ms.div_euclid(1000);
-        let (access_jti, refresh_jti, issued_at) = match outcome {
-            RotateOutcome::Rotated => (new_access_jti, new_refresh_jti, now),
+        let (refresh_jti, issued_at) = match outcome {
+            RotateOutcome::Rotated => (new_refresh_jti, now),
             RotateOutcome::Replayed {
                 refresh_jti,
-                access_jti,
                 issued_at,
-            } => (access_jti, refresh_jti, issued_at),
+            } => (refresh_jti, issued_at),
             RotateOutcome::Reused => {
                 tracing::warn!(sid = %claims.sid, user_id = %claims.sub, "refresh token reuse detected; family revoked");
                 self.events.record(
@@ -873,19 +897,19 @@ impl Sessions {
             alg,
             &PairSpec {
                 user_id: &claims.sub,
-                roles: &roles,
-                client_id: &family.client_id,
-                scope: &family.scope,
+                user: &user,
+                client_id: &claims.client_id,
+                scope: &claims.scope,
                 sid: &claims.sid,
-                auth_time: family.auth_time,
+                auth_time: claims.auth_time.unwrap_or(family.auth_time),
                 fresh: false,
-                access_jti,
                 refresh_jti,
                 issued_at,
                 session_ends,
                 grant: "refresh_token",
                 with_refresh: true,
                 jkt: jkt.as_deref(),
+                family_jkt: claims.cnf.as_ref().map(|c| c.jkt.as_str()),
                 targets: &targets,
             },
         )

@@ -71,6 +71,10 @@ pub struct AccessClaims {
     /// The user's roles; absent for client_credentials tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The user's username when the token was issued (introspection's `username`, RFC 7662
+    /// §2.2); absent for client_credentials tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// The key the token is bound to (RFC 9449 §6.1; RFC 7800 §3.1); absent for a bearer
     /// token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +119,35 @@ pub struct RefreshClaims {
     /// refresh may ask for access tokens for these or some of them. Absent when none were.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<String>,
+    /// What the family's record does not keep (docs/sessions.md, "The records"), carried from
+    /// token to token of the family: the password authentication behind it (Unix seconds)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_time: Option<i64>,
+    /// ...the user's username, roles and the version of the user record they were read from
+    /// (a newer change, recorded in the session store, wins at the next refresh)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// (The user's roles.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// (The `updated_at` of the user record, Unix ms.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_version: Option<i64>,
+    /// ...and the DPoP key the family is bound to (RFC 9449 §5): a refresh needs a proof of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+impl RefreshClaims {
+    /// The user as the token carries them (`None` for a token from before refresh tokens
+    /// carried the user).
+    pub(crate) fn user(&self) -> Option<crate::store::UserClaims> {
+        Some(crate::store::UserClaims {
+            username: self.username.clone()?,
+            roles: self.roles.clone()?,
+            version: self.user_version?,
+        })
+    }
 }
 
 impl Audience {
@@ -382,6 +415,7 @@ mod tests {
             fresh: false,
             auth_time: None,
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            username: None,
             cnf: None,
             act: None,
         }
@@ -399,6 +433,11 @@ mod tests {
             client_id: "tokend".into(),
             scope: scope.into(),
             resources: vec![],
+            auth_time: None,
+            username: None,
+            roles: None,
+            user_version: None,
+            cnf: None,
         }
     }
 

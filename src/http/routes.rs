@@ -104,7 +104,7 @@ impl std::fmt::Debug for Route {
 }
 
 /// The table. Templates are literal paths except for at most one variable segment, `{id}` (a
-/// user id: 1 to 64 ASCII letters, digits, `-` or `_`), `{sid}` (a session id, the same shape),
+/// user id: 1 to 64 ASCII letters, digits, `-` or `_`), `{sid}` (a session id, [`is_sid`]),
 /// `{client_id}` or `{name}` (an asset name, see
 /// [`is_asset_name`]); no two routes match the same path.
 fn table() -> Vec<Route> {
@@ -255,6 +255,15 @@ fn is_id(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// Whether `s` may stand for `{sid}` in a path: a family id, a dot and the user's id
+/// (docs/sessions.md), or a sid from before sids named their user; 1 to 128 ASCII letters,
+/// digits, `-`, `_` or `.`.
+pub(crate) fn is_sid(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Whether `s` may stand for `{name}` in a path: 1 to 64 ASCII letters, digits, `-`, `_` or
 /// `.`, starting with a letter or digit (so never `..` nor a hidden name). The handler then
 /// looks the name up among the assets held in memory; it is never a file path.
@@ -287,7 +296,7 @@ impl Param {
     /// The variables a template may hold, each with its rule.
     const VARIABLES: [(&'static str, Rule); 4] = [
         ("{id}", is_id),
-        ("{sid}", is_id),
+        ("{sid}", is_sid),
         ("{name}", is_asset_name),
         ("{client_id}", is_client_id_segment),
     ];

@@ -96,10 +96,7 @@ pub(crate) async fn sessions(state: &AppState, req: Request<Incoming>) -> ApiRes
 /// The `{sid}` of `/users/me/sessions/{sid}`.
 fn sid_of(path: &str) -> Option<&str> {
     let sid = path.strip_prefix("/users/me/sessions/")?;
-    let ok = (1..=64).contains(&sid.len())
-        && sid
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = super::routes::is_sid(sid);
     ok.then_some(sid)
 }
 

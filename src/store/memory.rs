@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 
-use super::family_user_agent;
+use super::agent::Agent;
 use super::{
     AccessStatus, ClientRecord, ClientStore, Expected, FamilyMarks, FamilyStarted, FamilyState,
     LeaseStore, NewFamily, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims,
@@ -317,10 +317,7 @@ impl ClientStore for MemoryClients {
 struct Family {
     user_id: String,
     client_id: String,
-    scope: String,
-    auth_time: i64,
     cur: String,
-    cur_at: String,
     iat: i64,
     /// The refresh `jti` exchanged last, and when (Unix ms, the request's `now`).
     prev: Option<(String, i64)>,
@@ -328,16 +325,13 @@ struct Family {
     revoked: bool,
     /// Clock time (Unix ms) at which the record is forgotten.
     expires: i64,
-    user: Option<UserClaims>,
     /// The user's session generation when the family started.
     generation: i64,
     /// The user record's `credentials_version` the login read.
     credentials_version: i64,
-    /// The login's `User-Agent` (capped) and client address.
-    user_agent: Option<String>,
-    ip: Option<String>,
-    /// The DPoP key the family is bound to.
-    jkt: Option<String>,
+    /// What the family keeps of the login's `User-Agent` and client address (as in Redis).
+    agent: Option<Agent>,
+    ip: Vec<u8>,
 }
 
 impl Family {
@@ -346,21 +340,16 @@ impl Family {
         Family {
             user_id: String::new(),
             client_id: String::new(),
-            scope: String::new(),
-            auth_time: 0,
             cur: String::new(),
-            cur_at: String::new(),
             iat: 0,
             prev: None,
             exp_ms: 0,
             revoked: true,
             expires,
-            user: None,
             generation: 0,
             credentials_version: 0,
-            user_agent: None,
-            ip: None,
-            jkt: None,
+            agent: None,
+            ip: Vec::new(),
         }
     }
 }
@@ -513,17 +502,13 @@ impl MemorySessions {
         let now = self.clock.now_ms();
         let mut g = lock(&self.inner);
         let jti_revoked = g.revoked_jtis.get(jti).is_some_and(|exp| *exp > now);
-        let (family, family_user) = match sid.and_then(|sid| g.live_family(sid, now)) {
-            Some(f) => (
-                Some(FamilyMarks {
-                    revoked: f.revoked,
-                    generation: f.generation,
-                    credentials_version: f.credentials_version,
-                }),
-                f.user.clone().filter(|_| with_user),
-            ),
-            None => (None, None),
-        };
+        let family = sid
+            .and_then(|sid| g.live_family(sid, now))
+            .map(|f| FamilyMarks {
+                revoked: f.revoked,
+                generation: f.generation,
+                credentials_version: f.credentials_version,
+            });
         let user = g.marks_of(user_id, now);
         let mark = if with_user {
             g.claims_mark_of(user_id, now)
@@ -534,7 +519,7 @@ impl MemorySessions {
             jti_revoked,
             user,
             family,
-            claims: UserClaims::newest(mark, family_user),
+            claims: mark,
         }
     }
 }
@@ -607,21 +592,16 @@ impl SessionStore for MemorySessions {
             Family {
                 user_id: family.user_id.clone(),
                 client_id: family.client_id.clone(),
-                scope: family.scope.clone(),
-                auth_time: family.auth_time,
                 cur: family.refresh_jti.clone(),
-                cur_at: family.access_jti.clone(),
                 iat: family.issued_at,
                 prev: None,
                 exp_ms: family.expires_at_ms,
                 revoked,
                 expires,
-                user: Some(family.user.clone()),
                 generation,
                 credentials_version: family.credentials_version,
-                user_agent: family.user_agent.as_deref().and_then(family_user_agent),
-                ip: family.ip.clone(),
-                jkt: family.jkt.clone(),
+                agent: family.user_agent.as_deref().and_then(Agent::of),
+                ip: super::ip_bytes(family.ip.as_deref()),
             },
         );
         Ok(FamilyStarted::Started {
@@ -640,13 +620,9 @@ impl SessionStore for MemorySessions {
         if f.revoked {
             return Ok(RotateOutcome::Revoked);
         }
-        if f.jkt.is_some() && f.jkt != req.jkt {
-            return Ok(RotateOutcome::WrongKey);
-        }
         if f.cur == req.presented_jti {
             f.prev = Some((std::mem::take(&mut f.cur), req.now_ms));
             f.cur = req.new_refresh_jti.clone();
-            f.cur_at = req.new_access_jti.clone();
             f.iat = req.issued_at;
             f.expires = now.saturating_add(req.ttl_ms.max(1));
             return Ok(RotateOutcome::Rotated);
@@ -655,7 +631,6 @@ impl SessionStore for MemorySessions {
             if *prev == req.presented_jti && req.now_ms.saturating_sub(*at) <= req.leeway_ms {
                 return Ok(RotateOutcome::Replayed {
                     refresh_jti: f.cur.clone(),
-                    access_jti: f.cur_at.clone(),
                     issued_at: f.iat,
                 });
             }
@@ -671,20 +646,17 @@ impl SessionStore for MemorySessions {
         Ok(g.live_family(sid, now).map(|f| FamilyState {
             user_id: f.user_id.clone(),
             client_id: f.client_id.clone(),
-            scope: f.scope.clone(),
-            auth_time: f.auth_time,
             current_refresh_jti: f.cur.clone(),
-            current_access_jti: f.cur_at.clone(),
             issued_at: f.iat,
             expires_at_ms: f.exp_ms,
             revoked: f.revoked,
-            user: f.user.clone(),
-            user_agent: f.user_agent.clone(),
-            ip: f.ip.clone(),
+            auth_time: 0,
+            user: None,
+            user_agent: f.agent.map(Agent::describe),
+            ip: super::ip_text(&f.ip),
             last_refreshed_at_ms: f.prev.as_ref().map(|(_, at)| *at),
             generation: f.generation,
             credentials_version: f.credentials_version,
-            jkt: f.jkt.clone(),
         }))
     }
 

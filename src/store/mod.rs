@@ -5,6 +5,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod agent;
 pub mod authorize;
 pub mod device;
 pub mod events;
@@ -379,23 +380,74 @@ impl UserClaims {
     }
 }
 
+/// The `sid` of a new family: an 8-character id of 48 random bits (unique among the user's
+/// families) and the user's id, `<id>.<user id>`, so that every lookup by `sid` finds the
+/// user's record (docs/sessions.md, "The records").
+pub fn family_sid(id: &str, user_id: &str) -> String {
+    format!("{id}.{user_id}")
+}
+
+/// The family id and the user a [`family_sid`] names; `None` for a sid from before sids named
+/// their user (22 characters, no `.`).
+pub fn split_sid(sid: &str) -> Option<(&str, &str)> {
+    sid.split_once('.')
+        .filter(|(id, user)| !id.is_empty() && !user.is_empty())
+}
+
+/// The `jti` of the access token issued with the refresh token `refresh_jti`: 128 bits of
+/// SHA-256 over it, base64url. Deriving it lets a family keep one `jti` for its current pair,
+/// and a retry within the leeway get the same pair again (docs/sessions.md).
+pub fn access_jti_of(refresh_jti: &str) -> String {
+    use base64::Engine;
+    let mut input = Vec::with_capacity(16 + refresh_jti.len());
+    input.extend_from_slice(b"tokend access:");
+    input.extend_from_slice(refresh_jti.as_bytes());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16])
+}
+
+/// What a family keeps of its login's address: an IPv4 address whole (4 bytes), an IPv6
+/// address's /64 network (its first 8 bytes); nothing for no address or one that does not parse.
+pub fn ip_bytes(ip: Option<&str>) -> Vec<u8> {
+    use std::net::IpAddr;
+    match ip.and_then(|ip| ip.parse::<IpAddr>().ok()) {
+        Some(IpAddr::V4(v4)) => v4.octets().to_vec(),
+        Some(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.octets().to_vec(),
+            None => v6.octets()[..8].to_vec(),
+        },
+        None => Vec::new(),
+    }
+}
+
+/// The address [`ip_bytes`] kept, as the sessions list shows it: `203.0.113.9`, or
+/// `2001:db8:1:2::/64`.
+pub fn ip_text(kept: &[u8]) -> Option<String> {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    match kept.len() {
+        4 => Some(Ipv4Addr::new(kept[0], kept[1], kept[2], kept[3]).to_string()),
+        8 => {
+            let mut octets = [0u8; 16];
+            octets[..8].copy_from_slice(kept);
+            Some(format!("{}/64", Ipv6Addr::from(octets)))
+        }
+        _ => None,
+    }
+}
+
 /// A new refresh family (docs/sessions.md), started by a login.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewFamily {
-    /// The family's id (`sid` in its tokens).
+    /// The family's id (`sid` in its tokens): [`family_sid`], which names the user.
     pub sid: String,
     /// The user signed in.
     pub user_id: String,
-    /// The client the family belongs to.
+    /// The client the family belongs to (shown in the sessions list; withdrawing a consent
+    /// ends the client's families).
     pub client_id: String,
-    /// The granted scope, space separated.
-    pub scope: String,
-    /// Unix seconds of the password authentication.
-    pub auth_time: i64,
-    /// `jti` of the first refresh token.
+    /// `jti` of the first refresh token; the access token's is derived from it
+    /// ([`access_jti_of`]).
     pub refresh_jti: String,
-    /// `jti` of the first access token.
-    pub access_jti: String,
     /// Unix seconds the first pair was issued at.
     pub issued_at: i64,
     /// Unix milliseconds at which the family ends whatever happens (login + session TTL).
@@ -404,18 +456,16 @@ pub struct NewFamily {
     pub started_at_ms: i64,
     /// How long the record lives from now (the refresh token's lifetime, capped by the family's).
     pub ttl_ms: i64,
-    /// The user as the login read them.
-    pub user: UserClaims,
+    /// How long an ended family is remembered as revoked (the longest remaining lifetime of
+    /// any access token of it).
+    pub revoked_ttl_ms: i64,
     /// The `credentials_version` of the user record the login read.
     pub credentials_version: i64,
     /// At most this many live families per user: starting one more ends the oldest
     /// (`TOKEND_MAX_SESSIONS_PER_USER`).
     pub max_sessions: u32,
-    /// The DPoP key (RFC 7638 thumbprint, 43 characters) the family's refresh tokens are bound
-    /// to; `None` for an unbound family (docs/dpop.md).
-    pub jkt: Option<String>,
-    /// What the family keeps of the `User-Agent` of the request that started it
-    /// ([`family_user_agent`]; docs/sessions.md, "What a family remembers of its login").
+    /// The `User-Agent` of the request that started it; a family keeps only what
+    /// [`agent::Agent`] makes of it (docs/sessions.md, "What a family remembers of its login").
     pub user_agent: Option<String>,
     /// The client address of that request.
     pub ip: Option<String>,
@@ -454,99 +504,6 @@ impl FamilyStarted {
     }
 }
 
-/// The longest user agent a refresh family keeps, in bytes: below Redis's default
-/// `hash-max-listpack-value` (64), so a family hash stays a listpack — one value longer than
-/// that turns the whole hash into a hash table of about three times the bytes
-/// (docs/sessions.md, "What a family remembers of its login").
-pub const MAX_FAMILY_USER_AGENT: usize = 60;
-
-/// What a family keeps of a login's `User-Agent`: the browser, its major version and the
-/// system (`Chrome 131 on Linux`) when the agent names a browser it knows, otherwise the agent
-/// itself cut to [`MAX_FAMILY_USER_AGENT`] bytes at a character boundary; control characters
-/// dropped, `None` when nothing is left.
-pub fn family_user_agent(ua: &str) -> Option<String> {
-    let clean: String = ua.trim().chars().filter(|c| !c.is_control()).collect();
-    if clean.is_empty() {
-        return None;
-    }
-    if let Some(summary) = browser_summary(&clean) {
-        return Some(summary);
-    }
-    let mut out = String::new();
-    for c in clean.chars() {
-        if out.len() + c.len_utf8() > MAX_FAMILY_USER_AGENT {
-            break;
-        }
-        out.push(c);
-    }
-    Some(out.trim_end().to_string())
-}
-
-/// `Browser 131 on System` for the agents of the common browsers (their products and
-/// comments, RFC 9110 §10.1.5); `None` for anything else.
-fn browser_summary(ua: &str) -> Option<String> {
-    // The product token that names the browser, checked in this order: many agents name
-    // several (Edge says Chrome and Safari too, Chrome says Safari).
-    const BROWSERS: [(&str, &str); 9] = [
-        ("Edg/", "Edge"),
-        ("EdgA/", "Edge"),
-        ("EdgiOS/", "Edge"),
-        ("OPR/", "Opera"),
-        ("SamsungBrowser/", "Samsung Internet"),
-        ("FxiOS/", "Firefox"),
-        ("Firefox/", "Firefox"),
-        ("CriOS/", "Chrome"),
-        ("Chrome/", "Chrome"),
-    ];
-    let major = |after: &str| -> String {
-        after
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .take(6)
-            .collect()
-    };
-    let found = BROWSERS.iter().find_map(|(token, name)| {
-        ua.find(token)
-            .map(|at| (*name, major(ua.get(at + token.len()..).unwrap_or_default())))
-    });
-    let (name, version) = match found {
-        Some(f) => f,
-        None if ua.contains("Safari/") => {
-            let version = ua
-                .find("Version/")
-                .map(|at| major(ua.get(at + "Version/".len()..).unwrap_or_default()))
-                .unwrap_or_default();
-            ("Safari", version)
-        }
-        None => return None,
-    };
-    // The system, from the comment of the `Mozilla/5.0 (…)` product.
-    const SYSTEMS: [(&str, &str); 8] = [
-        ("Windows", "Windows"),
-        ("Android", "Android"),
-        ("iPhone", "iOS"),
-        ("iPad", "iPadOS"),
-        ("CrOS", "ChromeOS"),
-        ("Macintosh", "macOS"),
-        ("Mac OS X", "macOS"),
-        ("Linux", "Linux"),
-    ];
-    let system = SYSTEMS
-        .iter()
-        .find(|(token, _)| ua.contains(token))
-        .map(|(_, name)| *name);
-    let mut out = name.to_string();
-    if !version.is_empty() {
-        out.push(' ');
-        out.push_str(&version);
-    }
-    if let Some(system) = system {
-        out.push_str(" on ");
-        out.push_str(system);
-    }
-    Some(out)
-}
-
 /// One refresh exchange.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RotateRequest {
@@ -554,10 +511,9 @@ pub struct RotateRequest {
     pub sid: String,
     /// `jti` of the refresh token presented.
     pub presented_jti: String,
-    /// `jti` of the refresh token to issue.
+    /// `jti` of the refresh token to issue (the access token's is derived from it,
+    /// [`access_jti_of`]).
     pub new_refresh_jti: String,
-    /// `jti` of the access token to issue.
-    pub new_access_jti: String,
     /// Unix seconds the new pair is issued at.
     pub issued_at: i64,
     /// Unix milliseconds now.
@@ -569,8 +525,10 @@ pub struct RotateRequest {
     /// How long a revoked family is remembered when reuse is detected (the longest remaining
     /// lifetime of any token of it).
     pub revoked_ttl_ms: i64,
-    /// The key of the request's DPoP proof, if it carried one: a bound family is exchanged only
-    /// with a proof of its own key.
+    /// The key of the request's DPoP proof, if it carried one. A family's binding travels in
+    /// its refresh tokens (`cnf`, checked before the exchange); only a family written in the
+    /// layout from before a sid named its user keeps it in its record, and is exchanged only
+    /// with a proof of that key (docs/dpop.md).
     pub jkt: Option<String>,
 }
 
@@ -582,10 +540,8 @@ pub enum RotateOutcome {
     /// The presented token was exchanged within the leeway: the successor it got, to be re-issued
     /// byte for byte.
     Replayed {
-        /// `jti` of the refresh token issued then.
+        /// `jti` of the refresh token issued then (the access token's is derived from it).
         refresh_jti: String,
-        /// `jti` of the access token issued then.
-        access_jti: String,
         /// Unix seconds it was issued at.
         issued_at: i64,
     },
@@ -663,37 +619,32 @@ pub struct FamilyMarks {
     pub(crate) credentials_version: i64,
 }
 
-/// A family as introspection and revocation see it.
+/// A family as introspection, revocation and the sessions list see it. What the tokens of a
+/// family carry (scope, `auth_time`, the user's claims, the DPoP key) is not kept in it
+/// (docs/sessions.md, "The records"); a family written in the layout from before a sid named
+/// its user still has them, and gives `auth_time` and `user`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FamilyState {
     /// The user signed in.
     pub user_id: String,
-    /// The client the family belongs to.
+    /// The client the family belongs to (empty when the store no longer knows its name).
     pub client_id: String,
-    /// The granted scope, space separated.
-    pub scope: String,
-    /// Unix seconds of the password authentication.
-    pub auth_time: i64,
     /// `jti` of the family's current refresh token.
     pub current_refresh_jti: String,
-    /// `jti` of the access token issued with it.
-    pub current_access_jti: String,
     /// Unix seconds the current pair was issued at.
     pub issued_at: i64,
     /// Unix milliseconds at which the family ends.
     pub expires_at_ms: i64,
     /// Whether the family was revoked.
     pub revoked: bool,
-    /// The user as the login read them (`None` for a family written before families carried
-    /// the user).
+    /// Only a family from before: Unix seconds of the password authentication (0 otherwise).
+    pub auth_time: i64,
+    /// Only a family from before: the user as the login read them.
     pub user: Option<UserClaims>,
-    /// The DPoP key the family is bound to (`None`: unbound, or written before families could
-    /// be bound).
-    pub jkt: Option<String>,
-    /// The `User-Agent` of the login (`None` for families written before families kept it,
-    /// and where the request had none).
+    /// What the family kept of the login's `User-Agent`, as the sessions list shows it
+    /// ([`agent::Agent::describe`]); `None` when the agent named nothing known.
     pub user_agent: Option<String>,
-    /// The client address of the login (`None` as for `user_agent`).
+    /// The client address of the login (for IPv6, the /64 network it came from).
     pub ip: Option<String>,
     /// Unix ms of the last refresh exchange (`None` before the first).
     pub last_refreshed_at_ms: Option<i64>,
@@ -874,52 +825,43 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_family_keeps_a_browser_by_name_version_and_system() {
-        for (ua, kept) in [
-            (
-                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
-                 Chrome/131.0.0.0 Safari/537.36",
-                "Chrome 131 on Linux",
-            ),
-            (
-                "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like \
-                 Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.2903.70",
-                "Edge 131 on Windows",
-            ),
-            (
-                "Mozilla/5.0 (Macintosh; Intel Mac OS X 14.7; rv:133.0) Gecko/20100101 \
-                 Firefox/133.0",
-                "Firefox 133 on macOS",
-            ),
-            (
-                "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 \
-                 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1",
-                "Safari 18 on iOS",
-            ),
-            (
-                "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like \
-                 Gecko) Chrome/131.0.6778.81 Mobile Safari/537.36",
-                "Chrome 131 on Android",
-            ),
-        ] {
-            assert_eq!(family_user_agent(ua).as_deref(), Some(kept), "{ua}");
-        }
+    fn a_sid_names_its_user_and_one_from_before_names_none() {
+        let sid = family_sid("AbCdEfGh", "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b");
+        assert_eq!(
+            split_sid(&sid),
+            Some(("AbCdEfGh", "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"))
+        );
+        assert_eq!(split_sid("q3bN0xw1l8mJ4Cj2YbKp9A"), None);
+        assert_eq!(split_sid(".user"), None);
+        assert_eq!(split_sid("id."), None);
     }
 
     #[test]
-    fn any_other_agent_is_kept_as_sent_within_the_listpack_limit() {
+    fn the_access_jti_is_derived_from_the_refresh_jti() {
+        let a = access_jti_of("q3bN0xw1l8mJ4Cj2YbKp9A");
+        assert_eq!(a, access_jti_of("q3bN0xw1l8mJ4Cj2YbKp9A"));
+        assert_ne!(a, access_jti_of("q3bN0xw1l8mJ4Cj2YbKp9B"));
+        assert_ne!(a, "q3bN0xw1l8mJ4Cj2YbKp9A");
+        assert_eq!(a.len(), 22);
+    }
+
+    #[test]
+    fn an_address_is_kept_whole_for_ipv4_and_as_its_64_network_for_ipv6() {
+        assert_eq!(ip_bytes(Some("203.0.113.9")), [203, 0, 113, 9]);
         assert_eq!(
-            family_user_agent("Phone/2.1 (Mobile)").as_deref(),
-            Some("Phone/2.1 (Mobile)")
+            ip_text(&ip_bytes(Some("203.0.113.9"))).as_deref(),
+            Some("203.0.113.9")
         );
         assert_eq!(
-            family_user_agent("curl/8.11.1").as_deref(),
-            Some("curl/8.11.1")
+            ip_text(&ip_bytes(Some("::ffff:203.0.113.9"))).as_deref(),
+            Some("203.0.113.9")
         );
-        let long = format!("Agent/1.0 {}", "é".repeat(100));
-        let kept = family_user_agent(&long).unwrap();
-        assert!(kept.len() <= MAX_FAMILY_USER_AGENT, "{kept}");
-        assert!(kept.starts_with("Agent/1.0 é"), "{kept}");
-        assert_eq!(family_user_agent(" \n "), None);
+        assert_eq!(
+            ip_text(&ip_bytes(Some("2001:db8:85a3:8d3:1319:8a2e:370:7348"))).as_deref(),
+            Some("2001:db8:85a3:8d3::/64")
+        );
+        assert!(ip_bytes(None).is_empty());
+        assert!(ip_bytes(Some("not an address")).is_empty());
+        assert_eq!(ip_text(&[]), None);
     }
 }

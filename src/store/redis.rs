@@ -36,14 +36,14 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Script, Value};
 
-use super::family_user_agent;
 use super::{
-    AccessStatus, FamilyMarks, FamilyStarted, FamilyState, LeaseStore, NewFamily, RotateOutcome,
-    RotateRequest, SessionStore, StoreError, UserClaims, UserMarks,
+    access_jti_of, split_sid, AccessStatus, FamilyMarks, FamilyStarted, FamilyState, LeaseStore,
+    NewFamily, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks,
 };
 
 mod authorize;
 mod device;
+mod families;
 mod replay;
 
 const STORE: &str = "redis";
@@ -160,95 +160,23 @@ end
 return reply
 "#;
 
-/// Writes a new family; a family id revoked before it started stays revoked. The DPoP key is
-/// written only for a bound family, so an unbound one spends no byte on it.
-///
-/// KEYS[1] family; ARGV: user, client, scope, auth_time, cur, cur_at, iat, exp_ms, ttl_ms,
-/// uname, roles, uver, gen (the user's session generation, from [`USER_FAMILY_ADD_LUA`]), cv
-/// (the credentials version the login read), ua and ip (the login's user agent and address,
-/// written only when known: '' leaves the field out), jkt ('' for an unbound family).
-const START_LUA: &str = r#"
-redis.call('HSET', KEYS[1], 'user', ARGV[1], 'client', ARGV[2], 'scope', ARGV[3],
-  'auth_time', ARGV[4], 'cur', ARGV[5], 'cur_at', ARGV[6], 'iat', ARGV[7], 'exp_ms', ARGV[8],
-  'uname', ARGV[10], 'roles', ARGV[11], 'uver', ARGV[12], 'gen', ARGV[13], 'cv', ARGV[14])
-if ARGV[15] ~= '' then redis.call('HSET', KEYS[1], 'ua', ARGV[15]) end
-if ARGV[16] ~= '' then redis.call('HSET', KEYS[1], 'ip', ARGV[16]) end
-if ARGV[17] ~= '' then redis.call('HSET', KEYS[1], 'jkt', ARGV[17]) end
-redis.call('HDEL', KEYS[1], 'prev', 'prev_at_ms')
-redis.call('HSETNX', KEYS[1], 'revoked', '0')
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[9]) then redis.call('PEXPIRE', KEYS[1], ARGV[9]) end
-return 1
-"#;
-
-/// Adds a family to its user's families (a sorted set: family id -> login time, Unix ms),
-/// drops the ones whose session is over, and ends the oldest beyond the cap. The list and the
-/// user's session marks then live until the family's end at least. Returns the user's session
-/// generation, the user's claims mark (version, username, roles; empty unless the start is
-/// conditional), then the ids of the families it pushed out. A list from before (a plain set)
-/// is converted in place; its members, of unknown age, count as the oldest.
-///
-/// A conditional start (a family resting on an earlier sign-in, `NewFamily::expect`) first
-/// checks the user's marks against the sign-in's and, if either was raised since, answers
-/// `{'ended'}` and writes nothing.
-///
-/// KEYS[1] user's families, KEYS[2] user's session marks, KEYS[3] user's claims mark (one
-/// slot: the user's); ARGV: sid, family end (Unix ms), ttl_ms, max families, login time (Unix
-/// ms), the sign-in's generation and credentials version ('' and '' for an unconditional start).
-const USER_FAMILY_ADD_LUA: &str = r#"
-local marks = redis.call('HMGET', KEYS[2], 'gen', 'cv')
-local gen = marks[1] or '0'
-local claims = {'', '', ''}
-if ARGV[6] ~= '' then
-  if tonumber(gen) > tonumber(ARGV[6]) or tonumber(marks[2] or '0') > tonumber(ARGV[7]) then
-    return {'ended'}
-  end
-  local c = redis.call('HMGET', KEYS[3], 'v', 'u', 'r')
-  claims = {c[1] or '', c[2] or '', c[3] or ''}
-end
-if redis.call('TYPE', KEYS[1]).ok == 'set' then
-  local old = redis.call('SMEMBERS', KEYS[1])
-  redis.call('DEL', KEYS[1])
-  for _, sid in ipairs(old) do redis.call('ZADD', KEYS[1], 0, sid) end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local started = tonumber(ARGV[5])
-local length = tonumber(ARGV[2]) - started
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '1', string.format('(%d', now - length))
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[1])
-local reply = {gen, claims[1], claims[2], claims[3]}
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
-if over > 0 then
-  local popped = redis.call('ZPOPMIN', KEYS[1], over)
-  for i = 1, #popped, 2 do reply[#reply + 1] = popped[i] end
-end
-local ttl = math.max(tonumber(ARGV[3]), tonumber(ARGV[2]) - now)
-for i = 1, 2 do
-  local k = KEYS[i]
-  if redis.call('EXISTS', k) == 1 and redis.call('PTTL', k) < ttl then
-    redis.call('PEXPIRE', k, string.format('%d', ttl))
-  end
-end
-return reply
-"#;
-
 /// Ends every session of a user at once: raises the session generation, raises the
-/// credentials version when one is given, forgets the family list. Returns how many families
-/// were listed.
+/// credentials version when one is given, forgets the user's families (the hash, and the list
+/// from before). Returns how many families there were.
 ///
-/// KEYS[1] user's session marks, KEYS[2] user's families; ARGV: credentials version ('' for
-/// none), ttl_ms.
+/// KEYS[1] user's session marks, KEYS[2] user's list from before, KEYS[3] user's families;
+/// ARGV: credentials version ('' for none), ttl_ms.
 const REVOKE_USER_LUA: &str = r#"
-local n = 0
+local n = redis.call('HLEN', KEYS[3])
 local kind = redis.call('TYPE', KEYS[2]).ok
-if kind == 'zset' then n = redis.call('ZCARD', KEYS[2])
-elseif kind == 'set' then n = redis.call('SCARD', KEYS[2]) end
+if kind == 'zset' then n = n + redis.call('ZCARD', KEYS[2])
+elseif kind == 'set' then n = n + redis.call('SCARD', KEYS[2]) end
 redis.call('HINCRBY', KEYS[1], 'gen', 1)
 if ARGV[1] ~= '' then
   local cv = tonumber(redis.call('HGET', KEYS[1], 'cv') or '0')
   if tonumber(ARGV[1]) > cv then redis.call('HSET', KEYS[1], 'cv', ARGV[1]) end
 end
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3])
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return n
 "#;
@@ -292,8 +220,6 @@ return 0
 struct Scripts {
     rotate: Script,
     exchange: Script,
-    start: Script,
-    user_family_add: Script,
     revoke_family: Script,
     revoke_user: Script,
     user_claims: Script,
@@ -303,6 +229,7 @@ struct Scripts {
     backoff: Script,
     authorize: authorize::AuthorizeScripts,
     device: device::DeviceScripts,
+    families: families::FamilyScripts,
 }
 
 impl Scripts {
@@ -310,8 +237,6 @@ impl Scripts {
         Self {
             rotate: Script::new(ROTATE_LUA),
             exchange: Script::new(EXCHANGE_LUA),
-            start: Script::new(START_LUA),
-            user_family_add: Script::new(USER_FAMILY_ADD_LUA),
             revoke_family: Script::new(REVOKE_FAMILY_LUA),
             revoke_user: Script::new(REVOKE_USER_LUA),
             user_claims: Script::new(USER_CLAIMS_LUA),
@@ -321,6 +246,7 @@ impl Scripts {
             backoff: Script::new(BACKOFF_LUA),
             authorize: authorize::AuthorizeScripts::new(),
             device: device::DeviceScripts::new(),
+            families: families::FamilyScripts::new(),
         }
     }
 }
@@ -332,6 +258,8 @@ pub struct RedisStore {
     conn: Conn,
     prefix: Arc<str>,
     scripts: Arc<Scripts>,
+    /// This process's copy of `{prefix}clients` (the `families` submodule).
+    client_names: Arc<std::sync::Mutex<HashMap<[u8; 6], String>>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -436,6 +364,7 @@ impl RedisStore {
             conn,
             prefix: Arc::from(prefix),
             scripts: Arc::new(Scripts::new()),
+            client_names: Arc::default(),
         })
     }
 
@@ -502,6 +431,9 @@ impl RedisStore {
 
     /// Revokes one family (see [`REVOKE_FAMILY_LUA`] for the answer).
     async fn revoke_one(&self, sid: &str, ttl_ms: i64, create: bool) -> Result<i64, StoreError> {
+        if let Some((field, user)) = split_sid(sid) {
+            return self.revoke_packed(field, user, ttl_ms, create).await;
+        }
         let key = self.family_key(sid);
         let ttl = ttl_arg(ttl_ms);
         let create = if create { "1" } else { "0" };
@@ -535,7 +467,7 @@ impl RedisStore {
                     .key(key)
                     .arg(&req.presented_jti)
                     .arg(&req.new_refresh_jti)
-                    .arg(&req.new_access_jti)
+                    .arg(access_jti_of(&req.new_refresh_jti))
                     .arg(req.issued_at)
                     .arg(req.now_ms)
                     .arg(req.leeway_ms)
@@ -597,7 +529,12 @@ impl RedisStore {
                 .arg(&["v", "u", "r"]);
             cmds.push(mark);
         }
-        if let Some(sid) = sid {
+        let packed = sid.and_then(split_sid);
+        if let Some((field, user)) = packed {
+            let mut family = redis::cmd("HGET");
+            family.arg(self.families_key(user)).arg(field);
+            cmds.push(family);
+        } else if let Some(sid) = sid {
             let mut family = redis::cmd("HMGET");
             family
                 .arg(self.family_key(sid))
@@ -645,7 +582,11 @@ impl RedisStore {
         } else {
             Vec::new()
         };
-        let family: Option<Fields> = if sid.is_some() {
+        let packed_family = match packed {
+            Some(_) => Some(families::marks_of(parse_reply(replies.next())?)?),
+            None => None,
+        };
+        let family: Option<Fields> = if sid.is_some() && packed.is_none() {
             Some(parse_reply(replies.next())?)
         } else {
             None
@@ -660,7 +601,7 @@ impl RedisStore {
         let mut next = || mark.next().flatten();
         let mark = user_claims("the user's", next(), next(), next())?;
         let (family, family_user) = match family {
-            None => (None, None),
+            None => (packed_family.flatten(), None),
             Some(fields) => {
                 let mut fields = fields.into_iter();
                 let mut next = || fields.next().flatten();
@@ -732,105 +673,39 @@ fn parse_i64(field: &str, v: Option<&String>) -> Result<i64, StoreError> {
 
 #[async_trait]
 impl SessionStore for RedisStore {
+    /// One round trip ([`families`]'s start script, the client's name beside it), and for
+    /// families popped from the user's list from before, one revocation each.
     async fn start_family(&self, family: &NewFamily) -> Result<FamilyStarted, StoreError> {
-        // The user's list first, which also gives the generation the family starts under: a
-        // "log out everywhere" after this step raises the generation and so ends the family
-        // written below, and one before it is already counted in the generation read here (or,
-        // for a start resting on an earlier sign-in, refuses it).
-        let ufam = self.user_families_key(&family.user_id);
-        let marks = self.user_marks_key(&family.user_id);
-        let claims = self.user_claims_key(&family.user_id);
-        let ttl = ttl_arg(family.ttl_ms);
-        let (expect_gen, expect_cv) = match family.expect {
-            Some(m) => (m.generation.to_string(), m.credentials_version.to_string()),
-            None => (String::new(), String::new()),
-        };
-        let reply: Vec<String> = self
-            .run(|mut c| {
-                let (ufam, marks, claims) = (ufam.clone(), marks.clone(), claims.clone());
-                let scripts = self.scripts.clone();
-                let (expect_gen, expect_cv) = (expect_gen.clone(), expect_cv.clone());
-                async move {
-                    scripts
-                        .user_family_add
-                        .key(ufam)
-                        .key(marks)
-                        .key(claims)
-                        .arg(&family.sid)
-                        .arg(family.expires_at_ms)
-                        .arg(ttl)
-                        .arg(family.max_sessions.max(1))
-                        .arg(family.started_at_ms)
-                        .arg(expect_gen)
-                        .arg(expect_cv)
-                        .invoke_async(&mut c)
-                        .await
-                }
-            })
-            .await?;
-        if reply.len() == 1 && reply[0] == "ended" {
-            return Ok(FamilyStarted::Ended);
-        }
-        if reply.len() < 4 {
+        let Some((field, user)) = split_sid(&family.sid) else {
             return Err(StoreError::corrupt(
                 STORE,
-                format!("unexpected family start reply {reply:?}"),
+                "a new family's sid must name its user (store::family_sid)",
+            ));
+        };
+        if user != family.user_id {
+            return Err(StoreError::corrupt(
+                STORE,
+                "a new family's sid names another user",
             ));
         }
-        let mark = |i: usize| Some(reply[i].clone()).filter(|v| !v.is_empty());
-        let claims = user_claims("the user's", mark(1), mark(2), mark(3))?;
-        let generation = parse_i64("gen", reply.first())?;
-        let key = self.family_key(&family.sid);
-        let roles = roles_json(&family.user.roles);
-        let ua = family
-            .user_agent
-            .as_deref()
-            .and_then(family_user_agent)
-            .unwrap_or_default();
-        self.run(|mut c| {
-            let (key, scripts, roles) = (key.clone(), self.scripts.clone(), roles.clone());
-            let ua = ua.clone();
-            async move {
-                scripts
-                    .start
-                    .key(key)
-                    .arg(&family.user_id)
-                    .arg(&family.client_id)
-                    .arg(&family.scope)
-                    .arg(family.auth_time)
-                    .arg(&family.refresh_jti)
-                    .arg(&family.access_jti)
-                    .arg(family.issued_at)
-                    .arg(family.expires_at_ms)
-                    .arg(ttl)
-                    .arg(&family.user.username)
-                    .arg(&roles)
-                    .arg(family.user.version)
-                    .arg(generation)
-                    .arg(family.credentials_version)
-                    .arg(&ua)
-                    .arg(family.ip.as_deref().unwrap_or_default())
-                    .arg(family.jkt.as_deref().unwrap_or(""))
-                    .invoke_async::<i64>(&mut c)
-                    .await
-            }
-        })
-        .await?;
-        // Families pushed out by the cap: each its own slot, revoked together.
-        let evicted = reply.get(4..).unwrap_or_default();
+        let (started, listed) = self.start_packed(family, field).await?;
+        // Families pushed out of the list from before: each its own slot, revoked together.
         futures_util::future::try_join_all(
-            evicted
+            listed
                 .iter()
-                .map(|sid| self.revoke_one(sid, family.ttl_ms, false)),
+                .map(|sid| self.revoke_one(sid, family.revoked_ttl_ms, false)),
         )
         .await?;
-        Ok(FamilyStarted::Started {
-            evicted: evicted.len() as u64,
-            claims,
-        })
+        Ok(started)
     }
 
     async fn rotate(&self, req: &RotateRequest) -> Result<RotateOutcome, StoreError> {
+        if let Some((field, user)) = split_sid(&req.sid) {
+            return Ok(self
+                .exchange_packed(req, field, user)
+                .await?
+                .map_or(RotateOutcome::Unknown, |(_, outcome)| outcome));
+        }
         let reply = self.exchange_script(|s| &s.rotate, req).await?;
         match reply.first().map(String::as_str) {
             Some("rotated") => Ok(RotateOutcome::Rotated),
@@ -840,7 +715,6 @@ impl SessionStore for RedisStore {
             Some("wrong_key") => Ok(RotateOutcome::WrongKey),
             Some("replayed") if reply.len() == 4 => Ok(RotateOutcome::Replayed {
                 refresh_jti: reply[1].clone(),
-                access_jti: reply[2].clone(),
                 issued_at: parse_i64("iat", reply.get(3))?,
             }),
             _ => Err(StoreError::corrupt(
@@ -855,6 +729,9 @@ impl SessionStore for RedisStore {
         &self,
         req: &RotateRequest,
     ) -> Result<Option<(FamilyState, RotateOutcome)>, StoreError> {
+        if let Some((field, user)) = split_sid(&req.sid) {
+            return self.exchange_packed(req, field, user).await;
+        }
         let reply = self.exchange_script(|s| &s.exchange, req).await?;
         if reply.first().map(String::as_str) == Some("unknown") && reply.len() == 1 {
             return Ok(None);
@@ -874,10 +751,8 @@ impl SessionStore for RedisStore {
         let family = FamilyState {
             user_id: reply[0].clone(),
             client_id: reply[1].clone(),
-            scope: reply[2].clone(),
             auth_time: num("auth_time", &reply[3])?,
             current_refresh_jti: reply[4].clone(),
-            current_access_jti: reply[5].clone(),
             issued_at: num("iat", &reply[6])?,
             expires_at_ms: num("exp_ms", &reply[7])?,
             revoked: reply[8] == "1",
@@ -888,8 +763,6 @@ impl SessionStore for RedisStore {
             last_refreshed_at_ms: None,
             generation: 0,
             credentials_version: 0,
-            // Checked inside the exchange itself.
-            jkt: None,
         };
         let outcome = match reply[9].as_str() {
             "rotated" if reply.len() == 10 => RotateOutcome::Rotated,
@@ -898,7 +771,6 @@ impl SessionStore for RedisStore {
             "wrong_key" if reply.len() == 10 => RotateOutcome::WrongKey,
             "replayed" if reply.len() == 13 => RotateOutcome::Replayed {
                 refresh_jti: reply[10].clone(),
-                access_jti: reply[11].clone(),
                 issued_at: parse_i64("iat", reply.get(12))?,
             },
             _ => return Err(corrupt()),
@@ -907,25 +779,21 @@ impl SessionStore for RedisStore {
     }
 
     async fn user_families(&self, user_id: &str) -> Result<Vec<String>, StoreError> {
-        let key = self.user_families_key(user_id);
-        self.run(|mut c| {
-            let key = key.clone();
-            async move {
-                redis::cmd("ZRANGE")
-                    .arg(key)
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(&mut c)
-                    .await
-            }
-        })
-        .await
+        Ok(self
+            .user_family_logins(user_id)
+            .await?
+            .into_iter()
+            .map(|(sid, _)| sid)
+            .collect())
     }
 
+    /// The user's families of both layouts, oldest login first: the user's hash and the list
+    /// from before.
     async fn user_family_logins(&self, user_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
         let key = self.user_families_key(user_id);
-        let listed: Vec<(String, f64)> = self
-            .run(|mut c| {
+        let (packed, listed) = futures_util::try_join!(
+            self.logins_packed(user_id),
+            self.run(|mut c| {
                 let key = key.clone();
                 async move {
                     redis::cmd("ZRANGE")
@@ -933,20 +801,26 @@ impl SessionStore for RedisStore {
                         .arg(0)
                         .arg(-1)
                         .arg("WITHSCORES")
-                        .query_async(&mut c)
+                        .query_async::<Vec<(String, f64)>>(&mut c)
                         .await
                 }
             })
-            .await?;
+        )?;
         // Scores are Unix ms, well inside the integers a double holds exactly.
-        Ok(listed
+        let mut all: Vec<(String, i64)> = listed
             .into_iter()
             .map(|(sid, login)| (sid, login as i64))
-            .collect())
+            .chain(packed)
+            .collect();
+        all.sort_by_key(|(_, login)| *login);
+        Ok(all)
     }
 
     /// A family revoked before it was ever seen comes back revoked, with empty fields.
     async fn family(&self, sid: &str) -> Result<Option<FamilyState>, StoreError> {
+        if let Some((field, user)) = split_sid(sid) {
+            return self.family_packed(field, user).await;
+        }
         let key = self.family_key(sid);
         let h: HashMap<String, String> = self
             .run(|mut c| {
@@ -961,10 +835,8 @@ impl SessionStore for RedisStore {
         Ok(Some(FamilyState {
             user_id: text("user"),
             client_id: text("client"),
-            scope: text("scope"),
             auth_time: parse_i64("auth_time", h.get("auth_time"))?,
             current_refresh_jti: text("cur"),
-            current_access_jti: text("cur_at"),
             issued_at: parse_i64("iat", h.get("iat"))?,
             expires_at_ms: parse_i64("exp_ms", h.get("exp_ms"))?,
             revoked: h.get("revoked").is_some_and(|v| v == "1"),
@@ -982,7 +854,6 @@ impl SessionStore for RedisStore {
                 .transpose()?,
             generation: parse_i64("gen", h.get("gen"))?,
             credentials_version: parse_i64("cv", h.get("cv"))?,
-            jkt: h.get("jkt").filter(|j| !j.is_empty()).cloned(),
         }))
     }
 
@@ -999,17 +870,19 @@ impl SessionStore for RedisStore {
     ) -> Result<u64, StoreError> {
         let marks = self.user_marks_key(user_id);
         let ufam = self.user_families_key(user_id);
+        let families = self.families_key(user_id);
         let version = credentials_version
             .map(|v| v.to_string())
             .unwrap_or_default();
         self.run(|mut c| {
             let (marks, ufam, scripts) = (marks.clone(), ufam.clone(), self.scripts.clone());
-            let version = version.clone();
+            let (families, version) = (families.clone(), version.clone());
             async move {
                 scripts
                     .revoke_user
                     .key(marks)
                     .key(ufam)
+                    .key(families)
                     .arg(version)
                     .arg(ttl_arg(ttl_ms))
                     .invoke_async(&mut c)

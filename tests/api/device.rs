@@ -1346,7 +1346,8 @@ async fn redis_dump(prefix: &str) -> Vec<String> {
             .query_async(&mut conn)
             .await
             .unwrap();
-        let values: Vec<String> = match kind.as_str() {
+        // Values as bytes: a family is packed binary (docs/sessions.md, "The records").
+        let values: Vec<Vec<u8>> = match kind.as_str() {
             "string" => vec![redis::cmd("GET")
                 .arg(&key)
                 .query_async(&mut conn)
@@ -1372,7 +1373,11 @@ async fn redis_dump(prefix: &str) -> Vec<String> {
             _ => Vec::new(),
         };
         out.push(key);
-        out.extend(values);
+        out.extend(
+            values
+                .iter()
+                .map(|v| String::from_utf8_lossy(v).into_owned()),
+        );
     }
     out
 }

@@ -1317,101 +1317,22 @@ async fn the_clients_cli_creates_a_dpop_bound_client() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The stores' part: bound families and single-use keys, against memory and Redis
+// The stores' part: single-use keys, against memory and Redis (a family's binding travels in
+// its refresh tokens: a_public_family_is_bound_and_refreshes_only_with_its_key)
 // ---------------------------------------------------------------------------------------------
 
 mod stores {
     use std::sync::Arc;
 
     use futures_util::future::join_all;
-    use tokend::clock::{Clock, ManualClock, SharedClock};
-    use tokend::store::memory::{MemoryReplay, MemorySessions};
-    use tokend::store::{
-        NewFamily, ReplayStore, RotateOutcome, RotateRequest, SessionStore, UserClaims,
-    };
+    use tokend::clock::{ManualClock, SharedClock};
+    use tokend::store::memory::MemoryReplay;
+    use tokend::store::ReplayStore;
 
     use crate::services;
 
-    const JKT: &str = "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs";
-    const OTHER: &str = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
-    const DAY_MS: i64 = 86_400_000;
-
     fn id() -> String {
         uuid::Uuid::now_v7().to_string()
-    }
-
-    fn family(now_ms: i64, jkt: Option<&str>) -> NewFamily {
-        NewFamily {
-            sid: id(),
-            user_id: id(),
-            client_id: "app".into(),
-            scope: String::new(),
-            auth_time: now_ms / 1000,
-            refresh_jti: id(),
-            access_jti: id(),
-            issued_at: now_ms / 1000,
-            expires_at_ms: now_ms + 30 * DAY_MS,
-            started_at_ms: now_ms,
-            ttl_ms: 14 * DAY_MS,
-            user: UserClaims {
-                username: "ada".into(),
-                roles: vec![],
-                version: 1,
-            },
-            credentials_version: 0,
-            max_sessions: 100,
-            jkt: jkt.map(String::from),
-            user_agent: None,
-            ip: None,
-            expect: None,
-        }
-    }
-
-    fn exchange(f: &NewFamily, presented: &str, now_ms: i64, jkt: Option<&str>) -> RotateRequest {
-        RotateRequest {
-            sid: f.sid.clone(),
-            presented_jti: presented.to_string(),
-            new_refresh_jti: id(),
-            new_access_jti: id(),
-            issued_at: now_ms / 1000,
-            now_ms,
-            leeway_ms: 2000,
-            ttl_ms: 14 * DAY_MS,
-            revoked_ttl_ms: 14 * DAY_MS,
-            jkt: jkt.map(String::from),
-        }
-    }
-
-    /// A bound family is exchanged only with a proof of its key, and a refused exchange
-    /// changes nothing (through `rotate` and through `exchange`); an unbound family takes any.
-    async fn a_bound_family_moves_only_for_its_key(s: &dyn SessionStore, now: i64) {
-        let f = family(now, Some(JKT));
-        s.start_family(&f).await.unwrap();
-        assert_eq!(
-            s.family(&f.sid).await.unwrap().unwrap().jkt.as_deref(),
-            Some(JKT)
-        );
-        for jkt in [None, Some(OTHER)] {
-            let r = exchange(&f, &f.refresh_jti, now, jkt);
-            assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::WrongKey);
-            let (_, outcome) = s.exchange(&r).await.unwrap().unwrap();
-            assert_eq!(outcome, RotateOutcome::WrongKey);
-        }
-        // Reuse with the wrong key is not reuse: the family lives on.
-        let r = exchange(&f, "an-old-jti", now, Some(OTHER));
-        assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::WrongKey);
-        let state = s.family(&f.sid).await.unwrap().unwrap();
-        assert_eq!(state.current_refresh_jti, f.refresh_jti);
-        assert!(!state.revoked);
-        let r = exchange(&f, &f.refresh_jti, now, Some(JKT));
-        let (_, outcome) = s.exchange(&r).await.unwrap().unwrap();
-        assert_eq!(outcome, RotateOutcome::Rotated);
-
-        let unbound = family(now, None);
-        s.start_family(&unbound).await.unwrap();
-        assert_eq!(s.family(&unbound.sid).await.unwrap().unwrap().jkt, None);
-        let r = exchange(&unbound, &unbound.refresh_jti, now, Some(OTHER));
-        assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Rotated);
     }
 
     /// Of many concurrent first uses of one key exactly one wins; the key is free again once
@@ -1427,20 +1348,6 @@ mod stores {
         assert_eq!(answers.iter().filter(|a| **a).count(), 1, "{answers:?}");
         assert!(!s.first_use(&key, 60_000).await.unwrap());
         assert!(s.first_use(&format!("{key}-2"), 60_000).await.unwrap());
-    }
-
-    #[tokio::test]
-    async fn a_bound_memory_family_moves_only_for_its_key() {
-        let clock = ManualClock::starting_now();
-        let shared: SharedClock = clock.clone();
-        let s = MemorySessions::new(shared);
-        a_bound_family_moves_only_for_its_key(&s, clock.now_ms()).await;
-    }
-
-    #[tokio::test]
-    async fn a_bound_redis_family_moves_only_for_its_key() {
-        let s = services::redis_store().await;
-        a_bound_family_moves_only_for_its_key(&s, tokend::clock::SystemClock.now_ms()).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,7 @@ fn signed() -> &'static Signed {
                 fresh: true,
                 auth_time: Some(now),
                 roles: vec!["user".into()],
+                username: Some("ada".into()),
                 cnf: None,
                 act: None,
             };
@@ -103,6 +104,11 @@ fn signed() -> &'static Signed {
                 client_id: "tokend".into(),
                 scope: "read".into(),
                 resources: vec![],
+                auth_time: Some(now),
+                username: Some("ada".into()),
+                roles: Some(vec!["user".into()]),
+                user_version: Some(now * 1000),
+                cnf: None,
             };
             let t = tokens.sign_refresh(alg, &refresh).unwrap();
             genuine.push((t, "rt+jwt", to_map(&refresh)));

@@ -625,108 +625,101 @@ async fn store_ops(app: &TestApp) -> HashMap<String, f64> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_family_list_from_before_the_cap_is_converted_in_place() {
-    let store = services::redis_store().await;
-    let user = uuid::Uuid::now_v7().to_string();
-    let key = format!("{}ufam:{{{user}}}", store.prefix());
-    let mut conn = services::kv_conn(&services::redis_url()).await;
-    let added: i64 = redis::cmd("SADD")
-        .arg(&key)
-        .arg(&["old-sid-1", "old-sid-2"])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(added, 2);
-    let _: i64 = redis::cmd("PEXPIRE")
-        .arg(&key)
-        .arg(60_000)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    use tokend::store::SessionStore;
-    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
-    let family = tokend::store::NewFamily {
-        sid: uuid::Uuid::now_v7().to_string(),
-        user_id: user.clone(),
-        client_id: "tokend".into(),
-        scope: String::new(),
-        auth_time: now / 1000,
-        refresh_jti: "r".into(),
-        access_jti: "a".into(),
-        issued_at: now / 1000,
-        expires_at_ms: now + 60_000,
-        started_at_ms: now,
-        ttl_ms: 60_000,
-        user: tokend::store::UserClaims {
-            username: "u".into(),
-            roles: vec!["user".into()],
-            version: 1,
-        },
-        credentials_version: 0,
-        max_sessions: 100,
-        user_agent: None,
-        ip: None,
-        jkt: None,
-        expect: None,
-    };
-    assert_eq!(store.start_family(&family).await.unwrap().evicted(), 0);
-    let kind: String = redis::cmd("TYPE")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(kind, "zset");
-    // The old members are kept (as the oldest, first to go at the cap) beside the new one.
-    assert_eq!(
-        store
-            .revoke_user_sessions(&user, None, 60_000)
-            .await
-            .unwrap(),
-        3
-    );
-}
-
-/// A browser login's family hash stays a listpack (docs/sessions.md, "What a family remembers
-/// of its login"): every value is within Redis's default `hash-max-listpack-value`, the user
-/// agent included, and the whole record stays within a few hundred bytes.
-#[tokio::test]
-async fn a_browser_login_family_stays_a_small_listpack_in_redis() {
-    use tokend::store::SessionStore;
-    let store = services::redis_store().await;
-    let mut conn = services::kv_conn(&services::redis_url()).await;
-    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
-    let sid = uuid::Uuid::now_v7().to_string();
-    let family = tokend::store::NewFamily {
-        sid: sid.clone(),
-        user_id: uuid::Uuid::now_v7().to_string(),
+/// A family of `user` as a login starts it, for the Redis tests below.
+fn login_family(user: &str, now: i64, max_sessions: u32) -> tokend::store::NewFamily {
+    tokend::store::NewFamily {
+        sid: tokend::store::family_sid(&uuid::Uuid::new_v4().simple().to_string()[..8], user),
+        user_id: user.to_string(),
         client_id: "web".into(),
-        scope: "openid profile email offline_access".into(),
-        auth_time: now / 1000,
         refresh_jti: "q3bN0xw1l8mJ4Cj2YbKp9A".into(),
-        access_jti: "x7bN0xw1l8mJ4Cj2YbKp9B".into(),
         issued_at: now / 1000,
         expires_at_ms: now + 60_000,
         started_at_ms: now,
         ttl_ms: 60_000,
-        user: tokend::store::UserClaims {
-            username: "ada".into(),
-            roles: vec!["user".into()],
-            version: now,
-        },
+        revoked_ttl_ms: 60_000,
         credentials_version: 1,
-        max_sessions: 100,
+        max_sessions,
         user_agent: Some(
             "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) \
              Chrome/131.0.0.0 Safari/537.36"
                 .into(),
         ),
         ip: Some("2001:db8:85a3::8a2e:370:7334".into()),
-        jkt: Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I".into()),
         expect: None,
-    };
+    }
+}
+
+/// A user's family list from before families moved into the user's hash (a set, from before
+/// the cap, or a sorted set) counts toward the cap, its families first to go, and ends with
+/// the user's other families.
+#[tokio::test]
+async fn a_family_list_from_before_counts_toward_the_cap_and_goes_first() {
+    use tokend::store::SessionStore;
+    let store = services::redis_store().await;
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
+    for kind in ["SADD", "ZADD"] {
+        let user = uuid::Uuid::now_v7().to_string();
+        let key = format!("{}ufam:{{{user}}}", store.prefix());
+        let mut add = redis::cmd(kind);
+        add.arg(&key);
+        for (i, sid) in ["old-sid-1", "old-sid-2"].iter().enumerate() {
+            if kind == "ZADD" {
+                add.arg(now - 10_000 + i as i64);
+            }
+            add.arg(*sid);
+        }
+        let _: i64 = add.query_async(&mut conn).await.unwrap();
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        // A cap of two: one of the old families goes.
+        let started = store
+            .start_family(&login_family(&user, now, 2))
+            .await
+            .unwrap();
+        assert_eq!(started.evicted(), 1, "{kind}");
+        let left: i64 = redis::cmd("ZCARD")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(left, 1, "{kind}");
+        assert_eq!(store.user_families(&user).await.unwrap().len(), 2, "{kind}");
+        assert_eq!(
+            store
+                .revoke_user_sessions(&user, None, 60_000)
+                .await
+                .unwrap(),
+            2,
+            "{kind}"
+        );
+        assert!(store.user_families(&user).await.unwrap().is_empty());
+    }
+}
+
+/// A login costs one key in Redis: its user's hash, a listpack holding the family in at most
+/// 61 bytes (docs/sessions.md, "The records"), the agent and an IPv6 address included.
+#[tokio::test]
+async fn a_login_is_one_small_listpack_in_redis() {
+    use tokend::store::SessionStore;
+    let store = services::redis_store().await;
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
+    let user = uuid::Uuid::now_v7().to_string();
+    let family = login_family(&user, now, 100);
     store.start_family(&family).await.unwrap();
-    let key = format!("{}fam:{{{sid}}}", store.prefix());
+    let pattern = format!("{}*{{{user}}}", store.prefix());
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let key = format!("{}sfam:{{{user}}}", store.prefix());
+    assert_eq!(keys, std::slice::from_ref(&key));
     let encoding: String = redis::cmd("OBJECT")
         .arg("ENCODING")
         .arg(&key)
@@ -734,14 +727,15 @@ async fn a_browser_login_family_stays_a_small_listpack_in_redis() {
         .await
         .unwrap();
     assert_eq!(encoding, "listpack");
-    let bytes: i64 = redis::cmd("MEMORY")
-        .arg("USAGE")
+    let value: Vec<u8> = redis::cmd("HGET")
         .arg(&key)
+        .arg(tokend::store::split_sid(&family.sid).unwrap().0)
         .query_async(&mut conn)
         .await
         .unwrap();
-    // The same fields as a hash table take about three times as much.
-    assert!(bytes < 700, "{bytes} bytes");
-    let state = store.family(&sid).await.unwrap().unwrap();
+    assert_eq!(value.len(), 61);
+    let state = store.family(&family.sid).await.unwrap().unwrap();
     assert_eq!(state.user_agent.as_deref(), Some("Chrome 131 on Linux"));
+    assert_eq!(state.ip.as_deref(), Some("2001:db8:85a3::/64"));
+    assert_eq!(state.client_id, "web");
 }

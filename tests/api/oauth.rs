@@ -181,6 +181,7 @@ in_both_modes!(
     empty_scope_and_roles_are_left_out_of_tokens_and_answers,
     tokens_issued_with_empty_claims_are_still_accepted,
     a_secret_of_the_generated_shape_works_in_raw_basic,
+    a_refresh_token_from_before_tokens_carried_the_user_falls_back_to_the_user_store,
 );
 
 async fn the_password_grant_issues_a_pair_for_username_or_email(mode: Mode) {
@@ -1564,19 +1565,113 @@ async fn refresh_and_introspection_go_on_without_mongodb() {
     );
 }
 
-/// A family written before families carried the user's roles and username (an upgrade with
-/// sessions in Redis): refresh and introspection read them from the user store instead.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_family_without_the_users_claims_falls_back_to_the_user_store() {
-    let app = spawn_oauth(Mode::Production).await;
+/// `claims` signed as the app signs refresh tokens: a token of another version of tokend.
+fn signed_refresh(app: &TestApp, claims: &tokend::domain::tokens::RefreshClaims) -> String {
+    tokend::domain::tokens::Tokens::new(
+        app.env["TOKEND_ISSUER"].clone(),
+        String::new(),
+        app.state.published.keys().clone(),
+    )
+    .sign_refresh(tokend::keys::Alg::EdDSA, claims)
+    .unwrap()
+}
+
+/// A refresh token from before refresh tokens carried the user (an upgrade with sessions
+/// live): refresh and introspection read the user from the user store instead, and the new
+/// tokens carry them again.
+async fn a_refresh_token_from_before_tokens_carried_the_user_falls_back_to_the_user_store(
+    mode: Mode,
+) {
+    let app = spawn_oauth(mode).await;
     let user = app.new_session().await;
-    let sid = claims(&user.refresh)["sid"].as_str().unwrap().to_string();
-    let key = format!("{}fam:{{{sid}}}", app.env["TOKEND_REDIS_PREFIX"]);
-    crate::services::forget_family_user_claims(&app.env["TOKEND_REDIS_URL"], &key).await;
-    let (access, refresh) = app.refresh_pair(&user.refresh).await;
+    let mut old: tokend::domain::tokens::RefreshClaims =
+        serde_json::from_value(claims(&user.refresh)).unwrap();
+    assert_eq!(old.username.as_deref(), Some(user.username.as_str()));
+    old.auth_time = None;
+    old.username = None;
+    old.roles = None;
+    old.user_version = None;
+    let before = signed_refresh(&app, &old);
+    assert!(claims(&before).get("username").is_none());
+    assert_eq!(app.introspect(&before).await["username"], user.username);
+    let (access, refresh) = app.refresh_pair(&before).await;
     assert_eq!(claims(&access)["roles"], json!(["user"]));
+    assert_eq!(claims(&refresh)["username"], user.username);
+    assert_eq!(claims(&refresh)["roles"], json!(["user"]));
     assert_eq!(app.introspect(&access).await["username"], user.username);
     assert_eq!(app.introspect(&refresh).await["username"], user.username);
+}
+
+/// A family and its refresh token from before a family's sid named its user (its own Redis
+/// keys, the user and the DPoP key in the record, not in the token) keep refreshing until the
+/// family ends; a bound one only with its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_family_and_token_from_before_keep_refreshing() {
+    let app = spawn_oauth(Mode::Production).await;
+    let user = app.new_session().await;
+    let sub = claims(&user.access)["sub"].as_str().unwrap().to_string();
+    let mut conn = crate::services::kv_conn(&app.env["TOKEND_REDIS_URL"]).await;
+    let prefix = app.env["TOKEND_REDIS_PREFIX"].clone();
+    let now = tokend::clock::Clock::now(&*app.clock);
+    let mut tokens = Vec::new();
+    for jkt in [None, Some("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I")] {
+        let mut old: tokend::domain::tokens::RefreshClaims =
+            serde_json::from_value(claims(&user.refresh)).unwrap();
+        // A sid of 22 characters, naming no user; the claims the record kept.
+        old.sid = crate::services::unique_name("s").replace('-', "")[..22].to_string();
+        old.jti = crate::services::unique_name("j").replace('-', "")[..22].to_string();
+        old.auth_time = None;
+        old.username = None;
+        old.roles = None;
+        old.user_version = None;
+        let key = format!("{prefix}fam:{{{}}}", old.sid);
+        let mut hset = redis::cmd("HSET");
+        hset.arg(&key).arg(&[
+            ("user", sub.clone()),
+            ("client", "tokend".to_string()),
+            ("scope", String::new()),
+            ("auth_time", (now - 60).to_string()),
+            ("cur", old.jti.clone()),
+            ("cur_at", "old-access".to_string()),
+            ("iat", now.to_string()),
+            ("exp_ms", ((now + 86_400) * 1000).to_string()),
+            ("revoked", "0".to_string()),
+            ("uname", user.username.clone()),
+            ("roles", r#"["user","auditor"]"#.to_string()),
+            ("uver", "1".to_string()),
+            ("gen", "0".to_string()),
+            ("cv", "0".to_string()),
+        ]);
+        if let Some(jkt) = jkt {
+            hset.arg("jkt").arg(jkt);
+        }
+        let _: i64 = hset.query_async(&mut conn).await.unwrap();
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(&key)
+            .arg(86_400_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        tokens.push((old.sid.clone(), signed_refresh(&app, &old)));
+    }
+    // The unbound one: the roles its record kept (a user-store read would say ["user"]).
+    let (sid, before) = &tokens[0];
+    let (access, refresh) = app.refresh_pair(before).await;
+    assert_eq!(claims(&access)["roles"], json!(["user", "auditor"]));
+    assert_eq!(claims(&access)["sid"], json!(sid));
+    assert_eq!(claims(&access)["auth_time"], json!(now - 60));
+    assert_eq!(claims(&refresh)["auth_time"], json!(now - 60));
+    let (_, again) = app.refresh_pair(&refresh).await;
+    assert_eq!(claims(&again)["sid"], json!(sid));
+    // Reuse of the one exchanged before still ends the family.
+    assert_eq!(app.refresh(before).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(app.refresh(&again).await.status(), StatusCode::UNAUTHORIZED);
+    // The bound one: not without a proof of the key its record names.
+    let (_, bound) = &tokens[1];
+    let res = app.refresh(bound).await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_dpop_proof", "{body}");
 }
 
 /// The keys of a JSON object that hold nothing: `""`, `[]` or `{}` (docs/tokens.md).

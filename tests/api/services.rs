@@ -547,19 +547,6 @@ pub fn cluster_node_urls(url: &str) -> Vec<String> {
         .collect()
 }
 
-/// Makes the family hash `key` look as families did before they carried the user's claims
-/// (removes `uname`, `roles` and `uver`, which must be there).
-pub async fn forget_family_user_claims(url: &str, key: &str) {
-    let mut conn = kv_conn(url).await;
-    let removed: i64 = redis::cmd("HDEL")
-        .arg(key)
-        .arg(&["uname", "roles", "uver"])
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(removed, 3, "the family {key} carried the user's claims");
-}
-
 /// Connects to `url` (one server, or a cluster given as `redis+cluster://`).
 pub async fn kv_conn(url: &str) -> KvConn {
     if url.starts_with("redis+cluster://") {

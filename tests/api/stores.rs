@@ -16,11 +16,11 @@ use tokend::store::memory::{
 };
 use tokend::store::redis::RedisStore;
 use tokend::store::{
-    AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore, ConsentRecord,
-    ConsentStore, EventQuery, EventRecord, EventStore, Expected, FamilyMarks, FamilyStarted,
-    LeaseStore, MailStore, MailToken, NewFamily, OutgoingMail, Redemption, RegistrationRecord,
-    RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims, UserMarks, UserRecord,
-    UserStore,
+    access_jti_of, AccessStatus, AuthorizeStore, ClientMetadata, ClientRecord, ClientStore,
+    ConsentRecord, ConsentStore, EventQuery, EventRecord, EventStore, Expected, FamilyMarks,
+    FamilyStarted, LeaseStore, MailStore, MailToken, NewFamily, OutgoingMail, Redemption,
+    RegistrationRecord, RotateOutcome, RotateRequest, SessionStore, StoreError, UserClaims,
+    UserMarks, UserRecord, UserStore,
 };
 
 use crate::services;
@@ -30,6 +30,17 @@ const DAY_MS: i64 = 86_400_000;
 
 fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+/// A `jti` as tokend makes them: 128 random bits, base64url.
+fn new_jti() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(uuid::Uuid::new_v4().as_bytes())
+}
+
+/// A family id for `user` as tokend makes them (it names the user).
+fn new_sid(user: &str) -> String {
+    tokend::store::family_sid(&new_jti()[..8], user)
 }
 
 fn user(id: &str, username: &str, email: &str) -> UserRecord {
@@ -472,23 +483,20 @@ async fn client_ids_are_unique(clients: &dyn ClientStore) {
 /// A family of `user` started at `now_ms`, with fresh ids.
 fn family(user_id: &str, now_ms: i64) -> NewFamily {
     NewFamily {
-        sid: new_id(),
+        sid: new_sid(user_id),
         user_id: user_id.to_string(),
         client_id: "web".to_string(),
-        scope: "openid profile".to_string(),
-        auth_time: now_ms / 1000,
-        refresh_jti: new_id(),
-        access_jti: new_id(),
+        refresh_jti: new_jti(),
         issued_at: now_ms / 1000,
-        expires_at_ms: now_ms + 30 * DAY_MS,
+        // Whole seconds, as tokend ends sessions.
+        expires_at_ms: (now_ms / 1000) * 1000 + 30 * DAY_MS,
         started_at_ms: now_ms,
         ttl_ms: 14 * DAY_MS,
-        user: claims_v("alice", &["user"], 1_700_000_000_000),
+        revoked_ttl_ms: 14 * DAY_MS,
         credentials_version: 0,
         max_sessions: 100,
         user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".to_string()),
         ip: Some("203.0.113.9".to_string()),
-        jkt: None,
         expect: None,
     }
 }
@@ -507,8 +515,7 @@ fn exchange(sid: &str, presented: &str, now_ms: i64, leeway_ms: i64) -> RotateRe
     RotateRequest {
         sid: sid.to_string(),
         presented_jti: presented.to_string(),
-        new_refresh_jti: new_id(),
-        new_access_jti: new_id(),
+        new_refresh_jti: new_jti(),
         issued_at: now_ms / 1000,
         now_ms,
         leeway_ms,
@@ -524,16 +531,14 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
     let state = s.family(&f.sid).await.unwrap().unwrap();
     assert_eq!(state.user_id, "user-1");
     assert_eq!(state.client_id, "web");
-    assert_eq!(state.scope, "openid profile");
-    assert_eq!(state.auth_time, f.auth_time);
     assert_eq!(state.current_refresh_jti, f.refresh_jti);
-    assert_eq!(state.current_access_jti, f.access_jti);
     assert_eq!(state.issued_at, f.issued_at);
     assert_eq!(state.expires_at_ms, f.expires_at_ms);
     assert!(!state.revoked);
-    assert_eq!(state.user, Some(f.user.clone()));
+    // What the tokens carry is not kept (docs/sessions.md, "The records").
+    assert_eq!((state.auth_time, state.user), (0, None));
     let status = s
-        .access_status(&f.access_jti, Some(&f.sid), "user-1")
+        .access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), "user-1")
         .await
         .unwrap();
     assert!(!status.jti_revoked && !status.revoked(Some(&f.sid)));
@@ -542,10 +547,11 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
     // A plain check leaves the user's claims out; asked for, they come in the same read.
     assert_eq!(status.claims, None);
     let with_user = s
-        .access_status_with_user(&f.access_jti, Some(&f.sid), "user-1")
+        .access_status_with_user(&access_jti_of(&f.refresh_jti), Some(&f.sid), "user-1")
         .await
         .unwrap();
-    assert_eq!(with_user.claims, Some(f.user.clone()));
+    // No change of the user's claims recorded: none (the tokens carry them).
+    assert_eq!(with_user.claims, None);
     assert_eq!(
         AccessStatus {
             claims: None,
@@ -557,16 +563,11 @@ async fn a_started_family_reads_back(s: &dyn SessionStore, now: i64) {
 }
 
 async fn a_family_keeps_its_login_and_its_last_refresh(s: &dyn SessionStore, now: i64) {
-    let mut f = family("user-ua", now);
-    // Longer than a family keeps: cut at a character boundary.
-    f.user_agent = Some(format!("Agent/1.0 {}", "é".repeat(100)));
+    let f = family("user-ua", now);
     s.start_family(&f).await.unwrap();
     let state = s.family(&f.sid).await.unwrap().unwrap();
-    let ua = state.user_agent.clone().unwrap();
-    assert!(
-        ua.starts_with("Agent/1.0 é") && ua.len() <= tokend::store::MAX_FAMILY_USER_AGENT,
-        "{ua}"
-    );
+    // The product, its major version and the system (store::agent).
+    assert_eq!(state.user_agent.as_deref(), Some("Firefox 128 on Linux"));
     assert_eq!(state.ip.as_deref(), Some("203.0.113.9"));
     assert_eq!(state.last_refreshed_at_ms, None);
     assert_eq!(
@@ -577,13 +578,21 @@ async fn a_family_keeps_its_login_and_its_last_refresh(s: &dyn SessionStore, now
     assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Rotated);
     let state = s.family(&f.sid).await.unwrap().unwrap();
     assert_eq!(state.last_refreshed_at_ms, Some(now + 5_000));
-    // A login that knew neither keeps neither.
+    // A login that knew neither keeps neither; an agent naming nothing known is not kept;
+    // of an IPv6 address, the /64 network.
     let mut bare = family("user-ua", now + 1);
     bare.user_agent = None;
     bare.ip = None;
     s.start_family(&bare).await.unwrap();
     let state = s.family(&bare.sid).await.unwrap().unwrap();
     assert_eq!((state.user_agent, state.ip), (None, None));
+    let mut odd = family("user-ua-2", now + 1);
+    odd.user_agent = Some(format!("Agent/1.0 {}", "é".repeat(100)));
+    odd.ip = Some("2001:db8:a:b:1:2:3:4".into());
+    s.start_family(&odd).await.unwrap();
+    let state = s.family(&odd.sid).await.unwrap().unwrap();
+    assert_eq!(state.user_agent, None);
+    assert_eq!(state.ip.as_deref(), Some("2001:db8:a:b::/64"));
     let listed: Vec<String> = s
         .user_family_logins("user-ua")
         .await
@@ -601,7 +610,6 @@ async fn rotating_the_current_token_makes_the_new_pair_current(s: &dyn SessionSt
     assert_eq!(s.rotate(&r1).await.unwrap(), RotateOutcome::Rotated);
     let state = s.family(&f.sid).await.unwrap().unwrap();
     assert_eq!(state.current_refresh_jti, r1.new_refresh_jti);
-    assert_eq!(state.current_access_jti, r1.new_access_jti);
     assert_eq!(state.issued_at, r1.issued_at);
     assert!(!state.revoked);
     // The successor is current in turn.
@@ -623,7 +631,6 @@ async fn the_exchanged_token_replays_its_successor_within_the_leeway(
     assert_eq!(s.rotate(&first).await.unwrap(), RotateOutcome::Rotated);
     let successor = RotateOutcome::Replayed {
         refresh_jti: first.new_refresh_jti.clone(),
-        access_jti: first.new_access_jti.clone(),
         issued_at: first.issued_at,
     };
     // Again within the leeway, up to its very end: the same successor, no new branch.
@@ -656,7 +663,11 @@ async fn reusing_an_exchanged_token_after_the_leeway_revokes_the_family(
     let next = exchange(&f.sid, &first.new_refresh_jti, now + 2002, 2000);
     assert_eq!(s.rotate(&next).await.unwrap(), RotateOutcome::Revoked);
     let status = s
-        .access_status(&first.new_access_jti, Some(&f.sid), "user-1")
+        .access_status(
+            &access_jti_of(&first.new_refresh_jti),
+            Some(&f.sid),
+            "user-1",
+        )
         .await
         .unwrap();
     assert!(status.revoked(Some(&f.sid)));
@@ -684,14 +695,14 @@ async fn a_revoked_family_stays_revoked(s: &dyn SessionStore, now: i64) {
     assert!(state.revoked);
     assert_eq!(state.user_id, "user-1");
     let status = s
-        .access_status(&f.access_jti, Some(&f.sid), "user-1")
+        .access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), "user-1")
         .await
         .unwrap();
     assert!(status.revoked(Some(&f.sid)) && !status.jti_revoked);
 }
 
 async fn an_unknown_family_is_unknown_until_revoked(s: &dyn SessionStore, now: i64) {
-    let sid = new_id();
+    let sid = new_sid("user-1");
     let r = exchange(&sid, "whatever", now, 2000);
     assert_eq!(s.rotate(&r).await.unwrap(), RotateOutcome::Unknown);
     assert_eq!(s.family(&sid).await.unwrap(), None);
@@ -723,10 +734,9 @@ async fn concurrent_exchanges_of_one_token_yield_exactly_one_successor(
             RotateOutcome::Rotated => winners.push(req.clone()),
             RotateOutcome::Replayed {
                 refresh_jti,
-                access_jti,
                 issued_at,
             } => {
-                replayed.insert((refresh_jti, access_jti, issued_at));
+                replayed.insert((refresh_jti, issued_at));
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -735,11 +745,7 @@ async fn concurrent_exchanges_of_one_token_yield_exactly_one_successor(
     let w = &winners[0];
     assert_eq!(
         replayed.into_iter().collect::<Vec<_>>(),
-        vec![(
-            w.new_refresh_jti.clone(),
-            w.new_access_jti.clone(),
-            w.issued_at
-        )],
+        vec![(w.new_refresh_jti.clone(), w.issued_at)],
         "every other exchange got the winner's successor"
     );
     let state = s.family(&f.sid).await.unwrap().unwrap();
@@ -810,19 +816,13 @@ async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) 
                 .claims
         }
     };
-    // Nothing known: the caller reads the user store.
+    // Nothing recorded: none (a family's tokens carry the user as the login read them).
     assert_eq!(status(None).await, None);
-    assert_eq!(status(Some(new_id())).await, None);
-    // A family knows the user as its login read them.
-    let at_login = claims_v("alice", &["user"], 1_000);
-    let f = NewFamily {
-        user: at_login.clone(),
-        ..family(&user, now)
-    };
+    assert_eq!(status(Some(new_sid(&user))).await, None);
+    let f = family(&user, now);
     s.start_family(&f).await.unwrap();
-    assert_eq!(status(Some(f.sid.clone())).await, Some(at_login.clone()));
-    assert_eq!(status(None).await, None);
-    // A change afterwards wins over the family's copy, with or without a family named.
+    assert_eq!(status(Some(f.sid.clone())).await, None);
+    // A change afterwards is read with the marks, with or without a family named.
     let granted = claims_v("alice", &["admin", "user"], 2_000);
     s.set_user_claims(&user, &granted, DAY_MS).await.unwrap();
     assert_eq!(status(Some(f.sid.clone())).await, Some(granted.clone()));
@@ -834,26 +834,17 @@ async fn the_newest_copy_of_a_users_claims_wins(s: &dyn SessionStore, now: i64) 
     let renamed = claims_v("alice_2", &["admin", "user"], 2_500);
     s.set_user_claims(&user, &renamed, DAY_MS).await.unwrap();
     assert_eq!(status(Some(f.sid.clone())).await, Some(renamed.clone()));
-    // A family started from a newer record than the last change wins over it.
-    let later = NewFamily {
-        user: claims_v("alice_3", &["user"], 3_000),
-        ..family(&user, now)
-    };
-    s.start_family(&later).await.unwrap();
-    assert_eq!(
-        status(Some(later.sid.clone())).await,
-        Some(later.user.clone())
-    );
     // Another user's change does not leak.
     s.set_user_claims(&new_id(), &claims_v("bob", &["x"], 9_000), DAY_MS)
         .await
         .unwrap();
     assert_eq!(status(Some(f.sid.clone())).await, Some(renamed));
     // A family id that was only ever revoked knows no user.
-    let stub = new_id();
+    let other = new_id();
+    let stub = new_sid(&other);
     s.revoke_family(&stub, DAY_MS).await.unwrap();
     let st = s
-        .access_status_with_user(&new_id(), Some(&stub), &new_id())
+        .access_status_with_user(&new_id(), Some(&stub), &other)
         .await
         .unwrap();
     assert!(st.revoked(Some(&stub)));
@@ -869,7 +860,7 @@ async fn ending_a_users_sessions_ends_each_of_them_in_one_step(s: &dyn SessionSt
     let bobs = family(&bob, now);
     s.start_family(&bobs).await.unwrap();
     let dead = |f: NewFamily, user: String| async move {
-        s.access_status(&f.access_jti, Some(&f.sid), &user)
+        s.access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), &user)
             .await
             .unwrap()
             .revoked(Some(&f.sid))
@@ -1012,7 +1003,7 @@ async fn no_family_from_before_a_logout_everywhere_outlives_it(s: &dyn SessionSt
             continue;
         }
         let status = s
-            .access_status(&f.access_jti, Some(&f.sid), &user)
+            .access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), &user)
             .await
             .unwrap();
         assert!(
@@ -1049,7 +1040,7 @@ async fn a_credential_change_ends_families_that_read_the_older_record(
     s.start_family(&read_v2).await.unwrap();
     for (f, dead) in [(read_v1, true), (in_flight, true), (read_v2, false)] {
         let status = s
-            .access_status(&f.access_jti, Some(&f.sid), &user)
+            .access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), &user)
             .await
             .unwrap();
         assert_eq!(status.revoked(Some(&f.sid)), dead);
@@ -2268,13 +2259,11 @@ async fn redis_records_live_exactly_as_long_as_asked_and_never_less() {
         ..family("user-ttl", now)
     };
     store.start_family(&f).await.unwrap();
-    let fam_key = format!("{p}fam:{{{}}}", f.sid);
+    // The user's families live as long as the family's first refresh token; the names of the
+    // clients as long as the family could.
+    let fam_key = format!("{p}sfam:{{user-ttl}}");
     assert!(near(pttl(fam_key.clone()).await, DAY_MS));
-    // The user's set of families lasts as long as the family could.
-    assert!(near(
-        pttl(format!("{p}ufam:{{user-ttl}}")).await,
-        30 * DAY_MS
-    ));
+    assert!(near(pttl(format!("{p}clients")).await, 30 * DAY_MS));
 
     let r = RotateRequest {
         ttl_ms: 2 * DAY_MS,
@@ -2388,39 +2377,135 @@ async fn redis_authorization_records_live_as_long_as_asked() {
     assert_every_key_expires(&store).await;
 }
 
-/// A family written before families carried the user (no `uname`, `roles`, `uver`) reads back
-/// without them, so the caller falls back to the user store; it is otherwise whole.
+/// Writes a family as tokend wrote them before a family's sid named its user: its own hash
+/// `fam:{<sid>}` and the user's list `ufam:{<user>}` (docs/sessions.md, "Families from
+/// before").
+async fn write_family_from_before(
+    store: &RedisStore,
+    sid: &str,
+    user: &str,
+    cur: &str,
+    now: i64,
+    jkt: Option<&str>,
+) {
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let p = store.prefix();
+    let key = format!("{p}fam:{{{sid}}}");
+    let mut hset = redis::cmd("HSET");
+    hset.arg(&key).arg(&[
+        ("user", user.to_string()),
+        ("client", "web".to_string()),
+        ("scope", "openid".to_string()),
+        ("auth_time", (now / 1000 - 60).to_string()),
+        ("cur", cur.to_string()),
+        ("cur_at", "old-access-jti".to_string()),
+        ("iat", (now / 1000).to_string()),
+        ("exp_ms", (now + 30 * DAY_MS).to_string()),
+        ("revoked", "0".to_string()),
+        ("uname", "alice".to_string()),
+        ("roles", r#"["user"]"#.to_string()),
+        ("uver", "5".to_string()),
+        ("gen", "0".to_string()),
+        ("cv", "0".to_string()),
+        ("ua", "Firefox 128 on Linux".to_string()),
+        ("ip", "203.0.113.9".to_string()),
+    ]);
+    if let Some(jkt) = jkt {
+        hset.arg("jkt").arg(jkt);
+    }
+    let _: i64 = hset.query_async(&mut conn).await.unwrap();
+    let list = format!("{p}ufam:{{{user}}}");
+    let _: i64 = redis::cmd("ZADD")
+        .arg(&list)
+        .arg(now - 60_000)
+        .arg(sid)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for k in [key, list] {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(k)
+            .arg(14 * DAY_MS)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+}
+
+/// Families written before a family's sid named its user keep working in their own keys
+/// until they end: read, listed, checked, exchanged (a bound one only with its key),
+/// revoked, ended with the user's other families, and first to go at the cap.
 #[tokio::test]
-async fn a_redis_family_without_the_users_claims_reads_back_without_them() {
+async fn redis_families_from_before_keep_working_until_they_end() {
     let store = services::redis_store().await;
     let now = SystemClock.now_ms();
-    let f = family("user-old", now);
-    store.start_family(&f).await.unwrap();
-    let key = format!("{}fam:{{{}}}", store.prefix(), f.sid);
-    services::forget_family_user_claims(&services::redis_url(), &key).await;
-    let state = store.family(&f.sid).await.unwrap().unwrap();
-    assert_eq!(state.user, None);
-    assert_eq!(state.current_refresh_jti, f.refresh_jti);
+    let user = new_id();
+    let (old, bound) = (new_jti(), new_jti());
+    let (old_cur, bound_cur) = (new_jti(), new_jti());
+    write_family_from_before(&store, &old, &user, &old_cur, now, None).await;
+    let jkt = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I";
+    write_family_from_before(&store, &bound, &user, &bound_cur, now, Some(jkt)).await;
+
+    let state = store.family(&old).await.unwrap().unwrap();
+    assert_eq!(state.user_id, user);
+    assert_eq!(state.client_id, "web");
+    assert_eq!(state.current_refresh_jti, old_cur);
+    assert_eq!(state.auth_time, now / 1000 - 60);
+    assert_eq!(state.user, Some(claims_v("alice", &["user"], 5)));
+    assert_eq!(state.user_agent.as_deref(), Some("Firefox 128 on Linux"));
     let status = store
-        .access_status_with_user(&f.access_jti, Some(&f.sid), "user-old")
+        .access_status_with_user("old-access-jti", Some(&old), &user)
         .await
         .unwrap();
-    assert_eq!(status.claims, None);
-    assert!(!status.revoked(Some(&f.sid)));
-    let r = exchange(&f.sid, &f.refresh_jti, now + 1000, 2000);
-    let (_, outcome) = store.exchange(&r).await.unwrap().unwrap();
+    assert!(!status.revoked(Some(&old)));
+    assert_eq!(status.claims, Some(claims_v("alice", &["user"], 5)));
+
+    // Exchanged as before; a retry within the leeway gets the same successor.
+    let r = exchange(&old, &old_cur, now + 1000, 2000);
+    let (was, outcome) = store.exchange(&r).await.unwrap().unwrap();
     assert_eq!(outcome, RotateOutcome::Rotated);
-    // A mark written since then is found all the same.
-    let mark = claims_v("renamed", &["user"], 5);
-    store
-        .set_user_claims("user-old", &mark, DAY_MS)
-        .await
-        .unwrap();
+    assert_eq!(was.auth_time, now / 1000 - 60);
+    let again = exchange(&old, &old_cur, now + 1500, 2000);
+    assert_eq!(
+        store.rotate(&again).await.unwrap(),
+        RotateOutcome::Replayed {
+            refresh_jti: r.new_refresh_jti.clone(),
+            issued_at: r.issued_at,
+        }
+    );
+    // A bound one moves only with a proof of its key.
+    let mut wrong = exchange(&bound, &bound_cur, now + 1000, 2000);
+    assert_eq!(store.rotate(&wrong).await.unwrap(), RotateOutcome::WrongKey);
+    wrong.jkt = Some(jkt.to_string());
+    assert_eq!(store.rotate(&wrong).await.unwrap(), RotateOutcome::Rotated);
+
+    // Listed beside the user's new families, oldest login first; the cap ends them first.
+    let f = NewFamily {
+        max_sessions: 2,
+        ..family(&user, now)
+    };
+    assert_eq!(store.start_family(&f).await.unwrap().evicted(), 1);
+    let listed = store.user_families(&user).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert_eq!(listed[1], f.sid);
+    let popped = if listed[0] == old { &bound } else { &old };
+    assert!(store.family(popped).await.unwrap().unwrap().revoked);
+    // Revoked one at a time, or all at once with the user's new ones.
+    store.revoke_family(&listed[0], DAY_MS).await.unwrap();
+    assert!(store.family(&listed[0]).await.unwrap().unwrap().revoked);
+    assert_eq!(
+        store
+            .revoke_user_sessions(&user, None, DAY_MS)
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.user_families(&user).await.unwrap().is_empty());
     let status = store
-        .access_status_with_user(&f.access_jti, Some(&f.sid), "user-old")
+        .access_status(&access_jti_of(&f.refresh_jti), Some(&f.sid), &user)
         .await
         .unwrap();
-    assert_eq!(status.claims, Some(mark));
+    assert!(status.revoked(Some(&f.sid)));
     assert_every_key_expires(&store).await;
 }
 
