@@ -230,6 +230,12 @@ PID=
 # and the RSA modulus of keys it makes (the code section switches to a 3072-bit keyset).
 KEYS_DIR="$OUT/keys"
 DB=
+# The Redis key prefix of production mode: tokend's default, `tokend:`, for the keyset every
+# section uses, so that a key costs what it costs a deployment (the key name is part of each
+# login's Redis bytes: a prefix past 17 characters moves the name of a user's families,
+# `{prefix}sfam:{<36-character user id>}`, one allocator step up, 16 bytes more per login;
+# BENCHMARKS.md, "What a key costs"). Redis is this run's own.
+PREFIX=tokend:
 BITS=$RSA_BITS
 # tokend_env MODE: the environment of tokend in MODE, as KEY=VALUE words.
 tokend_env() {
@@ -243,7 +249,7 @@ tokend_env() {
     "TOKEND_CLIENTS_FILE=$OUT/clients.json" "TOKEND_MAIL_DIR=$OUT/mail"
   if [ "$mode" = production ]; then
     printf '%s\n' "TOKEND_MONGODB_URI=$MONGO_URI" "TOKEND_MONGODB_DB=$DB" \
-      "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$DB:" \
+      "TOKEND_REDIS_URL=$REDIS_URL" "TOKEND_REDIS_PREFIX=$PREFIX" \
       "TOKEND_KEY_ENCRYPTION_KEY=$KEK"
   else
     # Embedded mode writes mail (the registrations' verification links) to files: not into the
@@ -698,7 +704,7 @@ code_rows() {
 }
 
 run_code() {
-  local mode=$1 keys_dir=$KEYS_DIR db=$DB
+  local mode=$1 keys_dir=$KEYS_DIR db=$DB prefix=$PREFIX
   start_tokend "$mode"
   header
   code_rows "$mode" "$RSA_BITS"
@@ -707,7 +713,7 @@ run_code() {
     # The same with tokend's default key size, 3072 bits: a keyset of its own.
     BITS=3072
     if [ "$mode" = production ]; then
-      DB="${db}_rsa3072"
+      DB="${db}_rsa3072" PREFIX=tokend_rsa3072:
       "$LOADGEN" keyset --mongodb-uri "$MONGO_URI" --mongodb-db "$DB" --kek "$KEK" \
         --algs EdDSA,RS256 --rsa-bits 3072 >/dev/null
     else
@@ -718,7 +724,7 @@ run_code() {
     start_tokend "$mode"
     code_rows "$mode" 3072
     stop_pid "$PID"
-    BITS=$RSA_BITS KEYS_DIR=$keys_dir DB=$db
+    BITS=$RSA_BITS KEYS_DIR=$keys_dir DB=$db PREFIX=$prefix
   fi
 }
 
@@ -783,10 +789,10 @@ run_sessions() {
           python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
         sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$access")
         if [ "$fams" -gt 1 ]; then
-          "$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$DB:" --user-id "$sub" \
+          "$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$PREFIX" --user-id "$sub" \
             -n "$((fams - 1))" --seed "sessions-$what-$r" >/dev/null
         fi
-        listed=$(rcli HLEN "$DB:sfam:{$sub}")
+        listed=$(rcli HLEN "${PREFIX}sfam:{$sub}")
         [ "$listed" = "$fams" ] || die "$what: the user has $listed families, not $fams"
         snapshot "$OUT/sessions.before"
         if [ "$what" = logout-all ]; then
@@ -802,7 +808,7 @@ run_sessions() {
         fi
         snapshot "$OUT/sessions.after"
         [ "$status" = 204 ] || die "$what answered $status"
-        after=$(rcli HLEN "$DB:sfam:{$sub}")
+        after=$(rcli HLEN "${PREFIX}sfam:{$sub}")
         [ "$after" = 0 ] || die "$what left $after families listed"
         status=$(curl -sS -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $access" \
           "$BASE/auth/verify")
@@ -857,7 +863,7 @@ run_families() {
     [ "$add" -gt 0 ] || continue
     log "families: writing $add families (to $n)"
     before=$(used_memory)
-    line=$("$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$DB:" -n "$add" --seed "fam-$n")
+    line=$("$LOADGEN" families --redis-url "$REDIS_URL" --prefix "$PREFIX" -n "$add" --seed "fam-$n")
     log "families: Redis finished resizing its tables $(wait_resized) s after the writes"
     after=$(used_memory)
     total=$((total + after - before))
@@ -902,9 +908,9 @@ PY
   # One record of each kind, by MEMORY USAGE: a written one-family user, and the loader's
   # hash (the user of the verify token, with the families of its logins).
   local made loader_sub
-  made=$(rcli SCAN 0 MATCH "$DB:sfam:*" COUNT 10000 | sed -n 2p)
+  made=$(rcli SCAN 0 MATCH "${PREFIX}sfam:*" COUNT 10000 | sed -n 2p)
   loader_sub=$(python3 -c 'import base64,json,sys; p=sys.argv[1].split(".")[1]; print(json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4)))["sub"])' "$ACCESS")
-  note "MEMORY USAGE: a written one-family user's hash $(rcli MEMORY USAGE "$made") bytes ($(rcli OBJECT ENCODING "$made")), the loader's hash $(rcli MEMORY USAGE "$DB:sfam:{$loader_sub}") bytes for $(rcli HLEN "$DB:sfam:{$loader_sub}") families; keys named fam:/ufam: (the layout from before) $(rcli EVAL "return #redis.call('KEYS', ARGV[1]) + #redis.call('KEYS', ARGV[2])" 0 "$DB:fam:*" "$DB:ufam:*")"
+  note "MEMORY USAGE: a written one-family user's hash $(rcli MEMORY USAGE "$made") bytes ($(rcli OBJECT ENCODING "$made")), the loader's hash $(rcli MEMORY USAGE "${PREFIX}sfam:{$loader_sub}") bytes for $(rcli HLEN "${PREFIX}sfam:{$loader_sub}") families; keys named fam:/ufam: (the layout from before) $(rcli EVAL "return #redis.call('KEYS', ARGV[1]) + #redis.call('KEYS', ARGV[2])" 0 "${PREFIX}fam:*" "${PREFIX}ufam:*")"
   stop_pid "$PID"
 }
 

@@ -85,3 +85,12 @@ for v in 53 57 61; do
     redis.call('HSET', k, 'f' .. string.sub(sid, 16), string.rep('x', $v))
     redis.call('PEXPIRE', k, $TTL)"
 done
+# The key name is part of the cost: the same one-family user (57 bytes) under a key prefix of
+# 17 characters, the longest whose names stay in the same allocator step, and of 18 and 23
+# characters (`tokend_load_<10 digits>:`).
+for p in tokend_abcdefghi: tokend_abcdefghij: tokend_load_1764612345:; do
+  cost "tokend's layout under the ${#p}-character prefix \`$p\`, one family of 57 bytes" \
+    "local k = '${p}sfam:{' .. string.format('%036x', i) .. '}'
+    redis.call('HSET', k, 'f' .. string.sub(sid, 16), string.rep('x', 57))
+    redis.call('PEXPIRE', k, $TTL)"
+done
