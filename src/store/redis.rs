@@ -177,6 +177,7 @@ if ARGV[1] ~= '' then
   if tonumber(ARGV[1]) > cv then redis.call('HSET', KEYS[1], 'cv', ARGV[1]) end
 end
 redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('HDEL', KEYS[1], 'q')
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return n
 "#;
@@ -522,7 +523,7 @@ impl RedisStore {
         cmds[0].arg(self.revoked_jti_key(jti));
         cmds[1]
             .arg(self.user_marks_key(user_id))
-            .arg(&["gen", "cv"]);
+            .arg(&["gen", "cv", "rf"]);
         if with_user {
             let mut mark = redis::cmd("HMGET");
             mark.arg(self.user_claims_key(user_id))
@@ -597,11 +598,22 @@ impl RedisStore {
             generation: parse_i64("gen", next().as_ref())?,
             credentials_version: parse_i64("cv", next().as_ref())?,
         };
+        // The user's hash dropped revoked families of theirs (`rf`): one missing is revoked.
+        let dropped_revoked = next().is_some();
         let mut mark = mark.into_iter();
         let mut next = || mark.next().flatten();
         let mark = user_claims("the user's", next(), next(), next())?;
         let (family, family_user) = match family {
-            None => (packed_family.flatten(), None),
+            None => match packed_family {
+                Some(None) if dropped_revoked => (
+                    Some(FamilyMarks {
+                        revoked: true,
+                        ..FamilyMarks::default()
+                    }),
+                    None,
+                ),
+                found => (found.flatten(), None),
+            },
             Some(fields) => {
                 let mut fields = fields.into_iter();
                 let mut next = || fields.next().flatten();

@@ -701,6 +701,94 @@ async fn a_family_list_from_before_counts_toward_the_cap_and_goes_first() {
     }
 }
 
+/// A user at the session cap: each login past it ends their oldest, from the queue of their
+/// oldest logins when it is valid and from the whole hash otherwise, and the hash keeps at most
+/// the cap, the queue's worth of ended logins and 16 more (docs/sessions.md, "The user's
+/// families and the session cap"); a token of an ended login dropped from it is refused.
+#[tokio::test]
+async fn a_user_at_the_cap_ends_the_oldest_login_each_time_in_a_bounded_hash() {
+    use tokend::store::{NewFamily, SessionStore};
+    let store = services::redis_store().await;
+    let mut conn = services::kv_conn(&services::redis_url()).await;
+    let now = tokend::clock::Clock::now_ms(&tokend::clock::SystemClock);
+    let user = uuid::Uuid::now_v7().to_string();
+    let cap = 20u32;
+    let login = |at: i64| NewFamily {
+        started_at_ms: at,
+        ..login_family(&user, now, cap)
+    };
+    let live = || async {
+        let mut live = store.user_families(&user).await.unwrap();
+        live.sort();
+        live
+    };
+    let mut sids = Vec::new();
+    for i in 0..200i64 {
+        let f = login(now - 1_000 + i);
+        let started = store.start_family(&f).await.unwrap();
+        assert_eq!(started.evicted(), u64::from(i >= 20), "login {i}");
+        sids.push(f.sid);
+    }
+    let mut newest = sids[180..].to_vec();
+    newest.sort();
+    assert_eq!(live().await, newest);
+    let key = format!("{}sfam:{{{user}}}", store.prefix());
+    let kept: usize = redis::cmd("HLEN")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!((20..=20 + 32 + 16).contains(&kept), "{kept} families kept");
+    // The logins past the cap took the oldest from the user's queue.
+    let queued: bool = redis::cmd("HEXISTS")
+        .arg(format!("{}usess:{{{user}}}", store.prefix()))
+        .arg("q")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(queued);
+    let jti = uuid::Uuid::new_v4().simple().to_string();
+    let status = |sid: String| {
+        let (store, jti, user) = (&store, &jti, &user);
+        async move {
+            let s = store.access_status(jti, Some(&sid), user).await.unwrap();
+            s.revoked(Some(&sid))
+        }
+    };
+    assert!(status(sids[0].clone()).await, "the first login's tokens");
+    assert!(status(sids[179].clone()).await, "the last login ended");
+    assert!(
+        !status(sids[199].clone()).await,
+        "the newest login's tokens"
+    );
+
+    // A logout at the cap: the next login ends nobody, the one after the oldest.
+    store.revoke_family(&sids[185], 60_000).await.unwrap();
+    assert_eq!(
+        store.start_family(&login(now + 1)).await.unwrap().evicted(),
+        0
+    );
+    assert_eq!(
+        store.start_family(&login(now + 2)).await.unwrap().evicted(),
+        1
+    );
+    assert!(!live().await.contains(&sids[180]));
+    assert!(live().await.contains(&sids[181]));
+    // A login older than every live one (a sign-in from before, exchanged now) ends the oldest
+    // other, and is the next to go.
+    let old = login(now - 60_000);
+    assert_eq!(store.start_family(&old).await.unwrap().evicted(), 1);
+    assert!(!live().await.contains(&sids[181]));
+    assert!(live().await.contains(&old.sid));
+    assert_eq!(
+        store.start_family(&login(now + 3)).await.unwrap().evicted(),
+        1
+    );
+    assert!(!live().await.contains(&old.sid));
+    assert!(live().await.contains(&sids[182]));
+    assert_eq!(live().await.len(), 20);
+}
+
 /// A login costs one key in Redis: its user's hash, a listpack holding the family in at most
 /// 61 bytes (docs/sessions.md, "The records"), the agent and an IPv6 address included.
 #[tokio::test]

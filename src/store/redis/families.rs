@@ -37,24 +37,45 @@ use crate::store::{
     RotateOutcome, RotateRequest, StoreError,
 };
 
+/// Revoked families a user's hash keeps (the newest); older ones are dropped, and the user's
+/// mark `rf` makes a missing family of theirs count as revoked.
+const KEEP_REVOKED: usize = 16;
+/// Live families from which a user gets a queue of their oldest ([`START_LUA`]).
+const QUEUE_FROM: usize = 16;
+/// How many of the oldest live families the queue names.
+const QUEUE_LEN: usize = 32;
+
 /// The packed head every script reads: flags, current, previous, issued, end, generation,
 /// credentials version, login.
 const HEAD: &str = "'<Bc16c6I6I4I3I3I6'";
 
 /// Starts a family in the user's hash. Checks a conditional start's marks first (as in the
-/// layout before); drops the user's families that are over; writes this one under the user's
-/// session generation (spliced into bytes 34–36), keeping it revoked if its id was revoked
-/// before it started; then ends the oldest beyond the cap — families still listed in the
-/// user's list from before first (their ids are returned, to be revoked in their own keys),
-/// then the oldest by login here. Returns the generation, the user's claims mark (empty unless
-/// the start is conditional), how many families here it ended, and the listed ids it popped.
+/// layout before); writes this one under the user's session generation (spliced into bytes
+/// 34–36), keeping it revoked if its id was revoked before it started; ends the oldest beyond
+/// the cap. Returns the generation, the user's claims mark (empty unless the start is
+/// conditional), how many families here it ended, and the ids it popped from the user's list
+/// from before.
+///
+/// Most starts read the whole hash: they drop the families that are over, end the oldest
+/// beyond the cap — families still listed in the user's list from before first (their ids
+/// are returned, to be revoked in their own keys), then the oldest by login here — and keep
+/// the [`KEEP_REVOKED`] newest revoked families, dropping older ones (the user's mark `rf`
+/// then says that a family of theirs missing from the hash is revoked). A user with
+/// [`QUEUE_FROM`] live families or more gets a queue in their marks: `q`, the ids of the
+/// [`QUEUE_LEN`] oldest by login; `qn`, how many are live; `qt`, when the first of them could
+/// be over; `ql`, the idle lifetime that was computed with; `qm`, the newest login queued. A
+/// start that finds the queue valid (nothing over yet, the same lifetime, a login no older
+/// than the queue's) ends the oldest from the queue and reads nothing else, so a user at the
+/// cap costs Redis the same per login as a user with one family (docs/sessions.md, "The
+/// user's families and the session cap"). Whatever ends a live family otherwise (a revocation,
+/// a reuse) drops `q`.
 ///
 /// KEYS[1] the user's families, KEYS[2] the user's session marks, KEYS[3] the user's claims
 /// mark, KEYS[4] the user's list from before (one slot: the user's); ARGV: field, packed
 /// family, ttl_ms (a family unused this long is over), max families, the sign-in's generation
 /// and credentials version ('' and '' for an unconditional start), revoked_ttl_ms.
 const START_LUA: &str = r#"
-local marks = redis.call('HMGET', KEYS[2], 'gen', 'cv')
+local marks = redis.call('HMGET', KEYS[2], 'gen', 'cv', 'q', 'qn', 'qt', 'ql', 'qm')
 local gen = marks[1] or '0'
 local claims = {'', '', ''}
 if ARGV[5] ~= '' then
@@ -66,30 +87,66 @@ if ARGV[5] ~= '' then
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl, rttl = tonumber(ARGV[3]), tonumber(ARGV[7])
+local ttl, rttl, cap = tonumber(ARGV[3]), tonumber(ARGV[7]), tonumber(ARGV[4])
 local v = ARGV[2]
-local _, _, _, _, exp, _, _, login = struct.unpack(HEAD, v)
+local _, _, _, issued, exp, _, _, login = struct.unpack(HEAD, v)
 local flags = string.byte(v, 1)
 local prior = redis.call('HGET', KEYS[1], ARGV[1])
 if prior and bit.band(string.byte(prior, 1), 1) == 1 then flags = bit.bor(flags, 1) end
 v = string.char(flags) .. string.sub(v, 2, 33) .. struct.pack('<I3', tonumber(gen))
   .. string.sub(v, 37)
+local over_at = math.min(exp * 1000, issued + ttl)
+local reply = {gen, claims[1], claims[2], claims[3], 0}
+local function revoke(f, r)
+  redis.call('HSET', KEYS[1], f, string.char(bit.bor(string.byte(r, 1), 1))
+    .. string.sub(r, 2, 23) .. struct.pack('<I6', now) .. string.sub(r, 30))
+  reply[5] = reply[5] + 1
+end
+local function keep_marks()
+  if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+  local keep = math.max(ttl, exp * 1000 - now)
+  if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('PTTL', KEYS[2]) < keep then
+    redis.call('PEXPIRE', KEYS[2], string.format('%d', keep))
+  end
+end
+if marks[3] and not prior and marks[6] == ARGV[3] and now < tonumber(marks[5])
+  and login >= tonumber(marks[7]) then
+  local live, queue, valid = tonumber(marks[4]) + 1, marks[3], true
+  while valid and live > cap do
+    local sp = string.find(queue, ' ', 1, true)
+    local r
+    if sp then r = redis.call('HGET', KEYS[1], string.sub(queue, 1, sp - 1)) end
+    if r and bit.band(string.byte(r, 1), 1) == 0 then
+      revoke(string.sub(queue, 1, sp - 1), r)
+      queue = string.sub(queue, sp + 1)
+      live = live - 1
+    else
+      valid = false
+    end
+  end
+  if valid then
+    redis.call('HSET', KEYS[1], ARGV[1], v)
+    redis.call('HSET', KEYS[2], 'q', queue, 'qn', live,
+      'qt', string.format('%d', math.min(tonumber(marks[5]), over_at)))
+    keep_marks()
+    return reply
+  end
+end
 local all = redis.call('HGETALL', KEYS[1])
-local live = {}
+local live, revoked = {}, {}
 for i = 1, #all, 2 do
   local f = all[i]
   if f ~= ARGV[1] then
     local fl, _, _, ft, fexp, _, _, flogin = struct.unpack(HEAD, all[i + 1])
-    local over
-    if bit.band(fl, 1) == 1 then over = now >= ft + rttl
-    else over = now >= fexp * 1000 or now >= ft + ttl end
-    if over then redis.call('HDEL', KEYS[1], f)
-    elseif bit.band(fl, 1) == 0 then live[#live + 1] = {flogin, f} end
+    if bit.band(fl, 1) == 1 then
+      if now >= ft + rttl then redis.call('HDEL', KEYS[1], f)
+      else revoked[#revoked + 1] = {ft, f} end
+    elseif now >= fexp * 1000 or now >= ft + ttl then redis.call('HDEL', KEYS[1], f)
+    else live[#live + 1] = {flogin, f, math.min(fexp * 1000, ft + ttl)} end
   end
 end
 redis.call('HSET', KEYS[1], ARGV[1], v)
-local reply = {gen, claims[1], claims[2], claims[3], 0}
-local excess = #live + 1 - tonumber(ARGV[4])
+local excess = #live + 1 - cap
 local kind = redis.call('TYPE', KEYS[4]).ok
 if kind == 'set' then
   -- A list from before the cap: its families, of unknown age, count as the oldest.
@@ -106,22 +163,37 @@ if kind == 'zset' then
     local popped = redis.call('ZPOPMIN', KEYS[4], excess)
     for i = 1, #popped, 2 do reply[#reply + 1] = popped[i]; excess = excess - 1 end
   end
+  if redis.call('EXISTS', KEYS[4]) == 0 then kind = 'none' end
 end
+table.sort(live, function(a, b) return a[1] < b[1] end)
+local first = 1
 if excess > 0 then
-  table.sort(live, function(a, b) return a[1] < b[1] end)
   for i = 1, excess do
     local f = live[i][2]
-    local r = redis.call('HGET', KEYS[1], f)
-    redis.call('HSET', KEYS[1], f, string.char(bit.bor(string.byte(r, 1), 1))
-      .. string.sub(r, 2, 23) .. struct.pack('<I6', now) .. string.sub(r, 30))
-    reply[5] = reply[5] + 1
+    revoke(f, redis.call('HGET', KEYS[1], f))
+    revoked[#revoked + 1] = {now, f}
   end
+  first = excess + 1
 end
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-local keep = math.max(ttl, exp * 1000 - now)
-if redis.call('EXISTS', KEYS[2]) == 1 and redis.call('PTTL', KEYS[2]) < keep then
-  redis.call('PEXPIRE', KEYS[2], string.format('%d', keep))
+if #revoked > KEEP_REVOKED then
+  table.sort(revoked, function(a, b) return a[1] > b[1] end)
+  for i = KEEP_REVOKED + 1, #revoked do redis.call('HDEL', KEYS[1], revoked[i][2]) end
+  redis.call('HSET', KEYS[2], 'rf', '1')
 end
+local rest = {{login, ARGV[1], over_at}}
+for i = first, #live do rest[#rest + 1] = live[i] end
+if kind == 'none' and not prior and #rest >= QUEUE_FROM then
+  table.sort(rest, function(a, b) return a[1] < b[1] end)
+  local queue, qt = {}, over_at
+  for i = 1, #rest do qt = math.min(qt, rest[i][3]) end
+  for i = 1, math.min(QUEUE_LEN, #rest) do queue[i] = rest[i][2] .. ' ' end
+  redis.call('HSET', KEYS[2], 'q', table.concat(queue), 'qn', #rest,
+    'qt', string.format('%d', qt), 'ql', ARGV[3],
+    'qm', string.format('%d', rest[#queue][1]))
+elseif marks[3] then
+  redis.call('HDEL', KEYS[2], 'q')
+end
+keep_marks()
 return reply
 "#;
 
@@ -129,8 +201,8 @@ return reply
 /// `{'unknown'}` when the family is not there or its session is over, otherwise the outcome
 /// (`rotated`, `replayed`, `reused`, `revoked`) and the family as it was.
 ///
-/// KEYS[1] the user's families; ARGV: field, presented `jti` (16 bytes), new `jti` (16 bytes),
-/// now_ms, leeway_ms, ttl_ms.
+/// KEYS[1] the user's families, KEYS[2] the user's session marks (a reuse drops their queue);
+/// ARGV: field, presented `jti` (16 bytes), new `jti` (16 bytes), now_ms, leeway_ms, ttl_ms.
 const EXCHANGE_LUA: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return {'unknown'} end
@@ -152,6 +224,7 @@ if bit.band(flags, 2) == 2 and prev == string.sub(ARGV[2], 1, 6)
 end
 redis.call('HSET', KEYS[1], ARGV[1], string.char(bit.bor(flags, 1)) .. string.sub(v, 2, 23)
   .. struct.pack('<I6', now) .. string.sub(v, 30))
+redis.call('HDEL', KEYS[2], 'q')
 return {'reused', v}
 "#;
 
@@ -159,7 +232,8 @@ return {'reused', v}
 /// least). Returns 1 if it was live, 2 if it was revoked already, 0 if it was not there (a
 /// revoked stub is written only when ARGV[3] is '1').
 ///
-/// KEYS[1] the user's families; ARGV: field, ttl_ms, create.
+/// KEYS[1] the user's families, KEYS[2] the user's session marks (ending a live family drops
+/// their queue); ARGV: field, ttl_ms, create.
 const REVOKE_LUA: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 local t = redis.call('TIME')
@@ -168,7 +242,7 @@ local ttl = tonumber(ARGV[2])
 local was = 0
 if v then
   local flags = string.byte(v, 1)
-  if bit.band(flags, 1) == 1 then was = 2 else was = 1 end
+  if bit.band(flags, 1) == 1 then was = 2 else was = 1; redis.call('HDEL', KEYS[2], 'q') end
   redis.call('HSET', KEYS[1], ARGV[1], string.char(bit.bor(flags, 1)) .. string.sub(v, 2, 23)
     .. struct.pack('<I6', now) .. string.sub(v, 30))
 elseif ARGV[3] == '1' then
@@ -202,7 +276,14 @@ pub(super) struct FamilyScripts {
 
 impl FamilyScripts {
     pub(super) fn new() -> Self {
-        let with_head = |lua: &str| Script::new(&lua.replace("HEAD", HEAD));
+        let with_head = |lua: &str| {
+            Script::new(
+                &lua.replace("HEAD", HEAD)
+                    .replace("KEEP_REVOKED", &KEEP_REVOKED.to_string())
+                    .replace("QUEUE_FROM", &QUEUE_FROM.to_string())
+                    .replace("QUEUE_LEN", &QUEUE_LEN.to_string()),
+            )
+        };
         Self {
             start: with_head(START_LUA),
             exchange: with_head(EXCHANGE_LUA),
@@ -537,15 +618,15 @@ impl RedisStore {
             out.copy_from_slice(&d.as_ref()[..16]);
             out
         });
-        let key = self.families_key(user);
+        let keys = [self.families_key(user), self.user_marks_key(user)];
         let reply: Vec<Vec<u8>> = self
             .run(|mut c| {
-                let (key, scripts) = (key.clone(), self.scripts.clone());
+                let (keys, scripts) = (keys.clone(), self.scripts.clone());
                 async move {
                     scripts
                         .families
                         .exchange
-                        .key(key)
+                        .key(&keys[..])
                         .arg(field)
                         .arg(&presented[..])
                         .arg(&next[..])
@@ -617,14 +698,14 @@ impl RedisStore {
         ttl_ms: i64,
         create: bool,
     ) -> Result<i64, StoreError> {
-        let key = self.families_key(user);
+        let keys = [self.families_key(user), self.user_marks_key(user)];
         self.run(|mut c| {
-            let (key, scripts) = (key.clone(), self.scripts.clone());
+            let (keys, scripts) = (keys.clone(), self.scripts.clone());
             async move {
                 scripts
                     .families
                     .revoke
-                    .key(key)
+                    .key(&keys[..])
                     .arg(field)
                     .arg(ttl_arg(ttl_ms))
                     .arg(if create { "1" } else { "0" })
