@@ -847,6 +847,11 @@ host_reference() {
 # /auth/verify at 1k, 100k and 1M live families, written by loadgen through the session store.
 run_families() {
   ensure_production
+  # The earlier sections' keys (codes, device grants, revoked jtis, sessions) go first: they
+  # live for minutes, and Redis's two key tables (keys, expiries) double their bucket arrays
+  # at each power of two of the key count — 16 bytes a key more until the count catches up —
+  # so the bytes per family would depend on what ran before (BENCHMARKS.md, run M).
+  rcli FLUSHALL >/dev/null
   start_tokend production
   setup_user
   local n filled=0 total=0 before after add line first_refresh='' first_verify='' first_host=''
