@@ -114,10 +114,13 @@ if marks[3] and not prior and marks[6] == ARGV[3] and now < tonumber(marks[5])
   local live, queue, valid = tonumber(marks[4]) + 1, marks[3], true
   while valid and live > cap do
     local sp = string.find(queue, ' ', 1, true)
-    local r
-    if sp then r = redis.call('HGET', KEYS[1], string.sub(queue, 1, sp - 1)) end
+    local f, r
+    if sp then
+      f = string.sub(queue, 1, sp - 1)
+      r = redis.call('HGET', KEYS[1], f)
+    end
     if r and bit.band(string.byte(r, 1), 1) == 0 then
-      revoke(string.sub(queue, 1, sp - 1), r)
+      revoke(f, r)
       queue = string.sub(queue, sp + 1)
       live = live - 1
     else
@@ -165,9 +168,9 @@ if kind == 'zset' then
   end
   if redis.call('EXISTS', KEYS[4]) == 0 then kind = 'none' end
 end
-table.sort(live, function(a, b) return a[1] < b[1] end)
 local first = 1
 if excess > 0 then
+  table.sort(live, function(a, b) return a[1] < b[1] end)
   for i = 1, excess do
     local f = live[i][2]
     revoke(f, redis.call('HGET', KEYS[1], f))
@@ -180,9 +183,9 @@ if #revoked > KEEP_REVOKED then
   for i = KEEP_REVOKED + 1, #revoked do redis.call('HDEL', KEYS[1], revoked[i][2]) end
   redis.call('HSET', KEYS[2], 'rf', '1')
 end
-local rest = {{login, ARGV[1], over_at}}
-for i = first, #live do rest[#rest + 1] = live[i] end
-if kind == 'none' and not prior and #rest >= QUEUE_FROM then
+if kind == 'none' and not prior and #live - first + 2 >= QUEUE_FROM then
+  local rest = {{login, ARGV[1], over_at}}
+  for i = first, #live do rest[#rest + 1] = live[i] end
   table.sort(rest, function(a, b) return a[1] < b[1] end)
   local queue, qt = {}, over_at
   for i = 1, #rest do qt = math.min(qt, rest[i][3]) end
